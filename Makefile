@@ -1,0 +1,54 @@
+# Every target works on a fresh machine: `setup` installs what is missing, the rest build on it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+DEMO := demo
+JOBS ?= 2
+
+# Debian packages: ffmpeg/ffprobe for decoding, espeak-ng and real speech recordings for the
+# sample data set (only the sample generator needs the last two).
+APT_PACKAGES := ffmpeg espeak-ng asterisk-core-sounds-en-wav
+
+.PHONY: setup demo test lint bench clean system-packages
+
+setup: $(STAMP)
+
+system-packages:
+	@missing=""; \
+	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	[ -d /usr/share/asterisk/sounds/en ] || missing="$$missing asterisk-core-sounds-en-wav"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# torch 2.14.1 + torchvision 0.29.1 is the pair known to import together here (see README).
+# facenet-pytorch pins torch<2.3 and numpy<2 but runs on current releases: install it without deps.
+$(STAMP): setup.cfg pyproject.toml | system-packages
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev,media]"
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m preprocess.sample $(DEMO)/data
+	$(BIN)/avcache-preprocess --config configs/preprocess.yaml --data $(DEMO)/data \
+		--out $(DEMO)/cache --jobs $(JOBS) shards.size=64
+	$(BIN)/inspect $(DEMO)/cache verify
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/preprocess_bench.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,193 @@
+"""Reading a cache: the index, its shards, and samples by position or by name.
+
+Mirrors cache/writer.py. Everything read from disk is checked before use: an
+unknown format or version is refused, and every dataset's dtype and shape must
+match the schema, so a damaged or foreign file fails with its name, not later
+inside a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache import schema
+from cache.index import Failure, read_failures
+
+
+class CacheFormatError(ValueError):
+    """A file that is not a cache this version of avcache can read."""
+
+
+def check_format(where: str, fmt: object, version: object) -> None:
+    if fmt != schema.FORMAT:
+        raise CacheFormatError(f"{where}: format {fmt!r} is not {schema.FORMAT!r}")
+    if version != schema.VERSION:
+        raise CacheFormatError(
+            f"{where}: cache format version {version!r} is not supported "
+            f"(this avcache reads version {schema.VERSION}); re-run the preprocessor"
+        )
+
+
+class ShardReader:
+    """One shard file, opened read-only and validated; reads contiguous blocks."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise CacheFormatError(f"{self.path}: cannot open as HDF5 ({error})") from error
+        try:
+            self._validate()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _validate(self) -> None:
+        attrs = self._file.attrs
+        check_format(str(self.path), attrs.get(schema.ATTR_FORMAT), attrs.get(schema.ATTR_VERSION))
+        self.split = str(attrs.get(schema.ATTR_SPLIT, ""))
+        self.frames = int(attrs.get(schema.ATTR_FRAMES, -1))
+        self.face_size = int(attrs.get(schema.ATTR_FACE_SIZE, -1))
+        specs = schema.dataset_specs(self.frames, self.face_size)
+        lengths = set()
+        for name, (dtype, shape) in specs.items():
+            dataset = self._file.get(name)
+            if not isinstance(dataset, h5py.Dataset):
+                raise CacheFormatError(f"{self.path}: dataset {name!r} is missing")
+            if dataset.shape[1:] != shape or not _dtype_matches(dataset.dtype, dtype):
+                raise CacheFormatError(
+                    f"{self.path}: dataset {name!r} is {dataset.dtype}{list(dataset.shape)}, "
+                    f"expected {dtype}[N, {', '.join(map(str, shape))}]"
+                )
+            lengths.add(dataset.shape[0])
+        if len(lengths) != 1:
+            raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
+        self.num_samples = lengths.pop()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples [start, stop) of one dataset, in a single h5py call."""
+        stop = self.num_samples if stop is None else stop
+        if name == schema.VIDEO_NAME:
+            return self._file[name].asstr()[start:stop]
+        return self._file[name][start:stop]
+
+    def read_into(self, name: str, start: int, out: np.ndarray) -> None:
+        """Fill a preallocated array with samples [start, start + len(out)): no copy."""
+        self._file[name].read_direct(out, np.s_[start : start + len(out)])
+
+    @cached_property
+    def video_names(self) -> list[str]:
+        return list(self.read(schema.VIDEO_NAME))
+
+    def sample(self, position: int) -> schema.Sample:
+        """One whole sample (for inspection; training reads blocks)."""
+        values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
+        return schema.Sample(**values)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_SAMPLE_FIELDS = list(schema.Sample.__dataclass_fields__)
+
+
+def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
+    if expected == schema.STRING_DTYPE:
+        return h5py.check_string_dtype(found) is not None
+    return found == expected
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """A shard as the index lists it."""
+
+    path: Path
+    split: str
+    num_samples: int
+    sha256: str
+
+
+class Cache:
+    """A finished cache: its index, config and shards."""
+
+    def __init__(self, root: Path, index: dict) -> None:
+        self.root = root
+        self.index = index
+        self.config: dict = index.get("config", {})
+        self.config_hash: str = index.get("config_hash", "")
+        self.shards = [_shard_entry(root, item) for item in index.get("shards", [])]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(entry.split for entry in self.shards))
+
+    def shards_of(self, split: str) -> list[ShardEntry]:
+        return [entry for entry in self.shards if entry.split == split]
+
+    def num_samples(self, split: str | None = None) -> int:
+        entries = self.shards if split is None else self.shards_of(split)
+        return sum(entry.num_samples for entry in entries)
+
+    def failures(self) -> list[Failure]:
+        return read_failures(self.root / self.index.get("failures", schema.FAILURES_FILE))
+
+    def iter_samples(self, split: str | None = None) -> Iterator[schema.Sample]:
+        """Every sample, in index order (inspection and tests; training streams blocks)."""
+        for entry in self.shards if split is None else self.shards_of(split):
+            with ShardReader(entry.path) as shard:
+                for position in range(len(shard)):
+                    yield shard.sample(position)
+
+    def find(self, video_name: str) -> schema.Sample:
+        """Look a sample up by its video name (scans the name columns only)."""
+        for entry in self.shards:
+            with ShardReader(entry.path) as shard:
+                if video_name in shard.video_names:
+                    return shard.sample(shard.video_names.index(video_name))
+        raise KeyError(f"{video_name!r} is not in the cache at {self.root}")
+
+
+def _shard_entry(root: Path, item: dict) -> ShardEntry:
+    """An index row, with its path kept inside the cache folder."""
+    path = (root / item["path"]).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise CacheFormatError(
+            f"{root / schema.INDEX_FILE}: shard path {item['path']!r} leaves the cache"
+        )
+    return ShardEntry(path, str(item["split"]), int(item["num_samples"]), str(item["sha256"]))
+
+
+def open_cache(path: Path | str) -> Cache:
+    """Open a cache folder (or its index.json); refuses unknown formats and versions."""
+    path = Path(path)
+    index_path = path if path.is_file() else path / schema.INDEX_FILE
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{index_path}: no cache index here; run avcache-preprocess to build the cache "
+            "(an index is written only when a run finishes)"
+        )
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise CacheFormatError(f"{index_path}: not valid JSON ({error})") from error
+    if not isinstance(index, dict):
+        raise CacheFormatError(f"{index_path}: expected a JSON object")
+    check_format(str(index_path), index.get("format"), index.get("version"))
+    return Cache(index_path.parent, index)

@@ -1,0 +1,94 @@
+"""The whole on-disk schema of cache format v1: names, dtypes, shapes, file names.
+
+Writer, reader, index and verifier import these constants; no dataset name is
+spelled anywhere else. The five core datasets are public and fixed for v1;
+the extras may grow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+FORMAT = "avcache"
+VERSION = 1
+
+INDEX_FILE = "index.json"
+CONFIG_FILE = "config.yaml"
+FAILURES_FILE = "failures.jsonl"
+LOCK_FILE = ".lock"
+SHARDS_DIR = "shards"
+SHARD_SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".partial"
+RECEIPT_SUFFIX = ".json"
+
+MEL_SIZE = 256  # mel images are MEL_SIZE x MEL_SIZE, row 0 = lowest mel bin
+
+LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN = 1, 0, -1
+
+# Core datasets of v1 (public, fixed): name -> (dtype, per-sample shape or None when it
+# depends on the faces config).
+VIDEO_NAME = "video_name"
+LABEL = "label"
+MEL = "mel"
+FACES = "faces"
+HAS_AUDIO = "has_audio"
+# Extras: which frames found a face, where (x0, y0, x1, y1 in source pixels), clip facts.
+FACE_FOUND = "face_found"
+FACE_BOX = "face_box"
+DURATION = "duration"
+
+STRING_DTYPE = h5py.string_dtype("utf-8")
+
+
+def dataset_specs(frames: int, face_size: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Per-sample dtype and shape of every dataset for a given faces config."""
+    return {
+        VIDEO_NAME: (STRING_DTYPE, ()),
+        LABEL: (np.dtype(np.int8), ()),
+        MEL: (np.dtype(np.uint8), (MEL_SIZE, MEL_SIZE)),
+        FACES: (np.dtype(np.uint8), (frames, face_size, face_size, 3)),
+        HAS_AUDIO: (np.dtype(np.bool_), ()),
+        FACE_FOUND: (np.dtype(np.bool_), (frames,)),
+        FACE_BOX: (np.dtype(np.float32), (frames, 4)),
+        DURATION: (np.dtype(np.float32), ()),
+    }
+
+
+# Shard-level attributes.
+ATTR_FORMAT = "format"
+ATTR_VERSION = "version"
+ATTR_SPLIT = "split"
+ATTR_CONFIG_HASH = "config_hash"
+ATTR_PLAN_HASH = "plan_hash"
+ATTR_FRAMES = "frames"
+ATTR_FACE_SIZE = "face_size"
+
+
+@dataclass
+class Sample:
+    """One cached video: the five core fields plus the extras."""
+
+    video_name: str
+    label: int
+    mel: np.ndarray  # uint8 [256, 256]
+    faces: np.ndarray  # uint8 [K, S, S, 3], RGB
+    has_audio: bool
+    face_found: np.ndarray  # bool [K]
+    face_box: np.ndarray  # float32 [K, 4]
+    duration: float
+
+    def fields(self) -> dict[str, object]:
+        """Dataset name -> value, in schema order."""
+        return {
+            VIDEO_NAME: self.video_name,
+            LABEL: self.label,
+            MEL: self.mel,
+            FACES: self.faces,
+            HAS_AUDIO: self.has_audio,
+            FACE_FOUND: self.face_found,
+            FACE_BOX: self.face_box,
+            DURATION: self.duration,
+        }

@@ -1,0 +1,125 @@
+"""ShardWriter: appends samples to one HDF5 shard, commits it atomically on close.
+
+The shard is written under a `.partial` name, fsynced, hashed and only then
+renamed into place, so a finished name always means a complete file. Samples
+are buffered in small blocks so memory stays bounded whatever the shard size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache import schema
+
+# Samples buffered before one block write; mel chunks hold this many samples (1 MiB).
+WRITE_BLOCK = 16
+# The big per-sample arrays get chunks along the sample axis; the rest are tiny.
+_CHUNKED = (schema.MEL, schema.FACES)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    """Context manager that writes one shard; `close()` returns (num_samples, sha256)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        split: str,
+        frames: int,
+        face_size: int,
+        attrs: dict[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + schema.PARTIAL_SUFFIX)
+        self.specs = schema.dataset_specs(frames, face_size)
+        self.num_samples = 0
+        self._buffer: list[schema.Sample] = []
+        self._file = h5py.File(self.partial_path, "w", libver="latest")
+        self._write_attrs(split, frames, face_size, attrs or {})
+        self._create_datasets()
+
+    def _write_attrs(self, split: str, frames: int, face_size: int, extra: dict) -> None:
+        attrs = self._file.attrs
+        attrs[schema.ATTR_FORMAT] = schema.FORMAT
+        attrs[schema.ATTR_VERSION] = schema.VERSION
+        attrs[schema.ATTR_SPLIT] = split
+        attrs[schema.ATTR_FRAMES] = frames
+        attrs[schema.ATTR_FACE_SIZE] = face_size
+        for key, value in extra.items():
+            attrs[key] = value
+
+    def _create_datasets(self) -> None:
+        for name, (dtype, shape) in self.specs.items():
+            chunk_rows = WRITE_BLOCK if name == schema.MEL else 1
+            chunks = (chunk_rows, *shape) if name in _CHUNKED and 0 not in shape else True
+            self._file.create_dataset(
+                name,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                dtype=dtype,
+                chunks=chunks,
+                track_times=False,  # identical inputs give byte-identical shards
+            )
+
+    def append(self, sample: schema.Sample) -> None:
+        """Queue one sample; full blocks go to disk."""
+        self._buffer.append(sample)
+        if len(self._buffer) >= WRITE_BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        start, count = self.num_samples, len(self._buffer)
+        columns = zip(*(sample.fields().values() for sample in self._buffer), strict=True)
+        for (name, (dtype, shape)), values in zip(self.specs.items(), columns, strict=True):
+            block = np.asarray(values, dtype=object if name == schema.VIDEO_NAME else dtype)
+            if block.shape[1:] != shape:
+                raise ValueError(
+                    f"{name}: expected per-sample shape {shape}, got {block.shape[1:]}"
+                )
+            dataset = self._file[name]
+            dataset.resize(start + count, axis=0)
+            dataset[start : start + count] = block
+        self.num_samples += count
+        self._buffer.clear()
+
+    def close(self) -> tuple[int, str]:
+        """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""
+        self._flush()
+        self._file.close()
+        _fsync(self.partial_path)
+        digest = sha256_of(self.partial_path)
+        os.replace(self.partial_path, self.path)
+        return self.num_samples, digest
+
+    def abort(self) -> None:
+        """Drop the partial file (used when the shard cannot be finished)."""
+        self._file.close()
+        self.partial_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,52 @@
+"""The preprocessing config: every key, its default and what it does.
+
+configs/preprocess.yaml mirrors these defaults (a test keeps them equal). The
+whole resolved config is hashed: a changed value writes a new cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SplitConfig:
+    labels: str  # label file, relative to the data root: `video_name,target` with a header
+    videos: list[str]  # folders (relative to the data root) searched in order for each name
+    has_targets: bool = True  # false for a test list: targets are unknown and stored as -1
+
+
+def _ffdv_splits() -> dict[str, SplitConfig]:
+    return {
+        "train": SplitConfig("train_label.txt", ["trainset"]),
+        "val": SplitConfig("val_label.txt", ["valset"]),
+        "test": SplitConfig("prediction.txt.csv", ["testset", "valset"], has_targets=False),
+    }
+
+
+@dataclass
+class AudioConfig:
+    mode: str = "baseline"  # mel recipe (preprocess/audio.py MEL_MODES); baseline = public recipe
+    max_seconds: float = 600.0  # audio read per video at most: bounds memory on very long files
+
+
+@dataclass
+class FacesConfig:
+    frames: int = 8  # K frames sampled evenly across the clip; 0 caches mel only
+    size: int = 224  # face crops are size x size RGB
+    margin: float = 1.3  # crop side = margin x the larger side of the detected box
+    detector: str = "auto"  # auto (mtcnn when installed, else haar), mtcnn, haar
+    detect_size: int = 320  # frames are downscaled to this longest side for detection
+
+
+@dataclass
+class ShardConfig:
+    size: int = 256  # videos per shard (one joblib task each)
+
+
+@dataclass
+class PreprocessConfig:
+    splits: dict[str, SplitConfig] = field(default_factory=_ffdv_splits)  # FFDV layout
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)

@@ -1,0 +1,187 @@
+"""Face frames: sample K frames by seeking, find the largest face, crop it square.
+
+Detectors sit in a registry; MTCNN (facenet-pytorch, weights inside the
+package) is the field's usual choice and OpenCV's Haar cascade is always there
+as the fallback. Detection runs on a downscaled copy of each frame; the crop
+is cut from the full-resolution frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from preprocess.config import FacesConfig
+from preprocess.media import MediaError, MediaInfo
+
+log = logging.getLogger(__name__)
+
+MIN_FACE_PROBABILITY = 0.9  # MTCNN boxes below this are more often hands and backgrounds
+
+# A detector takes RGB frames (all the same size) and returns per frame the largest
+# face box (x0, y0, x1, y1) in that frame's pixels, or None.
+Box = tuple[float, float, float, float]
+Detector = Callable[[list[np.ndarray]], list[Box | None]]
+
+
+@dataclass
+class FaceFrames:
+    faces: np.ndarray  # uint8 [K, S, S, 3]
+    found: np.ndarray  # bool [K]
+    boxes: np.ndarray  # float32 [K, 4], source pixels; zeros where no face was found
+
+
+def _largest(boxes: np.ndarray | None) -> Box | None:
+    if boxes is None or len(boxes) == 0:
+        return None
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return tuple(float(v) for v in boxes[int(np.argmax(areas))])
+
+
+@functools.cache
+def _mtcnn():
+    from facenet_pytorch import MTCNN  # optional dependency, imported on first use
+
+    return MTCNN(keep_all=True, device="cpu")
+
+
+def detect_mtcnn(frames: list[np.ndarray]) -> list[Box | None]:
+    """MTCNN on the whole batch of frames at once (much faster than frame by frame)."""
+    if len({frame.shape for frame in frames}) > 1:  # a stream that changes size mid-way
+        return [detect_mtcnn([frame])[0] for frame in frames]
+    boxes, probs = _mtcnn().detect(np.stack(frames))
+    found = []
+    for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
+        if frame_boxes is not None:
+            frame_boxes = frame_boxes[np.asarray(frame_probs) >= MIN_FACE_PROBABILITY]
+        found.append(_largest(frame_boxes))
+    return found
+
+
+@functools.cache
+def _haar() -> cv2.CascadeClassifier:
+    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+
+def detect_haar(frames: list[np.ndarray]) -> list[Box | None]:
+    found = []
+    for frame in frames:
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        rects = _haar().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects], dtype=np.float32)
+        found.append(_largest(boxes if len(rects) else None))
+    return found
+
+
+DETECTORS: dict[str, Detector] = {"mtcnn": detect_mtcnn, "haar": detect_haar}
+
+
+def resolve_detector(name: str) -> str:
+    """`auto` means MTCNN when facenet-pytorch is installed, else the Haar cascade."""
+    if name != "auto":
+        if name not in DETECTORS:
+            raise ValueError(
+                f"unknown face detector {name!r} (known: auto, {', '.join(DETECTORS)})"
+            )
+        return name
+    try:
+        import facenet_pytorch  # noqa: F401
+    except ImportError:
+        log.warning("facenet-pytorch is not installed: using OpenCV's Haar cascade for faces")
+        return "haar"
+    return "mtcnn"
+
+
+def frame_times(duration: float, count: int) -> list[float]:
+    """Centres of `count` equal slices of the clip: evenly spread, never the very end."""
+    return [duration * (k + 0.5) / count for k in range(count)]
+
+
+def read_frames(path: Path, info: MediaInfo, count: int) -> list[np.ndarray | None]:
+    """RGB frames at evenly spread times, by seeking (not decoding every frame)."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise MediaError("OpenCV cannot open the video stream")
+    try:
+        fps = info.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or int(info.duration * fps)
+        frames = []
+        for seconds in frame_times(info.duration or total / fps, count):
+            index = min(int(seconds * fps), max(total - 1, 0))
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, bgr = capture.read()
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None)
+    finally:
+        capture.release()
+    if not any(frame is not None for frame in frames):
+        raise MediaError("no video frame could be decoded")
+    return frames
+
+
+def square_crop(frame: np.ndarray, box: Box | None, margin: float, size: int) -> np.ndarray:
+    """A margin x box square around the face (the centre square without one), resized.
+
+    Parts of the square outside the frame stay black, so the face keeps its
+    place and scale even at the frame's edge.
+    """
+    height, width = frame.shape[:2]
+    if box is None:
+        side, cx, cy = min(height, width), width / 2, height / 2
+    else:
+        x0, y0, x1, y1 = box
+        side, cx, cy = margin * max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(int(round(side)), 1)
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    canvas = np.zeros((side, side, 3), dtype=np.uint8)
+    src_x0, src_y0 = max(left, 0), max(top, 0)
+    src_x1, src_y1 = min(left + side, width), min(top + side, height)
+    if src_x1 > src_x0 and src_y1 > src_y0:
+        canvas[src_y0 - top : src_y1 - top, src_x0 - left : src_x1 - left] = frame[
+            src_y0:src_y1, src_x0:src_x1
+        ]
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _downscale(frame: np.ndarray, longest: int) -> tuple[np.ndarray, float]:
+    scale = min(1.0, longest / max(frame.shape[:2]))
+    if scale == 1.0:
+        return frame, 1.0
+    small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return small, scale
+
+
+def detect_faces(frames: list[np.ndarray], detector: str, detect_size: int) -> list[Box | None]:
+    """Largest face per frame, in full-resolution pixels."""
+    small, scales = zip(*(_downscale(frame, detect_size) for frame in frames), strict=True)
+    boxes = DETECTORS[detector](list(small))
+    return [
+        None if box is None else tuple(v / scale for v in box)
+        for box, scale in zip(boxes, scales, strict=True)
+    ]
+
+
+def face_frames(path: Path, info: MediaInfo, config: FacesConfig, detector: str) -> FaceFrames:
+    """K face crops of a video; frames without a face get a centre crop and found=False."""
+    k, size = config.frames, config.size
+    result = FaceFrames(
+        faces=np.zeros((k, size, size, 3), dtype=np.uint8),
+        found=np.zeros(k, dtype=bool),
+        boxes=np.zeros((k, 4), dtype=np.float32),
+    )
+    if k == 0 or not info.has_video:
+        return result
+    frames = read_frames(path, info, k)
+    decoded = [i for i, frame in enumerate(frames) if frame is not None]
+    boxes = detect_faces([frames[i] for i in decoded], detector, config.detect_size)
+    for i, box in zip(decoded, boxes, strict=True):
+        result.faces[i] = square_crop(frames[i], box, config.margin, size)
+        if box is not None:
+            result.found[i] = True
+            result.boxes[i] = box
+    return result

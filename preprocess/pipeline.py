@@ -1,0 +1,227 @@
+"""Plan, run and commit a preprocessing run: locking, resume, joblib fan-out, the index."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+from tqdm import tqdm
+
+from cache import schema
+from cache.config import config_hash, dump_yaml, to_dict
+from cache.index import ShardRecord, build_index, read_receipt, write_failures, write_json_atomic
+from preprocess.audio import MEL_MODES
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import ShardPlan, Video, plan_shards, read_split
+from preprocess.faces import resolve_detector
+from preprocess.worker import write_shard
+
+log = logging.getLogger("avcache.preprocess")
+
+
+class CacheBusyError(RuntimeError):
+    """Another preprocessor holds the cache folder."""
+
+
+@dataclass
+class RunSummary:
+    records: list[ShardRecord] = field(default_factory=list)
+    processed: int = 0  # videos worked on in this run
+    reused: int = 0  # videos in shards finished by an earlier run
+    seconds: float = 0.0
+
+
+def validate(config: PreprocessConfig) -> None:
+    """Refuse values that would fail later, inside the workers."""
+    if config.audio.mode not in MEL_MODES:
+        raise ValueError(
+            f"audio.mode {config.audio.mode!r} unknown (known: {', '.join(MEL_MODES)})"
+        )
+    if config.faces.frames < 0 or config.faces.size < 1 or config.faces.detect_size < 32:
+        raise ValueError("faces.frames must be >= 0, faces.size >= 1, faces.detect_size >= 32")
+    if config.faces.margin < 1.0:
+        raise ValueError(f"faces.margin must be at least 1.0, got {config.faces.margin}")
+    if config.audio.max_seconds <= 0:
+        raise ValueError("audio.max_seconds must be positive")
+
+
+class Preprocessor:
+    """One run over a data root into a cache folder."""
+
+    def __init__(self, config: PreprocessConfig, data: Path, out: Path, jobs: int = -1) -> None:
+        validate(config)
+        if not data.is_dir():
+            raise FileNotFoundError(f"{data}: data root is not a folder")
+        self.config, self.data, self.out = config, data, out
+        self.jobs = jobs
+        self.hash = config_hash(config)
+        self.detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
+        self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
+
+    def read_videos(self) -> list[Video]:
+        """Every listed video of every split whose list exists (bad rows raise first)."""
+        videos = []
+        for split, split_config in self.config.splits.items():
+            if not (self.data / split_config.labels).is_file():
+                log.info("split %s: no %s in %s, skipped", split, split_config.labels, self.data)
+                continue
+            videos.extend(read_split(self.data, split, split_config))
+        if not videos:
+            raise FileNotFoundError(
+                f"{self.data}: none of the configured label files lists a video"
+            )
+        return videos
+
+    def plans(self, videos: list[Video]) -> list[ShardPlan]:
+        plans = []
+        for split in dict.fromkeys(video.split for video in videos):
+            in_split = [video for video in videos if video.split == split]
+            plans.extend(plan_shards(in_split, self.config.shards.size))
+        return plans
+
+    def shard_path(self, plan: ShardPlan) -> str:
+        return f"{self.shard_dir}/{plan.stem}{schema.SHARD_SUFFIX}"
+
+    def finished(self, plan: ShardPlan) -> ShardRecord | None:
+        record = read_receipt(self.out, self.shard_path(plan))
+        return record if record and record.plan_hash == plan.plan_hash() else None
+
+    def run(self, progress: bool = True) -> RunSummary:
+        plans = self.plans(self.read_videos())
+        self.out.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self.out / schema.LOCK_FILE):
+            self._set_aside_other_config()
+            (self.out / self.shard_dir).mkdir(parents=True, exist_ok=True)
+            _remove_partials(self.out / self.shard_dir)
+            summary = self._run_plans(plans, progress)
+            self._commit(summary.records)
+        return summary
+
+    def _run_plans(self, plans: list[ShardPlan], progress: bool) -> RunSummary:
+        start = time.perf_counter()
+        done = {plan.stem: record for plan in plans if (record := self.finished(plan))}
+        todo = [plan for plan in plans if plan.stem not in done]
+        summary = RunSummary(reused=sum(len(p.videos) for p in plans if p.stem in done))
+        summary.processed = sum(len(plan.videos) for plan in todo)
+        total = summary.reused + summary.processed
+        bar = tqdm(
+            total=total,
+            initial=summary.reused,
+            unit="video",
+            disable=not progress,
+            desc="preprocess",
+            dynamic_ncols=True,
+        )
+        with bar:
+            done.update(self._fan_out(todo, bar))
+        summary.records = [done[plan.stem] for plan in plans]
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def _fan_out(self, todo: list[ShardPlan], bar: tqdm) -> dict[str, ShardRecord]:
+        """Run the pending shards on joblib workers; a queue carries per-video progress."""
+        if not todo:
+            return {}
+        manager = multiprocessing.Manager()
+        ticks = manager.Queue()
+        listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
+        listener.start()
+        try:
+            tasks = (
+                joblib.delayed(_shard_task)(
+                    plan,
+                    self.out,
+                    self.shard_path(plan),
+                    self.config,
+                    self.hash,
+                    self.detector,
+                    ticks,
+                )
+                for plan in todo
+            )
+            jobs = min(_cpu_count() if self.jobs < 1 else self.jobs, len(todo))
+            parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")
+            records = {record.path: record for record in parallel(tasks)}
+        finally:
+            ticks.put(None)
+            listener.join()
+            manager.shutdown()
+        return {plan.stem: records[self.shard_path(plan)] for plan in todo}
+
+    def _set_aside_other_config(self) -> None:
+        """A cache made with another config keeps its index under its own hash: nothing mixes."""
+        index = self.out / schema.INDEX_FILE
+        if not index.is_file():
+            return
+        try:
+            old_hash = json.loads(index.read_text(encoding="utf-8")).get("config_hash", "")
+        except ValueError:
+            old_hash = "unreadable"
+        if old_hash != self.hash:
+            kept = self.out / f"index.{old_hash}.json"
+            os.replace(index, kept)
+            log.info(
+                "the config changed (%s -> %s): writing a new cache under %s; the previous "
+                "index is kept as %s",
+                old_hash,
+                self.hash,
+                self.shard_dir,
+                kept.name,
+            )
+
+    def _commit(self, records: list[ShardRecord]) -> None:
+        """Failures and config first, the index last: it is the commit point."""
+        write_failures(self.out / schema.FAILURES_FILE, records)
+        dump_yaml(self.config, self.out / schema.CONFIG_FILE)
+        write_json_atomic(
+            self.out / schema.INDEX_FILE, build_index(to_dict(self.config), self.hash, records)
+        )
+
+
+def _shard_task(plan, root, rel_path, config, hash_, detector, ticks) -> ShardRecord:
+    return write_shard(plan, root, rel_path, config, hash_, detector, progress=ticks.put)
+
+
+def _drain(ticks, bar: tqdm) -> None:
+    while (tick := ticks.get()) is not None:
+        bar.update(tick)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _remove_partials(folder: Path) -> None:
+    """Leftovers of a killed run; the lock guarantees nobody is writing them."""
+    for partial in folder.glob(f"*{schema.PARTIAL_SUFFIX}"):
+        partial.unlink()
+
+
+class _exclusive_lock:
+    """flock on the cache folder: a second preprocessor refuses instead of mixing shards."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise CacheBusyError(
+                f"{self.path.parent}: another avcache-preprocess is writing this cache; "
+                "wait for it to finish or choose another --out"
+            ) from None
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()

@@ -1,0 +1,102 @@
+"""avcache-preprocess: an FFDV-layout folder of videos -> a verified HDF5 cache.
+
+    avcache-preprocess --config configs/preprocess.yaml --data DATA --out CACHE [key=value ...]
+
+One joblib task per shard of videos. Finished shards survive a crash: running
+the same command again redoes only the missing ones, and index.json, written
+last, lists only finished shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # `python preprocess/run.py`: import as a package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from cache.config import ConfigError, config_hash, load_config, to_dict
+from cache.index import ShardRecord
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import LabelFileError
+from preprocess.pipeline import CacheBusyError, Preprocessor, RunSummary
+
+log = logging.getLogger("avcache.preprocess")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="avcache-preprocess",
+        description=(
+            "Cache mel images and face frames of an FFDV-layout folder of videos as HDF5 "
+            "shards. Re-running the same command resumes: finished shards are kept."
+        ),
+        epilog=(
+            "Overrides: any config key as key.sub=value, e.g. faces.frames=4 shards.size=64 "
+            "splits.test.videos=[valset]. A changed config writes a new set of shards."
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config (default: built-in defaults, the same as configs/preprocess.yaml)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="data root holding the label files and video folders",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    parser.add_argument(
+        "--jobs", type=int, default=-1, help="worker processes (default -1: all cores)"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit non-zero if any video failed (default: only if none was cached)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def print_summary(summary: RunSummary, out: Path) -> None:
+    records: list[ShardRecord] = summary.records
+    cached = sum(record.num_samples for record in records)
+    failed = [failure for record in records for failure in record.failures]
+    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"cached {cached} videos, {len(failed)} failed, in {summary.seconds:.1f} s "
+        f"({summary.processed} processed this run at {rate:.2f} videos/s, "
+        f"{summary.reused} reused from finished shards) -> {out}"
+    )
+    if failed:
+        stages = ", ".join(f"{stage}: {n}" for stage, n in Counter(f.stage for f in failed).items())
+        print(f"failures by stage: {stages}; details in {out / 'failures.jsonl'}")
+        for failure in failed[:5]:
+            print(f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = load_config(PreprocessConfig, args.config, args.overrides)
+        preprocessor = Preprocessor(config, args.data, args.out, jobs=args.jobs)
+        summary = preprocessor.run(progress=not args.quiet)
+    except (ConfigError, LabelFileError, CacheBusyError, ValueError, FileNotFoundError) as error:
+        print(f"avcache-preprocess: error: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary, args.out)
+    log.debug("config %s: %s", config_hash(config), to_dict(config))
+    cached = sum(record.num_samples for record in summary.records)
+    failed = sum(len(record.failures) for record in summary.records)
+    return 1 if cached == 0 or (args.strict and failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

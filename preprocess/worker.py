@@ -1,0 +1,95 @@
+"""The work of one joblib task: turn one shard's videos into one finished shard.
+
+Runs in a worker process. Each video either becomes a Sample or a Failure
+naming the stage that failed; one bad file never costs the shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cache import schema
+from cache.index import Failure, ShardRecord, write_receipt
+from cache.writer import ShardWriter
+from preprocess.audio import mel_image
+from preprocess.config import PreprocessConfig
+from preprocess.dataset import ShardPlan, Video
+from preprocess.faces import face_frames
+from preprocess.media import MediaError, probe
+
+log = logging.getLogger(__name__)
+
+
+class VideoFailed(Exception):
+    """Carries the stage and the reason a video could not be cached."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
+
+
+def _stage(name: str, function: Callable, *args):
+    """Run one stage; any error it raises is recorded against the video, never swallowed."""
+    try:
+        return function(*args)
+    except MediaError as error:
+        raise VideoFailed(name, str(error)) from None
+    except Exception as error:  # librosa, OpenCV, torch: all of them are this video's failure
+        raise VideoFailed(name, f"{type(error).__name__}: {error}") from None
+
+
+def process_video(video: Video, config: PreprocessConfig, detector: str) -> schema.Sample:
+    """Probe, mel image and face frames of one video; raises VideoFailed."""
+    if video.path is None:
+        folders = ", ".join(f"{folder}/" for folder in config.splits[video.split].videos)
+        raise VideoFailed("resolve", f"no such file in {folders}")
+    info = _stage("probe", probe, video.path)
+    mel = _stage("audio", mel_image, video.path, info, config.audio)
+    faces = _stage("faces", face_frames, video.path, info, config.faces, detector)
+    return schema.Sample(
+        video_name=video.name,
+        label=video.label,
+        mel=mel,
+        faces=faces.faces,
+        has_audio=info.has_audio,
+        face_found=faces.found,
+        face_box=faces.boxes,
+        duration=np.float32(info.duration),
+    )
+
+
+def write_shard(
+    plan: ShardPlan,
+    root: Path,
+    shard_rel_path: str,
+    config: PreprocessConfig,
+    config_hash: str,
+    detector: str,
+    progress: Callable[[int], None] = lambda n: None,
+) -> ShardRecord:
+    """Cache every video of `plan` into one shard and its receipt; returns the receipt."""
+    failures = []
+    writer = ShardWriter(
+        root / shard_rel_path,
+        split=plan.split,
+        frames=config.faces.frames,
+        face_size=config.faces.size,
+        attrs={schema.ATTR_CONFIG_HASH: config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
+    )
+    with writer:
+        for video in plan.videos:
+            try:
+                writer.append(process_video(video, config, detector))
+            except VideoFailed as failed:
+                failures.append(Failure(plan.split, video.name, failed.stage, failed.reason))
+            progress(1)
+        num_samples, digest = writer.close()
+    record = ShardRecord(
+        shard_rel_path, plan.split, num_samples, digest, plan.plan_hash(), failures
+    )
+    write_receipt(root, record)
+    return record
