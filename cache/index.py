@@ -49,7 +49,7 @@ class ShardRecord:
 
 def write_json_atomic(path: Path, payload: dict | list) -> None:
     """Write JSON under a temporary name, fsync, rename: readers never see half a file."""
-    partial = path.with_name(path.name + schema.PARTIAL_SUFFIX)
+    partial = schema.partial_path(path)
     with open(partial, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=1, ensure_ascii=False, sort_keys=False)
         handle.write("\n")
@@ -101,7 +101,7 @@ def build_index(config: dict, config_hash: str, records: list[ShardRecord]) -> d
 
 def write_failures(path: Path, records: list[ShardRecord]) -> None:
     """All failures as JSON lines, in plan order (the same for every run of a plan)."""
-    partial = path.with_name(path.name + schema.PARTIAL_SUFFIX)
+    partial = schema.partial_path(path)
     with open(partial, "w", encoding="utf-8") as handle:
         for record in records:
             for failure in record.failures:

@@ -52,7 +52,11 @@ class ShardReader:
 
     def _validate(self) -> None:
         attrs = self._file.attrs
-        check_format(str(self.path), attrs.get(schema.ATTR_FORMAT), attrs.get(schema.ATTR_VERSION))
+        check_format(
+            str(self.path),
+            _plain(attrs.get(schema.ATTR_FORMAT)),
+            _plain(attrs.get(schema.ATTR_VERSION)),
+        )
         self.split = str(attrs.get(schema.ATTR_SPLIT, ""))
         self.frames = int(attrs.get(schema.ATTR_FRAMES, -1))
         self.face_size = int(attrs.get(schema.ATTR_FACE_SIZE, -1))
@@ -106,6 +110,11 @@ class ShardReader:
 
 
 _SAMPLE_FIELDS = list(schema.Sample.__dataclass_fields__)
+
+
+def _plain(value: object) -> object:
+    """numpy scalars from HDF5 attributes as plain Python values."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:

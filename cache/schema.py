@@ -7,7 +7,9 @@ the extras may grow.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,6 +25,13 @@ SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 RECEIPT_SUFFIX = ".json"
+
+
+def partial_path(path: Path) -> Path:
+    """Where `path` is written before its atomic rename. The pid keeps two writers (a
+    resumed run and a worker orphaned by a killed one) off each other's bytes."""
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
 
 MEL_SIZE = 256  # mel images are MEL_SIZE x MEL_SIZE, row 0 = lowest mel bin
 

@@ -49,7 +49,7 @@ class ShardWriter:
         attrs: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.partial_path = self.path.with_name(self.path.name + schema.PARTIAL_SUFFIX)
+        self.partial_path = schema.partial_path(self.path)
         self.specs = schema.dataset_specs(frames, face_size)
         self.num_samples = 0
         self._buffer: list[schema.Sample] = []

@@ -136,8 +136,8 @@ def square_crop(frame: np.ndarray, box: Box | None, margin: float, size: int) ->
     else:
         x0, y0, x1, y1 = box
         side, cx, cy = margin * max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
-    side = max(int(round(side)), 1)
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side = max(round(side), 1)
+    left, top = round(cx - side / 2), round(cy - side / 2)
     canvas = np.zeros((side, side, 3), dtype=np.uint8)
     src_x0, src_y0 = max(left, 0), max(top, 0)
     src_x1, src_y1 = min(left + side, width), min(top + side, height)

@@ -130,7 +130,8 @@ class Preprocessor:
         """Run the pending shards on joblib workers; a queue carries per-video progress."""
         if not todo:
             return {}
-        manager = multiprocessing.Manager()
+        # spawn, not fork: a forked server would inherit the cache lock and outlive a kill -9.
+        manager = multiprocessing.get_context("spawn").Manager()
         ticks = manager.Queue()
         listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
         listener.start()

@@ -6,11 +6,14 @@ naming the stage that failed; one bad file never costs the shard.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
 from cache import schema
 from cache.index import Failure, ShardRecord, write_receipt
@@ -62,6 +65,20 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     )
 
 
+@contextlib.contextmanager
+def one_thread_per_worker() -> Iterator[None]:
+    """Each worker uses one core: no oversubscription, and the face detector's float
+    reductions run in the same order whatever --jobs is, so outputs match bit for bit."""
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(cv2_threads)
+
+
 def write_shard(
     plan: ShardPlan,
     root: Path,
@@ -80,7 +97,7 @@ def write_shard(
         face_size=config.faces.size,
         attrs={schema.ATTR_CONFIG_HASH: config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
     )
-    with writer:
+    with writer, one_thread_per_worker():
         for video in plan.videos:
             try:
                 writer.append(process_video(video, config, detector))

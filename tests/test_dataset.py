@@ -1,0 +1,102 @@
+"""Label files and path safety: names never reach outside the data root."""
+
+from __future__ import annotations
+
+import pytest
+
+from preprocess.config import SplitConfig
+from preprocess.dataset import LabelFileError, ShardPlan, Video, plan_shards, read_split
+from tests.media import write_labels
+
+TRAIN = SplitConfig("train_label.txt", ["trainset"])
+
+
+@pytest.fixture
+def root(tmp_path):
+    data = tmp_path / "data"
+    (data / "trainset").mkdir(parents=True)
+    for name in ["a.mp4", "b.mp4", "c d.mp4"]:
+        (data / "trainset" / name).write_bytes(b"x")
+    return data
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_labels_with_bom_and_crlf(root, bom, crlf):
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("c d.mp4", 0)], bom=bom, crlf=crlf)
+    videos = read_split(root, "train", TRAIN)
+    assert [(v.name, v.label) for v in videos] == [("a.mp4", 1), ("c d.mp4", 0)]
+    assert videos[0].path == (root / "trainset" / "a.mp4").resolve()
+
+
+def test_missing_file_is_kept_for_the_failure_record(root):
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("gone.mp4", 0)])
+    videos = read_split(root, "train", TRAIN)
+    assert videos[1] == Video("train", "gone.mp4", 0, None)
+
+
+def test_test_list_targets_are_unknown(root):
+    write_labels(root / "p.csv", [("a.mp4", ""), ("b.mp4", "")])
+    videos = read_split(root, "test", SplitConfig("p.csv", ["trainset"], has_targets=False))
+    assert [v.label for v in videos] == [-1, -1]
+
+
+def test_every_escaping_row_is_listed(root, tmp_path):
+    outside = tmp_path / "secret.mp4"
+    outside.write_bytes(b"secret")
+    (root / "trainset" / "link.mp4").symlink_to(outside)
+    rows = [
+        ("a.mp4", 1),
+        ("../../secret.mp4", 0),
+        (str(outside), 1),
+        ("link.mp4", 0),
+        ("sub/../../x.mp4", 1),
+    ]
+    write_labels(root / "train_label.txt", rows)
+    with pytest.raises(LabelFileError) as error:
+        read_split(root, "train", TRAIN)
+    message = str(error.value)
+    assert "4 bad row(s)" in message
+    for line, reason in [(3, "'..'"), (4, "absolute path"), (5, "outside the data root"),
+                         (6, "'..'")]:  # fmt: skip
+        assert f"train_label.txt:{line}:" in message and reason in message
+
+
+def test_symlinked_folder_out_of_root_is_refused(root, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.mp4").write_bytes(b"x")
+    (root / "valset").symlink_to(elsewhere)
+    write_labels(root / "val_label.txt", [("a.mp4", 1)])
+    with pytest.raises(LabelFileError, match="outside the data root"):
+        read_split(root, "val", SplitConfig("val_label.txt", ["valset"]))
+
+
+def test_duplicates_and_bad_targets_are_listed(root):
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("a.mp4", 0), ("b.mp4", 2)])
+    with pytest.raises(LabelFileError) as error:
+        read_split(root, "train", TRAIN)
+    assert "duplicate of line 2" in str(error.value)
+    assert "target '2' is not 0 or 1" in str(error.value)
+
+
+def test_missing_header_is_refused(root):
+    (root / "train_label.txt").write_text("a.mp4,1\n")
+    with pytest.raises(LabelFileError, match="header"):
+        read_split(root, "train", TRAIN)
+
+
+@pytest.mark.parametrize("count,size,shards", [(0, 4, 0), (1, 4, 1), (8, 4, 2), (9, 4, 3)])
+def test_exact_shard_counts(count, size, shards):
+    videos = [Video("train", f"{i}.mp4", 0, None) for i in range(count)]
+    plans = plan_shards(videos, size)
+    assert len(plans) == shards
+    assert [v for plan in plans for v in plan.videos] == videos
+    assert all(len(plan.videos) == size for plan in plans[:-1])
+
+
+def test_plan_hash_follows_the_work():
+    a = ShardPlan("train", 0, (Video("train", "a.mp4", 0, None),))
+    b = ShardPlan("train", 0, (Video("train", "a.mp4", 1, None),))
+    assert a.plan_hash() == ShardPlan("train", 0, a.videos).plan_hash()
+    assert a.plan_hash() != b.plan_hash()
