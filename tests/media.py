@@ -57,9 +57,9 @@ def talking_face(
 ) -> Path:
     """A real face with real speech; audio may be shorter than the video (audio_seconds)."""
     audio = ["-ss", str(speech_start), "-t", str(audio_seconds or seconds), "-i", str(speech_wav())]
-    ffmpeg(*_moving_face(seconds, size), *audio, "-map", "[v]", "-map", "1:a",
-           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-           "-ar", str(sample_rate), "-ac", str(channels), "-t", str(seconds), str(path))  # fmt: skip
+    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ar", str(sample_rate),
+              "-ac", str(channels), "-t", str(seconds)]  # fmt: skip
+    ffmpeg(*_moving_face(seconds, size), *audio, "-map", "[v]", "-map", "1:a", *encode, str(path))
     return path
 
 
