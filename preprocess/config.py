@@ -37,6 +37,7 @@ class FacesConfig:
     margin: float = 1.3  # crop side = margin x the larger side of the detected box
     detector: str = "auto"  # auto (mtcnn when installed, else haar), mtcnn, haar
     detect_size: int = 320  # frames are downscaled to this longest side for detection
+    min_face_size: int = 40  # smallest face side looked for, in detection pixels (speed)
 
 
 @dataclass

@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 MIN_FACE_PROBABILITY = 0.9  # MTCNN boxes below this are more often hands and backgrounds
 
-# A detector takes RGB frames (all the same size) and returns per frame the largest
-# face box (x0, y0, x1, y1) in that frame's pixels, or None.
+# A detector takes RGB frames and the smallest face side worth finding (pixels), and
+# returns per frame the largest face box (x0, y0, x1, y1) in that frame's pixels, or None.
 Box = tuple[float, float, float, float]
-Detector = Callable[[list[np.ndarray]], list[Box | None]]
+Detector = Callable[[list[np.ndarray], int], list[Box | None]]
 
 
 @dataclass
@@ -45,17 +45,21 @@ def _largest(boxes: np.ndarray | None) -> Box | None:
 
 
 @functools.cache
-def _mtcnn():
+def _mtcnn(min_face_size: int):
     from facenet_pytorch import MTCNN  # optional dependency, imported on first use
 
-    return MTCNN(keep_all=True, device="cpu")
+    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size)
 
 
-def detect_mtcnn(frames: list[np.ndarray]) -> list[Box | None]:
-    """MTCNN on the whole batch of frames at once (much faster than frame by frame)."""
+def detect_mtcnn(frames: list[np.ndarray], min_face_size: int) -> list[Box | None]:
+    """MTCNN on the whole batch of frames at once (much faster than frame by frame).
+
+    The smallest face size sets the depth of MTCNN's image pyramid, which is most of
+    its cost: 40 px instead of its default 20 px is about twice as fast.
+    """
     if len({frame.shape for frame in frames}) > 1:  # a stream that changes size mid-way
-        return [detect_mtcnn([frame])[0] for frame in frames]
-    boxes, probs = _mtcnn().detect(np.stack(frames))
+        return [detect_mtcnn([frame], min_face_size)[0] for frame in frames]
+    boxes, probs = _mtcnn(min_face_size).detect(np.stack(frames))
     found = []
     for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
         if frame_boxes is not None:
@@ -69,11 +73,12 @@ def _haar() -> cv2.CascadeClassifier:
     return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
 
 
-def detect_haar(frames: list[np.ndarray]) -> list[Box | None]:
+def detect_haar(frames: list[np.ndarray], min_face_size: int) -> list[Box | None]:
     found = []
+    smallest = (min_face_size, min_face_size)
     for frame in frames:
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        rects = _haar().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        rects = _haar().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=smallest)
         boxes = np.array([(x, y, x + w, y + h) for x, y, w, h in rects], dtype=np.float32)
         found.append(_largest(boxes if len(rects) else None))
     return found
@@ -156,10 +161,10 @@ def _downscale(frame: np.ndarray, longest: int) -> tuple[np.ndarray, float]:
     return small, scale
 
 
-def detect_faces(frames: list[np.ndarray], detector: str, detect_size: int) -> list[Box | None]:
+def detect_faces(frames: list[np.ndarray], detector: str, config: FacesConfig) -> list[Box | None]:
     """Largest face per frame, in full-resolution pixels."""
-    small, scales = zip(*(_downscale(frame, detect_size) for frame in frames), strict=True)
-    boxes = DETECTORS[detector](list(small))
+    small, scales = zip(*(_downscale(f, config.detect_size) for f in frames), strict=True)
+    boxes = DETECTORS[detector](list(small), config.min_face_size)
     return [
         None if box is None else tuple(v / scale for v in box)
         for box, scale in zip(boxes, scales, strict=True)
@@ -178,7 +183,7 @@ def face_frames(path: Path, info: MediaInfo, config: FacesConfig, detector: str)
         return result
     frames = read_frames(path, info, k)
     decoded = [i for i, frame in enumerate(frames) if frame is not None]
-    boxes = detect_faces([frames[i] for i in decoded], detector, config.detect_size)
+    boxes = detect_faces([frames[i] for i in decoded], detector, config)
     for i, box in zip(decoded, boxes, strict=True):
         result.faces[i] = square_crop(frames[i], box, config.margin, size)
         if box is not None:

@@ -45,8 +45,12 @@ def validate(config: PreprocessConfig) -> None:
         raise ValueError(
             f"audio.mode {config.audio.mode!r} unknown (known: {', '.join(MEL_MODES)})"
         )
-    if config.faces.frames < 0 or config.faces.size < 1 or config.faces.detect_size < 32:
-        raise ValueError("faces.frames must be >= 0, faces.size >= 1, faces.detect_size >= 32")
+    faces = config.faces
+    if faces.frames < 0 or faces.size < 1 or faces.detect_size < 32 or faces.min_face_size < 12:
+        raise ValueError(
+            "faces.frames must be >= 0, faces.size >= 1, faces.detect_size >= 32 and "
+            "faces.min_face_size >= 12 (MTCNN's smallest window)"
+        )
     if config.faces.margin < 1.0:
         raise ValueError(f"faces.margin must be at least 1.0, got {config.faces.margin}")
     if config.audio.max_seconds <= 0:
