@@ -87,8 +87,15 @@ class ShardReader:
         return self._file[name][start:stop]
 
     def read_into(self, name: str, start: int, out: np.ndarray) -> None:
-        """Fill a preallocated array with samples [start, start + len(out)): no copy."""
-        self._file[name].read_direct(out, np.s_[start : start + len(out)])
+        """Fill a preallocated array with samples [start, start + len(out)): no extra copy."""
+        if out.size:
+            self._file[name].read_direct(out, np.s_[start : start + len(out)])
+
+    def sample_shape(self, name: str) -> tuple[int, ...]:
+        return self._file[name].shape[1:]
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._file[name].dtype
 
     @cached_property
     def video_names(self) -> list[str]:

@@ -1,0 +1,114 @@
+"""The streaming loader: exactly once per epoch, deterministic, disjoint (rank, worker) splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from cache import open_cache, schema
+from cache.reader import ShardReader
+from tests.test_cache import make_sample, write_cache
+from train.loader import LoaderPlan, ShardStream, epoch_batches
+
+SHARDS = [13, 0, 7, 30, 5]  # uneven on purpose, one empty
+TOTAL = sum(SHARDS)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    write_cache(root, SHARDS)
+    return open_cache(root)
+
+
+def names_in_order(cache, plan, epoch=0, world=1, workers=0) -> list[list[str]]:
+    """Per rank, the names of its batches in the order the DataLoader yields them."""
+    per_rank = []
+    for rank in range(world):
+        stream = ShardStream(cache.shards, (schema.VIDEO_NAME,), plan, rank, world)
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers)
+        per_rank.append([list(batch[schema.VIDEO_NAME]) for batch in loader])
+    return per_rank
+
+
+def global_order(per_rank: list[list[list[str]]]) -> list[list[str]]:
+    """Interleave ranks' batches back into global order: batch g came from rank g % world."""
+    world, merged = len(per_rank), []
+    for step in range(max(len(batches) for batches in per_rank)):
+        merged.extend(per_rank[rank][step] for rank in range(world) if step < len(per_rank[rank]))
+    return merged
+
+
+@pytest.mark.parametrize("batch_size,block_size", [(4, 3), (8, 16), (64, 2), (1, 1)])
+def test_every_sample_once_per_epoch(cache, batch_size, block_size):
+    plan = LoaderPlan(batch_size=batch_size, block_size=block_size, shard_group=2)
+    (batches,) = names_in_order(cache, plan)
+    names = [name for batch in batches for name in batch]
+    assert Counter(names) == Counter(f"vidéo {i}.mp4" for i in range(TOTAL))
+    assert all(len(batch) == batch_size for batch in batches[:-1])
+
+
+@pytest.mark.parametrize("world,workers", [(1, 2), (2, 0), (2, 3), (3, 2)])
+def test_ranks_and_workers_split_disjointly_and_keep_the_global_order(cache, world, workers):
+    plan = LoaderPlan(batch_size=5, block_size=4, shard_group=3, seed=7)
+    (reference,) = names_in_order(cache, plan, epoch=1)
+    per_rank = names_in_order(cache, plan, epoch=1, world=world, workers=workers)
+    assert global_order(per_rank) == reference
+    seen = [name for batches in per_rank for batch in batches for name in batch]
+    assert len(seen) == len(set(seen)) == TOTAL
+
+
+def test_same_seed_same_order_and_epochs_differ(cache):
+    plan = LoaderPlan(batch_size=6, block_size=2, seed=3)
+    first, again = names_in_order(cache, plan), names_in_order(cache, plan)
+    assert first == again
+    assert names_in_order(cache, plan, epoch=1) != first
+    assert names_in_order(cache, LoaderPlan(batch_size=6, block_size=2, seed=4)) != first
+
+
+def test_unshuffled_order_is_the_index_order(cache):
+    (batches,) = names_in_order(cache, LoaderPlan(batch_size=10, shuffle=False))
+    assert [n for b in batches for n in b] == [f"vidéo {i}.mp4" for i in range(TOTAL)]
+
+
+def test_drop_last_keeps_only_full_batches():
+    plan = LoaderPlan(batch_size=4, block_size=3, drop_last=True)
+    batches = epoch_batches([5, 6], plan, epoch=0)
+    assert [sum(len(b) for b in batch) for batch in batches] == [4, 4]
+
+
+def test_batches_hold_the_written_arrays(cache):
+    stream = ShardStream(cache.shards, (schema.MEL, schema.FACES, schema.VIDEO_NAME),
+                         LoaderPlan(batch_size=9, block_size=4, seed=1))  # fmt: skip
+    for batch in stream:
+        assert batch[schema.MEL].dtype == torch.uint8 and batch[schema.LABEL].dtype == torch.int8
+        for row, name in enumerate(batch[schema.VIDEO_NAME]):
+            expected = make_sample(int(name.split()[1].split(".")[0]))
+            assert torch.equal(batch[schema.MEL][row], torch.from_numpy(expected.mel))
+            assert torch.equal(batch[schema.FACES][row], torch.from_numpy(expected.faces))
+            assert batch[schema.LABEL][row] == expected.label
+
+
+def test_mel_only_never_reads_faces(cache, monkeypatch):
+    read = Counter()
+    original = ShardReader.read_into
+
+    def counting(self, name, start, out):
+        read[name] += 1
+        return original(self, name, start, out)
+
+    monkeypatch.setattr(ShardReader, "read_into", counting)
+    batches = list(ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=8)))
+    assert set(batches[0]) == {schema.MEL, schema.LABEL}
+    assert set(read) == {schema.MEL, schema.LABEL}
+
+
+def test_len_counts_this_ranks_batches(cache):
+    plan = LoaderPlan(batch_size=4)
+    streams = [ShardStream(cache.shards, (schema.MEL,), plan, rank, 3) for rank in range(3)]
+    assert [len(s) for s in streams] == [len(list(s)) for s in streams]
+    assert sum(len(s) for s in streams) == -(-TOTAL // 4)

@@ -1,0 +1,164 @@
+"""Streaming batches from cache shards: block reads, deterministic shuffling, uint8 batches.
+
+The order of an epoch is a pure function of (seed, epoch), whatever the number
+of ranks and workers:
+  1. shards are permuted, then taken in groups of `shard_group`;
+  2. each shard is cut into blocks of `block_size` contiguous samples (one h5py
+     call each) and the blocks of a group are permuted together, so a batch
+     mixes several shards even when a label file was sorted by class;
+  3. that sequence of samples is cut into global batches of `batch_size`. A batch
+     is read block by block straight into its preallocated arrays: the in-memory
+     buffer is the batch itself, and its composition is what the shuffle decides
+     (the order of rows inside a batch does not change a gradient).
+Global batch g goes to rank g % world; the rank's i-th batch to worker
+i % workers, so torch's round-robin over workers yields every rank's batches in
+global order, each sample exactly once per epoch. Batches stay uint8 and are
+normalised where the model runs (train/augment.py).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cache import schema
+from cache.reader import ShardEntry, ShardReader
+
+MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
+
+
+@dataclass(frozen=True)
+class Block:
+    """Samples [start, stop) of shard number `shard`: one contiguous h5py read."""
+
+    shard: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    batch_size: int
+    block_size: int = 16  # samples per h5py read; smaller mixes batches better, reads more often
+    shard_group: int = 8  # shards whose blocks are shuffled together
+    shuffle: bool = True
+    drop_last: bool = False  # drop a final partial batch (training) or keep it (evaluation)
+    seed: int = 0
+
+
+def ordered_blocks(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[Block]:
+    """Every sample of the epoch once, as blocks in the epoch's order."""
+    rng = np.random.default_rng([plan.seed, epoch])
+    order = rng.permutation(len(sizes)) if plan.shuffle else np.arange(len(sizes))
+    blocks: list[Block] = []
+    for first in range(0, len(order), plan.shard_group):
+        group = [
+            Block(int(shard), start, min(start + plan.block_size, sizes[shard]))
+            for shard in order[first : first + plan.shard_group]
+            for start in range(0, sizes[shard], plan.block_size)
+        ]
+        if plan.shuffle:
+            group = [group[i] for i in rng.permutation(len(group))]
+        blocks.extend(group)
+    return blocks
+
+
+def epoch_batches(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[list[Block]]:
+    """The epoch's global batches, each a list of block reads (a block may be split)."""
+    batches: list[list[Block]] = [[]]
+    room = plan.batch_size
+    for block in ordered_blocks(sizes, plan, epoch):
+        start = block.start
+        while start < block.stop:
+            take = min(room, block.stop - start)
+            batches[-1].append(Block(block.shard, start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                batches.append([])
+                room = plan.batch_size
+    if not batches[-1] or (plan.drop_last and room > 0):
+        batches.pop()
+    return batches
+
+
+class ShardStream(IterableDataset):
+    """An iterable of batches (dicts of uint8/int8 tensors) over a list of shards.
+
+    Only `fields` are read: a mel-only model never touches `faces`. HDF5 files are
+    opened lazily inside the process that iterates (each DataLoader worker).
+    """
+
+    def __init__(
+        self,
+        shards: list[ShardEntry],
+        fields: tuple[str, ...],
+        plan: LoaderPlan,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.paths = [Path(entry.path) for entry in shards]
+        self.sizes = [entry.num_samples for entry in shards]
+        self.fields = tuple(dict.fromkeys((*fields, schema.LABEL)))
+        self.plan, self.rank, self.world = plan, rank, world
+        self.epoch = 0
+        self._readers: OrderedDict[int, ShardReader] = OrderedDict()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch."""
+        total = len(epoch_batches(self.sizes, self.plan, self.epoch))
+        return len(range(self.rank, total, self.world))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor | list[str]]]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        batches = epoch_batches(self.sizes, self.plan, self.epoch)
+        mine = range(self.rank, len(batches), self.world)  # this rank's, in global order
+        for local, global_index in enumerate(mine):
+            if local % workers == worker_id:
+                yield self.read_batch(batches[global_index])
+
+    def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
+        size = sum(len(block) for block in blocks)
+        batch: dict[str, torch.Tensor | list[str]] = {}
+        for field in self.fields:
+            if field == schema.VIDEO_NAME:
+                batch[field] = [
+                    n for b in blocks for n in self._reader(b.shard).video_names[b.start : b.stop]
+                ]
+                continue
+            first = self._reader(blocks[0].shard)
+            out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
+            position = 0
+            for block in blocks:
+                self._reader(block.shard).read_into(
+                    field, block.start, out[position : position + len(block)]
+                )
+                position += len(block)
+            batch[field] = torch.from_numpy(out)
+        return batch
+
+    def _reader(self, shard: int) -> ShardReader:
+        reader = self._readers.get(shard)
+        if reader is None:
+            if len(self._readers) >= MAX_OPEN_SHARDS:
+                self._readers.popitem(last=False)[1].close()
+            reader = self._readers[shard] = ShardReader(self.paths[shard])
+        self._readers.move_to_end(shard)
+        return reader
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"] = OrderedDict()  # open HDF5 handles never cross a process boundary
+        return state
