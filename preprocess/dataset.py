@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from cache.labels import LabelFileError, read_rows
 from cache.schema import LABEL_UNKNOWN
 from preprocess.config import SplitConfig
 
-HEADER = ("video_name", "target")
 TARGETS = {"0": 0, "1": 1}
-
-
-class LabelFileError(ValueError):
-    """A label file that cannot be used; the message lists every bad row."""
 
 
 @dataclass(frozen=True)
@@ -43,21 +37,6 @@ class ShardPlan:
         for video in self.videos:
             digest.update(f"{video.name}\0{video.label}\0{video.path is not None}\n".encode())
         return digest.hexdigest()[:16]
-
-
-def read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of a CSV label file; tolerates a UTF-8 BOM and CRLF endings."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise LabelFileError(f"{path}: cannot read ({error.strerror})") from error
-    except UnicodeDecodeError as error:
-        raise LabelFileError(f"{path}: not UTF-8 text ({error.reason})") from error
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    numbered = [(number, row) for number, row in enumerate(rows, start=1) if any(row)]
-    if not numbered or tuple(cell.strip() for cell in numbered[0][1][:2]) != HEADER:
-        raise LabelFileError(f"{path}: the first line must be the header 'video_name,target'")
-    return numbered[1:]
 
 
 def name_problem(name: str) -> str | None:

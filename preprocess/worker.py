@@ -21,7 +21,7 @@ from cache.writer import ShardWriter
 from preprocess.audio import mel_image
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import ShardPlan, Video
-from preprocess.faces import face_frames
+from preprocess.faces import face_frames, resolve_detector
 from preprocess.media import MediaError, probe
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,16 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
         face_box=faces.boxes,
         duration=np.float32(info.duration),
     )
+
+
+def process_video_file(path: Path, config: PreprocessConfig) -> schema.Sample:
+    """One raw file outside any data root, processed as the preprocessor would (label -1)."""
+    path = Path(path)
+    detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
+    video = Video("video", path.name, schema.LABEL_UNKNOWN, path if path.is_file() else None)
+    if video.path is None:
+        raise VideoFailed("resolve", f"{path}: no such file")
+    return process_video(video, config, detector)
 
 
 @contextlib.contextmanager

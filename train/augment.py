@@ -1,0 +1,99 @@
+"""Turn uint8 batches into normalised float tensors where the model runs, augmenting whole batches.
+
+Batches cross the process boundary and the PCIe bus as uint8 (a quarter of the
+bytes of float32); conversion, normalisation and augmentation run as batched
+tensor ops on the training device. Random decisions come from a CPU generator
+seeded by the run, so a resumed run draws the same flips and masks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cache import schema
+from train.config import AugmentConfig
+
+# ImageNet statistics; the one-channel mel uses their mean, matching timm's summed conv1.
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = sum(RGB_MEAN) / 3, sum(RGB_STD) / 3
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors to the device (asynchronously from pinned memory); other values as they are."""
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+def _coin(batch_size: int, probability: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(batch_size, generator=generator) < probability
+
+
+def _where(mask: torch.Tensor, flipped: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    return torch.where(mask.to(images.device).view(shape), flipped, images)
+
+
+def _band_mask(batch: int, length: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, length] True inside one random band of up to `width` per sample."""
+    widths = torch.randint(0, width + 1, (batch, 1), generator=generator)
+    starts = (torch.rand(batch, 1, generator=generator) * (length - widths + 1)).long()
+    positions = torch.arange(length).view(1, -1)
+    return (positions >= starts) & (positions < starts + widths)
+
+
+def prepare_mel(mel: torch.Tensor, config: AugmentConfig | None, generator: torch.Generator | None):
+    """uint8 [B, 256, 256] -> float [B, 1, 256, 256], normalised, optionally augmented."""
+    images = (mel.float().unsqueeze(1) / 255.0 - GREY_MEAN) / GREY_STD
+    if config is None:
+        return images
+    batch = images.shape[0]
+    images = _where(_coin(batch, config.hflip, generator), images.flip(-1), images)
+    images = _where(_coin(batch, config.vflip, generator), images.flip(-2), images)
+    if config.time_mask:
+        columns = _band_mask(batch, images.shape[-1], config.time_mask, generator)
+        images = images.masked_fill(columns.to(images.device).view(batch, 1, 1, -1), 0.0)
+    if config.freq_mask:
+        rows = _band_mask(batch, images.shape[-2], config.freq_mask, generator)
+        images = images.masked_fill(rows.to(images.device).view(batch, 1, -1, 1), 0.0)
+    return images
+
+
+def prepare_faces(
+    faces: torch.Tensor, config: AugmentConfig | None, generator: torch.Generator | None
+):
+    """uint8 [B, K, S, S, 3] -> float [B, K, 3, S, S], ImageNet-normalised, optionally flipped."""
+    mean = torch.tensor(RGB_MEAN, device=faces.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(RGB_STD, device=faces.device).view(1, 1, 3, 1, 1)
+    images = (faces.permute(0, 1, 4, 2, 3).float() / 255.0 - mean) / std
+    if config is not None:
+        images = _where(_coin(images.shape[0], config.hflip, generator), images.flip(-1), images)
+    return images
+
+
+def evenly_spaced_frames(faces: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """`frames` of the K cached frames, spread over the clip (all of them for None)."""
+    available = faces.shape[1]
+    if frames is None or frames >= available:
+        return faces
+    picks = torch.linspace(0, available - 1, frames).round().long().to(faces.device)
+    return faces.index_select(1, picks)
+
+
+def prepare(
+    batch: dict,
+    fields: tuple[str, ...],
+    config: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+    frames: int | None = None,
+) -> dict:
+    """Model inputs from a device batch; `config=None` means evaluation (no augmentation)."""
+    inputs = {}
+    if schema.MEL in fields:
+        inputs[schema.MEL] = prepare_mel(batch[schema.MEL], config, generator)
+    if schema.FACES in fields:
+        faces = evenly_spaced_frames(batch[schema.FACES], frames)
+        inputs[schema.FACES] = prepare_faces(faces, config, generator)
+    return inputs

@@ -1,0 +1,56 @@
+"""A run folder: its config, the cache it was trained on, and its checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cache import open_cache
+from cache.config import dump_yaml, from_dict, load_config
+from cache.reader import Cache
+from train.config import TrainConfig
+from train.engine import BEST, LAST, Trainer
+
+CONFIG, CACHE = "config.yaml", "cache.json"
+
+
+class RunFolder:
+    """Reads (and, for a new run, writes) what a run needs besides its checkpoints."""
+
+    def __init__(self, path: Path, cache: Path | None = None, overrides: list[str] = ()) -> None:
+        self.path = Path(path)
+        if not (self.path / CONFIG).is_file():
+            raise FileNotFoundError(
+                f"{self.path}: not a run folder (no {CONFIG}); see avcache-train"
+            )
+        self.config = load_config(TrainConfig, self.path / CONFIG, list(overrides))
+        recorded = json.loads((self.path / CACHE).read_text(encoding="utf-8"))
+        self.cache_path = Path(cache or recorded["path"])
+        self.cache_config = recorded.get("config", {})
+
+    @staticmethod
+    def create(path: Path, config: TrainConfig, cache: Cache) -> RunFolder:
+        path.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config, path / CONFIG)
+        record = {"path": str(cache.root.resolve()), "config_hash": cache.config_hash,
+                  "config": cache.config}  # fmt: skip
+        (path / CACHE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        return RunFolder(path)
+
+    def cache(self) -> Cache:
+        return open_cache(self.cache_path)
+
+    def trainer(self, best: bool = False) -> Trainer:
+        """A Trainer restored from best.pt (weights only) or last.pt (everything)."""
+        trainer = Trainer(self.config, self.cache(), self.path)
+        checkpoint = self.path / (BEST if best else LAST)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")
+        trainer.load(checkpoint, weights_only_model=best)
+        return trainer
+
+    def preprocess_config(self):
+        """The preprocessing config the cache was made with (to score raw videos alike)."""
+        from preprocess.config import PreprocessConfig
+
+        return from_dict(PreprocessConfig, self.cache_config, where=f"{self.path / CACHE}")
