@@ -23,6 +23,7 @@ from preprocess.media import MediaError, MediaInfo
 log = logging.getLogger(__name__)
 
 MIN_FACE_PROBABILITY = 0.9  # MTCNN boxes below this are more often hands and backgrounds
+SEEK_AFTER_FRAMES = 48  # targets further ahead than this are reached by seeking
 
 # A detector takes RGB frames and the smallest face side worth finding (pixels), and
 # returns per frame the largest face box (x0, y0, x1, y1) in that frame's pixels, or None.
@@ -108,19 +109,35 @@ def frame_times(duration: float, count: int) -> list[float]:
     return [duration * (k + 0.5) / count for k in range(count)]
 
 
+def frame_indices(info: MediaInfo, capture: cv2.VideoCapture, count: int) -> list[int]:
+    """Indices of `count` frames spread evenly over the clip."""
+    fps = info.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or int(info.duration * fps)
+    duration = info.duration or total / fps
+    return [min(int(seconds * fps), max(total - 1, 0)) for seconds in frame_times(duration, count)]
+
+
 def read_frames(path: Path, info: MediaInfo, count: int) -> list[np.ndarray | None]:
-    """RGB frames at evenly spread times, by seeking (not decoding every frame)."""
+    """RGB frames at evenly spread times; None where a frame cannot be decoded.
+
+    A far target is reached by seeking; a near one by grabbing the frames in
+    between without converting them, which is cheaper than a seek (a seek
+    decodes again from the previous keyframe, often the clip's first frame).
+    """
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise MediaError("OpenCV cannot open the video stream")
+    frames: list[np.ndarray | None] = []
     try:
-        fps = info.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or int(info.duration * fps)
-        frames = []
-        for seconds in frame_times(info.duration or total / fps, count):
-            index = min(int(seconds * fps), max(total - 1, 0))
-            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        position = 0  # index of the frame the next grab() returns
+        for index in frame_indices(info, capture, count):
+            if index - position > SEEK_AFTER_FRAMES:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            else:
+                while position < index and capture.grab():
+                    position += 1
             ok, bgr = capture.read()
+            position = index + 1
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None)
     finally:
         capture.release()
