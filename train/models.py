@@ -38,65 +38,46 @@ def backbone(in_chans: int, pretrained: Path | None) -> nn.Module:
     )
 
 
-class AudioNet(nn.Module):
-    """ResNet18 on the one-channel mel image."""
+def mel_features(backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, 1, 256, 256] mel images -> [B, 512]."""
+    return backbone(inputs[schema.MEL])
 
-    fields = (schema.MEL,)
 
-    def __init__(self, pretrained: Path | None) -> None:
+def face_features(backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, K, 3, S, S] face frames -> per-frame features averaged over the K frames -> [B, 512]."""
+    faces = inputs[schema.FACES]
+    batch, frames = faces.shape[:2]
+    return backbone(faces.flatten(0, 1)).view(batch, frames, -1).mean(dim=1)
+
+
+# Branch name -> (cache dataset it reads, input channels, feature function).
+BRANCHES: dict[str, tuple[str, int, Callable]] = {
+    "mel": (schema.MEL, 1, mel_features),
+    "faces": (schema.FACES, 3, face_features),
+}
+# Model kind -> the branches it fuses.
+MODELS: dict[str, tuple[str, ...]] = {
+    "audio": ("mel",),
+    "faces": ("faces",),
+    "av": ("mel", "faces"),
+}
+
+
+class Detector(nn.Module):
+    """ResNet18 branches whose pooled features are concatenated into one linear head."""
+
+    def __init__(self, branches: tuple[str, ...], pretrained: Path | None) -> None:
         super().__init__()
-        self.mel = backbone(1, pretrained)
-        self.head = nn.Linear(self.mel.num_features, 1)
-
-    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.mel(inputs[schema.MEL])
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.features(inputs)).squeeze(1)
-
-
-class FacesNet(nn.Module):
-    """ResNet18 on every face frame, features averaged over the frames of a video."""
-
-    fields = (schema.FACES,)
-
-    def __init__(self, pretrained: Path | None) -> None:
-        super().__init__()
-        self.faces = backbone(3, pretrained)
-        self.head = nn.Linear(self.faces.num_features, 1)
-
-    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        faces = inputs[schema.FACES]  # [B, K, 3, S, S]
-        batch, frames = faces.shape[:2]
-        per_frame = self.faces(faces.flatten(0, 1))
-        return per_frame.view(batch, frames, -1).mean(dim=1)
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.features(inputs)).squeeze(1)
-
-
-class AudioVisualNet(nn.Module):
-    """Both branches; their pooled features concatenated into one linear head."""
-
-    fields = (schema.MEL, schema.FACES)
-
-    def __init__(self, pretrained: Path | None) -> None:
-        super().__init__()
-        self.audio = AudioNet(pretrained)
-        self.video = FacesNet(pretrained)
-        width = self.audio.mel.num_features + self.video.faces.num_features
+        self.branches = nn.ModuleDict(
+            {name: backbone(BRANCHES[name][1], pretrained) for name in branches}
+        )
+        self.fields = tuple(BRANCHES[name][0] for name in branches)
+        width = sum(branch.num_features for branch in self.branches.values())
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        joined = torch.cat([self.audio.features(inputs), self.video.features(inputs)], dim=1)
-        return self.head(joined).squeeze(1)
-
-
-MODELS: dict[str, Callable[[Path | None], nn.Module]] = {
-    "audio": AudioNet,
-    "faces": FacesNet,
-    "av": AudioVisualNet,
-}
+        features = [BRANCHES[name][2](branch, inputs) for name, branch in self.branches.items()]
+        return self.head(torch.cat(features, dim=1)).squeeze(1)
 
 
 def build_model(kind: str, pretrained: str | Path | None = None) -> nn.Module:
@@ -104,4 +85,4 @@ def build_model(kind: str, pretrained: str | Path | None = None) -> nn.Module:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
     if pretrained is None:
         log.warning("no pretrained weights given (--pretrained PATH): training from scratch")
-    return MODELS[kind](Path(pretrained) if pretrained else None)
+    return Detector(MODELS[kind], Path(pretrained) if pretrained else None)

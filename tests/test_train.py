@@ -1,0 +1,186 @@
+"""The trainer on small real caches: every model kind, learning, resume, predict, weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from cache import open_cache, schema
+from cache.config import to_dict
+from cache.index import ShardRecord, build_index, write_json_atomic
+from cache.writer import ShardWriter
+from preprocess.config import PreprocessConfig
+from train.augment import prepare
+from train.config import TrainConfig
+from train.engine import BEST, LAST, METRICS, Trainer
+from train.models import MODELS, build_model
+from train.predict import FALLBACK
+from train.predict import main as predict_main
+from train.run import main as train_main
+
+FRAMES, SIZE = 2, 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_sample(name: str, fake: bool, rng: np.random.Generator) -> schema.Sample:
+    """Separable on purpose: fakes have a bright mel band and reddish faces."""
+    mel = rng.integers(0, 120, (256, 256), dtype=np.uint8)
+    faces = rng.integers(0, 120, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    if fake:
+        mel[100:140] += 120
+        faces[..., 0] += 120
+    return schema.Sample(name, int(fake), mel, faces, True, np.ones(FRAMES, bool),
+                         np.zeros((FRAMES, 4), np.float32), np.float32(1.0))  # fmt: skip
+
+
+def write_toy_cache(root, splits: dict[str, int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    records = []
+    (root / "shards").mkdir(parents=True)
+    for split, count in splits.items():
+        for number, start in enumerate(range(0, count, 12)):
+            rel = f"shards/{split}-{number:05d}.h5"
+            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE) as writer:
+                for i in range(start, min(start + 12, count)):
+                    writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
+                n, digest = writer.close()
+            records.append(ShardRecord(rel, split, n, digest))
+    config = to_dict(PreprocessConfig())
+    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar")
+    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_cache(root, {"train": 48, "val": 24, "test": 10})
+    return root
+
+
+def small_config(**overrides) -> list[str]:
+    values = {"model.kind": "faces", "data.batch_size": 8, "data.block_size": 4,
+              "data.workers": 0, "run.epochs": 2, "optim.lr": 3e-3, "run.threads": 2}  # fmt: skip
+    values.update(overrides)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_every_model_kind_trains_one_step(kind):
+    torch.manual_seed(0)
+    model = build_model(kind)
+    batch = {
+        schema.MEL: torch.randint(0, 256, (2, 256, 256), dtype=torch.uint8),
+        schema.FACES: torch.randint(0, 256, (2, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8),
+    }
+    logits = model(prepare(batch, model.fields))
+    assert logits.shape == (2,)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_unknown_model_kind_is_refused():
+    with pytest.raises(ValueError, match=r"model\.kind 'video' unknown"):
+        build_model("video")
+
+
+def test_training_separates_a_separable_set(toy_cache, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(["--cache", str(toy_cache), "--out", str(run),
+                       *small_config(**{"run.epochs": 3})]) == 0  # fmt: skip
+    history = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+    assert len(history) == 3
+    assert max(row["val_auc"] for row in history) > 0.9
+    for name in ("config.yaml", "curves.png", "roc.png", LAST, BEST):
+        assert (run / name).stat().st_size > 0
+
+
+def test_killed_run_resumes_to_where_an_uninterrupted_run_ends(toy_cache, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*small_config(), "--cache", str(toy_cache)]
+    assert train_main([*args, "--out", str(straight)]) == 0
+    command = [sys.executable, "-m", "train.run", *args, "--out", str(killed)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics, deadline = killed / METRICS, time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.kill()  # SIGKILL, during epoch 2
+    process.wait()
+    assert torch.load(killed / LAST, weights_only=True)["epoch"] == 1
+    assert train_main(["--resume", str(killed)]) == 0
+    a = torch.load(straight / LAST, weights_only=True)
+    b = torch.load(killed / LAST, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    rows = [json.loads(line) for line in (killed / METRICS).read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in a["history"]]
+
+
+def test_a_run_folder_is_not_overwritten(toy_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--cache", str(toy_cache), "--out", str(run), *small_config(**{"run.epochs": 1})]
+    assert train_main(args) == 0
+    assert train_main(args) == 2
+    assert "already holds a run: use --resume" in capsys.readouterr().err
+
+
+def test_submission_rows_follow_the_list(toy_cache, tmp_path, caplog):
+    run = tmp_path / "run"
+    assert train_main(["--cache", str(toy_cache), "--out", str(run),
+                       *small_config(**{"run.epochs": 1})]) == 0  # fmt: skip
+    names = [f"test{i:03d}.mp4" for i in (7, 2, 9, 0)] + ["broken.mp4"]
+    listing = tmp_path / "prediction.txt.csv"
+    listing.write_text("\ufeffvideo_name,target\r\n" + "".join(f"{n},\r\n" for n in names))
+    out = tmp_path / "submission.csv"
+    with caplog.at_level(logging.WARNING):
+        assert predict_main(["--run", str(run), "--list", str(listing), "--out", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["video_name", "y_pred"]
+    assert [row[0] for row in rows[1:]] == names
+    scores = [float(row[1]) for row in rows[1:]]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores[-1] == FALLBACK
+    assert "broken.mp4" in caplog.text
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path):
+    source = timm.create_model("resnet18", num_classes=1000)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), path)
+    model = build_model("av", path)
+    faces, mel = model.branches["faces"], model.branches["mel"]
+    assert torch.equal(faces.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.allclose(mel.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    from_pth = build_model("audio", tmp_path / "resnet18.pth")
+    assert torch.equal(
+        from_pth.branches["mel"].layer4[1].conv2.weight, source.layer4[1].conv2.weight
+    )
+
+
+def test_missing_weights_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        build_model("audio", tmp_path / "nope.pth")
+
+
+def test_trainer_refuses_a_split_that_is_not_cached(toy_cache, tmp_path):
+    config = TrainConfig()
+    config.data.val_split = "holdout"
+    config.model.kind = "faces"
+    trainer = Trainer(config, open_cache(toy_cache), tmp_path)
+    with pytest.raises(ValueError, match="split 'holdout' has no cached samples"):
+        trainer.validate()
