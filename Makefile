@@ -6,9 +6,8 @@ STAMP := $(VENV)/.setup-done
 DEMO := demo
 JOBS ?= 2
 
-# Debian packages: ffmpeg/ffprobe for decoding, espeak-ng and real speech recordings for the
-# sample data set (only the sample generator needs the last two).
-APT_PACKAGES := ffmpeg espeak-ng asterisk-core-sounds-en-wav
+# Debian packages: ffmpeg/ffprobe for decoding; espeak-ng and two sets of real speech
+# recordings (two speakers) for the sample data set and the tests.
 
 .PHONY: setup demo test lint bench clean system-packages
 
@@ -19,6 +18,7 @@ system-packages:
 	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	[ -d /usr/share/asterisk/sounds/en ] || missing="$$missing asterisk-core-sounds-en-wav"; \
+	[ -f /usr/share/codec2/raw/speech_orig_16k.wav ] || missing="$$missing codec2-examples"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

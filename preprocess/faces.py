@@ -63,8 +63,11 @@ def detect_mtcnn(frames: list[np.ndarray], min_face_size: int) -> list[Box | Non
     boxes, probs = _mtcnn(min_face_size).detect(np.stack(frames))
     found = []
     for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
-        if frame_boxes is not None:
-            frame_boxes = frame_boxes[np.asarray(frame_probs) >= MIN_FACE_PROBABILITY]
+        if frame_boxes is not None:  # object arrays under numpy 2: make them numbers
+            frame_boxes = np.asarray(frame_boxes, dtype=np.float32)
+            frame_boxes = frame_boxes[
+                np.asarray(frame_probs, dtype=np.float32) >= MIN_FACE_PROBABILITY
+            ]
         found.append(_largest(frame_boxes))
     return found
 
