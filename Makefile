@@ -34,11 +34,21 @@ $(STAMP): setup.cfg pyproject.toml | system-packages
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
+# The main job on the sample data: cache it, train the fused audio + faces model on the CPU
+# (faces cached small and mel resized to 128 so that it takes minutes), predict, score.
 demo: setup
-	$(BIN)/python -m preprocess.sample $(DEMO)/data
+	$(BIN)/python -m preprocess.sample $(DEMO)/data --jobs $(JOBS)
 	$(BIN)/avcache-preprocess --config configs/preprocess.yaml --data $(DEMO)/data \
-		--out $(DEMO)/cache --jobs $(JOBS) shards.size=64
+		--out $(DEMO)/cache --jobs $(JOBS) faces.frames=4 faces.size=64 shards.size=64
+	$(BIN)/inspect $(DEMO)/cache
 	$(BIN)/inspect $(DEMO)/cache verify
+	rm -rf $(DEMO)/run
+	$(BIN)/avcache-train --config configs/train.yaml --cache $(DEMO)/cache --out $(DEMO)/run \
+		model.kind=av model.mel_size=128 data.batch_size=16 run.epochs=5 run.threads=$(JOBS)
+	$(BIN)/avcache-predict --run $(DEMO)/run --list $(DEMO)/data/prediction.txt.csv \
+		--out $(DEMO)/submission.csv
+	$(BIN)/avcache-score $(DEMO)/submission.csv $(DEMO)/data/test_label_hidden.txt
+	@echo "demo done: $(DEMO)/submission.csv, plots in $(DEMO)/run/curves.png and roc.png"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -13,8 +13,8 @@ class LabelFileError(ValueError):
     """A label file that cannot be used; the message lists every bad row."""
 
 
-def read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of a CSV list; tolerates a UTF-8 BOM and CRLF endings."""
+def read_rows(path: Path, header: tuple[str, str] = HEADER) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a CSV list after its header; tolerates a BOM and CRLF endings."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as error:
@@ -23,8 +23,8 @@ def read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raise LabelFileError(f"{path}: not UTF-8 text ({error.reason})") from error
     rows = list(csv.reader(io.StringIO(text, newline="")))
     numbered = [(number, row) for number, row in enumerate(rows, start=1) if any(row)]
-    if not numbered or tuple(cell.strip() for cell in numbered[0][1][:2]) != HEADER:
-        raise LabelFileError(f"{path}: the first line must be the header 'video_name,target'")
+    if not numbered or tuple(cell.strip() for cell in numbered[0][1][:2]) != header:
+        raise LabelFileError(f"{path}: the first line must be the header '{','.join(header)}'")
     return numbered[1:]
 
 

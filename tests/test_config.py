@@ -8,6 +8,7 @@ import pytest
 
 from cache.config import ConfigError, config_hash, load_config, to_dict
 from preprocess.config import PreprocessConfig
+from train.config import TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "preprocess.yaml"
 
@@ -49,3 +50,15 @@ def test_hash_changes_with_any_value():
     base = config_hash(load_config(PreprocessConfig, None))
     assert base == config_hash(PreprocessConfig())
     assert base != config_hash(load_config(PreprocessConfig, None, ["faces.size=112"]))
+
+
+def test_shipped_train_yaml_equals_the_defaults():
+    path = CONFIG.parent / "train.yaml"
+    assert to_dict(load_config(TrainConfig, path)) == to_dict(TrainConfig())
+
+
+def test_baseline_recipe_config():
+    config = load_config(TrainConfig, CONFIG.parent / "train_baseline.yaml")
+    assert (config.model.kind, config.optim.name, config.optim.lr) == ("audio", "adam", 0.003)
+    assert (config.optim.schedule, config.optim.step_size, config.optim.gamma) == ("step", 4, 0.85)
+    assert config.data.batch_size == 40 and config.augment.vflip == 0.5

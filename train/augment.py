@@ -9,6 +9,7 @@ seeded by the run, so a resumed run draws the same flips and masks.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cache import schema
 from train.config import AugmentConfig
@@ -44,9 +45,16 @@ def _band_mask(batch: int, length: int, width: int, generator: torch.Generator) 
     return (positions >= starts) & (positions < starts + widths)
 
 
-def prepare_mel(mel: torch.Tensor, config: AugmentConfig | None, generator: torch.Generator | None):
-    """uint8 [B, 256, 256] -> float [B, 1, 256, 256], normalised, optionally augmented."""
+def prepare_mel(
+    mel: torch.Tensor,
+    config: AugmentConfig | None,
+    generator: torch.Generator | None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """uint8 [B, 256, 256] -> float [B, 1, size, size], normalised, optionally augmented."""
     images = (mel.float().unsqueeze(1) / 255.0 - GREY_MEAN) / GREY_STD
+    if size and size != images.shape[-1]:  # a smaller input trains faster (e.g. on a CPU)
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     if config is None:
         return images
     batch = images.shape[0]
@@ -88,11 +96,12 @@ def prepare(
     config: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
     frames: int | None = None,
+    mel_size: int | None = None,
 ) -> dict:
     """Model inputs from a device batch; `config=None` means evaluation (no augmentation)."""
     inputs = {}
     if schema.MEL in fields:
-        inputs[schema.MEL] = prepare_mel(batch[schema.MEL], config, generator)
+        inputs[schema.MEL] = prepare_mel(batch[schema.MEL], config, generator, mel_size)
     if schema.FACES in fields:
         faces = evenly_spaced_frames(batch[schema.FACES], frames)
         inputs[schema.FACES] = prepare_faces(faces, config, generator)

@@ -14,6 +14,7 @@ class ModelConfig:
     kind: str = "av"  # audio (mel), faces (face frames), av (both, fused); see train/models.py
     pretrained: str | None = None  # local ResNet18 weights (.safetensors or .pth); none: scratch
     frames: int | None = None  # face frames used per video (None: all that were cached)
+    mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)
 
 
 @dataclass

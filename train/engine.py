@@ -106,7 +106,10 @@ class Trainer:
     def _inputs(self, batch: dict, train: bool) -> tuple[dict, torch.Tensor]:
         batch = to_device(batch, self.device)
         augment = self.config.augment if train else None
-        inputs = prepare(batch, self.fields, augment, self.augment_rng, self.config.model.frames)
+        model = self.config.model
+        inputs = prepare(
+            batch, self.fields, augment, self.augment_rng, model.frames, model.mel_size
+        )
         if self._cuda and self.config.run.channels_last and schema.MEL in inputs:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
         return inputs, batch[schema.LABEL].float()

@@ -77,7 +77,8 @@ def predict_video(run: RunFolder, video: Path) -> float:
         schema.FACES: torch.from_numpy(sample.faces[None]).to(trainer.device),
     }
     trainer.model.eval()
-    inputs = prepare(batch, trainer.fields, None, None, trainer.config.model.frames)
+    model = trainer.config.model
+    inputs = prepare(batch, trainer.fields, None, None, model.frames, model.mel_size)
     return float(torch.sigmoid(trainer.forward(inputs).float())[0])
 
 
