@@ -21,6 +21,7 @@ from cache.config import to_dict
 from cache.index import ShardRecord, build_index, write_json_atomic
 from cache.writer import ShardWriter
 from preprocess.config import PreprocessConfig
+from tests.media import talking_face
 from train.augment import prepare
 from train.config import TrainConfig
 from train.engine import BEST, LAST, METRICS, Trainer
@@ -184,3 +185,17 @@ def test_trainer_refuses_a_split_that_is_not_cached(toy_cache, tmp_path):
     trainer = Trainer(config, open_cache(toy_cache), tmp_path)
     with pytest.raises(ValueError, match="split 'holdout' has no cached samples"):
         trainer.validate()
+
+
+def test_predict_one_raw_video(toy_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--cache", str(toy_cache), "--out", str(run),
+                       *small_config(**{"run.epochs": 1, "model.kind": "av"})]) == 0  # fmt: skip
+    video = talking_face(tmp_path / "clip.mp4", seconds=1.0)
+    capsys.readouterr()
+    assert predict_main(["--run", str(run), "--video", str(video)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{video}: P(fake) = ")
+    assert 0.0 <= float(line.rsplit("= ", 1)[1]) <= 1.0
+    assert predict_main(["--run", str(run), "--video", str(tmp_path / "nope.mp4")]) == 2
+    assert "no such file" in capsys.readouterr().err
