@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 
@@ -22,6 +23,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     auc_axis.set(xlabel="epoch", ylabel="ROC AUC", title="Validation AUC", ylim=(0.0, 1.02))
     for axis in (loss_axis, auc_axis):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
