@@ -22,7 +22,7 @@ class Failure:
 
     split: str
     video_name: str
-    stage: str  # resolve, probe, audio, faces, ...
+    stage: str  # resolve, decode, audio, faces
     error: str
 
 

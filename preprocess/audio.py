@@ -1,16 +1,18 @@
 """Mel images from a video's audio: a registry of recipes, `baseline` by default.
 
 `baseline` reproduces the public FFDV recipe (moviepy 1.0.3 + librosa + cv2,
-see shared/reference) without its temp WAV: ffmpeg decodes to 44.1 kHz stereo
-s16 as moviepy does, the clip is cut or zero-padded to the container duration
-and clipped to ±0.99 as moviepy's WAV writer does, then librosa's own load,
-mel and dB steps run on the array, and OpenCV normalises and resizes.
+see shared/reference) without its temp WAV: ffmpeg decodes 44.1 kHz stereo s16
+as moviepy does, moviepy's WAV is replayed in memory (preprocess/moviepy103.py),
+then librosa's own load, mel and dB steps run on the array and OpenCV
+normalises and resizes. `padded` runs the same steps on the audio cut or padded
+with silence to the container duration (moviepy 2.x's behaviour), without the
+1.0.3 reader's artefacts on clips whose audio is shorter than their video.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import cv2
 import librosa
@@ -18,34 +20,39 @@ import numpy as np
 
 from cache.schema import MEL_SIZE
 from preprocess.config import AudioConfig
-from preprocess.media import MediaInfo, decode_audio_s16
+from preprocess.media import MediaInfo
+from preprocess.moviepy103 import RATE as MOVIEPY_RATE
+from preprocess.moviepy103 import moviepy_wav
 
-MOVIEPY_RATE = 44100  # moviepy's write_audiofile default
 LIBROSA_RATE = 22050  # librosa.load default
 N_MELS = 128
-MOVIEPY_CLIP = int(0.99 * 2**15)  # moviepy clips to ±0.99 before quantising (truncating)
 
 
 def empty_mel() -> np.ndarray:
-    """The defined image for a clip without audio."""
+    """The defined image for a clip without audio (and for silence)."""
     return np.zeros((MEL_SIZE, MEL_SIZE), dtype=np.uint8)
 
 
-def moviepy_duration(seconds: float) -> float:
-    """The container duration as moviepy parses it from ffmpeg's 'Duration:' line (10 ms)."""
-    return int(round(seconds * 1e6) + 5000) // 10000 / 100
-
-
-def baseline_waveform(pcm: bytes, duration: float) -> np.ndarray:
-    """The float32 mono 22,050 Hz signal librosa.load returns for moviepy's WAV."""
-    stereo = np.frombuffer(pcm, dtype=np.int16).reshape(-1, 2)
-    if duration > 0:  # moviepy writes exactly int(44100 x duration) frames, padding with zeros
-        frames = int(MOVIEPY_RATE * moviepy_duration(duration))
-        stereo = stereo[:frames]
-        stereo = np.pad(stereo, ((0, frames - len(stereo)), (0, 0)))
-    stereo = np.clip(stereo, -MOVIEPY_CLIP, MOVIEPY_CLIP).astype(np.float32) / 2**15
-    mono = stereo.mean(axis=1)  # librosa.to_mono
+def librosa_load(wav: np.ndarray) -> np.ndarray:
+    """What librosa.load returns for an int16 stereo WAV at 44.1 kHz: mono, 22,050 Hz."""
+    mono = (wav.astype(np.float32) / 2**15).mean(axis=1)  # soundfile's scaling, to_mono
     return librosa.resample(mono, orig_sr=MOVIEPY_RATE, target_sr=LIBROSA_RATE, res_type="soxr_hq")
+
+
+def baseline_waveform(pcm: bytes, info: MediaInfo) -> np.ndarray:
+    stereo = np.frombuffer(pcm, dtype=np.int16).reshape(-1, 2)
+    try:
+        return librosa_load(moviepy_wav(stereo, info.duration))
+    except IndexError:  # no samples at all (moviepy itself crashes there)
+        return np.zeros(0, dtype=np.float32)
+
+
+def padded_waveform(pcm: bytes, info: MediaInfo) -> np.ndarray:
+    stereo = np.frombuffer(pcm, dtype=np.int16).reshape(-1, 2)
+    if info.duration > 0:
+        frames = int(MOVIEPY_RATE * info.duration)
+        stereo = np.pad(stereo[:frames], ((0, max(frames - len(stereo), 0)), (0, 0)))
+    return librosa_load(np.clip(stereo, -32440, 32440))  # moviepy's ±0.99 clip
 
 
 def baseline_image(waveform: np.ndarray) -> np.ndarray:
@@ -59,18 +66,23 @@ def baseline_image(waveform: np.ndarray) -> np.ndarray:
     return cv2.resize(scaled, (MEL_SIZE, MEL_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
-def baseline_mel(path: Path, info: MediaInfo, config: AudioConfig) -> np.ndarray:
-    pcm = decode_audio_s16(path, MOVIEPY_RATE, 2, config.max_seconds)
-    duration = min(info.duration, config.max_seconds)
-    return baseline_image(baseline_waveform(pcm, duration))
+@dataclass(frozen=True)
+class MelMode:
+    rate: int  # what ffmpeg decodes to
+    channels: int
+    waveform: Callable[[bytes, MediaInfo], np.ndarray]
+    image: Callable[[np.ndarray], np.ndarray]
 
 
-MelRecipe = Callable[[Path, MediaInfo, AudioConfig], np.ndarray]
-MEL_MODES: dict[str, MelRecipe] = {"baseline": baseline_mel}
+MEL_MODES: dict[str, MelMode] = {
+    "baseline": MelMode(MOVIEPY_RATE, 2, baseline_waveform, baseline_image),
+    "padded": MelMode(MOVIEPY_RATE, 2, padded_waveform, baseline_image),
+}
 
 
-def mel_image(path: Path, info: MediaInfo, config: AudioConfig) -> np.ndarray:
-    """The uint8 [256, 256] mel image of a file (zeros when it has no audio)."""
+def mel_image(pcm: bytes, info: MediaInfo, config: AudioConfig) -> np.ndarray:
+    """The uint8 [256, 256] mel image of decoded audio (zeros when the file has none)."""
     if not info.has_audio:
         return empty_mel()
-    return MEL_MODES[config.mode](path, info, config)
+    mode = MEL_MODES[config.mode]
+    return mode.image(mode.waveform(pcm, info))

@@ -26,7 +26,8 @@ def _ffdv_splits() -> dict[str, SplitConfig]:
 
 @dataclass
 class AudioConfig:
-    mode: str = "baseline"  # mel recipe (preprocess/audio.py MEL_MODES); baseline = public recipe
+    mode: str = "baseline"  # mel recipe: baseline (the public recipe) or padded (see audio.py)
+    ffmpeg: str = "auto"  # decoder: auto (imageio-ffmpeg's static build, else PATH), or a path
     max_seconds: float = 600.0  # audio read per video at most: bounds memory on very long files
 
 

@@ -22,6 +22,7 @@ from preprocess.audio import MEL_MODES
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import ShardPlan, Video, plan_shards, read_split
 from preprocess.faces import resolve_detector
+from preprocess.media import ffmpeg_binary
 from preprocess.worker import write_shard
 
 log = logging.getLogger("avcache.preprocess")
@@ -68,6 +69,7 @@ class Preprocessor:
         self.jobs = jobs
         self.hash = config_hash(config)
         self.detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
+        self.ffmpeg = ffmpeg_binary(config.audio.ffmpeg)  # fail here, not in every worker
         self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
 
     def read_videos(self) -> list[Video]:

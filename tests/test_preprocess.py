@@ -102,7 +102,7 @@ def test_every_broken_video_is_recorded(clean_cache):
     assert failures["missing.mp4"].stage == "resolve"
     assert failures["missing.mp4"].error == "no such file in trainset/"
     for name in ("zero.mp4", "random.mp4", "text.mp4"):
-        assert failures[name].stage == "probe"
+        assert failures[name].stage == "decode"
         assert "Invalid data" in failures[name].error or "End of file" in failures[name].error
 
 
