@@ -95,13 +95,18 @@ def test_batches_hold_the_written_arrays(cache):
 
 def test_mel_only_never_reads_faces(cache, monkeypatch):
     read = Counter()
-    original = ShardReader.read_into
+    original_into, original_read = ShardReader.read_into, ShardReader.read
 
-    def counting(self, name, start, out):
+    def counting_into(self, name, start, out):
         read[name] += 1
-        return original(self, name, start, out)
+        return original_into(self, name, start, out)
 
-    monkeypatch.setattr(ShardReader, "read_into", counting)
+    def counting_read(self, name, start=0, stop=None):
+        read[name] += 1
+        return original_read(self, name, start, stop)
+
+    monkeypatch.setattr(ShardReader, "read_into", counting_into)
+    monkeypatch.setattr(ShardReader, "read", counting_read)
     batches = list(ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=8)))
     assert set(batches[0]) == {schema.MEL, schema.LABEL}
     assert set(read) == {schema.MEL, schema.LABEL}

@@ -31,6 +31,9 @@ from cache import schema
 from cache.reader import ShardEntry, ShardReader
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
+# Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
+# costs as much as a 1 MiB one.
+SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class ShardStream(IterableDataset):
         self.plan, self.rank, self.world = plan, rank, world
         self.epoch = 0
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
+        self._columns: dict[tuple[int, str], np.ndarray] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -130,24 +134,30 @@ class ShardStream(IterableDataset):
                 yield self.read_batch(batches[global_index])
 
     def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
+        return {field: self._read_field(field, blocks) for field in self.fields}
+
+    def _read_field(self, field: str, blocks: list[Block]) -> torch.Tensor | list[str]:
+        if field == schema.VIDEO_NAME:
+            return [n for b in blocks for n in self._reader(b.shard).video_names[b.start : b.stop]]
+        if field in SMALL_FIELDS:
+            parts = [self._column(b.shard, field)[b.start : b.stop] for b in blocks]
+            return torch.from_numpy(np.concatenate(parts))
+        first = self._reader(blocks[0].shard)
         size = sum(len(block) for block in blocks)
-        batch: dict[str, torch.Tensor | list[str]] = {}
-        for field in self.fields:
-            if field == schema.VIDEO_NAME:
-                batch[field] = [
-                    n for b in blocks for n in self._reader(b.shard).video_names[b.start : b.stop]
-                ]
-                continue
-            first = self._reader(blocks[0].shard)
-            out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
-            position = 0
-            for block in blocks:
-                self._reader(block.shard).read_into(
-                    field, block.start, out[position : position + len(block)]
-                )
-                position += len(block)
-            batch[field] = torch.from_numpy(out)
-        return batch
+        out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
+        position = 0
+        for block in blocks:  # one h5py call per block, straight into the batch
+            self._reader(block.shard).read_into(
+                field, block.start, out[position : position + len(block)]
+            )
+            position += len(block)
+        return torch.from_numpy(out)
+
+    def _column(self, shard: int, field: str) -> np.ndarray:
+        column = self._columns.get((shard, field))
+        if column is None:
+            column = self._columns[(shard, field)] = self._reader(shard).read(field)
+        return column
 
     def _reader(self, shard: int) -> ShardReader:
         reader = self._readers.get(shard)
@@ -161,4 +171,5 @@ class ShardStream(IterableDataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()  # open HDF5 handles never cross a process boundary
+        state["_columns"] = {}
         return state

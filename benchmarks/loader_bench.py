@@ -1,0 +1,988 @@
+"""Loader benchmark: ShardStream against the baseline's JPEG loader, a naive h5py Dataset and the
+block-read ceiling, side by side in one run.
+
+    python benchmarks/loader_bench.py [--samples 8192] [--shards 8] [--batch-size 256]
+        [--block-sizes 16,32,64] [--faces-frames 8 --face-size 224 --av-samples 512
+        --av-batch 32] [--baseline-samples 1024] [--passes 7] [--cold-passes 3]
+        [--train-steps 3 --train-batch 16] [--out DIR]
+
+It builds its own data (under --out/data, kept; or in a temp folder, removed at the end):
+- a mel-only cache (`faces.frames=0`): `--shards` shards of `--samples` in all, written with
+  `cache.writer.ShardWriter` and committed with `cache.index`, as the preprocessor does. The
+  mel images are random but spectrogram-like (a coarse random time-frequency grid, bilinearly
+  upsampled, plus noise), so that their JPEGs have a real mel image's size and decoding cost;
+  the HDF5 paths do not care about content (no compression).
+- an av cache (mel + random faces, K x S x S x 3) of `--av-samples` in two shards;
+- the first `--baseline-samples` mel images as one grey JPEG each (`cv2.imwrite`, quality 95),
+  as the public baseline stores them;
+- plain copies of both caches' shards for the loaders that open them with `rdcc_nbytes=0`:
+  HDF5 shares one open file, with the chunk-cache settings of its first opener, between all
+  the handles a process opens on it.
+
+One pass of a loader yields ready batches (shuffled, collated tensors) until its data is spent;
+samples/s and MB/s count the bytes of those tensors:
+- ours: `train.loader.ShardStream` iterated in this process (the target is per process),
+  `LoaderPlan(batch_size, block_size)` for each `--block-sizes`; uint8 batches;
+- (a) baseline: a torch Dataset doing PIL `Image.open(path).convert('RGB')` +
+  `Resize((256, 256))` + `ToTensor()` per sample, shuffling DataLoader, no workers; it yields
+  float32 [3, 256, 256] (12x the bytes of our uint8 [256, 256]; its own recipe also flips and
+  normalises, which this leaves out, so its figure is an upper bound);
+- (b) naive: a map-style Dataset that opens the shards once and reads `ds[i]` (one h5py call)
+  per `__getitem__` (labels read up front, in its favour), shuffling DataLoader, default collate;
+  (b') the same with HDF5's chunk cache off (`rdcc_nbytes=0`): a mel chunk holds 16 samples
+  (1 MiB; HDF5 2.0's default cache is 8 MiB), so with the cache on every shuffled `ds[i]`
+  pulls a whole chunk through it;
+- (c) ceiling: contiguous `read_direct` blocks of 256 or 512 samples into one preallocated
+  array, file order, no shuffling; (c') blocks of 256 with the chunk cache off; (c'') the
+  stored chunks' bytes read straight into blocks of 256 (`read_direct_chunk`, valid for
+  unfiltered chunks lying whole in a block), which skips HDF5's dataspace layer;
+- memcpy: `np.copyto` of the same bytes from memory, in the same blocks;
+- av: ShardStream over (mel, faces) against block reads of both datasets.
+All of them run in this process with one torch thread (see LOADER_THREADS).
+
+Warm: every file read once before the warm rounds. Cold: `posix_fadvise(DONTNEED)` on a
+loader's files right before each of its passes, and the share of them still in the page cache
+measured with mincore(2) as the pass starts; `echo 1 > /proc/sys/vm/drop_caches` is tried once
+(it empties the whole machine's page cache, so it is only checked, not used per pass).
+The machine is shared, so loaders take turns round by round (in a rotating order); a figure is
+the median over rounds, and a ratio is given both as the ratio of medians and as the median of
+the per-round ratios. Finally, a few CPU training steps of `build_model("audio")` fed by
+ShardStream through `train.augment.prepare` split a step into data wait, prepare and compute,
+in this process and through a DataLoader with 2 workers. Results go to loader_bench.json.
+"""
+
+import argparse
+import contextlib
+import cProfile
+import ctypes
+import io
+import json
+import mmap
+import os
+import platform
+import pstats
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_FILE = "loader_bench.json"
+MEL_SIZE = 256  # cache format v1
+GEN_BLOCK = 64  # samples generated at a time while writing (bounds memory)
+MB = 1e6
+# Loaders are timed with one torch thread, as in a DataLoader worker: with torch's default of one
+# thread per core, ToTensor and default collate on a shared (oversubscribed) machine ran up to
+# 10x slower than with one thread here (OpenMP threads waiting on busy cores), which would
+# flatter our ratios to (a) and (b).
+LOADER_THREADS = 1
+TARGETS = {  # (group, figure) -> minimum; from DESIGN.md "Performance budget"
+    ("mel", "ours / (c) ceiling, warm"): 0.40,
+    ("mel", "ours / (a) baseline, warm"): 50.0,
+    ("mel", "ours / (b) naive, warm"): 1.5,
+    ("mel", "ours / (b') naive rdcc 0, warm"): 1.5,  # (b) opened the way per-sample reads need
+    ("mel", "samples/s, warm"): 100_000.0,
+    ("av", "ours / (c) ceiling, warm"): 0.40,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    add = parser.add_argument
+    add("--samples", type=int, default=8192, help="mel-only samples (64 KiB each)")
+    add("--shards", type=int, default=8, help="shards of the mel-only cache")
+    add("--batch-size", type=int, default=256, help="mel batch size of every loader")
+    add("--block-sizes", default="16,32,64", help="LoaderPlan.block_size values to time")
+    add("--faces-frames", type=int, default=8, help="K face frames per av sample")
+    add("--face-size", type=int, default=224, help="S, face crop side")
+    add("--av-samples", type=int, default=512, help="samples of the av cache (two shards)")
+    add("--av-batch", type=int, default=32, help="batch size for av batches")
+    add("--baseline-samples", type=int, default=1024, help="JPEGs for the baseline loader")
+    add("--passes", type=int, default=7, help="warm rounds (every loader once per round)")
+    add("--cold-passes", type=int, default=3, help="cold rounds (0: skip)")
+    add("--train-steps", type=int, default=3, help="timed CPU training steps (0: skip)")
+    add("--train-batch", type=int, default=16, help="batch size of the training steps")
+    add("--seed", type=int, default=0)
+    add("--out", type=Path, help="folder for the JSON and the data (default: temp, data removed)")
+    args = parser.parse_args(argv)
+    args.block_sizes = [int(v) for v in args.block_sizes.split(",") if v]
+    if args.samples < args.shards or args.av_samples < 2 or not args.block_sizes:
+        parser.error("need at least one sample per shard, two av samples and a block size")
+    if min(args.passes, args.batch_size, args.av_batch, args.baseline_samples) < 1:
+        parser.error("--passes, batch sizes and --baseline-samples must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def mel_like(rng: np.random.Generator, count: int) -> np.ndarray:
+    """uint8 [count, 256, 256] with a spectrogram's texture (smooth bands plus noise): pure
+    noise would make JPEGs several times larger and slower to decode than real mel images."""
+    coarse = rng.integers(0, 256, (count, 32, 64), dtype=np.uint8)
+    out = np.empty((count, MEL_SIZE, MEL_SIZE), np.uint8)
+    for i in range(count):
+        out[i] = cv2.resize(coarse[i], (MEL_SIZE, MEL_SIZE), interpolation=cv2.INTER_LINEAR)
+    out = (out >> 1) + (out >> 2)  # at most 190: room for the noise without wrapping
+    out += rng.integers(0, 32, out.shape, dtype=np.uint8)
+    return out
+
+
+def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> tuple[int, str]:
+    """One shard through ShardWriter, as the preprocessor writes it; (num_samples, sha256)."""
+    from cache import schema
+    from cache.writer import ShardWriter
+
+    frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
+    writer = ShardWriter(path, split="train", frames=frames, face_size=size)
+    with writer:
+        for start in range(0, count, GEN_BLOCK):
+            n = min(GEN_BLOCK, count - start)
+            mels, labels = mel_like(rng, n), rng.integers(0, 2, n)
+            crops = rng.integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8)
+            for i in range(n):
+                writer.append(
+                    schema.Sample(
+                        video_name=f"bench-{number}-{start + i:06d}.mp4",
+                        label=int(labels[i]),
+                        mel=mels[i],
+                        faces=crops[i],
+                        has_audio=True,
+                        face_found=np.ones(frames, np.bool_),
+                        face_box=np.zeros((frames, 4), np.float32),
+                        duration=5.0,
+                    )
+                )
+        return writer.close()
+
+
+def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
+    """A committed cache (receipts, then index.json) of shards of the given sizes."""
+    from cache import index, schema
+    from cache.reader import open_cache
+
+    (root / schema.SHARDS_DIR).mkdir(parents=True)
+    records = []
+    for number, count in enumerate(sizes):
+        rel = f"{schema.SHARDS_DIR}/train-{number:05d}{schema.SHARD_SUFFIX}"
+        num, digest = write_shard(root / rel, number, count, args, faces, rng)
+        record = index.ShardRecord(path=rel, split="train", num_samples=num, sha256=digest)
+        index.write_receipt(root, record)
+        records.append(record)
+    config = {"bench": "loader_bench", "faces": faces}
+    payload = index.build_index(config, "loader-bench", records)
+    index.write_json_atomic(root / schema.INDEX_FILE, payload)
+    return open_cache(root)
+
+
+def write_jpegs(cache, folder: Path, count: int) -> tuple[list[Path], np.ndarray]:
+    """The first `count` mel images as grey JPEGs (cv2.imwrite, its default quality 95)."""
+    from cache import schema
+    from cache.reader import ShardReader
+
+    folder.mkdir(parents=True)
+    paths, labels = [], []
+    for entry in cache.shards:
+        with ShardReader(entry.path) as shard:
+            take = min(count - len(paths), len(shard))
+            mels, shard_labels = shard.read(schema.MEL, 0, take), shard.read(schema.LABEL, 0, take)
+        for i in range(take):
+            paths.append(folder / f"{len(paths):06d}.jpg")
+            if not cv2.imwrite(str(paths[-1]), mels[i]):
+                raise OSError(f"{paths[-1]}: cv2.imwrite failed")
+        labels.extend(int(v) for v in shard_labels)
+        if len(paths) >= count:
+            break
+    return paths, np.asarray(labels, np.int64)
+
+
+def copy_shards(cache, folder: Path) -> list[Path]:
+    """Copies of a cache's shards for the loaders that open them with other HDF5 settings: HDF5
+    shares one open file, and the chunk-cache settings of its first opener, between every handle
+    a process opens on it, whatever the later ones ask for."""
+    folder.mkdir(parents=True)
+    return [Path(shutil.copyfile(e.path, folder / e.path.name)) for e in cache.shards]
+
+
+def split_sizes(total: int, shards: int) -> list[int]:
+    return [total // shards + (i < total % shards) for i in range(shards)]
+
+
+def build_data(args, root: Path) -> dict:
+    rng = np.random.default_rng(args.seed)
+    clock = time.perf_counter()
+    mel = write_cache(root / "mel-cache", split_sizes(args.samples, args.shards), args, False, rng)
+    av = write_cache(root / "av-cache", split_sizes(args.av_samples, 2), args, True, rng)
+    jpegs, labels = write_jpegs(mel, root / "jpegs", args.baseline_samples)
+    mel_copies, av_copies = copy_shards(mel, root / "mel-copy"), copy_shards(av, root / "av-copy")
+    os.sync()  # dirty pages cannot be evicted: make the new files clean for the cold passes
+    return {
+        "mel": mel,
+        "av": av,
+        "mel_copies": mel_copies,
+        "av_copies": av_copies,
+        "jpegs": jpegs,
+        "jpeg_labels": labels,
+        "build_seconds": time.perf_counter() - clock,
+    }
+
+
+def describe_data(data: dict) -> dict:
+    def files_mib(paths: Iterable[Path]) -> float:
+        return sum(Path(p).stat().st_size for p in paths) / 2**20
+
+    mel_paths = [e.path for e in data["mel"].shards]
+    av_paths = [e.path for e in data["av"].shards]
+    return {
+        "mel_cache": {
+            "shards": len(mel_paths),
+            "samples": data["mel"].num_samples(),
+            "mib": files_mib(mel_paths),
+        },
+        "av_cache": {
+            "shards": len(av_paths),
+            "samples": data["av"].num_samples(),
+            "mib": files_mib(av_paths),
+        },
+        "jpegs": {
+            "files": len(data["jpegs"]),
+            "mib": files_mib(data["jpegs"]),
+            "mean_kib": files_mib(data["jpegs"]) * 1024 / max(len(data["jpegs"]), 1),
+        },
+        "build_seconds": data["build_seconds"],
+    }
+
+
+# ---------------------------------------------------------------- page cache
+
+
+def read_all(paths: Iterable[Path]) -> None:
+    """Pull every byte of the files into the page cache."""
+    buffer = bytearray(8 << 20)
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+
+
+def evict(paths: Iterable[Path]) -> None:
+    """Drop the files' clean pages from the page cache (no root needed)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+def resident_pages(path: Path, libc: ctypes.CDLL) -> tuple[int, int]:
+    """(pages of the file in the page cache, pages of the file), from mincore(2)."""
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    if not size:
+        return 0, 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    if address in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"mmap {path}")
+    vector = np.zeros(pages, np.uint8)
+    try:
+        if libc.mincore(address, size, vector.ctypes.data) != 0:
+            raise OSError(ctypes.get_errno(), f"mincore {path}")
+    finally:
+        libc.munmap(address, size)
+    return int(np.count_nonzero(vector & 1)), pages
+
+
+def resident_share(paths: Iterable[Path]) -> float:
+    libc = _libc()
+    counts = [resident_pages(Path(p), libc) for p in paths]
+    return sum(c[0] for c in counts) / max(sum(c[1] for c in counts), 1)
+
+
+def try_drop_caches() -> str:
+    """`echo 1 > /proc/sys/vm/drop_caches` (root, outside most containers)."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("1\n")
+    except OSError as error:
+        return f"refused ({error.strerror})"
+    return "ok"
+
+
+def check_eviction(paths: list[Path]) -> dict:
+    """Does fadvise(DONTNEED) empty the page cache of these files here (and drop_caches)?"""
+    read_all(paths)
+    warm = resident_share(paths)
+    evict(paths)
+    after_fadvise = resident_share(paths)
+    read_all(paths)
+    drop = try_drop_caches()
+    after_drop = resident_share(paths) if drop == "ok" else None
+    return {
+        "resident_after_read": warm,
+        "resident_after_fadvise": after_fadvise,
+        "fadvise_works": warm > 0.9 and after_fadvise < 0.05,
+        "drop_caches": drop,
+        "resident_after_drop_caches": after_drop,
+    }
+
+
+# ---------------------------------------------------------------- loaders
+
+
+@dataclass
+class Loader:
+    """One way of producing ready batches; `run(epoch)` is one pass -> (samples, bytes)."""
+
+    name: str
+    group: str  # mel or av: which ceiling it is compared with
+    role: str  # ours, baseline, naive, ceiling, memcpy
+    files: list[Path]  # evicted before each cold pass (none: not timed cold)
+    run: Callable[[int], tuple[int, int]]
+    expected: int  # samples one pass must yield
+    warm: list[float] = field(default_factory=list)  # seconds per pass
+    cold: list[float] = field(default_factory=list)
+    cold_resident: list[float] = field(default_factory=list)  # page-cache share as a pass starts
+    nbytes: int = 0
+
+
+def tensor_bytes(batch) -> int:
+    values = batch.values() if isinstance(batch, dict) else batch
+    return sum(v.nbytes for v in values if isinstance(v, torch.Tensor))
+
+
+def stream_pass(stream) -> Callable[[int], tuple[int, int]]:
+    from cache import schema
+
+    def run(epoch: int) -> tuple[int, int]:
+        stream.set_epoch(epoch)
+        samples = nbytes = 0
+        for batch in stream:
+            samples += len(batch[schema.LABEL])
+            nbytes += tensor_bytes(batch)
+        return samples, nbytes
+
+    return run
+
+
+def loader_pass(loader: DataLoader) -> Callable[[int], tuple[int, int]]:
+    def run(epoch: int) -> tuple[int, int]:
+        loader.generator.manual_seed(epoch)
+        samples = nbytes = 0
+        for batch in loader:
+            samples += len(batch[1])
+            nbytes += tensor_bytes(batch)
+        return samples, nbytes
+
+    return run
+
+
+class JpegDataset:
+    """The baseline's Dataset: one JPEG per sample through PIL and torchvision."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray) -> None:
+        from torchvision import transforms
+
+        self.paths, self.labels = paths, labels
+        self.transform = transforms.Compose(
+            [transforms.Resize((MEL_SIZE, MEL_SIZE)), transforms.ToTensor()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        image = Image.open(self.paths[i]).convert("RGB")
+        return self.transform(image), int(self.labels[i])
+
+
+class NaiveH5Dataset:
+    """Map-style: the shards opened once, one `ds[i]` h5py read per sample."""
+
+    def __init__(self, paths: list[Path], **h5_options) -> None:
+        from cache import schema
+
+        self.files = [h5py.File(p, "r", **h5_options) for p in paths]
+        self.mels = [f[schema.MEL] for f in self.files]
+        self.labels = np.concatenate([f[schema.LABEL][:] for f in self.files])
+        sizes = [len(d) for d in self.mels]
+        self.where = [(s, i) for s, n in enumerate(sizes) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, i: int):
+        shard, position = self.where[i]
+        return self.mels[shard][position], self.labels[i]
+
+
+class BlockReads:
+    """(c) the ceiling: contiguous blocks in file order into one preallocated array per field."""
+
+    def __init__(self, paths: list[Path], fields: tuple[str, ...], block: int, **h5_options):
+        self.files = [h5py.File(p, "r", **h5_options) for p in paths]
+        self.datasets = [[f[name] for name in fields] for f in self.files]
+        self.outs = [np.empty((block, *d.shape[1:]), d.dtype) for d in self.datasets[0]]
+        self.block = block
+
+    def __call__(self, epoch: int) -> tuple[int, int]:
+        samples = nbytes = 0
+        for datasets in self.datasets:
+            total = len(datasets[0])
+            for start in range(0, total, self.block):
+                count = min(self.block, total - start)
+                for dataset, out in zip(datasets, self.outs, strict=True):
+                    self.read(dataset, out[:count], start)
+                    nbytes += out[:count].nbytes
+                samples += count
+        return samples, nbytes
+
+    @staticmethod
+    def read(dataset: h5py.Dataset, out: np.ndarray, start: int) -> None:
+        dataset.read_direct(out, np.s_[start : start + len(out)])
+
+
+class ChunkReads(BlockReads):
+    """(c'') each stored chunk's bytes straight into the block (`read_direct_chunk`), past HDF5's
+    dataspace and chunk-cache layers: valid for unfiltered chunks lying whole inside a block."""
+
+    def __init__(self, paths: list[Path], fields: tuple[str, ...], block: int) -> None:
+        super().__init__(paths, fields, block)
+        for dataset in (d for datasets in self.datasets for d in datasets):
+            if dataset.id.get_create_plist().get_nfilters():
+                raise ValueError(f"{dataset.file.filename}: filtered chunks need decoding")
+
+    @staticmethod
+    def read(dataset: h5py.Dataset, out: np.ndarray, start: int) -> None:
+        rows = dataset.chunks[0]
+        for first in range(0, len(out), rows):
+            piece, at = out[first : first + rows], start + first
+            if len(piece) < rows or at % rows:  # part of a chunk: the ordinary path
+                dataset.read_direct(piece, np.s_[at : at + len(piece)])
+            else:
+                offset = (at,) + (0,) * (dataset.ndim - 1)
+                dataset.id.read_direct_chunk(offset, out=piece.reshape(-1))
+
+
+class Memcpy:
+    """The same bytes copied from memory in the same blocks: what no reader can beat."""
+
+    def __init__(self, source: np.ndarray, block: int) -> None:
+        self.source, self.block = source, block
+        self.out = np.empty((block, *source.shape[1:]), source.dtype)
+        self.out.fill(0)  # fault the pages in now, not inside the first pass
+
+    def __call__(self, epoch: int) -> tuple[int, int]:
+        total = len(self.source)
+        for start in range(0, total, self.block):
+            count = min(self.block, total - start)
+            np.copyto(self.out[:count], self.source[start : start + count])
+        return total, self.source.nbytes
+
+
+def shuffling(dataset, batch_size: int) -> DataLoader:
+    """A shuffling DataLoader with no workers and default collate (reseeded every pass)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=0, generator=torch.Generator()
+    )
+
+
+def adder(loaders: list[Loader], group: str, paths: list[Path], total: int) -> Callable:
+    def add(name: str, role: str, run: Callable, files=paths, expected: int = total) -> None:
+        loaders.append(Loader(name, group, role, list(files), run, expected))
+
+    return add
+
+
+def mel_loaders(args, data: dict) -> list[Loader]:
+    """ours per block size, (a), (b), (b'), the ceilings and the memcpy, on the mel cache."""
+    from cache import schema
+    from train.loader import LoaderPlan, ShardStream
+
+    cache, mel, batch = data["mel"], (schema.MEL,), args.batch_size
+    paths, loaders = [e.path for e in cache.shards], []
+    add = adder(loaders, "mel", paths, cache.num_samples())
+    for block in args.block_sizes:
+        plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
+        add(f"ours block {block}", "ours", stream_pass(ShardStream(cache.shards, mel, plan)))
+    jpegs = JpegDataset(data["jpegs"], data["jpeg_labels"])
+    baseline = loader_pass(shuffling(jpegs, batch))
+    add("(a) baseline JPEG+PIL", "baseline", baseline, data["jpegs"], len(jpegs))
+    add("(b) naive h5py ds[i]", "naive", loader_pass(shuffling(NaiveH5Dataset(paths), batch)))
+    copies = data["mel_copies"]  # rdcc_nbytes=0 would not hold on files already open
+    nocache = loader_pass(shuffling(NaiveH5Dataset(copies, rdcc_nbytes=0), batch))
+    add("(b') naive h5py ds[i], rdcc 0", "naive-nocache", nocache, copies)
+    for block in (256, 512):
+        add(f"(c) block reads {block}", "ceiling", BlockReads(paths, mel, block))
+    nocache = BlockReads(copies, mel, 256, rdcc_nbytes=0)
+    add("(c') block reads 256, rdcc 0", "ceiling-nocache", nocache, copies)
+    add("(c'') raw chunk reads 256", "ceiling-chunks", ChunkReads(paths, mel, 256))
+    source = np.concatenate([read_mels(path) for path in paths])
+    for block in (256, 512):
+        add(f"memcpy {block}", "memcpy", Memcpy(source, block), files=())
+    return loaders
+
+
+def read_mels(path: Path) -> np.ndarray:
+    """All mel images of one shard (the memcpy source)."""
+    from cache import schema
+    from cache.reader import ShardReader
+
+    with ShardReader(path) as shard:
+        return shard.read(schema.MEL)
+
+
+def av_loaders(args, data: dict) -> list[Loader]:
+    """ours (mel + faces) per block size against block reads of both datasets."""
+    from cache import schema
+    from train.loader import LoaderPlan, ShardStream
+
+    cache, fields, batch = data["av"], (schema.MEL, schema.FACES), args.av_batch
+    paths, loaders = [e.path for e in cache.shards], []
+    add = adder(loaders, "av", paths, cache.num_samples())
+    for block in args.block_sizes:
+        plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
+        add(f"ours av block {block}", "ours", stream_pass(ShardStream(cache.shards, fields, plan)))
+    for block in (batch, 4 * batch):
+        add(f"(c) av block reads {block}", "ceiling", BlockReads(paths, fields, block))
+    copies = data["av_copies"]
+    nocache = BlockReads(copies, fields, batch, rdcc_nbytes=0)
+    add(f"(c') av block reads {batch}, rdcc 0", "ceiling-nocache", nocache, copies)
+    add(f"(c'') av raw chunk reads {batch}", "ceiling-chunks", ChunkReads(paths, fields, batch))
+    return loaders
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed(loader: Loader, epoch: int, cold: bool) -> float:
+    if cold:
+        evict(loader.files)
+        loader.cold_resident.append(resident_share(loader.files))
+    start = time.perf_counter()
+    samples, nbytes = loader.run(epoch)
+    seconds = time.perf_counter() - start
+    if samples != loader.expected:
+        raise RuntimeError(
+            f"{loader.name}: a pass yielded {samples} samples, not {loader.expected}"
+        )
+    loader.nbytes = nbytes
+    return seconds
+
+
+def run_rounds(loaders: list[Loader], rounds: int, cold: bool) -> None:
+    """Every loader once per round, the order rotated each round so drift spreads evenly."""
+    for number in range(rounds):
+        turn = number % len(loaders)
+        for loader in loaders[turn:] + loaders[:turn]:
+            if cold and not loader.files:
+                continue
+            (loader.cold if cold else loader.warm).append(timed(loader, number, cold))
+        print(f"  {'cold' if cold else 'warm'} round {number + 1}/{rounds} done", flush=True)
+
+
+def rates(loader: Loader, cold: bool) -> list[float]:
+    return [loader.expected / s for s in (loader.cold if cold else loader.warm)]
+
+
+def summary(loader: Loader) -> dict:
+    row: dict = {
+        "group": loader.group,
+        "role": loader.role,
+        "samples_per_pass": loader.expected,
+        "bytes_per_pass": loader.nbytes,
+        "cold_resident_max": max(loader.cold_resident, default=None),
+    }
+    for phase in ("warm", "cold"):
+        values = rates(loader, phase == "cold")
+        median = statistics.median(values) if values else None
+        row[phase] = {
+            "samples_per_s": median,
+            "mb_per_s": None if median is None else median * loader.nbytes / loader.expected / MB,
+            "passes_samples_per_s": values,
+        }
+    return row
+
+
+def best_per_round(loaders: list[Loader], cold: bool) -> list[float]:
+    """Per round, the fastest of several loaders (the ceiling of that round)."""
+    per_loader = [rates(loader, cold) for loader in loaders]
+    return [max(values) for values in zip(*per_loader, strict=True)]
+
+
+def ratio(ours: list[float], other: list[float]) -> dict:
+    if not ours or not other:
+        return {"of_medians": None, "paired_median": None}
+    return {
+        "of_medians": statistics.median(ours) / statistics.median(other),
+        "paired_median": statistics.median(a / b for a, b in zip(ours, other, strict=True)),
+    }
+
+
+def compare(loaders: list[Loader]) -> dict:
+    """Every ours row against (a), (b), the ceilings, and the memcpy, warm and cold."""
+    by_role: dict[str, list[Loader]] = {}
+    for loader in loaders:
+        by_role.setdefault(f"{loader.group}:{loader.role}", []).append(loader)
+    result = {}
+    for loader in loaders:
+        if loader.role != "ours":
+            continue
+        rows = {}
+        for phase in ("warm", "cold"):
+            cold, ours = phase == "cold", rates(loader, phase == "cold")
+            for label, role in (
+                ("(c) ceiling", "ceiling"),
+                ("(c') ceiling rdcc 0", "ceiling-nocache"),
+                ("(c'') raw chunk reads", "ceiling-chunks"),
+                ("(a) baseline", "baseline"),
+                ("(b) naive", "naive"),
+                ("(b') naive rdcc 0", "naive-nocache"),
+                ("memcpy", "memcpy"),
+            ):
+                others = by_role.get(f"{loader.group}:{role}", [])
+                if others and all(rates(o, cold) for o in others):
+                    rows[f"ours / {label}, {phase}"] = ratio(ours, best_per_round(others, cold))
+        result[loader.name] = rows
+    return result
+
+
+# ---------------------------------------------------------------- profile and training
+
+
+def profile_stream(args, data: dict) -> dict:
+    """cProfile of one warm pass of ShardStream (mel, first block size): where a batch goes."""
+    from cache import schema
+    from train.loader import LoaderPlan, ShardStream
+
+    plan = LoaderPlan(batch_size=args.batch_size, block_size=args.block_sizes[0], seed=args.seed)
+    stream = ShardStream(data["mel"].shards, (schema.MEL,), plan)
+    run = stream_pass(stream)
+    run(0)  # open the shards outside the profile
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(run, 1)
+    seconds = time.perf_counter() - start
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
+    batches = -(-data["mel"].num_samples() // args.batch_size)
+    return {
+        "block_size": plan.block_size,
+        "seconds_profiled": seconds,
+        "batches": batches,
+        "top_by_tottime": text.getvalue(),
+    }
+
+
+def train_steps(args, data: dict, workers: int) -> dict:
+    """A few CPU steps of the audio model fed by ShardStream: data wait vs prepare vs compute."""
+    from train.loader import LoaderPlan, ShardStream
+    from train.models import build_model
+
+    torch.manual_seed(args.seed)
+    model = build_model("audio")
+    plan = LoaderPlan(batch_size=args.train_batch, block_size=args.block_sizes[0], seed=args.seed)
+    stream = ShardStream(data["mel"].shards, model.fields, plan)
+    loader = (
+        DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
+        if workers
+        else stream
+    )
+    times = step_times(model, iter(loader), args.train_steps + 1, args.seed)
+    first = {key: values.pop(0) for key, values in times.items()}  # start-up, kernel choice
+    step = sum(sum(v) for v in times.values())
+    return {
+        "workers": workers,
+        "batch": args.train_batch,
+        "threads": torch.get_num_threads(),
+        "steps": args.train_steps,
+        "first_step_s": first,
+        "seconds": {key: sum(v) for key, v in times.items()},
+        "data_wait_share": sum(times["fetch"]) / step,
+        "prepare_share": sum(times["prepare"]) / step,
+        "samples_per_s": args.train_batch * args.train_steps / step,
+    }
+
+
+def step_times(model: torch.nn.Module, batches, steps: int, seed: int) -> dict[str, list[float]]:
+    """Seconds per step spent waiting for the batch, in `prepare`, and in forward/backward/step."""
+    from cache import schema
+    from train.augment import prepare
+    from train.config import AugmentConfig
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(seed)
+    times: dict[str, list[float]] = {"fetch": [], "prepare": [], "compute": []}
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        inputs = prepare(batch, model.fields, AugmentConfig(), generator)
+        t2 = time.perf_counter()
+        loss = loss_fn(model(inputs), batch[schema.LABEL].float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        t3 = time.perf_counter()
+        for key, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            times[key].append(seconds)
+    return times
+
+
+# ---------------------------------------------------------------- report
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has used since boot (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def machine() -> dict:
+    import timm
+    import torchvision
+
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "versions": {
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+            "opencv": cv2.__version__,
+        },
+    }
+
+
+def fmt_rate(value: float | None, scale: float = 1.0) -> str:
+    return "—" if value is None else f"{value * scale:,.0f}"
+
+
+def print_table(results: dict) -> None:
+    print(
+        f"\n{'loader':34} | {'warm samples/s':>14} {'MB/s':>8} | {'cold samples/s':>14} "
+        f"{'MB/s':>8} | passes (warm samples/s)"
+    )
+    for name, row in results["loaders"].items():
+        warm, cold = row["warm"], row["cold"]
+        spread = ", ".join(f"{v:,.0f}" for v in warm["passes_samples_per_s"])
+        print(
+            f"{name:34} | {fmt_rate(warm['samples_per_s']):>14} {fmt_rate(warm['mb_per_s']):>8}"
+            f" | {fmt_rate(cold['samples_per_s']):>14} {fmt_rate(cold['mb_per_s']):>8} | {spread}"
+        )
+
+
+GRID = (
+    "(c) ceiling",
+    "(c') ceiling rdcc 0",
+    "(c'') raw chunk reads",
+    "(a) baseline",
+    "(b) naive",
+    "(b') naive rdcc 0",
+    "memcpy",
+)
+
+
+def print_ratio_grid(results: dict, phase: str) -> None:
+    """Every ours row against every reference, side by side (paired-median ratios)."""
+    heads = [label.split(" ", 1)[0] for label in GRID]
+    print(
+        f"\nours / other, {phase} (paired medians)  {'samples/s':>9}", *(f"{h:>7}" for h in heads)
+    )
+    for name, ratios in results["ratios"].items():
+        rate = results["loaders"][name][phase]["samples_per_s"]
+        cells = []
+        for label in GRID:
+            value = ratios.get(f"ours / {label}, {phase}", {}).get("paired_median")
+            cells.append(f"{'—' if value is None else f'{value:.3g}':>7}")
+        print(f"{name:37} {fmt_rate(rate):>9}", *cells)
+
+
+def check_targets(results: dict) -> dict:
+    """Each DESIGN.md target for every ours row: paired-median ratios, median rates."""
+    checks = {}
+    for name, ratios in results["ratios"].items():
+        row = results["loaders"][name]
+        for (group, figure), target in TARGETS.items():
+            if group != row["group"]:
+                continue
+            if figure == "samples/s, warm":
+                value = row["warm"]["samples_per_s"]
+            else:
+                value = ratios.get(figure, {}).get("paired_median")
+            met = value is not None and value >= target
+            checks[f"{name}: {figure}"] = {"value": value, "target": target, "met": met}
+    return checks
+
+
+def print_context(results: dict) -> None:
+    data, evict_check = results["data"], results["eviction"]
+    print(
+        f"\nload average: start {results['load_average_start']}, "
+        f"end {results['load_average_end']}; other processes used "
+        f"{results['others_busy_cores']:.2f} cores on average meanwhile"
+    )
+    print(f"mel cache {data['mel_cache']}; av cache {data['av_cache']}; jpegs {data['jpegs']}")
+    print(
+        f"page cache: resident after read {evict_check['resident_after_read']:.1%}, after "
+        f"fadvise(DONTNEED) {evict_check['resident_after_fadvise']:.1%} (works: "
+        f"{evict_check['fadvise_works']}); drop_caches: {evict_check['drop_caches']}"
+    )
+    resident = [r["cold_resident_max"] for r in results["loaders"].values()]
+    resident = [r for r in resident if r is not None]
+    if resident:
+        print(f"cold passes started with at most {max(resident):.1%} of their files resident")
+
+
+def print_ratios(results: dict) -> None:
+    for phase in ("warm", "cold"):
+        print_ratio_grid(results, phase)
+    print(f"\n{'ratio (ours row / other)':58} {'of medians':>10} {'paired':>8}")
+    for name, rows in results["ratios"].items():
+        for key, value in rows.items():
+            if value["of_medians"] is not None:
+                print(
+                    f"{name + ': ' + key:58} {value['of_medians']:10.3g} "
+                    f"{value['paired_median']:8.3g}"
+                )
+    print("\ntargets (DESIGN.md), on paired-median ratios and median rates:")
+    for key, check in results["targets"].items():
+        value = "—" if check["value"] is None else f"{check['value']:,.3g}"
+        print(
+            f"  {'MET ' if check['met'] else 'MISS'} {key:58} {value:>10} (≥ {check['target']:,})"
+        )
+
+
+def print_report(results: dict) -> None:
+    print_context(results)
+    print_table(results)
+    print_ratios(results)
+    for row in results["training"]:
+        print(
+            f"\ntraining, {row['workers']} workers, batch {row['batch']}, {row['threads']} "
+            f"threads: data wait {row['data_wait_share']:.2%}, prepare "
+            f"{row['prepare_share']:.2%}, {row['samples_per_s']:.1f} samples/s; "
+            f"seconds {row['seconds']}; first step {row['first_step_s']}"
+        )
+    profile = results.get("profile")
+    if profile:
+        print(
+            f"\nprofile of one warm ShardStream pass (block {profile['block_size']}, "
+            f"{profile['batches']} batches, {profile['seconds_profiled']:.3f} s under cProfile):"
+        )
+        print(profile["top_by_tottime"])
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_all(args, root: Path) -> dict:
+    print(f"load average at start: {load_average()}", flush=True)
+    results: dict = {
+        "args": {**vars(args), "out": str(args.out)},
+        "machine": machine(),
+        "load_average_start": load_average(),
+    }
+    busy, own = machine_busy_seconds(), own_cpu_seconds()
+    clock = time.perf_counter()
+    print(f"building data in {root} ...", flush=True)
+    data = build_data(args, root)
+    results["data"] = describe_data(data)
+    loaders = mel_loaders(args, data) + av_loaders(args, data)
+    every_file = sorted({p for loader in loaders for p in loader.files})
+    results["eviction"] = check_eviction([e.path for e in data["mel"].shards])
+    read_all(every_file)
+    results["resident_before_warm_rounds"] = resident_share(every_file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LOADER_THREADS)
+    run_rounds(loaders, args.passes, cold=False)
+    if args.cold_passes:
+        run_rounds(loaders, args.cold_passes, cold=True)
+    torch.set_num_threads(threads)
+    results["loader_torch_threads"] = LOADER_THREADS
+    results["loaders"] = {loader.name: summary(loader) for loader in loaders}
+    results["ratios"] = compare(loaders)
+    results["targets"] = check_targets(results)
+    results["profile"] = profile_stream(args, data)
+    workers = (0, 2) if args.train_steps else ()
+    results["training"] = [train_steps(args, data, n) for n in workers]
+    wall = time.perf_counter() - clock
+    others = machine_busy_seconds() - busy - (own_cpu_seconds() - own)
+    results["others_busy_cores"] = max(others, 0.0) / wall
+    results["seconds"] = wall
+    results["load_average_end"] = load_average()
+    print(f"load average at end: {results['load_average_end']}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # the cache and train packages
+    out = args.out or Path(tempfile.mkdtemp(prefix="avcache-loader-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / "data" if args.out else Path(tempfile.mkdtemp(prefix="avcache-loader-data-"))
+    if args.out and root.exists():
+        shutil.rmtree(root)  # a fresh cache every run
+    try:
+        results = run_all(args, root)
+    finally:
+        if not args.out:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(root)
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print_report(results)
+    print(f"\nresults: {out / RESULTS_FILE}" + (f"; data kept in {root}" if args.out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
