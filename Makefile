@@ -44,7 +44,7 @@ demo: setup
 	$(BIN)/inspect $(DEMO)/cache verify
 	rm -rf $(DEMO)/run
 	$(BIN)/avcache-train --config configs/train.yaml --cache $(DEMO)/cache --out $(DEMO)/run \
-		model.kind=av model.mel_size=128 data.batch_size=16 run.epochs=5 run.threads=$(JOBS)
+		model.kind=av model.mel_size=128 data.batch_size=16 run.epochs=10 run.threads=$(JOBS)
 	$(BIN)/avcache-predict --run $(DEMO)/run --list $(DEMO)/data/prediction.txt.csv \
 		--out $(DEMO)/submission.csv
 	$(BIN)/avcache-score $(DEMO)/submission.csv $(DEMO)/data/test_label_hidden.txt
