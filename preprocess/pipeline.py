@@ -17,7 +17,14 @@ from tqdm import tqdm
 
 from cache import schema
 from cache.config import config_hash, dump_yaml, to_dict
-from cache.index import ShardRecord, build_index, read_receipt, write_failures, write_json_atomic
+from cache.index import (
+    Failure,
+    ShardRecord,
+    build_index,
+    read_receipt,
+    write_failures,
+    write_json_atomic,
+)
 from preprocess.audio import MEL_MODES
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import ShardPlan, Video, plan_shards, read_split
@@ -38,6 +45,14 @@ class RunSummary:
     processed: int = 0  # videos worked on in this run
     reused: int = 0  # videos in shards finished by an earlier run
     seconds: float = 0.0
+
+    @property
+    def cached(self) -> int:
+        return sum(record.num_samples for record in self.records)
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [failure for record in self.records for failure in record.failures]
 
 
 def validate(config: PreprocessConfig) -> None:

@@ -18,13 +18,11 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # `python preprocess/run.py`: import as a package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from cache.config import ConfigError, config_hash, load_config, to_dict
-from cache.index import ShardRecord
+from cache import schema
+from cache.config import ConfigError, load_config
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import LabelFileError
 from preprocess.pipeline import CacheBusyError, Preprocessor, RunSummary
-
-log = logging.getLogger("avcache.preprocess")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,18 +63,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_summary(summary: RunSummary, out: Path) -> None:
-    records: list[ShardRecord] = summary.records
-    cached = sum(record.num_samples for record in records)
-    failed = [failure for record in records for failure in record.failures]
+    failed = summary.failures
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
     print(
-        f"cached {cached} videos, {len(failed)} failed, in {summary.seconds:.1f} s "
+        f"cached {summary.cached} videos, {len(failed)} failed, in {summary.seconds:.1f} s "
         f"({summary.processed} processed this run at {rate:.2f} videos/s, "
         f"{summary.reused} reused from finished shards) -> {out}"
     )
     if failed:
         stages = ", ".join(f"{stage}: {n}" for stage, n in Counter(f.stage for f in failed).items())
-        print(f"failures by stage: {stages}; details in {out / 'failures.jsonl'}")
+        print(f"failures by stage: {stages}; details in {out / schema.FAILURES_FILE}")
         for failure in failed[:5]:
             print(f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}")
 
@@ -92,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avcache-preprocess: error: {error}", file=sys.stderr)
         return 2
     print_summary(summary, args.out)
-    log.debug("config %s: %s", config_hash(config), to_dict(config))
-    cached = sum(record.num_samples for record in summary.records)
-    failed = sum(len(record.failures) for record in summary.records)
-    return 1 if cached == 0 or (args.strict and failed) else 0
+    return 1 if summary.cached == 0 or (args.strict and summary.failures) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def finish_run(trainer: Trainer) -> None:
     plot_curves(history, trainer.out / "curves.png")
     trainer.load(trainer.out / BEST, weights_only_model=True)
     _, labels, scores = trainer.predict_split(trainer.config.data.val_split)
-    best = max(history, key=lambda row: row["val_auc"] if row["val_auc"] == row["val_auc"] else -1)
+    best = max(history, key=lambda row: row["val_auc"] if math.isfinite(row["val_auc"]) else -1)
     if len(set(labels.tolist())) == 2:
         plot_roc(labels, scores, best["val_auc"], trainer.out / "roc.png")
     print(f"best epoch {best['epoch']}: validation AUC {best['val_auc']:.4f}, "
