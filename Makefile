@@ -7,9 +7,10 @@ DEMO := demo
 JOBS ?= 2
 
 # Debian packages: ffmpeg/ffprobe for decoding; espeak-ng and two sets of real speech
-# recordings (two speakers) for the sample data set and the tests.
+# recordings (two speakers) for the sample data set and the tests; chromium (headless) renders
+# the inspect sheets and gallery in the tests and for `make screenshots`.
 
-.PHONY: setup demo test lint bench clean system-packages
+.PHONY: setup demo test lint bench clean system-packages screenshots
 
 setup: $(STAMP)
 
@@ -19,6 +20,7 @@ system-packages:
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	[ -d /usr/share/asterisk/sounds/en ] || missing="$$missing asterisk-core-sounds-en-wav"; \
 	[ -f /usr/share/codec2/raw/speech_orig_16k.wav ] || missing="$$missing codec2-examples"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -56,6 +58,22 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The README's pictures, from the demo cache (`make demo` first): a contact sheet (256 colours)
+# and a Chromium screenshot of the gallery with the demo run's most confident mistakes.
+GALLERY ?= $(DEMO)/gallery
+CHROMIUM := chromium --headless --no-sandbox --disable-gpu --hide-scrollbars
+screenshots: setup
+	@test -f $(DEMO)/submission.csv || { echo "no $(DEMO)/submission.csv: run make demo first"; exit 1; }
+	$(BIN)/inspect $(DEMO)/cache sheet --split val -n 6 --seed 0 --palette -o docs/sheet.png
+	$(BIN)/inspect $(DEMO)/cache gallery -o $(GALLERY) --predictions $(DEMO)/submission.csv \
+		--labels $(DEMO)/data/test_label_hidden.txt
+	$(CHROMIUM) --user-data-dir=$(abspath $(GALLERY))/.chromium --window-size=1280,800 \
+		--screenshot=$(abspath docs/gallery.jpg) file://$(abspath $(GALLERY))/index.html
+	$(CHROMIUM) --user-data-dir=$(abspath $(GALLERY))/.chromium --window-size=1400,560 \
+		--screenshot=$(abspath $(GALLERY))/sheet-in-chromium.png file://$(abspath docs/sheet.png)
+	rm -rf $(abspath $(GALLERY))/.chromium
+	@echo "docs/sheet.png, docs/gallery.jpg; the gallery: $(GALLERY)/index.html"
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_bench.py

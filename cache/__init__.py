@@ -1,4 +1,8 @@
-"""The on-disk cache format shared by the preprocessor and the trainer."""
+"""The on-disk cache format shared by the preprocessor and the trainer.
+
+In a notebook: `open_cache(path).sample(name)` is one video's Sample, its mel and
+faces numpy arrays; `inspect` (cache/inspect.py) draws sheets and a gallery.
+"""
 
 from cache.reader import Cache, ShardReader, open_cache
 from cache.schema import FORMAT, VERSION, Sample

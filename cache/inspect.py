@@ -1,65 +1,376 @@
-"""inspect: look at a cache. `inspect CACHE` summarises it; `inspect CACHE verify` checks it.
+"""inspect: look at a cache, and at what a model gets wrong on it.
 
-inspect CACHE            per split: shards, samples, real/fake, failures, bytes
-inspect CACHE verify     recompute every shard's sha256 and check its schema and counts
+inspect CACHE                    per split: samples, labels, failures, audio, faces, bytes; config
+inspect CACHE verify             recompute every shard's sha256, check schema and counts
+inspect CACHE sheet -o S.png     contact sheet: mel images (labelled axes) beside the faces
+inspect CACHE sheet --video N    one sample in detail: full-size mel, all faces, metadata
+inspect CACHE gallery -o DIR     static HTML page (opens from disk): thumbnails, filters, mistakes
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import sys
+import textwrap
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cache import schema
+from cache.labels import LabelFileError
 from cache.reader import Cache, CacheFormatError, ShardReader, open_cache
 from cache.verify import verify_cache
 
+LABELS = {"fake": schema.LABEL_FAKE, "real": schema.LABEL_REAL, "unknown": schema.LABEL_UNKNOWN}
+# Datasets counted as each modality's bytes on disk; the rest (names, labels, flags) is "other".
+MODALITIES = {"mel": (schema.MEL,), "faces": (schema.FACES, schema.FACE_FOUND, schema.FACE_BOX)}
 
-def summary_lines(cache: Cache) -> list[str]:
-    """A few lines per split: counts, labels, failures and size on disk."""
+
+class UsageError(ValueError):
+    """A request that cannot be met as asked (exit status 2), e.g. an unknown video name."""
+
+
+@dataclass
+class SplitStats:
+    """What `inspect CACHE` reports for one split."""
+
+    shards: int = 0
+    samples: int = 0
+    labels: Counter[int] = field(default_factory=Counter)
+    no_audio: int = 0
+    frames: int = 0
+    faces_found: int = 0
+    bytes: Counter[str] = field(default_factory=Counter)  # mel, faces, other, file
+
+
+def split_stats(cache: Cache, split: str) -> SplitStats:
+    """Counts and sizes of one split, from its small columns and dataset storage sizes."""
+    stats = SplitStats()
+    for entry in cache.shards_of(split):
+        with ShardReader(entry.path) as shard:
+            stats.shards += 1
+            stats.samples += len(shard)
+            stats.labels.update(shard.read(schema.LABEL).tolist())
+            stats.no_audio += int((~shard.read(schema.HAS_AUDIO)).sum())
+            found = shard.read(schema.FACE_FOUND)
+            stats.frames += found.size
+            stats.faces_found += int(found.sum())
+            file_size = entry.path.stat().st_size
+            for modality, names in MODALITIES.items():
+                stats.bytes[modality] += sum(shard.storage_bytes(name) for name in names)
+            stats.bytes["file"] += file_size
+    stats.bytes["other"] = stats.bytes["file"] - stats.bytes["mel"] - stats.bytes["faces"]
+    return stats
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 1.5 MiB, 12.0 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+SUMMARY_HEADER = (
+    f"{'split':<10}{'samples':>8}{'shards':>7}{'real':>7}{'fake':>7}{'unknown':>8}"
+    f"{'no audio':>9}{'faces found':>12}{'mel':>11}{'faces':>11}{'other':>11}{'on disk':>11}"
+)
+
+
+def _split_row(split: str, stats: SplitStats) -> str:
+    share = f"{100 * stats.faces_found / stats.frames:.1f}%" if stats.frames else "-"
+    labels, sizes = stats.labels, stats.bytes
+    return (
+        f"{split:<10}{stats.samples:>8}{stats.shards:>7}{labels[schema.LABEL_REAL]:>7}"
+        f"{labels[schema.LABEL_FAKE]:>7}{labels[schema.LABEL_UNKNOWN]:>8}{stats.no_audio:>9}"
+        f"{share:>12}{_size(sizes['mel']):>11}{_size(sizes['faces']):>11}"
+        f"{_size(sizes['other']):>11}{_size(sizes['file']):>11}"
+    )
+
+
+def failure_lines(cache: Cache) -> list[str]:
+    """Failures per split and stage, with their most common reasons."""
     failures = cache.failures()
-    lines = [f"cache {cache.root} (format v{schema.VERSION}, config {cache.config_hash})"]
-    for split in cache.splits:
-        labels: Counter[int] = Counter()
-        no_audio = 0
-        for entry in cache.shards_of(split):
-            with ShardReader(entry.path) as shard:
-                labels.update(shard.read(schema.LABEL).tolist())
-                no_audio += int((~shard.read(schema.HAS_AUDIO)).sum())
-        size = sum(entry.path.stat().st_size for entry in cache.shards_of(split))
-        failed = Counter(f.stage for f in failures if f.split == split)
-        lines.append(
-            f"  {split}: {cache.num_samples(split)} samples in {len(cache.shards_of(split))} "
-            f"shards ({size / 2**20:.1f} MiB); real {labels[schema.LABEL_REAL]}, "
-            f"fake {labels[schema.LABEL_FAKE]}, unknown {labels[schema.LABEL_UNKNOWN]}; "
-            f"without audio {no_audio}; failed {sum(failed.values())} {dict(failed) or ''}"
-        )
+    if not failures:
+        return ["failures: none"]
+    lines = [f"failures: {len(failures)}"]
+    for split in dict.fromkeys(failure.split for failure in failures):
+        stages = Counter(failure.stage for failure in failures if failure.split == split)
+        for stage, count in stages.most_common():
+            reasons = Counter(
+                _shorten(failure.error.strip().splitlines()[-1] if failure.error.strip() else "?")
+                for failure in failures
+                if failure.split == split and failure.stage == stage
+            )
+            top = "; ".join(f"{reason} (x{n})" for reason, n in reasons.most_common(3))
+            more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+            lines.append(f"  {split} {stage}: {count}: {top}{more}")
     return lines
 
 
+def _shorten(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def config_lines(config: dict) -> list[str]:
+    """The resolved preprocessing config as dotted key=value pairs (the override syntax)."""
+    lines = [f"config ({schema.CONFIG_FILE} in the cache):"]
+    for section, values in config.items():
+        pairs = " ".join(f"{key}={_yaml(value)}" for key, value in _flatten(values))
+        text = f"{section}: {pairs}" if isinstance(values, dict) else f"{section}={_yaml(values)}"
+        lines.extend(textwrap.wrap(text, 98, initial_indent="  ", subsequent_indent="    "))
+    return lines
+
+
+def _yaml(value: object) -> str:
+    """A value as an override would spell it (JSON is YAML): [a, b] lists, true, 1.3."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _flatten(values: object, prefix: str = "") -> list[tuple[str, object]]:
+    if not isinstance(values, dict):
+        return [(prefix, values)]
+    pairs = []
+    for key, value in values.items():
+        pairs.extend(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return pairs
+
+
+def summary_lines(cache: Cache) -> list[str]:
+    """The summary: one table row per split, then failures and the config."""
+    lines = [f"cache {cache.root} (format v{schema.VERSION}, config {cache.config_hash})"]
+    lines.append(SUMMARY_HEADER)
+    lines.extend(_split_row(split, split_stats(cache, split)) for split in cache.splits)
+    return lines + failure_lines(cache) + config_lines(cache.config)
+
+
+def run_summary(cache: Cache, args: argparse.Namespace) -> int:
+    print("\n".join(summary_lines(cache)))
+    return 0
+
+
+def run_verify(cache: Cache, args: argparse.Namespace) -> int:
+    problems = verify_cache(cache)
+    for problem in problems:
+        print(f"DAMAGED {problem}", file=sys.stderr)
+    print(f"verified {len(cache.shards)} shards: {len(problems)} damaged")
+    return 1 if problems else 0
+
+
+def pick_samples(
+    cache: Cache, split: str, label: str, audio: str, count: int, seed: int | None
+) -> list[tuple[int, int]]:
+    """(shard number, position) of `count` samples of a split matching the filters: the first
+    ones in cache order, or a random draw with `seed`. Reads only the small columns."""
+    from cache.gallery import catalog
+
+    entries = [
+        entry
+        for entry in catalog(cache, [split])
+        if (label == "any" or entry.label == LABELS[label])
+        and (audio == "any" or entry.has_audio == (audio == "yes"))
+    ]
+    if seed is not None and len(entries) > count:
+        chosen = np.random.default_rng(seed).choice(len(entries), count, replace=False)
+        entries = [entries[i] for i in sorted(chosen)]
+    return [entry.pick for entry in entries[:count]]
+
+
+def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
+    if args.video is not None:
+        return draw_one(cache, args)
+    from cache import sheets
+
+    split = args.split or cache.splits[0]
+    if split not in cache.splits:
+        raise UsageError(f"no split {split!r} in {cache.root} (splits: {', '.join(cache.splits)})")
+    if args.n == 0:
+        raise UsageError("-n 0: a sheet needs at least one sample")
+    picks = pick_samples(cache, split, args.label, args.audio, args.n, args.seed)
+    if not picks:
+        raise UsageError(
+            f"split {split!r} has no samples with label {args.label}, audio {args.audio}"
+        )
+    samples = dict(cache.samples_at(picks))
+    title = f"{cache.root} · split {split} · label {args.label} · {len(picks)} samples"
+    figure = sheets.contact_sheet([samples[pick] for pick in picks], cache.config, title)
+    path = sheets.save(figure, args.output, args.palette)
+    print(f"sheet: {path} ({len(picks)} samples of {split})")
+    return 0
+
+
+def draw_one(cache: Cache, args: argparse.Namespace) -> int:
+    """`sheet --video NAME`: one sample in detail."""
+    from cache import sheets
+
+    try:
+        entry, position = cache.locate(args.video, args.split)
+    except KeyError as error:
+        close = difflib.get_close_matches(args.video, cache.names(), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UsageError(f"{error.args[0]}{hint}") from None
+    with ShardReader(entry.path) as shard:
+        sample = shard.sample(position)
+    meta = sample_meta(cache, sample, entry.path, position, entry.split)
+    figure = sheets.sample_figure(sample, cache.config, meta)
+    path = sheets.save(figure, args.output, args.palette)
+    print(f"sheet: {path} ({args.video} from {entry.split})")
+    return 0
+
+
+def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, split: str) -> dict:
+    """What the detail view prints beside the mel."""
+    from cache.sheets import label_name
+
+    found = [bool(flag) for flag in sample.face_found]
+    boxes = [" ".join(f"{v:.0f}" for v in box) for box in sample.face_box]
+    meta = {
+        "split": split,
+        "label": f"{label_name(sample.label)} ({int(sample.label)})",
+        "has audio": "yes" if sample.has_audio else "no (mel is all zeros)",
+        "duration": f"{float(sample.duration):.2f} s",
+        "faces found": f"{sum(found)} of {len(found)} frames",
+        **_mel_mode_meta(cache.config),
+        "shard": str(path.relative_to(cache.root.resolve())),
+        "position": str(position),
+        "config": cache.config_hash,
+    }
+    meta.update({f"box {k}": box if found[k] else "(no face)" for k, box in enumerate(boxes)})
+    return meta
+
+
+def _mel_mode_meta(config: dict) -> dict[str, str]:
+    """The mel mode and how its axes were labelled."""
+    from cache.sheets import mel_axes_of
+
+    mode, axes = str(config.get("audio", {}).get("mode", "?")), mel_axes_of(config)
+    if axes is None:
+        return {"mel mode": f"{mode} (unknown here: axes in pixels)"}
+    return {
+        "mel mode": mode,
+        "mel bins": f"{axes.n_mels}, Slaney mel scale over 0-{axes.rate // 2} Hz",
+        "mel frames": f"hop {axes.hop} at {axes.rate} Hz, resized to 256",
+    }
+
+
+def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
+    from cache.gallery import write_gallery
+
+    if args.labels and args.predictions is None:
+        raise UsageError("--labels needs --predictions (the labels judge the predictions)")
+    unknown = sorted(set(args.split or []) - set(cache.splits))
+    if unknown:
+        raise UsageError(f"no split {', '.join(unknown)} in {cache.root}")
+    selection = write_gallery(
+        cache,
+        args.output,
+        limit=args.limit,
+        splits=args.split,
+        predictions=args.predictions,
+        labels=args.labels or [],
+    )
+    counts = Counter(entry.split for entry in selection.samples)
+    print(
+        f"gallery: {args.output / 'index.html'}: "
+        f"{', '.join(f'{split} {n}' for split, n in counts.items())} samples"
+        + (f", {len(selection.mistakes)} mistakes" if args.predictions else "")
+    )
+    for note in selection.notes:
+        print(f"  {note}")
+    return 0
+
+
+COMMANDS = {
+    "summary": run_summary,
+    "verify": run_verify,
+    "sheet": run_sheet,
+    "gallery": run_gallery,
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="inspect", description=__doc__.splitlines()[0])
+    doc = __doc__.split("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="inspect",
+        description=doc[0],
+        epilog=doc[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("cache", type=Path, help="cache folder (holding index.json)")
-    parser.add_argument("command", nargs="?", default="summary", choices=["summary", "verify"])
-    return parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("summary", help="per-split counts, sizes, failures, config (default)")
+    commands.add_parser("verify", help="recompute sha256s, check schema and counts")
+    _add_sheet_args(commands.add_parser("sheet", help="PNG contact sheet, or one --video"))
+    _add_gallery_args(commands.add_parser("gallery", help="static HTML gallery"))
+    args = parser.parse_args(argv)
+    args.command = args.command or "summary"
+    return args
+
+
+def _count(text: str) -> int:
+    """A non-negative count for argparse (its error exits with status 2)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _add_sheet_args(sheet: argparse.ArgumentParser) -> None:
+    sheet.add_argument("--split", help="split to draw from (default: the first)")
+    sheet.add_argument("--label", choices=[*LABELS, "any"], default="any")
+    sheet.add_argument(
+        "--audio",
+        choices=["yes", "no", "any"],
+        default="any",
+        help="only samples with (yes) or without (no) an audio stream",
+    )
+    sheet.add_argument("-n", type=_count, default=16, help="samples on the sheet (default 16)")
+    sheet.add_argument("--seed", type=int, help="draw at random with this seed (default: first)")
+    sheet.add_argument("--video", metavar="NAME", help="draw this one sample in detail")
+    sheet.add_argument("-o", "--output", type=Path, default=Path("sheet.png"), help="PNG path")
+    sheet.add_argument("--palette", action="store_true", help="256 colours: ~3x smaller file")
+
+
+def _add_gallery_args(gallery: argparse.ArgumentParser) -> None:
+    gallery.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    gallery.add_argument("--split", action="append", help="only this split (repeatable)")
+    gallery.add_argument(
+        "-n",
+        "--limit",
+        type=_count,
+        default=200,
+        help="samples per split, and mistakes, shown (default 200; 0: all)",
+    )
+    gallery.add_argument("--predictions", type=Path, help="video_name,y_pred CSV to judge")
+    gallery.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        help="video_name,target file(s) for the predictions (default: the "
+        "cached labels); repeatable",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     try:
         cache = open_cache(args.cache)
-    except (FileNotFoundError, CacheFormatError) as error:
+        status = COMMANDS[args.command](cache, args)
+    except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError) as error:
         print(f"inspect: error: {error}", file=sys.stderr)
         return 2
-    if args.command == "verify":
-        problems = verify_cache(cache)
-        for problem in problems:
-            print(f"DAMAGED {problem}", file=sys.stderr)
-        print(f"verified {len(cache.shards)} shards: {len(problems)} damaged")
-        return 1 if problems else 0
-    print("\n".join(summary_lines(cache)))
-    return 0
+    except OSError as error:  # an output that cannot be written
+        print(f"inspect: error: {error}", file=sys.stderr)
+        return 1
+    if args.command in ("sheet", "gallery"):
+        print(f"  in {time.perf_counter() - started:.2f} s")
+    return status
 
 
 if __name__ == "__main__":

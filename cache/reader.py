@@ -95,6 +95,19 @@ class ShardReader:
         if out.size:
             self._datasets[name].read_direct(out, np.s_[start : start + len(out)])
 
+    def take(self, name: str, positions: np.ndarray | list[int]) -> np.ndarray:
+        """Samples at increasing `positions` of one dataset, in one h5py call: a sparse pick
+        (a gallery's mistakes) reads only the chunks it needs, not the blocks between."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return self.read(name, 0, 0)
+        dataset = self._datasets[name]
+        return (dataset.asstr() if name == schema.VIDEO_NAME else dataset)[positions]
+
+    def storage_bytes(self, name: str) -> int:
+        """Bytes that one dataset's data takes in the file (a cache's size per modality)."""
+        return int(self._datasets[name].id.get_storage_size())
+
     def sample_shape(self, name: str) -> tuple[int, ...]:
         return self._datasets[name].shape[1:]
 
@@ -109,6 +122,14 @@ class ShardReader:
         """One whole sample (for inspection; training reads blocks)."""
         values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
         return schema.Sample(**values)
+
+    def samples(self, positions: np.ndarray | list[int]) -> list[schema.Sample]:
+        """Whole samples at increasing positions, one h5py call per dataset (inspection)."""
+        columns = {name: self.take(name, positions) for name in _SAMPLE_FIELDS}
+        return [
+            schema.Sample(**{name: column[i] for name, column in columns.items()})
+            for i in range(len(positions))
+        ]
 
     def close(self) -> None:
         self._file.close()
@@ -175,13 +196,54 @@ class Cache:
                 for position in range(len(shard)):
                     yield shard.sample(position)
 
-    def find(self, video_name: str) -> schema.Sample:
-        """Look a sample up by its video name (scans the name columns only)."""
-        for entry in self.shards:
+    def samples_at(
+        self, picks: list[tuple[int, int]], block: int = 64
+    ) -> Iterator[tuple[tuple[int, int], schema.Sample]]:
+        """(pick, sample) for (shard number, position) picks, in file order: each shard is
+        opened once and read in blocks (one h5py call per dataset), however many picks."""
+        by_shard: dict[int, list[int]] = {}
+        for number, position in sorted(set(picks)):
+            by_shard.setdefault(number, []).append(position)
+        for number, positions in by_shard.items():
+            with ShardReader(self.shards[number].path) as shard:
+                for start in range(0, len(positions), block):
+                    chunk = positions[start : start + block]
+                    for position, sample in zip(chunk, shard.samples(chunk), strict=True):
+                        yield (number, position), sample
+
+    @cached_property
+    def _locations(self) -> dict[str, list[tuple[int, int]]]:
+        """video name -> (shard number, position) of each copy, read once from the name
+        columns, so that repeated lookups (a notebook, a gallery) do not rescan every shard."""
+        locations: dict[str, list[tuple[int, int]]] = {}
+        for number, entry in enumerate(self.shards):
             with ShardReader(entry.path) as shard:
-                if video_name in shard.video_names:
-                    return shard.sample(shard.video_names.index(video_name))
-        raise KeyError(f"{video_name!r} is not in the cache at {self.root}")
+                for position, name in enumerate(shard.video_names):
+                    locations.setdefault(name, []).append((number, position))
+        return locations
+
+    def names(self) -> list[str]:
+        """Every cached video name, once each, in index order."""
+        return list(self._locations)
+
+    def locate(self, video_name: str, split: str | None = None) -> tuple[ShardEntry, int]:
+        """The shard and position of a video (its first copy, or its copy in `split`)."""
+        for number, position in self._locations.get(video_name, []):
+            entry = self.shards[number]
+            if split is None or entry.split == split:
+                return entry, position
+        where = f" split {split!r} of" if split else ""
+        raise KeyError(f"{video_name!r} is not in{where} the cache at {self.root}")
+
+    def sample(self, video_name: str, split: str | None = None) -> schema.Sample:
+        """One sample by video name: `open_cache(path).sample(name).mel` in a notebook."""
+        entry, position = self.locate(video_name, split)
+        with ShardReader(entry.path) as shard:
+            return shard.sample(position)
+
+    def find(self, video_name: str) -> schema.Sample:
+        """Look a sample up by its video name (the same as `sample`)."""
+        return self.sample(video_name)
 
 
 def _shard_entry(root: Path, item: dict) -> ShardEntry:

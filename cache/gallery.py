@@ -1,0 +1,372 @@
+"""A static gallery of a cache: thumbnails, filters, and the model's most confident mistakes.
+
+`DIR/index.html` opens straight from disk (no server): one file with inline CSS
+and JS that links only, and relatively, to PNG thumbnails under `DIR/thumbs/`.
+Each thumbnail is the sample's mel image (low frequencies at the bottom, the
+sheets' colour map) beside its K face crops, a red frame where no face was
+found. Video names come from label files and may hold quotes, `<>&` or any
+Unicode: every one is HTML-escaped, and none is used as a file name.
+
+Scale: the small columns (names, labels, flags) are read once per shard; the
+mel and faces of the samples shown are read in blocks per shard. A per-split
+cap (default 200) keeps the page light on a cache of 100k videos.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from cache import schema
+from cache.labels import LabelFileError, read_rows
+from cache.reader import Cache, ShardReader
+from cache.sheets import COLORMAP, face_tile, label_name
+
+THUMBS_DIR = "thumbs"
+THUMB_SIZE = 128  # mel thumbnail side in pixels (half the mel); faces tile the same height
+GAP = 2
+DEFAULT_LIMIT = 200
+
+
+@dataclass
+class Entry:
+    """One cached sample as the gallery lists it (no pixels)."""
+
+    shard: int
+    position: int
+    split: str
+    name: str
+    label: int
+    has_audio: bool
+    faces_found: int
+    frames: int
+    duration: float
+    truth: int | None = None  # from a label file, else the cached label when known
+    p_fake: float | None = None
+
+    @property
+    def pick(self) -> tuple[int, int]:
+        return self.shard, self.position
+
+    @property
+    def thumb(self) -> str:
+        """Relative path of the thumbnail: from positions, never from the video name."""
+        return f"{THUMBS_DIR}/{self.shard:05d}-{self.position:06d}.png"
+
+    @property
+    def mistake(self) -> float | None:
+        """How confidently wrong the prediction is (|p - truth| when on the wrong side of
+        0.5), None when right or unknown."""
+        if self.p_fake is None or self.truth is None:
+            return None
+        wrong = (self.p_fake >= 0.5) != (self.truth == schema.LABEL_FAKE)
+        return abs(self.p_fake - self.truth) if wrong else None
+
+
+def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
+    """Every sample's small columns, read once per shard (no mel, no faces)."""
+    entries: list[Entry] = []
+    for number, entry in enumerate(cache.shards):
+        if splits and entry.split not in splits:
+            continue
+        with ShardReader(entry.path) as shard:
+            names, labels = shard.read(schema.VIDEO_NAME), shard.read(schema.LABEL)
+            audio, found = shard.read(schema.HAS_AUDIO), shard.read(schema.FACE_FOUND)
+            duration = shard.read(schema.DURATION)
+        known = {schema.LABEL_FAKE, schema.LABEL_REAL}
+        entries.extend(
+            Entry(
+                number,
+                i,
+                entry.split,
+                str(names[i]),
+                int(labels[i]),
+                bool(audio[i]),
+                int(found[i].sum()),
+                found.shape[1],
+                float(duration[i]),
+                truth=int(labels[i]) if int(labels[i]) in known else None,
+            )
+            for i in range(len(names))
+        )
+    return entries
+
+
+def read_predictions(path: Path) -> dict[str, float]:
+    """video_name -> P(fake) from a `video_name,y_pred` CSV (what avcache-predict writes)."""
+    scores = {}
+    for line, cells in read_rows(path, header=("video_name", "y_pred")):
+        try:
+            score = float(cells[1])
+        except (IndexError, ValueError):
+            score = math.nan
+        if not 0.0 <= score <= 1.0:  # NaN too: it would sort anywhere among the mistakes
+            raise LabelFileError(f"{path}:{line}: expected video_name,P(fake) in [0, 1]: {cells}")
+        scores[cells[0].strip()] = score
+    return scores
+
+
+def read_truth(paths: list[Path]) -> dict[str, int]:
+    """video_name -> target (1 fake, 0 real) from label files such as val_label.txt."""
+    truth = {}
+    for path in paths:
+        for line, cells in read_rows(path):
+            target = cells[1].strip() if len(cells) > 1 else ""
+            if target not in ("0", "1"):
+                raise LabelFileError(f"{path}:{line}: expected video_name,target (0 or 1)")
+            truth[cells[0].strip()] = int(target)
+    return truth
+
+
+def attach_predictions(
+    entries: list[Entry], predictions: dict[str, float], truth: dict[str, int]
+) -> None:
+    """Give entries their P(fake) and, where a label file knows it, their true label."""
+    for entry in entries:
+        entry.p_fake = predictions.get(entry.name)
+        entry.truth = truth.get(entry.name, entry.truth)
+
+
+def worst_mistakes(entries: list[Entry]) -> list[Entry]:
+    """Wrong predictions at the 0.5 threshold, the most confident first (ties by name);
+    a video cached in two splits is listed once."""
+    wrong: dict[str, Entry] = {}
+    for entry in entries:
+        if entry.mistake is not None:
+            wrong.setdefault(entry.name, entry)
+    return sorted(wrong.values(), key=lambda entry: (-entry.mistake, entry.name))
+
+
+@dataclass
+class Selection:
+    """What the page shows: the first `limit` samples of each split, the worst mistakes."""
+
+    samples: list[Entry]
+    mistakes: list[Entry]
+    notes: list[str] = field(default_factory=list)
+
+
+def select(entries: list[Entry], limit: int) -> Selection:
+    """Cap each split at `limit` samples (0: no cap) and the mistakes at `limit`; say so."""
+    shown, notes, splits = [], [], list(dict.fromkeys(entry.split for entry in entries))
+    for split in splits:
+        of_split = [entry for entry in entries if entry.split == split]
+        kept = of_split[:limit] if limit else of_split
+        shown.extend(kept)
+        if len(kept) < len(of_split):
+            notes.append(
+                f"{split}: showing the first {len(kept)} of {len(of_split)} (--limit {limit})"
+            )
+    mistakes = worst_mistakes(entries)
+    if limit and len(mistakes) > limit:
+        notes.append(f"mistakes: showing the {limit} most confident of {len(mistakes)}")
+        mistakes = mistakes[:limit]
+    return Selection(shown, mistakes, notes)
+
+
+def colour_lut() -> np.ndarray:
+    """uint8 [256, 3] RGB table of the sheets' colour map."""
+    from matplotlib import colormaps
+
+    return (colormaps[COLORMAP](np.arange(256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def thumbnail(sample: schema.Sample, lut: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """RGB uint8: the mel (low frequencies at the bottom) beside a grid of the K faces."""
+    mel = cv2.resize(lut[sample.mel[::-1]], (size, size), interpolation=cv2.INTER_AREA)
+    frames = sample.faces.shape[0]
+    if frames == 0:
+        return mel
+    rows = 1 if frames <= 2 else 2
+    columns, tile = math.ceil(frames / rows), (size - GAP * (rows - 1)) // rows
+    out = np.full((size, size + columns * (tile + GAP), 3), 255, np.uint8)
+    out[:, :size] = mel
+    for k in range(frames):
+        row, column = divmod(k, columns)
+        y, x = row * (tile + GAP), size + GAP + column * (tile + GAP)
+        out[y : y + tile, x : x + tile] = face_tile(sample.faces[k], sample.face_found[k], tile)
+    return out
+
+
+def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str, tuple[int, int]]:
+    """One PNG per entry under out/thumbs/, read block-wise per shard; path -> (width, height)."""
+    (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
+    lut, sizes = colour_lut(), {}
+    wanted = {entry.pick: entry for entry in entries}
+    for pick, sample in tqdm(
+        cache.samples_at(list(wanted)),
+        total=len(wanted),
+        desc="thumbnails",
+        unit="sample",
+        leave=False,
+    ):
+        image = thumbnail(sample, lut)
+        path = wanted[pick].thumb
+        if not cv2.imwrite(str(out / path), np.ascontiguousarray(image[..., ::-1])):
+            raise OSError(f"{out / path}: cannot write the thumbnail")
+        sizes[path] = (image.shape[1], image.shape[0])
+    return sizes
+
+
+def write_gallery(
+    cache: Cache,
+    out: Path,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    splits: list[str] | None = None,
+    predictions: Path | None = None,
+    labels: Sequence[Path] = (),
+) -> Selection:
+    """Thumbnails and index.html under `out`; returns what was shown and what was capped."""
+    entries, scores = catalog(cache, splits), {}
+    if predictions is not None:
+        scores = read_predictions(predictions)
+        attach_predictions(entries, scores, read_truth(list(labels)))
+    selection = select(entries, limit)
+    unmatched = len(set(scores) - {entry.name for entry in entries})
+    if unmatched:
+        selection.notes.append(f"{unmatched} predicted videos are not in the samples listed")
+    sizes = write_thumbnails(cache, selection.samples + selection.mistakes, Path(out))
+    judged = None
+    if predictions is not None:
+        sources = [Path(path).name for path in labels] + ["the cached labels"]
+        judged = f"{Path(predictions).name} judged against {' and '.join(sources)}"
+    page = render_page(cache, selection, sizes, len(entries), judged)
+    (Path(out) / "index.html").write_text(page, encoding="utf-8")
+    return selection
+
+
+def card(entry: Entry, size: tuple[int, int], rank: int | None = None) -> str:
+    """One sample's figure; every name is escaped, data-* attributes drive the filters."""
+    name = html.escape(entry.name, quote=True)
+    label = label_name(entry.label if entry.truth is None else entry.truth)
+    tags = [f'<span class="tag {label}">{label}</span>', html.escape(entry.split)]
+    if not entry.has_audio:
+        tags.append('<span class="tag noaudio">no audio</span>')
+    tags.append(f"faces {entry.faces_found}/{entry.frames}")
+    tags.append(f"{entry.duration:.1f} s")
+    if entry.p_fake is not None:
+        tags.append(f'<span class="p">P(fake) {entry.p_fake:.3f}</span>')
+    if rank is not None:
+        tags.insert(0, f'<span class="rank">#{rank}</span>')
+    width, height = size
+    return (
+        f'<figure class="card" style="width:{width}px" '
+        f'data-split="{html.escape(entry.split, quote=True)}" '
+        f'data-label="{label}" data-audio="{"yes" if entry.has_audio else "no"}">'
+        f'<img src="{entry.thumb}" width="{width}" height="{height}" alt="{name}">'
+        f'<figcaption><div class="name" title="{name}">{name}</div>'
+        f'<div class="tags">{" · ".join(tags)}</div></figcaption></figure>'
+    )
+
+
+def _options(values: list[str]) -> str:
+    return "".join(
+        f'<option value="{html.escape(v, quote=True)}">{html.escape(v)}</option>' for v in values
+    )
+
+
+def render_page(
+    cache: Cache,
+    selection: Selection,
+    sizes: dict[str, tuple[int, int]],
+    total: int,
+    judged: str | None,
+) -> str:
+    """The whole page: header, filters, mistakes (when predictions were given), samples."""
+    splits = list(dict.fromkeys(entry.split for entry in selection.samples))
+    shown = len(selection.samples)
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in selection.notes)
+    filters = (
+        f'<label>split <select id="f-split"><option value="">all</option>{_options(splits)}'
+        '</select></label> <label>label <select id="f-label"><option value="">all</option>'
+        f"{_options(['fake', 'real', 'unknown'])}</select></label> <label>audio "
+        '<select id="f-audio"><option value="">any</option><option value="yes">with audio'
+        '</option><option value="no">without audio</option></select></label>'
+    )
+    body = [
+        f"<header><h1>avcache gallery <code>{html.escape(str(cache.root))}</code></h1>",
+        f"<p>{shown} of {total} samples, config {html.escape(cache.config_hash)}</p>",
+        f"<ul class='notes'>{notes}</ul>" if notes else "",
+        f'<form id="filters">{filters}</form></header>',
+    ]
+    if judged is not None:
+        cards = "".join(
+            card(entry, sizes[entry.thumb], rank)
+            for rank, entry in enumerate(selection.mistakes, 1)
+        )
+        body.append(
+            f'<section id="mistakes"><h2>Most confident mistakes <span class="count"></span>'
+            f"</h2><p>{html.escape(judged)}: wrong at the 0.5 threshold, the most confident "
+            f'first</p><div class="grid">{cards}</div></section>'
+        )
+    cards = "".join(card(entry, sizes[entry.thumb]) for entry in selection.samples)
+    body.append(
+        '<section id="samples"><h2>Samples <span class="count"></span></h2>'
+        f'<div class="grid">{cards}</div></section>'
+    )
+    title = html.escape(f"avcache gallery: {cache.root.name}")
+    return PAGE.format(title=title, style=STYLE, body="\n".join(body), script=SCRIPT)
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>
+<body>
+{body}
+<script>{script}</script>
+</body>
+</html>
+"""
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 16px 24px; background: #f4f4f6; }
+header { position: sticky; top: 0; background: #f4f4f6; padding: 8px 0; z-index: 1; }
+h1 { font-size: 18px; margin: 4px 0; } h2 { font-size: 16px; margin: 16px 0 6px; }
+.notes { color: #8a5a00; margin: 2px 0; }
+#filters label { margin-right: 12px; }
+.grid { display: flex; flex-wrap: wrap; gap: 8px; }
+.card { margin: 0; padding: 6px; background: #fff; border-radius: 6px;
+        box-shadow: 0 1px 2px #0002; }
+.card img { display: block; image-rendering: pixelated; }
+.name { font: 11px monospace; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.tags { font-size: 11px; color: #555; }
+.tag { font-weight: bold; } .fake { color: #c0392b; } .real { color: #1e8449; }
+.unknown { color: #777; } .noaudio { color: #8a5a00; } .rank { font-weight: bold; }
+.p, .rank { color: #222; white-space: nowrap; }
+[hidden] { display: none !important; }
+"""
+
+# Filters: <select>s, also settable from the URL, e.g. index.html#split=val&label=fake.
+SCRIPT = """
+const controls = { split: "f-split", label: "f-label", audio: "f-audio" };
+for (const [key, value] of new URLSearchParams(location.hash.slice(1))) {
+  const select = document.getElementById(controls[key] || "");
+  if (select) select.value = value;
+}
+function apply() {
+  const want = Object.fromEntries(
+    Object.entries(controls).map(([key, id]) => [key, document.getElementById(id).value]));
+  for (const section of document.querySelectorAll("section")) {
+    let shown = 0;
+    for (const card of section.querySelectorAll(".card")) {
+      const keep = Object.entries(want).every(
+        ([key, value]) => !value || card.dataset[key] === value);
+      card.hidden = !keep;
+      shown += keep;
+    }
+    section.querySelector(".count").textContent = `(${shown})`;
+  }
+}
+for (const id of Object.values(controls)) {
+  document.getElementById(id).addEventListener("change", apply);
+}
+apply();
+"""
