@@ -42,6 +42,18 @@ class FacesConfig:
 
 
 @dataclass
+class LimitsConfig:
+    seconds_per_video: float = 120.0  # wall-clock limit per video, then a timeout failure; 0: off
+
+    def __post_init__(self) -> None:
+        if self.seconds_per_video < 0:
+            raise ValueError(
+                "limits.seconds_per_video must be >= 0 (0 = no limit), "
+                f"got {self.seconds_per_video}"
+            )
+
+
+@dataclass
 class ShardConfig:
     size: int = 256  # videos per shard (one joblib task each)
 
@@ -51,4 +63,5 @@ class PreprocessConfig:
     splits: dict[str, SplitConfig] = field(default_factory=_ffdv_splits)  # FFDV layout
     audio: AudioConfig = field(default_factory=AudioConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cache.labels import LabelFileError, read_rows
 from cache.schema import LABEL_UNKNOWN
 from preprocess.config import SplitConfig
+
+log = logging.getLogger(__name__)
 
 TARGETS = {"0": 0, "1": 1}
 
@@ -61,18 +64,25 @@ def resolve_inside(root: Path, folders: list[str], name: str) -> tuple[Path | No
     """
     real_root = root.resolve()
     for folder in folders:
-        candidate = (root / folder / name).resolve()
-        if not candidate.is_relative_to(real_root):
-            return None, f"resolves outside the data root ({candidate})"
-        if candidate.is_file():
-            return candidate, None
+        try:
+            candidate = (root / folder / name).resolve()
+            if not candidate.is_relative_to(real_root):
+                return None, f"resolves outside the data root ({candidate})"
+            if candidate.is_file():
+                return candidate, None
+        except (OSError, RuntimeError) as error:  # a name too long; a symlink loop (3.11)
+            return None, f"cannot be resolved ({getattr(error, 'strerror', None) or error})"
     return None, None
 
 
 def read_split(root: Path, split: str, config: SplitConfig) -> list[Video]:
-    """Every row of a split's list as a Video; raises LabelFileError listing all bad rows."""
+    """Every row of a split's list as a Video; raises LabelFileError listing all bad rows.
+
+    Two names for one file (`a.mp4` and `./a.mp4`, or a symlink beside its target) are
+    duplicates too: the same video must not land twice in a split, maybe with two labels.
+    """
     path = root / config.labels
-    videos, problems, seen = [], [], {}
+    videos, problems, seen, files, missing = [], [], {}, {}, []
     for line, cells in read_rows(path):
         name = cells[0].strip()
         problem = name_problem(name)
@@ -86,16 +96,33 @@ def read_split(root: Path, split: str, config: SplitConfig) -> list[Video]:
         resolved = None
         if problem is None:
             resolved, problem = resolve_inside(root, config.videos, name)
+        if problem is None and resolved in files:
+            problem = f"same file as line {files[resolved]}"
         if problem:
             problems.append(f"  {path}:{line}: {name!r}: {problem}")
             continue
         seen[name] = line
+        if resolved is None:
+            missing.append(f"{path}:{line}: {name!r}")
+        else:
+            files[resolved] = line
         videos.append(Video(split, name, label, resolved))
     if problems:
         raise LabelFileError(
             f"{path}: {len(problems)} bad row(s), nothing was cached:\n" + "\n".join(problems)
         )
+    _warn_missing(missing, config.videos)
     return videos
+
+
+def _warn_missing(rows: list[str], folders: list[str]) -> None:
+    """Missing files are recorded as failures by name; say here which rows they are."""
+    if rows:
+        shown = "\n  ".join(rows[:10]) + ("\n  ..." if len(rows) > 10 else "")
+        log.warning(
+            "%d listed video(s) not found in %s (recorded as failures):\n  %s",
+            len(rows), ", ".join(f"{folder}/" for folder in folders), shown,
+        )  # fmt: skip
 
 
 def plan_shards(videos: list[Video], shard_size: int) -> list[ShardPlan]:

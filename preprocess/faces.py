@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from preprocess.config import FacesConfig
-from preprocess.media import MediaError, MediaInfo
+from preprocess.media import NO_DEADLINE, Deadline, MediaError, MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ def detect_mtcnn(frames: list[np.ndarray], min_face_size: int) -> list[Box | Non
     """
     if len({frame.shape for frame in frames}) > 1:  # a stream that changes size mid-way
         return [detect_mtcnn([frame], min_face_size)[0] for frame in frames]
+    if min(frames[0].shape[:2]) < min_face_size:  # no face that large fits, and MTCNN's
+        return [None] * len(frames)  # image pyramid would be empty (torch.cat raises)
     boxes, probs = _mtcnn(min_face_size).detect(np.stack(frames))
     found = []
     for frame_boxes, frame_probs in zip(boxes, probs, strict=True):
@@ -120,20 +122,43 @@ def frame_indices(info: MediaInfo, capture: cv2.VideoCapture, count: int) -> lis
     return [min(int(seconds * fps), max(total - 1, 0)) for seconds in frame_times(duration, count)]
 
 
-def read_frames(path: Path, info: MediaInfo, count: int) -> list[np.ndarray | None]:
+def _open_capture(path: Path, deadline: Deadline) -> cv2.VideoCapture:
+    """OpenCV's FFmpeg reader; with a limit, its open and each read are interrupted when
+    the video's time is up (OpenCV's own defaults are 30 s each)."""
+    deadline.check("faces")
+    left = deadline.remaining()
+    if left is not None:
+        ms = max(int(left * 1000), 1)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
+        if capture.isOpened():
+            return capture
+        deadline.check("faces")  # else a build without these parameters: open without them
+    return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+
+
+def read_frames(
+    path: Path, info: MediaInfo, count: int, deadline: Deadline = NO_DEADLINE
+) -> list[np.ndarray | None]:
     """RGB frames at evenly spread times; None where a frame cannot be decoded.
 
     A far target is reached by seeking; a near one by grabbing the frames in
     between without converting them, which is cheaper than a seek (a seek
     decodes again from the previous keyframe, often the clip's first frame).
+    A clip with fewer frames than `count` repeats its frames. The deadline is
+    checked before every frame.
     """
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    capture = _open_capture(path, deadline)
     if not capture.isOpened():
         raise MediaError("OpenCV cannot open the video stream")
     frames: list[np.ndarray | None] = []
     try:
         position = 0  # index of the frame the next grab() returns
         for index in frame_indices(info, capture, count):
+            deadline.check("faces")
+            if frames and index < position:  # the frame just read again: reading on would
+                frames.append(frames[-1])  # return the next one, or nothing past the end
+                continue
             if index - position > SEEK_AFTER_FRAMES:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, index)
             else:
@@ -144,6 +169,7 @@ def read_frames(path: Path, info: MediaInfo, count: int) -> list[np.ndarray | No
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None)
     finally:
         capture.release()
+    deadline.check("faces")  # a read interrupted by OpenCV's timeout is a timeout, not a bad file
     if not any(frame is not None for frame in frames):
         raise MediaError("no video frame could be decoded")
     return frames
@@ -191,7 +217,13 @@ def detect_faces(frames: list[np.ndarray], detector: str, config: FacesConfig) -
     ]
 
 
-def face_frames(path: Path, info: MediaInfo, config: FacesConfig, detector: str) -> FaceFrames:
+def face_frames(
+    path: Path,
+    info: MediaInfo,
+    config: FacesConfig,
+    detector: str,
+    deadline: Deadline = NO_DEADLINE,
+) -> FaceFrames:
     """K face crops of a video; frames without a face get a centre crop and found=False."""
     k, size = config.frames, config.size
     result = FaceFrames(
@@ -199,9 +231,15 @@ def face_frames(path: Path, info: MediaInfo, config: FacesConfig, detector: str)
         found=np.zeros(k, dtype=bool),
         boxes=np.zeros((k, 4), dtype=np.float32),
     )
-    if k == 0 or not info.has_video:
+    if k == 0:
         return result
-    frames = read_frames(path, info, k)
+    if not info.has_video:
+        # Black frames would pass for K decoded frames without a face: refuse instead.
+        raise MediaError(
+            "no video stream (audio only): no face frames to cache; "
+            "faces.frames=0 caches the mel images of such files"
+        )
+    frames = read_frames(path, info, k, deadline)
     decoded = [i for i, frame in enumerate(frames) if frame is not None]
     boxes = detect_faces([frames[i] for i in decoded], detector, config)
     for i, box in zip(decoded, boxes, strict=True):

@@ -14,14 +14,53 @@ import functools
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ffmpeg
 
 
 class MediaError(RuntimeError):
-    """ffmpeg could not read a file; the message is ffmpeg's own reason."""
+    """ffmpeg could not read a file; the message says why, in ffmpeg's own words too."""
+
+
+LIMIT_KEY = "limits.seconds_per_video"
+
+
+class TimeLimitExceeded(MediaError):
+    """A video ran past its time limit; the message names the limit and how to raise it."""
+
+    def __init__(self, seconds: float, stage: str) -> None:
+        super().__init__(
+            f"took longer than {LIMIT_KEY} = {seconds:g} s (stopped in stage {stage}); "
+            f"raise {LIMIT_KEY}, or set it to 0 for no limit"
+        )
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A per-video time limit that each step checks between units of work.
+
+    Cooperative, not signal.alarm: the same code runs in threads of a Dask worker,
+    where signals cannot reach it. Subprocesses get the time left as their timeout.
+    """
+
+    seconds: float  # 0: no limit
+    start: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float | None:
+        """Seconds left, None without a limit (never negative)."""
+        if self.seconds <= 0:
+            return None
+        return max(self.seconds - (time.monotonic() - self.start), 0.0)
+
+    def check(self, stage: str) -> None:
+        if self.remaining() == 0.0:
+            raise TimeLimitExceeded(self.seconds, stage)
+
+
+NO_DEADLINE = Deadline(0.0)
 
 
 @dataclass(frozen=True)
@@ -90,8 +129,36 @@ def ffmpeg_reason(stderr: str) -> str:
     return lines[-1] if lines else "ffmpeg failed without a message"
 
 
-def read_audio(path: Path, binary: str, rate: int, channels: int,
-               max_seconds: float) -> tuple[MediaInfo, bytes]:  # fmt: skip
+# ffmpeg's last line ("Invalid data found when processing input") is the same for a text
+# file, random bytes and an interrupted copy; earlier lines of its log tell them apart.
+_UNREADABLE_HINTS = {
+    "detected only with low score": "no media format found (not a video file, or damaged)",
+    "moov atom not found": "truncated or unfinished MP4/MOV (moov atom not found)",
+}
+
+
+def unreadable_reason(path: Path, dump: str) -> str:
+    """Why ffmpeg could not open `path`: our reading of its log, then its own last line."""
+    said = ffmpeg_reason(dump).replace(as_ffmpeg_url(path), str(path))
+    if Path(path).stat().st_size == 0:
+        return f"empty file (0 bytes); ffmpeg: {said}"
+    hint = next((text for key, text in _UNREADABLE_HINTS.items() if key in dump), None)
+    return f"{hint}; ffmpeg: {said}" if hint else said
+
+
+def _run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedProcess:
+    """Run ffmpeg within the time left; on expiry it is killed and TimeLimitExceeded raised."""
+    deadline.check("decode")
+    try:
+        return subprocess.run(
+            command, capture_output=True, stdin=subprocess.DEVNULL, timeout=deadline.remaining()
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped ffmpeg
+        raise TimeLimitExceeded(deadline.seconds, "decode") from None
+
+
+def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
+               deadline: Deadline = NO_DEADLINE) -> tuple[MediaInfo, bytes]:  # fmt: skip
     """(what the file holds, s16le PCM of its default audio stream; b'' without one)."""
     command = (
         ffmpeg.input(as_ffmpeg_url(path), t=max_seconds)
@@ -99,11 +166,11 @@ def read_audio(path: Path, binary: str, rate: int, channels: int,
         .global_args("-nostdin", "-hide_banner")
         .compile(cmd=binary)
     )
-    result = subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL)
+    result = _run_ffmpeg(command, deadline)
     dump = result.stderr.decode("utf-8", errors="replace")
     info = parse_info(dump)
     if info is None:
-        raise MediaError(ffmpeg_reason(dump).replace(as_ffmpeg_url(path), str(path)))
+        raise MediaError(unreadable_reason(path, dump))
     if not info.has_video and not info.has_audio:
         raise MediaError("no audio or video stream")
     if result.returncode != 0 and info.has_audio:

@@ -22,7 +22,7 @@ from preprocess.audio import MEL_MODES, mel_image
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import ShardPlan, Video
 from preprocess.faces import face_frames, resolve_detector
-from preprocess.media import MediaError, ffmpeg_binary, read_audio
+from preprocess.media import Deadline, MediaError, TimeLimitExceeded, ffmpeg_binary, read_audio
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,21 @@ class VideoFailed(Exception):
         self.stage, self.reason = stage, reason
 
 
-def _stage(name: str, function: Callable, *args):
-    """Run one stage; any error it raises is recorded against the video, never swallowed."""
+TIMEOUT_STAGE = "timeout"
+
+
+def _stage(name: str, deadline: Deadline, function: Callable, *args):
+    """Run one stage; any error it raises is recorded against the video, never swallowed.
+
+    A stage that cannot be interrupted (the mel) is judged when it returns: a video
+    past its limit fails even if that stage finished, so the limit means one thing.
+    """
     try:
-        return function(*args)
+        result = function(*args)
+        deadline.check(name)
+        return result
+    except TimeLimitExceeded as error:
+        raise VideoFailed(TIMEOUT_STAGE, str(error)) from None
     except MediaError as error:
         raise VideoFailed(name, str(error)) from None
     except Exception as error:  # librosa, OpenCV, torch: all of them are this video's failure
@@ -50,12 +61,15 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     if video.path is None:
         folders = ", ".join(f"{folder}/" for folder in config.splits[video.split].videos)
         raise VideoFailed("resolve", f"no such file in {folders}")
+    deadline = Deadline(config.limits.seconds_per_video)
     mode, audio = MEL_MODES[config.audio.mode], config.audio
     binary = ffmpeg_binary(audio.ffmpeg)
-    info, pcm = _stage("decode", read_audio, video.path, binary, mode.rate, mode.channels,
-                       audio.max_seconds)  # fmt: skip
-    mel = _stage("audio", mel_image, pcm, info, audio)
-    faces = _stage("faces", face_frames, video.path, info, config.faces, detector)
+    info, pcm = _stage("decode", deadline, read_audio, video.path, binary, mode.rate,
+                       mode.channels, audio.max_seconds, deadline)  # fmt: skip
+    mel = _stage("audio", deadline, mel_image, pcm, info, audio)
+    del pcm  # up to audio.max_seconds of PCM: not kept while the frames are decoded
+    faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
+                   deadline)  # fmt: skip
     return schema.Sample(
         video_name=video.name,
         label=video.label,

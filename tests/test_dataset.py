@@ -100,3 +100,40 @@ def test_plan_hash_follows_the_work():
     b = ShardPlan("train", 0, (Video("train", "a.mp4", 1, None),))
     assert a.plan_hash() == ShardPlan("train", 0, a.videos).plan_hash()
     assert a.plan_hash() != b.plan_hash()
+
+
+def test_unresolvable_names_are_rows_not_crashes(root):
+    (root / "trainset" / "loop.mp4").symlink_to("loop.mp4")
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("loop.mp4", 0), ("x" * 300, 1)])
+    with pytest.raises(LabelFileError) as error:
+        read_split(root, "train", TRAIN)
+    message = str(error.value)
+    assert "2 bad row(s)" in message
+    assert "train_label.txt:3: 'loop.mp4': cannot be resolved (Symlink loop" in message
+    assert "train_label.txt:4:" in message and "cannot be resolved (File name too long)" in message
+
+
+def test_two_names_for_one_file_are_duplicates(root):
+    (root / "trainset" / "alias.mp4").symlink_to("a.mp4")
+    rows = [("a.mp4", 1), ("./a.mp4", 0), ("alias.mp4", 0), ("b.mp4", 0)]
+    write_labels(root / "train_label.txt", rows)
+    with pytest.raises(LabelFileError) as error:
+        read_split(root, "train", TRAIN)
+    message = str(error.value)
+    assert "2 bad row(s)" in message
+    assert "train_label.txt:3: './a.mp4': same file as line 2" in message
+    assert "train_label.txt:4: 'alias.mp4': same file as line 2" in message
+
+
+@pytest.mark.parametrize("target", ["2", "x", "", "nan", "-1", "1.0", "true"])
+def test_bad_targets_name_their_row(root, target):
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("b.mp4", target)])
+    with pytest.raises(LabelFileError, match=f"train_label.txt:3: 'b.mp4': target '{target}'"):
+        read_split(root, "train", TRAIN)
+
+
+def test_missing_rows_are_reported_with_their_line(root, caplog):
+    write_labels(root / "train_label.txt", [("a.mp4", 1), ("gone.mp4", 0), ("b.mp4", 0)])
+    assert [v.path is None for v in read_split(root, "train", TRAIN)] == [False, True, False]
+    assert "1 listed video(s) not found in trainset/" in caplog.text
+    assert "train_label.txt:3: 'gone.mp4'" in caplog.text
