@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from cache import open_cache, schema
 from cache.reader import ShardReader
 from tests.test_cache import make_sample, write_cache
-from train.loader import LoaderPlan, ShardStream, epoch_batches
+from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream, epoch_batches
 
 SHARDS = [13, 0, 7, 30, 5]  # uneven on purpose, one empty
 TOTAL = sum(SHARDS)
@@ -24,14 +24,14 @@ def cache(tmp_path_factory):
     return open_cache(root)
 
 
-def names_in_order(cache, plan, epoch=0, world=1, workers=0) -> list[list[str]]:
-    """Per rank, the names of its batches in the order the DataLoader yields them."""
+def names_in_order(cache, plan, epoch=0, world=1, workers=0, start=0) -> list[list[str]]:
+    """Per rank, the names of its real batches in the order the DataLoader yields them."""
     per_rank = []
     for rank in range(world):
         stream = ShardStream(cache.shards, (schema.VIDEO_NAME,), plan, rank, world)
-        stream.set_epoch(epoch)
+        stream.set_epoch(epoch, start)
         loader = DataLoader(stream, batch_size=None, num_workers=workers)
-        per_rank.append([list(batch[schema.VIDEO_NAME]) for batch in loader])
+        per_rank.append([list(batch[schema.VIDEO_NAME]) for batch in loader if batch[REAL]])
     return per_rank
 
 
@@ -108,12 +108,44 @@ def test_mel_only_never_reads_faces(cache, monkeypatch):
     monkeypatch.setattr(ShardReader, "read_into", counting_into)
     monkeypatch.setattr(ShardReader, "read", counting_read)
     batches = list(ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=8)))
-    assert set(batches[0]) == {schema.MEL, schema.LABEL}
+    assert set(batches[0]) == {schema.MEL, schema.LABEL, BATCH_INDEX, REAL}
     assert set(read) == {schema.MEL, schema.LABEL}
 
 
-def test_len_counts_this_ranks_batches(cache):
+def test_every_rank_yields_as_many_batches_padding_marked_not_real(cache):
     plan = LoaderPlan(batch_size=4)
+    total = -(-TOTAL // 4)  # 14 global batches on 3 ranks: 5, 5 and 4 real ones
     streams = [ShardStream(cache.shards, (schema.MEL,), plan, rank, 3) for rank in range(3)]
-    assert [len(s) for s in streams] == [len(list(s)) for s in streams]
-    assert sum(len(s) for s in streams) == -(-TOTAL // 4)
+    yielded = [list(stream) for stream in streams]
+    assert [len(s) for s in streams] == [len(batches) for batches in yielded] == [5, 5, 5]
+    real = [[b[BATCH_INDEX] for b in batches if b[REAL]] for batches in yielded]
+    assert sorted(i for indices in real for i in indices) == list(range(total))
+    assert [b[BATCH_INDEX] for b in yielded[2] if not b[REAL]] == [14]
+
+
+def test_three_shards_on_two_ranks_stay_in_step(tmp_path):
+    """The WebDataset + DDP hang: shards dealt to ranks leave one rank with less to do."""
+    write_cache(tmp_path, [8, 8, 1])  # 17 samples: 5 batches of 4, so one rank is short
+    plan = LoaderPlan(batch_size=4, block_size=4, seed=2)
+    streams = [ShardStream(open_cache(tmp_path).shards, (schema.VIDEO_NAME,), plan, rank, 2)
+               for rank in range(2)]  # fmt: skip
+    yielded = [list(stream) for stream in streams]
+    assert [len(batches) for batches in yielded] == [3, 3]
+    names = [n for batches in yielded for b in batches if b[REAL] for n in b[schema.VIDEO_NAME]]
+    assert sorted(names) == sorted(f"vidéo {i}.mp4" for i in range(17))
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (1, 2), (2, 0), (2, 3)])
+def test_an_epoch_started_mid_way_yields_exactly_the_rest(cache, world, workers):
+    plan = LoaderPlan(batch_size=3, block_size=2, shard_group=2, seed=5)
+    (reference,) = names_in_order(cache, plan, epoch=2)
+    start = 4 * world
+    rest = global_order(names_in_order(cache, plan, epoch=2, world=world, workers=workers,
+                                       start=start))  # fmt: skip
+    assert rest == reference[start:]
+
+
+def test_an_epoch_cannot_start_between_ranks(cache):
+    stream = ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=4), 0, 2)
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        stream.set_epoch(0, start=3)

@@ -3,11 +3,14 @@
 Batches cross the process boundary and the PCIe bus as uint8 (a quarter of the
 bytes of float32); conversion, normalisation and augmentation run as batched
 tensor ops on the training device. Random decisions come from a CPU generator
-seeded by the run, so a resumed run draws the same flips and masks.
+seeded by (seed, epoch, global batch index) alone (train/engine.py), so a batch
+gets the same flips and masks whatever the number of ranks and workers, and
+after a resume.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +29,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
         key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
         for key, value in batch.items()
     }
+
+
+def batch_seed(seed: int, epoch: int, batch_index: int) -> int:
+    """The seed of all randomness in training on one global batch (augmentation, dropout)."""
+    high, low = np.random.SeedSequence([seed, epoch, batch_index]).generate_state(2)
+    return int(high) << 32 | int(low)
 
 
 def _coin(batch_size: int, probability: float, generator: torch.Generator) -> torch.Tensor:

@@ -35,6 +35,7 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine (per epoch, to zero), step (StepLR), constant
     step_size: int = 4  # StepLR: epochs between decays
     gamma: float = 0.85  # StepLR: decay factor
+    accumulate: int = 1  # batches per optimiser step (a step sees batch_size x accumulate x ranks)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RunConfig:
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch (0: torch's default)
+    checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: epoch ends only)
 
 
 @dataclass

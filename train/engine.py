@@ -1,9 +1,17 @@
 """The training loop: epochs, validation, checkpoints, resume.
 
 A run folder holds config.yaml, metrics.jsonl, last.pt (everything needed to
-resume: model, optimiser, scheduler, epoch, RNG states, history) and best.pt
-(chosen by validation ROC AUC). Checkpoints hold only tensors and plain data
-and are loaded with torch.load(weights_only=True).
+resume: model, optimiser, scheduler, epoch, the global batches done in it and
+history; no RNG state, as each batch's randomness is seeded from its index) and
+best.pt (chosen by validation ROC AUC). Checkpoints hold only tensors and plain
+data and are loaded with torch.load(weights_only=True).
+
+Under torchrun every rank trains on its share of each epoch's global batches
+(train/loader.py) through DistributedDataParallel; training losses are summed
+and validation predictions gathered across ranks, and rank 0 alone writes. A
+step averages the gradients of `accumulate` batches on every rank, so
+`accumulate x ranks` is what sets the step, not how it is split: one process
+with accumulate=2 takes the same steps as two ranks with accumulate=1.
 """
 
 from __future__ import annotations
@@ -13,37 +21,46 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cache import schema
 from cache.reader import Cache
-from train.augment import prepare, to_device
+from train import distributed
+from train.augment import batch_seed, prepare, to_device
 from train.config import TrainConfig
-from train.loader import LoaderPlan, ShardStream
+from train.distributed import Ranks
+from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
 from train.metrics import detection_metrics
 from train.models import build_model
 
 log = logging.getLogger("avcache.train")
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+PROGRESS_KEYS = ("epoch", "best_score", "history", "batches_done", "loss_sum", "samples")
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto: CUDA when there is one. A rank uses the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("run.device=cuda but no CUDA device is available")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("run.device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
-                train: bool, device: torch.device) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+                train: bool, device: torch.device,
+                ranks: Ranks | None = None) -> tuple[ShardStream, DataLoader]:  # fmt: skip
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
@@ -56,7 +73,8 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         drop_last=False,
         seed=config.run.seed,
     )
-    stream = ShardStream(shards, fields, plan)
+    ranks = ranks or Ranks()
+    stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world)
     workers = config.data.workers
     loader = DataLoader(
         stream,
@@ -75,12 +93,17 @@ class Progress:
     epoch: int = 0  # epochs finished
     best_score: float = -math.inf
     history: list[dict] = field(default_factory=list)
+    batches_done: int = 0  # global batches of the unfinished epoch already trained on
+    loss_sum: float = 0.0  # their summed training loss, over all ranks
+    samples: int = 0  # and their samples
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, cache: Cache, out: Path) -> None:
         self.config, self.cache, self.out = config, cache, out
-        self.device = select_device(config.run.device)
+        self.ranks = distributed.ranks_from_env()
+        self.device = select_device(config.run.device, self.ranks.local_rank)
+        distributed.start(self.ranks, self.device)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
@@ -88,12 +111,22 @@ class Trainer:
         self.fields = self.model.fields
         if self._cuda and config.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.run.compile else self.model
+        self.ddp = self._wrap_ddp()
+        compile_ = torch.compile if config.run.compile else lambda module: module
+        self.evaluate_forward = compile_(self.model)
+        self.train_forward = compile_(self.ddp) if self.ddp else self.evaluate_forward
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
-        self.augment_rng = torch.Generator().manual_seed(config.run.seed)
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.progress = Progress()
+
+    def _wrap_ddp(self) -> DistributedDataParallel | None:
+        if not self.ranks.distributed:
+            return None
+        # BatchNorm statistics stay per rank and are averaged at checkpoints and epoch ends
+        # (timm's --dist-bn reduce), instead of rank 0's overwriting the others' every step.
+        device_ids = [self.device.index] if self._cuda else None
+        return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
 
     @property
     def _cuda(self) -> bool:
@@ -103,59 +136,109 @@ class Trainer:
         enabled = self._cuda and self.config.run.amp
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _inputs(self, batch: dict, train: bool) -> tuple[dict, torch.Tensor]:
+    def _inputs(self, batch: dict, generator: torch.Generator | None) -> tuple[dict, torch.Tensor]:
+        """Model inputs and labels; augmented when given a generator (training)."""
         batch = to_device(batch, self.device)
-        augment = self.config.augment if train else None
+        augment = self.config.augment if generator else None
         model = self.config.model
-        inputs = prepare(
-            batch, self.fields, augment, self.augment_rng, model.frames, model.mel_size
-        )
+        inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
         if self._cuda and self.config.run.channels_last and schema.MEL in inputs:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
         return inputs, batch[schema.LABEL].float()
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        stream, loader = make_loader(self.cache, self.config.data.train_split, self.fields,
-                                     self.config, train=True, device=self.device)  # fmt: skip
-        stream.set_epoch(epoch)
-        self.model.train()
-        total_loss, samples, waited = 0.0, 0, 0.0
-        start = mark = time.perf_counter()
-        for batch in tqdm(loader, total=len(stream), desc=f"epoch {epoch + 1}", leave=False):
-            waited += time.perf_counter() - mark
-            inputs, labels = self._inputs(batch, train=True)
+    def _backward(self, batch: dict, epoch: int, step_ends: bool) -> float:
+        """Forward and backward one batch; gradients are shared across ranks when a step ends."""
+        # Flips, masks and dropout of a global batch depend on nothing else: not on the ranks
+        # (which would otherwise draw the same dropout masks), nor on where a run resumed.
+        seed = batch_seed(self.config.run.seed, epoch, batch[BATCH_INDEX])
+        torch.manual_seed(seed)
+        inputs, labels = self._inputs(batch, torch.Generator().manual_seed(seed))
+        # A rank's padding batch counts for nothing, and a short last step is scaled as if
+        # full: the same gradient as one process taking the rank's batches in turn.
+        weight = float(batch[REAL]) / self.config.optim.accumulate
+        keep_local = self.ddp.no_sync() if self.ddp and not step_ends else nullcontext()
+        with keep_local:
             with self._autocast():
-                loss = self.loss_fn(self.forward(inputs).float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total_loss += loss.item() * len(labels)
-            samples += len(labels)
+                loss = self.loss_fn(self.train_forward(inputs).float(), labels)
+            (loss * weight).backward()
+        return loss.item()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train on the epoch's batches from `progress.batches_done` on."""
+        stream, loader = make_loader(self.cache, self.config.data.train_split, self.fields,
+                                     self.config, True, self.device, self.ranks)  # fmt: skip
+        stream.set_epoch(epoch, self.progress.batches_done)
+        per_rank, world = stream.batches_per_rank(), self.ranks.world
+        accumulate = self.config.optim.accumulate
+        self.model.train()
+        # The checkpoint holds the sum over all ranks; one rank carries it on.
+        restored = (self.progress.loss_sum, self.progress.samples) if self.ranks.main else (0, 0)
+        loss_sum, samples, fresh, waited = *restored, 0, 0.0
+        start = mark = time.perf_counter()
+        bar = tqdm(loader, total=len(stream), desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not self.ranks.main)  # fmt: skip
+        for batch in bar:
+            waited += time.perf_counter() - mark
+            local = batch[BATCH_INDEX] // world
+            step_ends = (local + 1) % accumulate == 0 or local + 1 == per_rank
+            loss = self._backward(batch, epoch, step_ends)
+            if batch[REAL]:
+                n = len(batch[schema.LABEL])
+                loss_sum, samples, fresh = loss_sum + loss * n, samples + n, fresh + n
+            if step_ends:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.progress.batches_done = (local + 1) * world
+                if self._checkpoint_due(local + 1, per_rank):
+                    self._checkpoint_mid_epoch(loss_sum, samples)
             mark = time.perf_counter()
         seconds = time.perf_counter() - start
+        loss_sum, samples, fresh = distributed.sum_across([loss_sum, samples, fresh], self.device)
+        distributed.average_batchnorm(self.model)
         self.scheduler.step()
         return {
-            "train_loss": total_loss / max(samples, 1),
-            "train_samples_per_s": samples / seconds,
+            "train_loss": loss_sum / max(samples, 1),
+            "train_samples_per_s": fresh / seconds,
             "data_wait_share": waited / seconds,
         }
 
+    def _checkpoint_due(self, batches_done: int, per_rank: int) -> bool:
+        every = self.config.run.checkpoint_every
+        steps = -(-batches_done // self.config.optim.accumulate)
+        return every > 0 and steps % every == 0 and batches_done < per_rank
+
+    def _checkpoint_mid_epoch(self, loss_sum: float, samples: int) -> None:
+        """last.pt in the middle of an epoch. Every rank takes part (the sums and BatchNorm
+        statistics are collected), so a resumed run continues exactly from here."""
+        total_loss, total_samples = distributed.sum_across([loss_sum, samples], self.device)
+        distributed.average_batchnorm(self.model)
+        if self.ranks.main:
+            self.progress.loss_sum, self.progress.samples = total_loss, int(total_samples)
+            self.save(self.out / LAST)
+
     @torch.no_grad()
     def predict_split(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(names, labels, P(fake)) of every cached sample of a split, in index order."""
+        """(names, labels, P(fake)) of every cached sample of a split, in index order.
+        Under torchrun each rank predicts its share and every rank gets the whole."""
         fields = (*self.fields, schema.VIDEO_NAME)
-        stream, loader = make_loader(self.cache, split, fields, self.config, train=False,
-                                     device=self.device)  # fmt: skip
+        stream, loader = make_loader(self.cache, split, fields, self.config, False,
+                                     self.device, self.ranks)  # fmt: skip
         self.model.eval()
-        names, labels, scores = [], [], []
-        for batch in tqdm(loader, total=len(stream), desc=f"predict {split}", leave=False):
-            inputs, batch_labels = self._inputs(batch, train=False)
+        parts = []
+        bar = tqdm(loader, total=len(stream), desc=f"predict {split}", leave=False,
+                   disable=not self.ranks.main)  # fmt: skip
+        for batch in bar:
+            if not batch[REAL]:
+                continue
+            inputs, labels = self._inputs(batch, generator=None)
             with self._autocast():
-                logits = self.forward(inputs).float()
-            names.extend(batch[schema.VIDEO_NAME])
-            labels.append(batch_labels.cpu().numpy())
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-        return names, np.concatenate(labels), np.concatenate(scores)
+                logits = self.evaluate_forward(inputs).float()
+            scores, labels = torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
+            parts.append((batch[BATCH_INDEX], batch[schema.VIDEO_NAME], labels, scores))
+        parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
+                       key=lambda part: part[0])  # fmt: skip
+        names = [name for part in parts for name in part[1]]
+        return names, np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
 
     def validate(self) -> dict[str, float]:
         _, labels, scores = self.predict_split(self.config.data.val_split)
@@ -174,32 +257,29 @@ class Trainer:
             start = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch), **self.validate()}
             row["seconds"] = time.perf_counter() - start
-            self.progress.epoch = epoch + 1
-            self.progress.history.append(row)
+            self.progress = Progress(epoch + 1, self.progress.best_score,
+                                     [*self.progress.history, row])  # fmt: skip
             score = row["val_auc"] if math.isfinite(row["val_auc"]) else -row["val_loss"]
-            if score > self.progress.best_score:
+            improved = score > self.progress.best_score
+            if improved:
                 self.progress.best_score = score
-                self.save(self.out / BEST)
-            self.save(self.out / LAST)
-            write_metrics(self.out / METRICS, self.progress.history)
-            log.info(format_row(row))
+            if self.ranks.main:
+                if improved:
+                    self.save(self.out / BEST)
+                self.save(self.out / LAST)
+                write_metrics(self.out / METRICS, self.progress.history)
+                log.info(format_row(row))
+        distributed.barrier()  # the other ranks may read the checkpoints next
         return self.progress
 
     def state(self) -> dict:
-        state = {
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": self.progress.epoch,
-            "best_score": self.progress.best_score,
-            "history": self.progress.history,
-            "torch_rng": torch.get_rng_state(),
-            "augment_rng": self.augment_rng.get_state(),
+            **{key: getattr(self.progress, key) for key in PROGRESS_KEYS},
             "kind": self.config.model.kind,
         }
-        if self._cuda:
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
 
     def save(self, path: Path) -> None:
         partial = path.with_name(path.name + ".partial")
@@ -214,11 +294,7 @@ class Trainer:
             return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(state["epoch"], state["best_score"], state["history"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.augment_rng.set_state(state["augment_rng"].cpu())
-        if self._cuda and "cuda_rng" in state:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.progress = Progress(*(state[key] for key in PROGRESS_KEYS))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

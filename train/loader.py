@@ -12,8 +12,13 @@ of ranks and workers:
      (the order of rows inside a batch does not change a gradient).
 Global batch g goes to rank g % world; the rank's i-th batch to worker
 i % workers, so torch's round-robin over workers yields every rank's batches in
-global order, each sample exactly once per epoch. Batches stay uint8 and are
-normalised where the model runs (train/augment.py).
+global order, each sample exactly once per epoch. Every rank yields the same
+number of batches (a rank short of one repeats a batch marked not real, which
+counts for nothing), so collectives never wait on a rank that has run dry, the
+usual hang of sharded loaders under DDP. An epoch can start at any global batch
+that is a multiple of the world size: that is how a run resumes mid-epoch at
+the exact next sample. Batches stay uint8 and are normalised where the model
+runs (train/augment.py).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
 # costs as much as a 1 MiB one.
 SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
+# Keys a batch carries besides its datasets: its global index in the epoch (which seeds
+# its augmentation) and whether it is real or a rank's padding.
+BATCH_INDEX, REAL = "batch_index", "real"
 
 
 @dataclass(frozen=True)
@@ -112,26 +120,37 @@ class ShardStream(IterableDataset):
         self.sizes = [entry.num_samples for entry in shards]
         self.fields = tuple(dict.fromkeys((*fields, schema.LABEL)))
         self.plan, self.rank, self.world = plan, rank, world
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._columns: dict[tuple[int, str], np.ndarray] = {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch `epoch` from global batch `start` (a multiple of the world size)."""
+        if start % self.world:
+            raise ValueError(f"an epoch can start only at a multiple of the {self.world} ranks, "
+                             f"not at global batch {start}")  # fmt: skip
+        self.epoch, self.start = epoch, start
+
+    def batches_per_rank(self) -> int:
+        """Batches every rank yields in a whole epoch (padding included)."""
+        return -(-len(epoch_batches(self.sizes, self.plan, self.epoch)) // self.world)
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch."""
-        total = len(epoch_batches(self.sizes, self.plan, self.epoch))
-        return len(range(self.rank, total, self.world))
+        """Batches this rank yields from the start of this iteration."""
+        return self.batches_per_rank() - self.start // self.world
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor | list[str]]]:
+    def __iter__(self) -> Iterator[dict[str, object]]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         batches = epoch_batches(self.sizes, self.plan, self.epoch)
-        mine = range(self.rank, len(batches), self.world)  # this rank's, in global order
-        for local, global_index in enumerate(mine):
-            if local % workers == worker_id:
-                yield self.read_batch(batches[global_index])
+        first = self.start // self.world
+        for local in range(first, -(-len(batches) // self.world)):
+            if (local - first) % workers != worker_id:
+                continue
+            global_index = local * self.world + self.rank
+            real = global_index < len(batches)
+            batch = self.read_batch(batches[global_index if real else global_index % len(batches)])
+            yield {**batch, BATCH_INDEX: global_index, REAL: real}
 
     def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
         return {field: self._read_field(field, blocks) for field in self.fields}

@@ -79,7 +79,7 @@ def predict_video(run: RunFolder, video: Path) -> float:
     trainer.model.eval()
     model = trainer.config.model
     inputs = prepare(batch, trainer.fields, None, None, model.frames, model.mel_size)
-    return float(torch.sigmoid(trainer.forward(inputs).float())[0])
+    return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

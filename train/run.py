@@ -2,6 +2,7 @@
 
 avcache-train --config configs/train.yaml --cache CACHE --out RUN [key=value ...]
 avcache-train --resume RUN            # continue from RUN/last.pt to the configured epochs
+torchrun --nproc_per_node N train/run.py ...   # the same, data-parallel over N processes
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ if __name__ == "__main__" and not __package__:  # `python train/run.py`: import 
 from cache import open_cache
 from cache.config import ConfigError, load_config
 from cache.reader import CacheFormatError
+from train import distributed
 from train.config import TrainConfig
-from train.engine import BEST, LAST, Trainer
+from train.engine import BEST, LAST, Trainer, select_device
 from train.plots import plot_curves, plot_roc
 from train.runs import RunFolder
 
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrained", help="local ResNet18 weights (.safetensors/.pth); "
                         "same as model.pretrained=PATH")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value may follow any option
     if args.pretrained:
         args.overrides.append(f"model.pretrained={args.pretrained}")
     if not args.resume and not (args.cache and args.out):
@@ -49,12 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_run(args: argparse.Namespace) -> Trainer:
+    """A new run (rank 0 writes its folder) or the run in --resume, from its last.pt."""
     if args.resume:
         run = RunFolder(args.resume, overrides=args.overrides)
         trainer = Trainer(run.config, run.cache(), run.path)
         if (run.path / LAST).is_file():
             trainer.load(run.path / LAST)
-            log.info("resuming %s after epoch %d", run.path, trainer.progress.epoch)
+            log.info("resuming %s at epoch %d, after %d of its batches", run.path,
+                     trainer.progress.epoch + 1, trainer.progress.batches_done)  # fmt: skip
         return trainer
     if (args.out / LAST).exists():
         raise ValueError(
@@ -62,16 +66,23 @@ def start_run(args: argparse.Namespace) -> Trainer:
         )
     config = load_config(TrainConfig, args.config, args.overrides)
     cache = open_cache(args.cache)
-    run = RunFolder.create(args.out, config, cache)
+    ranks = distributed.ranks_from_env()
+    distributed.start(ranks, select_device(config.run.device, ranks.local_rank))
+    if ranks.main:
+        RunFolder.create(args.out, config, cache)
+    distributed.barrier()
+    run = RunFolder(args.out)
     return Trainer(run.config, cache, run.path)
 
 
 def finish_run(trainer: Trainer) -> None:
-    """Plots, and the best epoch's validation figures."""
+    """Plots, and the best epoch's validation figures (every rank predicts, rank 0 writes)."""
     history = trainer.progress.history
-    plot_curves(history, trainer.out / "curves.png")
     trainer.load(trainer.out / BEST, weights_only_model=True)
     _, labels, scores = trainer.predict_split(trainer.config.data.val_split)
+    if not trainer.ranks.main:
+        return
+    plot_curves(history, trainer.out / "curves.png")
     best = max(history, key=lambda row: row["val_auc"] if math.isfinite(row["val_auc"]) else -1)
     if len(set(labels.tolist())) == 2:
         plot_roc(labels, scores, best["val_auc"], trainer.out / "roc.png")
@@ -81,7 +92,8 @@ def finish_run(trainer: Trainer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main_rank = distributed.ranks_from_env().main
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
     try:
         trainer = start_run(args)
         trainer.fit()
@@ -89,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CacheFormatError, FileNotFoundError, ValueError) as error:
         print(f"avcache-train: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.stop()
     return 0
 
 
