@@ -1,4 +1,10 @@
-"""Plan, run and commit a preprocessing run: locking, resume, joblib fan-out, the index."""
+"""Plan, run and commit a preprocessing run: locking, resume, joblib fan-out, the index.
+
+Shards fan out over joblib: its loky process pool on this machine, or its Dask
+backend on a dask.distributed cluster (preprocess/cluster.py). Either way a
+shard is one task, written where the cache lives, and the same plan gives the
+same bytes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from cache.index import (
     write_json_atomic,
 )
 from preprocess.audio import MEL_MODES
+from preprocess.cluster import dask_client
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import ShardPlan, Video, plan_shards, read_split
 from preprocess.faces import resolve_detector
@@ -73,15 +81,22 @@ def validate(config: PreprocessConfig) -> None:
         raise ValueError("audio.max_seconds must be positive")
 
 
+BACKENDS = ("loky", "dask")
+
+
 class Preprocessor:
     """One run over a data root into a cache folder."""
 
-    def __init__(self, config: PreprocessConfig, data: Path, out: Path, jobs: int = -1) -> None:
+    def __init__(self, config: PreprocessConfig, data: Path, out: Path, jobs: int = -1,
+                 backend: str = "loky", scheduler: str | None = None) -> None:  # fmt: skip
         validate(config)
         if not data.is_dir():
             raise FileNotFoundError(f"{data}: data root is not a folder")
-        self.config, self.data, self.out = config, data, out
-        self.jobs = jobs
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} unknown (known: {', '.join(BACKENDS)})")
+        # Absolute paths: the tasks may run on other machines that mount the same folders.
+        self.config, self.data, self.out = config, data.resolve(), out.resolve()
+        self.jobs, self.backend, self.scheduler = jobs, backend, scheduler
         self.hash = config_hash(config)
         self.detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
         self.ffmpeg = ffmpeg_binary(config.audio.ffmpeg)  # fail here, not in every worker
@@ -148,35 +163,48 @@ class Preprocessor:
         return summary
 
     def _fan_out(self, todo: list[ShardPlan], bar: tqdm) -> dict[str, ShardRecord]:
-        """Run the pending shards on joblib workers; a queue carries per-video progress."""
+        """Run the pending shards as joblib tasks; returns their receipts by plan."""
         if not todo:
             return {}
+        jobs = min(_cpu_count() if self.jobs < 1 else self.jobs, len(todo))
+        if self.backend == "dask":
+            records = self._run_on_dask(todo, jobs, bar)
+        else:
+            records = self._run_on_loky(todo, jobs, bar)
+        return {plan.stem: records[self.shard_path(plan)] for plan in todo}
+
+    def _tasks(self, todo: list[ShardPlan], ticks) -> Iterator:
+        for plan in todo:
+            yield joblib.delayed(_shard_task)(plan, self.out, self.shard_path(plan), self.config,
+                                              self.hash, self.detector, ticks)  # fmt: skip
+
+    def _run_on_loky(self, todo: list[ShardPlan], jobs: int, bar: tqdm) -> dict[str, ShardRecord]:
+        """Worker processes here; a queue carries per-video progress back."""
         # spawn, not fork: a forked server would inherit the cache lock and outlive a kill -9.
         manager = multiprocessing.get_context("spawn").Manager()
         ticks = manager.Queue()
         listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
         listener.start()
         try:
-            tasks = (
-                joblib.delayed(_shard_task)(
-                    plan,
-                    self.out,
-                    self.shard_path(plan),
-                    self.config,
-                    self.hash,
-                    self.detector,
-                    ticks,
-                )
-                for plan in todo
-            )
-            jobs = min(_cpu_count() if self.jobs < 1 else self.jobs, len(todo))
             parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")
-            records = {record.path: record for record in parallel(tasks)}
+            return {record.path: record for record in parallel(self._tasks(todo, ticks))}
         finally:
             ticks.put(None)
             listener.join()
             manager.shutdown()
-        return {plan.stem: records[self.shard_path(plan)] for plan in todo}
+
+    def _run_on_dask(self, todo: list[ShardPlan], jobs: int, bar: tqdm) -> dict[str, ShardRecord]:
+        """Tasks on a Dask cluster; progress moves a shard at a time (workers elsewhere
+        cannot reach a queue of this process)."""
+        sizes = {self.shard_path(plan): len(plan.videos) for plan in todo}
+        records = {}
+        client = dask_client(self.scheduler, jobs)
+        with client as dask, joblib.parallel_config("dask", client=dask):
+            parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
+            for record in parallel(self._tasks(todo, ticks=None)):
+                records[record.path] = record
+                bar.update(sizes[record.path])
+        return records
 
     def _set_aside_other_config(self) -> None:
         """A cache made with another config keeps its index under its own hash: nothing mixes."""
@@ -209,7 +237,8 @@ class Preprocessor:
 
 
 def _shard_task(plan, root, rel_path, config, hash_, detector, ticks) -> ShardRecord:
-    return write_shard(plan, root, rel_path, config, hash_, detector, progress=ticks.put)
+    progress = ticks.put if ticks is not None else lambda n: None
+    return write_shard(plan, root, rel_path, config, hash_, detector, progress=progress)
 
 
 def _drain(ticks, bar: tqdm) -> None:

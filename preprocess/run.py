@@ -22,7 +22,7 @@ from cache import schema
 from cache.config import ConfigError, load_config
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import LabelFileError
-from preprocess.pipeline import CacheBusyError, Preprocessor, RunSummary
+from preprocess.pipeline import BACKENDS, CacheBusyError, Preprocessor, RunSummary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +51,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
     parser.add_argument(
         "--jobs", type=int, default=-1, help="worker processes (default -1: all cores)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="loky",
+        help="loky: worker processes on this machine (default); dask: tasks on a "
+        "dask.distributed cluster, a local one of --jobs processes unless --scheduler is given",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --backend dask); "
+        "its workers must see --data and --out at the same paths",
     )
     parser.add_argument(
         "--strict",
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = load_config(PreprocessConfig, args.config, args.overrides)
-        preprocessor = Preprocessor(config, args.data, args.out, jobs=args.jobs)
+        backend = "dask" if args.scheduler else args.backend
+        preprocessor = Preprocessor(config, args.data, args.out, args.jobs, backend, args.scheduler)
         summary = preprocessor.run(progress=not args.quiet)
     except (ConfigError, LabelFileError, CacheBusyError, ValueError, FileNotFoundError) as error:
         print(f"avcache-preprocess: error: {error}", file=sys.stderr)

@@ -224,3 +224,29 @@ def test_script_entry_point_runs_from_anywhere(data, tmp_path):
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0 and "--jobs" in result.stdout
+
+
+def test_a_dask_cluster_writes_the_same_cache(data, clean_cache, tmp_path):
+    """joblib's Dask backend on a LocalCluster of 2 worker processes on loopback."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        out = tmp_path / "cache"
+        assert preprocess(data, out, "--scheduler", cluster.scheduler_address) == 0
+    assert_same_cache(clean_cache, out)
+
+
+def test_dask_backend_starts_a_local_cluster(data, clean_cache, tmp_path):
+    out = tmp_path / "cache"
+    assert preprocess(data, out, "--backend", "dask", "--jobs", "2") == 0
+    assert_same_cache(clean_cache, out)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(data, tmp_path, capsys):
+    import dask
+
+    out = tmp_path / "cache"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert preprocess(data, out, "--scheduler", "tcp://127.0.0.1:9") == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
