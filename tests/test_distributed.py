@@ -21,14 +21,16 @@ from train.run import main as train_main
 from train.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
-# 40 training samples in batches of 4: 10 global batches, 5 per rank (3 shards of 12, one of 4).
+# 34 training samples in 3 shards (12, 12, 10), batches of 4: 9 global batches, so on 2
+# ranks one is a batch short (the WebDataset + DDP hang) and repeats one, marked not real.
 CONFIG = {"data.batch_size": 4, "data.block_size": 2, "run.threads": 1}
+BATCHES = 9
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    write_toy_cache(root, {"train": 40, "val": 24})
+    write_toy_cache(root, {"train": 34, "val": 24})
     return root
 
 
@@ -98,7 +100,7 @@ def test_a_run_killed_mid_epoch_resumes_at_the_next_sample(cache, tmp_path, rank
     base = ["--cache", str(cache), *small_config(**CONFIG, **{"run.checkpoint_every": 1})]
     finish(torchrun([*base, "--out", str(straight)], ranks))
     done = kill_mid_epoch(torchrun([*base, "--out", str(killed)], ranks), killed)
-    assert 0 < done < 10, "the kill was meant to land inside the first epoch"
+    assert 0 < done < BATCHES, "the kill was meant to land inside the first epoch"
     finish(torchrun(["--resume", str(killed)], ranks))
     for key, value in weights(straight).items():
         torch.testing.assert_close(value, weights(killed)[key], rtol=0, atol=0, msg=key)
