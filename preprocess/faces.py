@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from preprocess.config import FacesConfig
-from preprocess.media import NO_DEADLINE, Deadline, MediaError, MediaInfo
+from preprocess.media import FORMAT_WHITELIST, NO_DEADLINE, Deadline, MediaError, MediaInfo
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,18 @@ def frame_indices(info: MediaInfo, capture: cv2.VideoCapture, count: int) -> lis
     return [min(int(seconds * fps), max(total - 1, 0)) for seconds in frame_times(duration, count)]
 
 
+def _open_only_allowed_formats() -> None:
+    """OpenCV's FFmpeg opens only the containers ffmpeg may (media.ALLOWED_FORMATS): it
+    reads these options from the environment at every open."""
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
+        f"format_whitelist;{FORMAT_WHITELIST}|protocol_whitelist;file"
+    )
+
+
 def _open_capture(path: Path, deadline: Deadline) -> cv2.VideoCapture:
     """OpenCV's FFmpeg reader; with a limit, its open and each read are interrupted when
     the video's time is up (OpenCV's own defaults are 30 s each)."""
+    _open_only_allowed_formats()
     deadline.check("faces")
     left = deadline.remaining()
     if left is not None:

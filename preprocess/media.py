@@ -131,7 +131,17 @@ def ffmpeg_reason(stderr: str) -> str:
 
 # ffmpeg's last line ("Invalid data found when processing input") is the same for a text
 # file, random bytes and an interrupted copy; earlier lines of its log tell them apart.
+# The containers (ffmpeg demuxer names) avcache opens, in ffmpeg and in OpenCV alike.
+# Playlists and lists of other files (hls, concat, image2 patterns, dash manifests) are
+# not among them: a file named clip.m3u8 would make ffmpeg read whatever paths it lists,
+# outside the data root too.
+ALLOWED_FORMATS = ("mov", "matroska", "avi", "flv", "mpegts", "mpeg", "asf", "ogg", "nut",
+                   "mxf", "m4v", "h264", "hevc", "ivf", "mp3", "aac", "wav", "flac")  # fmt: skip
+FORMAT_WHITELIST = ",".join(ALLOWED_FORMATS)
+
 _UNREADABLE_HINTS = {
+    "not on whitelist": "not a container avcache opens (playlists and file lists are refused: "
+    "they can point outside the data root)",
     "detected only with low score": "no media format found (not a video file, or damaged)",
     "moov atom not found": "truncated or unfinished MP4/MOV (moov atom not found)",
 }
@@ -146,7 +156,7 @@ def unreadable_reason(path: Path, dump: str) -> str:
     return f"{hint}; ffmpeg: {said}" if hint else said
 
 
-def _run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedProcess:
+def run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedProcess:
     """Run ffmpeg within the time left; on expiry it is killed and TimeLimitExceeded raised."""
     deadline.check("decode")
     try:
@@ -161,12 +171,17 @@ def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: f
                deadline: Deadline = NO_DEADLINE) -> tuple[MediaInfo, bytes]:  # fmt: skip
     """(what the file holds, s16le PCM of its default audio stream; b'' without one)."""
     command = (
-        ffmpeg.input(as_ffmpeg_url(path), t=max_seconds)
+        ffmpeg.input(
+            as_ffmpeg_url(path),
+            t=max_seconds,
+            format_whitelist=FORMAT_WHITELIST,
+            protocol_whitelist="file",
+        )
         .output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate, ac=channels)
         .global_args("-nostdin", "-hide_banner")
         .compile(cmd=binary)
     )
-    result = _run_ffmpeg(command, deadline)
+    result = run_ffmpeg(command, deadline)
     dump = result.stderr.decode("utf-8", errors="replace")
     info = parse_info(dump)
     if info is None:

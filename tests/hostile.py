@@ -176,10 +176,19 @@ def silent_audio(path: Path) -> None:
 
 
 def stalls_ffmpeg(path: Path) -> None:
-    """An ffconcat list (ffmpeg recognises it by content, whatever the name) whose only
-    entry is a named pipe that nobody writes to: ffmpeg waits on it forever."""
+    """An ffconcat list whose only entry is a named pipe that nobody writes to: an ffmpeg
+    that opened it would wait forever (avcache refuses file lists; the test of the time
+    limit runs ffmpeg on it directly)."""
     os.mkfifo(path.with_name(STALL_FIFO))
     path.write_text(f"ffconcat version 1.0\nfile {STALL_FIFO}\n")
+
+
+def playlist_out_of_root(path: Path) -> None:
+    """An HLS playlist (ffmpeg takes a .m3u8 name as one) listing a real clip by an
+    absolute path outside the data root."""
+    bait = path.parent.parent.parent / f"{path.parent.parent.name}-bait.mp4"
+    plain(bait)
+    path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{bait}\n#EXT-X-ENDLIST\n")
 
 
 def plain(path: Path) -> None:
@@ -234,12 +243,19 @@ def _kinds() -> dict[str, Kind]:
         "unicode name": Kind("видео_日本語_é🎬.mp4", plain, "a normal clip"),
         "quotes in name": Kind('say "hi", it\'s.mp4', plain, "a normal clip, CSV-quoted"),
         "leading dash": Kind("-i -y.mp4", plain, "a normal clip"),
-        "stalls ffmpeg": Kind(
+        "file list": Kind(
             "stall.mp4",
             stalls_ffmpeg,
             "an ffconcat list naming a pipe nobody writes",
-            "timeout",
-            ("limits.seconds_per_video", "stage decode"),
+            "decode",
+            ("not a container avcache opens",),
+        ),
+        "playlist out of the root": Kind(
+            "playlist.m3u8",
+            playlist_out_of_root,
+            "an HLS playlist naming a clip outside the data root by its absolute path",
+            "decode",
+            ("not a container avcache opens", "outside the data root"),
         ),
     }
 
