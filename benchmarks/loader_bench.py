@@ -4,7 +4,7 @@ block-read ceiling, side by side in one run.
     python benchmarks/loader_bench.py [--samples 8192] [--shards 8] [--batch-size 256]
         [--block-sizes 16,32,64] [--faces-frames 8 --face-size 224 --av-samples 512
         --av-batch 32] [--baseline-samples 1024] [--passes 7] [--cold-passes 3]
-        [--train-steps 3 --train-batch 16] [--out DIR]
+        [--train-steps 3 --train-batch 16] [--fletcher32] [--out DIR]
 
 It builds its own data (under --out/data, kept; or in a temp folder, removed at the end):
 - a mel-only cache (`faces.frames=0`): `--shards` shards of `--samples` in all, written with
@@ -13,6 +13,9 @@ It builds its own data (under --out/data, kept; or in a temp folder, removed at 
   upsampled, plus noise), so that their JPEGs have a real mel image's size and decoding cost;
   the HDF5 paths do not care about content (no compression).
 - an av cache (mel + random faces, K x S x S x 3) of `--av-samples` in two shards;
+- with `--fletcher32`, the mel-only cache a second time, the same samples written with HDF5's
+  fletcher32 checksum filter (`ShardWriter(fletcher32=True)`), to time what checksummed chunks
+  cost the loader;
 - the first `--baseline-samples` mel images as one grey JPEG each (`cv2.imwrite`, quality 95),
   as the public baseline stores them;
 - plain copies of both caches' shards for the loaders that open them with `rdcc_nbytes=0`:
@@ -37,7 +40,9 @@ samples/s and MB/s count the bytes of those tensors:
   stored chunks' bytes read straight into blocks of 256 (`read_direct_chunk`, valid for
   unfiltered chunks lying whole in a block), which skips HDF5's dataspace layer;
 - memcpy: `np.copyto` of the same bytes from memory, in the same blocks;
-- av: ShardStream over (mel, faces) against block reads of both datasets.
+- av: ShardStream over (mel, faces) against block reads of both datasets;
+- with `--fletcher32`: ours per block size on the checksummed copy ("ours block N, fletcher32"),
+  reported as its ratio to "ours block N" on the plain cache, paired per round.
 All of them run in this process with one torch thread (see LOADER_THREADS).
 
 Warm: every file read once before the warm rounds. Cold: `posix_fadvise(DONTNEED)` on a
@@ -115,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--train-steps", type=int, default=3, help="timed CPU training steps (0: skip)")
     add("--train-batch", type=int, default=16, help="batch size of the training steps")
     add("--seed", type=int, default=0)
+    add("--fletcher32", action="store_true", help="also time ours on a copy of the mel cache "
+        "written with HDF5's fletcher32 checksums (the cost of checksummed chunks)")  # fmt: skip
     add("--out", type=Path, help="folder for the JSON and the data (default: temp, data removed)")
     args = parser.parse_args(argv)
     args.block_sizes = [int(v) for v in args.block_sizes.split(",") if v]
@@ -140,13 +147,14 @@ def mel_like(rng: np.random.Generator, count: int) -> np.ndarray:
     return out
 
 
-def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> tuple[int, str]:
+def write_shard(path: Path, number: int, count: int, args, faces: bool, rng,
+                fletcher32: bool = False) -> tuple[int, str]:  # fmt: skip
     """One shard through ShardWriter, as the preprocessor writes it; (num_samples, sha256)."""
     from cache import schema
     from cache.writer import ShardWriter
 
     frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
-    writer = ShardWriter(path, split="train", frames=frames, face_size=size)
+    writer = ShardWriter(path, split="train", frames=frames, face_size=size, fletcher32=fletcher32)
     with writer:
         for start in range(0, count, GEN_BLOCK):
             n = min(GEN_BLOCK, count - start)
@@ -168,7 +176,7 @@ def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> 
         return writer.close()
 
 
-def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
+def write_cache(root: Path, sizes: list[int], args, faces: bool, rng, fletcher32: bool = False):
     """A committed cache (receipts, then index.json) of shards of the given sizes."""
     from cache import index, schema
     from cache.reader import open_cache
@@ -177,7 +185,7 @@ def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
     records = []
     for number, count in enumerate(sizes):
         rel = f"{schema.SHARDS_DIR}/train-{number:05d}{schema.SHARD_SUFFIX}"
-        num, digest = write_shard(root / rel, number, count, args, faces, rng)
+        num, digest = write_shard(root / rel, number, count, args, faces, rng, fletcher32)
         record = index.ShardRecord(path=rel, split="train", num_samples=num, sha256=digest)
         index.write_receipt(root, record)
         records.append(record)
@@ -227,9 +235,14 @@ def build_data(args, root: Path) -> dict:
     av = write_cache(root / "av-cache", split_sizes(args.av_samples, 2), args, True, rng)
     jpegs, labels = write_jpegs(mel, root / "jpegs", args.baseline_samples)
     mel_copies, av_copies = copy_shards(mel, root / "mel-copy"), copy_shards(av, root / "av-copy")
+    checksummed = None
+    if args.fletcher32:  # the same samples: the mel cache is the first thing drawn from the seed
+        sizes, again = split_sizes(args.samples, args.shards), np.random.default_rng(args.seed)
+        checksummed = write_cache(root / "mel-fletcher32", sizes, args, False, again, True)
     os.sync()  # dirty pages cannot be evicted: make the new files clean for the cold passes
     return {
         "mel": mel,
+        "mel_fletcher32": checksummed,
         "av": av,
         "mel_copies": mel_copies,
         "av_copies": av_copies,
@@ -534,9 +547,14 @@ def mel_loaders(args, data: dict) -> list[Loader]:
     cache, mel, batch = data["mel"], (schema.MEL,), args.batch_size
     paths, loaders = [e.path for e in cache.shards], []
     add = adder(loaders, "mel", paths, cache.num_samples())
+    checksummed = data["mel_fletcher32"]
     for block in args.block_sizes:
         plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
         add(f"ours block {block}", "ours", stream_pass(ShardStream(cache.shards, mel, plan)))
+        if checksummed:
+            run = stream_pass(ShardStream(checksummed.shards, mel, plan))
+            add(f"ours block {block}, fletcher32", "ours-fletcher32", run,
+                [e.path for e in checksummed.shards])  # fmt: skip
     jpegs = JpegDataset(data["jpegs"], data["jpeg_labels"])
     baseline = loader_pass(shuffling(jpegs, batch))
     add("(a) baseline JPEG+PIL", "baseline", baseline, data["jpegs"], len(jpegs))
@@ -676,6 +694,20 @@ def compare(loaders: list[Loader]) -> dict:
                 if others and all(rates(o, cold) for o in others):
                     rows[f"ours / {label}, {phase}"] = ratio(ours, best_per_round(others, cold))
         result[loader.name] = rows
+    return result
+
+
+def checksum_cost(loaders: list[Loader]) -> dict:
+    """Each "ours block N, fletcher32" against "ours block N" on the plain cache, per phase."""
+    by_name = {loader.name: loader for loader in loaders}
+    result = {}
+    for loader in loaders:
+        if loader.role == "ours-fletcher32":
+            plain = by_name[loader.name.removesuffix(", fletcher32")]
+            result[loader.name] = {
+                phase: ratio(rates(loader, phase == "cold"), rates(plain, phase == "cold"))
+                for phase in ("warm", "cold")
+            }
     return result
 
 
@@ -905,6 +937,11 @@ def print_report(results: dict) -> None:
     print_context(results)
     print_table(results)
     print_ratios(results)
+    for name, phases in results.get("fletcher32", {}).items():
+        for phase, value in phases.items():
+            if value["of_medians"] is not None:
+                print(f"{name} / plain, {phase}: {value['of_medians']:.3g} of medians, "
+                      f"{value['paired_median']:.3g} paired")  # fmt: skip
     for row in results["training"]:
         print(
             f"\ntraining, {row['workers']} workers, batch {row['batch']}, {row['threads']} "
@@ -950,6 +987,7 @@ def run_all(args, root: Path) -> dict:
     results["loader_torch_threads"] = LOADER_THREADS
     results["loaders"] = {loader.name: summary(loader) for loader in loaders}
     results["ratios"] = compare(loaders)
+    results["fletcher32"] = checksum_cost(loaders)
     results["targets"] = check_targets(results)
     results["profile"] = profile_stream(args, data)
     workers = (0, 2) if args.train_steps else ()

@@ -3,10 +3,13 @@
 The shard is written under a `.partial` name, fsynced, hashed and only then
 renamed into place, so a finished name always means a complete file. Samples
 are buffered in small blocks so memory stays bounded whatever the shard size.
+A write that fails (a full disk, a file-size limit) raises an OSError naming the
+shard and removes the partial file; nothing finished before it is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -47,15 +50,28 @@ class ShardWriter:
         frames: int,
         face_size: int,
         attrs: dict[str, str] | None = None,
+        fletcher32: bool = False,
     ) -> None:
         self.path = Path(path)
         self.partial_path = schema.partial_path(self.path)
         self.specs = schema.dataset_specs(frames, face_size)
+        self.fletcher32 = fletcher32  # HDF5's per-chunk checksum, verified on every read
         self.num_samples = 0
         self._buffer: list[schema.Sample] = []
-        self._file = h5py.File(self.partial_path, "w", libver="latest")
-        self._write_attrs(split, frames, face_size, attrs or {})
-        self._create_datasets()
+        # No chunk cache: every block write is whole chunks and goes to disk at once, so a
+        # full disk fails that write, here. With a cache the data would be written while the
+        # file closes, where h5py only prints the error and may crash the process.
+        try:
+            self._file = h5py.File(self.partial_path, "w", libver="latest", rdcc_nbytes=0)
+        except OSError as error:
+            self.partial_path.unlink(missing_ok=True)
+            raise self._failed(error) from error
+        try:
+            self._write_attrs(split, frames, face_size, attrs or {})
+            self._create_datasets()
+        except OSError as error:
+            self.abort()
+            raise self._failed(error) from error
 
     def _write_attrs(self, split: str, frames: int, face_size: int, extra: dict) -> None:
         attrs = self._file.attrs
@@ -77,6 +93,8 @@ class ShardWriter:
                 maxshape=(None, *shape),
                 dtype=dtype,
                 chunks=chunks,
+                # HDF5 filters no variable-length data: the names go unchecked.
+                fletcher32=self.fletcher32 and name != schema.VIDEO_NAME,
                 track_times=False,  # identical inputs give byte-identical shards
             )
 
@@ -89,6 +107,12 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
+        try:
+            self._write_block()
+        except OSError as error:
+            raise self._failed(error) from error
+
+    def _write_block(self) -> None:
         start, count = self.num_samples, len(self._buffer)
         columns = zip(*(sample.fields().values() for sample in self._buffer), strict=True)
         for (name, (dtype, shape)), values in zip(self.specs.items(), columns, strict=True):
@@ -106,15 +130,27 @@ class ShardWriter:
     def close(self) -> tuple[int, str]:
         """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""
         self._flush()
-        self._file.close()
-        _fsync(self.partial_path)
+        try:
+            self._file.flush()  # metadata: a failure raises here, not inside close()
+            self._file.close()
+            _fsync(self.partial_path)
+        except OSError as error:
+            raise self._failed(error) from error
         digest = sha256_of(self.partial_path)
         os.replace(self.partial_path, self.path)
         return self.num_samples, digest
 
+    def _failed(self, error: OSError) -> OSError:
+        """The error of a failed write, naming the shard (h5py's names only the .partial)."""
+        if error.errno:
+            return OSError(error.errno, os.strerror(error.errno), str(self.path))
+        return OSError(f"{self.path}: writing the shard failed ({error})")
+
     def abort(self) -> None:
         """Drop the partial file (used when the shard cannot be finished)."""
-        self._file.close()
+        # Closing after a failed write may fail again; the first error is the one raised.
+        with contextlib.suppress(Exception):
+            self._file.close()
         self.partial_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

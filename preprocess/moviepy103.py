@@ -25,7 +25,9 @@ class _Reader:
     """moviepy 1.0.3 FFMPEG_AudioReader with the ffmpeg pipe replaced by an array."""
 
     def __init__(self, pcm: np.ndarray, duration: float) -> None:
-        self.pcm = pcm  # float64 [n, 2], as read_chunk scales int16 samples
+        # int16 [n, 2]; each chunk is scaled as it is read, as moviepy's read_chunk does (a float64
+        # copy of the whole clip would take 4x its PCM: ~420 MB for 600 s).
+        self.pcm = pcm
         self.duration = duration
         self.nframes = int(RATE * duration)
         self.buffersize = min(self.nframes + 1, READER_BUFFER)
@@ -37,7 +39,7 @@ class _Reader:
 
     def read_chunk(self, chunksize: float) -> np.ndarray:
         chunksize = round(chunksize)
-        result = self.pcm[self.pipe : self.pipe + chunksize]
+        result = self.pcm[self.pipe : self.pipe + chunksize].astype(np.float64) / 2**15
         self.pipe += len(result)
         self.pos = self.pos + chunksize
         return result
@@ -98,7 +100,7 @@ def moviepy_wav(pcm: np.ndarray, duration: float, shortcut: bool = True) -> np.n
         # One buffer holds the whole clip and the audio fills it: the replay reduces to
         # a cut and the ±0.99 clip (tests check this shortcut against the replay).
         return np.clip(pcm[:total], -QUANTIZED_MAX, QUANTIZED_MAX)
-    reader = _Reader(pcm.astype(np.float64) / 2**15, duration)
+    reader = _Reader(pcm, duration)
     nchunks = total // WRITER_CHUNK + 1
     pospos = np.linspace(0, total, nchunks + 1, endpoint=True, dtype=int)
     chunks = []

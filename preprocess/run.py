@@ -10,6 +10,7 @@ last, lists only finished shards.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections import Counter
@@ -23,6 +24,9 @@ from cache.config import ConfigError, load_config
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import LabelFileError
 from preprocess.pipeline import BACKENDS, CacheBusyError, Preprocessor, RunSummary
+
+# A write refused for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +94,16 @@ def print_summary(summary: RunSummary, out: Path) -> None:
             print(f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}")
 
 
+def disk_full_message(error: OSError, out: Path) -> str:
+    return (
+        f"avcache-preprocess: error: cannot write {error.filename or out}: "
+        f"{error.strerror or error}. Shards finished before it, their receipts and the last "
+        f"committed index are untouched (`inspect {out} verify` checks them). Free space on the "
+        f"disk that holds {out} (or raise the file-size limit, `ulimit -f`) and run the same "
+        "command again: finished shards are kept, the rest is redone."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -100,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = preprocessor.run(progress=not args.quiet)
     except (ConfigError, LabelFileError, CacheBusyError, ValueError, FileNotFoundError) as error:
         print(f"avcache-preprocess: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        print(disk_full_message(error, args.out), file=sys.stderr)
         return 2
     print_summary(summary, args.out)
     return 1 if summary.cached == 0 or (args.strict and summary.failures) else 0

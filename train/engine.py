@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -288,7 +289,14 @@ class Trainer:
 
     def load(self, path: Path, weights_only_model: bool = False) -> None:
         """Restore a checkpoint (untrusted data: tensors and plain values only)."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path}: refused to load: torch.load(weights_only=True) found more than "
+                "tensors and plain data in it (pickled objects, which could run code when "
+                "loaded, or a damaged file); checkpoints written by avcache-train hold nothing else"
+            ) from error
         self.model.load_state_dict(state["model"])
         if weights_only_model:
             return

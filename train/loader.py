@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache import schema
-from cache.reader import ShardEntry, ShardReader
+from cache.index import receipt_path
+from cache.reader import CacheFormatError, ShardEntry, ShardReader
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
@@ -157,7 +158,7 @@ class ShardStream(IterableDataset):
 
     def _read_field(self, field: str, blocks: list[Block]) -> torch.Tensor | list[str]:
         if field == schema.VIDEO_NAME:
-            return [n for b in blocks for n in self._reader(b.shard).video_names[b.start : b.stop]]
+            return [n for b in blocks for n in self._column(b.shard, field)[b.start : b.stop]]
         if field in SMALL_FIELDS:
             parts = [self._column(b.shard, field)[b.start : b.stop] for b in blocks]
             return torch.from_numpy(np.concatenate(parts))
@@ -166,17 +167,33 @@ class ShardStream(IterableDataset):
         out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
         position = 0
         for block in blocks:  # one h5py call per block, straight into the batch
-            self._reader(block.shard).read_into(
-                field, block.start, out[position : position + len(block)]
-            )
+            target = out[position : position + len(block)]
+            try:
+                self._reader(block.shard).read_into(field, block.start, target)
+            except OSError as error:
+                raise self._damaged(block.shard, field, error) from error
             position += len(block)
         return torch.from_numpy(out)
 
     def _column(self, shard: int, field: str) -> np.ndarray:
         column = self._columns.get((shard, field))
         if column is None:
-            column = self._columns[(shard, field)] = self._reader(shard).read(field)
+            try:
+                column = self._columns[(shard, field)] = self._reader(shard).read(field)
+            except OSError as error:
+                raise self._damaged(shard, field, error) from error
         return column
+
+    def _damaged(self, shard: int, field: str, error: OSError) -> CacheFormatError:
+        """A read that HDF5 refused (a chunk failing its checksum, a bad address): the batch
+        is never yielded, and the error says which file and what to do."""
+        path = self.paths[shard]
+        return CacheFormatError(
+            f"{path}: reading {field!r} failed, the shard is damaged ({error}). Run "
+            "`inspect CACHE verify` to list every damaged shard; to rebuild one, delete it and "
+            f"its receipt {receipt_path(path).name} (a shard with a receipt is reused as it is) "
+            "and run the same avcache-preprocess command again"
+        )
 
     def _reader(self, shard: int) -> ShardReader:
         reader = self._readers.get(shard)
