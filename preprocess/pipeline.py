@@ -134,11 +134,12 @@ class Preprocessor:
         plans = self.plans(self.read_videos())
         self.out.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(self.out / schema.LOCK_FILE):
-            self._set_aside_other_config()
+            previous = self._previous_config_hash()
             (self.out / self.shard_dir).mkdir(parents=True, exist_ok=True)
+            _remove_partials(self.out)  # of a commit that was killed
             _remove_partials(self.out / self.shard_dir)
             summary = self._run_plans(plans, progress)
-            self._commit(summary.records)
+            self._commit(summary.records, previous)
         return summary
 
     def _run_plans(self, plans: list[ShardPlan], progress: bool) -> RunSummary:
@@ -206,34 +207,36 @@ class Preprocessor:
                 bar.update(sizes[record.path])
         return records
 
-    def _set_aside_other_config(self) -> None:
-        """A cache made with another config keeps its index under its own hash: nothing mixes."""
+    def _previous_config_hash(self) -> str | None:
+        """The config hash of the index already in the folder (None: there is none)."""
         index = self.out / schema.INDEX_FILE
         if not index.is_file():
-            return
+            return None
         try:
             old_hash = json.loads(index.read_text(encoding="utf-8")).get("config_hash", "")
         except ValueError:
             old_hash = "unreadable"
         if old_hash != self.hash:
-            kept = self.out / f"index.{old_hash}.json"
-            os.replace(index, kept)
             log.info(
                 "the config changed (%s -> %s): writing a new cache under %s; the previous "
-                "index is kept as %s",
+                "index stays in place until this run commits, then is kept as index.%s.json",
                 old_hash,
                 self.hash,
                 self.shard_dir,
-                kept.name,
+                old_hash,
             )
+        return old_hash
 
-    def _commit(self, records: list[ShardRecord]) -> None:
-        """Failures and config first, the index last: it is the commit point."""
+    def _commit(self, records: list[ShardRecord], previous_hash: str | None) -> None:
+        """Failures and config first, the index last: it is the commit point. An index made
+        with another config is kept under its own hash (nothing mixes), and only now, so a
+        run that fails leaves the previous cache usable."""
         write_failures(self.out / schema.FAILURES_FILE, records)
         dump_yaml(self.config, self.out / schema.CONFIG_FILE)
-        write_json_atomic(
-            self.out / schema.INDEX_FILE, build_index(to_dict(self.config), self.hash, records)
-        )
+        index = self.out / schema.INDEX_FILE
+        if previous_hash not in (None, self.hash):
+            os.replace(index, self.out / f"index.{previous_hash}.json")
+        write_json_atomic(index, build_index(to_dict(self.config), self.hash, records))
 
 
 def _shard_task(plan, root, rel_path, config, hash_, detector, ticks) -> ShardRecord:

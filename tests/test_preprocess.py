@@ -190,6 +190,24 @@ def test_changed_config_writes_a_new_cache(data, clean_cache, tmp_path):
     assert kept.find("talk 0.mp4").faces.shape[0] == 3, "the previous cache is still readable"
 
 
+def test_a_killed_run_with_a_new_config_leaves_the_previous_cache(data, clean_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(clean_cache, out)
+    command = [sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(out),
+               "--quiet", "--jobs", "1", f"shards.size={SHARD_SIZE}", "faces.frames=2",
+               "faces.size=64"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    before, deadline = _started_shards(out), time.monotonic() + 120
+    while _started_shards(out) <= before and process.poll() is None:
+        assert time.monotonic() < deadline, "the new run started no shard in 2 minutes"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / schema.INDEX_FILE).read_text() == (clean_cache / schema.INDEX_FILE).read_text()
+    assert open_cache(out).find("talk 0.mp4").faces.shape[0] == 3
+
+
 def test_second_preprocessor_is_refused(data, tmp_path, capsys):
     out = tmp_path / "cache"
     out.mkdir()
