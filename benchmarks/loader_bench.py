@@ -42,7 +42,13 @@ samples/s and MB/s count the bytes of those tensors:
 - memcpy: `np.copyto` of the same bytes from memory, in the same blocks;
 - av: ShardStream over (mel, faces) against block reads of both datasets;
 - with `--fletcher32`: ours per block size on the checksummed copy ("ours block N, fletcher32"),
-  reported as its ratio to "ours block N" on the plain cache, paired per round.
+  reported as its ratio to "ours block N" on the plain cache, paired per round;
+- ours with the per-sample checksum check switched off, for the first block size only ("ours
+  block N, unchecked", mel and av; `ShardReader._check` patched out for the pass): the cost of
+  the check, as the ratio checked / unchecked paired per round. Every "ours" row checks, as
+  training does; the ceilings (c) read raw blocks and check nothing;
+- sum64 alone: one block of the first block size (mel; av mel + faces) read with `read_direct`,
+  then `schema.sum64` of it, each timed on its own (medians of many repetitions).
 All of them run in this process with one torch thread (see LOADER_THREADS).
 
 Warm: every file read once before the warm rounds. Cold: `posix_fadvise(DONTNEED)` on a
@@ -74,7 +80,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import h5py
@@ -410,6 +418,20 @@ def stream_pass(stream) -> Callable[[int], tuple[int, int]]:
     return run
 
 
+def unchecked_pass(stream) -> Callable[[int], tuple[int, int]]:
+    """A stream pass with the per-sample checksum check patched out (timing only): paired with
+    the checked stream, what the check costs the loader."""
+    from cache.reader import ShardReader
+
+    run = stream_pass(stream)
+
+    def unchecked(epoch: int) -> tuple[int, int]:
+        with mock.patch.object(ShardReader, "_check", lambda *args: None):
+            return run(epoch)
+
+    return unchecked
+
+
 def loader_pass(loader: DataLoader) -> Callable[[int], tuple[int, int]]:
     def run(epoch: int) -> tuple[int, int]:
         loader.generator.manual_seed(epoch)
@@ -551,6 +573,9 @@ def mel_loaders(args, data: dict) -> list[Loader]:
     for block in args.block_sizes:
         plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
         add(f"ours block {block}", "ours", stream_pass(ShardStream(cache.shards, mel, plan)))
+        if block == args.block_sizes[0]:
+            run = unchecked_pass(ShardStream(cache.shards, mel, plan))
+            add(f"ours block {block}, unchecked", "ours-unchecked", run)
         if checksummed:
             run = stream_pass(ShardStream(checksummed.shards, mel, plan))
             add(f"ours block {block}, fletcher32", "ours-fletcher32", run,
@@ -593,6 +618,9 @@ def av_loaders(args, data: dict) -> list[Loader]:
     for block in args.block_sizes:
         plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
         add(f"ours av block {block}", "ours", stream_pass(ShardStream(cache.shards, fields, plan)))
+        if block == args.block_sizes[0]:
+            run = unchecked_pass(ShardStream(cache.shards, fields, plan))
+            add(f"ours av block {block}, unchecked", "ours-unchecked", run)
     for block in (batch, 4 * batch):
         add(f"(c) av block reads {block}", "ceiling", BlockReads(paths, fields, block))
     copies = data["av_copies"]
@@ -709,6 +737,54 @@ def checksum_cost(loaders: list[Loader]) -> dict:
                 for phase in ("warm", "cold")
             }
     return result
+
+
+def check_cost(loaders: list[Loader]) -> dict:
+    """Each "ours ... block N" that has an unchecked twin: checked / unchecked, per phase."""
+    by_name = {loader.name: loader for loader in loaders}
+    result = {}
+    for loader in loaders:
+        if loader.role == "ours-unchecked":
+            checked = by_name[loader.name.removesuffix(", unchecked")]
+            result[checked.name] = {
+                phase: ratio(rates(checked, phase == "cold"), rates(loader, phase == "cold"))
+                for phase in ("warm", "cold")
+            }
+    return result
+
+
+def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
+    """One block (the first block size) of each checksummed dataset: read_direct vs sum64 of
+    it, each timed alone, medians. The share is what the check adds to a block read."""
+    from cache import schema
+
+    block, result = args.block_sizes[0], {}
+    for group, fields in (("mel", (schema.MEL,)), ("av", (schema.MEL, schema.FACES))):
+        with h5py.File(data[f"{group}_copies"][0], "r", rdcc_nbytes=0) as handle:
+            for name in fields:
+                dataset = handle[name]
+                out = np.empty((min(block, len(dataset)), *dataset.shape[1:]), dataset.dtype)
+                read = median_seconds(partial(dataset.read_direct, out, np.s_[: len(out)]), repeats)
+                summed = median_seconds(partial(schema.sum64, out), repeats)
+                result[f"{group} {name}"] = {
+                    "block": len(out),
+                    "mib": out.nbytes / 2**20,
+                    "read_ms": read * 1e3,
+                    "sum64_ms": summed * 1e3,
+                    "sum64_gb_per_s": out.nbytes / summed / 1e9,
+                    "share_of_read": summed / read,
+                }
+    return result
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    call()  # warm: pages, allocator
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 # ---------------------------------------------------------------- profile and training
@@ -942,6 +1018,15 @@ def print_report(results: dict) -> None:
             if value["of_medians"] is not None:
                 print(f"{name} / plain, {phase}: {value['of_medians']:.3g} of medians, "
                       f"{value['paired_median']:.3g} paired")  # fmt: skip
+    for name, phases in results.get("checks", {}).items():
+        for phase, value in phases.items():
+            if value["of_medians"] is not None:
+                print(f"{name}: checked / unchecked, {phase}: {value['of_medians']:.3g} of "
+                      f"medians, {value['paired_median']:.3g} paired")  # fmt: skip
+    for name, row in results.get("sum64", {}).items():
+        print(f"sum64 of one {name} block ({row['block']} samples, {row['mib']:.2f} MiB): "
+              f"{row['sum64_ms']:.3f} ms ({row['sum64_gb_per_s']:.1f} GB/s) vs read_direct "
+              f"{row['read_ms']:.3f} ms: {row['share_of_read']:.1%} of the read")  # fmt: skip
     for row in results["training"]:
         print(
             f"\ntraining, {row['workers']} workers, batch {row['batch']}, {row['threads']} "
@@ -988,6 +1073,8 @@ def run_all(args, root: Path) -> dict:
     results["loaders"] = {loader.name: summary(loader) for loader in loaders}
     results["ratios"] = compare(loaders)
     results["fletcher32"] = checksum_cost(loaders)
+    results["checks"] = check_cost(loaders)
+    results["sum64"] = sum64_timing(args, data)
     results["targets"] = check_targets(results)
     results["profile"] = profile_stream(args, data)
     workers = (0, 2) if args.train_steps else ()

@@ -3,7 +3,9 @@
 Mirrors cache/writer.py. Everything read from disk is checked before use: an
 unknown format or version is refused, and every dataset's dtype and shape must
 match the schema, so a damaged or foreign file fails with its name, not later
-inside a model.
+inside a model. Every read of `mel` or `faces` is checked against the per-sample
+sums the writer stored (`schema.sum64`): damaged rows raise DamagedShardError,
+naming the shard, the samples and the fix, and are never returned.
 """
 
 from __future__ import annotations
@@ -18,11 +20,40 @@ import h5py
 import numpy as np
 
 from cache import schema
-from cache.index import Failure, read_failures
+from cache.index import Failure, read_failures, receipt_path
+
+_NONE = np.empty(0, np.int64)  # no damaged positions
+DAMAGE_LISTED = 5  # damaged samples named in one message
 
 
 class CacheFormatError(ValueError):
     """A file that is not a cache this version of avcache can read."""
+
+
+class DamagedShardError(CacheFormatError):
+    """A shard whose bytes changed after it was written: HDF5 refused a read, or rows do not
+    match their stored sums. Nothing read from it reaches the caller."""
+
+
+def damaged_shard(path: Path, name: str, reason: str) -> DamagedShardError:
+    """The one message for a damaged shard: which file and dataset, why, and the fix."""
+    return DamagedShardError(
+        f"{path}: reading {name!r} failed, the shard is damaged ({reason}). Run "
+        "`inspect CACHE verify` to list every damaged shard; to rebuild one, delete it and "
+        f"its receipt {receipt_path(path).name} (a shard with a receipt is reused as it is) "
+        "and run the same avcache-preprocess command again"
+    )
+
+
+def _missing(path: Path, name: str) -> str:
+    if name in schema.CHECKSUMS.values():  # the only datasets added to v1 after its release
+        return (
+            f"{path}: dataset {name!r} is missing: the shard was written by an older avcache "
+            "without per-sample checksums, so damage in it could not be detected; re-run "
+            "avcache-preprocess into a new folder (in this one, finished shards are reused "
+            "as they are)"
+        )
+    return f"{path}: dataset {name!r} is missing"
 
 
 def check_format(where: str, fmt: object, version: object) -> None:
@@ -40,6 +71,7 @@ class ShardReader:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._sum_columns: dict[str, np.ndarray] = {}  # read once per shard, 8 bytes a sample
         try:
             # No chunk cache: batches read whole chunks (a cache only adds a copy), and a
             # per-sample read would otherwise pull a whole 1 MiB chunk through it.
@@ -68,7 +100,7 @@ class ShardReader:
         for name, (dtype, shape) in specs.items():
             dataset = self._file.get(name)
             if not isinstance(dataset, h5py.Dataset):
-                raise CacheFormatError(f"{self.path}: dataset {name!r} is missing")
+                raise CacheFormatError(_missing(self.path, name))
             if dataset.shape[1:] != shape or not _dtype_matches(dataset.dtype, dtype):
                 raise CacheFormatError(
                     f"{self.path}: dataset {name!r} is {dataset.dtype}{list(dataset.shape)}, "
@@ -84,16 +116,23 @@ class ShardReader:
         return self.num_samples
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Samples [start, stop) of one dataset, in a single h5py call."""
-        stop = self.num_samples if stop is None else stop
-        if name == schema.VIDEO_NAME:
-            return self._datasets[name].asstr()[start:stop]
-        return self._datasets[name][start:stop]
+        """Samples [start, stop) of one dataset, in a single h5py call, checked."""
+        where = np.s_[start : self.num_samples if stop is None else stop]
+        rows = self._fetch(name, where)
+        self._check(name, rows, where)
+        return rows
 
     def read_into(self, name: str, start: int, out: np.ndarray) -> None:
-        """Fill a preallocated array with samples [start, start + len(out)): no extra copy."""
-        if out.size:
-            self._datasets[name].read_direct(out, np.s_[start : start + len(out)])
+        """Fill a preallocated array with samples [start, start + len(out)): no extra copy.
+        Checked before it returns, so a batch built from it never holds damaged rows."""
+        if not out.size:
+            return
+        where = np.s_[start : start + len(out)]
+        try:
+            self._datasets[name].read_direct(out, where)
+        except OSError as error:
+            raise damaged_shard(self.path, name, str(error)) from error
+        self._check(name, out, where)
 
     def take(self, name: str, positions: np.ndarray | list[int]) -> np.ndarray:
         """Samples at increasing `positions` of one dataset, in one h5py call: a sparse pick
@@ -101,8 +140,60 @@ class ShardReader:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return self.read(name, 0, 0)
+        rows = self._fetch(name, positions)
+        self._check(name, rows, positions)
+        return rows
+
+    def mismatches(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Positions in [start, stop) whose rows do not match their stored sums (verify lists
+        every damaged sample where a read stops at the first)."""
+        where = np.s_[start:stop]
+        return self._mismatches(name, self._fetch(name, where), where)
+
+    def describe_damage(self, name: str, positions: np.ndarray) -> str:
+        """Which samples fail their checksums, by position and (when readable) video name."""
+        try:
+            names = self.video_names
+        except CacheFormatError:
+            names = None  # the names column is damaged too: positions only
+        listed = ", ".join(
+            f"{p} ({names[p]!r})" if names else str(p) for p in positions[:DAMAGE_LISTED]
+        )
+        more = len(positions) - DAMAGE_LISTED
+        listed += f" and {more} more" if more > 0 else ""
+        one = len(positions) == 1
+        return (
+            f"{'sample' if one else 'samples'} {listed} of {self.num_samples} "
+            f"{'fails its' if one else 'fail their'} {name!r} checksum ({schema.CHECKSUMS[name]})"
+        )
+
+    def _fetch(self, name: str, where: slice | np.ndarray) -> np.ndarray:
+        """One h5py read; one that HDF5 refuses (a bad chunk address, a failed fletcher32
+        checksum) is a damaged shard, named."""
         dataset = self._datasets[name]
-        return (dataset.asstr() if name == schema.VIDEO_NAME else dataset)[positions]
+        try:
+            return (dataset.asstr() if name == schema.VIDEO_NAME else dataset)[where]
+        except OSError as error:
+            raise damaged_shard(self.path, name, str(error)) from error
+
+    def _check(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> None:
+        bad = self._mismatches(name, rows, where)
+        if bad.size:
+            raise damaged_shard(self.path, name, self.describe_damage(name, bad))
+
+    def _mismatches(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> np.ndarray:
+        """Positions (selected by `where`) whose rows differ from their stored sums; none for
+        a dataset without sums."""
+        checksum = schema.CHECKSUMS.get(name)
+        if checksum is None or rows.size == 0:
+            return _NONE
+        stored = self._sum_columns.get(checksum)
+        if stored is None:
+            stored = self._sum_columns[checksum] = self._fetch(checksum, np.s_[:])
+        differs = schema.sum64(rows) != stored[where]
+        if not differs.any():
+            return _NONE
+        return np.arange(self.num_samples)[where][np.flatnonzero(differs)]
 
     def storage_bytes(self, name: str) -> int:
         """Bytes that one dataset's data takes in the file (a cache's size per modality)."""

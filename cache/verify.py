@@ -1,9 +1,18 @@
-"""Check a cache against its index: every shard present, intact and well-formed."""
+"""Check a cache against its index: every shard present, intact and well-formed.
+
+A shard is intact when its sha256 matches the index and every sample of `mel` and
+`faces` matches its stored per-sample sum; the sums also say which samples are damaged.
+"""
 
 from __future__ import annotations
 
-from cache.reader import Cache, CacheFormatError, ShardReader
+import numpy as np
+
+from cache import schema
+from cache.reader import Cache, CacheFormatError, ShardEntry, ShardReader
 from cache.writer import sha256_of
+
+VERIFY_BYTES = 16 * 2**20  # bytes read per h5py call when checking sums: bounded memory
 
 
 def verify_cache(cache: Cache) -> list[str]:
@@ -16,18 +25,39 @@ def verify_cache(cache: Cache) -> list[str]:
     return problems
 
 
-def _verify_shard(entry) -> str | None:
+def _verify_shard(entry: ShardEntry) -> str | None:
     if not entry.path.is_file():
         return "missing"
+    problems = []
     digest = sha256_of(entry.path)
     if digest != entry.sha256:
-        return f"sha256 {digest[:12]}… does not match the index ({entry.sha256[:12]}…): damaged"
+        problems.append(
+            f"sha256 {digest[:12]}… does not match the index ({entry.sha256[:12]}…): damaged"
+        )
     try:
         with ShardReader(entry.path) as shard:
-            if len(shard) != entry.num_samples:
-                return f"holds {len(shard)} samples, the index says {entry.num_samples}"
-            if shard.split != entry.split:
-                return f"split {shard.split!r}, the index says {entry.split!r}"
-    except CacheFormatError as error:
-        return str(error)
-    return None
+            problems += _check_counts(shard, entry) or _damaged_samples(shard)
+    except CacheFormatError as error:  # its message names the shard: once is enough
+        problems.append(str(error).removeprefix(f"{entry.path}: "))
+    return "; ".join(problems) or None
+
+
+def _check_counts(shard: ShardReader, entry: ShardEntry) -> list[str]:
+    if len(shard) != entry.num_samples:
+        return [f"holds {len(shard)} samples, the index says {entry.num_samples}"]
+    if shard.split != entry.split:
+        return [f"split {shard.split!r}, the index says {entry.split!r}"]
+    return []
+
+
+def _damaged_samples(shard: ShardReader) -> list[str]:
+    """Every checksummed dataset read in blocks; each that has damaged samples, described."""
+    problems = []
+    for name in schema.CHECKSUMS:
+        row_bytes = int(np.prod(shard.sample_shape(name))) * shard.dtype(name).itemsize
+        step = max(1, VERIFY_BYTES // max(row_bytes, 1))
+        bad = [shard.mismatches(name, start, start + step) for start in range(0, len(shard), step)]
+        positions = np.concatenate([np.empty(0, np.int64), *bad])
+        if positions.size:
+            problems.append(shard.describe_damage(name, positions))
+    return problems

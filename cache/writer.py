@@ -3,6 +3,8 @@
 The shard is written under a `.partial` name, fsynced, hashed and only then
 renamed into place, so a finished name always means a complete file. Samples
 are buffered in small blocks so memory stays bounded whatever the shard size.
+With every block of mel images and faces go their per-sample sums
+(`schema.sum64`), which every read checks.
 A write that fails (a full disk, a file-size limit) raises an OSError naming the
 shard and removes the partial file; nothing finished before it is touched.
 """
@@ -113,19 +115,29 @@ class ShardWriter:
             raise self._failed(error) from error
 
     def _write_block(self) -> None:
-        start, count = self.num_samples, len(self._buffer)
-        columns = zip(*(sample.fields().values() for sample in self._buffer), strict=True)
-        for (name, (dtype, shape)), values in zip(self.specs.items(), columns, strict=True):
-            block = np.asarray(values, dtype=object if name == schema.VIDEO_NAME else dtype)
-            if block.shape[1:] != shape:
-                raise ValueError(
-                    f"{name}: expected per-sample shape {shape}, got {block.shape[1:]}"
-                )
-            dataset = self._file[name]
-            dataset.resize(start + count, axis=0)
-            dataset[start : start + count] = block
-        self.num_samples += count
+        """Each Sample field as one column, and after mel and faces their per-sample sums,
+        computed from the very array that is written."""
+        start, rows = self.num_samples, [sample.fields() for sample in self._buffer]
+        for name in rows[0]:
+            block = self._column(name, [row[name] for row in rows])
+            self._extend(name, start, block)
+            if name in schema.CHECKSUMS:
+                self._extend(schema.CHECKSUMS[name], start, schema.sum64(block))
+        self.num_samples += len(rows)
         self._buffer.clear()
+
+    def _column(self, name: str, values: list) -> np.ndarray:
+        """One field of the buffered samples as an array of the schema's dtype and shape."""
+        dtype, shape = self.specs[name]
+        block = np.asarray(values, dtype=object if name == schema.VIDEO_NAME else dtype)
+        if block.shape[1:] != shape:
+            raise ValueError(f"{name}: expected per-sample shape {shape}, got {block.shape[1:]}")
+        return block
+
+    def _extend(self, name: str, start: int, block: np.ndarray) -> None:
+        dataset = self._file[name]
+        dataset.resize(start + len(block), axis=0)
+        dataset[start : start + len(block)] = block
 
     def close(self) -> tuple[int, str]:
         """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""

@@ -1,4 +1,4 @@
-"""Writer -> reader round trips, format refusal, verify."""
+"""Writer -> reader round trips, format refusal, verify, per-sample checksums."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cache import schema
 from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.reader import CacheFormatError, ShardReader, open_cache
+from cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
 from cache.verify import verify_cache
 from cache.writer import WRITE_BLOCK, ShardWriter, sha256_of
+from tests.test_train import small_config, write_toy_cache
+from train.engine import BEST, LAST
 from train.loader import LoaderPlan, ShardStream
+from train.run import main as train_main
 
 FRAMES, SIZE = 2, 8
 REPO = Path(__file__).resolve().parents[1]
@@ -37,15 +41,15 @@ def make_sample(i: int, frames: int = FRAMES, size: int = SIZE) -> schema.Sample
     )
 
 
-def write_cache(root, counts: list[int], frames: int = FRAMES,
-                fletcher32: bool = False) -> list[schema.Sample]:  # fmt: skip
+def write_cache(root, counts: list[int], frames: int = FRAMES, fletcher32: bool = False,
+                size: int = SIZE) -> list[schema.Sample]:  # fmt: skip
     samples, records, offset = [], [], 0
     (root / "shards").mkdir(parents=True)
     for number, count in enumerate(counts):
-        shard_samples = [make_sample(offset + j, frames) for j in range(count)]
+        shard_samples = [make_sample(offset + j, frames, size) for j in range(count)]
         offset += count
         rel = f"shards/train-{number:05d}.h5"
-        with ShardWriter(root / rel, split="train", frames=frames, face_size=SIZE,
+        with ShardWriter(root / rel, split="train", frames=frames, face_size=size,
                          fletcher32=fletcher32) as writer:  # fmt: skip
             for sample in shard_samples:
                 writer.append(sample)
@@ -260,3 +264,213 @@ except OSError as error:
     assert result.stdout.split(None, 2) == [str(errno.EFBIG), str(tmp_path / "s.h5"),
                                             "File too large\n"]  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- per-sample checksums
+
+
+def reference_sum64(row: np.ndarray) -> int:
+    """sum64 of one row spelled out: zero-pad to whole 8-byte words, add them as
+    little-endian integers, modulo 2**64."""
+    data = row.tobytes() + bytes(-row.nbytes % 8)
+    return sum(int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8)) % 2**64
+
+
+SUM_SHAPES = [(3, 256, 256), (4, 1, 33, 33, 3), (3, 2, 8, 8, 3), (2, 0, 8, 8, 3), (0, 256, 256),
+              (5, 7), (6,)]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SUM_SHAPES)
+def test_sum64_is_the_sum_of_little_endian_words(shape):
+    rows = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    sums = schema.sum64(rows)
+    assert sums.dtype == np.uint64 and sums.shape == shape[:1]
+    assert [int(value) for value in sums] == [reference_sum64(row) for row in rows]
+
+
+def test_sum64_wraps_around_and_reads_any_dtype():
+    assert int(schema.sum64(np.full((1, 16), 255, np.uint8))[0]) == (2 * (2**64 - 1)) % 2**64
+    boxes = np.random.default_rng(2).random((3, 2, 4), dtype=np.float32)
+    assert [int(v) for v in schema.sum64(boxes)] == [reference_sum64(row) for row in boxes]
+
+
+@pytest.mark.parametrize("shape", [(1, 33, 33, 3), (256, 256), (5,)])  # 3267 bytes: a tail
+def test_sum64_sees_any_single_changed_byte(shape):
+    """Every byte position of odd-sized rows (tail word included), and positions across a
+    mel row, each changed by several masks: the sum always changes."""
+    row = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8).reshape(-1)
+    size = row.size
+    if size <= 4096:
+        positions = np.arange(size)
+    else:
+        spread = np.random.default_rng(4).integers(0, size, 500)
+        positions = np.unique([0, 1, 7, 8, size // 2, size - 9, size - 8, size - 1, *spread])
+    (original,) = schema.sum64(row[None])
+    for mask in (0x01, 0x10, 0x80, 0xFF):
+        damaged = np.tile(row, (len(positions), 1))
+        damaged[np.arange(len(positions)), positions] ^= mask
+        assert (schema.sum64(damaged.reshape(len(positions), *shape)) != original).all()
+
+
+def test_sum64_does_not_see_swapped_words():
+    """The documented limit: a sum guards against storage damage, not rearranged data."""
+    row = np.arange(32, dtype=np.uint8)
+    swapped = np.concatenate([row[8:16], row[:8], row[16:]])
+    assert schema.sum64(row[None]) == schema.sum64(swapped[None])
+
+
+def test_every_dataset_is_a_sample_field_or_a_checksum():
+    specs = schema.dataset_specs(FRAMES, SIZE)
+    fields = list(schema.Sample.__dataclass_fields__)
+    assert list(specs) == [*fields, *schema.CHECKSUMS.values()]
+    assert set(schema.CHECKSUMS) <= set(fields)
+    assert all(specs[name] == (np.dtype("<u8"), ()) for name in schema.CHECKSUMS.values())
+
+
+@pytest.mark.parametrize("frames,size", [(FRAMES, SIZE), (1, 33), (0, SIZE)])
+def test_written_shards_carry_the_sums_of_their_rows(tmp_path, frames, size):
+    write_cache(tmp_path, [WRITE_BLOCK + 5], frames=frames, size=size)
+    with h5py.File(open_cache(tmp_path).shards[0].path, "r") as handle:
+        for name, sums in schema.CHECKSUMS.items():
+            assert handle[sums].dtype == np.dtype("<u8")
+            np.testing.assert_array_equal(handle[sums][:], schema.sum64(handle[name][:]))
+            assert len(handle[sums]) == WRITE_BLOCK + 5
+
+
+def flip_byte_in_row(path: Path, name: str, row: int, at: int | None = None) -> None:
+    """Flip byte `at` (default: the middle) of sample `row` of a dataset, in the file: the
+    chunk holding the row is found by its coordinate, so the flip lands in data."""
+    with h5py.File(path, "r") as handle:
+        dataset = handle[name]
+        rows_per_chunk, row_bytes = dataset.chunks[0], dataset[0].nbytes
+        first = row - row % rows_per_chunk
+        info = dataset.id.get_chunk_info_by_coord((first,) + (0,) * (dataset.ndim - 1))
+    offset = info.byte_offset + (row - first) * row_bytes + (row_bytes // 2 if at is None else at)
+    with open(path, "r+b") as raw:
+        raw.seek(offset)
+        byte = raw.read(1)[0]
+        raw.seek(offset)
+        raw.write(bytes([byte ^ 0x10]))
+
+
+def stream_until_damage(cache, fields: tuple[str, ...]) -> tuple[list[dict], str]:
+    """Unshuffled batches of 8 (blocks of 4) until the loader raises: (yielded, message)."""
+    plan = LoaderPlan(batch_size=8, block_size=4, shuffle=False)
+    yielded = []
+    with pytest.raises(DamagedShardError) as caught:
+        for batch in ShardStream(cache.shards, fields, plan):
+            yielded.append(batch)
+    return yielded, str(caught.value)
+
+
+def test_a_flipped_mel_byte_is_named_by_the_loader_before_its_batch_and_by_verify(tmp_path):
+    written = write_cache(tmp_path, [WRITE_BLOCK, WRITE_BLOCK * 2])
+    cache = open_cache(tmp_path)
+    damaged = cache.shards[1].path
+    flip_byte_in_row(damaged, schema.MEL, row=20)  # sample 36 overall: global batch 4
+    with h5py.File(damaged, "r") as handle:  # unfiltered: HDF5 itself reads it silently
+        assert (handle[schema.MEL][20] != written[36].mel).sum() == 1
+    yielded, message = stream_until_damage(cache, (schema.MEL,))
+    assert len(yielded) == 4, "every batch before the damaged one, never the damaged one"
+    expected = (f"{damaged}: reading 'mel' failed, the shard is damaged (sample 20 "
+                "('vidéo 36.mp4') of 32 fails its 'mel' checksum (mel_sum64)). Run "
+                "`inspect CACHE verify`")  # fmt: skip
+    assert message.startswith(expected), message
+    assert "delete it and its receipt train-00001.json" in message
+    assert "run the same avcache-preprocess command again" in message
+    (problem,) = verify_cache(cache)
+    assert problem.startswith(f"{damaged}: sha256 ")
+    assert problem.endswith("; sample 20 ('vidéo 36.mp4') of 32 fails its 'mel' checksum "
+                            "(mel_sum64)")  # fmt: skip
+    faces_only = ShardStream(cache.shards, (schema.FACES,), LoaderPlan(batch_size=8))
+    assert sum(len(batch[schema.FACES]) for batch in faces_only) == 48, "faces are intact"
+
+
+def test_a_flipped_byte_in_the_padded_tail_of_odd_sized_faces_is_named(tmp_path):
+    write_cache(tmp_path, [6, 7], frames=1, size=33)  # 3267 bytes a row: 3 in the tail word
+    cache = open_cache(tmp_path)
+    damaged = cache.shards[1].path
+    flip_byte_in_row(damaged, schema.FACES, row=2, at=33 * 33 * 3 - 2)
+    yielded, message = stream_until_damage(cache, (schema.MEL, schema.FACES))
+    assert len(yielded) == 1  # batch 1 holds samples 6 to 9 of shard 1
+    assert message.startswith(f"{damaged}: reading 'faces' failed, the shard is damaged (sample "
+                              "2 ('vidéo 8.mp4') of 7 fails its 'faces' checksum")  # fmt: skip
+    (problem,) = verify_cache(cache)
+    assert problem.startswith(f"{damaged}: sha256 ")
+    assert "sample 2 ('vidéo 8.mp4') of 7 fails its 'faces' checksum (faces_sum64)" in problem
+
+
+def test_verify_lists_every_damaged_sample_of_each_dataset(tmp_path):
+    write_cache(tmp_path, [40])
+    cache = open_cache(tmp_path)
+    path = cache.shards[0].path
+    for row in (3, 17, 18, 19, 25, 30, 39):
+        flip_byte_in_row(path, schema.MEL, row)
+    flip_byte_in_row(path, schema.FACES, row=0)
+    (problem,) = verify_cache(cache)
+    assert "samples 3 ('vidéo 3.mp4'), 17 ('vidéo 17.mp4'), 18 ('vidéo 18.mp4'), 19 " in problem
+    assert "25 ('vidéo 25.mp4') and 2 more of 40 fail their 'mel' checksum (mel_sum64)" in problem
+    assert problem.endswith("; sample 0 ('vidéo 0.mp4') of 40 fails its 'faces' checksum "
+                            "(faces_sum64)")  # fmt: skip
+
+
+def test_every_read_of_a_damaged_row_raises_and_the_rest_still_read(tmp_path):
+    written = write_cache(tmp_path, [20])
+    cache = open_cache(tmp_path)
+    flip_byte_in_row(cache.shards[0].path, schema.MEL, row=5)
+    with ShardReader(cache.shards[0].path) as shard:
+        np.testing.assert_array_equal(shard.read(schema.MEL, 0, 5)[4], written[4].mel)
+        np.testing.assert_array_equal(shard.take(schema.MEL, [1, 6])[1], written[6].mel)
+        np.testing.assert_array_equal(shard.read(schema.FACES, 5, 6)[0], written[5].faces)
+        out = np.empty((4, 256, 256), np.uint8)
+        for read in (lambda: shard.read(schema.MEL), lambda: shard.take(schema.MEL, [1, 5]),
+                     lambda: shard.sample(5), lambda: shard.samples([5]),
+                     lambda: shard.read_into(schema.MEL, 4, out)):  # fmt: skip
+            with pytest.raises(DamagedShardError, match=r"sample 5 \('vidéo 5.mp4'\) of 20"):
+                read()
+    with pytest.raises(DamagedShardError, match=r"vidéo 5\.mp4"):
+        cache.sample("vidéo 5.mp4")
+    with pytest.raises(DamagedShardError):
+        list(cache.iter_samples())
+
+
+def test_a_shard_without_checksums_is_refused_with_the_fix(tmp_path):
+    """A v1 shard written before the checksums: refused, never read unchecked."""
+    write_cache(tmp_path, [3])
+    cache = open_cache(tmp_path)
+    with h5py.File(cache.shards[0].path, "a") as handle:
+        for name in schema.CHECKSUMS.values():
+            del handle[name]
+    expected = (f"{cache.shards[0].path}: dataset 'mel_sum64' is missing: the shard was written "
+                "by an older avcache without per-sample checksums")  # fmt: skip
+    stream = ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=4))
+    for read in (lambda: ShardReader(cache.shards[0].path), lambda: cache.sample("vidéo 1.mp4"),
+                 lambda: list(stream)):  # fmt: skip
+        with pytest.raises(CacheFormatError) as caught:
+            read()
+        assert str(caught.value).startswith(expected)
+        assert "re-run avcache-preprocess into a new folder" in str(caught.value)
+
+
+def test_training_on_a_damaged_shard_stops_before_any_step(tmp_path, capsys):
+    """Every mel row of the only training shard has one flipped byte, in a cache written
+    without HDF5 checksums: the run exits 2 naming the shard, with no optimiser step taken
+    and no checkpoint written."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    write_toy_cache(cache, {"train": 12, "val": 8})
+    damaged = cache / "shards" / "train-00000.h5"
+    for row in range(12):
+        flip_byte_in_row(damaged, schema.MEL, row)
+    steps = []
+    hook = register_optimizer_step_pre_hook(lambda *args: steps.append(1))
+    try:
+        args = ["--cache", str(cache), "--out", str(run),
+                *small_config(**{"model.kind": "audio", "run.epochs": 1})]  # fmt: skip
+        assert train_main(args) == 2
+    finally:
+        hook.remove()
+    error = capsys.readouterr().err
+    assert f"{damaged}: reading 'mel' failed, the shard is damaged (samples " in error
+    assert "fail their 'mel' checksum" in error and "train-00000.json" in error
+    assert steps == []
+    assert not (run / LAST).exists() and not (run / BEST).exists()

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cache import open_cache, schema
-from cache.reader import ShardReader
-from tests.test_cache import make_sample, write_cache
+from cache.reader import DamagedShardError, ShardReader
+from tests.test_cache import flip_byte_in_row, make_sample, write_cache
 from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream, epoch_batches
 
 SHARDS = [13, 0, 7, 30, 5]  # uneven on purpose, one empty
@@ -149,3 +149,21 @@ def test_an_epoch_cannot_start_between_ranks(cache):
     stream = ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=4), 0, 2)
     with pytest.raises(ValueError, match="multiple of the 2 ranks"):
         stream.set_epoch(0, start=3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_row_stops_the_stream_at_its_batch_in_workers_too(tmp_path, workers):
+    """Worker processes check the rows as they read them; the error crosses to the training
+    process with its type and the shard's name, after exactly the batches before it."""
+    write_cache(tmp_path, [16, 16])
+    cache = open_cache(tmp_path)
+    flip_byte_in_row(cache.shards[1].path, schema.MEL, row=5)  # global batch 5 of 4 samples
+    stream = ShardStream(cache.shards, (schema.MEL, schema.VIDEO_NAME),
+                         LoaderPlan(batch_size=4, block_size=2, shuffle=False))  # fmt: skip
+    yielded = []
+    with pytest.raises(DamagedShardError) as caught:
+        for batch in DataLoader(stream, batch_size=None, num_workers=workers):
+            yielded.append(batch[BATCH_INDEX])
+    assert yielded == [0, 1, 2, 3, 4]
+    damaged = cache.shards[1].path
+    assert f"{damaged}: reading 'mel' failed, the shard is damaged (sample 5 " in str(caught.value)

@@ -18,7 +18,9 @@ counts for nothing), so collectives never wait on a rank that has run dry, the
 usual hang of sharded loaders under DDP. An epoch can start at any global batch
 that is a multiple of the world size: that is how a run resumes mid-epoch at
 the exact next sample. Batches stay uint8 and are normalised where the model
-runs (train/augment.py).
+runs (train/augment.py). Every block of mel images or faces is checked against
+its per-sample sums as it is read (cache/reader.py): a damaged shard stops the
+epoch with an error naming it before its batch is yielded.
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache import schema
-from cache.index import receipt_path
-from cache.reader import CacheFormatError, ShardEntry, ShardReader
+from cache.reader import ShardEntry, ShardReader
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
@@ -167,33 +168,19 @@ class ShardStream(IterableDataset):
         out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
         position = 0
         for block in blocks:  # one h5py call per block, straight into the batch
+            # read_into checks the rows against their stored sums and raises a
+            # DamagedShardError naming the shard (as for a read HDF5 refuses): the batch is
+            # never yielded, so no optimiser step sees a damaged sample.
             target = out[position : position + len(block)]
-            try:
-                self._reader(block.shard).read_into(field, block.start, target)
-            except OSError as error:
-                raise self._damaged(block.shard, field, error) from error
+            self._reader(block.shard).read_into(field, block.start, target)
             position += len(block)
         return torch.from_numpy(out)
 
     def _column(self, shard: int, field: str) -> np.ndarray:
         column = self._columns.get((shard, field))
         if column is None:
-            try:
-                column = self._columns[(shard, field)] = self._reader(shard).read(field)
-            except OSError as error:
-                raise self._damaged(shard, field, error) from error
+            column = self._columns[(shard, field)] = self._reader(shard).read(field)
         return column
-
-    def _damaged(self, shard: int, field: str, error: OSError) -> CacheFormatError:
-        """A read that HDF5 refused (a chunk failing its checksum, a bad address): the batch
-        is never yielded, and the error says which file and what to do."""
-        path = self.paths[shard]
-        return CacheFormatError(
-            f"{path}: reading {field!r} failed, the shard is damaged ({error}). Run "
-            "`inspect CACHE verify` to list every damaged shard; to rebuild one, delete it and "
-            f"its receipt {receipt_path(path).name} (a shard with a receipt is reused as it is) "
-            "and run the same avcache-preprocess command again"
-        )
 
     def _reader(self, shard: int) -> ShardReader:
         reader = self._readers.get(shard)
