@@ -32,6 +32,7 @@ from cache.index import (
     write_failures,
     write_json_atomic,
 )
+from cache.reader import CacheFormatError, ShardReader
 from preprocess.audio import MEL_MODES
 from preprocess.cluster import dask_client
 from preprocess.config import PreprocessConfig
@@ -127,8 +128,16 @@ class Preprocessor:
         return f"{self.shard_dir}/{plan.stem}{schema.SHARD_SUFFIX}"
 
     def finished(self, plan: ShardPlan) -> ShardRecord | None:
+        """The receipt of a shard an earlier run finished for this very plan, if the shard
+        is there and this avcache can read it (else it is written again)."""
         record = read_receipt(self.out, self.shard_path(plan))
-        return record if record and record.plan_hash == plan.plan_hash() else None
+        if record is None or record.plan_hash != plan.plan_hash():
+            return None
+        try:
+            ShardReader(self.out / record.path).close()  # checks format, schema and counts
+        except (CacheFormatError, FileNotFoundError):
+            return None
+        return record
 
     def run(self, progress: bool = True) -> RunSummary:
         plans = self.plans(self.read_videos())

@@ -154,6 +154,18 @@ def test_missing_shard_is_redone(data, clean_cache, tmp_path, capsys):
     assert_same_cache(clean_cache, out)
 
 
+def test_an_unreadable_shard_is_redone(data, clean_cache, tmp_path, capsys):
+    """Its receipt is not enough: a shard this avcache cannot read (truncated here; or
+    written by an older one) is written again."""
+    out = tmp_path / "cache"
+    shutil.copytree(clean_cache, out)
+    victim = open_cache(out).shards[1].path
+    victim.write_bytes(victim.read_bytes()[:4096])
+    assert preprocess(data, out) == 0
+    assert f"{SHARD_SIZE} processed this run" in capsys.readouterr().out
+    assert_same_cache(clean_cache, out)
+
+
 def _started_shards(out: Path) -> int:
     return len(list(out.glob("shards/*/*.partial")) + list(out.glob("shards/*/*.json")))
 
