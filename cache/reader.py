@@ -46,12 +46,12 @@ def damaged_shard(path: Path, name: str, reason: str) -> DamagedShardError:
 
 
 def _missing(path: Path, name: str) -> str:
-    if name in schema.CHECKSUMS.values():  # the only datasets added to v1 after its release
+    # The checksums are the only things added to v1 after its release.
+    if name in (*schema.CHECKSUMS.values(), schema.ATTR_META_SHA256):
         return (
-            f"{path}: dataset {name!r} is missing: the shard was written by an older avcache "
-            "without per-sample checksums, so damage in it could not be detected; re-run "
-            "avcache-preprocess into a new folder (in this one, finished shards are reused "
-            "as they are)"
+            f"{path}: {name!r} is missing: the shard was written by an older avcache "
+            "without checksums, so damage in it could not be detected; re-run the same "
+            "avcache-preprocess command (shards it cannot read are written again)"
         )
     return f"{path}: dataset {name!r} is missing"
 
@@ -111,6 +111,16 @@ class ShardReader:
         if len(lengths) != 1:
             raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
         self.num_samples = lengths.pop()
+        self._check_meta(attrs.get(schema.ATTR_META_SHA256))
+
+    def _check_meta(self, expected: object) -> None:
+        """Names, labels, flags, boxes and durations against the sha256 written with them."""
+        if expected is None:
+            raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
+        columns = {name: self.read(name) for name in schema.META_FIELDS}
+        if schema.meta_sha256(columns) != _plain(expected):
+            names = ", ".join(schema.META_FIELDS)
+            raise damaged_shard(self.path, names, "they do not match their sha256")
 
     def __len__(self) -> int:
         return self.num_samples

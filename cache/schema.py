@@ -8,6 +8,8 @@ without them is refused, so nothing is read unchecked.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,25 @@ def sum64(rows: np.ndarray) -> np.ndarray:
     return sums
 
 
+# The small per-sample columns (names, labels, flags, boxes, durations): a shard's
+# attribute ATTR_META_SHA256 holds their sha256, checked whenever a shard is opened. They
+# are a few bytes per sample, so reading them all at every open costs next to nothing.
+META_FIELDS = (VIDEO_NAME, LABEL, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION)
+
+
+def meta_sha256(columns: dict[str, object]) -> str:
+    """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str)."""
+    digest = hashlib.sha256()
+    for name in META_FIELDS:
+        column = columns[name]
+        if name == VIDEO_NAME:
+            names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column]
+            digest.update(json.dumps(names).encode("utf-8"))
+        else:
+            digest.update(np.ascontiguousarray(column).tobytes())
+    return digest.hexdigest()
+
+
 # Shard-level attributes.
 ATTR_FORMAT = "format"
 ATTR_VERSION = "version"
@@ -109,6 +130,7 @@ ATTR_CONFIG_HASH = "config_hash"
 ATTR_PLAN_HASH = "plan_hash"
 ATTR_FRAMES = "frames"
 ATTR_FACE_SIZE = "face_size"
+ATTR_META_SHA256 = "meta_sha256"
 
 
 @dataclass

@@ -143,6 +143,8 @@ class ShardWriter:
         """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""
         self._flush()
         try:
+            columns = {name: self._file[name][()] for name in schema.META_FIELDS}
+            self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns)
             self._file.flush()  # metadata: a failure raises here, not inside close()
             self._file.close()
             _fsync(self.partial_path)

@@ -441,15 +441,37 @@ def test_a_shard_without_checksums_is_refused_with_the_fix(tmp_path):
     with h5py.File(cache.shards[0].path, "a") as handle:
         for name in schema.CHECKSUMS.values():
             del handle[name]
-    expected = (f"{cache.shards[0].path}: dataset 'mel_sum64' is missing: the shard was written "
-                "by an older avcache without per-sample checksums")  # fmt: skip
+    expected = (f"{cache.shards[0].path}: 'mel_sum64' is missing: the shard was written "
+                "by an older avcache without checksums")  # fmt: skip
     stream = ShardStream(cache.shards, (schema.MEL,), LoaderPlan(batch_size=4))
     for read in (lambda: ShardReader(cache.shards[0].path), lambda: cache.sample("vidéo 1.mp4"),
                  lambda: list(stream)):  # fmt: skip
         with pytest.raises(CacheFormatError) as caught:
             read()
         assert str(caught.value).startswith(expected)
-        assert "re-run avcache-preprocess into a new folder" in str(caught.value)
+        assert "shards it cannot read are written again" in str(caught.value)
+
+
+@pytest.mark.parametrize("field,offset", [(schema.LABEL, 2), (schema.VIDEO_NAME, 0),
+                                          (schema.DURATION, 1)])  # fmt: skip
+def test_damaged_metadata_refuses_the_shard_at_open(tmp_path, field, offset):
+    """A label flipped from real to fake would be trained on unseen: the names, labels,
+    flags, boxes and durations are checked against a sha256 whenever a shard opens."""
+    write_cache(tmp_path, [5])
+    path = open_cache(tmp_path).shards[0].path
+    with h5py.File(path, "a") as handle:
+        column = handle[field].asstr()[()] if field == schema.VIDEO_NAME else handle[field][()]
+        if field == schema.VIDEO_NAME:
+            column[offset] = column[offset].replace("vidéo", "video")
+        elif field == schema.LABEL:
+            column[offset] = 1 - column[offset]
+        else:
+            column[offset] += 1.0
+        handle[field][...] = column
+    with pytest.raises(DamagedShardError, match="do not match their sha256") as caught:
+        ShardReader(path)
+    assert str(path) in str(caught.value)
+    assert verify_cache(open_cache(tmp_path)), "verify names it too"
 
 
 def test_training_on_a_damaged_shard_stops_before_any_step(tmp_path, capsys):
