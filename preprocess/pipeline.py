@@ -196,7 +196,10 @@ class Preprocessor:
         listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
         listener.start()
         try:
-            parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")
+            # No memmapping: tasks carry plans, not arrays, and the folders joblib would
+            # make for them in /dev/shm are only left for its resource tracker to report.
+            parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered",
+                                       max_nbytes=None)  # fmt: skip
             return {record.path: record for record in parallel(self._tasks(todo, ticks))}
         finally:
             ticks.put(None)

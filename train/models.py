@@ -7,7 +7,6 @@ ImageNet head); nothing is ever downloaded.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from torch import nn
 
 from cache import schema
 
-log = logging.getLogger("avcache.train")
 BACKBONE = "resnet18"
 
 
@@ -83,6 +81,4 @@ class Detector(nn.Module):
 def build_model(kind: str, pretrained: str | Path | None = None) -> nn.Module:
     if kind not in MODELS:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    if pretrained is None:
-        log.warning("no pretrained weights given (--pretrained PATH): training from scratch")
     return Detector(MODELS[kind], Path(pretrained) if pretrained else None)

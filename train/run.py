@@ -70,6 +70,8 @@ def start_run(args: argparse.Namespace) -> Trainer:
     distributed.start(ranks, select_device(config.run.device, ranks.local_rank))
     if ranks.main:
         RunFolder.create(args.out, config, cache)
+        if config.model.pretrained is None:
+            log.warning("no pretrained weights given (--pretrained PATH): training from scratch")
     distributed.barrier()
     run = RunFolder(args.out)
     return Trainer(run.config, cache, run.path)
