@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from cache import schema
 from cache.index import Failure, ShardRecord, write_receipt
@@ -94,16 +95,19 @@ def process_video_file(path: Path, config: PreprocessConfig) -> schema.Sample:
 
 @contextlib.contextmanager
 def one_thread_per_worker(uses_torch: bool) -> Iterator[None]:
-    """Each worker uses one core: no oversubscription, and the face detector's float
-    reductions run in the same order whatever --jobs is, so outputs match bit for bit.
-    torch is imported only where the detector needs it (it costs ~0.7 GB per process)."""
+    """Each worker uses one core: no oversubscription, and float reductions (the mel
+    filterbank's BLAS matmul, the face detector) run in the same order whatever --jobs
+    and the backend are, so outputs match bit for bit (with 2 BLAS threads a mel pixel
+    can land one grey level off). torch is imported only where the detector needs it
+    (it costs ~0.7 GB per process)."""
     torch = importlib.import_module("torch") if uses_torch else None
     torch_threads, cv2_threads = torch.get_num_threads() if torch else 0, cv2.getNumThreads()
     cv2.setNumThreads(1)
     if torch:
         torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1):  # BLAS and OpenMP pools
+            yield
     finally:
         cv2.setNumThreads(cv2_threads)
         if torch:

@@ -280,3 +280,15 @@ def test_an_unreachable_scheduler_is_a_clear_error(data, tmp_path, capsys):
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         assert preprocess(data, out, "--scheduler", "tcp://127.0.0.1:9") == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_workers_reduce_floats_on_one_thread():
+    """With 2 BLAS threads the mel filterbank's matmul sums in another order, and a mel
+    pixel can land one grey level off: --jobs 1 and --jobs 2 would then differ."""
+    from threadpoolctl import threadpool_info
+
+    from preprocess.worker import one_thread_per_worker
+
+    with one_thread_per_worker(uses_torch=True):
+        pools = threadpool_info()
+        assert pools and all(pool["num_threads"] == 1 for pool in pools), pools
