@@ -725,32 +725,29 @@ def compare(loaders: list[Loader]) -> dict:
     return result
 
 
-def checksum_cost(loaders: list[Loader]) -> dict:
-    """Each "ours block N, fletcher32" against "ours block N" on the plain cache, per phase."""
+def twin_ratios(loaders: list[Loader], role: str, suffix: str, variant_on_top: bool) -> dict:
+    """Each loader of `role` against its twin (its name without `suffix`), per phase:
+    variant / twin keyed by the variant, or twin / variant keyed by the twin."""
     by_name = {loader.name: loader for loader in loaders}
     result = {}
-    for loader in loaders:
-        if loader.role == "ours-fletcher32":
-            plain = by_name[loader.name.removesuffix(", fletcher32")]
-            result[loader.name] = {
-                phase: ratio(rates(loader, phase == "cold"), rates(plain, phase == "cold"))
-                for phase in ("warm", "cold")
-            }
+    for variant in (loader for loader in loaders if loader.role == role):
+        twin = by_name[variant.name.removesuffix(suffix)]
+        top, bottom = (variant, twin) if variant_on_top else (twin, variant)
+        result[top.name] = {
+            phase: ratio(rates(top, phase == "cold"), rates(bottom, phase == "cold"))
+            for phase in ("warm", "cold")
+        }
     return result
+
+
+def checksum_cost(loaders: list[Loader]) -> dict:
+    """Each "ours block N, fletcher32" against "ours block N" on the plain cache."""
+    return twin_ratios(loaders, "ours-fletcher32", ", fletcher32", variant_on_top=True)
 
 
 def check_cost(loaders: list[Loader]) -> dict:
-    """Each "ours ... block N" that has an unchecked twin: checked / unchecked, per phase."""
-    by_name = {loader.name: loader for loader in loaders}
-    result = {}
-    for loader in loaders:
-        if loader.role == "ours-unchecked":
-            checked = by_name[loader.name.removesuffix(", unchecked")]
-            result[checked.name] = {
-                phase: ratio(rates(checked, phase == "cold"), rates(loader, phase == "cold"))
-                for phase in ("warm", "cold")
-            }
-    return result
+    """Each "ours ... block N" that has an unchecked twin: checked / unchecked."""
+    return twin_ratios(loaders, "ours-unchecked", ", unchecked", variant_on_top=False)
 
 
 def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
