@@ -31,6 +31,8 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[object]:
     """A client of the scheduler at `scheduler`, or of a local cluster of `workers`
     single-threaded processes (closed on exit) when no address is given."""
     distributed = _distributed()
+    # Its connection chatter at INFO would bury the progress bar and the summary.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler:
         try:
             client = distributed.Client(scheduler)  # waits distributed.comm.timeouts.connect
