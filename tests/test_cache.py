@@ -474,10 +474,11 @@ def test_damaged_metadata_refuses_the_shard_at_open(tmp_path, field, offset):
     assert verify_cache(open_cache(tmp_path)), "verify names it too"
 
 
-def test_training_on_a_damaged_shard_stops_before_any_step(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_on_a_damaged_shard_stops_before_any_step(tmp_path, capsys, workers):
     """Every mel row of the only training shard has one flipped byte, in a cache written
     without HDF5 checksums: the run exits 2 naming the shard, with no optimiser step taken
-    and no checkpoint written."""
+    and no checkpoint written; from a DataLoader worker too, with the same first line."""
     cache, run = tmp_path / "cache", tmp_path / "run"
     write_toy_cache(cache, {"train": 12, "val": 8})
     damaged = cache / "shards" / "train-00000.h5"
@@ -487,12 +488,15 @@ def test_training_on_a_damaged_shard_stops_before_any_step(tmp_path, capsys):
     hook = register_optimizer_step_pre_hook(lambda *args: steps.append(1))
     try:
         args = ["--cache", str(cache), "--out", str(run),
-                *small_config(**{"model.kind": "audio", "run.epochs": 1})]  # fmt: skip
+                *small_config(**{"model.kind": "audio", "run.epochs": 1,
+                                 "data.workers": workers})]  # fmt: skip
         assert train_main(args) == 2
     finally:
         hook.remove()
     error = capsys.readouterr().err
-    assert f"{damaged}: reading 'mel' failed, the shard is damaged (samples " in error
+    assert (f"avcache-train: error: {damaged}: reading 'mel' failed, the shard is damaged "
+            "(samples ") in error  # fmt: skip
+    assert "Traceback" not in error
     assert "fail their 'mel' checksum" in error and "train-00000.json" in error
     assert steps == []
     assert not (run / LAST).exists() and not (run / BEST).exists()

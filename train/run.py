@@ -92,6 +92,15 @@ def finish_run(trainer: Trainer) -> None:
           f"AP {best['val_ap']:.4f}, EER {best['val_eer']:.4f}; run in {trainer.out}")  # fmt: skip
 
 
+def without_worker_traceback(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker, which torch re-raises with
+    the worker's whole traceback in front of it."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    return text.rsplit(f"{type(error).__name__}: ", 1)[-1].strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     main_rank = distributed.ranks_from_env().main
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit()
         finish_run(trainer)
     except (ConfigError, CacheFormatError, FileNotFoundError, ValueError) as error:
-        print(f"avcache-train: error: {error}", file=sys.stderr)
+        print(f"avcache-train: error: {without_worker_traceback(error)}", file=sys.stderr)
         return 2
     finally:
         distributed.stop()
