@@ -554,6 +554,19 @@ def shuffling(dataset, batch_size: int) -> DataLoader:
     )
 
 
+def add_ours(add: Callable, label: str, shards: list, fields: tuple, plan, unchecked: bool) -> None:
+    """ShardStream with this plan, and with `unchecked` its twin without the checksum check."""
+    from train.loader import ShardStream
+
+    add(label, "ours", stream_pass(ShardStream(shards, fields, plan)))
+    if unchecked:
+        add(
+            f"{label}, unchecked",
+            "ours-unchecked",
+            unchecked_pass(ShardStream(shards, fields, plan)),
+        )
+
+
 def adder(loaders: list[Loader], group: str, paths: list[Path], total: int) -> Callable:
     def add(name: str, role: str, run: Callable, files=paths, expected: int = total) -> None:
         loaders.append(Loader(name, group, role, list(files), run, expected))
@@ -572,10 +585,8 @@ def mel_loaders(args, data: dict) -> list[Loader]:
     checksummed = data["mel_fletcher32"]
     for block in args.block_sizes:
         plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
-        add(f"ours block {block}", "ours", stream_pass(ShardStream(cache.shards, mel, plan)))
-        if block == args.block_sizes[0]:
-            run = unchecked_pass(ShardStream(cache.shards, mel, plan))
-            add(f"ours block {block}, unchecked", "ours-unchecked", run)
+        first = block == args.block_sizes[0]
+        add_ours(add, f"ours block {block}", cache.shards, mel, plan, unchecked=first)
         if checksummed:
             run = stream_pass(ShardStream(checksummed.shards, mel, plan))
             add(f"ours block {block}, fletcher32", "ours-fletcher32", run,
@@ -610,17 +621,15 @@ def read_mels(path: Path) -> np.ndarray:
 def av_loaders(args, data: dict) -> list[Loader]:
     """ours (mel + faces) per block size against block reads of both datasets."""
     from cache import schema
-    from train.loader import LoaderPlan, ShardStream
+    from train.loader import LoaderPlan
 
     cache, fields, batch = data["av"], (schema.MEL, schema.FACES), args.av_batch
     paths, loaders = [e.path for e in cache.shards], []
     add = adder(loaders, "av", paths, cache.num_samples())
     for block in args.block_sizes:
         plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
-        add(f"ours av block {block}", "ours", stream_pass(ShardStream(cache.shards, fields, plan)))
-        if block == args.block_sizes[0]:
-            run = unchecked_pass(ShardStream(cache.shards, fields, plan))
-            add(f"ours av block {block}, unchecked", "ours-unchecked", run)
+        first = block == args.block_sizes[0]
+        add_ours(add, f"ours av block {block}", cache.shards, fields, plan, unchecked=first)
     for block in (batch, 4 * batch):
         add(f"(c) av block reads {block}", "ceiling", BlockReads(paths, fields, block))
     copies = data["av_copies"]

@@ -61,7 +61,7 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
                 train: bool, device: torch.device,
-                ranks: Ranks | None = None) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+                ranks: Ranks) -> tuple[ShardStream, DataLoader]:  # fmt: skip
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
@@ -74,7 +74,6 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         drop_last=False,
         seed=config.run.seed,
     )
-    ranks = ranks or Ranks()
     stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world)
     workers = config.data.workers
     loader = DataLoader(

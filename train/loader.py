@@ -135,7 +135,10 @@ class ShardStream(IterableDataset):
 
     def batches_per_rank(self) -> int:
         """Batches every rank yields in a whole epoch (padding included)."""
-        return -(-len(epoch_batches(self.sizes, self.plan, self.epoch)) // self.world)
+        return self._per_rank(epoch_batches(self.sizes, self.plan, self.epoch))
+
+    def _per_rank(self, batches: list) -> int:
+        return -(-len(batches) // self.world)
 
     def __len__(self) -> int:
         """Batches this rank yields from the start of this iteration."""
@@ -146,7 +149,7 @@ class ShardStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         batches = epoch_batches(self.sizes, self.plan, self.epoch)
         first = self.start // self.world
-        for local in range(first, -(-len(batches) // self.world)):
+        for local in range(first, self._per_rank(batches)):
             if (local - first) % workers != worker_id:
                 continue
             global_index = local * self.world + self.rank
