@@ -39,6 +39,8 @@ def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block the read forever
+            raise ConfigError(f"{path}: not a regular file")
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from error

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cache import schema
 from cache.labels import LabelFileError, read_rows
-from cache.reader import Cache, ShardReader
+from cache.reader import Cache
 from cache.sheets import COLORMAP, face_tile, label_name
 
 THUMBS_DIR = "thumbs"
@@ -76,7 +76,7 @@ def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
     for number, entry in enumerate(cache.shards):
         if splits and entry.split not in splits:
             continue
-        with ShardReader(entry.path) as shard:
+        with entry.open() as shard:
             names, labels = shard.read(schema.VIDEO_NAME), shard.read(schema.LABEL)
             audio, found = shard.read(schema.HAS_AUDIO), shard.read(schema.FACE_FOUND)
             duration = shard.read(schema.DURATION)

@@ -14,6 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cache import schema
+from cache.untrusted import (
+    CacheFormatError,
+    integer,
+    load_json,
+    mapping,
+    no_constant,
+    regular_file,
+    text,
+)
 
 
 @dataclass
@@ -67,17 +76,40 @@ def write_receipt(root: Path, record: ShardRecord) -> None:
 
 
 def read_receipt(root: Path, shard_rel_path: str) -> ShardRecord | None:
-    """The receipt of a finished shard, or None if the shard is not finished."""
+    """The receipt of a finished shard, or None if the shard is not finished (or its
+    receipt is damaged or does not describe this very shard: then the shard is redone)."""
     shard = root / shard_rel_path
     receipt = receipt_path(shard)
     if not (shard.is_file() and receipt.is_file()):
         return None
     try:
-        payload = json.loads(receipt.read_text(encoding="utf-8"))
-        payload["failures"] = [Failure(**item) for item in payload.get("failures", [])]
-        return ShardRecord(**payload)
-    except (ValueError, TypeError):
-        return None  # a damaged receipt means the shard is redone
+        record = _record(mapping(load_json(receipt, "receipt"), str(receipt)), str(receipt))
+    except (CacheFormatError, OSError):
+        return None
+    return record if record.path == shard_rel_path else None
+
+
+def _record(payload: dict, where: str) -> ShardRecord:
+    failures = payload.get("failures", [])
+    if not isinstance(failures, list):
+        raise CacheFormatError(f"{where}: 'failures' is not a list")
+    return ShardRecord(
+        path=text(payload.get("path"), f"{where}: path"),
+        split=text(payload.get("split"), f"{where}: split"),
+        num_samples=integer(payload.get("num_samples"), f"{where}: num_samples"),
+        sha256=text(payload.get("sha256"), f"{where}: sha256"),
+        plan_hash=text(payload.get("plan_hash", ""), f"{where}: plan_hash"),
+        failures=[failure_of(item, where) for item in failures],
+    )
+
+
+def failure_of(item: object, where: str) -> Failure:
+    """A Failure from its JSON object, every field a string."""
+    item = mapping(item, f"{where}: the record")
+    fields = Failure.__dataclass_fields__
+    if set(item) != set(fields):
+        raise CacheFormatError(f"{where}: a failure holds exactly {', '.join(fields)}")
+    return Failure(**{name: text(item[name], f"{where}: {name}") for name in fields})
 
 
 def build_index(config: dict, config_hash: str, records: list[ShardRecord]) -> dict:
@@ -109,8 +141,30 @@ def write_failures(path: Path, records: list[ShardRecord]) -> None:
     os.replace(partial, path)
 
 
+MAX_FAILURES_BYTES = 2**30  # ~2 million failures with long ffmpeg reasons
+
+
 def read_failures(path: Path) -> list[Failure]:
-    if not path.is_file():
+    """failures.jsonl (none when absent); a malformed line is refused, naming its number."""
+    try:
+        size = regular_file(path, "failures file").st_size
+    except FileNotFoundError:
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [Failure(**json.loads(line)) for line in lines if line.strip()]
+    if size > MAX_FAILURES_BYTES:
+        raise CacheFormatError(f"{path}: {size} bytes, over the {MAX_FAILURES_BYTES} allowed")
+    failures = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                failures.append(_failure_line(line, f"{path}:{number}"))
+    return failures
+
+
+def _failure_line(line: str, where: str) -> Failure:
+    try:
+        item = json.loads(line, parse_constant=no_constant)
+    except ValueError as error:
+        raise CacheFormatError(f"{where}: not a JSON failure record ({error})") from None
+    except RecursionError:
+        raise CacheFormatError(f"{where}: nests too deeply to be a failure record") from None
+    return failure_of(item, where)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 import textwrap
 import time
@@ -23,7 +24,8 @@ import numpy as np
 
 from cache import schema
 from cache.labels import LabelFileError
-from cache.reader import Cache, CacheFormatError, ShardReader, open_cache
+from cache.reader import Cache, CacheFormatError, open_cache
+from cache.untrusted import printable
 from cache.verify import verify_cache
 
 LABELS = {"fake": schema.LABEL_FAKE, "real": schema.LABEL_REAL, "unknown": schema.LABEL_UNKNOWN}
@@ -52,7 +54,7 @@ def split_stats(cache: Cache, split: str) -> SplitStats:
     """Counts and sizes of one split, from its small columns and dataset storage sizes."""
     stats = SplitStats()
     for entry in cache.shards_of(split):
-        with ShardReader(entry.path) as shard:
+        with entry.open() as shard:
             stats.shards += 1
             stats.samples += len(shard)
             stats.labels.update(shard.read(schema.LABEL).tolist())
@@ -150,15 +152,22 @@ def summary_lines(cache: Cache) -> list[str]:
 
 
 def run_summary(cache: Cache, args: argparse.Namespace) -> int:
-    print("\n".join(summary_lines(cache)))
+    print("\n".join(printable(line) for line in summary_lines(cache)))
     return 0
 
 
 def run_verify(cache: Cache, args: argparse.Namespace) -> int:
+    index, digest = cache.index_path, cache.index_sha256
+    if args.sha256 is not None and digest != args.sha256.lower():
+        print(f"NOT TRUSTED {index}: sha256 {digest} is not the {args.sha256} you were given: "
+              "this is not that cache (its shards are not checked)", file=sys.stderr)  # fmt: skip
+        return 1
     problems = verify_cache(cache)
     for problem in problems:
-        print(f"DAMAGED {problem}", file=sys.stderr)
+        print(printable(f"DAMAGED {problem}"), file=sys.stderr)
     print(f"verified {len(cache.shards)} shards: {len(problems)} damaged")
+    print(f"{index.name} sha256 {digest}" + (" (as given: every shard is the one it names)"
+                                             if args.sha256 and not problems else ""))  # fmt: skip
     return 1 if problems else 0
 
 
@@ -214,7 +223,7 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
         close = difflib.get_close_matches(args.video, cache.names(), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise UsageError(f"{error.args[0]}{hint}") from None
-    with ShardReader(entry.path) as shard:
+    with entry.open() as shard:
         sample = shard.sample(position)
     meta = sample_meta(cache, sample, entry.path, position, entry.split)
     figure = sheets.sample_figure(sample, cache.config, meta)
@@ -304,12 +313,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("cache", type=Path, help="cache folder (holding index.json)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("summary", help="per-split counts, sizes, failures, config (default)")
-    commands.add_parser("verify", help="recompute sha256s, check schema and counts")
+    verify = commands.add_parser("verify", help="recompute sha256s, check schema and counts")
+    verify.add_argument(
+        "--sha256",
+        metavar="HASH",
+        type=_sha256,
+        help="the sha256 of index.json as published by whoever made the cache: verify "
+        "then also proves the cache is that one (the checksums alone detect damage, not a "
+        "forger who rewrites them)",
+    )
     _add_sheet_args(commands.add_parser("sheet", help="PNG contact sheet, or one --video"))
     _add_gallery_args(commands.add_parser("gallery", help="static HTML gallery"))
     args = parser.parse_args(argv)
     args.command = args.command or "summary"
     return args
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch("[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hex digits)")
+    return text
 
 
 def _count(text: str) -> int:
@@ -360,13 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
-        cache = open_cache(args.cache)
+        # verify checks each shard itself, to list every problem rather than stop at one
+        cache = open_cache(args.cache, check_shards=args.command != "verify")
         status = COMMANDS[args.command](cache, args)
     except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError) as error:
-        print(f"inspect: error: {error}", file=sys.stderr)
+        print(f"inspect: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # an output that cannot be written
-        print(f"inspect: error: {error}", file=sys.stderr)
+        print(f"inspect: error: {printable(error)}", file=sys.stderr)
         return 1
     if args.command in ("sheet", "gallery"):
         print(f"  in {time.perf_counter() - started:.2f} s")

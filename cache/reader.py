@@ -10,7 +10,8 @@ naming the shard, the samples and the fix, and are never returned.
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,13 +22,23 @@ import numpy as np
 
 from cache import schema
 from cache.index import Failure, read_failures, receipt_path
+from cache.untrusted import (
+    REBUILD,
+    CacheFormatError,
+    check_backed_by_file,
+    inside,
+    integer,
+    mapping,
+    parse_json,
+    printable,
+    read_bounded,
+    regular_file,
+    stored_dataset,
+    text,
+)
 
 _NONE = np.empty(0, np.int64)  # no damaged positions
 DAMAGE_LISTED = 5  # damaged samples named in one message
-
-
-class CacheFormatError(ValueError):
-    """A file that is not a cache this version of avcache can read."""
 
 
 class DamagedShardError(CacheFormatError):
@@ -58,20 +69,25 @@ def _missing(path: Path, name: str) -> str:
 
 def check_format(where: str, fmt: object, version: object) -> None:
     if fmt != schema.FORMAT:
-        raise CacheFormatError(f"{where}: format {fmt!r} is not {schema.FORMAT!r}")
+        raise CacheFormatError(f"{where}: format {printable(repr(fmt))} is not {schema.FORMAT!r}")
     if version != schema.VERSION:
         raise CacheFormatError(
-            f"{where}: cache format version {version!r} is not supported "
+            f"{where}: cache format version {printable(repr(version))} is not supported "
             f"(this avcache reads version {schema.VERSION}); re-run the preprocessor"
         )
 
 
 class ShardReader:
-    """One shard file, opened read-only and validated; reads contiguous blocks."""
+    """One shard file, opened read-only and validated; reads contiguous blocks.
 
-    def __init__(self, path: Path | str) -> None:
+    With the index's `entry`, the shard must also hold what the index says: its sample
+    count, split and (where the cache's config names them) face frames and size.
+    """
+
+    def __init__(self, path: Path | str, entry: ShardEntry | None = None) -> None:
         self.path = Path(path)
         self._sum_columns: dict[str, np.ndarray] = {}  # read once per shard, 8 bytes a sample
+        self._file_size = regular_file(self.path, "shard").st_size
         try:
             # No chunk cache: batches read whole chunks (a cache only adds a copy), and a
             # per-sample read would otherwise pull a whole 1 MiB chunk through it.
@@ -80,6 +96,8 @@ class ShardReader:
             raise CacheFormatError(f"{self.path}: cannot open as HDF5 ({error})") from error
         try:
             self._validate()
+            if entry is not None:
+                self._check_entry(entry)
         except BaseException:
             self._file.close()
             raise
@@ -91,36 +109,55 @@ class ShardReader:
             _plain(attrs.get(schema.ATTR_FORMAT)),
             _plain(attrs.get(schema.ATTR_VERSION)),
         )
-        self.split = str(attrs.get(schema.ATTR_SPLIT, ""))
-        self.frames = int(attrs.get(schema.ATTR_FRAMES, -1))
-        self.face_size = int(attrs.get(schema.ATTR_FACE_SIZE, -1))
-        specs = schema.dataset_specs(self.frames, self.face_size)
-        lengths = set()
+        self.split = text(_plain(attrs.get(schema.ATTR_SPLIT, "")), f"{self.path}: split")
+        self.frames = integer(_plain(attrs.get(schema.ATTR_FRAMES)), f"{self.path}: frames")
+        self.face_size = integer(_plain(attrs.get(schema.ATTR_FACE_SIZE)),
+                                 f"{self.path}: face_size")  # fmt: skip
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
-        for name, (dtype, shape) in specs.items():
-            dataset = self._file.get(name)
-            if not isinstance(dataset, h5py.Dataset):
-                raise CacheFormatError(_missing(self.path, name))
-            if dataset.shape[1:] != shape or not _dtype_matches(dataset.dtype, dtype):
-                raise CacheFormatError(
-                    f"{self.path}: dataset {name!r} is {dataset.dtype}{list(dataset.shape)}, "
-                    f"expected {dtype}[N, {', '.join(map(str, shape))}]"
-                )
-            lengths.add(dataset.shape[0])
-            self._datasets[name] = dataset
+        for name, spec in schema.dataset_specs(self.frames, self.face_size).items():
+            self._datasets[name] = self._dataset(name, *spec)
+        lengths = {dataset.shape[0] for dataset in self._datasets.values()}
         if len(lengths) != 1:
             raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
         self.num_samples = lengths.pop()
-        self._check_meta(attrs.get(schema.ATTR_META_SHA256))
+        check_backed_by_file(self._datasets, self._file_size, self.path)
+        self.meta_digest = self._check_meta(attrs.get(schema.ATTR_META_SHA256))
 
-    def _check_meta(self, expected: object) -> None:
+    def _dataset(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> h5py.Dataset:
+        """One schema dataset, stored in this file, of the schema's dtype and shape."""
+        dataset = stored_dataset(self._file, name, self.path)
+        if dataset is None:
+            raise CacheFormatError(_missing(self.path, name))
+        if dataset.shape[1:] != shape or not _dtype_matches(dataset.dtype, dtype):
+            raise CacheFormatError(
+                f"{self.path}: dataset {name!r} is {dataset.dtype}{list(dataset.shape)}, "
+                f"expected {dtype}[N, {', '.join(map(str, shape))}]"
+            )
+        return dataset
+
+    def _check_meta(self, expected: object) -> str:
         """Names, labels, flags, boxes and durations against the sha256 written with them."""
         if expected is None:
             raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
         columns = {name: self.read(name) for name in schema.META_FIELDS}
-        if schema.meta_sha256(columns) != _plain(expected):
+        digest = schema.meta_sha256(columns)
+        if digest != _plain(expected):
             names = ", ".join(schema.META_FIELDS)
             raise damaged_shard(self.path, names, "they do not match their sha256")
+        return digest
+
+    def _check_entry(self, entry: ShardEntry) -> None:
+        """The shard holds what the index says it holds."""
+        found = {"sample count": self.num_samples, "split": self.split,
+                 "face frames": self.frames, "face size": self.face_size}  # fmt: skip
+        said = {"sample count": entry.num_samples, "split": entry.split,
+                "face frames": entry.frames, "face size": entry.face_size}  # fmt: skip
+        for what, value in said.items():
+            if value is not None and found[what] != value:
+                raise CacheFormatError(
+                    f"{self.path}: its {what} is {printable(repr(found[what]))} but the "
+                    f"cache's index says {printable(repr(value))}: {REBUILD}"
+                )
 
     def __len__(self) -> int:
         return self.num_samples
@@ -258,23 +295,51 @@ def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """A shard as the index lists it."""
+    """A shard as the index lists it, with the face frames and size that the cache's config
+    promises (None where the index carries no faces config)."""
 
     path: Path
     split: str
     num_samples: int
     sha256: str
+    frames: int | None = None
+    face_size: int | None = None
+
+    def open(self) -> ShardReader:
+        """The shard, checked against this entry."""
+        return ShardReader(self.path, self)
 
 
 class Cache:
-    """A finished cache: its index, config and shards."""
+    """A finished cache: its index, config and shards, checked against the index's schema
+    (see `shard_entries`)."""
 
-    def __init__(self, root: Path, index: dict) -> None:
+    def __init__(self, root: Path, index: dict, where: Path | None = None) -> None:
+        where = where or root / schema.INDEX_FILE
         self.root = root
+        self.index_path = where
+        self.index_sha256 = ""  # set by open_cache
         self.index = index
-        self.config: dict = index.get("config", {})
-        self.config_hash: str = index.get("config_hash", "")
-        self.shards = [_shard_entry(root, item) for item in index.get("shards", [])]
+        self.config: dict = mapping(index.get("config", {}), f"{where}: 'config'")
+        self.config_hash: str = text(index.get("config_hash", ""), f"{where}: 'config_hash'")
+        self.shards = shard_entries(root, index, where)
+        self._failures = inside(root, index.get("failures", schema.FAILURES_FILE),
+                                f"{where}: 'failures'")  # fmt: skip
+
+    def check_shards(self) -> None:
+        """Open every shard and check it against its entry (counts, split, faces) and the
+        others: the same samples under two entries (a copy of a shard) are refused."""
+        seen: dict[str, ShardEntry] = {}
+        for entry in self.shards:
+            with entry.open() as shard:
+                digest = shard.meta_digest if len(shard) else None
+            if digest in seen:
+                raise CacheFormatError(
+                    f"{entry.path}: holds the same samples as {seen[digest].path} (a copy, "
+                    f"split {printable(repr(seen[digest].split))}); a sample is cached once: "
+                    f"{REBUILD}"
+                )
+            seen[digest or f"empty {entry.path}"] = entry
 
     @property
     def splits(self) -> list[str]:
@@ -288,12 +353,12 @@ class Cache:
         return sum(entry.num_samples for entry in entries)
 
     def failures(self) -> list[Failure]:
-        return read_failures(self.root / self.index.get("failures", schema.FAILURES_FILE))
+        return read_failures(self._failures)
 
     def iter_samples(self, split: str | None = None) -> Iterator[schema.Sample]:
         """Every sample, in index order (inspection and tests; training streams blocks)."""
         for entry in self.shards if split is None else self.shards_of(split):
-            with ShardReader(entry.path) as shard:
+            with entry.open() as shard:
                 for position in range(len(shard)):
                     yield shard.sample(position)
 
@@ -306,7 +371,7 @@ class Cache:
         for number, position in sorted(set(picks)):
             by_shard.setdefault(number, []).append(position)
         for number, positions in by_shard.items():
-            with ShardReader(self.shards[number].path) as shard:
+            with self.shards[number].open() as shard:
                 for start in range(0, len(positions), block):
                     chunk = positions[start : start + block]
                     for position, sample in zip(chunk, shard.samples(chunk), strict=True):
@@ -318,7 +383,7 @@ class Cache:
         columns, so that repeated lookups (a notebook, a gallery) do not rescan every shard."""
         locations: dict[str, list[tuple[int, int]]] = {}
         for number, entry in enumerate(self.shards):
-            with ShardReader(entry.path) as shard:
+            with entry.open() as shard:
                 for position, name in enumerate(shard.video_names):
                     locations.setdefault(name, []).append((number, position))
         return locations
@@ -339,7 +404,7 @@ class Cache:
     def sample(self, video_name: str, split: str | None = None) -> schema.Sample:
         """One sample by video name: `open_cache(path).sample(name).mel` in a notebook."""
         entry, position = self.locate(video_name, split)
-        with ShardReader(entry.path) as shard:
+        with entry.open() as shard:
             return shard.sample(position)
 
     def find(self, video_name: str) -> schema.Sample:
@@ -347,30 +412,100 @@ class Cache:
         return self.sample(video_name)
 
 
-def _shard_entry(root: Path, item: dict) -> ShardEntry:
-    """An index row, with its path kept inside the cache folder."""
-    path = (root / item["path"]).resolve()
-    if not path.is_relative_to(root.resolve()):
+SHA256 = re.compile("[0-9a-f]{64}")
+
+
+def shard_entries(root: Path, index: dict, where: Path) -> list[ShardEntry]:
+    """The index's shard list, checked: each row a JSON object of the right types, its path
+    inside the cache, its split one the cache knows, every shard listed once (by path and
+    by sha256) and the per-split totals equal to the rows."""
+    rows = index.get("shards")
+    if not isinstance(rows, list):
+        raise CacheFormatError(f"{where}: 'shards' is {type(rows).__name__}: expected a list")
+    config = mapping(index.get("config", {}), f"{where}: 'config'")
+    known = _known_splits(index, config, where)
+    frames, face_size = _faces_promised(config, where)
+    entries: list[ShardEntry] = []
+    by_path: dict[Path, int] = {}
+    by_sha: dict[str, int] = {}
+    for number, row in enumerate(rows):
+        at = f"{where}: shards[{number}]"
+        row = mapping(row, at)
+        path = inside(root, row.get("path"), at)
+        split = text(row.get("split"), f"{at}.split")
+        if known is not None and split not in known:
+            raise CacheFormatError(f"{at}: split {printable(repr(split))} is not one of the "
+                                   f"cache's splits ({', '.join(known)}): {REBUILD}")  # fmt: skip
+        count = integer(row.get("num_samples"), f"{at}.num_samples")
+        sha256 = text(row.get("sha256"), f"{at}.sha256")
+        if not SHA256.fullmatch(sha256):
+            raise CacheFormatError(f"{at}.sha256 is not a hex sha256: {REBUILD}")
+        _listed_once(at, path, by_path, "path", rows)
+        _listed_once(at, sha256, by_sha, "sha256 (the same bytes)", rows)
+        by_path[path], by_sha[sha256] = number, number
+        entries.append(ShardEntry(path, split, count, sha256, frames, face_size))
+    _check_split_totals(index, entries, where)
+    return entries
+
+
+def _listed_once(at: str, key: object, seen: dict, what: str, rows: list) -> None:
+    if key in seen:
+        first = rows[seen[key]]
         raise CacheFormatError(
-            f"{root / schema.INDEX_FILE}: shard path {item['path']!r} leaves the cache"
+            f"{at}: the same {what} as shards[{seen[key]}] (split "
+            f"{printable(repr(first.get('split')))}): a shard is listed once, in one split, so "
+            f"no sample is trained on twice or validated on what trained: {REBUILD}"
         )
-    return ShardEntry(path, str(item["split"]), int(item["num_samples"]), str(item["sha256"]))
 
 
-def open_cache(path: Path | str) -> Cache:
-    """Open a cache folder (or its index.json); refuses unknown formats and versions."""
+def _known_splits(index: dict, config: dict, where: Path) -> list[str] | None:
+    """The splits a shard may name: the preprocessing config's, else the index's totals."""
+    for source, name in ((config, "config.splits"), (index, "splits")):
+        if "splits" in source:
+            return list(mapping(source["splits"], f"{where}: {name!r}"))
+    return None
+
+
+def _faces_promised(config: dict, where: Path) -> tuple[int | None, int | None]:
+    """(frames, size) of the faces config, which every shard must match."""
+    faces = config.get("faces")
+    if not isinstance(faces, dict) or not {"frames", "size"} <= faces.keys():
+        return None, None
+    frames = integer(faces["frames"], f"{where}: config.faces.frames")
+    return frames, integer(faces["size"], f"{where}: config.faces.size")
+
+
+def _check_split_totals(index: dict, entries: list[ShardEntry], where: Path) -> None:
+    """The index's per-split totals (what `inspect` and users read first) match its rows."""
+    totals = mapping(index.get("splits", {}), f"{where}: 'splits'")
+    for split, counts in totals.items():
+        counts = mapping(counts, f"{where}: splits.{printable(split)}")
+        rows = [entry for entry in entries if entry.split == split]
+        said = (counts.get("shards"), counts.get("samples"))
+        found = (len(rows), sum(entry.num_samples for entry in rows))
+        if said != found:
+            raise CacheFormatError(
+                f"{where}: splits.{printable(split)} says {said[0]} shards, {said[1]} samples; "
+                f"its shard list holds {found[0]} shards, {found[1]} samples: {REBUILD}"
+            )
+
+
+def open_cache(path: Path | str, check_shards: bool = True) -> Cache:
+    """Open a cache folder (or its index.json); refuses unknown formats and versions, an
+    index that does not fit its schema and (with `check_shards`, the default) shards that
+    do not hold what the index says. Every refusal is a CacheFormatError naming the file."""
     path = Path(path)
-    index_path = path if path.is_file() else path / schema.INDEX_FILE
-    if not index_path.is_file():
+    index_path = path / schema.INDEX_FILE if path.is_dir() else path
+    if not index_path.exists():
         raise FileNotFoundError(
             f"{index_path}: no cache index here; run avcache-preprocess to build the cache "
             "(an index is written only when a run finishes)"
         )
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise CacheFormatError(f"{index_path}: not valid JSON ({error})") from error
-    if not isinstance(index, dict):
-        raise CacheFormatError(f"{index_path}: expected a JSON object")
+    data = read_bounded(index_path, "cache index")
+    index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
     check_format(str(index_path), index.get("format"), index.get("version"))
-    return Cache(index_path.parent, index)
+    cache = Cache(index_path.parent, index, index_path)
+    cache.index_sha256 = hashlib.sha256(data).hexdigest()  # of the very bytes parsed
+    if check_shards:
+        cache.check_shards()
+    return cache

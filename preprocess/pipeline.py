@@ -9,10 +9,10 @@ same bytes.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +32,8 @@ from cache.index import (
     write_failures,
     write_json_atomic,
 )
-from cache.reader import CacheFormatError, ShardReader
+from cache.reader import CacheFormatError, ShardEntry
+from cache.untrusted import load_json, mapping
 from preprocess.audio import MEL_MODES
 from preprocess.cluster import dask_client
 from preprocess.config import PreprocessConfig
@@ -131,10 +132,18 @@ class Preprocessor:
         """The receipt of a shard an earlier run finished for this very plan, if the shard
         is there and this avcache can read it (else it is written again)."""
         record = read_receipt(self.out, self.shard_path(plan))
-        if record is None or record.plan_hash != plan.plan_hash():
+        if record is None or record.plan_hash != plan.plan_hash() or record.split != plan.split:
             return None
+        entry = ShardEntry(
+            self.out / record.path,
+            record.split,
+            record.num_samples,
+            record.sha256,
+            self.config.faces.frames,
+            self.config.faces.size,
+        )
         try:
-            ShardReader(self.out / record.path).close()  # checks format, schema and counts
+            entry.open().close()  # checks format, schema, storage, counts and faces
         except (CacheFormatError, FileNotFoundError):
             return None
         return record
@@ -225,9 +234,11 @@ class Preprocessor:
         if not index.is_file():
             return None
         try:
-            old_hash = json.loads(index.read_text(encoding="utf-8")).get("config_hash", "")
-        except ValueError:
-            old_hash = "unreadable"
+            old_hash = mapping(load_json(index, "cache index"), str(index)).get("config_hash")
+        except CacheFormatError:
+            old_hash = None
+        if not (isinstance(old_hash, str) and re.fullmatch("[0-9a-f]{1,64}", old_hash)):
+            old_hash = "unreadable"  # it names a file: nothing but a hash may go there
         if old_hash != self.hash:
             log.info(
                 "the config changed (%s -> %s): writing a new cache under %s; the previous "

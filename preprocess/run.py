@@ -21,6 +21,7 @@ if __name__ == "__main__" and not __package__:  # `python preprocess/run.py`: im
 
 from cache import schema
 from cache.config import ConfigError, load_config
+from cache.untrusted import printable
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import LabelFileError
 from preprocess.pipeline import BACKENDS, CacheBusyError, Preprocessor, RunSummary
@@ -91,7 +92,8 @@ def print_summary(summary: RunSummary, out: Path) -> None:
         stages = ", ".join(f"{stage}: {n}" for stage, n in Counter(f.stage for f in failed).items())
         print(f"failures by stage: {stages}; details in {out / schema.FAILURES_FILE}")
         for failure in failed[:5]:
-            print(f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}")
+            line = f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}"
+            print(printable(line))
 
 
 def disk_full_message(error: OSError, out: Path) -> str:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocessor = Preprocessor(config, args.data, args.out, args.jobs, backend, args.scheduler)
         summary = preprocessor.run(progress=not args.quiet)
     except (ConfigError, LabelFileError, CacheBusyError, ValueError, FileNotFoundError) as error:
-        print(f"avcache-preprocess: error: {error}", file=sys.stderr)
+        print(f"avcache-preprocess: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         if error.errno not in DISK_FULL:

@@ -228,7 +228,8 @@ def test_mel_only_cache(tmp_path, capsys):
             writer.append(sample)
         count, digest = writer.close()
     records = [ShardRecord("shards/a.h5", "train", count, digest)]
-    write_json_atomic(root / schema.INDEX_FILE, build_index(CONFIG, "c", records))
+    config = {**CONFIG, "faces": {"frames": 0, "size": SIZE}}
+    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "c", records))
     assert main([str(root)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("train"))
     assert row.split()[:8] == ["train", "3", "1", "2", "1", "0", "0", "-"]

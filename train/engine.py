@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from cache import schema
 from cache.reader import Cache
+from cache.untrusted import printable, regular_file
 from train import distributed
 from train.augment import batch_seed, prepare, to_device
 from train.config import TrainConfig
@@ -45,7 +46,9 @@ from train.models import build_model
 
 log = logging.getLogger("avcache.train")
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
-PROGRESS_KEYS = ("epoch", "best_score", "history", "batches_done", "loss_sum", "samples")
+# What a checkpoint holds besides weights and optimiser: Progress's fields and their types.
+PROGRESS_TYPES = {"epoch": int, "best_score": float, "history": list, "batches_done": int,
+                  "loss_sum": float, "samples": int}  # fmt: skip
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -277,7 +280,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            **{key: getattr(self.progress, key) for key in PROGRESS_KEYS},
+            **{key: getattr(self.progress, key) for key in PROGRESS_TYPES},
             "kind": self.config.model.kind,
         }
 
@@ -287,21 +290,79 @@ class Trainer:
         os.replace(partial, path)
 
     def load(self, path: Path, weights_only_model: bool = False) -> None:
-        """Restore a checkpoint (untrusted data: tensors and plain values only)."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{path}: refused to load: torch.load(weights_only=True) found more than "
-                "tensors and plain data in it (pickled objects, which could run code when "
-                "loaded, or a damaged file); checkpoints written by avcache-train hold nothing else"
-            ) from error
+        """Restore a checkpoint (untrusted data: tensors and plain values only, each checked
+        before use, so a foreign or damaged file is refused in one line naming it)."""
+        state = read_checkpoint(path, self.device)
+        kind = self.config.model.kind
+        if state.get("kind", kind) != kind:
+            raise ValueError(f"{path}: written for model.kind={printable(state['kind'])}, "
+                             f"this run's model is {kind}")  # fmt: skip
+        check_weights(self.model, state.get("model"), path)
         self.model.load_state_dict(state["model"])
         if weights_only_model:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(*(state[key] for key in PROGRESS_KEYS))
+        self.progress = progress_of(state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{path}: its optimiser or scheduler state does not fit this run "
+                             f"({printable(error)}); it was written by another config"
+                             ) from None  # fmt: skip
+
+
+NOT_OURS = "it is not a checkpoint written by avcache-train for this run"
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    regular_file(path, "checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused to load: torch.load(weights_only=True) found more than "
+            "tensors and plain data in it (pickled objects, which could run code when "
+            "loaded, or a damaged file); checkpoints written by avcache-train hold nothing else"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({printable(error)})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a dict: {NOT_OURS}")
+    return state
+
+
+def check_weights(model: nn.Module, weights: object, path: Path) -> None:
+    """The checkpoint's weights have exactly the model's names and shapes."""
+    if not isinstance(weights, dict) or not all(
+        isinstance(value, torch.Tensor) for value in weights.values()
+    ):
+        raise ValueError(f"{path}: no 'model' weights (a dict of tensors): {NOT_OURS}")
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    reshaped = [key for key in expected if key in weights
+                and weights[key].shape != expected[key].shape]  # fmt: skip
+    if missing or unexpected or reshaped:
+        problems = [f"{len(names)} {what} (e.g. {printable(names[0])})"
+                    for names, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                        (reshaped, "of another shape")) if names]  # fmt: skip
+        raise ValueError(f"{path}: its weights do not fit this run's model: "
+                         f"{', '.join(problems)}; {NOT_OURS}")  # fmt: skip
+
+
+def progress_of(state: dict, path: Path) -> Progress:
+    """Progress restored by key, each value of its type (an int is a fine float)."""
+    values = {}
+    for key, kind in PROGRESS_TYPES.items():
+        value = state.get(key)
+        allowed = (int, float) if kind is float else kind
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ValueError(f"{path}: {key!r} is {type(value).__name__}, expected "
+                             f"{kind.__name__}: {NOT_OURS}")  # fmt: skip
+        values[key] = value
+    if not all(isinstance(row, dict) for row in values["history"]):
+        raise ValueError(f"{path}: 'history' holds more than metric rows: {NOT_OURS}")
+    return Progress(**values)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,7 +117,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        self.paths = [Path(entry.path) for entry in shards]
+        self.shards = list(shards)  # each opened against its entry: counts, split, faces
         self.sizes = [entry.num_samples for entry in shards]
         self.fields = tuple(dict.fromkeys((*fields, schema.LABEL)))
         self.plan, self.rank, self.world = plan, rank, world
@@ -190,7 +189,7 @@ class ShardStream(IterableDataset):
         if reader is None:
             if len(self._readers) >= MAX_OPEN_SHARDS:
                 self._readers.popitem(last=False)[1].close()
-            reader = self._readers[shard] = ShardReader(self.paths[shard])
+            reader = self._readers[shard] = self.shards[shard].open()
         self._readers.move_to_end(shard)
         return reader
 

@@ -22,6 +22,7 @@ if __name__ == "__main__" and not __package__:  # `python train/predict.py`: imp
 
 from cache import schema
 from cache.labels import LabelFileError, read_names
+from cache.untrusted import printable
 from train.augment import prepare
 from train.runs import RunFolder
 
@@ -52,8 +53,8 @@ def predict_list(run: RunFolder, list_path: Path, out: Path, split: str) -> int:
     )
     if missing:
         reasons = {f.video_name: f"{f.stage}: {f.error}" for f in trainer.cache.failures()}
-        shown = "; ".join(
-            f"{name} ({reasons.get(name, 'not in the cache')})" for name in missing[:10]
+        shown = printable(
+            "; ".join(f"{name} ({reasons.get(name, 'not in the cache')})" for name in missing[:10])
         )
         log.warning("%d listed videos have no cached features and get %.1f: %s%s", len(missing),
                     FALLBACK, shown, " ..." if len(missing) > 10 else "")  # fmt: skip
@@ -67,7 +68,7 @@ def predict_video(run: RunFolder, video: Path) -> float:
     """Preprocess one raw file in-process exactly as the cache was made, then score it."""
     from preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
 
-    trainer = run.trainer(best=True)
+    trainer = run.trainer(best=True, check_shards=False)
     try:
         sample = process_video_file(video, run.preprocess_config())
     except VideoFailed as failed:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return predict_list(run, args.list, args.out or args.run / "submission.csv", args.split)
     except (FileNotFoundError, LabelFileError, ValueError) as error:
-        print(f"avcache-predict: error: {error}", file=sys.stderr)
+        print(f"avcache-predict: error: {printable(error)}", file=sys.stderr)
         return 2
 
 

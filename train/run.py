@@ -19,6 +19,7 @@ if __name__ == "__main__" and not __package__:  # `python train/run.py`: import 
 from cache import open_cache
 from cache.config import ConfigError, load_config
 from cache.reader import CacheFormatError
+from cache.untrusted import printable
 from train import distributed
 from train.config import TrainConfig
 from train.engine import BEST, LAST, Trainer, select_device
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit()
         finish_run(trainer)
     except (ConfigError, CacheFormatError, FileNotFoundError, ValueError) as error:
-        print(f"avcache-train: error: {without_worker_traceback(error)}", file=sys.stderr)
+        message = printable(without_worker_traceback(error))
+        print(f"avcache-train: error: {message}", file=sys.stderr)
         return 2
     finally:
         distributed.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 from cache import open_cache
 from cache.config import dump_yaml, from_dict, load_config
 from cache.reader import Cache
+from cache.untrusted import load_json, mapping, text
 from train.config import TrainConfig
 from train.engine import BEST, LAST, Trainer
 
@@ -24,9 +25,10 @@ class RunFolder:
                 f"{self.path}: not a run folder (no {CONFIG}); see avcache-train"
             )
         self.config = load_config(TrainConfig, self.path / CONFIG, list(overrides))
-        recorded = json.loads((self.path / CACHE).read_text(encoding="utf-8"))
-        self.cache_path = Path(cache or recorded["path"])
-        self.cache_config = recorded.get("config", {})
+        where = self.path / CACHE
+        recorded = mapping(load_json(where, "run's cache record"), str(where))
+        self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))
+        self.cache_config = mapping(recorded.get("config", {}), f"{where}: 'config'")
 
     @staticmethod
     def create(path: Path, config: TrainConfig, cache: Cache) -> RunFolder:
@@ -37,12 +39,13 @@ class RunFolder:
         (path / CACHE).write_text(json.dumps(record, indent=1), encoding="utf-8")
         return RunFolder(path)
 
-    def cache(self) -> Cache:
-        return open_cache(self.cache_path)
+    def cache(self, check_shards: bool = True) -> Cache:
+        return open_cache(self.cache_path, check_shards)
 
-    def trainer(self, best: bool = False) -> Trainer:
-        """A Trainer restored from best.pt (weights only) or last.pt (everything)."""
-        trainer = Trainer(self.config, self.cache(), self.path)
+    def trainer(self, best: bool = False, check_shards: bool = True) -> Trainer:
+        """A Trainer restored from best.pt (weights only) or last.pt (everything); one that
+        reads no shard (scoring a raw video) need not open them all first."""
+        trainer = Trainer(self.config, self.cache(check_shards), self.path)
         checkpoint = self.path / (BEST if best else LAST)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")

@@ -15,6 +15,7 @@ if __name__ == "__main__" and not __package__:  # `python train/score.py`: impor
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from cache.labels import LabelFileError, read_rows
+from cache.untrusted import printable
 from train.metrics import detection_metrics
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = score(args.submission, args.labels)
     except (LabelFileError, ValueError) as error:
-        print(f"avcache-score: error: {error}", file=sys.stderr)
+        print(f"avcache-score: error: {printable(error)}", file=sys.stderr)
         return 2
     print(", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return 0

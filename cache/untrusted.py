@@ -1,0 +1,205 @@
+"""Reading files of a cache or a run folder as untrusted input.
+
+Caches and run folders travel: a teammate's cache, a download, a damaged disk.
+Nothing in them is believed before it is checked, and every refusal is one
+CacheFormatError whose message names the file and says what to do:
+- a path they name stays inside their folder and is a regular file (a FIFO would
+  block every reader, a device would never end);
+- JSON is bounded in size, strict (no NaN), and a depth that would overflow the
+  parser is refused rather than crashing;
+- an HDF5 dataset is used only when it is stored in the shard itself: a hard link
+  to a contiguous or chunked dataset without external storage, not a virtual
+  dataset, with no filter but HDF5's own checksum; its declared rows must be
+  backed by the file's bytes, so a few kilobytes cannot declare gigabytes;
+- text from these files is printed with control characters escaped, so a failure
+  reason or a video name cannot rewrite the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+MAX_JSON_BYTES = 64 * 2**20  # an index of a million shards is ~150 MB; FFDV's is ~150 kB
+REBUILD = "rebuild the cache with avcache-preprocess, or get a sound copy from a trusted source"
+# The only HDF5 filter a shard may carry: HDF5's per-chunk checksum (ShardWriter(fletcher32=True)).
+# Any other would be unexpected, and an unknown one makes HDF5 look for a plugin to load.
+ALLOWED_FILTERS = {h5py.h5z.FILTER_FLETCHER32}
+ALLOWED_LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked"}
+
+
+class CacheFormatError(ValueError):
+    """A file that is not a cache (or run) this version of avcache can read."""
+
+
+def printable(text: object) -> str:
+    """`text` with every non-printable character (escapes, newlines, bidi overrides) written
+    as a Python escape: what a file says reaches the terminal as visible characters."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def inside(root: Path, relative: object, where: str) -> Path:
+    """`root / relative` resolved (symlinks followed), refused unless it stays in `root`."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise CacheFormatError(f"{where}: path {printable(repr(relative))} is not a file name")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise CacheFormatError(
+            f"{where}: path {printable(repr(relative))} leaves the cache {root}; avcache "
+            f"reads nothing outside it: {REBUILD}"
+        )
+    return path
+
+
+def regular_file(path: Path, what: str = "file") -> os.stat_result:
+    """stat of `path`, refused unless it is a regular file (FileNotFoundError when absent)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} is missing") from None
+    except OSError as error:
+        raise CacheFormatError(f"{path}: cannot read the {what} ({error.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CacheFormatError(
+            f"{path}: the {what} is not a regular file (a FIFO, device or folder would never "
+            "be read to its end); avcache reads only regular files"
+        )
+    return info
+
+
+def no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_bounded(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes."""
+    size = regular_file(path, what).st_size
+    if size > limit:
+        raise CacheFormatError(f"{path}: the {what} is {size} bytes, over the {limit} allowed")
+    return path.read_bytes()
+
+
+def parse_json(data: bytes, path: Path, what: str) -> object:
+    """One JSON document; NaN and Infinity are refused (JSON has no such numbers), and so
+    is nesting too deep to parse."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CacheFormatError(f"{path}: the {what} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise CacheFormatError(f"{path}: the {what} nests too deeply to be a {what}") from None
+
+
+def load_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> object:
+    return parse_json(read_bounded(path, what, limit), path, what)
+
+
+def integer(value: object, where: str, minimum: int = 0) -> int:
+    """A JSON or HDF5 integer (not a bool, a float or a string), at least `minimum`."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CacheFormatError(f"{where} is {printable(repr(value))}: expected an integer >= "
+                               f"{minimum}")  # fmt: skip
+    return value
+
+
+def text(value: object, where: str) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise CacheFormatError(f"{where} is {printable(repr(value))}: expected a string")
+    return value
+
+
+def mapping(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise CacheFormatError(f"{where} is {type(value).__name__}: expected a JSON object")
+    return value
+
+
+# Datasets are opened so that, even before their layout is checked, HDF5 would not find a
+# file they point at: external raw data and virtual sources are looked up under a prefix
+# that does not exist, and a virtual dataset's extent is that of its first missing source.
+_NOWHERE = b"/nonexistent/avcache-reads-nothing-outside-the-shard"
+
+
+def _dataset_access() -> h5py.h5p.PropDAID:
+    access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    access.set_efile_prefix(_NOWHERE)
+    access.set_virtual_prefix(_NOWHERE)
+    access.set_virtual_view(h5py.h5d.VDS_FIRST_MISSING)
+    return access
+
+
+def stored_dataset(file: h5py.File, name: str, where: Path) -> h5py.Dataset | None:
+    """Dataset `name` of an open shard, refused unless its data lie in the shard itself;
+    None when there is no such name."""
+    link = file.get(name, getlink=True)  # a link is looked at, never followed
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        target = f" to {printable(link.filename)}" if isinstance(link, h5py.ExternalLink) else ""
+        kind = type(link).__name__.removesuffix("Link").lower()
+        raise CacheFormatError(
+            f"{where}: {name!r} is an HDF5 {kind} link{target}, not data stored in the shard: "
+            f"{REBUILD}"
+        )
+    if h5py.h5o.get_info(file.id, name.encode()).type != h5py.h5o.TYPE_DATASET:
+        raise CacheFormatError(f"{where}: {name!r} is not a dataset: {REBUILD}")
+    dataset = h5py.Dataset(h5py.h5d.open(file.id, name.encode(), _dataset_access()))
+    _check_storage(dataset.id.get_create_plist(), name, where)
+    return dataset
+
+
+def _check_storage(plist: h5py.h5p.PropDCID, name: str, where: Path) -> None:
+    layout = plist.get_layout()
+    if layout not in ALLOWED_LAYOUTS:
+        kind = {h5py.h5d.VIRTUAL: "a virtual dataset (its data lie in other files)",
+                h5py.h5d.COMPACT: "a compact dataset"}.get(layout, f"layout {layout}")  # fmt: skip
+        raise CacheFormatError(f"{where}: {name!r} is {kind}; a shard holds only contiguous "
+                               f"or chunked datasets: {REBUILD}")  # fmt: skip
+    if plist.get_external_count():
+        files = ", ".join(printable(plist.get_external(i)[0].decode("utf-8", "replace"))
+                          for i in range(plist.get_external_count()))  # fmt: skip
+        raise CacheFormatError(
+            f"{where}: {name!r} keeps its data in external files ({files}), not in the "
+            f"shard: {REBUILD}"
+        )
+    for number in range(plist.get_nfilters()):
+        code, _, _, label = plist.get_filter(number)
+        if code not in ALLOWED_FILTERS:
+            raise CacheFormatError(
+                f"{where}: {name!r} is stored through HDF5 filter {code} "
+                f"({printable(label.decode('utf-8', 'replace'))}), which avcache never "
+                f"writes: {REBUILD}"
+            )
+
+
+def check_backed_by_file(datasets: dict[str, h5py.Dataset], file_size: int, where: Path) -> None:
+    """Every dataset's declared rows are stored in the file: without this a sparse chunked
+    dataset of a few kB could declare millions of rows and every reader would allocate them
+    (unwritten chunks read as zeros). Stored bytes together cannot exceed the file."""
+    total = 0
+    for name, dataset in datasets.items():
+        stored = int(dataset.id.get_storage_size())
+        declared = int(np.prod(dataset.shape, dtype=object)) * dataset.id.get_type().get_size()
+        if stored < declared:
+            raise CacheFormatError(
+                f"{where}: {name!r} declares {dataset.shape[0]} rows ({declared} bytes) but the "
+                f"file stores {stored} bytes of it: a truncated or forged shard: {REBUILD}"
+            )
+        total += stored
+    if total > file_size:
+        raise CacheFormatError(
+            f"{where}: its datasets claim {total} bytes of storage in a file of {file_size} "
+            f"bytes (chunks that overlap): {REBUILD}"
+        )
