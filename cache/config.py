@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -27,14 +28,18 @@ class ConfigError(ValueError):
 
 
 def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()) -> T:
-    """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides."""
+    """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides.
+    A mistake is named where it was made: in the file, or in the override that made it."""
     data: dict[str, Any] = {}
+    where = str(path or "config")
     if path is not None:
         data = _read_yaml(Path(path))
+        from_dict(cls, data, where)
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(data, key, value)
-    return from_dict(cls, data, where=str(path or "config"))
+        from_dict(cls, data, where=f"override {override}")  # what was before it was sound
+    return from_dict(cls, data, where)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -74,17 +79,32 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types."""
+def from_dict(cls: type[T], data: Any, where: str, key: str = "") -> T:
+    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types; errors
+    say `where` (a file, an override) and the dotted `key` inside it."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{_at(where, key)}: expected a mapping, got {data!r}")
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = [key for key in data if key not in fields]
+    unknown = [name for name in data if name not in fields]
     if unknown:
-        raise ConfigError(_unknown_key_message(where, unknown[0], list(fields)))
-    values = {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+        raise ConfigError(_unknown_key_message(_at(where, key), unknown[0], list(fields)))
+    values = {name: _coerce(hints[name], value, where, _dotted(key, name))
+              for name, value in data.items()}  # fmt: skip
+    required = [field.name for field in fields.values() if field.name not in values
+                and field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING]  # fmt: skip
+    if required:
+        raise ConfigError(f"{_at(where, key)}: {', '.join(required)} must be given")
     return cls(**values)
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}: {key}" if key else where
+
+
+def _dotted(key: str, name: object) -> str:
+    return f"{key}.{name}" if key else str(name)
 
 
 def _unknown_key_message(where: str, key: str, known: list[str]) -> str:
@@ -93,37 +113,37 @@ def _unknown_key_message(where: str, key: str, known: list[str]) -> str:
     return f"{where}: unknown key {key!r}{hint} (known: {', '.join(known)})"
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        return from_dict(hint, value, where, key)
     if origin is dict:
         _, value_type = typing.get_args(hint)
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(value_type, v, f"{where}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{_at(where, key)}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(value_type, v, where, _dotted(key, k)) for k, v in value.items()}
     if origin is list:
         (item_type,) = typing.get_args(hint)
         items = value if isinstance(value, list) else [value]
-        return [_coerce(item_type, item, f"{where}[{i}]") for i, item in enumerate(items)]
+        return [_coerce(item_type, item, where, f"{key}[{i}]") for i, item in enumerate(items)]
     if origin in (typing.Union, types.UnionType):
-        return _coerce_optional(hint, value, where)
-    return _coerce_scalar(hint, value, where)
+        return _coerce_optional(hint, value, where, key)
+    return _coerce_scalar(hint, value, where, key)
 
 
-def _coerce_optional(hint: Any, value: Any, where: str) -> Any:
+def _coerce_optional(hint: Any, value: Any, where: str, key: str) -> Any:
     if value is None and type(None) in typing.get_args(hint):
         return None
     (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return _coerce(inner, value, where)
+    return _coerce(inner, value, where, key)
 
 
-def _coerce_scalar(hint: type, value: Any, where: str) -> Any:
+def _coerce_scalar(hint: type, value: Any, where: str, key: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
-    raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    raise ConfigError(f"{_at(where, key)}: expected {hint.__name__}, got {value!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -138,4 +158,25 @@ def config_hash(config: Any) -> str:
 
 
 def dump_yaml(config: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    path.write_text(yaml_text(config), encoding="utf-8")
+
+
+def yaml_text(config: Any) -> str:
+    """The resolved config as YAML (what --print-config shows and runs save)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def key_listing(cls: type, width: int = 96) -> str:
+    """Every key of `cls` with its default, one section per paragraph (for --help)."""
+    sections = []
+    for section, values in to_dict(cls()).items():
+        pairs = [f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                 for key, value in _flat(values, section)]  # fmt: skip
+        sections.append(textwrap.fill(" ".join(pairs), width, subsequent_indent="  "))
+    return "\n".join(sections)
+
+
+def _flat(value: Any, key: str) -> list[tuple[str, Any]]:
+    if not isinstance(value, dict):
+        return [(key, value)]
+    return [pair for name, inner in value.items() for pair in _flat(inner, f"{key}.{name}")]

@@ -326,6 +326,16 @@ class Cache:
         self._failures = inside(root, index.get("failures", schema.FAILURES_FILE),
                                 f"{where}: 'failures'")  # fmt: skip
 
+    @property
+    def frames(self) -> int:
+        """Face frames per video (0: a mel-only cache), as the config or a shard says."""
+        for entry in self.shards:
+            if entry.frames is not None:
+                return entry.frames
+            with entry.open() as shard:
+                return shard.frames
+        return 0
+
     def check_shards(self) -> None:
         """Open every shard and check it against its entry (counts, split, faces) and the
         others: the same samples under two entries (a copy of a shard) are refused."""
@@ -387,6 +397,10 @@ class Cache:
                 for position, name in enumerate(shard.video_names):
                     locations.setdefault(name, []).append((number, position))
         return locations
+
+    def splits_holding(self, video_name: str) -> list[str]:
+        """The splits with a copy of the video (none: it is not cached)."""
+        return [self.shards[number].split for number, _ in self._locations.get(video_name, [])]
 
     def names(self) -> list[str]:
         """Every cached video name, once each, in index order."""

@@ -8,15 +8,16 @@ same bytes.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import joblib
@@ -32,6 +33,7 @@ from cache.index import (
     write_failures,
     write_json_atomic,
 )
+from cache.lock import FolderLock
 from cache.reader import CacheFormatError, ShardEntry
 from cache.untrusted import load_json, mapping
 from preprocess.audio import MEL_MODES
@@ -43,10 +45,6 @@ from preprocess.media import ffmpeg_binary
 from preprocess.worker import write_shard
 
 log = logging.getLogger("avcache.preprocess")
-
-
-class CacheBusyError(RuntimeError):
-    """Another preprocessor holds the cache folder."""
 
 
 @dataclass
@@ -151,12 +149,18 @@ class Preprocessor:
     def run(self, progress: bool = True) -> RunSummary:
         plans = self.plans(self.read_videos())
         self.out.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(self.out / schema.LOCK_FILE):
+        busy = "another avcache-preprocess is writing this cache; wait for it to finish or " \
+            "choose another --out"  # fmt: skip
+        with FolderLock(self.out, busy):
             previous = self._previous_config_hash()
             (self.out / self.shard_dir).mkdir(parents=True, exist_ok=True)
             _remove_partials(self.out)  # of a commit that was killed
             _remove_partials(self.out / self.shard_dir)
-            summary = self._run_plans(plans, progress)
+            try:
+                summary = self._run_plans(plans, progress)
+            except KeyboardInterrupt:  # finished shards stay; unfinished ones go
+                _remove_partials(self.out / self.shard_dir)
+                raise
             self._commit(summary.records, previous)
         return summary
 
@@ -200,7 +204,8 @@ class Preprocessor:
     def _run_on_loky(self, todo: list[ShardPlan], jobs: int, bar: tqdm) -> dict[str, ShardRecord]:
         """Worker processes here; a queue carries per-video progress back."""
         # spawn, not fork: a forked server would inherit the cache lock and outlive a kill -9.
-        manager = multiprocessing.get_context("spawn").Manager()
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(_leave_interrupts_to_the_main_process)
         ticks = manager.Queue()
         listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
         listener.start()
@@ -263,8 +268,19 @@ class Preprocessor:
 
 
 def _shard_task(plan, root, rel_path, config, hash_, detector, ticks) -> ShardRecord:
+    _leave_interrupts_to_the_main_process()
     progress = ticks.put if ticks is not None else lambda n: None
     return write_shard(plan, root, rel_path, config, hash_, detector, progress=progress)
+
+
+def _leave_interrupts_to_the_main_process() -> None:
+    """A terminal's Ctrl-C reaches every process of its group. The main process answers it
+    (it stops the workers and says so in one line); a worker process or the progress
+    queue's server would otherwise print a traceback of its own."""
+    if multiprocessing.current_process().name == "MainProcess":
+        return  # a task run in this process (--jobs 1), or in a Dask worker's thread
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _drain(ticks, bar: tqdm) -> None:
@@ -279,26 +295,4 @@ def _cpu_count() -> int:
 def _remove_partials(folder: Path) -> None:
     """Leftovers of a killed run; the lock guarantees nobody is writing them."""
     for partial in folder.glob(f"*{schema.PARTIAL_SUFFIX}"):
-        partial.unlink()
-
-
-class _exclusive_lock:
-    """flock on the cache folder: a second preprocessor refuses instead of mixing shards."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise CacheBusyError(
-                f"{self.path.parent}: another avcache-preprocess is writing this cache; "
-                "wait for it to finish or choose another --out"
-            ) from None
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        partial.unlink(missing_ok=True)

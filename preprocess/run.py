@@ -20,11 +20,12 @@ if __name__ == "__main__" and not __package__:  # `python preprocess/run.py`: im
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from cache import schema
-from cache.config import ConfigError, load_config
+from cache.config import ConfigError, key_listing, load_config, yaml_text
+from cache.lock import FolderBusyError
 from cache.untrusted import printable
 from preprocess.config import PreprocessConfig
 from preprocess.dataset import LabelFileError
-from preprocess.pipeline import BACKENDS, CacheBusyError, Preprocessor, RunSummary
+from preprocess.pipeline import BACKENDS, Preprocessor, RunSummary, validate
 
 # A write refused for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -38,9 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "shards. Re-running the same command resumes: finished shards are kept."
         ),
         epilog=(
-            "Overrides: any config key as key.sub=value, e.g. faces.frames=4 shards.size=64 "
-            "splits.test.videos=[valset]. A changed config writes a new set of shards."
+            "Overrides: any config key as key.sub=value, before or after the options, e.g.\n"
+            "faces.frames=4 shards.size=64 splits.test.videos=[valset]. A changed config writes\n"
+            "a new set of shards. The keys and their defaults (configs/preprocess.yaml says\n"
+            "what each does):\n" + key_listing(PreprocessConfig)
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -50,10 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
-        help="data root holding the label files and video folders",
+        help="data root holding the label files and video folders (required)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    parser.add_argument("--out", type=Path, help="cache folder to write (required)")
     parser.add_argument(
         "--jobs", type=int, default=-1, help="worker processes (default -1: all cores)"
     )
@@ -76,8 +79,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="exit non-zero if any video failed (default: only if none was cached)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value may follow any option
+    if not args.print_config and not (args.data and args.out):
+        parser.error("--data and --out are required")
+    return args
 
 
 def print_summary(summary: RunSummary, out: Path) -> None:
@@ -111,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = load_config(PreprocessConfig, args.config, args.overrides)
+        if args.print_config:
+            validate(config)
+            print(yaml_text(config), end="")
+            return 0
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out}: is a file, not a folder; name the cache folder")
         backend = "dask" if args.scheduler else args.backend
         preprocessor = Preprocessor(config, args.data, args.out, args.jobs, backend, args.scheduler)
         summary = preprocessor.run(progress=not args.quiet)
-    except (ConfigError, LabelFileError, CacheBusyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, LabelFileError, FolderBusyError, ValueError, FileNotFoundError) as error:
         print(f"avcache-preprocess: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -122,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(disk_full_message(error, args.out), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"avcache-preprocess: interrupted; finished shards in {args.out} are kept and "
+              "unfinished ones removed: run the same command again to go on",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print_summary(summary, args.out)
     return 1 if summary.cached == 0 or (args.strict and summary.failures) else 0
 

@@ -283,3 +283,23 @@ def test_a_checkpoint_that_would_unpickle_objects_is_refused(tmp_path):
     assert not marker.exists(), "nothing was unpickled"
     torch.save(trainer.state(), tmp_path / "good.pt")
     trainer.load(tmp_path / "good.pt")  # tensors and plain data load
+
+
+def test_ctrl_c_during_preprocessing_is_one_line_and_the_rerun_finishes(data, tmp_path):
+    """SIGINT to the whole process group (as a terminal's Ctrl-C) once a shard is finished:
+    exit 130 with one line, no partial file left, and the same command completes."""
+    out = tmp_path / "cache"
+    process = subprocess.Popen(command(data, out, 2), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while progress(out) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("avcache-preprocess: interrupted;") == 1, err
+    assert not list(out.rglob(f"*{schema.PARTIAL_SUFFIX}"))
+    assert preprocess(data, out) == 0
+    assert open_cache(out).num_samples("train") == CLIPS

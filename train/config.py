@@ -6,13 +6,20 @@ public baseline's recipe (audio only, Adam 3e-3, StepLR(4, 0.85), batch 40).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from cache.config import ConfigError
+from cache.reader import Cache
 
 
 @dataclass
 class ModelConfig:
     kind: str = "av"  # audio (mel), faces (face frames), av (both, fused); see train/models.py
     pretrained: str | None = None  # local ResNet18 weights (.safetensors or .pth); none: scratch
+    init: str | None = None  # an avcache checkpoint (RUN/last.pt) whose weights start this run
     frames: int | None = None  # face frames used per video (None: all that were cached)
     mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)
 
@@ -65,3 +72,64 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# (key, test, what it must be): every value a run needs, checked before anything is built.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("model.kind", lambda v: v in ("audio", "faces", "av"), "audio, faces or av"),
+    ("model.frames", lambda v: v is None or v >= 1, "at least 1, or null for all cached"),
+    ("model.mel_size", lambda v: 32 <= v <= 1024, "between 32 and 1024"),
+    ("data.batch_size", lambda v: v >= 1, "at least 1"),
+    ("data.block_size", lambda v: v >= 1, "at least 1"),
+    ("data.shard_group", lambda v: v >= 1, "at least 1"),
+    ("data.workers", lambda v: v >= 0, "0 or more"),
+    ("optim.name", lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
+    ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
+    ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("optim.schedule", lambda v: v in ("cosine", "step", "constant"), "cosine, step or constant"),
+    ("optim.step_size", lambda v: v >= 1, "at least 1"),
+    ("optim.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.accumulate", lambda v: v >= 1, "at least 1"),
+    ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("augment.vflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("augment.time_mask", lambda v: 0 <= v < 256, "between 0 and 255 columns"),
+    ("augment.freq_mask", lambda v: 0 <= v < 256, "between 0 and 255 rows"),
+    ("run.epochs", lambda v: v >= 1, "at least 1"),
+    ("run.device", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    ("run.threads", lambda v: v >= 0, "0 (torch's default) or more"),
+    ("run.checkpoint_every", lambda v: v >= 0, "0 (epoch ends only) or more"),
+]
+
+
+def validate(config: TrainConfig, where: str = "config") -> None:
+    """Refuse, naming the key, any value a run could not use (before a model is built)."""
+    for key, test, expected in RULES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not test(value):
+            raise ConfigError(f"{where}: {key}={value!r}: must be {expected}")
+    if config.data.train_split == config.data.val_split:
+        raise ConfigError(f"{where}: data.val_split={config.data.val_split!r} is the training "
+                          "split: validate on samples the model does not train on")  # fmt: skip
+
+
+def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
+    """The cache holds what this config trains on: both splits, and the face frames the
+    model needs (a mel-only cache has none)."""
+    for key in ("train_split", "val_split"):
+        split = getattr(config.data, key)
+        if cache.num_samples(split) == 0:
+            known = ", ".join(cache.splits) or "none"
+            raise ConfigError(f"data.{key}={split!r}: the cache {cache.root} holds no samples "
+                              f"of it (its splits: {known})")  # fmt: skip
+    if config.model.kind == "audio":
+        return
+    cached = cache.frames
+    if not cached:
+        raise ConfigError(f"model.kind={config.model.kind} needs faces, but the cache "
+                          f"{cache.root} holds mel images only (faces.frames=0): use "
+                          "model.kind=audio, or preprocess again with faces")  # fmt: skip
+    if config.model.frames is not None and config.model.frames > cached:
+        raise ConfigError(f"model.frames={config.model.frames}: the cache {cache.root} holds "
+                          f"{cached} face frames per video; use model.frames={cached} or "
+                          "fewer")  # fmt: skip

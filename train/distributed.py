@@ -8,6 +8,7 @@ here is a no-op. gloo serves CPU ranks, NCCL GPU ranks.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,13 @@ def ranks_from_env() -> Ranks:
     env = os.environ
     return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
                  int(env.get("LOCAL_RANK", 0)))  # fmt: skip
+
+
+def quiet_other_ranks(ranks: Ranks) -> None:
+    """Python warnings (deprecations, DDP's "grad strides" notice) once, from rank 0: the
+    other ranks would print the same lines again."""
+    if not ranks.main:
+        warnings.filterwarnings("ignore")
 
 
 def start(ranks: Ranks, device: torch.device) -> None:

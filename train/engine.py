@@ -111,6 +111,8 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
         self.model = build_model(config.model.kind, config.model.pretrained).to(self.device)
+        if config.model.init:
+            self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
         if self._cuda and config.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -268,26 +270,38 @@ class Trainer:
                 self.progress.best_score = score
             if self.ranks.main:
                 if improved:
-                    self.save(self.out / BEST)
+                    self.save(self.out / BEST, resumable=False)
                 self.save(self.out / LAST)
                 write_metrics(self.out / METRICS, self.progress.history)
                 log.info(format_row(row))
         distributed.barrier()  # the other ranks may read the checkpoints next
         return self.progress
 
-    def state(self) -> dict:
+    def state(self, resumable: bool = True) -> dict:
+        """Everything a resume needs, or (not resumable: best.pt) what prediction needs: the
+        weights, without the optimiser's state that would double the file."""
+        progress = self.progress
+        weights = {"model": self.model.state_dict(), "kind": self.config.model.kind,
+                   "epoch": progress.epoch, "best_score": progress.best_score}  # fmt: skip
+        if not resumable:
+            return weights
         return {
-            "model": self.model.state_dict(),
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             **{key: getattr(self.progress, key) for key in PROGRESS_TYPES},
-            "kind": self.config.model.kind,
         }
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, resumable: bool = True) -> None:
         partial = path.with_name(path.name + ".partial")
-        torch.save(self.state(), partial)
+        torch.save(self.state(resumable), partial)
         os.replace(partial, path)
+
+    def _load_weights(self, path: Path) -> None:
+        """model.init: start from the weights of an avcache checkpoint (a new schedule)."""
+        state = read_checkpoint(path, self.device)
+        self.model.load_state_dict(checked_weights(self.model, state, path))
+        log.info("weights from %s (epoch %s of its run)", path, state.get("epoch", "?"))
 
     def load(self, path: Path, weights_only_model: bool = False) -> None:
         """Restore a checkpoint (untrusted data: tensors and plain values only, each checked
@@ -297,8 +311,7 @@ class Trainer:
         if state.get("kind", kind) != kind:
             raise ValueError(f"{path}: written for model.kind={printable(state['kind'])}, "
                              f"this run's model is {kind}")  # fmt: skip
-        check_weights(self.model, state.get("model"), path)
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(checked_weights(self.model, state, path))
         if weights_only_model:
             return
         self.progress = progress_of(state, path)
@@ -331,8 +344,9 @@ def read_checkpoint(path: Path, device: torch.device) -> dict:
     return state
 
 
-def check_weights(model: nn.Module, weights: object, path: Path) -> None:
-    """The checkpoint's weights have exactly the model's names and shapes."""
+def checked_weights(model: nn.Module, state: dict, path: Path) -> dict:
+    """The checkpoint's weights, which must have exactly the model's names and shapes."""
+    weights = state.get("model")
     if not isinstance(weights, dict) or not all(
         isinstance(value, torch.Tensor) for value in weights.values()
     ):
@@ -348,6 +362,7 @@ def check_weights(model: nn.Module, weights: object, path: Path) -> None:
                                         (reshaped, "of another shape")) if names]  # fmt: skip
         raise ValueError(f"{path}: its weights do not fit this run's model: "
                          f"{', '.join(problems)}; {NOT_OURS}")  # fmt: skip
+    return weights
 
 
 def progress_of(state: dict, path: Path) -> Progress:

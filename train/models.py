@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import load_state_dict
 from torch import nn
 
 from cache import schema
@@ -27,13 +28,37 @@ def backbone(in_chans: int, pretrained: Path | None) -> nn.Module:
         raise FileNotFoundError(
             f"{pretrained}: no such weights file (--pretrained / model.pretrained)"
         )
-    return timm.create_model(
-        BACKBONE,
-        pretrained=True,
-        pretrained_cfg_overlay={"file": str(pretrained), "hf_hub_id": None, "url": None},
-        num_classes=0,
-        in_chans=in_chans,
-    )
+    try:
+        check_backbone_weights(load_state_dict(str(pretrained)))
+        return timm.create_model(
+            BACKBONE,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(pretrained), "hf_hub_id": None, "url": None},
+            num_classes=0,
+            in_chans=in_chans,
+        )
+    except Exception as error:  # whatever the file held: timm, torch and safetensors differ
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{pretrained}: not {BACKBONE} weights that timm can load ({reason[:200]}); "
+            f"--pretrained takes a {BACKBONE} state dict as .safetensors or .pth"
+        ) from None
+
+
+def check_backbone_weights(weights: dict) -> None:
+    """The file holds exactly ResNet18's names and shapes (its head and conv1's input
+    channels aside, which timm adapts): timm itself would load a ResNet34's matching
+    subset and only log the rest."""
+    expected = timm.create_model(BACKBONE, num_classes=0).state_dict()
+    ours = {key: value for key, value in weights.items() if not key.startswith("fc.")}
+    unexpected = sorted(ours.keys() - expected.keys())
+    missing = sorted(expected.keys() - ours.keys())
+    reshaped = [key for key in expected.keys() & ours.keys() if key != "conv1.weight"
+                and tuple(ours[key].shape) != tuple(expected[key].shape)]  # fmt: skip
+    for names, what in ((unexpected, "unexpected"), (missing, "missing"),
+                        (reshaped, "of another shape")):  # fmt: skip
+        if names:
+            raise ValueError(f"{len(names)} weights {what}, e.g. {names[0]}")
 
 
 def mel_features(backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -13,6 +13,7 @@ import argparse
 import csv
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ if __name__ == "__main__" and not __package__:  # `python train/predict.py`: imp
 
 from cache import schema
 from cache.labels import LabelFileError, read_names
+from cache.reader import Cache
 from cache.untrusted import printable
 from train.augment import prepare
 from train.runs import RunFolder
@@ -45,22 +47,53 @@ def write_submission(path: Path, rows: list[tuple[str, float]]) -> None:
         writer.writerows((name, f"{score:.6f}") for name, score in rows)
 
 
-def predict_list(run: RunFolder, list_path: Path, out: Path, split: str) -> int:
+def splits_to_predict(cache: Cache, names: list[str], only: str | None) -> list[str]:
+    """The cached splits holding the listed videos, the one holding most of them first."""
+    holding = Counter(split for name in set(names) for split in cache.splits_holding(name))
+    if only is not None:
+        return [only] if holding[only] else []
+    return [split for split, _ in holding.most_common()]
+
+
+def predict_list(run: RunFolder, list_path: Path, out: Path, split: str | None,
+                 max_fallback: float) -> int:  # fmt: skip
     trainer = run.trainer(best=True)
-    names, _, scores = trainer.predict_split(split)
-    rows, missing = submission_rows(
-        read_names(list_path), dict(zip(names, scores.tolist(), strict=True))
-    )
-    if missing:
-        reasons = {f.video_name: f"{f.stage}: {f.error}" for f in trainer.cache.failures()}
-        shown = printable(
-            "; ".join(f"{name} ({reasons.get(name, 'not in the cache')})" for name in missing[:10])
-        )
-        log.warning("%d listed videos have no cached features and get %.1f: %s%s", len(missing),
-                    FALLBACK, shown, " ..." if len(missing) > 10 else "")  # fmt: skip
+    cache, names = trainer.cache, read_names(list_path)
+    missing = [name for name in names if split not in cache.splits_holding(name)] if split \
+        else [name for name in names if not cache.splits_holding(name)]  # fmt: skip
+    if missing:  # before predicting: a list the cache does not hold is refused at once
+        report_fallbacks(cache, list_path, names, missing, max_fallback)
+    scores: dict[str, float] = {}
+    for cached_split in splits_to_predict(cache, names, split):
+        predicted, _, values = trainer.predict_split(cached_split)
+        for name, value in zip(predicted, values.tolist(), strict=True):
+            scores.setdefault(name, value)
+    rows, _ = submission_rows(names, scores)
     write_submission(out, rows)
     print(f"wrote {len(rows)} rows to {out} ({len(missing)} with the fallback {FALLBACK})")
     return 0
+
+
+def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: list[str],
+                     max_fallback: float) -> None:  # fmt: skip
+    """Warn about listed videos that get FALLBACK, or refuse when too many would: a
+    submission made of fallbacks is worthless."""
+    reasons = {f.video_name: f"{f.stage}: {f.error}" for f in cache.failures()}
+    shown = printable(
+        "; ".join(f"{name} ({reasons.get(name, 'not in the cache')})" for name in missing[:10])
+    )
+    more = " ..." if len(missing) > 10 else ""
+    share = len(missing) / len(names)
+    if share > max_fallback:
+        failed = sum(name in reasons for name in missing)
+        raise ValueError(
+            f"{list_path}: {len(missing)} of {len(names)} listed videos ({share:.1%}) have no "
+            f"cached features in {cache.root} ({failed} failed preprocessing, the rest were "
+            f"never cached), over --max-fallback {max_fallback:g}: is it the list the cache was "
+            f"made from (the preprocessing config's splits.*.labels)? e.g. {shown}{more}"
+        )
+    log.warning("%d listed videos have no cached features and get %.1f: %s%s", len(missing),
+                FALLBACK, shown, more)  # fmt: skip
 
 
 @torch.no_grad()
@@ -83,6 +116,13 @@ def predict_video(run: RunFolder, video: Path) -> float:
     return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avcache-predict", description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="run folder made by avcache-train")
@@ -90,7 +130,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv")
     target.add_argument("--video", type=Path, help="one raw video file: print its P(fake)")
     parser.add_argument("--out", type=Path, help="submission CSV (default RUN/submission.csv)")
-    parser.add_argument("--split", default="test", help="cached split holding the listed videos")
+    parser.add_argument("--split", help="look for the listed videos only in this cached split "
+                        "(default: wherever the cache holds them)")  # fmt: skip
+    parser.add_argument("--max-fallback", type=share, default=0.01, metavar="SHARE",
+                        help=f"largest share of the list that may get the fallback {FALLBACK} "
+                        "(videos without cached features) before the run is refused "
+                        "(default 0.01)")  # fmt: skip
     parser.add_argument("--cache", type=Path, help="cache folder (default: the run's)")
     return parser.parse_args(argv)
 
@@ -103,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.video:
             print(f"{args.video}: P(fake) = {predict_video(run, args.video):.4f}")
             return 0
-        return predict_list(run, args.list, args.out or args.run / "submission.csv", args.split)
+        out = args.out or args.run / "submission.csv"
+        if out.is_dir():
+            raise ValueError(f"--out {out}: is a folder; name the submission CSV to write")
+        return predict_list(run, args.list, out, args.split, args.max_fallback)
     except (FileNotFoundError, LabelFileError, ValueError) as error:
         print(f"avcache-predict: error: {printable(error)}", file=sys.stderr)
         return 2

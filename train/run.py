@@ -16,15 +16,18 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # `python train/run.py`: import as a package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import torch
+
 from cache import open_cache
-from cache.config import ConfigError, load_config
+from cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
+from cache.lock import FolderBusyError, FolderLock
 from cache.reader import CacheFormatError
 from cache.untrusted import printable
 from train import distributed
-from train.config import TrainConfig
+from train.config import TrainConfig, check_cache_fits, validate
 from train.engine import BEST, LAST, Trainer, select_device
 from train.plots import plot_curves, plot_roc
-from train.runs import RunFolder
+from train.runs import CONFIG, RunFolder
 
 log = logging.getLogger("avcache.train")
 
@@ -33,49 +36,123 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="avcache-train",
         description="Train a deepfake detector (timm ResNet18: audio, faces or av) on a cache.",
-        epilog="Overrides: any config key as key.sub=value, e.g. model.kind=audio run.epochs=4.",
+        epilog="Overrides: any config key as key.sub=value, before or after the options.\n"
+        "The keys and their defaults (configs/train.yaml says what each does):\n"
+        + key_listing(TrainConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/train.yaml's "
                         "values, built in)")  # fmt: skip
     parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess")
     parser.add_argument("--out", type=Path, help="run folder to create")
-    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN "
+                        f"(overrides: only {', '.join(RESUMABLE)})")  # fmt: skip
     parser.add_argument("--pretrained", help="local ResNet18 weights (.safetensors/.pth); "
                         "same as model.pretrained=PATH")  # fmt: skip
+    parser.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of an "
+                        "avcache checkpoint (RUN/last.pt) with a new schedule; same as "
+                        "model.init=CHECKPOINT")  # fmt: skip
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)  # key=value may follow any option
-    if args.pretrained:
-        args.overrides.append(f"model.pretrained={args.pretrained}")
-    if not args.resume and not (args.cache and args.out):
+    for flag, key in (("pretrained", "model.pretrained"), ("init", "model.init")):
+        if getattr(args, flag):
+            args.overrides.append(f"{key}={getattr(args, flag)}")
+    if not (args.resume or args.print_config or (args.cache and args.out)):
         parser.error("give --cache and --out for a new run, or --resume RUN")
     return args
 
 
-def start_run(args: argparse.Namespace) -> Trainer:
-    """A new run (rank 0 writes its folder) or the run in --resume, from its last.pt."""
-    if args.resume:
-        run = RunFolder(args.resume, overrides=args.overrides)
-        trainer = Trainer(run.config, run.cache(), run.path)
-        if (run.path / LAST).is_file():
-            trainer.load(run.path / LAST)
-            log.info("resuming %s at epoch %d, after %d of its batches", run.path,
-                     trainer.progress.epoch + 1, trainer.progress.batches_done)  # fmt: skip
-        return trainer
-    if (args.out / LAST).exists():
-        raise ValueError(
-            f"{args.out} already holds a run: use --resume {args.out} or another --out"
-        )
+# What a resume may change: how it runs, never what it computes.
+RESUMABLE = ("data.workers", "run.threads", "run.device", "run.compile", "run.checkpoint_every")
+
+
+def resume_config(run: RunFolder, overrides: list[str]) -> TrainConfig:
+    """The run's own config, with the overrides a resume can honour; any other is refused."""
+    for override in overrides:
+        key, value = parse_override(override)
+        if key == "run.epochs" and value != run.config.run.epochs:
+            raise ConfigError(more_epochs_message(run, override))
+        if key == "run.epochs":
+            continue
+        if key not in RESUMABLE:
+            raise ConfigError(
+                f"override {override}: a resumed run keeps its config ({run.path / CONFIG}); "
+                f"only {', '.join(RESUMABLE)} may change. To train with other settings, start "
+                f"a new run: avcache-train --config {run.path / CONFIG} --cache "
+                f"{run.cache_path} --out NEW {override}"
+            )
+    config = load_config(TrainConfig, run.path / CONFIG, overrides)
+    validate(config, str(run.path / CONFIG))
+    return config
+
+
+def more_epochs_message(run: RunFolder, override: str) -> str:
+    planned, schedule = run.config.run.epochs, run.config.optim.schedule
+    return (
+        f"override {override}: {run.path} was planned for {planned} epochs and its "
+        f"{schedule} schedule is fixed by that; a resume cannot stretch it. To train on from "
+        f"its weights with a new schedule, start a new run: avcache-train --config "
+        f"{run.path / CONFIG} --cache {run.cache_path} --out {run.path}-more "
+        f"--init {run.path / LAST} run.epochs=N"
+    )
+
+
+def new_run_config(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config, args.overrides)
-    cache = open_cache(args.cache)
+    validate(config, str(args.config or "config"))
+    return config
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; name a new run folder")
+    if (out / LAST).exists() or (out / CONFIG).exists():
+        raise ValueError(f"{out} already holds a run: use --resume {out} or another --out")
+
+
+def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
+    """A new run (rank 0 writes its folder) or the run in --resume, from its last.pt; every
+    check that can be made is made before the first model is built."""
+    if args.resume:
+        run = RunFolder(args.resume)
+        config, cache, out = resume_config(run, args.overrides), run.cache(), run.path
+    else:
+        check_out(args.out)
+        config, cache, out = new_run_config(args), open_cache(args.cache), args.out
+    check_cache_fits(config, cache)
     ranks = distributed.ranks_from_env()
     distributed.start(ranks, select_device(config.run.device, ranks.local_rank))
-    if ranks.main:
-        RunFolder.create(args.out, config, cache)
-        if config.model.pretrained is None:
+    lock = lock_run(out, ranks)
+    if not args.resume and ranks.main:
+        RunFolder.create(out, config, cache)
+        if config.model.pretrained is None and config.model.init is None:
             log.warning("no pretrained weights given (--pretrained PATH): training from scratch")
     distributed.barrier()
-    run = RunFolder(args.out)
-    return Trainer(run.config, cache, run.path)
+    trainer = Trainer(config, cache, out)
+    if args.resume and (out / LAST).is_file():
+        trainer.load(out / LAST)
+        log.info("resuming %s at epoch %d, after %d of its batches", out,
+                 trainer.progress.epoch + 1, trainer.progress.batches_done)  # fmt: skip
+    return trainer, lock
+
+
+def lock_run(out: Path, ranks: distributed.Ranks) -> FolderLock:
+    """Rank 0 locks the run folder for the whole run; every rank learns if it could not
+    (a run still writing there: another avcache-train, or ranks of a killed torchrun)."""
+    lock = FolderLock(out, "another avcache-train is using this run folder (a run, or ranks "
+                      "of a killed torchrun still finishing); wait for it to end")  # fmt: skip
+    error = None
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire()
+        except FolderBusyError as busy:
+            error = busy
+    if distributed.sum_across([float(error is None)], torch.device("cpu"))[0] < 1:
+        raise error or FolderBusyError(f"{out}: rank 0 could not lock the run folder")
+    return lock
 
 
 def finish_run(trainer: Trainer) -> None:
@@ -102,19 +179,41 @@ def without_worker_traceback(error: Exception) -> str:
     return text.rsplit(f"{type(error).__name__}: ", 1)[-1].strip()
 
 
+def print_config(args: argparse.Namespace) -> int:
+    config = resume_config(RunFolder(args.resume), args.overrides) if args.resume else \
+        new_run_config(args)  # fmt: skip
+    print(yaml_text(config), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    main_rank = distributed.ranks_from_env().main
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    ranks = distributed.ranks_from_env()
+    logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
+    distributed.quiet_other_ranks(ranks)
+    lock = None
     try:
-        trainer = start_run(args)
+        if args.print_config:
+            return print_config(args)
+        trainer, lock = start_run(args)
         trainer.fit()
         finish_run(trainer)
-    except (ConfigError, CacheFormatError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError, ValueError) as error:
         message = printable(without_worker_traceback(error))
         print(f"avcache-train: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = args.resume or args.out
+        if lock is not None:  # this run's own unfinished writes, nobody else's
+            for partial in Path(out).glob("*.partial"):
+                partial.unlink(missing_ok=True)
+        print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
+              f"temporary name, then renamed): continue with avcache-train --resume {out}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     finally:
+        if lock is not None:
+            lock.release()
         distributed.stop()
     return 0
 

@@ -18,13 +18,13 @@ CONFIG, CACHE = "config.yaml", "cache.json"
 class RunFolder:
     """Reads (and, for a new run, writes) what a run needs besides its checkpoints."""
 
-    def __init__(self, path: Path, cache: Path | None = None, overrides: list[str] = ()) -> None:
+    def __init__(self, path: Path, cache: Path | None = None) -> None:
         self.path = Path(path)
         if not (self.path / CONFIG).is_file():
             raise FileNotFoundError(
                 f"{self.path}: not a run folder (no {CONFIG}); see avcache-train"
             )
-        self.config = load_config(TrainConfig, self.path / CONFIG, list(overrides))
+        self.config = load_config(TrainConfig, self.path / CONFIG)
         where = self.path / CACHE
         recorded = mapping(load_json(where, "run's cache record"), str(where))
         self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,55 @@ from cache.labels import LabelFileError, read_rows
 from cache.untrusted import printable
 from train.metrics import detection_metrics
 
+ERRORS_LISTED = 10  # bad rows named in one message
 
-def read_column(path: Path, header: str) -> dict[str, str]:
-    """name -> second column of a CSV with a header whose second name is `header`."""
-    rows = read_rows(path, header=("video_name", header))
-    return {cells[0].strip(): cells[1].strip() for _, cells in rows if len(cells) > 1}
+
+def read_column(path: Path, header: str, parse: Callable[[str], float | None],
+                expected: str) -> dict[str, float]:  # fmt: skip
+    """name -> parsed second column of a CSV with a header whose second name is `header`.
+    Every bad row (a value `parse` refuses, a name given twice) is named as file:line."""
+    values: dict[str, float] = {}
+    first_line: dict[str, int] = {}
+    problems = []
+    for line, cells in read_rows(path, header=("video_name", header)):
+        name, raw = cells[0].strip(), cells[1].strip() if len(cells) > 1 else ""
+        value = parse(raw)
+        if name in first_line:
+            problems.append(f"{path}:{line}: {name}: listed again (first on line "
+                            f"{first_line[name]}); each video once")  # fmt: skip
+        elif value is None:
+            problems.append(f"{path}:{line}: {name}: {header} {raw!r} is not {expected}")
+        else:
+            values[name], first_line[name] = value, line
+    if problems:
+        more = len(problems) - ERRORS_LISTED
+        raise LabelFileError("; ".join(problems[:ERRORS_LISTED])
+                             + (f"; and {more} more" if more > 0 else ""))  # fmt: skip
+    return values
+
+
+def probability(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None  # NaN fails both comparisons
+
+
+def target(text: str) -> float | None:
+    return {"0": 0.0, "1": 1.0}.get(text)
 
 
 def score(submission: Path, labels: Path) -> dict[str, float]:
-    predicted = read_column(submission, "y_pred")
-    truth = read_column(labels, "target")
+    predicted = read_column(submission, "y_pred", probability, "a probability in [0, 1]")
+    truth = read_column(labels, "target", target, "0 (real) or 1 (fake)")
     missing = sorted(set(truth) - set(predicted))
     if missing:
         raise LabelFileError(f"{submission}: no prediction for {len(missing)} labelled videos, "
                              f"e.g. {', '.join(missing[:3])}")  # fmt: skip
     names = list(truth)
     y_true = np.array([int(truth[name]) for name in names])
-    y_score = np.array([float(predicted[name]) for name in names])
+    y_score = np.array([predicted[name] for name in names])
     return detection_metrics(y_true, y_score)
 
 
