@@ -42,9 +42,10 @@ def torchrun(args: list[str], ranks: int = 2) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def finish(process: subprocess.Popen) -> None:
+def finish(process: subprocess.Popen) -> str:
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    return output
 
 
 def history(run: Path) -> list[dict]:
@@ -59,7 +60,9 @@ def test_two_ranks_take_the_steps_of_one_process_accumulating_two(cache, tmp_pat
     """Each step sees the same 8 samples either way; only float summation order differs."""
     one, two = tmp_path / "one", tmp_path / "two"
     base = ["--cache", str(cache), *small_config(**CONFIG)]
-    finish(torchrun([*base, "--out", str(two), "optim.accumulate=1"]))
+    output = finish(torchrun([*base, "--out", str(two), "optim.accumulate=1"]))
+    warned = [line for line in output.splitlines() if "Warning" in line]
+    assert len(warned) == len(set(warned)), f"a warning printed by every rank: {warned}"
     assert train_main([*base, "--out", str(one), "optim.accumulate=2"]) == 0
     for a, b in zip(history(one), history(two), strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
