@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache import codec as codecs
 from cache import schema
 from cache.index import Failure, read_failures, receipt_path
 from cache.untrusted import (
@@ -70,10 +71,11 @@ def _missing(path: Path, name: str) -> str:
 def check_format(where: str, fmt: object, version: object) -> None:
     if fmt != schema.FORMAT:
         raise CacheFormatError(f"{where}: format {printable(repr(fmt))} is not {schema.FORMAT!r}")
-    if version != schema.VERSION:
+    if isinstance(version, bool) or version not in schema.READABLE_VERSIONS:
+        readable = " and ".join(map(str, schema.READABLE_VERSIONS))
         raise CacheFormatError(
             f"{where}: cache format version {printable(repr(version))} is not supported "
-            f"(this avcache reads version {schema.VERSION}); re-run the preprocessor"
+            f"(this avcache reads versions {readable}); re-run the preprocessor"
         )
 
 
@@ -113,15 +115,42 @@ class ShardReader:
         self.frames = integer(_plain(attrs.get(schema.ATTR_FRAMES)), f"{self.path}: frames")
         self.face_size = integer(_plain(attrs.get(schema.ATTR_FACE_SIZE)),
                                  f"{self.path}: face_size")  # fmt: skip
+        self.codec = self._faces_codec(attrs)
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
-        for name, spec in schema.dataset_specs(self.frames, self.face_size).items():
+        for name, spec in schema.dataset_specs(self.frames, self.face_size, self.codec).items():
             self._datasets[name] = self._dataset(name, *spec)
         lengths = {dataset.shape[0] for dataset in self._datasets.values()}
         if len(lengths) != 1:
             raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
         self.num_samples = lengths.pop()
+        if self.codec == "jpeg":
+            self._datasets[schema.FACES_JPEG] = self._dataset(schema.FACES_JPEG, np.uint8, ())
         check_backed_by_file(self._datasets, self._file_size, self.path)
+        if self.codec == "jpeg":
+            self._check_jpeg_ends()
         self.meta_digest = self._check_meta(attrs.get(schema.ATTR_META_SHA256))
+
+    def _faces_codec(self, attrs) -> str:
+        codec = text(_plain(attrs.get(schema.ATTR_FACES_CODEC, "raw")), f"{self.path}: codec")
+        if codec not in codecs.CODECS or (codec != "raw" and attrs[schema.ATTR_VERSION] < 2):
+            known = ", ".join(codecs.CODECS)
+            raise CacheFormatError(f"{self.path}: faces codec {printable(repr(codec))} is not "
+                                   f"one this avcache reads ({known})")  # fmt: skip
+        return codec
+
+    def _check_jpeg_ends(self) -> None:
+        """The crops' ends rise and close the data region exactly: every range read later
+        lies inside it (8 bytes a crop, read once per open)."""
+        ends = self._fetch(schema.FACES_ENDS, np.s_[:]).reshape(-1).astype(np.int64)
+        size = self._datasets[schema.FACES_JPEG].shape[0]
+        if (ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0))) or (
+            (ends[-1] if ends.size else 0) != size
+        ):
+            raise CacheFormatError(
+                f"{self.path}: {schema.FACES_ENDS!r} does not cut {schema.FACES_JPEG!r} "
+                f"({size} bytes) into its crops: {REBUILD}"
+            )
+        self._jpeg_ends = ends.reshape(self.num_samples, self.frames)
 
     def _dataset(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> h5py.Dataset:
         """One schema dataset, stored in this file, of the schema's dtype and shape."""
@@ -163,8 +192,14 @@ class ShardReader:
         return self.num_samples
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Samples [start, stop) of one dataset, in a single h5py call, checked."""
+        """Samples [start, stop) of one dataset, in a single h5py call, checked (JPEG faces
+        decoded)."""
         where = np.s_[start : self.num_samples if stop is None else stop]
+        if self._encoded(name):
+            rows = np.empty((len(range(self.num_samples)[where]), *self.sample_shape(name)),
+                            np.uint8)  # fmt: skip
+            self.read_into(name, start, rows)
+            return rows
         rows = self._fetch(name, where)
         self._check(name, rows, where)
         return rows
@@ -173,6 +208,9 @@ class ShardReader:
         """Fill a preallocated array with samples [start, start + len(out)): no extra copy.
         Checked before it returns, so a batch built from it never holds damaged rows."""
         if not out.size:
+            return
+        if self._encoded(name):
+            self._read_jpeg_into(start, out)
             return
         where = np.s_[start : start + len(out)]
         try:
@@ -187,6 +225,8 @@ class ShardReader:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return self.read(name, 0, 0)
+        if self._encoded(name):  # each sample's bytes are one range: read them one by one
+            return np.stack([self.read(name, p, p + 1)[0] for p in positions.tolist()])
         rows = self._fetch(name, positions)
         self._check(name, rows, positions)
         return rows
@@ -194,6 +234,8 @@ class ShardReader:
     def mismatches(self, name: str, start: int, stop: int) -> np.ndarray:
         """Positions in [start, stop) whose rows do not match their stored sums (verify lists
         every damaged sample where a read stops at the first)."""
+        if self._encoded(name):
+            return start + self._jpeg_block(start, stop)[2]
         where = np.s_[start:stop]
         return self._mismatches(name, self._fetch(name, where), where)
 
@@ -211,8 +253,48 @@ class ShardReader:
         one = len(positions) == 1
         return (
             f"{'sample' if one else 'samples'} {listed} of {self.num_samples} "
-            f"{'fails its' if one else 'fail their'} {name!r} checksum ({schema.CHECKSUMS[name]})"
+            f"{'fails its' if one else 'fail their'} {name!r} checksum ({self._sums_of(name)})"
         )
+
+    def _sums_of(self, name: str) -> str:
+        return schema.FACES_XXH3 if self._encoded(name) else schema.CHECKSUMS[name]
+
+    def _encoded(self, name: str) -> bool:
+        return name == schema.FACES and self.codec == "jpeg"
+
+    def _jpeg_block(self, start: int, stop: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """(bytes, offset of the first, block positions failing their xxh3) of the JPEG crops
+        of samples [start, stop): one h5py read of one contiguous range."""
+        ends, stop = self._jpeg_ends, min(stop, self.num_samples)
+        if not self.frames or stop <= start:
+            return np.empty(0, np.uint8), 0, _NONE
+        before = int(ends[start - 1, -1]) if start else 0
+        data = self._fetch(schema.FACES_JPEG, np.s_[before : int(ends[stop - 1, -1])])
+        sums = self._stored_sums(schema.FACES_XXH3)[start:stop]
+        bad = codecs.checksum_mismatches(data, codecs.sample_ranges(ends[start:stop], before),
+                                         sums)  # fmt: skip
+        return data, before, bad
+
+    def _read_jpeg_into(self, start: int, out: np.ndarray) -> None:
+        """Checked against each sample's xxh3, then decoded straight into `out`."""
+        stop = start + len(out)
+        data, before, bad = self._jpeg_block(start, stop)
+        if bad.size:
+            raise damaged_shard(self.path, schema.FACES,
+                                self.describe_damage(schema.FACES, start + bad))  # fmt: skip
+        if not self.frames:
+            return
+        try:
+            codecs.decode_block(data, self._jpeg_ends[start:stop], before, out)
+        except ValueError as error:  # checksums agree: written so by a forger, not damaged
+            reason = f"a JPEG does not decode ({error})"
+            raise damaged_shard(self.path, schema.FACES, reason) from None
+
+    def _stored_sums(self, checksum: str) -> np.ndarray:
+        stored = self._sum_columns.get(checksum)
+        if stored is None:
+            stored = self._sum_columns[checksum] = self._fetch(checksum, np.s_[:])
+        return stored
 
     def _fetch(self, name: str, where: slice | np.ndarray) -> np.ndarray:
         """One h5py read; one that HDF5 refuses (a bad chunk address, a failed fletcher32
@@ -234,23 +316,25 @@ class ShardReader:
         checksum = schema.CHECKSUMS.get(name)
         if checksum is None or rows.size == 0:
             return _NONE
-        stored = self._sum_columns.get(checksum)
-        if stored is None:
-            stored = self._sum_columns[checksum] = self._fetch(checksum, np.s_[:])
-        differs = schema.sum64(rows) != stored[where]
+        differs = schema.sum64(rows) != self._stored_sums(checksum)[where]
         if not differs.any():
             return _NONE
         return np.arange(self.num_samples)[where][np.flatnonzero(differs)]
 
     def storage_bytes(self, name: str) -> int:
-        """Bytes that one dataset's data takes in the file (a cache's size per modality)."""
-        return int(self._datasets[name].id.get_storage_size())
+        """Bytes that one dataset's data takes in the file (a cache's size per modality;
+        JPEG faces: their data region, ends and checksums)."""
+        names = (schema.FACES_JPEG, schema.FACES_ENDS, schema.FACES_XXH3) \
+            if self._encoded(name) else (name,)  # fmt: skip
+        return sum(int(self._datasets[n].id.get_storage_size()) for n in names)
 
     def sample_shape(self, name: str) -> tuple[int, ...]:
+        if self._encoded(name):
+            return (self.frames, self.face_size, self.face_size, 3)
         return self._datasets[name].shape[1:]
 
     def dtype(self, name: str) -> np.dtype:
-        return self._datasets[name].dtype
+        return np.dtype(np.uint8) if self._encoded(name) else self._datasets[name].dtype
 
     @cached_property
     def video_names(self) -> list[str]:

@@ -18,7 +18,12 @@ import h5py
 import numpy as np
 
 FORMAT = "avcache"
-VERSION = 1
+# The versioning rule: a new required dataset, or a changed meaning of one, is a new version;
+# optional extras and attributes are not. v2 added JPEG-coded faces (`faces.codec: jpeg`:
+# FACES_JPEG, FACES_ENDS, FACES_XXH3 instead of FACES and FACES_SUM); a raw v2 shard is a
+# v1 shard with the codec attribute. Readers read every version listed here.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 INDEX_FILE = "index.json"
 CONFIG_FILE = "config.yaml"
@@ -57,24 +62,37 @@ DURATION = "duration"
 MEL_SUM = "mel_sum64"
 FACES_SUM = "faces_sum64"
 CHECKSUMS = {MEL: MEL_SUM, FACES: FACES_SUM}  # checked dataset -> its sums dataset
+# v2, faces.codec jpeg (cache/codec.py): every crop's JPEG bytes in one flat uint8 dataset,
+# the end of each crop's bytes in it [N, K], and each sample's xxh3-64 of its bytes [N].
+FACES_JPEG = "faces_jpeg"
+FACES_ENDS = "faces_ends"
+FACES_XXH3 = "faces_xxh3"
 
 STRING_DTYPE = h5py.string_dtype("utf-8")
 SUM_DTYPE = np.dtype("<u8")
 
 
-def dataset_specs(frames: int, face_size: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Per-sample dtype and shape of every dataset for a given faces config."""
+def dataset_specs(
+    frames: int, face_size: int, codec: str = "raw"
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Per-sample dtype and shape of every dataset of N rows for a faces config (the flat
+    FACES_JPEG of a jpeg shard has no rows)."""
+    faces = {
+        "raw": {FACES: (np.dtype(np.uint8), (frames, face_size, face_size, 3))},
+        "jpeg": {FACES_ENDS: (np.dtype("<u8"), (frames,))},
+    }[codec]
+    sums = {"raw": {FACES_SUM: (SUM_DTYPE, ())}, "jpeg": {FACES_XXH3: (SUM_DTYPE, ())}}[codec]
     return {
         VIDEO_NAME: (STRING_DTYPE, ()),
         LABEL: (np.dtype(np.int8), ()),
         MEL: (np.dtype(np.uint8), (MEL_SIZE, MEL_SIZE)),
-        FACES: (np.dtype(np.uint8), (frames, face_size, face_size, 3)),
+        **faces,
         HAS_AUDIO: (np.dtype(np.bool_), ()),
         FACE_FOUND: (np.dtype(np.bool_), (frames,)),
         FACE_BOX: (np.dtype(np.float32), (frames, 4)),
         DURATION: (np.dtype(np.float32), ()),
         MEL_SUM: (SUM_DTYPE, ()),
-        FACES_SUM: (SUM_DTYPE, ()),
+        **sums,
     }
 
 
@@ -131,6 +149,8 @@ ATTR_PLAN_HASH = "plan_hash"
 ATTR_FRAMES = "frames"
 ATTR_FACE_SIZE = "face_size"
 ATTR_META_SHA256 = "meta_sha256"
+ATTR_FACES_CODEC = "faces_codec"  # v2: raw or jpeg (a v1 shard is raw)
+ATTR_FACES_QUALITY = "faces_quality"  # v2 jpeg: the encoder's quality
 
 
 @dataclass

@@ -19,10 +19,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache import codec as codecs
 from cache import schema
 
 # Samples buffered before one block write; mel chunks hold this many samples (1 MiB).
 WRITE_BLOCK = 16
+# Bytes per chunk of the JPEG data region: a few samples' crops (8 x 224 px ~ 90 kB a sample)
+# and at most this much unused at the end of a shard.
+JPEG_CHUNK = 2**18
 # The big per-sample arrays get chunks along the sample axis; the rest are tiny.
 _CHUNKED = (schema.MEL, schema.FACES)
 
@@ -53,10 +57,17 @@ class ShardWriter:
         face_size: int,
         attrs: dict[str, str] | None = None,
         fletcher32: bool = False,
+        codec: str = "raw",
+        quality: int = 90,
     ) -> None:
         self.path = Path(path)
         self.partial_path = schema.partial_path(self.path)
-        self.specs = schema.dataset_specs(frames, face_size)
+        if codec not in codecs.CODECS:
+            raise ValueError(f"faces codec {codec!r} unknown (known: {', '.join(codecs.CODECS)})")
+        self.codec, self.quality = codec, quality
+        self.specs = schema.dataset_specs(frames, face_size, codec)
+        self.face_shape = (frames, face_size, face_size, 3)
+        self._jpeg_bytes = 0  # FACES_JPEG's length so far
         self.fletcher32 = fletcher32  # HDF5's per-chunk checksum, verified on every read
         self.num_samples = 0
         self._buffer: list[schema.Sample] = []
@@ -82,6 +93,9 @@ class ShardWriter:
         attrs[schema.ATTR_SPLIT] = split
         attrs[schema.ATTR_FRAMES] = frames
         attrs[schema.ATTR_FACE_SIZE] = face_size
+        attrs[schema.ATTR_FACES_CODEC] = self.codec
+        if self.codec == "jpeg":
+            attrs[schema.ATTR_FACES_QUALITY] = self.quality
         for key, value in extra.items():
             attrs[key] = value
 
@@ -99,6 +113,10 @@ class ShardWriter:
                 fletcher32=self.fletcher32 and name != schema.VIDEO_NAME,
                 track_times=False,  # identical inputs give byte-identical shards
             )
+        if self.codec == "jpeg":  # the flat data region, in chunks of a few samples' crops
+            self._file.create_dataset(schema.FACES_JPEG, shape=(0,), maxshape=(None,),
+                                      dtype=np.uint8, chunks=(JPEG_CHUNK,),
+                                      fletcher32=self.fletcher32, track_times=False)  # fmt: skip
 
     def append(self, sample: schema.Sample) -> None:
         """Queue one sample; full blocks go to disk."""
@@ -119,12 +137,38 @@ class ShardWriter:
         computed from the very array that is written."""
         start, rows = self.num_samples, [sample.fields() for sample in self._buffer]
         for name in rows[0]:
+            if name == schema.FACES and self.codec == "jpeg":
+                self._write_jpeg_faces(start, [row[name] for row in rows])
+                continue
             block = self._column(name, [row[name] for row in rows])
             self._extend(name, start, block)
             if name in schema.CHECKSUMS:
                 self._extend(schema.CHECKSUMS[name], start, schema.sum64(block))
         self.num_samples += len(rows)
         self._buffer.clear()
+
+    def _write_jpeg_faces(self, start: int, faces: list[np.ndarray]) -> None:
+        """Each sample's crops as JPEG, appended to the flat data region; their ends and
+        each sample's xxh3."""
+        frames = self.face_shape[0]
+        encoded, ends, sums = [], np.zeros((len(faces), frames), np.uint64), []
+        position = self._jpeg_bytes
+        for i, crops in enumerate(faces):
+            if np.shape(crops) != self.face_shape or np.asarray(crops).dtype != np.uint8:
+                raise ValueError(f"faces: expected uint8{list(self.face_shape)}, got "
+                                 f"{np.asarray(crops).dtype}{list(np.shape(crops))}")  # fmt: skip
+            parts = codecs.encode_crops(np.asarray(crops), self.quality)
+            for k, part in enumerate(parts):
+                position += len(part)
+                ends[i, k] = position
+            joined = b"".join(parts)
+            encoded.append(joined)
+            sums.append(codecs.xxh3(joined))
+        data = np.frombuffer(b"".join(encoded), np.uint8)
+        self._extend(schema.FACES_JPEG, self._jpeg_bytes, data)
+        self._jpeg_bytes = position
+        self._extend(schema.FACES_ENDS, start, ends)
+        self._extend(schema.FACES_XXH3, start, np.array(sums, schema.SUM_DTYPE))
 
     def _column(self, name: str, values: list) -> np.ndarray:
         """One field of the buffered samples as an array of the schema's dtype and shape."""
@@ -137,7 +181,8 @@ class ShardWriter:
     def _extend(self, name: str, start: int, block: np.ndarray) -> None:
         dataset = self._file[name]
         dataset.resize(start + len(block), axis=0)
-        dataset[start : start + len(block)] = block
+        if len(block):
+            dataset[start : start + len(block)] = block
 
     def close(self) -> tuple[int, str]:
         """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""

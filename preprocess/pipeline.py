@@ -24,6 +24,7 @@ import joblib
 from tqdm import tqdm
 
 from cache import schema
+from cache.codec import CODECS
 from cache.config import config_hash, dump_yaml, to_dict
 from cache.index import (
     Failure,
@@ -75,6 +76,10 @@ def validate(config: PreprocessConfig) -> None:
             "faces.frames must be >= 0, faces.size >= 1, faces.detect_size >= 32 and "
             "faces.min_face_size >= 12 (MTCNN's smallest window)"
         )
+    if config.faces.codec not in CODECS:
+        raise ValueError(f"faces.codec {config.faces.codec!r} unknown (known: {', '.join(CODECS)})")
+    if not 1 <= config.faces.quality <= 100:
+        raise ValueError(f"faces.quality must be between 1 and 100, got {config.faces.quality}")
     if config.faces.margin < 1.0:
         raise ValueError(f"faces.margin must be at least 1.0, got {config.faces.margin}")
     if config.audio.max_seconds <= 0:

@@ -131,6 +131,8 @@ def write_shard(
         frames=config.faces.frames,
         face_size=config.faces.size,
         attrs={schema.ATTR_CONFIG_HASH: config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
+        codec=config.faces.codec,
+        quality=config.faces.quality,
     )
     with writer, one_thread_per_worker(uses_torch=detector == "mtcnn"):
         for video in plan.videos:

@@ -110,7 +110,7 @@ def test_identical_writes_give_identical_bytes(tmp_path, fletcher32):
     assert sha256_of(a) == sha256_of(b)
 
 
-@pytest.mark.parametrize("key,value", [("format", "webdataset"), ("version", 2)])
+@pytest.mark.parametrize("key,value", [("format", "webdataset"), ("version", 3)])
 def test_reader_refuses_unknown_index_format(tmp_path, key, value):
     write_cache(tmp_path, [1])
     index = json.loads((tmp_path / schema.INDEX_FILE).read_text())

@@ -22,6 +22,7 @@ if __name__ == "__main__" and not __package__:  # `python train/predict.py`: imp
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from cache import schema
+from cache.codec import round_trip
 from cache.labels import LabelFileError, read_names
 from cache.reader import Cache
 from cache.untrusted import printable
@@ -106,6 +107,9 @@ def predict_video(run: RunFolder, video: Path) -> float:
         sample = process_video_file(video, run.preprocess_config())
     except VideoFailed as failed:
         raise ValueError(f"{video}: cannot be read ({failed.stage}: {failed.reason})") from None
+    faces = run.preprocess_config().faces
+    if faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
+        sample.faces = round_trip(sample.faces, faces.quality)
     batch = {
         schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
         schema.FACES: torch.from_numpy(sample.faces[None]).to(trainer.device),

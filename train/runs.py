@@ -56,4 +56,7 @@ class RunFolder:
         """The preprocessing config the cache was made with (to score raw videos alike)."""
         from preprocess.config import PreprocessConfig
 
-        return from_dict(PreprocessConfig, self.cache_config, where=f"{self.path / CACHE}")
+        config = {**self.cache_config}
+        # A cache made before faces.codec existed (format v1) stored raw crops.
+        config["faces"] = {"codec": "raw", **config.get("faces", {})}
+        return from_dict(PreprocessConfig, config, where=f"{self.path / CACHE}")

@@ -1,0 +1,72 @@
+"""Face crops stored as JPEG (cache format v2, `faces.codec: jpeg`).
+
+A shard's encoded faces lie in one flat uint8 dataset, sample after sample and
+crop after crop (FFCV's data region, not HDF5 variable-length objects), with
+`faces_ends` [N, K], the end of each crop's bytes in it. The bytes of samples
+[a, b) are therefore one contiguous range: a block of a batch is one h5py read,
+as with raw crops. Each sample's bytes carry an xxh3-64 checksum (`faces_xxh3`),
+checked before they are decoded; xxh3 also sees swapped or cancelling changes,
+which the word sum used for raw arrays does not. simplejpeg (libjpeg-turbo)
+encodes with 4:2:0 chroma and decodes straight into the batch's arrays; it was
+the fastest CPU decoder measured (benchmarks/faces_bench.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simplejpeg
+import xxhash
+
+from cache import schema
+
+CODECS = ("raw", "jpeg")
+
+
+def encode_crops(faces: np.ndarray, quality: int) -> list[bytes]:
+    """The K crops [K, S, S, 3] of one sample as JPEG bytes."""
+    return [
+        simplejpeg.encode_jpeg(np.ascontiguousarray(crop), quality, "RGB", "420") for crop in faces
+    ]
+
+
+def round_trip(faces: np.ndarray, quality: int) -> np.ndarray:
+    """The crops as a jpeg cache would give them back (to score a raw video as trained)."""
+    out = np.empty_like(faces)
+    for k, encoded in enumerate(encode_crops(faces, quality)):
+        simplejpeg.decode_jpeg(encoded, "RGB", buffer=out[k])
+    return out
+
+
+def xxh3(data: np.ndarray | bytes) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def sample_ranges(ends: np.ndarray, before: int) -> np.ndarray:
+    """[n + 1] byte offsets where each of n samples starts (then where the last ends),
+    relative to the first, from their crops' ends [n, K] and the end of the sample before
+    them (`before`, 0 for the first of the shard)."""
+    stops = ends[:, -1].astype(np.int64) if ends.shape[1] else np.full(len(ends), before)
+    return np.concatenate([[before], stops]) - before
+
+
+def checksum_mismatches(data: np.ndarray, ranges: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Positions (0-based in the block) whose bytes differ from their stored xxh3."""
+    found = np.array([xxh3(data[ranges[i] : ranges[i + 1]]) for i in range(len(sums))],
+                     dtype=schema.SUM_DTYPE)  # fmt: skip
+    return np.flatnonzero(found != sums)
+
+
+def decode_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray) -> None:
+    """Decode the crops of a block of samples into `out` [n, K, S, S, 3]; a crop whose
+    header does not say S x S RGB raises ValueError (it would not fill its slot)."""
+    size = out.shape[2]
+    start = before
+    for i in range(ends.shape[0]):
+        for k in range(ends.shape[1]):
+            stop = int(ends[i, k])
+            crop = data[start - before : stop - before]
+            height, width, _, _ = simplejpeg.decode_jpeg_header(crop)
+            if (height, width) != (size, size):
+                raise ValueError(f"a {width}x{height} crop where {size}x{size} is stored")
+            simplejpeg.decode_jpeg(crop, "RGB", buffer=out[i, k])
+            start = stop
