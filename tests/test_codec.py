@@ -208,3 +208,20 @@ def test_a_forged_jpeg_with_matching_checksums_is_refused_not_decoded_wrong(tmp_
         handle[schema.FACES_XXH3][...] = sums
     with ShardReader(path) as shard, pytest.raises(DamagedShardError, match="a 16x16 crop"):
         shard.read(schema.FACES, 0, 1)
+
+
+def test_inspect_summarises_verifies_and_draws_a_jpeg_cache(tmp_path, capsys):
+    from cache.inspect import main as inspect_main
+
+    write(tmp_path / "cache", ["jpeg", "raw"])
+    root = tmp_path / "cache"
+    assert inspect_main([str(root)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("train"))
+    assert f"{2 * COUNT}" in row
+    assert inspect_main([str(root), "verify"]) == 0
+    assert "verified 2 shards: 0 damaged" in capsys.readouterr().out
+    sheet = tmp_path / "sheet.png"
+    assert inspect_main([str(root), "sheet", "-n", "4", "--seed", "1", "-o", str(sheet)]) == 0
+    assert sheet.stat().st_size > 10_000
+    assert inspect_main([str(root), "gallery", "-o", str(tmp_path / "gallery")]) == 0
+    assert len(list((tmp_path / "gallery" / "thumbs").iterdir())) == 2 * COUNT
