@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -200,3 +201,44 @@ def test_predict_one_raw_video(toy_cache, tmp_path, capsys):
     assert 0.0 <= float(line.rsplit("= ", 1)[1]) <= 1.0
     assert predict_main(["--run", str(run), "--video", str(tmp_path / "nope.mp4")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def hub_run(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """Python in a fresh process whose Hugging Face cache is tmp_path/hf (huggingface_hub
+    reads its settings at import) and which never reaches the network."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_imagenet_weights_come_through_timms_hub_cache(tmp_path):
+    """A hub-cache layout built from a locally saved state dict (nothing is downloaded):
+    model.pretrained=imagenet loads exactly those weights, as timm users expect."""
+    source = timm.create_model("resnet18", num_classes=1000)
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id  # timm/resnet18.a1_in1k
+    repo = tmp_path / "hf" / "hub" / f"models--{hub_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(source.state_dict(), repo / "snapshots" / commit / "model.safetensors")
+    torch.save(source.layer3[0].conv1.weight, tmp_path / "expected.pt")
+    done = hub_run(tmp_path, (
+        "import torch; from train.models import build_model; "
+        "model = build_model('av', 'imagenet'); "
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r}); "
+        "assert torch.equal(model.branches['faces'].layer3[0].conv1.weight, expected); "
+        "assert torch.equal(model.branches['mel'].layer3[0].conv1.weight, expected); "
+        "print('loaded')"))  # fmt: skip
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr
+
+
+def test_imagenet_offline_and_uncached_names_the_way_out(tmp_path):
+    done = hub_run(
+        tmp_path, "from train.models import build_model; build_model('audio', 'imagenet')"
+    )
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()[-1]
+    assert "model.pretrained=imagenet: timm's timm/resnet18" in error
+    assert "--pretrained PATH" in error and "HF_HOME" in error and str(tmp_path / "hf") in error

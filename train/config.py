@@ -18,7 +18,7 @@ from cache.reader import Cache
 @dataclass
 class ModelConfig:
     kind: str = "av"  # audio (mel), faces (face frames), av (both, fused); see train/models.py
-    pretrained: str | None = None  # local ResNet18 weights (.safetensors or .pth); none: scratch
+    pretrained: str | None = None  # imagenet (timm's, HF cache), a local file; none: scratch
     init: str | None = None  # an avcache checkpoint (RUN/last.pt) whose weights start this run
     frames: int | None = None  # face frames used per video (None: all that were cached)
     mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)

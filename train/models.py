@@ -1,8 +1,9 @@
 """Detectors: a registry of model kinds built from timm ResNet18 branches; output: P(fake) logits.
 
-Pretrained weights come only from a local file through timm's
-`pretrained_cfg_overlay` (which adapts conv1 to one channel and drops the
-ImageNet head); nothing is ever downloaded.
+Pretrained weights come from timm's own hub path (`model.pretrained: imagenet`: the
+Hugging Face cache, filled from the hub when online) or from a local file through timm's
+`pretrained_cfg_overlay`; either way timm adapts conv1 to one channel for the mel and
+drops the ImageNet head.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from torch import nn
 from cache import schema
 
 BACKBONE = "resnet18"
+IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path
 
 
-def backbone(in_chans: int, pretrained: Path | None) -> nn.Module:
-    """ResNet18 without its head (512 features), from local weights or from scratch."""
+def backbone(in_chans: int, pretrained: str | Path | None) -> nn.Module:
+    """ResNet18 without its head (512 features): timm's ImageNet weights, local weights, or
+    from scratch."""
     if pretrained is None:
         return timm.create_model(BACKBONE, pretrained=False, num_classes=0, in_chans=in_chans)
+    if str(pretrained) == IMAGENET:
+        return imagenet_backbone(in_chans)
+    pretrained = Path(pretrained)
     if not pretrained.is_file():
         raise FileNotFoundError(
             f"{pretrained}: no such weights file (--pretrained / model.pretrained)"
@@ -43,6 +49,29 @@ def backbone(in_chans: int, pretrained: Path | None) -> nn.Module:
             f"{pretrained}: not {BACKBONE} weights that timm can load ({reason[:200]}); "
             f"--pretrained takes a {BACKBONE} state dict as .safetensors or .pth"
         ) from None
+
+
+def imagenet_backbone(in_chans: int) -> nn.Module:
+    """timm's ResNet18 ImageNet weights, the way timm users get them: from the Hugging Face
+    cache (HF_HOME, HF_HUB_CACHE), downloaded into it when the machine is online."""
+    try:
+        return timm.create_model(BACKBONE, pretrained=True, num_classes=0, in_chans=in_chans)
+    except Exception as error:  # huggingface_hub's offline and network errors differ by version
+        hub_id = timm.models.get_pretrained_cfg(BACKBONE).hf_hub_id
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"model.pretrained={IMAGENET}: timm's {hub_id} weights are not in the Hugging Face "
+            f"cache ({hub_cache()}) and could not be downloaded ({reason[:160]}). Fill the "
+            'cache once where the network is reachable (python -c "import timm; '
+            f"timm.create_model('{BACKBONE}', pretrained=True)\"), copy it here and point "
+            "HF_HOME or HF_HUB_CACHE at it, or pass --pretrained PATH with a local weights file"
+        ) from None
+
+
+def hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 def check_backbone_weights(weights: dict) -> None:
@@ -89,7 +118,7 @@ MODELS: dict[str, tuple[str, ...]] = {
 class Detector(nn.Module):
     """ResNet18 branches whose pooled features are concatenated into one linear head."""
 
-    def __init__(self, branches: tuple[str, ...], pretrained: Path | None) -> None:
+    def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None) -> None:
         super().__init__()
         self.branches = nn.ModuleDict(
             {name: backbone(BRANCHES[name][1], pretrained) for name in branches}
@@ -106,4 +135,4 @@ class Detector(nn.Module):
 def build_model(kind: str, pretrained: str | Path | None = None) -> nn.Module:
     if kind not in MODELS:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    return Detector(MODELS[kind], Path(pretrained) if pretrained else None)
+    return Detector(MODELS[kind], pretrained or None)

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="run folder to create")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN "
                         f"(overrides: only {', '.join(RESUMABLE)})")  # fmt: skip
-    parser.add_argument("--pretrained", help="local ResNet18 weights (.safetensors/.pth); "
+    parser.add_argument("--pretrained", help="imagenet (timm's weights via the Hugging Face "
+                        "cache) or local ResNet18 weights (.safetensors/.pth); "
                         "same as model.pretrained=PATH")  # fmt: skip
     parser.add_argument("--init", metavar="CHECKPOINT", help="start from the weights of an "
                         "avcache checkpoint (RUN/last.pt) with a new schedule; same as "
@@ -128,7 +129,8 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     if not args.resume and ranks.main:
         RunFolder.create(out, config, cache)
         if config.model.pretrained is None and config.model.init is None:
-            log.warning("no pretrained weights given (--pretrained PATH): training from scratch")
+            log.warning("no pretrained weights given (--pretrained imagenet or PATH): training "
+                        "from scratch")  # fmt: skip
     distributed.barrier()
     trainer = Trainer(config, cache, out)
     if args.resume and (out / LAST).is_file():
