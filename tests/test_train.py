@@ -242,3 +242,44 @@ def test_imagenet_offline_and_uncached_names_the_way_out(tmp_path):
     error = done.stderr.strip().splitlines()[-1]
     assert "model.pretrained=imagenet: timm's timm/resnet18" in error
     assert "--pretrained PATH" in error and "HF_HOME" in error and str(tmp_path / "hf") in error
+
+
+def test_fusion_options_train_and_keep_results_reproducible(toy_cache, tmp_path):
+    """Modality dropout, per-branch heads and audio-visual mismatch all train an av model;
+    the same seed gives the same weights (their randomness is seeded per batch)."""
+    options = {"model.kind": "av", "run.epochs": 1, "model.modality_dropout": 0.5,
+               "model.aux_weight": 0.5, "augment.av_mismatch": 0.25}  # fmt: skip
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        args = ["--cache", str(toy_cache), "--out", str(run), *small_config(**options)]
+        assert train_main(args) == 0
+    a, b = (torch.load(run / LAST, weights_only=True)["model"] for run in runs)
+    assert any(key.startswith("aux.") for key in a)
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    best = torch.load(runs[0] / BEST, weights_only=True)
+    assert predict_main(["--run", str(runs[0]), "--video", str(
+        talking_face(tmp_path / "clip.mp4", seconds=1.0))]) == 0 and "model" in best  # fmt: skip
+
+
+def test_mismatched_faces_come_from_another_video_and_are_fake():
+    from train.augment import mismatch_faces
+
+    faces = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1, 1).expand(8, 2, 3, 4, 4)
+    inputs = {schema.MEL: torch.zeros(8, 1, 4, 4), schema.FACES: faces}
+    labels = torch.zeros(8)
+    out, new = mismatch_faces(inputs, labels, 0.5, torch.Generator().manual_seed(0))
+    moved = (out[schema.FACES][:, 0, 0, 0, 0] != torch.arange(8)).nonzero().flatten()
+    assert len(moved) == 4 and torch.equal(new[moved], torch.ones(4))
+    assert new.sum() == 4 and torch.equal(inputs[schema.FACES], faces)  # the input is untouched
+
+
+def test_modality_dropout_zeroes_one_branch_of_a_sample_never_both():
+    from train.models import drop_one_branch
+
+    torch.manual_seed(0)
+    features = [torch.ones(1000, 4), torch.ones(1000, 4)]
+    kept = [f[:, 0] for f in drop_one_branch(features, 0.5)]
+    dropped = [(k == 0) for k in kept]
+    assert not (dropped[0] & dropped[1]).any()
+    assert 400 < int((dropped[0] | dropped[1]).sum()) < 600

@@ -115,3 +115,21 @@ def prepare(
         faces = evenly_spaced_frames(batch[schema.FACES], frames)
         inputs[schema.FACES] = prepare_faces(faces, config, generator)
     return inputs
+
+
+def mismatch_faces(inputs: dict, labels: torch.Tensor, share: float,
+                   generator: torch.Generator) -> tuple[dict, torch.Tensor]:  # fmt: skip
+    """Audio-visual mismatch: a `share` of the batch gets another video's faces beside its own
+    mel, and the pair is labelled fake (the voice and the face do not belong together)."""
+    faces = inputs[schema.FACES]
+    batch = faces.shape[0]
+    count = round(share * batch)
+    if batch < 2 or count == 0:
+        return inputs, labels
+    chosen = torch.randperm(batch, generator=generator)[:count].to(faces.device)
+    shift = int(torch.randint(1, batch, (1,), generator=generator))
+    donors = (chosen + shift) % batch  # never the sample itself
+    faces, labels = faces.clone(), labels.clone()
+    faces[chosen] = inputs[schema.FACES][donors]
+    labels[chosen] = 1.0
+    return {**inputs, schema.FACES: faces}, labels

@@ -22,6 +22,8 @@ class ModelConfig:
     init: str | None = None  # an avcache checkpoint (RUN/last.pt) whose weights start this run
     frames: int | None = None  # face frames used per video (None: all that were cached)
     mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)
+    modality_dropout: float = 0.0  # av, training: chance a sample loses one branch's features
+    aux_weight: float = 0.0  # av: weight of each branch's own head and loss (0: no such heads)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class AugmentConfig:
     vflip: float = 0.0  # probability of flipping mel images upside down (the baseline does)
     time_mask: int = 24  # mel: width of one random time mask in columns (0: off)
     freq_mask: int = 16  # mel: height of one random frequency mask in rows (0: off)
+    av_mismatch: float = 0.0  # av: share of a batch given another video's faces, labelled fake
 
 
 @dataclass
@@ -93,6 +96,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("augment.vflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("augment.time_mask", lambda v: 0 <= v < 256, "between 0 and 255 columns"),
+    ("augment.av_mismatch", lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    ("model.modality_dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("model.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("augment.freq_mask", lambda v: 0 <= v < 256, "between 0 and 255 rows"),
     ("run.epochs", lambda v: v >= 1, "at least 1"),
     ("run.device", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),

@@ -37,7 +37,7 @@ from cache import schema
 from cache.reader import Cache
 from cache.untrusted import printable, regular_file
 from train import distributed
-from train.augment import batch_seed, prepare, to_device
+from train.augment import batch_seed, mismatch_faces, prepare, to_device
 from train.config import TrainConfig
 from train.distributed import Ranks
 from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
@@ -110,7 +110,9 @@ class Trainer:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
-        self.model = build_model(config.model.kind, config.model.pretrained).to(self.device)
+        model = config.model
+        self.model = build_model(model.kind, model.pretrained, model.modality_dropout,
+                                 aux_heads=model.aux_weight > 0).to(self.device)  # fmt: skip
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
@@ -147,9 +149,12 @@ class Trainer:
         augment = self.config.augment if generator else None
         model = self.config.model
         inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
+        labels = batch[schema.LABEL].float()
+        if augment and augment.av_mismatch and schema.FACES in inputs and schema.MEL in inputs:
+            inputs, labels = mismatch_faces(inputs, labels, augment.av_mismatch, generator)
         if self._cuda and self.config.run.channels_last and schema.MEL in inputs:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
-        return inputs, batch[schema.LABEL].float()
+        return inputs, labels
 
     def _backward(self, batch: dict, epoch: int, step_ends: bool) -> float:
         """Forward and backward one batch; gradients are shared across ranks when a step ends."""
@@ -164,9 +169,16 @@ class Trainer:
         keep_local = self.ddp.no_sync() if self.ddp and not step_ends else nullcontext()
         with keep_local:
             with self._autocast():
-                loss = self.loss_fn(self.train_forward(inputs).float(), labels)
+                loss = self._loss(self.train_forward(inputs).float(), labels)
             (loss * weight).backward()
         return loss.item()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The fused head's loss, plus model.aux_weight x each branch head's (when present)."""
+        if logits.dim() == 1:
+            return self.loss_fn(logits, labels)
+        own = [self.loss_fn(column, labels) for column in logits[:, 1:].unbind(1)]
+        return self.loss_fn(logits[:, 0], labels) + self.config.model.aux_weight * sum(own)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """Train on the epoch's batches from `progress.batches_done` on."""

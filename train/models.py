@@ -116,9 +116,16 @@ MODELS: dict[str, tuple[str, ...]] = {
 
 
 class Detector(nn.Module):
-    """ResNet18 branches whose pooled features are concatenated into one linear head."""
+    """ResNet18 branches whose pooled features are concatenated into one linear head.
 
-    def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None) -> None:
+    Fusion that keeps both senses (av): `modality_dropout` zeroes one branch's features of
+    a sample at random while training, so the head cannot lean on one sense alone; with
+    `aux_heads` each branch also has its own head, trained on its own (the trainer weighs
+    their losses with model.aux_weight), so neither branch stops learning.
+    """
+
+    def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None,
+                 modality_dropout: float = 0.0, aux_heads: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.branches = nn.ModuleDict(
             {name: backbone(BRANCHES[name][1], pretrained) for name in branches}
@@ -126,13 +133,35 @@ class Detector(nn.Module):
         self.fields = tuple(BRANCHES[name][0] for name in branches)
         width = sum(branch.num_features for branch in self.branches.values())
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
+        self.modality_dropout = modality_dropout if len(branches) > 1 else 0.0
+        self.aux = None
+        if aux_heads and len(branches) > 1:
+            self.aux = nn.ModuleDict({name: nn.Linear(branch.num_features, 1)
+                                      for name, branch in self.branches.items()})  # fmt: skip
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B]; while training with aux heads, [B, 1 + branches] (the fused first)."""
         features = [BRANCHES[name][2](branch, inputs) for name, branch in self.branches.items()]
-        return self.head(torch.cat(features, dim=1)).squeeze(1)
+        if self.training and self.modality_dropout:
+            features = drop_one_branch(features, self.modality_dropout)
+        logits = self.head(torch.cat(features, dim=1))
+        if not (self.training and self.aux is not None):
+            return logits.squeeze(1)
+        own = [head(f) for head, f in zip(self.aux.values(), features, strict=True)]
+        return torch.cat([logits, *own], dim=1)
 
 
-def build_model(kind: str, pretrained: str | Path | None = None) -> nn.Module:
+def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[torch.Tensor]:
+    """For a `probability` share of samples, one branch's features (drawn at random) become
+    zeros; never every branch of a sample."""
+    batch, device = features[0].shape[0], features[0].device
+    dropped = torch.rand(batch, device=device) < probability
+    which = torch.randint(len(features), (batch,), device=device)
+    return [f * ~(dropped & (which == i))[:, None] for i, f in enumerate(features)]
+
+
+def build_model(kind: str, pretrained: str | Path | None = None, modality_dropout: float = 0.0,
+                aux_heads: bool = False) -> nn.Module:  # fmt: skip
     if kind not in MODELS:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    return Detector(MODELS[kind], pretrained or None)
+    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads)
