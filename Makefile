@@ -10,7 +10,7 @@ JOBS ?= 2
 # recordings (two speakers) for the sample data set and the tests; chromium (headless) renders
 # the inspect sheets and gallery in the tests and for `make screenshots`.
 
-.PHONY: setup demo test lint bench clean system-packages screenshots
+.PHONY: setup demo test lint bench eval clean system-packages screenshots
 
 setup: $(STAMP)
 
@@ -77,6 +77,11 @@ screenshots: setup
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_bench.py
+
+# Leave-one-manipulation-out on the sample generator: every recipe, every held-out kind,
+# two seeds (hours on 2 CPU cores; runs already finished under eval/ are kept).
+eval: setup
+	$(BIN)/python -m benchmarks.generalisation --out eval
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

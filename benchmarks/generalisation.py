@@ -1,0 +1,174 @@
+"""Leave-one-manipulation-out: how detectors hold up on a kind of fake they never saw.
+
+    python -m benchmarks.generalisation --out DIR [--train 300 --val 120] [--seeds 0,1]
+        [--epochs 8] [--recipes audio,faces,av,...] [--kinds face_paste,...]
+
+DeepfakeBench's cross-manipulation protocol on the sample generator, which records each
+fake clip's manipulations (sample_manifest.json):
+1. a sample data set is rendered and cached once (mel, 4 faces of 64 px, as `make demo`);
+2. for each manipulation kind H, a fold cache is written: its train split holds the train
+   reals and the train fakes that do not use H, its val split the val reals and the val
+   fakes that do use H; the held-out fakes are never trained on;
+3. each recipe is trained on each fold for each seed, for a fixed number of epochs (mel
+   resized to 128); the figure is the val AUC of the last epoch, so nothing is chosen on
+   the held-out fakes.
+The table (recipe x held-out kind, mean and spread over seeds) goes to DIR/table.md and
+DIR/generalisation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from cache import open_cache, schema
+from cache.index import ShardRecord, build_index, write_json_atomic
+from cache.writer import ShardWriter
+from train.engine import METRICS
+from train.run import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+# Recipe -> (config file, overrides). Every run also gets COMMON.
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "audio (baseline recipe)": ("configs/train_baseline.yaml", []),
+    "audio": ("configs/train.yaml", ["model.kind=audio"]),
+    "faces": ("configs/train.yaml", ["model.kind=faces"]),
+    "av": ("configs/train.yaml", ["model.kind=av"]),
+    "av + modality dropout": ("configs/train.yaml", ["model.kind=av",
+                                                     "model.modality_dropout=0.5"]),
+    "av + branch heads": ("configs/train.yaml", ["model.kind=av", "model.aux_weight=0.5"]),
+    "av + mismatch": ("configs/train.yaml", ["model.kind=av", "augment.av_mismatch=0.25"]),
+    "av + all three": ("configs/train.yaml", ["model.kind=av", "model.modality_dropout=0.5",
+                                              "model.aux_weight=0.5",
+                                              "augment.av_mismatch=0.25"]),
+}  # fmt: skip
+COMMON = ["model.mel_size=128", "data.batch_size=16", "data.workers=0", "run.threads=2"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for data, runs, table")
+    parser.add_argument("--train", type=int, default=300, help="train clips (half fake)")
+    parser.add_argument("--val", type=int, default=120, help="val clips (half fake)")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1", help="training seeds")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="which of: "
+                        + ", ".join(RECIPES))  # fmt: skip
+    parser.add_argument("--kinds", help="held-out kinds (default: every kind in the sample)")
+    args = parser.parse_args(argv)
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    args.recipes = [name.strip() for name in args.recipes.split(",")]
+    unknown = [name for name in args.recipes if name not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r} (known: {', '.join(RECIPES)})")
+    return args
+
+
+def build_sample(args) -> tuple[Path, dict[str, tuple[str, ...]]]:
+    """The cached sample and each clip's manipulations (empty for a real clip)."""
+    data, cache = args.out / "data", args.out / "cache"
+    subprocess.run([sys.executable, "-m", "preprocess.sample", str(data), "--seed",
+                    str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
+                    "--test", "0"], check=True, cwd=REPO)  # fmt: skip
+    if not (cache / schema.INDEX_FILE).exists():
+        subprocess.run([sys.executable, "-m", "preprocess.run", "--data", str(data), "--out",
+                        str(cache), "--quiet", "faces.frames=4", "faces.size=64",
+                        "faces.codec=raw"], check=True, cwd=REPO)  # fmt: skip
+    manifest = json.loads((data / "sample_manifest.json").read_text())
+    return cache, {clip["name"]: tuple(clip["kinds"]) for clip in manifest["clips"]}
+
+
+def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: str,
+               out: Path) -> dict[str, int]:  # fmt: skip
+    """A cache whose train split never holds `held_out` fakes and whose val split holds only
+    them (beside the val reals). Returns the fold's counts."""
+    if (out / schema.INDEX_FILE).exists():
+        return json.loads((out / "counts.json").read_text())
+    cache = open_cache(cache_root)
+    keep = {
+        "train": lambda name: held_out not in kinds[name],
+        "val": lambda name: not kinds[name] or held_out in kinds[name],
+    }
+    (out / "shards").mkdir(parents=True)
+    records, counts = [], {}
+    for split, wanted in keep.items():
+        rel = f"shards/{split}.h5"
+        size = cache.config["faces"]["size"]
+        with ShardWriter(out / rel, split=split, frames=cache.frames, face_size=size) as writer:
+            for sample in cache.iter_samples(split):
+                if wanted(sample.video_name):
+                    writer.append(sample)
+            records.append(ShardRecord(rel, split, *writer.close()))
+        counts[split] = records[-1].num_samples
+    write_json_atomic(out / schema.INDEX_FILE, build_index(cache.config, "fold", records))
+    (out / "counts.json").write_text(json.dumps(counts))
+    return counts
+
+
+def train_once(fold: Path, recipe: str, seed: int, epochs: int, run: Path) -> float:
+    """The last epoch's validation (held-out) AUC of one run (kept when already there)."""
+    metrics = run / METRICS
+    if not metrics.exists() or len(metrics.read_text().splitlines()) < epochs:
+        if run.exists():  # a run cut short: start it again
+            shutil.rmtree(run)
+        config, overrides = RECIPES[recipe]
+        status = train_main(["--config", str(REPO / config), "--cache", str(fold), "--out",
+                             str(run), *overrides, *COMMON, f"run.seed={seed}",
+                             f"run.epochs={epochs}"])  # fmt: skip
+        if status != 0:
+            raise RuntimeError(f"training {recipe} on {fold} failed ({status})")
+    return json.loads(metrics.read_text().splitlines()[-1])["val_auc"]
+
+
+def table(results: dict, kinds: list[str]) -> str:
+    """Markdown: recipe x held-out kind, mean (spread) over seeds, and the mean over kinds."""
+    lines = ["| recipe | " + " | ".join(kinds) + " | mean |", "|---" * (len(kinds) + 2) + "|"]
+    for recipe, by_kind in results.items():
+        cells, means = [], []
+        for kind in kinds:
+            values = [v for v in by_kind.get(kind, []) if math.isfinite(v)]
+            if not values:  # not run yet, or no held-out fake in this sample's val split
+                cells.append("—")
+                continue
+            mean = statistics.fmean(values)
+            means.append(mean)
+            spread = f" ±{(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else ""
+            cells.append(f"{mean:.2f}{spread}")
+        overall = f"{statistics.fmean(means):.3f}" if means else "—"
+        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {overall} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache, clip_kinds = build_sample(args)
+    present = sorted({kind for kinds in clip_kinds.values() for kind in kinds})
+    held_out = args.kinds.split(",") if args.kinds else present
+    results: dict[str, dict[str, list[float]]] = {recipe: {} for recipe in args.recipes}
+    folds = {}
+    for kind in held_out:
+        folds[kind] = write_fold(cache, clip_kinds, kind, args.out / "folds" / kind)
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                run = args.out / "runs" / kind / recipe.replace(" ", "_") / f"seed{seed}"
+                auc = train_once(args.out / "folds" / kind, recipe, seed, args.epochs, run)
+                results[recipe].setdefault(kind, []).append(auc)
+                markdown = table(results, held_out)
+                (args.out / "table.md").write_text(markdown + "\n")
+                (args.out / "generalisation.json").write_text(json.dumps(
+                    {"args": {k: str(v) for k, v in vars(args).items()}, "folds": folds,
+                     "results": results}, indent=1))  # fmt: skip
+    print(table(results, held_out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
