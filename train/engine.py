@@ -156,8 +156,10 @@ class Trainer:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
         return inputs, labels
 
-    def _backward(self, batch: dict, epoch: int, step_ends: bool) -> float:
-        """Forward and backward one batch; gradients are shared across ranks when a step ends."""
+    def _backward(self, batch: dict, epoch: int, step_ends: bool) -> torch.Tensor:
+        """Forward and backward one batch; gradients are shared across ranks when a step ends.
+        Returns the loss as a tensor on the device: reading it here would make the host wait
+        for the GPU every batch."""
         # Flips, masks and dropout of a global batch depend on nothing else: not on the ranks
         # (which would otherwise draw the same dropout masks), nor on where a run resumed.
         seed = batch_seed(self.config.run.seed, epoch, batch[BATCH_INDEX])
@@ -171,7 +173,7 @@ class Trainer:
             with self._autocast():
                 loss = self._loss(self.train_forward(inputs).float(), labels)
             (loss * weight).backward()
-        return loss.item()
+        return loss.detach()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fused head's loss, plus model.aux_weight x each branch head's (when present)."""
@@ -190,7 +192,10 @@ class Trainer:
         self.model.train()
         # The checkpoint holds the sum over all ranks; one rank carries it on.
         restored = (self.progress.loss_sum, self.progress.samples) if self.ranks.main else (0, 0)
-        loss_sum, samples, fresh, waited = *restored, 0, 0.0
+        # The loss sum stays on the device (float64: the same sums as on the host) and is read
+        # only at checkpoints and at the end of the epoch.
+        loss_sum = torch.tensor(float(restored[0]), dtype=torch.float64, device=self.device)
+        samples, fresh, waited = restored[1], 0, 0.0
         start = mark = time.perf_counter()
         bar = tqdm(loader, total=len(stream), desc=f"epoch {epoch + 1}", leave=False,
                    disable=not self.ranks.main)  # fmt: skip
@@ -201,16 +206,18 @@ class Trainer:
             loss = self._backward(batch, epoch, step_ends)
             if batch[REAL]:
                 n = len(batch[schema.LABEL])
-                loss_sum, samples, fresh = loss_sum + loss * n, samples + n, fresh + n
+                loss_sum += loss.double() * n
+                samples, fresh = samples + n, fresh + n
             if step_ends:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.progress.batches_done = (local + 1) * world
                 if self._checkpoint_due(local + 1, per_rank):
-                    self._checkpoint_mid_epoch(loss_sum, samples)
+                    self._checkpoint_mid_epoch(loss_sum.item(), samples)
             mark = time.perf_counter()
         seconds = time.perf_counter() - start
-        loss_sum, samples, fresh = distributed.sum_across([loss_sum, samples, fresh], self.device)
+        loss_sum, samples, fresh = distributed.sum_across([loss_sum.item(), samples, fresh],
+                                                          self.device)  # fmt: skip
         distributed.average_batchnorm(self.model)
         self.scheduler.step()
         return {
