@@ -10,7 +10,7 @@ JOBS ?= 2
 # recordings (two speakers) for the sample data set and the tests; chromium (headless) renders
 # the inspect sheets and gallery in the tests and for `make screenshots`.
 
-.PHONY: setup demo test lint bench eval clean system-packages screenshots
+.PHONY: setup demo test lint bench eval gpu-check clean system-packages screenshots
 
 setup: $(STAMP)
 
@@ -77,6 +77,13 @@ screenshots: setup
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_bench.py
+
+# On a GPU machine (.venv carried along or built by setup): the CUDA tests, then the loader
+# against the no-data ceiling at full size. Report in $(GPU_OUT)/gpu_check.txt.
+GPU_OUT ?= gpu-check
+gpu-check: setup
+	$(BIN)/python -m pytest -q -m cuda
+	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
 
 # Leave-one-manipulation-out on the sample generator: every recipe, every held-out kind,
 # two seeds (hours on 2 CPU cores; runs already finished under eval/ are kept).
