@@ -127,14 +127,15 @@ def mapping(value: object, where: str) -> dict:
 
 
 # Datasets are opened so that, even before their layout is checked, HDF5 would not find a
-# file they point at: external raw data and virtual sources are looked up under a prefix
-# that does not exist, and a virtual dataset's extent is that of its first missing source.
+# virtual dataset's source files: they are looked up under a prefix that does not exist, and
+# its extent is that of its first missing source. (External raw files are only opened by a
+# read, which the layout check refuses first; an external-file prefix here would also clash
+# with other handles on the same file in this process.)
 _NOWHERE = b"/nonexistent/avcache-reads-nothing-outside-the-shard"
 
 
 def _dataset_access() -> h5py.h5p.PropDAID:
     access = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-    access.set_efile_prefix(_NOWHERE)
     access.set_virtual_prefix(_NOWHERE)
     access.set_virtual_view(h5py.h5d.VDS_FIRST_MISSING)
     return access

@@ -25,7 +25,7 @@ import torch
 from cache import schema
 from cache.index import ShardRecord, read_failures, read_receipt, write_receipt
 from cache.inspect import main as inspect_main
-from cache.reader import CacheFormatError, open_cache
+from cache.reader import CacheFormatError, ShardReader, open_cache
 from cache.untrusted import MAX_JSON_BYTES, printable
 from tests.test_cache import FRAMES, SIZE, make_sample
 from tests.test_train import small_config, write_toy_cache
@@ -649,3 +649,13 @@ def test_a_forged_previous_index_names_no_file_outside(tmp_path, previous):
     (out / schema.INDEX_FILE).write_text(previous)
     preprocessor = Preprocessor(PreprocessConfig(), tmp_path / "data", out, jobs=1)
     assert preprocessor._previous_config_hash() == "unreadable"
+
+
+def test_a_shard_also_open_through_plain_h5py_still_opens(cache):
+    """HDF5 shares one open file between handles in a process: a notebook (or a benchmark)
+    holding the shard through h5py does not stop avcache from opening it."""
+    shard = first_shard(cache)
+    with h5py.File(shard, "r") as handle:
+        mel = handle[schema.MEL][:2]
+        with ShardReader(shard) as reader:
+            np.testing.assert_array_equal(reader.read(schema.MEL, 0, 2), mel)
