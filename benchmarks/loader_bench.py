@@ -101,7 +101,7 @@ MB = 1e6
 # 10x slower than with one thread here (OpenMP threads waiting on busy cores), which would
 # flatter our ratios to (a) and (b).
 LOADER_THREADS = 1
-TARGETS = {  # (group, figure) -> minimum; from DESIGN.md "Performance budget"
+TARGETS = {  # (group, figure) -> minimum: the project's performance budget
     ("mel", "ours / (c) ceiling, warm"): 0.40,
     ("mel", "ours / (a) baseline, warm"): 50.0,
     ("mel", "ours / (b) naive, warm"): 1.5,
@@ -961,7 +961,7 @@ def print_ratio_grid(results: dict, phase: str) -> None:
 
 
 def check_targets(results: dict) -> dict:
-    """Each DESIGN.md target for every ours row: paired-median ratios, median rates."""
+    """Each performance target for every ours row: paired-median ratios, median rates."""
     checks = {}
     for name, ratios in results["ratios"].items():
         row = results["loaders"][name]
@@ -1007,7 +1007,7 @@ def print_ratios(results: dict) -> None:
                     f"{name + ': ' + key:58} {value['of_medians']:10.3g} "
                     f"{value['paired_median']:8.3g}"
                 )
-    print("\ntargets (DESIGN.md), on paired-median ratios and median rates:")
+    print("\ntargets (performance budget), on paired-median ratios and median rates:")
     for key, check in results["targets"].items():
         value = "—" if check["value"] is None else f"{check['value']:,.3g}"
         print(

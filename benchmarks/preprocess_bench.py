@@ -221,7 +221,7 @@ def media_file(distribution: str, relative: str) -> Path:
 
 
 def encode_command(clip: Clip) -> list[str]:
-    """The ENVIRONMENT.md recipe: a face video (a still animated, or carphone) plus real speech."""
+    """A face video (a still animated, or carphone) plus real speech."""
     seconds = f"{clip.seconds:.3f}"
     if clip.video == "astronaut":
         face = media_file("scikit-image", "skimage/data/astronaut.png")

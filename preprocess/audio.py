@@ -1,7 +1,7 @@
 """Mel images from a video's audio: a registry of recipes, `baseline` by default.
 
 `baseline` reproduces the public FFDV recipe (moviepy 1.0.3 + librosa + cv2,
-see shared/reference) without its temp WAV: ffmpeg decodes 44.1 kHz stereo s16
+tests/test_audio.py runs it) without its temp WAV: ffmpeg decodes 44.1 kHz stereo s16
 as moviepy does, moviepy's WAV is replayed in memory (preprocess/moviepy103.py),
 then librosa's own load, mel and dB steps run on the array and OpenCV
 normalises and resizes. `padded` runs the same steps on the audio cut or padded
