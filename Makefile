@@ -26,7 +26,7 @@ system-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# torch 2.14.1 + torchvision 0.29.1 is the pair known to import together here (see README).
+# torch 2.14.1 + torchvision 0.29.1 is the pair known to import together here (see docs/dependencies.md).
 # facenet-pytorch pins torch<2.3 and numpy<2 but runs on current releases: install it without deps.
 $(STAMP): setup.cfg pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The README's pictures, from the demo cache (`make demo` first): a contact sheet (256 colours)
+# The docs' pictures, from the demo cache (`make demo` first): a contact sheet (256 colours)
 # and a Chromium screenshot of the gallery with the demo run's most confident mistakes.
 GALLERY ?= $(DEMO)/gallery
 CHROMIUM := chromium --headless --no-sandbox --disable-gpu --hide-scrollbars

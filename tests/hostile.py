@@ -4,8 +4,8 @@ Every kind is made by the real ffmpeg from lavfi sources (testsrc2, sine,
 anoisesrc, anullsrc), scikit-image's astronaut (a real face) and real speech
 (codec2 / asterisk), or written byte by byte. KINDS maps a kind's name to how
 it is made and what the preprocessor must do with it: cache it, or record a
-failure at a given stage with a reason holding given key words. The README's
-"Hardening" table lists the same kinds.
+failure at a given stage with a reason holding given key words. The table in
+docs/hardening.md lists the same kinds.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ STALL_FIFO = "stall.fifo"  # not listed: the pipe that the stall kind makes ffmp
 class Kind:
     file: str  # the file name in the data root's trainset/ (some kinds are about the name)
     make: Callable[[Path], None]  # writes the file
-    how: str  # how it is made (the README table)
+    how: str  # how it is made (the table in docs/hardening.md)
     outcome: str = CACHED  # or the failure stage recorded in failures.jsonl
     reason: tuple[str, ...] = ()  # key words the failure's reason must hold
     has_audio: bool = True  # what a cached sample's has_audio must be
