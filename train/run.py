@@ -182,8 +182,10 @@ def without_worker_traceback(error: Exception) -> str:
 
 
 def print_config(args: argparse.Namespace) -> int:
-    config = resume_config(RunFolder(args.resume), args.overrides) if args.resume else \
-        new_run_config(args)  # fmt: skip
+    if args.resume:
+        config = resume_config(RunFolder(args.resume), args.overrides)
+    else:
+        config = new_run_config(args)
     print(yaml_text(config), end="")
     return 0
 
