@@ -11,7 +11,9 @@
 4. Loader: two av caches of `--samples` samples built from those crops (names differ, bytes
    repeat), raw and jpeg q90, streamed by train.loader.ShardStream in this process (one
    decoding core), warm and cold (pages evicted with posix_fadvise before each pass), beside
-   the disk-read ceiling for the same files (read whole, warm and cold). Rounds alternate.
+   the disk-read ceiling for the same files (read whole, warm and cold); and the jpeg cache
+   as `data.decode=cuda` reads it (bytes and checksums, crop headers checked, not decoded:
+   the host's share of GPU decoding). Rounds alternate.
 5. With `--big-gb N`: a raw cache of about N GB (more than this machine's memory, to see what
    streaming from disk gives) and its jpeg twin, each streamed for one epoch through a
    DataLoader with 2 workers.
@@ -165,10 +167,12 @@ def write_av_cache(root: Path, crops: np.ndarray, samples: int, codec: str,
     return [root / record.path for record in records]
 
 
-def stream_epoch(root: Path, batch_size: int, workers: int = 0) -> int:
-    """Samples of one epoch of av batches (mel + faces), shuffled, decoded."""
+def stream_epoch(root: Path, batch_size: int, workers: int = 0, jpeg_faces: bool = False) -> int:
+    """Samples of one epoch of av batches (mel + faces), shuffled, decoded (or, with
+    `jpeg_faces`, left as checked JPEG bytes for the training device)."""
     stream = ShardStream(open_cache(root).shards, (schema.MEL, schema.FACES),
-                         LoaderPlan(batch_size=batch_size, shuffle=True))  # fmt: skip
+                         LoaderPlan(batch_size=batch_size, shuffle=True),
+                         jpeg_faces=jpeg_faces)  # fmt: skip
     if not workers:
         return sum(len(batch[schema.MEL]) for batch in stream)
     loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
@@ -180,8 +184,10 @@ def loader_rates(caches: dict[str, list[Path]], roots: dict[str, Path], samples:
     """samples/s and MB/s of disk bytes: ShardStream and whole-file reads, warm and cold."""
     results: dict[str, dict[str, list[float]]] = {}
     torch.set_num_threads(1)
+    modes = [(codec, codec, False) for codec in caches] + [("jpeg", "jpeg undecoded", True)]
     for _ in range(args.rounds):
-        for codec, paths in caches.items():
+        for codec, mode, jpeg_faces in modes:
+            paths = caches[codec]
             size = sum(p.stat().st_size for p in paths)
             for phase in ("warm", "cold"):
                 if phase == "cold":
@@ -189,11 +195,13 @@ def loader_rates(caches: dict[str, list[Path]], roots: dict[str, Path], samples:
                 else:
                     read_all(paths)
                 start = time.perf_counter()
-                count = stream_epoch(roots[codec], args.batch_size)
+                count = stream_epoch(roots[codec], args.batch_size, jpeg_faces=jpeg_faces)
                 seconds = time.perf_counter() - start
-                results.setdefault(f"{codec} loader {phase}", {}).setdefault("rate", []).append(
+                results.setdefault(f"{mode} loader {phase}", {}).setdefault("rate", []).append(
                     count / seconds
                 )
+                if jpeg_faces:  # the same files as the decoded jpeg pass: no second disk read
+                    continue
                 if phase == "cold":
                     evict(paths)
                 start = time.perf_counter()

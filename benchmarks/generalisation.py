@@ -1,7 +1,8 @@
 """Leave-one-manipulation-out: how detectors hold up on a kind of fake they never saw.
 
-    python -m benchmarks.generalisation --out DIR [--train 300 --val 120] [--seeds 0,1]
-        [--epochs 8] [--recipes audio,faces,av,...] [--kinds face_paste,...]
+    python -m benchmarks.generalisation --out DIR [--train 300 --val 160] [--seeds 0,1]
+        [--epochs 6] [--mel-size 64] [--frames 2] [--recipes audio,faces,av,...]
+        [--kinds face_paste,...]
 
 DeepfakeBench's cross-manipulation protocol on the sample generator, which records each
 fake clip's manipulations (sample_manifest.json):
@@ -10,8 +11,8 @@ fake clip's manipulations (sample_manifest.json):
    reals and the train fakes that do not use H, its val split the val reals and the val
    fakes that do use H; the held-out fakes are never trained on;
 3. each recipe is trained on each fold for each seed, for a fixed number of epochs (mel
-   resized to 128); the figure is the val AUC of the last epoch, so nothing is chosen on
-   the held-out fakes.
+   resized to --mel-size, --frames of the 4 faces: small enough for a CPU); the figure is
+   the val AUC of the last epoch, so nothing is chosen on the held-out fakes.
 The table (recipe x held-out kind, mean and spread over seeds) goes to DIR/table.md and
 DIR/generalisation.json.
 """
@@ -48,17 +49,19 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                               "model.aux_weight=0.5",
                                               "augment.av_mismatch=0.25"]),
 }  # fmt: skip
-COMMON = ["model.mel_size=128", "data.batch_size=16", "data.workers=0", "run.threads=2"]
+COMMON = ["data.batch_size=16", "data.workers=0", "run.threads=2"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for data, runs, table")
     parser.add_argument("--train", type=int, default=300, help="train clips (half fake)")
-    parser.add_argument("--val", type=int, default=120, help="val clips (half fake)")
+    parser.add_argument("--val", type=int, default=160, help="val clips (half fake)")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", default="0,1", help="training seeds")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--mel-size", type=int, default=64, help="mel images resized to this")
+    parser.add_argument("--frames", type=int, default=2, help="face frames a model sees (of 4)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="which of: "
                         + ", ".join(RECIPES))  # fmt: skip
     parser.add_argument("--kinds", help="held-out kinds (default: every kind in the sample)")
@@ -112,16 +115,17 @@ def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: st
     return counts
 
 
-def train_once(fold: Path, recipe: str, seed: int, epochs: int, run: Path) -> float:
+def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     """The last epoch's validation (held-out) AUC of one run (kept when already there)."""
     metrics = run / METRICS
-    if not metrics.exists() or len(metrics.read_text().splitlines()) < epochs:
+    if not metrics.exists() or len(metrics.read_text().splitlines()) < args.epochs:
         if run.exists():  # a run cut short: start it again
             shutil.rmtree(run)
         config, overrides = RECIPES[recipe]
         status = train_main(["--config", str(REPO / config), "--cache", str(fold), "--out",
                              str(run), *overrides, *COMMON, f"run.seed={seed}",
-                             f"run.epochs={epochs}"])  # fmt: skip
+                             f"run.epochs={args.epochs}", f"model.mel_size={args.mel_size}",
+                             f"model.frames={args.frames}"])  # fmt: skip
         if status != 0:
             raise RuntimeError(f"training {recipe} on {fold} failed ({status})")
     return json.loads(metrics.read_text().splitlines()[-1])["val_auc"]
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes:
             for seed in args.seeds:
                 run = args.out / "runs" / kind / recipe.replace(" ", "_") / f"seed{seed}"
-                auc = train_once(args.out / "folds" / kind, recipe, seed, args.epochs, run)
+                auc = train_once(args.out / "folds" / kind, recipe, seed, args, run)
                 results[recipe].setdefault(kind, []).append(auc)
                 markdown = table(results, held_out)
                 (args.out / "table.md").write_text(markdown + "\n")

@@ -9,7 +9,9 @@ written on local disk, then:
   channels_last on CUDA), its samples/s and data-wait share;
 - ceiling: one batch moved to the device once, then the same steps (`_backward` and the
   optimiser) on it again and again;
-- ratio = loader / ceiling (the promise: >= 0.95 on a GPU), GPU memory, host cores used.
+- ratio = loader / ceiling (the promise: >= 0.95 on a GPU), GPU memory, host cores used;
+- on CUDA, `av` again with data.decode=cuda: the workers only read and check the JPEG
+  bytes, the GPU decodes them (train/decode.py).
 `--size tiny` runs in seconds on a CPU (make test runs it); `full` is for a GPU machine
 (`make gpu-check`). Results: DIR/gpu_check.json and DIR/gpu_check.txt.
 """
@@ -71,11 +73,11 @@ def write_cache(root: Path, samples: int, frames: int, size: int) -> None:
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "gpu-check", records))
 
 
-def config_for(kind: str, args) -> TrainConfig:
+def config_for(kind: str, decode: str, args) -> TrainConfig:
     _, batch, _, _, workers, mel_size = SIZES[args.size]
     config = TrainConfig()
     config.model.kind, config.model.mel_size = kind, mel_size
-    config.data.batch_size, config.data.workers = batch, workers
+    config.data.batch_size, config.data.workers, config.data.decode = batch, workers, decode
     config.run.device, config.run.epochs = args.device, 1
     return config
 
@@ -103,10 +105,10 @@ def ceiling(trainer: Trainer, batch: dict, steps: int) -> float:
     return steps * count / (time.perf_counter() - start)
 
 
-def measure(kind: str, cache_root: Path, args) -> dict:
-    config = config_for(kind, args)
+def measure(kind: str, decode: str, cache_root: Path, args) -> dict:
+    config = config_for(kind, decode, args)
     cache = open_cache(cache_root)
-    trainer = Trainer(config, cache, args.out / f"run-{kind}")
+    trainer = Trainer(config, cache, args.out / f"run-{kind}-{decode}")
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -116,11 +118,12 @@ def measure(kind: str, cache_root: Path, args) -> dict:
     loader = trainer.train_epoch(0)
     cores = (_cpu_seconds() - cpu_start) / (time.perf_counter() - wall_start)
     stream, _ = make_loader(cache, "train", trainer.fields, config, True, device, trainer.ranks)
-    batch = next(iter(stream))
+    batch = next(iter(stream))  # decoded by the CPU: the ceiling never decodes
     steps = max(4, len(stream))
     best = ceiling(trainer, batch, steps)
     return {
         "kind": kind,
+        "decode": decode if kind != "audio" else "-",
         "device": str(device),
         "loader_samples_per_s": loader["train_samples_per_s"],
         "ceiling_samples_per_s": best,
@@ -140,10 +143,11 @@ def _cpu_seconds() -> float:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["kind   device  loader/s  ceiling/s  ratio  data wait  host cores  GPU GiB"]
+    lines = ["kind   decode  device  loader/s  ceiling/s  ratio  data wait  host cores  GPU GiB"]
     for row in rows:
         memory = f"{row['gpu_memory_gib']:.1f}" if row["gpu_memory_gib"] is not None else "-"
-        lines.append(f"{row['kind']:<7}{row['device']:<8}{row['loader_samples_per_s']:>8.1f}"
+        lines.append(f"{row['kind']:<7}{row['decode']:<8}{row['device']:<8}"
+                     f"{row['loader_samples_per_s']:>8.1f}"
                      f"{row['ceiling_samples_per_s']:>11.1f}{row['ratio']:>7.2f}"
                      f"{row['data_wait_share']:>10.1%}{row['host_cores_used']:>12.1f}"
                      f"{memory:>9}")  # fmt: skip
@@ -156,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     samples, _, frames, size, _, _ = SIZES[args.size]
     write_cache(args.out / "cache", samples, frames, size)
     torch.manual_seed(0)
-    rows = [measure(kind, args.out / "cache", args) for kind in args.kinds.split(",")]
+    kinds = args.kinds.split(",")
+    runs = [(kind, "cpu") for kind in kinds]
+    if select_device(args.device).type == "cuda" and "av" in kinds:
+        runs.append(("av", "cuda"))
+    rows = [measure(kind, decode, args.out / "cache", args) for kind, decode in runs]
     text = report(rows)
     machine = {"device": str(select_device(args.device)), "cuda": torch.cuda.is_available(),
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -56,17 +56,25 @@ def checksum_mismatches(data: np.ndarray, ranges: np.ndarray, sums: np.ndarray) 
     return np.flatnonzero(found != sums)
 
 
+def crop_ranges(ends: np.ndarray, before: int) -> list[tuple[int, int]]:
+    """(start, stop) of every crop of a block, in order, relative to its first byte."""
+    starts = np.concatenate([[before], ends.reshape(-1)[:-1]]) - before
+    return list(zip(starts.tolist(), (ends.reshape(-1) - before).tolist(), strict=True))
+
+
+def check_sizes(data: np.ndarray, ends: np.ndarray, before: int, size: int) -> None:
+    """Raise ValueError unless every crop's header says size x size: a crop of another size
+    would not fill its slot (read from the header alone, microseconds a crop)."""
+    for start, stop in crop_ranges(ends, before):
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data[start:stop])
+        if (height, width) != (size, size):
+            raise ValueError(f"a {width}x{height} crop where {size}x{size} is stored")
+
+
 def decode_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray) -> None:
     """Decode the crops of a block of samples into `out` [n, K, S, S, 3]; a crop whose
-    header does not say S x S RGB raises ValueError (it would not fill its slot)."""
-    size = out.shape[2]
-    start = before
-    for i in range(ends.shape[0]):
-        for k in range(ends.shape[1]):
-            stop = int(ends[i, k])
-            crop = data[start - before : stop - before]
-            height, width, _, _ = simplejpeg.decode_jpeg_header(crop)
-            if (height, width) != (size, size):
-                raise ValueError(f"a {width}x{height} crop where {size}x{size} is stored")
-            simplejpeg.decode_jpeg(crop, "RGB", buffer=out[i, k])
-            start = stop
+    header does not say S x S RGB raises ValueError."""
+    check_sizes(data, ends, before, out.shape[2])
+    slots = (out[i, k] for i in range(out.shape[0]) for k in range(out.shape[1]))  # views
+    for slot, (start, stop) in zip(slots, crop_ranges(ends, before), strict=True):
+        simplejpeg.decode_jpeg(data[start:stop], "RGB", buffer=slot)

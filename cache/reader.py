@@ -275,20 +275,39 @@ class ShardReader:
                                          sums)  # fmt: skip
         return data, before, bad
 
+    def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
+        the training device), and each crop's end in them [n, K]: one contiguous read,
+        checked against each sample's xxh3 and every crop's header against the face size."""
+        if not self._encoded(schema.FACES):
+            raise CacheFormatError(f"{self.path}: stores its faces raw, not as JPEG")
+        data, before = self._checked_jpeg_block(start, stop)
+        try:
+            codecs.check_sizes(data, self._jpeg_ends[start:stop], before, self.face_size)
+        except ValueError as error:
+            raise self._undecodable(error) from None
+        return data, self._jpeg_ends[start:stop].astype(np.int64) - before
+
     def _read_jpeg_into(self, start: int, out: np.ndarray) -> None:
         """Checked against each sample's xxh3, then decoded straight into `out`."""
-        stop = start + len(out)
+        data, before = self._checked_jpeg_block(start, start + len(out))
+        if not self.frames:
+            return
+        try:
+            codecs.decode_block(data, self._jpeg_ends[start : start + len(out)], before, out)
+        except ValueError as error:
+            raise self._undecodable(error) from None
+
+    def _checked_jpeg_block(self, start: int, stop: int) -> tuple[np.ndarray, int]:
         data, before, bad = self._jpeg_block(start, stop)
         if bad.size:
             raise damaged_shard(self.path, schema.FACES,
                                 self.describe_damage(schema.FACES, start + bad))  # fmt: skip
-        if not self.frames:
-            return
-        try:
-            codecs.decode_block(data, self._jpeg_ends[start:stop], before, out)
-        except ValueError as error:  # checksums agree: written so by a forger, not damaged
-            reason = f"a JPEG does not decode ({error})"
-            raise damaged_shard(self.path, schema.FACES, reason) from None
+        return data, before
+
+    def _undecodable(self, error: ValueError) -> DamagedShardError:
+        # The checksums agree: the bytes were written so (by a forger), not damaged since.
+        return damaged_shard(self.path, schema.FACES, f"a JPEG does not decode ({error})")
 
     def _stored_sums(self, checksum: str) -> np.ndarray:
         stored = self._sum_columns.get(checksum)
@@ -407,6 +426,7 @@ class Cache:
         self.config: dict = mapping(index.get("config", {}), f"{where}: 'config'")
         self.config_hash: str = text(index.get("config_hash", ""), f"{where}: 'config_hash'")
         self.shards = shard_entries(root, index, where)
+        self._codecs: dict[Path, str] = {}  # faces codec of each shard opened so far
         self._failures = inside(root, index.get("failures", schema.FAILURES_FILE),
                                 f"{where}: 'failures'")  # fmt: skip
 
@@ -427,6 +447,7 @@ class Cache:
         for entry in self.shards:
             with entry.open() as shard:
                 digest = shard.meta_digest if len(shard) else None
+                self._codecs[entry.path] = shard.codec
             if digest in seen:
                 raise CacheFormatError(
                     f"{entry.path}: holds the same samples as {seen[digest].path} (a copy, "
@@ -434,6 +455,14 @@ class Cache:
                     f"{REBUILD}"
                 )
             seen[digest or f"empty {entry.path}"] = entry
+
+    def face_codecs(self, split: str) -> set[str]:
+        """How the split's shards store their faces: raw, jpeg (a v1 shard is raw)."""
+        for entry in self.shards_of(split):
+            if entry.path not in self._codecs:
+                with entry.open() as shard:
+                    self._codecs[entry.path] = shard.codec
+        return {self._codecs[entry.path] for entry in self.shards_of(split)}
 
     @property
     def splits(self) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import simplejpeg
 
 from cache import schema
-from cache.codec import round_trip
+from cache.codec import round_trip, xxh3
 from cache.index import ShardRecord, build_index, write_json_atomic
 from cache.reader import DamagedShardError, ShardReader, open_cache
 from cache.verify import verify_cache
@@ -186,26 +186,28 @@ def test_a_damaged_encoded_sample_is_named_by_reads_verify_and_the_loader(tmp_pa
         next(batches)
 
 
-def test_a_forged_jpeg_with_matching_checksums_is_refused_not_decoded_wrong(tmp_path):
-    """A truncated crop whose xxh3 was rewritten to match: it does not decode to S x S."""
-    write(tmp_path, ["jpeg"])
-    path = tmp_path / "shards/train-00000.h5"
-    small = simplejpeg.encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90, "RGB", "420")
+def forge_first_crop(path: Path, crop: bytes) -> None:
+    """Replace sample 0's first crop by `crop` and rewrite the ends and xxh3 to match, as a
+    forger would (the damage no checksum sees)."""
     with h5py.File(path, "a") as handle:
         data = handle[schema.FACES_JPEG][()].tobytes()
         ends = handle[schema.FACES_ENDS][()].astype(np.int64)
-        first = data[: ends[0, 0]]
-        new = small + data[ends[0, 0] :]
-        shift = len(small) - len(first)
+        new = crop + data[ends[0, 0] :]
+        shift = len(crop) - int(ends[0, 0])
         del handle[schema.FACES_JPEG]
         handle.create_dataset(schema.FACES_JPEG, data=np.frombuffer(new, np.uint8),
                               chunks=True, maxshape=(None,))  # fmt: skip
         handle[schema.FACES_ENDS][...] = (ends + shift).astype(np.uint64)
         sums = handle[schema.FACES_XXH3][()]
-        from cache.codec import xxh3
-
         sums[0] = xxh3(np.frombuffer(new, np.uint8)[: ends[0, -1] + shift])
         handle[schema.FACES_XXH3][...] = sums
+
+
+def test_a_forged_jpeg_with_matching_checksums_is_refused_not_decoded_wrong(tmp_path):
+    """A crop of another size whose xxh3 was rewritten to match: it would not fill S x S."""
+    write(tmp_path, ["jpeg"])
+    path = tmp_path / "shards/train-00000.h5"
+    forge_first_crop(path, simplejpeg.encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90, "RGB"))
     with ShardReader(path) as shard, pytest.raises(DamagedShardError, match="a 16x16 crop"):
         shard.read(schema.FACES, 0, 1)
 

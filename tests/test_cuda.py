@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from cache import schema
+from cache.reader import open_cache
 from tests.test_train import REPO, small_config, write_toy_cache
-from train.engine import LAST
+from train.decode import decode_faces
+from train.engine import LAST, METRICS
+from train.loader import LoaderPlan, ShardStream
 from train.models import MODELS
 from train.predict import main as predict_main
 from train.run import main as train_main
@@ -39,17 +46,55 @@ def test_every_model_kind_trains_on_cuda(cache, tmp_path, kind, compile_):
     assert all(torch.isfinite(value).all() for value in state["model"].values())
 
 
-def test_resume_and_predict_on_cuda(cache, tmp_path):
+def test_a_killed_run_resumes_and_predicts_on_cuda(cache, tmp_path):
     run = tmp_path / "run"
-    options = {**CUDA, "model.kind": "av", "run.epochs": 1}
-    assert train_main(["--cache", str(cache), "--out", str(run), *small_config(**options)]) == 0
-    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(
-        "epochs: 1", "epochs: 2"))  # fmt: skip
+    options = {**CUDA, "model.kind": "av", "run.epochs": 2}
+    command = [sys.executable, "-m", "train.run", "--cache", str(cache), "--out", str(run),
+               *small_config(**options)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics, deadline = run / METRICS, time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.kill()  # during epoch 2
+    process.wait()
     assert train_main(["--resume", str(run)]) == 0
     assert torch.load(run / LAST, weights_only=True)["epoch"] == 2
     listing = tmp_path / "list.csv"
     listing.write_text("video_name,target\n" + "".join(f"test{i:03d}.mp4,\n" for i in range(8)))
     assert predict_main(["--run", str(run), "--list", str(listing)]) == 0
+
+
+@pytest.fixture(scope="module")
+def jpeg_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy-jpeg")
+    write_toy_cache(root, {"train": 48, "val": 24}, codec="jpeg")
+    return root
+
+
+def test_gpu_decoding_matches_the_workers_within_a_few_levels(jpeg_cache):
+    """nvJPEG and libjpeg-turbo differ in IDCT and chroma upsampling: close, not equal."""
+    shards = open_cache(jpeg_cache).shards_of("train")
+    plan = LoaderPlan(batch_size=16, block_size=4)
+    fields = (schema.FACES,)
+    by_cpu = ShardStream(shards, fields, plan)
+    left_encoded = ShardStream(shards, fields, plan, jpeg_faces=True)
+    for expected, encoded in zip(by_cpu, left_encoded, strict=True):
+        got = decode_faces(encoded, torch.device("cuda"))[schema.FACES]
+        assert got.is_cuda and got.shape == expected[schema.FACES].shape
+        difference = (got.cpu().int() - expected[schema.FACES].int()).abs()
+        assert difference.float().mean() < 1.5 and difference.max() <= 24, difference.max()
+
+
+@pytest.mark.parametrize("decode", ["cuda", "auto"])
+def test_av_trains_with_faces_decoded_on_the_gpu(jpeg_cache, tmp_path, decode):
+    run = tmp_path / "run"
+    options = {**CUDA, "model.kind": "av", "run.epochs": 1, "data.decode": decode}
+    assert train_main(["--cache", str(jpeg_cache), "--out", str(run),
+                       *small_config(**options)]) == 0  # fmt: skip
+    row = json.loads((run / METRICS).read_text().splitlines()[-1])
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_auc"] <= 1
 
 
 def test_ddp_with_nccl(cache, tmp_path):

@@ -46,20 +46,21 @@ def toy_sample(name: str, fake: bool, rng: np.random.Generator) -> schema.Sample
                          np.zeros((FRAMES, 4), np.float32), np.float32(1.0))  # fmt: skip
 
 
-def write_toy_cache(root, splits: dict[str, int], seed: int = 0) -> None:
+def write_toy_cache(root, splits: dict[str, int], seed: int = 0, codec: str = "raw") -> None:
     rng = np.random.default_rng(seed)
     records = []
     (root / "shards").mkdir(parents=True)
     for split, count in splits.items():
         for number, start in enumerate(range(0, count, 12)):
             rel = f"shards/{split}-{number:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE) as writer:
+            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
+                             codec=codec) as writer:  # fmt: skip
                 for i in range(start, min(start + 12, count)):
                     writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
                 n, digest = writer.close()
             records.append(ShardRecord(rel, split, n, digest))
     config = to_dict(PreprocessConfig())
-    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar")
+    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec=codec)
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
 
 

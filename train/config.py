@@ -34,6 +34,7 @@ class DataConfig:
     block_size: int = 16  # samples per h5py read; a batch mixes batch_size / block_size blocks
     shard_group: int = 8  # shards whose blocks are shuffled together
     workers: int = 2  # DataLoader worker processes (0: read in the training process)
+    decode: str = "cpu"  # JPEG faces: cpu (in the workers), cuda (batched on the GPU), auto
 
 
 @dataclass
@@ -86,6 +87,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.block_size", lambda v: v >= 1, "at least 1"),
     ("data.shard_group", lambda v: v >= 1, "at least 1"),
     ("data.workers", lambda v: v >= 0, "0 or more"),
+    ("data.decode", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     ("optim.name", lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),

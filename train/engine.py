@@ -39,6 +39,7 @@ from cache.untrusted import printable, regular_file
 from train import distributed
 from train.augment import batch_seed, mismatch_faces, prepare, to_device
 from train.config import TrainConfig
+from train.decode import decode_faces, decode_on_device
 from train.distributed import Ranks
 from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
 from train.metrics import detection_metrics
@@ -63,8 +64,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
-                train: bool, device: torch.device,
-                ranks: Ranks) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+                train: bool, device: torch.device, ranks: Ranks,
+                jpeg_faces: bool = False) -> tuple[ShardStream, DataLoader]:  # fmt: skip
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
@@ -77,7 +78,7 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         drop_last=False,
         seed=config.run.seed,
     )
-    stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world)
+    stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world, jpeg_faces)
     workers = config.data.workers
     loader = DataLoader(
         stream,
@@ -116,6 +117,7 @@ class Trainer:
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
+        self._decoding: dict[str, bool] = {}  # split -> this device decodes its JPEG faces
         if self._cuda and config.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp = self._wrap_ddp()
@@ -135,6 +137,20 @@ class Trainer:
         device_ids = [self.device.index] if self._cuda else None
         return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
 
+    def _loader(self, split: str, fields: tuple[str, ...],
+                train: bool) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+        jpeg = schema.FACES in fields and self._decodes_here(split)
+        return make_loader(self.cache, split, fields, self.config, train, self.device,
+                           self.ranks, jpeg)  # fmt: skip
+
+    def _decodes_here(self, split: str) -> bool:
+        """Whether this device decodes the split's JPEG faces (the workers only read them)."""
+        if split not in self._decoding:
+            codecs = self.cache.face_codecs(split) if schema.FACES in self.fields else set()
+            self._decoding[split] = decode_on_device(self.config.data.decode, self.device,
+                                                     codecs)  # fmt: skip
+        return self._decoding[split]
+
     @property
     def _cuda(self) -> bool:
         return self.device.type == "cuda"
@@ -145,7 +161,7 @@ class Trainer:
 
     def _inputs(self, batch: dict, generator: torch.Generator | None) -> tuple[dict, torch.Tensor]:
         """Model inputs and labels; augmented when given a generator (training)."""
-        batch = to_device(batch, self.device)
+        batch = to_device(decode_faces(batch, self.device), self.device)
         augment = self.config.augment if generator else None
         model = self.config.model
         inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
@@ -184,8 +200,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """Train on the epoch's batches from `progress.batches_done` on."""
-        stream, loader = make_loader(self.cache, self.config.data.train_split, self.fields,
-                                     self.config, True, self.device, self.ranks)  # fmt: skip
+        stream, loader = self._loader(self.config.data.train_split, self.fields, train=True)
         stream.set_epoch(epoch, self.progress.batches_done)
         per_rank, world = stream.batches_per_rank(), self.ranks.world
         accumulate = self.config.optim.accumulate
@@ -245,8 +260,7 @@ class Trainer:
         """(names, labels, P(fake)) of every cached sample of a split, in index order.
         Under torchrun each rank predicts its share and every rank gets the whole."""
         fields = (*self.fields, schema.VIDEO_NAME)
-        stream, loader = make_loader(self.cache, split, fields, self.config, False,
-                                     self.device, self.ranks)  # fmt: skip
+        stream, loader = self._loader(split, fields, train=False)
         self.model.eval()
         parts = []
         bar = tqdm(loader, total=len(stream), desc=f"predict {split}", leave=False,

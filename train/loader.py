@@ -43,6 +43,9 @@ SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
 # Keys a batch carries besides its datasets: its global index in the epoch (which seeds
 # its augmentation) and whether it is real or a rank's padding.
 BATCH_INDEX, REAL = "batch_index", "real"
+# Faces left as JPEG for the training device to decode (train/decode.py): the crops'
+# bytes, one flat uint8 tensor; each crop's end in it [B, K]; where they were read.
+JPEG_BYTES, JPEG_ENDS, JPEG_FROM = "faces_jpeg", "faces_jpeg_ends", "faces_jpeg_from"
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ class ShardStream(IterableDataset):
     """An iterable of batches (dicts of uint8/int8 tensors) over a list of shards.
 
     Only `fields` are read: a mel-only model never touches `faces`. HDF5 files are
-    opened lazily inside the process that iterates (each DataLoader worker).
+    opened lazily inside the process that iterates (each DataLoader worker). With
+    `jpeg_faces`, faces are read and checked but not decoded (JPEG_BYTES, JPEG_ENDS).
     """
 
     def __init__(
@@ -116,11 +120,13 @@ class ShardStream(IterableDataset):
         plan: LoaderPlan,
         rank: int = 0,
         world: int = 1,
+        jpeg_faces: bool = False,
     ) -> None:
         self.shards = list(shards)  # each opened against its entry: counts, split, faces
         self.sizes = [entry.num_samples for entry in shards]
         self.fields = tuple(dict.fromkeys((*fields, schema.LABEL)))
         self.plan, self.rank, self.world = plan, rank, world
+        self.jpeg_faces = jpeg_faces
         self.epoch, self.start = 0, 0
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._columns: dict[tuple[int, str], np.ndarray] = {}
@@ -157,7 +163,28 @@ class ShardStream(IterableDataset):
             yield {**batch, BATCH_INDEX: global_index, REAL: real}
 
     def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
-        return {field: self._read_field(field, blocks) for field in self.fields}
+        batch = {}
+        for field in self.fields:
+            if field == schema.FACES and self.jpeg_faces:
+                batch.update(self._read_jpeg(blocks))
+            else:
+                batch[field] = self._read_field(field, blocks)
+        return batch
+
+    def _read_jpeg(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
+        """The blocks' face crops as checked JPEG bytes, joined, with each crop's end."""
+        parts, ends, offset = [], [], 0
+        for block in blocks:
+            data, block_ends = self._reader(block.shard).read_jpeg(block.start, block.stop)
+            parts.append(data)
+            ends.append(block_ends + offset)
+            offset += len(data)
+        return {
+            JPEG_BYTES: torch.from_numpy(np.concatenate(parts)),
+            JPEG_ENDS: torch.from_numpy(np.concatenate(ends)),
+            JPEG_FROM: [f"{self.shards[b.shard].path} samples {b.start}-{b.stop - 1}"
+                        for b in blocks],
+        }  # fmt: skip
 
     def _read_field(self, field: str, blocks: list[Block]) -> torch.Tensor | list[str]:
         if field == schema.VIDEO_NAME:

@@ -25,6 +25,7 @@ from cache.reader import CacheFormatError
 from cache.untrusted import printable
 from train import distributed
 from train.config import TrainConfig, check_cache_fits, validate
+from train.decode import check_decoding
 from train.engine import BEST, LAST, Trainer, select_device
 from train.plots import plot_curves, plot_roc
 from train.runs import CONFIG, RunFolder
@@ -66,7 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # What a resume may change: how it runs, never what it computes.
-RESUMABLE = ("data.workers", "run.threads", "run.device", "run.compile", "run.checkpoint_every")
+RESUMABLE = (
+    "data.workers",
+    "data.decode",
+    "run.threads",
+    "run.device",
+    "run.compile",
+    "run.checkpoint_every",
+)
 
 
 def resume_config(run: RunFolder, overrides: list[str]) -> TrainConfig:
@@ -124,7 +132,10 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
         config, cache, out = new_run_config(args), open_cache(args.cache), args.out
     check_cache_fits(config, cache)
     ranks = distributed.ranks_from_env()
-    distributed.start(ranks, select_device(config.run.device, ranks.local_rank))
+    device = select_device(config.run.device, ranks.local_rank)
+    distributed.start(ranks, device)
+    check_decoding(config.data.decode, config.model.kind, cache,
+                   (config.data.train_split, config.data.val_split), device)  # fmt: skip
     lock = lock_run(out, ranks)
     if not args.resume and ranks.main:
         RunFolder.create(out, config, cache)
