@@ -39,11 +39,11 @@ $(STAMP): setup.cfg pyproject.toml | system-packages
 # The main job on the sample data: cache it, train the fused audio + faces model on the CPU
 # (faces cached small and mel resized to 128 so that it takes minutes), predict, score.
 demo: setup
-	$(BIN)/python -m preprocess.sample $(DEMO)/data --jobs $(JOBS)
+	$(BIN)/avcache-sample $(DEMO)/data --jobs $(JOBS)
 	$(BIN)/avcache-preprocess --config configs/preprocess.yaml --data $(DEMO)/data \
 		--out $(DEMO)/cache --jobs $(JOBS) faces.frames=4 faces.size=64 shards.size=64
-	$(BIN)/inspect $(DEMO)/cache
-	$(BIN)/inspect $(DEMO)/cache verify
+	$(BIN)/avcache-inspect $(DEMO)/cache
+	$(BIN)/avcache-inspect $(DEMO)/cache verify
 	rm -rf $(DEMO)/run
 	$(BIN)/avcache-train --config configs/train.yaml --cache $(DEMO)/cache --out $(DEMO)/run \
 		model.kind=av model.mel_size=128 data.batch_size=16 run.epochs=10 run.threads=$(JOBS)
@@ -65,8 +65,8 @@ GALLERY ?= $(DEMO)/gallery
 CHROMIUM := chromium --headless --no-sandbox --disable-gpu --hide-scrollbars
 screenshots: setup
 	@test -f $(DEMO)/submission.csv || { echo "no $(DEMO)/submission.csv: run make demo first"; exit 1; }
-	$(BIN)/inspect $(DEMO)/cache sheet --split val -n 6 --seed 0 --palette -o docs/sheet.png
-	$(BIN)/inspect $(DEMO)/cache gallery -o $(GALLERY) --predictions $(DEMO)/submission.csv \
+	$(BIN)/avcache-inspect $(DEMO)/cache sheet --split val -n 6 --seed 0 --palette -o docs/sheet.png
+	$(BIN)/avcache-inspect $(DEMO)/cache gallery -o $(GALLERY) --predictions $(DEMO)/submission.csv \
 		--labels $(DEMO)/data/test_label_hidden.txt
 	$(CHROMIUM) --user-data-dir=$(abspath $(GALLERY))/.chromium --window-size=1280,800 \
 		--screenshot=$(abspath docs/gallery.jpg) file://$(abspath $(GALLERY))/index.html

@@ -44,11 +44,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg
 
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.writer import ShardWriter
+from avcache.train.loader import LoaderPlan, ShardStream
 from benchmarks.loader_bench import evict, machine, read_all, resident_share
-from cache import open_cache, schema
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.writer import ShardWriter
-from train.loader import LoaderPlan, ShardStream
 
 QUALITIES = (75, 85, 90, 95)
 FRAMES, SIZE = 8, 224
@@ -71,10 +72,11 @@ def real_crops(root: Path, videos: int) -> np.ndarray:
     """[N, 8, 224, 224, 3] face crops of real clips, as avcache-preprocess makes them."""
     data, cache = root / "sample", root / "crops-cache"
     if not (cache / schema.INDEX_FILE).exists():
-        run([sys.executable, "-m", "preprocess.sample", str(data), "--train", str(videos),
+        run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--train", str(videos),
              "--val", "0", "--test", "0"])  # fmt: skip
         options = ["faces.codec=raw", f"faces.frames={FRAMES}", f"faces.size={SIZE}"]
-        run([sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(cache),
+        run([sys.executable, "-m", "avcache.preprocess.run",
+             "--data", str(data), "--out", str(cache),
              "--quiet", *options])  # fmt: skip
     return np.stack([sample.faces for sample in open_cache(cache).iter_samples()])
 

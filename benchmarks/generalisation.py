@@ -28,11 +28,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cache import open_cache, schema
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.writer import ShardWriter
-from train.engine import METRICS
-from train.run import main as train_main
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.writer import ShardWriter
+from avcache.train.engine import METRICS
+from avcache.train.run import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 # Recipe -> (config file, overrides). Every run also gets COMMON.
@@ -77,11 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_sample(args) -> tuple[Path, dict[str, tuple[str, ...]]]:
     """The cached sample and each clip's manipulations (empty for a real clip)."""
     data, cache = args.out / "data", args.out / "cache"
-    subprocess.run([sys.executable, "-m", "preprocess.sample", str(data), "--seed",
+    subprocess.run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--seed",
                     str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
                     "--test", "0"], check=True, cwd=REPO)  # fmt: skip
     if not (cache / schema.INDEX_FILE).exists():
-        subprocess.run([sys.executable, "-m", "preprocess.run", "--data", str(data), "--out",
+        subprocess.run([sys.executable, "-m", "avcache.preprocess.run",
+                        "--data", str(data), "--out",
                         str(cache), "--quiet", "faces.frames=4", "faces.size=64",
                         "faces.codec=raw"], check=True, cwd=REPO)  # fmt: skip
     manifest = json.loads((data / "sample_manifest.json").read_text())

@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache import open_cache, schema
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.writer import ShardWriter
-from train.config import TrainConfig
-from train.engine import Progress, Trainer, make_loader, select_device
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.writer import ShardWriter
+from avcache.train.config import TrainConfig
+from avcache.train.engine import Progress, Trainer, make_loader, select_device
 
 SIZES = {  # size -> (samples, batch, faces frames, face size, workers, mel size)
     "tiny": (48, 8, 2, 32, 1, 64),
@@ -117,7 +118,9 @@ def measure(kind: str, decode: str, cache_root: Path, args) -> dict:
     trainer.progress = Progress()  # the same epoch again, from its first batch
     loader = trainer.train_epoch(0)
     cores = (_cpu_seconds() - cpu_start) / (time.perf_counter() - wall_start)
-    stream, _ = make_loader(cache, "train", trainer.fields, config, True, device, trainer.ranks)
+    stream, _ = make_loader(
+        cache, "train", trainer.fields, config, device, trainer.ranks, train=True
+    )
     batch = next(iter(stream))  # decoded by the CPU: the ceiling never decodes
     steps = max(4, len(stream))
     best = ceiling(trainer, batch, steps)

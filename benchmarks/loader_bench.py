@@ -158,8 +158,8 @@ def mel_like(rng: np.random.Generator, count: int) -> np.ndarray:
 def write_shard(path: Path, number: int, count: int, args, faces: bool, rng,
                 fletcher32: bool = False) -> tuple[int, str]:  # fmt: skip
     """One shard through ShardWriter, as the preprocessor writes it; (num_samples, sha256)."""
-    from cache import schema
-    from cache.writer import ShardWriter
+    from avcache.cache import schema
+    from avcache.cache.writer import ShardWriter
 
     frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
     writer = ShardWriter(path, split="train", frames=frames, face_size=size, fletcher32=fletcher32)
@@ -186,8 +186,9 @@ def write_shard(path: Path, number: int, count: int, args, faces: bool, rng,
 
 def write_cache(root: Path, sizes: list[int], args, faces: bool, rng, fletcher32: bool = False):
     """A committed cache (receipts, then index.json) of shards of the given sizes."""
-    from cache import index, schema
-    from cache.reader import open_cache
+    from avcache.cache import index, schema
+    from avcache.cache.atomic import write_json_atomic
+    from avcache.cache.reader import open_cache
 
     (root / schema.SHARDS_DIR).mkdir(parents=True)
     records = []
@@ -199,14 +200,14 @@ def write_cache(root: Path, sizes: list[int], args, faces: bool, rng, fletcher32
         records.append(record)
     config = {"bench": "loader_bench", "faces": faces}
     payload = index.build_index(config, "loader-bench", records)
-    index.write_json_atomic(root / schema.INDEX_FILE, payload)
+    write_json_atomic(root / schema.INDEX_FILE, payload)
     return open_cache(root)
 
 
 def write_jpegs(cache, folder: Path, count: int) -> tuple[list[Path], np.ndarray]:
     """The first `count` mel images as grey JPEGs (cv2.imwrite, its default quality 95)."""
-    from cache import schema
-    from cache.reader import ShardReader
+    from avcache.cache import schema
+    from avcache.cache.reader import ShardReader
 
     folder.mkdir(parents=True)
     paths, labels = [], []
@@ -405,7 +406,7 @@ def tensor_bytes(batch) -> int:
 
 
 def stream_pass(stream) -> Callable[[int], tuple[int, int]]:
-    from cache import schema
+    from avcache.cache import schema
 
     def run(epoch: int) -> tuple[int, int]:
         stream.set_epoch(epoch)
@@ -421,7 +422,7 @@ def stream_pass(stream) -> Callable[[int], tuple[int, int]]:
 def unchecked_pass(stream) -> Callable[[int], tuple[int, int]]:
     """A stream pass with the per-sample checksum check patched out (timing only): paired with
     the checked stream, what the check costs the loader."""
-    from cache.reader import ShardReader
+    from avcache.cache.reader import ShardReader
 
     run = stream_pass(stream)
 
@@ -467,7 +468,7 @@ class NaiveH5Dataset:
     """Map-style: the shards opened once, one `ds[i]` h5py read per sample."""
 
     def __init__(self, paths: list[Path], **h5_options) -> None:
-        from cache import schema
+        from avcache.cache import schema
 
         self.files = [h5py.File(p, "r", **h5_options) for p in paths]
         self.mels = [f[schema.MEL] for f in self.files]
@@ -556,7 +557,7 @@ def shuffling(dataset, batch_size: int) -> DataLoader:
 
 def add_ours(add: Callable, label: str, shards: list, fields: tuple, plan, unchecked: bool) -> None:
     """ShardStream with this plan, and with `unchecked` its twin without the checksum check."""
-    from train.loader import ShardStream
+    from avcache.train.loader import ShardStream
 
     add(label, "ours", stream_pass(ShardStream(shards, fields, plan)))
     if unchecked:
@@ -576,8 +577,8 @@ def adder(loaders: list[Loader], group: str, paths: list[Path], total: int) -> C
 
 def mel_loaders(args, data: dict) -> list[Loader]:
     """ours per block size, (a), (b), (b'), the ceilings and the memcpy, on the mel cache."""
-    from cache import schema
-    from train.loader import LoaderPlan, ShardStream
+    from avcache.cache import schema
+    from avcache.train.loader import LoaderPlan, ShardStream
 
     cache, mel, batch = data["mel"], (schema.MEL,), args.batch_size
     paths, loaders = [e.path for e in cache.shards], []
@@ -611,8 +612,8 @@ def mel_loaders(args, data: dict) -> list[Loader]:
 
 def read_mels(path: Path) -> np.ndarray:
     """All mel images of one shard (the memcpy source)."""
-    from cache import schema
-    from cache.reader import ShardReader
+    from avcache.cache import schema
+    from avcache.cache.reader import ShardReader
 
     with ShardReader(path) as shard:
         return shard.read(schema.MEL)
@@ -620,8 +621,8 @@ def read_mels(path: Path) -> np.ndarray:
 
 def av_loaders(args, data: dict) -> list[Loader]:
     """ours (mel + faces) per block size against block reads of both datasets."""
-    from cache import schema
-    from train.loader import LoaderPlan
+    from avcache.cache import schema
+    from avcache.train.loader import LoaderPlan
 
     cache, fields, batch = data["av"], (schema.MEL, schema.FACES), args.av_batch
     paths, loaders = [e.path for e in cache.shards], []
@@ -762,7 +763,7 @@ def check_cost(loaders: list[Loader]) -> dict:
 def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
     """One block (the first block size) of each checksummed dataset: read_direct vs sum64 of
     it, each timed alone, medians. The share is what the check adds to a block read."""
-    from cache import schema
+    from avcache.cache import schema
 
     block, result = args.block_sizes[0], {}
     for group, fields in (("mel", (schema.MEL,)), ("av", (schema.MEL, schema.FACES))):
@@ -798,8 +799,8 @@ def median_seconds(call: Callable[[], object], repeats: int) -> float:
 
 def profile_stream(args, data: dict) -> dict:
     """cProfile of one warm pass of ShardStream (mel, first block size): where a batch goes."""
-    from cache import schema
-    from train.loader import LoaderPlan, ShardStream
+    from avcache.cache import schema
+    from avcache.train.loader import LoaderPlan, ShardStream
 
     plan = LoaderPlan(batch_size=args.batch_size, block_size=args.block_sizes[0], seed=args.seed)
     stream = ShardStream(data["mel"].shards, (schema.MEL,), plan)
@@ -822,8 +823,8 @@ def profile_stream(args, data: dict) -> dict:
 
 def train_steps(args, data: dict, workers: int) -> dict:
     """A few CPU steps of the audio model fed by ShardStream: data wait vs prepare vs compute."""
-    from train.loader import LoaderPlan, ShardStream
-    from train.models import build_model
+    from avcache.train.loader import LoaderPlan, ShardStream
+    from avcache.train.models import build_model
 
     torch.manual_seed(args.seed)
     model = build_model("audio")
@@ -852,9 +853,9 @@ def train_steps(args, data: dict, workers: int) -> dict:
 
 def step_times(model: torch.nn.Module, batches, steps: int, seed: int) -> dict[str, list[float]]:
     """Seconds per step spent waiting for the batch, in `prepare`, and in forward/backward/step."""
-    from cache import schema
-    from train.augment import prepare
-    from train.config import AugmentConfig
+    from avcache.cache import schema
+    from avcache.train.augment import prepare
+    from avcache.train.config import AugmentConfig
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -1096,8 +1097,6 @@ def run_all(args, root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # the cache and train packages
     out = args.out or Path(tempfile.mkdtemp(prefix="avcache-loader-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     root = out / "data" if args.out else Path(tempfile.mkdtemp(prefix="avcache-loader-data-"))

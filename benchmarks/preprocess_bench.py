@@ -309,8 +309,8 @@ def recipe_image(y: np.ndarray, sr: int) -> np.ndarray:
 
 def avcache_mel(path: Path, audio_config) -> np.ndarray:
     """What a worker does for the mel of one video: one ffmpeg call, then the recipe."""
-    from preprocess.audio import MEL_MODES, mel_image
-    from preprocess.media import ffmpeg_binary, read_audio
+    from avcache.preprocess.audio import MEL_MODES, mel_image
+    from avcache.preprocess.media import ffmpeg_binary, read_audio
 
     mode = MEL_MODES[audio_config.mode]
     binary = ffmpeg_binary(audio_config.ffmpeg)
@@ -394,7 +394,7 @@ def with_moviepy_ffmpeg(binary: str, video_path: str, audio_path: str) -> np.nda
 
 
 def mel_recipes(scratch: Path) -> dict[str, Callable[[Clip], np.ndarray]]:
-    from preprocess.config import AudioConfig
+    from avcache.preprocess.config import AudioConfig
 
     config, wav = AudioConfig(), str(scratch / "extracted_audio.wav")  # one fixed temp path
     recipes = {
@@ -454,8 +454,8 @@ def profile_steps(clips: list[Clip], scratch: Path) -> dict:
     import librosa
     import moviepy.editor as mp
 
-    from preprocess.audio import MOVIEPY_RATE, baseline_image, baseline_waveform
-    from preprocess.media import ffmpeg_binary, read_audio
+    from avcache.preprocess.audio import MOVIEPY_RATE, baseline_image, baseline_waveform
+    from avcache.preprocess.media import ffmpeg_binary, read_audio
 
     wav = str(scratch / "extracted_audio.wav")
     ours = dict.fromkeys(
@@ -654,7 +654,15 @@ with open(sys.argv[1], "w") as handle:
 
 def run_cli(data: Path, out: Path, jobs: int, overrides: list[str], log: Path) -> dict:
     """One cold `python -m preprocess.run` subprocess: wall, rusage and peak RSS by role."""
-    command = [sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "avcache.preprocess.run",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     command += ["--jobs", str(jobs), "--quiet", *overrides]
     report_path = log.with_name(f"{out.name}.rusage.json")
     with open(log, "ab") as sink:
@@ -687,9 +695,9 @@ def loky_workers() -> list[int]:
 
 def run_api(data: Path, out: Path, jobs: int, overrides: list[str]) -> dict:
     """One in-process Preprocessor run on warm workers: wall and /proc CPU of the tree."""
-    from cache.config import load_config
-    from preprocess.config import PreprocessConfig
-    from preprocess.pipeline import Preprocessor
+    from avcache.cache.config import load_config
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.pipeline import Preprocessor
 
     config = load_config(PreprocessConfig, None, overrides)
     machine, cpu, start = machine_busy_seconds(), tree_cpu_seconds(os.getpid()), time.perf_counter()
@@ -709,10 +717,10 @@ def run_api(data: Path, out: Path, jobs: int, overrides: list[str]) -> dict:
 
 def warm_worker(path: str, faces: bool) -> int:
     """What a worker does on its first video (imports, numba, MTCNN weights); returns its pid."""
-    from preprocess.config import PreprocessConfig
-    from preprocess.dataset import Video
-    from preprocess.faces import resolve_detector
-    from preprocess.worker import process_video
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.dataset import Video
+    from avcache.preprocess.faces import resolve_detector
+    from avcache.preprocess.worker import process_video
 
     config = PreprocessConfig()
     config.faces.frames = config.faces.frames if faces else 0
@@ -971,8 +979,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # the preprocess and cache packages
     out = args.out or Path(tempfile.mkdtemp(prefix="avcache-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="avcache-bench-work-"))

@@ -40,7 +40,7 @@ def run(command: list[str], env: dict | None = None) -> float:
 
 def make_data(root: Path, videos: int) -> Path:
     data = root / "data"
-    run([sys.executable, "-m", "preprocess.sample", str(data), "--train", str(videos),
+    run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--train", str(videos),
          "--val", "16", "--test", "2"])  # fmt: skip
     return data
 
@@ -50,7 +50,7 @@ def preprocess_rows(root: Path, data: Path, videos: int) -> list[dict]:
     for backend in ("loky", "dask"):
         for jobs in (1, 2):
             out = root / f"cache-{backend}-{jobs}"
-            seconds = run([sys.executable, "-m", "preprocess.run", "--data", str(data),
+            seconds = run([sys.executable, "-m", "avcache.preprocess.run", "--data", str(data),
                            "--out", str(out), "--quiet", "--backend", backend,
                            "--jobs", str(jobs), *PREPROCESS])  # fmt: skip
             indexes.add((out / "index.json").read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 import xxhash
 
-from cache import schema
+from avcache.cache import schema
 
 CODECS = ("raw", "jpeg")
 

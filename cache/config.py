@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from avcache.cache.atomic import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -158,7 +160,7 @@ def config_hash(config: Any) -> str:
 
 
 def dump_yaml(config: Any, path: Path) -> None:
-    path.write_text(yaml_text(config), encoding="utf-8")
+    write_text_atomic(path, yaml_text(config))
 
 
 def yaml_text(config: Any) -> str:

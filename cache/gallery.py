@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cache import schema
-from cache.labels import LabelFileError, read_rows
-from cache.reader import Cache
-from cache.sheets import COLORMAP, face_tile, label_name
+from avcache.cache import schema
+from avcache.cache.labels import LabelFileError, read_rows
+from avcache.cache.reader import Cache
+from avcache.cache.sheets import COLORMAP, face_tile, label_name
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 128  # mel thumbnail side in pixels (half the mel); faces tile the same height

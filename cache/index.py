@@ -9,12 +9,12 @@ is the commit point of the whole cache and lists only finished shards.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cache import schema
-from cache.untrusted import (
+from avcache.cache import schema
+from avcache.cache.atomic import atomic_path, write_json_atomic
+from avcache.cache.untrusted import (
     CacheFormatError,
     integer,
     load_json,
@@ -54,17 +54,6 @@ class ShardRecord:
             "num_samples": self.num_samples,
             "sha256": self.sha256,
         }
-
-
-def write_json_atomic(path: Path, payload: dict | list) -> None:
-    """Write JSON under a temporary name, fsync, rename: readers never see half a file."""
-    partial = schema.partial_path(path)
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1, ensure_ascii=False, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def receipt_path(shard_path: Path) -> Path:
@@ -112,8 +101,10 @@ def failure_of(item: object, where: str) -> Failure:
     return Failure(**{name: text(item[name], f"{where}: {name}") for name in fields})
 
 
-def build_index(config: dict, config_hash: str, records: list[ShardRecord]) -> dict:
-    """The index.json payload; no timestamps, so equal caches have equal indexes."""
+def build_index(config: dict, config_hash: str, records: list[ShardRecord],
+                mel: dict | None = None) -> dict:  # fmt: skip
+    """The index.json payload; no timestamps, so equal caches have equal indexes. `mel`:
+    how the mel images were made (preprocess/audio.py mel_settings), where known."""
     splits: dict[str, dict[str, int]] = {}
     for record in records:
         counts = splits.setdefault(record.split, {"shards": 0, "samples": 0, "failed": 0})
@@ -128,17 +119,16 @@ def build_index(config: dict, config_hash: str, records: list[ShardRecord]) -> d
         "splits": splits,
         "failures": schema.FAILURES_FILE,
         "shards": [record.index_entry() for record in records],
+        **({"mel": mel} if mel is not None else {}),
     }
 
 
 def write_failures(path: Path, records: list[ShardRecord]) -> None:
     """All failures as JSON lines, in plan order (the same for every run of a plan)."""
-    partial = schema.partial_path(path)
-    with open(partial, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as handle:
         for record in records:
             for failure in record.failures:
                 handle.write(json.dumps(asdict(failure), ensure_ascii=False) + "\n")
-    os.replace(partial, path)
 
 
 MAX_FAILURES_BYTES = 2**30  # ~2 million failures with long ffmpeg reasons

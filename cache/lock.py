@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
-from cache import schema
+from avcache.cache import schema
 
 
 class FolderBusyError(RuntimeError):

@@ -20,10 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache import codec as codecs
-from cache import schema
-from cache.index import Failure, read_failures, receipt_path
-from cache.untrusted import (
+from avcache.cache import codec as codecs
+from avcache.cache import schema
+from avcache.cache.index import Failure, read_failures, receipt_path
+from avcache.cache.untrusted import (
     REBUILD,
     CacheFormatError,
     check_backed_by_file,
@@ -51,7 +51,7 @@ def damaged_shard(path: Path, name: str, reason: str) -> DamagedShardError:
     """The one message for a damaged shard: which file and dataset, why, and the fix."""
     return DamagedShardError(
         f"{path}: reading {name!r} failed, the shard is damaged ({reason}). Run "
-        "`inspect CACHE verify` to list every damaged shard; to rebuild one, delete it and "
+        "`avcache-inspect CACHE verify` to list every damaged shard; to rebuild one, delete it and "
         f"its receipt {receipt_path(path).name} (a shard with a receipt is reused as it is) "
         "and run the same avcache-preprocess command again"
     )
@@ -603,7 +603,7 @@ def _faces_promised(config: dict, where: Path) -> tuple[int | None, int | None]:
 
 
 def _check_split_totals(index: dict, entries: list[ShardEntry], where: Path) -> None:
-    """The index's per-split totals (what `inspect` and users read first) match its rows."""
+    """The index's per-split totals (what `avcache-inspect` and users read first) match its rows."""
     totals = mapping(index.get("splits", {}), f"{where}: 'splits'")
     for split, counts in totals.items():
         counts = mapping(counts, f"{where}: splits.{printable(split)}")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -31,14 +29,7 @@ FAILURES_FILE = "failures.jsonl"
 LOCK_FILE = ".lock"
 SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".h5"
-PARTIAL_SUFFIX = ".partial"
 RECEIPT_SUFFIX = ".json"
-
-
-def partial_path(path: Path) -> Path:
-    """Where `path` is written before its atomic rename. The pid keeps two writers (a
-    resumed run and a worker orphaned by a killed one) off each other's bytes."""
-    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
 
 
 MEL_SIZE = 256  # mel images are MEL_SIZE x MEL_SIZE, row 0 = lowest mel bin
@@ -103,7 +94,7 @@ def sum64(rows: np.ndarray) -> np.ndarray:
     Any change inside one 8-byte word changes the sum (one flipped byte always does), and
     random damage goes unseen with probability 2**-64. Two changes that cancel, or words
     swapped with each other, do not: it guards against storage damage, not an attacker
-    (the index's sha256 and `inspect CACHE verify` cover whole files). It costs one pass
+    (the index's sha256 and `avcache-inspect CACHE verify` cover whole files). It costs one pass
     over the bytes at memory speed (~0.03 ms per MiB in cache, ~0.08 ms from RAM), so every
     batch can afford it.
     """

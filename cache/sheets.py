@@ -26,7 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cache import schema
+from avcache.cache import schema
 
 DPI = 100
 COLORMAP = "magma"
@@ -78,16 +78,27 @@ class MelAxes:
         return (mel_bin + 0.5) * schema.MEL_SIZE / self.n_mels - 0.5
 
 
-# Mel modes of preprocess/audio.py: librosa.load's 22,050 Hz, 128 mels, librosa's hop of 512.
-MEL_AXES: dict[str, MelAxes] = {
+# Caches written before the index recorded its mel settings: the settings of their modes.
+LEGACY_AXES: dict[str, MelAxes] = {
     "baseline": MelAxes(rate=22050, n_mels=128, hop=512),
     "padded": MelAxes(rate=22050, n_mels=128, hop=512),
 }
+MEL_KEYS = {"rate": "sample_rate", "n_mels": "n_mels", "hop": "hop_length"}
 
 
-def mel_axes_of(config: dict) -> MelAxes | None:
-    """The axes of a cache's mel mode, or None for a mode this module does not know."""
-    return MEL_AXES.get(str(config.get("audio", {}).get("mode", "baseline")))
+def mel_axes_of(index: dict) -> MelAxes | None:
+    """The axes of a cache's mel images, from the settings its index records (`mel`), or
+    None (axes in pixels) where they are absent, unknown or out of range."""
+    recorded = index.get("mel")
+    if recorded is None:
+        config = index.get("config", {})
+        return LEGACY_AXES.get(str(config.get("audio", {}).get("mode", "baseline")))
+    if not isinstance(recorded, dict):
+        return None
+    values = {field: recorded.get(key) for field, key in MEL_KEYS.items()}
+    if not all(type(v) is int and 0 < v <= 10**6 for v in values.values()):
+        return None  # an index from elsewhere: its words are not trusted with the axes
+    return MelAxes(**values)
 
 
 def label_name(label: int) -> str:
@@ -172,13 +183,13 @@ def _panel_width(frames: int) -> int:
     return MEL_LEFT + MEL_W + PAD + frames * (MEL_H + FACE_GAP) + PAD
 
 
-def contact_sheet(samples: Sequence[schema.Sample], config: dict, title: str) -> Figure:
+def contact_sheet(samples: Sequence[schema.Sample], index: dict, title: str) -> Figure:
     """A grid of samples: name and label, mel with labelled axes, then its K faces."""
     frames = samples[0].faces.shape[0] if samples else 0
     columns, _, width, height = sheet_layout(len(samples), frames)
     fig = _new_figure(width, height)
     _text(fig, PAD, 10, title, fontsize=13)
-    axes = mel_axes_of(config)
+    axes = mel_axes_of(index)
     for number, sample in enumerate(samples):
         row, column = divmod(number, columns)
         x = PAD + column * _panel_width(frames)
@@ -209,7 +220,7 @@ def _shorten(text: str, limit: int) -> str:
 DETAIL_MEL, DETAIL_LEFT, DETAIL_META_W = 512, 70, 480
 
 
-def sample_figure(sample: schema.Sample, config: dict, meta: dict[str, str]) -> Figure:
+def sample_figure(sample: schema.Sample, index: dict, meta: dict[str, str]) -> Figure:
     """One sample in detail: full-size mel with a colour map, all faces, its metadata."""
     frames = sample.faces.shape[0]
     width = DETAIL_LEFT + DETAIL_MEL + 90 + DETAIL_META_W
@@ -217,7 +228,7 @@ def sample_figure(sample: schema.Sample, config: dict, meta: dict[str, str]) -> 
     fig = _new_figure(width, TITLE_H + DETAIL_MEL + 60 + (tile + 40 if frames else 0))
     _text(fig, PAD, 10, str(sample.video_name), fontsize=13, family="monospace")
     mel_ax = _add_axes(fig, DETAIL_LEFT, TITLE_H, DETAIL_MEL, DETAIL_MEL)
-    image = draw_mel(mel_ax, sample, mel_axes_of(config), small=False)
+    image = draw_mel(mel_ax, sample, mel_axes_of(index), small=False)
     bar_ax = _add_axes(fig, DETAIL_LEFT + DETAIL_MEL + 12, TITLE_H, 14, DETAIL_MEL)
     fig.colorbar(image, cax=bar_ax).set_label("grey level (dB re clip max, min-max scaled)")
     lines = "\n".join(f"{key:<11} {value}" for key, value in meta.items())

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cache import schema
-from cache.reader import Cache, CacheFormatError, ShardEntry, ShardReader
-from cache.untrusted import regular_file
-from cache.writer import sha256_of
+from avcache.cache import schema
+from avcache.cache.reader import Cache, CacheFormatError, ShardEntry, ShardReader
+from avcache.cache.untrusted import regular_file
+from avcache.cache.writer import sha256_of
 
 VERIFY_BYTES = 16 * 2**20  # bytes read per h5py call when checking sums: bounded memory
 

@@ -1,7 +1,7 @@
 """ShardWriter: appends samples to one HDF5 shard, commits it atomically on close.
 
-The shard is written under a `.partial` name, fsynced, hashed and only then
-renamed into place, so a finished name always means a complete file. Samples
+The shard is written under a temporary name, hashed and only then published
+(cache/atomic.py), so a finished name always means a complete file. Samples
 are buffered in small blocks so memory stays bounded whatever the shard size.
 With every block of mel images and faces go their per-sample sums
 (`schema.sum64`), which every read checks.
@@ -19,8 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache import codec as codecs
-from cache import schema
+from avcache.cache import codec as codecs
+from avcache.cache import schema
+from avcache.cache.atomic import partial_path, publish
 
 # Samples buffered before one block write; mel chunks hold this many samples (1 MiB).
 WRITE_BLOCK = 16
@@ -35,14 +36,6 @@ def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, streamed."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardWriter:
@@ -61,7 +54,7 @@ class ShardWriter:
         quality: int = 90,
     ) -> None:
         self.path = Path(path)
-        self.partial_path = schema.partial_path(self.path)
+        self.partial_path = partial_path(self.path)
         if codec not in codecs.CODECS:
             raise ValueError(f"faces codec {codec!r} unknown (known: {', '.join(codecs.CODECS)})")
         self.codec, self.quality = codec, quality
@@ -192,11 +185,10 @@ class ShardWriter:
             self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns)
             self._file.flush()  # metadata: a failure raises here, not inside close()
             self._file.close()
-            _fsync(self.partial_path)
+            digest = sha256_of(self.partial_path)
+            publish(self.partial_path, self.path)
         except OSError as error:
             raise self._failed(error) from error
-        digest = sha256_of(self.partial_path)
-        os.replace(self.partial_path, self.path)
         return self.num_samples, digest
 
     def _failed(self, error: OSError) -> OSError:

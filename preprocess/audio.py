@@ -19,14 +19,23 @@ import cv2
 import librosa
 import numpy as np
 
-from cache.schema import MEL_SIZE
-from preprocess.config import AudioConfig
-from preprocess.media import MediaInfo
-from preprocess.moviepy103 import RATE as MOVIEPY_RATE
-from preprocess.moviepy103 import moviepy_wav
+from avcache.cache.schema import MEL_SIZE
+from avcache.preprocess.config import AudioConfig
+from avcache.preprocess.media import MediaInfo
+from avcache.preprocess.moviepy103 import RATE as MOVIEPY_RATE
+from avcache.preprocess.moviepy103 import moviepy_wav
 
 LIBROSA_RATE = 22050  # librosa.load default
 N_MELS = 128
+HOP_LENGTH = 512  # librosa's default, passed explicitly so that what is recorded is what ran
+
+
+def mel_settings(mode: str) -> dict:
+    """How a mode's mel images are made, recorded in the cache's index (`mel`): readers,
+    such as the inspect sheets' axes in seconds and hertz, then need not know this module."""
+    return {"mode": mode, "sample_rate": LIBROSA_RATE, "n_mels": N_MELS,
+            "hop_length": HOP_LENGTH, "mel_scale": "slaney", "fmin": 0.0,
+            "fmax": LIBROSA_RATE / 2, "image_size": MEL_SIZE}  # fmt: skip
 
 
 def empty_mel() -> np.ndarray:
@@ -65,7 +74,8 @@ def baseline_image(waveform: np.ndarray) -> np.ndarray:
     """The published steps: mel power -> dB re max -> MINMAX to uint8 -> 256x256."""
     if waveform.size == 0:
         return empty_mel()
-    power = librosa.feature.melspectrogram(y=waveform, sr=LIBROSA_RATE, n_mels=N_MELS)
+    power = librosa.feature.melspectrogram(y=waveform, sr=LIBROSA_RATE, n_mels=N_MELS,
+                                           hop_length=HOP_LENGTH)  # fmt: skip
     decibels = librosa.power_to_db(power, ref=np.max)
     # cv2.normalize maps a constant image (silence) to zeros instead of dividing by zero.
     scaled = cv2.normalize(decibels, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cache.labels import LabelFileError, read_rows
-from cache.schema import LABEL_UNKNOWN
-from preprocess.config import SplitConfig
+from avcache.cache.labels import LabelFileError, read_rows
+from avcache.cache.schema import LABEL_UNKNOWN
+from avcache.preprocess.config import SplitConfig
 
 log = logging.getLogger(__name__)
 

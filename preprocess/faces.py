@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess.config import FacesConfig
-from preprocess.media import FORMAT_WHITELIST, NO_DEADLINE, Deadline, MediaError, MediaInfo
+from avcache.preprocess.config import FacesConfig
+from avcache.preprocess.media import FORMAT_WHITELIST, NO_DEADLINE, Deadline, MediaError, MediaInfo
 
 log = logging.getLogger(__name__)
 

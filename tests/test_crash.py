@@ -19,18 +19,19 @@ import numpy as np
 import pytest
 import torch
 
-from cache import open_cache, schema
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.inspect import main as inspect_main
-from cache.verify import verify_cache
-from cache.writer import ShardWriter
-from preprocess.run import main as preprocess_main
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import PARTIAL_SUFFIX, write_json_atomic
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.inspection import main as inspect_main
+from avcache.cache.verify import verify_cache
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.run import main as preprocess_main
+from avcache.train.config import TrainConfig
+from avcache.train.engine import BEST, LAST, Trainer
+from avcache.train.run import main as train_main
 from tests.media import talking_face, write_labels
 from tests.test_cache import flip_byte_in_chunk
 from tests.test_train import small_config, toy_sample
-from train.config import TrainConfig
-from train.engine import BEST, LAST, Trainer
-from train.run import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = 6
@@ -57,7 +58,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def command(data: Path, out: Path, jobs: int) -> list[str]:
-    return [sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(out),
+    return [sys.executable, "-m", "avcache.preprocess.run", "--data", str(data), "--out", str(out),
             "--jobs", str(jobs), *OPTIONS]  # fmt: skip
 
 
@@ -207,14 +208,14 @@ def test_a_full_disk_keeps_the_finished_cache(data, tmp_path, capsys, disk):
             result = limited_preprocess(root, out, 256 * 1024)
             assert result.returncode == 2, result.stderr
             error, reason = result.stderr, "File too large"
-            assert not list(out.rglob(f"*{schema.PARTIAL_SUFFIX}")), "the writer cleans up"
+            assert not list(out.rglob(f"*{PARTIAL_SUFFIX}")), "the writer cleans up"
         shard = re.escape(str(out.resolve() / "shards")) + r"/\w+/train-0000[12]\.h5"
         assert re.search(f"cannot write {shard}: {reason}", error), error
         assert "Free space on the disk" in error and "run the same command again" in error
         # A worker that joblib stopped when the other failed may leave its partial file
         # behind; the next run removes it.
         kept = {name: digest for name, digest in tree(out).items()
-                if not name.endswith(schema.PARTIAL_SUFFIX)}  # fmt: skip
+                if not name.endswith(PARTIAL_SUFFIX)}  # fmt: skip
         assert kept == before, "finished shards, receipts and index untouched"
         assert verify_cache(open_cache(out)) == []
         assert inspect_main([str(out), "verify"]) == 0
@@ -227,7 +228,7 @@ def test_a_full_disk_keeps_the_finished_cache(data, tmp_path, capsys, disk):
         }, "the first run's shards were kept, not redone"
         assert open_cache(out).num_samples("train") == CLIPS
         assert verify_cache(open_cache(out)) == []
-        assert not [name for name in after if name.endswith(schema.PARTIAL_SUFFIX)]
+        assert not [name for name in after if name.endswith(PARTIAL_SUFFIX)]
     finally:
         if tmpfs:
             tmpfs.unmount()
@@ -258,7 +259,7 @@ def test_training_on_a_damaged_checksummed_shard_stops_before_any_step(tmp_path,
     assert train_main(args) == 2
     error = capsys.readouterr().err
     assert f"{damaged}: reading 'mel' failed, the shard is damaged" in error
-    assert "inspect CACHE verify" in error and "train-00000.json" in error
+    assert "avcache-inspect CACHE verify" in error and "train-00000.json" in error
     assert not (run / LAST).exists() and not (run / BEST).exists()
 
 
@@ -300,6 +301,6 @@ def test_ctrl_c_during_preprocessing_is_one_line_and_the_rerun_finishes(data, tm
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.count("avcache-preprocess: interrupted;") == 1, err
-    assert not list(out.rglob(f"*{schema.PARTIAL_SUFFIX}"))
+    assert not list(out.rglob(f"*{PARTIAL_SUFFIX}"))
     assert preprocess(data, out) == 0
     assert open_cache(out).num_samples("train") == CLIPS

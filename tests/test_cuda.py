@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cache import schema
-from cache.reader import open_cache
+from avcache.cache import schema
+from avcache.cache.reader import open_cache
+from avcache.train.decode import decode_faces
+from avcache.train.engine import LAST, METRICS
+from avcache.train.loader import LoaderPlan, ShardStream
+from avcache.train.models import MODELS
+from avcache.train.predict import main as predict_main
+from avcache.train.run import main as train_main
 from tests.test_train import REPO, small_config, write_toy_cache
-from train.decode import decode_faces
-from train.engine import LAST, METRICS
-from train.loader import LoaderPlan, ShardStream
-from train.models import MODELS
-from train.predict import main as predict_main
-from train.run import main as train_main
 
 pytestmark = [
     pytest.mark.cuda,
@@ -49,7 +49,7 @@ def test_every_model_kind_trains_on_cuda(cache, tmp_path, kind, compile_):
 def test_a_killed_run_resumes_and_predicts_on_cuda(cache, tmp_path):
     run = tmp_path / "run"
     options = {**CUDA, "model.kind": "av", "run.epochs": 2}
-    command = [sys.executable, "-m", "train.run", "--cache", str(cache), "--out", str(run),
+    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(cache), "--out", str(run),
                *small_config(**options)]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip

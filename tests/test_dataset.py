@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from preprocess.config import SplitConfig
-from preprocess.dataset import LabelFileError, ShardPlan, Video, plan_shards, read_split
+from avcache.preprocess.config import SplitConfig
+from avcache.preprocess.dataset import LabelFileError, ShardPlan, Video, plan_shards, read_split
 from tests.media import write_labels
 
 TRAIN = SplitConfig("train_label.txt", ["trainset"])

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from cache import schema
-from cache.reader import DamagedShardError, open_cache
+from avcache.cache import schema
+from avcache.cache.reader import DamagedShardError, open_cache
+from avcache.train.decode import decode_faces, decode_on_device
+from avcache.train.engine import LAST
+from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
+from avcache.train.run import main as train_main
 from tests.test_codec import COUNT, FRAMES, SIZE, flip_in_sample, forge_first_crop, write
 from tests.test_mistakes import one_line_error
 from tests.test_train import small_config, write_toy_cache
-from train.decode import decode_faces, decode_on_device
-from train.engine import LAST
-from train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
-from train.run import main as train_main
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -127,7 +127,7 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
     """The trainer with faces left encoded by the workers and decoded where it runs (here by
     torchvision on the CPU, bit-exact with simplejpeg): the same weights as decoding in the
     workers. On CUDA the same path runs with nvJPEG (test_cuda.py)."""
-    import train.engine
+    from avcache.train import engine
 
     write_toy_cache(tmp_path / "cache", {"train": 24, "val": 8}, codec="jpeg")
     args = ["--cache", str(tmp_path / "cache"), *small_config(**{"model.kind": "av"})]
@@ -138,8 +138,8 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
         decoded.append(JPEG_BYTES in batch)
         return decode_faces(batch, device)
 
-    monkeypatch.setattr(train.engine, "decode_on_device", lambda choice, device, codecs: True)
-    monkeypatch.setattr(train.engine, "decode_faces", decode_counted)
+    monkeypatch.setattr(engine, "decode_on_device", lambda choice, device, codecs: True)
+    monkeypatch.setattr(engine, "decode_faces", decode_counted)
     assert train_main([*args, "--out", str(tmp_path / "device")]) == 0
     assert decoded and all(decoded)
     a = torch.load(tmp_path / "workers" / LAST, weights_only=True)["model"]

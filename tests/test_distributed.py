@@ -15,10 +15,10 @@ import psutil
 import pytest
 import torch
 
+from avcache.train.engine import LAST, METRICS
+from avcache.train.run import main as train_main
+from avcache.train.runs import RunFolder
 from tests.test_train import small_config, write_toy_cache
-from train.engine import LAST, METRICS
-from train.run import main as train_main
-from train.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 # 34 training samples in 3 shards (12, 12, 10), batches of 4: 9 global batches, so on 2

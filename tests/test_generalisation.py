@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from avcache.cache import open_cache
 from benchmarks.generalisation import main as generalisation_main
-from cache import open_cache
 
 
 def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):

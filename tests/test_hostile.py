@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import open_cache, schema
-from preprocess.audio import mel_image
-from preprocess.config import AudioConfig, FacesConfig, LimitsConfig, PreprocessConfig
-from preprocess.dataset import Video
-from preprocess.faces import detect_faces, read_frames
-from preprocess.media import (
+from avcache.cache import open_cache, schema
+from avcache.preprocess.audio import mel_image
+from avcache.preprocess.config import AudioConfig, FacesConfig, LimitsConfig, PreprocessConfig
+from avcache.preprocess.dataset import Video
+from avcache.preprocess.faces import detect_faces, read_frames
+from avcache.preprocess.media import (
     Deadline,
     MediaInfo,
     TimeLimitExceeded,
@@ -36,8 +36,8 @@ from preprocess.media import (
     read_audio,
     run_ffmpeg,
 )
-from preprocess.run import main
-from preprocess.worker import VideoFailed, process_video
+from avcache.preprocess.run import main
+from avcache.preprocess.worker import VideoFailed, process_video
 from tests.hostile import CACHED, KINDS, STALL_FIFO, make_all, plain, stalls_ffmpeg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ OPTIONS = [f"faces.frames={FRAMES}", f"faces.size={FACE_SIZE}", "faces.detector=
 MEASURED_MAIN = """
 import json, resource, sys
 from joblib.externals.loky import get_reusable_executor
-from preprocess.run import main
+from avcache.preprocess.run import main
 code = main(sys.argv[1:])
 get_reusable_executor(reuse=True).shutdown(wait=True)
 print(json.dumps({"exit": code,

@@ -22,13 +22,14 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from cache import open_cache, schema
-from cache.gallery import THUMB_SIZE, thumbnail
-from cache.index import Failure, ShardRecord, build_index, write_failures, write_json_atomic
-from cache.inspect import main
-from cache.reader import ShardReader
-from cache.sheets import MEL_AXES, sheet_layout
-from cache.writer import ShardWriter
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.gallery import THUMB_SIZE, thumbnail
+from avcache.cache.index import Failure, ShardRecord, build_index, write_failures
+from avcache.cache.inspection import main
+from avcache.cache.reader import ShardReader
+from avcache.cache.sheets import LEGACY_AXES, mel_axes_of, sheet_layout
+from avcache.cache.writer import ShardWriter
 
 FRAMES, SIZE = 2, 16
 WEIRD = 'a "quoted" <b>&amp; vidéo 視頻.mp4'  # names come from label files: anything goes
@@ -132,7 +133,7 @@ def test_summary_counts(small, capsys):
 
 
 def test_summary_bytes_per_modality_add_up(small):
-    from cache.inspect import split_stats
+    from avcache.cache.inspection import split_stats
 
     root, _ = small
     stats = split_stats(open_cache(root), "val")
@@ -144,7 +145,8 @@ def test_summary_bytes_per_modality_add_up(small):
 
 def test_module_entry_point_and_missing_cache(small, tmp_path):
     root, _ = small
-    run = subprocess.run([sys.executable, "-m", "cache.inspect", str(root)], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "avcache.cache.inspection",
+                          str(root)], capture_output=True,
                          text=True, cwd=Path(__file__).parents[1])  # fmt: skip
     assert run.returncode == 0 and "train" in run.stdout
     assert main([str(tmp_path / "nowhere")]) == 2
@@ -267,14 +269,16 @@ def test_unknown_video_and_bad_usage_exit_2(small, tmp_path, capsys):
 
 
 def test_mel_axes_match_the_preprocessor():
-    """The axis labels follow preprocess/audio.py: a 1 kHz tone from 1 s to 2 s of a 3 s clip
-    lands on the row labelled 1 kHz and between the columns labelled 1 s and 2 s."""
+    """The axis labels follow the settings the preprocessor records in the index: a 1 kHz
+    tone from 1 s to 2 s of a 3 s clip lands on the row labelled 1 kHz and between the
+    columns labelled 1 s and 2 s."""
     import librosa
 
-    from preprocess.audio import LIBROSA_RATE, N_MELS, baseline_image
+    from avcache.preprocess.audio import LIBROSA_RATE, N_MELS, baseline_image, mel_settings
 
-    axes = MEL_AXES["baseline"]
+    axes = mel_axes_of({"mel": mel_settings("baseline")})
     assert (axes.rate, axes.n_mels) == (LIBROSA_RATE, N_MELS)
+    assert axes == LEGACY_AXES["baseline"]  # what caches without the record were made with
     centres = librosa.mel_frequencies(N_MELS + 2, fmin=0, fmax=LIBROSA_RATE / 2)[1:-1]
     np.testing.assert_allclose(axes.row_of_hz(centres), (np.arange(N_MELS) + 0.5) * 2 - 0.5)
     t = np.arange(3 * LIBROSA_RATE) / LIBROSA_RATE
@@ -285,6 +289,16 @@ def test_mel_axes_match_the_preprocessor():
     seconds = start + (np.arange(256) + 0.5) * (stop - start) / 256
     loud = seconds[image.max(axis=0) > 200]
     assert abs(loud.min() - 1.0) < 0.1 and abs(loud.max() - 2.0) < 0.1
+
+
+def test_mel_axes_come_from_the_index_and_nonsense_gives_pixels():
+    settings = {"sample_rate": 16000, "n_mels": 80, "hop_length": 160}
+    axes = mel_axes_of({"mel": settings})
+    assert (axes.rate, axes.n_mels, axes.hop) == (16000, 80, 160)
+    assert mel_axes_of({"config": {"audio": {"mode": "padded"}}}) == LEGACY_AXES["padded"]
+    for forged in ({"n_mels": 0}, {"hop_length": 1.5}, {"sample_rate": True}, {"n_mels": "x"}):
+        assert mel_axes_of({"mel": {**settings, **forged}}) is None
+    assert mel_axes_of({"mel": ["not", "a", "record"]}) is None
 
 
 # gallery

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cache import open_cache, schema
-from cache.reader import DamagedShardError, ShardReader
+from avcache.cache import open_cache, schema
+from avcache.cache.reader import DamagedShardError, ShardReader
+from avcache.train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream, epoch_batches
 from tests.test_cache import flip_byte_in_row, make_sample, write_cache
-from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream, epoch_batches
 
 SHARDS = [13, 0, 7, 30, 5]  # uneven on purpose, one empty
 TOTAL = sum(SHARDS)

@@ -17,20 +17,21 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from cache import schema
-from cache.config import ConfigError, load_config
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.lock import FolderLock
-from cache.writer import ShardWriter
-from preprocess.config import PreprocessConfig
-from preprocess.run import main as preprocess_main
+from avcache.cache import schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.config import ConfigError, load_config
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.lock import FolderLock
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.run import main as preprocess_main
+from avcache.train.config import TrainConfig
+from avcache.train.engine import BEST, LAST, METRICS
+from avcache.train.predict import FALLBACK
+from avcache.train.predict import main as predict_main
+from avcache.train.run import main as train_main
+from avcache.train.score import main as score_main
 from tests.test_train import small_config, toy_sample, write_toy_cache
-from train.config import TrainConfig
-from train.engine import BEST, LAST, METRICS
-from train.predict import FALLBACK
-from train.predict import main as predict_main
-from train.run import main as train_main
-from train.score import main as score_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,7 +222,7 @@ def interrupt(command: list[str], ready: Path, tmp_path: Path) -> subprocess.Com
 
 def test_ctrl_c_during_training_is_one_line_and_leaves_whole_files(toy, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "train.run", "--cache", str(toy), "--out", str(out),
+    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(toy), "--out", str(out),
                *small_config(**{"run.epochs": 50, "data.workers": 1})]  # fmt: skip
     done = interrupt(command, out / METRICS, tmp_path)
     assert done.returncode == 130, done.stderr

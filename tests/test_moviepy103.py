@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from preprocess.moviepy103 import QUANTIZED_MAX, RATE, moviepy_wav
+from avcache.preprocess.moviepy103 import QUANTIZED_MAX, RATE, moviepy_wav
 
 
 @pytest.mark.parametrize("seconds,audio_seconds", [(1.0, 1.2), (2.5, 2.5001), (4.5, 4.6)])

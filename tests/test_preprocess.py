@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import open_cache, schema
-from preprocess.run import main
+from avcache.cache import open_cache, schema
+from avcache.preprocess.run import main
 from tests.media import broken_files, face_without_audio, silent_clip, talking_face, write_labels
 
 SHARD_SIZE = 3
@@ -124,6 +124,10 @@ def test_samples_hold_what_the_videos_hold(clean_cache):
 def test_config_is_saved_and_hashed(clean_cache):
     index = json.loads((clean_cache / schema.INDEX_FILE).read_text())
     assert index["config"]["faces"]["frames"] == 3
+    # how the mel images were made, for readers that must not import the preprocessor
+    assert index["mel"] == {"mode": "baseline", "sample_rate": 22050, "n_mels": 128,
+                            "hop_length": 512, "mel_scale": "slaney", "fmin": 0.0,
+                            "fmax": 11025.0, "image_size": 256}  # fmt: skip
     assert index["splits"]["train"] == {"shards": 4, "samples": 7, "failed": 5}
     assert "frames: 3" in (clean_cache / schema.CONFIG_FILE).read_text()
 
@@ -173,7 +177,8 @@ def _started_shards(out: Path) -> int:
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_kill_9_then_resume_equals_a_clean_run(data, clean_cache, tmp_path, jobs):
     out = tmp_path / "cache"
-    command = [sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(out),
+    command = [sys.executable, "-m", "avcache.preprocess.run",
+               "--data", str(data), "--out", str(out),
                "--quiet", "--jobs", jobs, f"shards.size={SHARD_SIZE}", "faces.frames=3",
                "faces.size=64"]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True,
@@ -205,7 +210,8 @@ def test_changed_config_writes_a_new_cache(data, clean_cache, tmp_path):
 def test_a_killed_run_with_a_new_config_leaves_the_previous_cache(data, clean_cache, tmp_path):
     out = tmp_path / "cache"
     shutil.copytree(clean_cache, out)
-    command = [sys.executable, "-m", "preprocess.run", "--data", str(data), "--out", str(out),
+    command = [sys.executable, "-m", "avcache.preprocess.run",
+               "--data", str(data), "--out", str(out),
                "--quiet", "--jobs", "1", f"shards.size={SHARD_SIZE}", "faces.frames=2",
                "faces.size=64"]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True,
@@ -287,7 +293,7 @@ def test_workers_reduce_floats_on_one_thread():
     pixel can land one grey level off: --jobs 1 and --jobs 2 would then differ."""
     from threadpoolctl import threadpool_info
 
-    from preprocess.worker import one_thread_per_worker
+    from avcache.preprocess.worker import one_thread_per_worker
 
     with one_thread_per_worker(uses_torch=True):
         pools = threadpool_info()

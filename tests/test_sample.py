@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocess import sample
+from avcache.preprocess import sample
 
 TINY = {"train": 6, "val": 4, "test": 4}
 NAME = re.compile(r"^[0-9a-f]{32}\.mp4$")

@@ -17,19 +17,20 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cache import open_cache, schema
-from cache.config import to_dict
-from cache.index import ShardRecord, build_index, write_json_atomic
-from cache.writer import ShardWriter
-from preprocess.config import PreprocessConfig
+from avcache.cache import open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.config import to_dict
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.config import PreprocessConfig
+from avcache.train.augment import prepare
+from avcache.train.config import TrainConfig
+from avcache.train.engine import BEST, LAST, METRICS, Trainer
+from avcache.train.models import MODELS, build_model
+from avcache.train.predict import FALLBACK
+from avcache.train.predict import main as predict_main
+from avcache.train.run import main as train_main
 from tests.media import talking_face
-from train.augment import prepare
-from train.config import TrainConfig
-from train.engine import BEST, LAST, METRICS, Trainer
-from train.models import MODELS, build_model
-from train.predict import FALLBACK
-from train.predict import main as predict_main
-from train.run import main as train_main
 
 FRAMES, SIZE = 2, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_killed_run_resumes_to_where_an_uninterrupted_run_ends(toy_cache, tmp_pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*small_config(), "--cache", str(toy_cache)]
     assert train_main([*args, "--out", str(straight)]) == 0
-    command = [sys.executable, "-m", "train.run", *args, "--out", str(killed)]
+    command = [sys.executable, "-m", "avcache.train.run", *args, "--out", str(killed)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     metrics, deadline = killed / METRICS, time.monotonic() + 300
@@ -264,7 +265,7 @@ def test_fusion_options_train_and_keep_results_reproducible(toy_cache, tmp_path)
 
 
 def test_mismatched_faces_come_from_another_video_and_are_fake():
-    from train.augment import mismatch_faces
+    from avcache.train.augment import mismatch_faces
 
     faces = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1, 1).expand(8, 2, 3, 4, 4)
     inputs = {schema.MEL: torch.zeros(8, 1, 4, 4), schema.FACES: faces}
@@ -276,7 +277,7 @@ def test_mismatched_faces_come_from_another_video_and_are_fake():
 
 
 def test_modality_dropout_zeroes_one_branch_of_a_sample_never_both():
-    from train.models import drop_one_branch
+    from avcache.train.models import drop_one_branch
 
     torch.manual_seed(0)
     features = [torch.ones(1000, 4), torch.ones(1000, 4)]

@@ -22,17 +22,17 @@ import numpy as np
 import pytest
 import torch
 
-from cache import schema
-from cache.index import ShardRecord, read_failures, read_receipt, write_receipt
-from cache.inspect import main as inspect_main
-from cache.reader import CacheFormatError, ShardReader, open_cache
-from cache.untrusted import MAX_JSON_BYTES, printable
+from avcache.cache import schema
+from avcache.cache.index import ShardRecord, read_failures, read_receipt, write_receipt
+from avcache.cache.inspection import main as inspect_main
+from avcache.cache.reader import CacheFormatError, ShardReader, open_cache
+from avcache.cache.untrusted import MAX_JSON_BYTES, printable
+from avcache.train.engine import BEST
+from avcache.train.loader import LoaderPlan, ShardStream
+from avcache.train.predict import main as predict_main
+from avcache.train.run import main as train_main
 from tests.test_cache import FRAMES, SIZE, make_sample
 from tests.test_train import small_config, write_toy_cache
-from train.engine import BEST
-from train.loader import LoaderPlan, ShardStream
-from train.predict import main as predict_main
-from train.run import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 COUNT = 20  # samples per shard
@@ -43,8 +43,9 @@ COUNT = 20  # samples per shard
 
 def build(root: Path, splits: dict[str, int] | None = None) -> Path:
     """A sound cache (real config, faces 2 x 8 px) with `splits` shard counts."""
-    from cache.index import build_index, write_json_atomic
-    from cache.writer import ShardWriter
+    from avcache.cache.atomic import write_json_atomic
+    from avcache.cache.index import build_index
+    from avcache.cache.writer import ShardWriter
 
     config = {"splits": {"train": {}, "val": {}, "test": {}},
               "faces": {"frames": FRAMES, "size": SIZE}}  # fmt: skip
@@ -146,7 +147,7 @@ def refusals(root: Path, capsys) -> list[str]:
         status = inspect_main(argv)
         captured = capsys.readouterr()
         assert status in (1, 2), (argv, captured)
-        if status == 2:  # one line: `inspect: error: ...`
+        if status == 2:  # one line: `avcache-inspect: error: ...`
             assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured
         messages.append(captured.err)
     with pytest.raises(CacheFormatError) as caught:
@@ -255,7 +256,7 @@ def test_a_fifo_is_refused_at_once(cache, target):
     commands = [[str(cache)], [str(cache), "sheet", "-o", str(cache.parent / "s.png")],
                 [str(cache), "verify"]]  # fmt: skip
     for argv in commands[:1] if target == "failures" else commands:  # only summary reads it
-        done = subprocess.run([sys.executable, "-m", "cache.inspect", *argv], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "avcache.cache.inspection", *argv], cwd=REPO,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode in (1, 2), done
         assert f"{path}: the" in done.stderr and "not a regular file" in done.stderr, done
@@ -265,7 +266,7 @@ def test_training_refuses_a_fifo_shard(cache, tmp_path):
     shard = first_shard(cache)
     shard.unlink()
     os.mkfifo(shard)
-    command = [sys.executable, "-m", "train.run", "--cache", str(cache), "--out",
+    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(cache), "--out",
                str(tmp_path / "run"), *small_config()]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done
@@ -331,7 +332,7 @@ def test_a_sparse_shard_declaring_millions_of_rows_is_refused(cache, capsys):
 
 def test_faces_larger_than_the_config_says_are_refused(cache, capsys):
     """A shard whose faces are 16 x 64 px where the cache's config says 2 x 8."""
-    from cache.writer import ShardWriter
+    from avcache.cache.writer import ShardWriter
 
     shard = first_shard(cache)
     with ShardWriter(shard, split="train", frames=16, face_size=64) as writer:
@@ -451,7 +452,7 @@ def test_a_malformed_index_is_one_line_naming_it(cache, capsys, case):
     for argv in ([str(cache)], [str(cache), "verify"]):
         assert inspect_main(argv) == 2
         error = capsys.readouterr().err
-        assert error.startswith(f"inspect: error: {cache / schema.INDEX_FILE}")
+        assert error.startswith(f"avcache-inspect: error: {cache / schema.INDEX_FILE}")
         assert expected in error and error.count("\n") == 1, error
 
 
@@ -467,7 +468,9 @@ def test_json_that_python_would_choke_on_is_refused(cache, capsys, text, expecte
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert inspect_main([str(cache)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"inspect: error: {path}: the cache index") and expected in error
+    assert (
+        error.startswith(f"avcache-inspect: error: {path}: the cache index") and expected in error
+    )
 
 
 def test_an_oversized_index_is_refused_unread(cache, capsys):
@@ -640,8 +643,8 @@ def test_resume_refuses_a_checkpoint_with_forged_progress(trained, tmp_path, cap
 def test_a_forged_previous_index_names_no_file_outside(tmp_path, previous):
     """The previous index is set aside as index.<its config hash>.json: a hash that is not
     one cannot name a path."""
-    from preprocess.config import PreprocessConfig
-    from preprocess.pipeline import Preprocessor
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.pipeline import Preprocessor
 
     (tmp_path / "data").mkdir()
     out = tmp_path / "cache"

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache import schema
-from train.config import AugmentConfig
+from avcache.cache import schema
+from avcache.train.config import AugmentConfig
 
 # ImageNet statistics; the one-channel mel uses their mean, matching timm's summed conv1.
 RGB_MEAN = (0.485, 0.456, 0.406)

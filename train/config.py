@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache.config import ConfigError
-from cache.reader import Cache
+from avcache.cache.config import ConfigError
+from avcache.cache.reader import Cache
 
 
 @dataclass

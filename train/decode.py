@@ -18,10 +18,10 @@ import warnings
 
 import torch
 
-from cache import schema
-from cache.codec import crop_ranges
-from cache.reader import Cache, DamagedShardError
-from train.loader import JPEG_BYTES, JPEG_ENDS, JPEG_FROM
+from avcache.cache import schema
+from avcache.cache.codec import crop_ranges
+from avcache.cache.reader import Cache, DamagedShardError
+from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, JPEG_FROM
 
 
 def check_decoding(choice: str, kind: str, cache: Cache, splits: tuple[str, ...],
@@ -63,7 +63,7 @@ def decode_faces(batch: dict, device: torch.device) -> dict:
         # The workers checked every crop's bytes and header: a crop that still does not
         # decode was written so, by a forger or a broken encoder.
         raise DamagedShardError(f"faces read from {'; '.join(where)} do not decode on "
-                                f"{device} ({error}); run `inspect CACHE verify --sha256 "
+                                f"{device} ({error}); run `avcache-inspect CACHE verify --sha256 "
                                 f"HASH` against a digest you trust, or preprocess again"
                                 ) from None  # fmt: skip
     # [B, K, S, S, 3] in memory as the workers make it: the model then sees the same

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import time
 from contextlib import nullcontext
@@ -33,17 +32,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cache import schema
-from cache.reader import Cache
-from cache.untrusted import printable, regular_file
-from train import distributed
-from train.augment import batch_seed, mismatch_faces, prepare, to_device
-from train.config import TrainConfig
-from train.decode import decode_faces, decode_on_device
-from train.distributed import Ranks
-from train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
-from train.metrics import detection_metrics
-from train.models import build_model
+from avcache.cache import schema
+from avcache.cache.atomic import atomic_path, write_text_atomic
+from avcache.cache.reader import Cache
+from avcache.cache.untrusted import printable, regular_file
+from avcache.train import distributed
+from avcache.train.augment import batch_seed, mismatch_faces, prepare, to_device
+from avcache.train.config import TrainConfig
+from avcache.train.decode import decode_faces, decode_on_device
+from avcache.train.distributed import Ranks
+from avcache.train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
+from avcache.train.metrics import detection_metrics
+from avcache.train.models import build_model
 
 log = logging.getLogger("avcache.train")
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
@@ -64,8 +64,10 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
-                train: bool, device: torch.device, ranks: Ranks,
+                device: torch.device, ranks: Ranks, *, train: bool,
                 jpeg_faces: bool = False) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+    """The split's stream (shuffled when `train`) and the DataLoader over it; `jpeg_faces`
+    leaves faces encoded for the training device to decode (train/decode.py)."""
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
@@ -140,8 +142,8 @@ class Trainer:
     def _loader(self, split: str, fields: tuple[str, ...],
                 train: bool) -> tuple[ShardStream, DataLoader]:  # fmt: skip
         jpeg = schema.FACES in fields and self._decodes_here(split)
-        return make_loader(self.cache, split, fields, self.config, train, self.device,
-                           self.ranks, jpeg)  # fmt: skip
+        return make_loader(self.cache, split, fields, self.config, self.device, self.ranks,
+                           train=train, jpeg_faces=jpeg)  # fmt: skip
 
     def _decodes_here(self, split: str) -> bool:
         """Whether this device decodes the split's JPEG faces (the workers only read them)."""
@@ -326,9 +328,8 @@ class Trainer:
         }
 
     def save(self, path: Path, resumable: bool = True) -> None:
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.state(resumable), partial)
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            torch.save(self.state(resumable), partial)
 
     def _load_weights(self, path: Path) -> None:
         """model.init: start from the weights of an avcache checkpoint (a new schedule)."""
@@ -443,9 +444,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     """metrics.jsonl rewritten from the checkpointed history: a resumed run never repeats a line."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def format_row(row: dict) -> str:

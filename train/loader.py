@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cache import schema
-from cache.reader import ShardEntry, ShardReader
+from avcache.cache import schema
+from avcache.cache.reader import ShardEntry, ShardReader
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read

@@ -16,7 +16,7 @@ import torch
 from timm.models import load_state_dict
 from torch import nn
 
-from cache import schema
+from avcache.cache import schema
 
 BACKBONE = "resnet18"
 IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import torch
 
-if __name__ == "__main__" and not __package__:  # `python train/predict.py`: import as a package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from cache import schema
-from cache.codec import round_trip
-from cache.labels import LabelFileError, read_names
-from cache.reader import Cache
-from cache.untrusted import printable
-from train.augment import prepare
-from train.runs import RunFolder
+from avcache.cache import schema
+from avcache.cache.atomic import atomic_path
+from avcache.cache.codec import round_trip
+from avcache.cache.labels import LabelFileError, read_names
+from avcache.cache.reader import Cache
+from avcache.cache.untrusted import printable
+from avcache.train.augment import prepare
+from avcache.train.runs import RunFolder
 
 log = logging.getLogger("avcache.predict")
 FALLBACK = 0.5  # P(fake) for a listed video without cached features: says "no idea"
@@ -42,7 +40,7 @@ def submission_rows(names: list[str], scores: dict[str, float]) -> tuple[list, l
 
 def write_submission(path: Path, rows: list[tuple[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["video_name", "y_pred"])
         writer.writerows((name, f"{score:.6f}") for name, score in rows)
@@ -100,7 +98,7 @@ def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: l
 @torch.no_grad()
 def predict_video(run: RunFolder, video: Path) -> float:
     """Preprocess one raw file in-process exactly as the cache was made, then score it."""
-    from preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
+    from avcache.preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
 
     trainer = run.trainer(best=True, check_shards=False)
     try:

@@ -13,22 +13,20 @@ import math
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # `python train/run.py`: import as a package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import torch
 
-from cache import open_cache
-from cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
-from cache.lock import FolderBusyError, FolderLock
-from cache.reader import CacheFormatError
-from cache.untrusted import printable
-from train import distributed
-from train.config import TrainConfig, check_cache_fits, validate
-from train.decode import check_decoding
-from train.engine import BEST, LAST, Trainer, select_device
-from train.plots import plot_curves, plot_roc
-from train.runs import CONFIG, RunFolder
+from avcache.cache import open_cache
+from avcache.cache.atomic import PARTIAL_SUFFIX
+from avcache.cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
+from avcache.cache.lock import FolderBusyError, FolderLock
+from avcache.cache.reader import CacheFormatError
+from avcache.cache.untrusted import printable
+from avcache.train import distributed
+from avcache.train.config import TrainConfig, check_cache_fits, validate
+from avcache.train.decode import check_decoding
+from avcache.train.engine import BEST, LAST, Trainer, select_device
+from avcache.train.plots import plot_curves, plot_roc
+from avcache.train.runs import CONFIG, RunFolder
 
 log = logging.getLogger("avcache.train")
 
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         out = args.resume or args.out
         if lock is not None:  # this run's own unfinished writes, nobody else's
-            for partial in Path(out).glob("*.partial"):
+            for partial in Path(out).glob(f"*{PARTIAL_SUFFIX}"):
                 partial.unlink(missing_ok=True)
         print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
               f"temporary name, then renamed): continue with avcache-train --resume {out}",

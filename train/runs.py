@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cache import open_cache
-from cache.config import dump_yaml, from_dict, load_config
-from cache.reader import Cache
-from cache.untrusted import load_json, mapping, text
-from train.config import TrainConfig
-from train.engine import BEST, LAST, Trainer
+from avcache.cache import open_cache
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.config import dump_yaml, from_dict, load_config
+from avcache.cache.reader import Cache
+from avcache.cache.untrusted import load_json, mapping, text
+from avcache.train.config import TrainConfig
+from avcache.train.engine import BEST, LAST, Trainer
 
 CONFIG, CACHE = "config.yaml", "cache.json"
 
@@ -36,7 +36,7 @@ class RunFolder:
         dump_yaml(config, path / CONFIG)
         record = {"path": str(cache.root.resolve()), "config_hash": cache.config_hash,
                   "config": cache.config}  # fmt: skip
-        (path / CACHE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        write_json_atomic(path / CACHE, record)
         return RunFolder(path)
 
     def cache(self, check_shards: bool = True) -> Cache:
@@ -54,7 +54,7 @@ class RunFolder:
 
     def preprocess_config(self):
         """The preprocessing config the cache was made with (to score raw videos alike)."""
-        from preprocess.config import PreprocessConfig
+        from avcache.preprocess.config import PreprocessConfig
 
         config = {**self.cache_config}
         # A cache made before faces.codec existed (format v1) stored raw crops.

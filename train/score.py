@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __name__ == "__main__" and not __package__:  # `python train/score.py`: import as a package
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from cache.labels import LabelFileError, read_rows
-from cache.untrusted import printable
-from train.metrics import detection_metrics
+from avcache.cache.labels import LabelFileError, read_rows
+from avcache.cache.untrusted import printable
+from avcache.train.metrics import detection_metrics
 
 ERRORS_LISTED = 10  # bad rows named in one message
 

@@ -1,10 +1,10 @@
-"""inspect: look at a cache, and at what a model gets wrong on it.
+"""avcache-inspect: look at a cache, and at what a model gets wrong on it.
 
-inspect CACHE                    per split: samples, labels, failures, audio, faces, bytes; config
-inspect CACHE verify             recompute every shard's sha256, check schema and counts
-inspect CACHE sheet -o S.png     contact sheet: mel images (labelled axes) beside the faces
-inspect CACHE sheet --video N    one sample in detail: full-size mel, all faces, metadata
-inspect CACHE gallery -o DIR     static HTML page (opens from disk): thumbnails, filters, mistakes
+avcache-inspect CACHE                  per split: samples, labels, failures, audio, faces, bytes
+avcache-inspect CACHE verify           recompute every shard's sha256, check schema and counts
+avcache-inspect CACHE sheet -o S.png   contact sheet: mel images (labelled axes) beside the faces
+avcache-inspect CACHE sheet --video N  one sample in detail: full-size mel, all faces, metadata
+avcache-inspect CACHE gallery -o DIR   static HTML page (opens from disk): thumbnails, mistakes
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cache import schema
-from cache.labels import LabelFileError
-from cache.reader import Cache, CacheFormatError, open_cache
-from cache.untrusted import printable
-from cache.verify import verify_cache
+from avcache.cache import schema
+from avcache.cache.labels import LabelFileError
+from avcache.cache.reader import Cache, CacheFormatError, open_cache
+from avcache.cache.untrusted import printable
+from avcache.cache.verify import verify_cache
 
 LABELS = {"fake": schema.LABEL_FAKE, "real": schema.LABEL_REAL, "unknown": schema.LABEL_UNKNOWN}
 # Datasets counted as each modality's bytes on disk; the rest (names, labels, flags) is "other".
@@ -39,7 +39,7 @@ class UsageError(ValueError):
 
 @dataclass
 class SplitStats:
-    """What `inspect CACHE` reports for one split."""
+    """What `avcache-inspect CACHE` reports for one split."""
 
     shards: int = 0
     samples: int = 0
@@ -176,7 +176,7 @@ def pick_samples(
 ) -> list[tuple[int, int]]:
     """(shard number, position) of `count` samples of a split matching the filters: the first
     ones in cache order, or a random draw with `seed`. Reads only the small columns."""
-    from cache.gallery import catalog
+    from avcache.cache.gallery import catalog
 
     entries = [
         entry
@@ -193,7 +193,7 @@ def pick_samples(
 def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
     if args.video is not None:
         return draw_one(cache, args)
-    from cache import sheets
+    from avcache.cache import sheets
 
     split = args.split or cache.splits[0]
     if split not in cache.splits:
@@ -207,7 +207,7 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
         )
     samples = dict(cache.samples_at(picks))
     title = f"{cache.root} · split {split} · label {args.label} · {len(picks)} samples"
-    figure = sheets.contact_sheet([samples[pick] for pick in picks], cache.config, title)
+    figure = sheets.contact_sheet([samples[pick] for pick in picks], cache.index, title)
     path = sheets.save(figure, args.output, args.palette)
     print(f"sheet: {path} ({len(picks)} samples of {split})")
     return 0
@@ -215,7 +215,7 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
 
 def draw_one(cache: Cache, args: argparse.Namespace) -> int:
     """`sheet --video NAME`: one sample in detail."""
-    from cache import sheets
+    from avcache.cache import sheets
 
     try:
         entry, position = cache.locate(args.video, args.split)
@@ -226,7 +226,7 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
     with entry.open() as shard:
         sample = shard.sample(position)
     meta = sample_meta(cache, sample, entry.path, position, entry.split)
-    figure = sheets.sample_figure(sample, cache.config, meta)
+    figure = sheets.sample_figure(sample, cache.index, meta)
     path = sheets.save(figure, args.output, args.palette)
     print(f"sheet: {path} ({args.video} from {entry.split})")
     return 0
@@ -234,7 +234,7 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
 
 def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, split: str) -> dict:
     """What the detail view prints beside the mel."""
-    from cache.sheets import label_name
+    from avcache.cache.sheets import label_name
 
     found = [bool(flag) for flag in sample.face_found]
     boxes = [" ".join(f"{v:.0f}" for v in box) for box in sample.face_box]
@@ -244,7 +244,7 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
         "has audio": "yes" if sample.has_audio else "no (mel is all zeros)",
         "duration": f"{float(sample.duration):.2f} s",
         "faces found": f"{sum(found)} of {len(found)} frames",
-        **_mel_mode_meta(cache.config),
+        **_mel_mode_meta(cache.index),
         "shard": str(path.relative_to(cache.root.resolve())),
         "position": str(position),
         "config": cache.config_hash,
@@ -253,11 +253,11 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
     return meta
 
 
-def _mel_mode_meta(config: dict) -> dict[str, str]:
+def _mel_mode_meta(index: dict) -> dict[str, str]:
     """The mel mode and how its axes were labelled."""
-    from cache.sheets import mel_axes_of
+    from avcache.cache.sheets import mel_axes_of
 
-    mode, axes = str(config.get("audio", {}).get("mode", "?")), mel_axes_of(config)
+    mode, axes = str(index.get("config", {}).get("audio", {}).get("mode", "?")), mel_axes_of(index)
     if axes is None:
         return {"mel mode": f"{mode} (unknown here: axes in pixels)"}
     return {
@@ -268,7 +268,7 @@ def _mel_mode_meta(config: dict) -> dict[str, str]:
 
 
 def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
-    from cache.gallery import write_gallery
+    from avcache.cache.gallery import write_gallery
 
     if args.labels and args.predictions is None:
         raise UsageError("--labels needs --predictions (the labels judge the predictions)")
@@ -305,7 +305,7 @@ COMMANDS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
-        prog="inspect",
+        prog="avcache-inspect",
         description=doc[0],
         epilog=doc[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -387,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = open_cache(args.cache, check_shards=args.command != "verify")
         status = COMMANDS[args.command](cache, args)
     except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError) as error:
-        print(f"inspect: error: {printable(error)}", file=sys.stderr)
+        print(f"avcache-inspect: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # an output that cannot be written
-        print(f"inspect: error: {printable(error)}", file=sys.stderr)
+        print(f"avcache-inspect: error: {printable(error)}", file=sys.stderr)
         return 1
     if args.command in ("sheet", "gallery"):
         print(f"  in {time.perf_counter() - started:.2f} s")
