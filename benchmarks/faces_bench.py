@@ -72,7 +72,7 @@ def real_crops(root: Path, videos: int) -> np.ndarray:
     """[N, 8, 224, 224, 3] face crops of real clips, as avcache-preprocess makes them."""
     data, cache = root / "sample", root / "crops-cache"
     if not (cache / schema.INDEX_FILE).exists():
-        run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--train", str(videos),
+        run([sys.executable, "-m", "avcache.sample", str(data), "--train", str(videos),
              "--val", "0", "--test", "0"])  # fmt: skip
         options = ["faces.codec=raw", f"faces.frames={FRAMES}", f"faces.size={SIZE}"]
         run([sys.executable, "-m", "avcache.preprocess.run",

@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_sample(args) -> tuple[Path, dict[str, tuple[str, ...]]]:
     """The cached sample and each clip's manipulations (empty for a real clip)."""
     data, cache = args.out / "data", args.out / "cache"
-    subprocess.run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--seed",
+    subprocess.run([sys.executable, "-m", "avcache.sample", str(data), "--seed",
                     str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
                     "--test", "0"], check=True, cwd=REPO)  # fmt: skip
     if not (cache / schema.INDEX_FILE).exists():

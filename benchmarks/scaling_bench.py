@@ -2,7 +2,7 @@
 
     python benchmarks/scaling_bench.py [--videos 64] [--epochs 2] [--out DIR]
 
-One run, on the same clips (the sample data set of `preprocess.sample`, made here):
+One run, on the same clips (the sample data set of `avcache-sample`, made here):
 1. `avcache-preprocess` as a subprocess, mel and faces (4 MTCNN frames of 64 px), with
    `--jobs 1` and `--jobs 2` on loky, then `--backend dask --jobs 1` and `--jobs 2` (a
    local dask.distributed cluster). Wall time includes start-up, as a user sees it. All
@@ -40,7 +40,7 @@ def run(command: list[str], env: dict | None = None) -> float:
 
 def make_data(root: Path, videos: int) -> Path:
     data = root / "data"
-    run([sys.executable, "-m", "avcache.preprocess.sample", str(data), "--train", str(videos),
+    run([sys.executable, "-m", "avcache.sample", str(data), "--train", str(videos),
          "--val", "16", "--test", "2"])  # fmt: skip
     return data
 

@@ -1,4 +1,5 @@
-"""Small real media for the tests, made with the real ffmpeg from media that ships offline.
+"""Small real media for the tests, made with the real ffmpeg from the sample generator's
+sources (avcache/sample/sources.py: media that ships offline).
 
 Faces: scikit-image's astronaut photo (a real face), animated by zoompan.
 Speech: codec2's 16 kHz recording of real speech (Debian codec2-examples) or
@@ -8,22 +9,22 @@ the asterisk prompts (asterisk-core-sounds-en-wav).
 from __future__ import annotations
 
 import subprocess
-from importlib.metadata import distribution
 from pathlib import Path
 
-SPEECH_16K = Path("/usr/share/codec2/raw/speech_orig_16k.wav")
-ASTERISK = Path("/usr/share/asterisk/sounds/en")
+from avcache.sample.sources import ASTERISK_DIR, ASTRONAUT, CODEC2_DIR, package_file
+
+SPEECH_16K = CODEC2_DIR / "raw/speech_orig_16k.wav"
 
 
 def astronaut_png() -> Path:
-    return Path(distribution("scikit-image").locate_file("skimage/data/astronaut.png"))
+    return package_file(*ASTRONAUT)
 
 
 def speech_wav() -> Path:
     """A real speech recording: codec2's 16 kHz file, else an asterisk prompt."""
     if SPEECH_16K.is_file():
         return SPEECH_16K
-    prompts = sorted(ASTERISK.glob("*.wav"))
+    prompts = sorted(ASTERISK_DIR.glob("*.wav"))
     if not prompts:
         raise FileNotFoundError("no real speech: apt-get install asterisk-core-sounds-en-wav")
     return max(prompts[:50], key=lambda p: p.stat().st_size)

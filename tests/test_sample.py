@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from avcache.preprocess import sample
+from avcache.sample import cli, manipulations, plan, render
+from avcache.sample import sources as media_sources
 
 TINY = {"train": 6, "val": 4, "test": 4}
 NAME = re.compile(r"^[0-9a-f]{32}\.mp4$")
@@ -25,17 +26,19 @@ def tiny_args(out: Path, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sources() -> sample.Sources:
+def sources() -> media_sources.Sources:
     try:
-        return sample.find_sources()
-    except sample.SampleError as error:  # a machine without the apt packages: say what is missing
+        return media_sources.find_sources()
+    except (
+        media_sources.SampleError
+    ) as error:  # a machine without the apt packages: say what is missing
         pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, sources) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "data"
-    assert sample.main(tiny_args(out)) == 0
+    assert cli.main(tiny_args(out)) == 0
     return out
 
 
@@ -43,7 +46,7 @@ def tiny(tmp_path_factory, sources) -> Path:
 def tiny_train_again(tmp_path_factory, sources) -> Path:
     """The train split of `tiny` made again: a split depends only on the seed and its count."""
     out = tmp_path_factory.mktemp("again") / "data"
-    assert sample.main([str(out), "--train=6", "--val=0", "--test=0", "--jobs=2"]) == 0
+    assert cli.main([str(out), "--train=6", "--val=0", "--test=0", "--jobs=2"]) == 0
     return out
 
 
@@ -54,7 +57,7 @@ def read_list(path: Path) -> list[tuple[str, str]]:
 
 
 def labelled(root: Path) -> dict[str, list[tuple[str, str]]]:
-    return {split: read_list(root / name) for split, name in sample.LABEL_FILES.items()}
+    return {split: read_list(root / name) for split, name in plan.LABEL_FILES.items()}
 
 
 def probe(path: Path) -> dict:
@@ -74,11 +77,11 @@ def frames_of(path: Path, width: int, height: int) -> np.ndarray:
 
 
 def clips(root: Path) -> list[dict]:
-    return json.loads((root / sample.MANIFEST).read_text())["clips"]
+    return json.loads((root / plan.MANIFEST).read_text())["clips"]
 
 
 def clip_path(root: Path, clip: dict) -> Path:
-    return root / sample.SPLIT_DIRS[clip["split"]] / clip["name"]
+    return root / plan.SPLIT_DIRS[clip["split"]] / clip["name"]
 
 
 # --------------------------------------------------------------------------- layout
@@ -92,12 +95,12 @@ def test_layout_and_label_files(tiny):
         assert len(names) == count and set(targets) <= {"0", "1"}
         assert targets.count("1") == count // 2  # balanced: half fake, the odd one real
         assert all(NAME.match(name) for name in names)
-        on_disk = sorted(p.name for p in (tiny / sample.SPLIT_DIRS[split]).iterdir())
+        on_disk = sorted(p.name for p in (tiny / plan.SPLIT_DIRS[split]).iterdir())
         assert on_disk == sorted(names)  # every listed clip exists, and nothing else
     all_names = [name for rows in lists.values() for name, _ in rows]
     assert len(set(all_names)) == len(all_names)
     # The test list has the same names as the hidden answers, with the targets left empty.
-    prediction = read_list(tiny / sample.PREDICTION_FILE)
+    prediction = read_list(tiny / plan.PREDICTION_FILE)
     assert prediction == [(name, "") for name, _ in lists["test"]]
 
 
@@ -107,7 +110,7 @@ def test_manifest_matches_labels_and_registries(tiny):
     for split, rows in labelled(tiny).items():
         for name, target in rows:
             assert by_name[name]["label"] == int(target) and by_name[name]["split"] == split
-    known = {*sample.FACE_MANIPULATIONS, *sample.AUDIO_MANIPULATIONS}
+    known = {*manipulations.FACE_MANIPULATIONS, *manipulations.AUDIO_MANIPULATIONS}
     for clip in records:
         kinds = clip["kinds"]
         assert bool(kinds) == bool(clip["label"])  # fakes are manipulated, reals are not
@@ -129,7 +132,7 @@ def test_every_clip_is_h264_and_aac_of_the_planned_length(tiny):
         assert video[0]["avg_frame_rate"] == "25/1"
         assert int(video[0]["nb_frames"]) == clip["frames"]
         assert audio[0]["codec_name"] == "aac"
-        assert int(audio[0]["sample_rate"]) == clip["audio_rate"] in sample.AUDIO_RATES
+        assert int(audio[0]["sample_rate"]) == clip["audio_rate"] in plan.AUDIO_RATES
         assert audio[0]["channels"] == clip["channels"]
         # AAC adds priming samples: the container can run a little longer than the video.
         assert 1.9 <= float(info["format"]["duration"]) <= 3.5
@@ -162,7 +165,7 @@ def test_same_seed_gives_the_same_sample(tiny, tiny_train_again):
 
 def test_another_seed_gives_another_sample(tiny, tmp_path):
     out = tmp_path / "data"
-    assert sample.main([str(out), "--seed=1", "--train=2", "--val=0", "--test=0"]) == 0
+    assert cli.main([str(out), "--seed=1", "--train=2", "--val=0", "--test=0"]) == 0
     other = clips(out)
     assert {c["name"] for c in other}.isdisjoint({c["name"] for c in clips(tiny)})
     first = clips(tiny)[0]  # train clip 0 of seed 0, against train clip 0 of seed 1
@@ -170,15 +173,15 @@ def test_another_seed_gives_another_sample(tiny, tmp_path):
 
 
 def test_the_manifest_is_the_plan(tiny):
-    specs = sample.plan_sample(0, TINY)
-    assert specs == sample.plan_sample(0, TINY)
+    specs = plan.plan_sample(0, TINY)
+    assert specs == plan.plan_sample(0, TINY)
     planned = [json.loads(json.dumps(asdict(spec))) for spec in specs]  # tuples become lists
     assert clips(tiny) == planned
 
 
 def test_a_clip_does_not_depend_on_the_other_counts():
-    small = sample.plan_sample(0, {"train": 6, "val": 4, "test": 4})
-    large = sample.plan_sample(0, {"train": 6, "val": 40, "test": 4})
+    small = plan.plan_sample(0, {"train": 6, "val": 4, "test": 4})
+    large = plan.plan_sample(0, {"train": 6, "val": 40, "test": 4})
     assert [c for c in small if c.split == "train"] == [c for c in large if c.split == "train"]
 
 
@@ -223,18 +226,18 @@ def test_haar_finds_a_face_in_real_clips(tiny):
 def test_rerun_with_the_same_arguments_does_nothing(tiny, capsys):
     before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*")}
     started = time.monotonic()
-    assert sample.main(tiny_args(tiny)) == 0
+    assert cli.main(tiny_args(tiny)) == 0
     assert time.monotonic() - started < 2
     assert "same arguments" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*")} == before
 
 
 def test_refuses_a_folder_holding_something_else(tiny, tmp_path, capsys):
-    assert sample.main(tiny_args(tiny, seed=1)) == 2  # a finished sample, other arguments
+    assert cli.main(tiny_args(tiny, seed=1)) == 2  # a finished sample, other arguments
     stray = tmp_path / "data"
     stray.mkdir()
     (stray / "notes.txt").write_text("keep me")
-    assert sample.main(tiny_args(stray)) == 2
+    assert cli.main(tiny_args(stray)) == 2
     assert [p.name for p in stray.iterdir()] == ["notes.txt"]
     assert "not empty" in capsys.readouterr().err
 
@@ -251,43 +254,45 @@ def test_a_missing_source_names_the_file_and_the_package(
     tmp_path, monkeypatch, capsys, sources, patch, message
 ):
     for name, value in patch.items():
-        monkeypatch.setattr(sample, name, value)
+        monkeypatch.setattr(media_sources, name, value)
     out = tmp_path / "data"
-    assert sample.main(tiny_args(out)) == 1
+    assert cli.main(tiny_args(out)) == 1
     err = capsys.readouterr().err
     assert message in err
     assert not out.exists()  # nothing was started
 
 
 def test_a_missing_program_names_the_apt_package(tmp_path, monkeypatch, capsys, sources):
-    real_which = sample.shutil.which
+    real_which = media_sources.shutil.which
     monkeypatch.setattr(
-        sample.shutil, "which", lambda tool: None if tool == "espeak-ng" else real_which(tool)
+        media_sources.shutil,
+        "which",
+        lambda tool: None if tool == "espeak-ng" else real_which(tool),
     )
-    assert sample.main(tiny_args(tmp_path / "data")) == 1
+    assert cli.main(tiny_args(tmp_path / "data")) == 1
     assert "apt-get install espeak-ng" in capsys.readouterr().err
 
 
 def test_an_ffmpeg_failure_names_the_clip(tmp_path, monkeypatch, capsys, sources):
-    monkeypatch.setattr(sample, "X264_PRESET", "no-such-preset")
+    monkeypatch.setattr(render, "X264_PRESET", "no-such-preset")
     out = tmp_path / "data"
-    assert sample.main([str(out), "--train=1", "--val=0", "--test=0", "--jobs=1"]) == 1
+    assert cli.main([str(out), "--train=1", "--val=0", "--test=0", "--jobs=1"]) == 1
     err = capsys.readouterr().err
-    assert sample.clip_name(0, "train", 0) in err and "ffmpeg exited with" in err
-    assert not (out / sample.MANIFEST).exists()
+    assert plan.clip_name(0, "train", 0) in err and "ffmpeg exited with" in err
+    assert not (out / plan.MANIFEST).exists()
 
 
 # --------------------------------------------------------------------------- manipulations
 
 
 def test_fake_recipes_cover_every_kind_in_their_planned_shares():
-    specs = sample.plan_sample(0, {"train": 2000, "val": 0, "test": 0})
+    specs = plan.plan_sample(0, {"train": 2000, "val": 0, "test": 0})
     fakes = [s.kinds for s in specs if s.label]
-    face = [any(k in sample.FACE_MANIPULATIONS for k in kinds) for kinds in fakes]
-    voice = [any(k in sample.VOICE_MANIPULATIONS for k in kinds) for kinds in fakes]
+    face = [any(k in manipulations.FACE_MANIPULATIONS for k in kinds) for kinds in fakes]
+    voice = [any(k in manipulations.VOICE_MANIPULATIONS for k in kinds) for kinds in fakes]
     assert {k for kinds in fakes for k in kinds} == {
-        *sample.FACE_MANIPULATIONS,
-        *sample.AUDIO_MANIPULATIONS,
+        *manipulations.FACE_MANIPULATIONS,
+        *manipulations.AUDIO_MANIPULATIONS,
     }
     assert all(f or v for f, v in zip(face, voice, strict=True))  # always some visible evidence
     assert 0.55 < np.mean(face) < 0.65 and 0.55 < np.mean(voice) < 0.65  # 0.4 + 0.2 each
@@ -295,22 +300,22 @@ def test_fake_recipes_cover_every_kind_in_their_planned_shares():
 
 def test_av_desync_moves_the_audio_and_keeps_the_length():
     audio = np.linspace(-0.5, 0.5, 32000, dtype=np.float32)
-    shifted = sample.av_desync(audio, np.random.default_rng(3))
+    shifted = manipulations.av_desync(audio, np.random.default_rng(3))
     assert len(shifted) == len(audio)
     shift = int(np.argmin(np.abs(shifted - audio[16000]))) - 16000
     assert 0.3 * 16000 <= abs(shift) <= 0.8 * 16000
 
 
 @pytest.fixture(scope="module")
-def portraits(sources) -> dict[str, sample.Portrait]:
-    return sample.load_portraits(sources)
+def portraits(sources) -> dict[str, media_sources.Portrait]:
+    return media_sources.load_portraits(sources)
 
 
-@pytest.mark.parametrize("kind", sorted(sample.FACE_MANIPULATIONS))
+@pytest.mark.parametrize("kind", sorted(manipulations.FACE_MANIPULATIONS))
 def test_face_edits_change_the_face_and_nothing_else(kind, portraits):
     astronaut = portraits["astronaut"]
     image, box = astronaut.frames[0].copy(), astronaut.boxes[0]
-    edit = sample.FACE_MANIPULATIONS[kind](np.random.default_rng(0), portraits, "astronaut")
+    edit = manipulations.FACE_MANIPULATIONS[kind](np.random.default_rng(0), portraits, "astronaut")
     edit(image, box)
     changed = np.abs(image.astype(int) - astronaut.frames[0]).sum(axis=2) > 0
     x1, y1, x2, y2 = box.round().astype(int)

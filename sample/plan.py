@@ -1,0 +1,103 @@
+"""What each clip of a sample will be (name, label, source, size, manipulations), all
+drawn from the seed."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from avcache.sample.manipulations import FACE_MANIPULATIONS, VOICE_MANIPULATIONS
+from avcache.sample.sources import choose_source
+
+FORMAT_VERSION = 1  # bump when the same arguments would produce a different sample
+MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
+SPLIT_DIRS = {"train": "trainset", "val": "valset", "test": "testset"}
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # mixed into the per-clip seeds
+LABEL_FILES = {"train": "train_label.txt", "val": "val_label.txt", "test": "test_label_hidden.txt"}
+PREDICTION_FILE = "prediction.txt.csv"  # the competition's test list: targets left empty
+HEADER = "video_name,target"
+DEFAULT_COUNTS = {"train": 200, "val": 60, "test": 60}  # about a minute on 2 cores
+
+CLIP_FRAMES = (50, 80)  # 2 to 3.2 seconds at 25 fps: encoding time grows with length
+FRAME_SIZES = ((192, 192), (224, 224), (256, 256), (256, 192), (192, 256), (240, 240))  # (w, h)
+AUDIO_RATES = (16000, 22050, 44100)  # the rates found in FFDV-like uploads
+AUDIO_CHANNELS = (1, 2)
+CRF_RANGE = (20, 29)  # H.264 quality varies like uploads do
+X264_PRESET = "superfast"  # encoding dominates the run time; superfast keeps it near a minute
+
+FACE_FRACTION = (0.28, 0.42)  # face box width / frame width: big enough for any detector
+
+# Fake recipes: which families a fake draws from, and how often. Face-only and
+# audio-only fakes each make up a share, so a one-modality detector catches part.
+FAKE_GROUPS = {("face",): 0.4, ("audio",): 0.4, ("face", "audio"): 0.2}
+DESYNC_PROBABILITY = 0.25  # added on top of a recipe, never alone: alone it is often invisible
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything decided about one clip before rendering; the manifest stores these."""
+
+    split: str
+    name: str  # 32 hex characters + .mp4, like FFDV
+    label: int  # 1 fake, 0 real
+    source: str  # portrait name
+    kinds: tuple[str, ...]  # manipulations applied; empty for a real clip
+    width: int
+    height: int
+    frames: int
+    audio_rate: int
+    channels: int
+    crf: int
+    seed: int  # drives every random choice made while rendering
+
+
+def clip_name(seed: int, split: str, index: int) -> str:
+    """A stable FFDV-looking name: the same seed, split and index give the same name."""
+    digest = hashlib.md5(f"avcache-sample:{seed}:{split}:{index}".encode()).hexdigest()
+    return f"{digest}.mp4"
+
+
+def choose_kinds(rng: np.random.Generator) -> tuple[str, ...]:
+    groups = list(FAKE_GROUPS)
+    weights = np.array(list(FAKE_GROUPS.values()))
+    group = groups[rng.choice(len(groups), p=weights / weights.sum())]
+    families = {"face": sorted(FACE_MANIPULATIONS), "audio": sorted(VOICE_MANIPULATIONS)}
+    kinds = [str(rng.choice(families[family])) for family in group]
+    if rng.random() < DESYNC_PROBABILITY:
+        kinds.append("av_desync")
+    return tuple(kinds)
+
+
+def plan_clip(seed: int, split: str, index: int, label: int) -> ClipSpec:
+    # Each clip has its own generator, so its content does not depend on the other counts.
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    width, height = FRAME_SIZES[rng.integers(len(FRAME_SIZES))]
+    return ClipSpec(
+        split=split,
+        name=clip_name(seed, split, index),
+        label=label,
+        source=choose_source(rng),
+        kinds=choose_kinds(rng) if label else (),
+        width=width,
+        height=height,
+        frames=int(rng.integers(CLIP_FRAMES[0], CLIP_FRAMES[1] + 1)),
+        audio_rate=int(rng.choice(AUDIO_RATES)),
+        channels=int(rng.choice(AUDIO_CHANNELS)),
+        crf=int(rng.integers(CRF_RANGE[0], CRF_RANGE[1] + 1)),
+        seed=int(rng.integers(2**62)),
+    )
+
+
+def plan_sample(seed: int, counts: dict[str, int]) -> list[ClipSpec]:
+    """All clips of all splits; exactly count // 2 fakes per split, in shuffled order."""
+    specs = []
+    for split, count in counts.items():
+        fakes = np.arange(count) < count // 2
+        labels = np.random.default_rng([seed, SPLIT_IDS[split]]).permutation(fakes)
+        specs += [plan_clip(seed, split, i, int(fake)) for i, fake in enumerate(labels)]
+    return specs

@@ -1,0 +1,278 @@
+"""Rendering a clip (a moving camera, a jaw that follows the voice, the face edits),
+encoding it with ffmpeg, and the FFDV layout around the clips."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import wave
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from avcache.cache.atomic import atomic_path, write_json_atomic
+from avcache.sample.manipulations import (
+    AUDIO_MANIPULATIONS,
+    FACE_MANIPULATIONS,
+    MAX_JAW_DROP,
+    FaceEdit,
+    loudness,
+    open_mouth,
+    real_speech,
+)
+from avcache.sample.plan import (
+    FACE_FRACTION,
+    FORMAT_VERSION,
+    HEADER,
+    LABEL_FILES,
+    MANIFEST,
+    PREDICTION_FILE,
+    SPLIT_DIRS,
+    X264_PRESET,
+    ClipSpec,
+)
+from avcache.sample.sources import (
+    CARPHONE_FPS,
+    FPS,
+    WORK_RATE,
+    Portrait,
+    SampleError,
+    Sources,
+    load_portraits,
+    run_tool,
+)
+
+# --------------------------------------------------------------------------- video
+
+
+def source_indices(rng: np.random.Generator, portrait: Portrait, frames: int) -> np.ndarray:
+    """Which source frame each output frame shows: a random stretch, sometimes played backwards."""
+    if len(portrait.frames) == 1:
+        return np.zeros(frames, int)
+    times = np.arange(frames) / FPS
+    span = len(portrait.frames) / CARPHONE_FPS - times[-1] - 1 / CARPHONE_FPS
+    index = np.round((rng.uniform(0, max(span, 0)) + times) * CARPHONE_FPS).astype(int)
+    index = np.clip(index, 0, len(portrait.frames) - 1)
+    return index[::-1].copy() if rng.random() < 0.5 else index
+
+
+def camera(rng: np.random.Generator, portrait: Portrait, index: np.ndarray, spec: ClipSpec):
+    """Per-frame 2x3 maps from output to source pixels: a slowly zooming, drifting, tilted view."""
+    boxes = portrait.boxes[index]
+    face_w = float(np.mean(boxes[:, 2] - boxes[:, 0]))
+    src_h, src_w = portrait.frames.shape[1:3]
+    scale = face_w / (rng.uniform(*FACE_FRACTION) * spec.width)  # source px per output px
+    scale = min(scale, 0.98 * src_w / spec.width, 0.98 * src_h / spec.height)
+    centre = np.array(
+        [(boxes[:, 0] + boxes[:, 2]).mean() / 2, (boxes[:, 1] + boxes[:, 3]).mean() / 2]
+    )
+    centre += rng.uniform(-0.08, 0.08, size=2) * scale * np.array([spec.width, spec.height])
+    half = scale * np.array([spec.width, spec.height]) / 2
+    centre = np.clip(centre, half, np.array([src_w, src_h]) - half)
+    steps = np.arange(spec.frames)
+    zoom = 1 + rng.uniform(0, 0.06) * np.sin(
+        2 * np.pi * steps / rng.uniform(40, 120) + rng.uniform(0, 6.3)
+    )
+    drift = np.outer(steps / spec.frames - 0.5, rng.uniform(-0.04, 0.04, size=2) * half * 2)
+    angle = np.radians(
+        rng.uniform(-3, 3) + rng.uniform(0, 1.5) * np.sin(steps / rng.uniform(8, 20))
+    )
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    maps = []
+    for k in range(spec.frames):
+        cos, sin = np.cos(angle[k]) * scale / zoom[k], np.sin(angle[k]) * scale / zoom[k]
+        linear = np.array([[cos * flip, -sin], [sin * flip, cos]])
+        offset = centre + drift[k] - linear @ (spec.width / 2, spec.height / 2)
+        maps.append(np.hstack([linear, offset[:, None]]))
+    return maps
+
+
+def colour_jitter(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A fixed per-clip hue, saturation, contrast and brightness change, as one HSV lookup table.
+
+    cv2.LUT releases the GIL; numpy fancy indexing here held it and serialised the pool.
+    """
+    levels = np.arange(256, dtype=np.float32)
+    hue = (levels + rng.integers(-8, 9)) % 180  # OpenCV's 8-bit hue runs 0..179
+    sat = levels * rng.uniform(0.75, 1.25)
+    val = (levels - 128) * rng.uniform(0.85, 1.15) + 128 + rng.uniform(-20, 20)
+    table = np.clip(np.stack([hue, sat, val], axis=1), 0, 255).astype(np.uint8)[:, None, :]
+
+    def apply(frame: np.ndarray) -> np.ndarray:
+        hsv = cv2.LUT(cv2.cvtColor(frame, cv2.COLOR_RGB2HSV), table)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+    return apply
+
+
+def render_video(
+    spec: ClipSpec,
+    portrait: Portrait,
+    jaw: np.ndarray,
+    edits: list[FaceEdit],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The clip's frames: recolour, talk (stills), manipulate the face, film with the camera."""
+    index = source_indices(rng, portrait, spec.frames)
+    maps = camera(rng, portrait, index, spec)
+    recolour = colour_jitter(rng)
+    # Recolouring the few source frames a clip uses is cheaper than recolouring every output.
+    sources = {i: recolour(portrait.frames[i]) for i in np.unique(index).tolist()}
+    out = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
+    for k in range(spec.frames):
+        image, box = sources[int(index[k])], portrait.boxes[index[k]]
+        if portrait.mouth is not None or edits:
+            image = image.copy()
+        if portrait.mouth is not None:
+            open_mouth(image, portrait.mouth, jaw[k] * MAX_JAW_DROP * portrait.mouth[2])
+        for edit in edits:
+            edit(image, box)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        cv2.warpAffine(
+            image,
+            maps[k],
+            (spec.width, spec.height),
+            dst=out[k],
+            flags=flags,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(WORK_RATE)
+        handle.writeframes(pcm.tobytes())
+
+
+def encode(spec: ClipSpec, frames: np.ndarray, wav: Path, target: Path) -> None:
+    """H.264 yuv420p + AAC in mp4, single-threaded and bit-exact so the bytes repeat."""
+    with atomic_path(target) as partial:  # a clip is either complete or absent
+        run_tool(ffmpeg_command(spec, wav, partial), "encoding", stdin=frames.tobytes())
+
+
+def ffmpeg_command(spec: ClipSpec, wav: Path, out: Path) -> list[str]:
+    return [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{spec.width}x{spec.height}",
+        "-r", str(FPS), "-i", "pipe:0", "-i", str(wav),
+        "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "-1",
+        "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(spec.crf),
+        "-pix_fmt", "yuv420p", "-threads", "1",
+        "-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k",
+        "-ar", str(spec.audio_rate), "-ac", str(spec.channels),
+        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
+        "-f", "mp4", str(out),
+    ]  # fmt: skip
+
+
+def render_clip(
+    spec: ClipSpec,
+    portraits: dict[str, Portrait],
+    speech: Sequence[Sequence[Path]],
+    out: Path,
+    scratch: Path,
+) -> None:
+    """Render one clip; any failure is re-raised as a SampleError that names the clip."""
+    try:
+        build_clip(spec, portraits, speech, out, scratch)
+    except Exception as error:  # re-raised, not swallowed: the message gains the clip's name
+        raise SampleError(f"clip {spec.split}/{spec.name}: {error}") from error
+
+
+def build_clip(
+    spec: ClipSpec,
+    portraits: dict[str, Portrait],
+    speech: Sequence[Sequence[Path]],
+    out: Path,
+    scratch: Path,
+) -> None:
+    """Draw, manipulate and encode one clip; all randomness comes from spec.seed."""
+    rng = np.random.default_rng(spec.seed)
+    samples = spec.frames * WORK_RATE // FPS
+    spoken = real_speech(rng, speech, samples)  # what the face says: drives a still face's jaw
+    audio = spoken
+    for kind in spec.kinds:
+        if kind in AUDIO_MANIPULATIONS:
+            audio = AUDIO_MANIPULATIONS[kind](audio, rng)
+    edits = [
+        FACE_MANIPULATIONS[k](rng, portraits, spec.source)
+        for k in spec.kinds
+        if k in FACE_MANIPULATIONS
+    ]
+    frames = render_video(spec, portraits[spec.source], loudness(spoken, spec.frames), edits, rng)
+    wav = scratch / f"{spec.name}.wav"
+    write_wav(wav, audio)
+    encode(spec, frames, wav, out / SPLIT_DIRS[spec.split] / spec.name)
+    wav.unlink()
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def write_lists(out: Path, specs: list[ClipSpec]) -> None:
+    """The label files, the test list with empty targets, and the hidden test answers."""
+    for split, filename in LABEL_FILES.items():
+        rows = [f"{s.name},{s.label}" for s in specs if s.split == split]
+        (out / filename).write_text("\n".join([HEADER, *rows]) + "\n")
+    rows = [f"{s.name}," for s in specs if s.split == "test"]
+    (out / PREDICTION_FILE).write_text("\n".join([HEADER, *rows]) + "\n")
+
+
+def identity(seed: int, counts: dict[str, int]) -> dict:
+    """What makes two samples the same: the format, the seed and the counts (not --jobs)."""
+    return {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
+
+
+def existing_identity(out: Path) -> dict | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return {key: manifest.get(key) for key in ("format", "seed", "counts")}
+
+
+def write_manifest(
+    out: Path, seed: int, counts: dict[str, int], specs: list[ClipSpec], sources: Sources
+) -> None:
+    """The commit point, written last; also records what a reader of the sample may ask."""
+    manifest = {
+        **identity(seed, counts),
+        "speakers": len(sources.speech),  # 1 without codec2-examples: fewer real voices
+        "clips": [asdict(spec) for spec in specs],
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+
+
+def render_all(specs: list[ClipSpec], sources: Sources, out: Path, jobs: int) -> None:
+    """Render every clip on a thread pool (ffmpeg and OpenCV release the GIL); stop at a failure."""
+    portraits = load_portraits(sources)
+    for folder in SPLIT_DIRS.values():
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="avcache-sample-") as scratch,
+        ThreadPoolExecutor(max_workers=jobs) as pool,
+        tqdm(total=len(specs), desc="sample clips", unit="clip") as bar,
+    ):
+        futures = [
+            pool.submit(render_clip, s, portraits, sources.speech, out, Path(scratch))
+            for s in specs
+        ]
+        for future in futures:
+            future.add_done_callback(lambda _: bar.update())
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()  # re-raises the first failure, naming the clip
