@@ -286,10 +286,24 @@ def test_a_checkpoint_that_would_unpickle_objects_is_refused(tmp_path):
     trainer.load(tmp_path / "good.pt")  # tensors and plain data load
 
 
+def many_clips(data: Path, folder: Path, copies: int) -> Path:
+    """The training clips `copies` times over (new names, the same bytes): work that lasts
+    well past the first finished shard, however busy the machine."""
+    (folder / "trainset").mkdir(parents=True)
+    rows = []
+    for copy in range(copies):
+        for clip in sorted((data / "trainset").glob("c*.mp4")):
+            name = f"{copy}-{clip.name}"
+            os.link(clip, folder / "trainset" / name)
+            rows.append((name, copy % 2))
+    write_labels(folder / "train_label.txt", rows)
+    return folder
+
+
 def test_ctrl_c_during_preprocessing_is_one_line_and_the_rerun_finishes(data, tmp_path):
     """SIGINT to the whole process group (as a terminal's Ctrl-C) once a shard is finished:
     exit 130 with one line, no partial file left, and the same command completes."""
-    out = tmp_path / "cache"
+    out, data = tmp_path / "cache", many_clips(data, tmp_path / "data", copies=8)
     process = subprocess.Popen(command(data, out, 2), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
@@ -303,4 +317,4 @@ def test_ctrl_c_during_preprocessing_is_one_line_and_the_rerun_finishes(data, tm
     assert "Traceback" not in err and err.count("avcache-preprocess: interrupted;") == 1, err
     assert not list(out.rglob(f"*{PARTIAL_SUFFIX}"))
     assert preprocess(data, out) == 0
-    assert open_cache(out).num_samples("train") == CLIPS
+    assert open_cache(out).num_samples("train") == 8 * CLIPS

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -206,25 +207,32 @@ def test_pretrained_weights_of_another_kind_are_one_line(toy, tmp_path, capsys, 
     )
 
 
-def interrupt(command: list[str], ready: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run `command`, send SIGINT (Ctrl-C) once `ready` exists, return what it did."""
+def interrupt(command: list[str], ready: Path, group: bool) -> subprocess.CompletedProcess:
+    """Run `command`, send SIGINT once `ready` exists (to the whole process group, DataLoader
+    workers included, as a terminal's Ctrl-C does, or to the main process), return what it
+    did."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)  # fmt: skip
     deadline = time.monotonic() + 300
     while not ready.exists() and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def test_ctrl_c_during_training_is_one_line_and_leaves_whole_files(toy, tmp_path):
+@pytest.mark.parametrize("group", [True, False], ids=["terminal", "main-process"])
+def test_ctrl_c_during_training_is_one_line_and_leaves_whole_files(toy, tmp_path, group):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "avcache.train.run", "--cache", str(toy), "--out", str(out),
                *small_config(**{"run.epochs": 50, "data.workers": 1})]  # fmt: skip
-    done = interrupt(command, out / METRICS, tmp_path)
+    done = interrupt(command, out / METRICS, group)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
     assert done.stderr.count("avcache-train: interrupted; checkpoints in") == 1

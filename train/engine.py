@@ -21,6 +21,7 @@ import logging
 import math
 import pickle
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,8 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config)
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.progress = Progress()
+        # Called after every batch: where a Ctrl-C is acted on (train/interrupt.py).
+        self.between_batches: Callable[[], None] = lambda: None
 
     def _wrap_ddp(self) -> DistributedDataParallel | None:
         if not self.ranks.distributed:
@@ -231,6 +234,7 @@ class Trainer:
                 self.progress.batches_done = (local + 1) * world
                 if self._checkpoint_due(local + 1, per_rank):
                     self._checkpoint_mid_epoch(loss_sum.item(), samples)
+            self.between_batches()
             mark = time.perf_counter()
         seconds = time.perf_counter() - start
         loss_sum, samples, fresh = distributed.sum_across([loss_sum.item(), samples, fresh],
@@ -275,6 +279,7 @@ class Trainer:
                 logits = self.evaluate_forward(inputs).float()
             scores, labels = torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
             parts.append((batch[BATCH_INDEX], batch[schema.VIDEO_NAME], labels, scores))
+            self.between_batches()
         parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
                        key=lambda part: part[0])  # fmt: skip
         names = [name for part in parts for name in part[1]]

@@ -25,6 +25,7 @@ from avcache.train import distributed
 from avcache.train.config import TrainConfig, check_cache_fits, validate
 from avcache.train.decode import check_decoding
 from avcache.train.engine import BEST, LAST, Trainer, select_device
+from avcache.train.interrupt import Interrupts
 from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
@@ -204,31 +205,43 @@ def main(argv: list[str] | None = None) -> int:
     ranks = distributed.ranks_from_env()
     logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
     distributed.quiet_other_ranks(ranks)
+    if args.print_config:
+        return print_config(args)
     lock = None
-    try:
-        if args.print_config:
-            return print_config(args)
-        trainer, lock = start_run(args)
-        trainer.fit()
-        finish_run(trainer)
-    except (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError, ValueError) as error:
-        message = printable(without_worker_traceback(error))
-        print(f"avcache-train: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        out = args.resume or args.out
-        if lock is not None:  # this run's own unfinished writes, nobody else's
-            for partial in Path(out).glob(f"*{PARTIAL_SUFFIX}"):
-                partial.unlink(missing_ok=True)
-        print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
-              f"temporary name, then renamed): continue with avcache-train --resume {out}",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    finally:
-        if lock is not None:
-            lock.release()
-        distributed.stop()
+    with Interrupts(deferred=not ranks.distributed) as interrupts:
+        try:
+            trainer, lock = start_run(args)
+            trainer.between_batches = interrupts.check
+            interrupts.check()
+            trainer.fit()
+            finish_run(trainer)
+        except (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError,
+                ValueError) as error:  # fmt: skip
+            if interrupts.requested:  # a DataLoader worker that Ctrl-C stopped first
+                return interrupted(args.resume or args.out, lock)
+            print(f"avcache-train: error: {printable(without_worker_traceback(error))}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        except (KeyboardInterrupt, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not interrupts.requested:
+                raise
+            return interrupted(args.resume or args.out, lock)
+        finally:
+            if lock is not None:
+                lock.release()
+            distributed.stop()
     return 0
+
+
+def interrupted(out: Path, lock: FolderLock | None) -> int:
+    """Ctrl-C: this run's own unfinished writes removed, one line, exit status 130."""
+    if lock is not None:  # the run's own partial files, nobody else's
+        for partial in Path(out).glob(f"*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+    print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
+          f"temporary name, then renamed): continue with avcache-train --resume {out}",
+          file=sys.stderr)  # fmt: skip
+    return 130
 
 
 if __name__ == "__main__":
