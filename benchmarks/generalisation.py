@@ -85,8 +85,8 @@ def build_sample(args) -> tuple[Path, dict[str, tuple[str, ...]]]:
                     str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
                     "--test", "0"], check=True, cwd=REPO)  # fmt: skip
     if not (cache / schema.INDEX_FILE).exists():
-        subprocess.run([sys.executable, "-m", "avcache.preprocess.run", "--data", str(data), "--out",
-                        str(cache), "--quiet", "faces.frames=4", "faces.size=64",
+        subprocess.run([sys.executable, "-m", "avcache.preprocess.run", "--data", str(data),
+                        "--out", str(cache), "--quiet", "faces.frames=4", "faces.size=64",
                         "faces.codec=raw"], check=True, cwd=REPO)  # fmt: skip
     manifest = json.loads((data / "sample_manifest.json").read_text())
     return cache, {clip["name"]: tuple(clip["kinds"]) for clip in manifest["clips"]}
@@ -127,8 +127,8 @@ def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
         if run.exists():  # a run cut short: start it again
             shutil.rmtree(run)
         config, overrides = RECIPES[recipe]
-        command = [sys.executable, "-m", "avcache.train.run", "--config", str(REPO / config), "--cache",
-                   str(fold), "--out", str(run), *overrides, *COMMON, f"run.seed={seed}",
+        command = [sys.executable, "-m", "avcache.train.run", "--config", str(REPO / config),
+                   "--cache", str(fold), "--out", str(run), *overrides, *COMMON, f"run.seed={seed}",
                    f"run.epochs={args.epochs}", f"model.mel_size={args.mel_size}",
                    f"model.frames={args.frames}"]  # fmt: skip
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
