@@ -49,7 +49,7 @@ from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.train.loader import LoaderPlan, ShardStream
-from benchmarks.loader_bench import evict, machine, read_all, resident_share
+from benchmarks.common import evict, machine, median_rate, read_all, resident_share
 
 QUALITIES = (75, 85, 90, 95)
 FRAMES, SIZE = 8, 224
@@ -83,16 +83,6 @@ def real_crops(root: Path, videos: int) -> np.ndarray:
 
 def run(command: list[str]) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-
-
-def median_rate(count: int, call, rounds: int) -> float:
-    """Items per second: the median over rounds of `count / seconds of call()`."""
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

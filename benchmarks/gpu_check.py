@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.train.config import TrainConfig
 from avcache.train.engine import Progress, Trainer, make_loader, select_device
+from benchmarks.common import own_cpu_seconds
 
 SIZES = {  # size -> (samples, batch, faces frames, face size, workers, mel size)
     "tiny": (48, 8, 2, 32, 1, 64),
@@ -113,11 +113,11 @@ def measure(kind: str, decode: str, cache_root: Path, args) -> dict:
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
+    cpu_start, wall_start = own_cpu_seconds(), time.perf_counter()
     trainer.train_epoch(0)  # warm-up epoch: workers, cuDNN, allocator
     trainer.progress = Progress()  # the same epoch again, from its first batch
     loader = trainer.train_epoch(0)
-    cores = (_cpu_seconds() - cpu_start) / (time.perf_counter() - wall_start)
+    cores = (own_cpu_seconds() - cpu_start) / (time.perf_counter() - wall_start)
     stream, _ = make_loader(
         cache, "train", trainer.fields, config, device, trainer.ranks, train=True
     )
@@ -136,13 +136,6 @@ def measure(kind: str, decode: str, cache_root: Path, args) -> dict:
         "gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda" else None,
     }  # fmt: skip
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (DataLoader workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def report(rows: list[dict]) -> str:

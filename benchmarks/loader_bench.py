@@ -65,14 +65,10 @@ in this process and through a DataLoader with 2 workers. Results go to loader_be
 import argparse
 import contextlib
 import cProfile
-import ctypes
 import io
 import json
-import mmap
 import os
-import platform
 import pstats
-import resource
 import shutil
 import statistics
 import sys
@@ -90,6 +86,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+
+from benchmarks.common import (
+    evict,
+    load_average,
+    machine,
+    machine_busy_seconds,
+    median_seconds,
+    own_cpu_seconds,
+    read_all,
+    resident_share,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_FILE = "loader_bench.json"
@@ -288,69 +295,6 @@ def describe_data(data: dict) -> dict:
 
 
 # ---------------------------------------------------------------- page cache
-
-
-def read_all(paths: Iterable[Path]) -> None:
-    """Pull every byte of the files into the page cache."""
-    buffer = bytearray(8 << 20)
-    for path in paths:
-        with open(path, "rb", buffering=0) as handle:
-            while handle.readinto(buffer):
-                pass
-
-
-def evict(paths: Iterable[Path]) -> None:
-    """Drop the files' clean pages from the page cache (no root needed)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return libc
-
-
-def resident_pages(path: Path, libc: ctypes.CDLL) -> tuple[int, int]:
-    """(pages of the file in the page cache, pages of the file), from mincore(2)."""
-    size = os.path.getsize(path)
-    pages = -(-size // mmap.PAGESIZE)
-    if not size:
-        return 0, 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    finally:
-        os.close(fd)
-    if address in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), f"mmap {path}")
-    vector = np.zeros(pages, np.uint8)
-    try:
-        if libc.mincore(address, size, vector.ctypes.data) != 0:
-            raise OSError(ctypes.get_errno(), f"mincore {path}")
-    finally:
-        libc.munmap(address, size)
-    return int(np.count_nonzero(vector & 1)), pages
-
-
-def resident_share(paths: Iterable[Path]) -> float:
-    libc = _libc()
-    counts = [resident_pages(Path(p), libc) for p in paths]
-    return sum(c[0] for c in counts) / max(sum(c[1] for c in counts), 1)
 
 
 def try_drop_caches() -> str:
@@ -784,16 +728,6 @@ def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
     return result
 
 
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm: pages, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 # ---------------------------------------------------------------- profile and training
 
 
@@ -878,43 +812,6 @@ def step_times(model: torch.nn.Module, batches, steps: int, seed: int) -> dict[s
 
 
 # ---------------------------------------------------------------- report
-
-
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds every process of the machine has used since boot (/proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def machine() -> dict:
-    import timm
-    import torchvision
-
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "versions": {
-            "numpy": np.__version__,
-            "h5py": h5py.__version__,
-            "hdf5": h5py.version.hdf5_version,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "timm": timm.__version__,
-            "opencv": cv2.__version__,
-        },
-    }
 
 
 def fmt_rate(value: float | None, scale: float = 1.0) -> str:

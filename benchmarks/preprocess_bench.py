@@ -52,7 +52,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -70,6 +69,7 @@ from pathlib import Path
 import numpy as np
 
 from avcache.sample.sources import ASTERISK_DIR, ASTRONAUT, CARPHONE, CODEC2_DIR, package_file
+from benchmarks.common import load_average, machine, machine_busy_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
@@ -88,7 +88,6 @@ VIDEO_FILTERS = {
 MODES = {"mel": ["faces.frames=0"], "faces": []}  # config overrides per pipeline mode
 RSS_INTERVAL = 0.1  # seconds between /proc samples of a cli run
 MIB = 1024 * 1024
-PACKAGES = "numpy librosa soxr opencv-python-headless torch joblib facenet-pytorch moviepy h5py"
 
 
 # --------------------------------------------------------------------------- setup
@@ -117,33 +116,6 @@ def ensure_moviepy() -> str:
     if moviepy.__version__ != MOVIEPY_PIN:
         raise RuntimeError(f"moviepy {moviepy.__version__} imported, expected {MOVIEPY_PIN}")
     return moviepy.__version__
-
-
-def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in lscpu.splitlines()
-            if line.startswith("Model name")
-        ),
-        platform.processor(),
-    )
-    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=False)
-    versions = {}
-    for name in PACKAGES.split():
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "cpu_model": model,
-        "cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "ffmpeg": ffmpeg.stdout.splitlines()[0] if ffmpeg.stdout else None,
-        "packages": versions,
-    }
 
 
 # --------------------------------------------------------------------------- clips
@@ -541,17 +513,6 @@ def vm_hwm_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes of the machine have used since boot (from /proc/stat)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def load_average() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def others_busy(machine_before: float, own_cpu: float, wall: float) -> float:
