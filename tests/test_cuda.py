@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.models import MODELS
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
-from tests.test_train import REPO, small_config, write_toy_cache
+from tests.test_train import REPO, kill_after_first_epoch, small_config, write_toy_cache
 
 pytestmark = [
     pytest.mark.cuda,
@@ -49,16 +48,8 @@ def test_every_model_kind_trains_on_cuda(cache, tmp_path, kind, compile_):
 def test_a_killed_run_resumes_and_predicts_on_cuda(cache, tmp_path):
     run = tmp_path / "run"
     options = {**CUDA, "model.kind": "av", "run.epochs": 2}
-    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(cache), "--out", str(run),
-               *small_config(**options)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    metrics, deadline = run / METRICS, time.monotonic() + 300
-    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.kill()  # during epoch 2
-    process.wait()
+    kill_after_first_epoch(["--cache", str(cache), "--out", str(run), *small_config(**options)],
+                           run)  # fmt: skip
     assert train_main(["--resume", str(run)]) == 0
     assert torch.load(run / LAST, weights_only=True)["epoch"] == 2
     listing = tmp_path / "list.csv"

@@ -111,19 +111,25 @@ def test_training_separates_a_separable_set(toy_cache, tmp_path):
         assert (run / name).stat().st_size > 0
 
 
+def kill_after_first_epoch(args: list[str], run: Path) -> None:
+    """avcache-train ARGS in a process of its own, SIGKILLed once its first epoch is in
+    RUN/metrics.jsonl (during the second)."""
+    command = [sys.executable, "-m", "avcache.train.run", *args]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics, deadline = run / METRICS, time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+
+
 def test_killed_run_resumes_to_where_an_uninterrupted_run_ends(toy_cache, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*small_config(), "--cache", str(toy_cache)]
     assert train_main([*args, "--out", str(straight)]) == 0
-    command = [sys.executable, "-m", "avcache.train.run", *args, "--out", str(killed)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    metrics, deadline = killed / METRICS, time.monotonic() + 300
-    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.kill()  # SIGKILL, during epoch 2
-    process.wait()
+    kill_after_first_epoch([*args, "--out", str(killed)], killed)
     assert torch.load(killed / LAST, weights_only=True)["epoch"] == 1
     assert train_main(["--resume", str(killed)]) == 0
     a = torch.load(straight / LAST, weights_only=True)
