@@ -76,7 +76,7 @@ screenshots: setup
 	@echo "docs/sheet.png, docs/gallery.jpg; the gallery: $(GALLERY)/index.html"
 
 bench: setup
-	$(BIN)/python benchmarks/preprocess_bench.py
+	$(BIN)/python -m benchmarks.preprocess_bench
 
 # On a GPU machine (.venv carried along or built by setup): the CUDA tests, then the loader
 # against the no-data ceiling at full size. Report in $(GPU_OUT)/gpu_check.txt.

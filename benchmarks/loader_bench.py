@@ -1,7 +1,7 @@
 """Loader benchmark: ShardStream against the baseline's JPEG loader, a naive h5py Dataset and the
 block-read ceiling, side by side in one run.
 
-    python benchmarks/loader_bench.py [--samples 8192] [--shards 8] [--batch-size 256]
+    python -m benchmarks.loader_bench [--samples 8192] [--shards 8] [--batch-size 256]
         [--block-sizes 16,32,64] [--faces-frames 8 --face-size 224 --av-samples 512
         --av-batch 32] [--baseline-samples 1024] [--passes 7] [--cold-passes 3]
         [--train-steps 3 --train-batch 16] [--fletcher32] [--out DIR]

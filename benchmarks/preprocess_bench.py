@@ -1,6 +1,6 @@
 """Preprocessing benchmark: the published FFDV baseline mel recipe against avcache, side by side.
 
-    python benchmarks/preprocess_bench.py [--clips 24] [--repeats 3] [--api-repeats 2]
+    python -m benchmarks.preprocess_bench [--clips 24] [--repeats 3] [--api-repeats 2]
                                           [--cli-repeats 1] [--out DIR] [--keep]
 
 One run measures, on the same real clips (3-8 s talking heads built here with ffmpeg: the
@@ -906,7 +906,7 @@ def print_pipeline(results: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="preprocess_bench.py",
+        prog="python -m benchmarks.preprocess_bench",
         description="Benchmark the public baseline's mel recipe against avcache's preprocessor.",
     )
     parser.add_argument("--clips", type=int, default=24, help="real 3-8 s clips (default 24)")

@@ -1,6 +1,6 @@
 """Scaling from 1 to 2 processes: preprocessing on loky and on Dask, training under torchrun.
 
-    python benchmarks/scaling_bench.py [--videos 64] [--epochs 2] [--out DIR]
+    python -m benchmarks.scaling_bench [--videos 64] [--epochs 2] [--out DIR]
 
 One run, on the same clips (the sample data set of `avcache-sample`, made here):
 1. `avcache-preprocess` as a subprocess, mel and faces (4 MTCNN frames of 64 px), with
