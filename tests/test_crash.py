@@ -31,6 +31,7 @@ from avcache.train.engine import BEST, LAST, Trainer
 from avcache.train.run import main as train_main
 from tests.media import talking_face, write_labels
 from tests.test_cache import flip_byte_in_chunk
+from tests.test_mistakes import hearing_ctrl_c
 from tests.test_train import small_config, toy_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,8 +306,8 @@ def test_ctrl_c_during_preprocessing_is_one_line_and_the_rerun_finishes(data, tm
     exit 130 with one line, no partial file left, and the same command completes."""
     out, data = tmp_path / "cache", many_clips(data, tmp_path / "data", copies=8)
     process = subprocess.Popen(command(data, out, 2), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=hearing_ctrl_c)  # fmt: skip
     deadline = time.monotonic() + 300
     while progress(out) < 2 and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

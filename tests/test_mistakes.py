@@ -207,13 +207,20 @@ def test_pretrained_weights_of_another_kind_are_one_line(toy, tmp_path, capsys, 
     )
 
 
+def hearing_ctrl_c() -> None:
+    """In the child before it starts: SIGINT handled as a terminal's program has it. A test
+    run in the background of a script (`make test &`) inherits it ignored, and a program
+    started with SIGINT ignored rightly stays deaf to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(command: list[str], ready: Path, group: bool) -> subprocess.CompletedProcess:
     """Run `command`, send SIGINT once `ready` exists (to the whole process group, DataLoader
     workers included, as a terminal's Ctrl-C does, or to the main process), return what it
     did."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               start_new_session=group)  # fmt: skip
+                               stderr=subprocess.PIPE, text=True, start_new_session=group,
+                               preexec_fn=hearing_ctrl_c)  # fmt: skip
     deadline = time.monotonic() + 300
     while not ready.exists() and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
@@ -288,3 +295,21 @@ def test_score_refuses_rows_it_cannot_trust(tmp_path, capsys, rows, expected):
     submission.write_text("video_name,y_pred\na.mp4,0.5\nb.mp4,0.5\n")
     assert score_main([str(submission), str(labels)]) == 2
     assert "labels.txt:2: a.mp4: target '2' is not 0 (real) or 1 (fake)" in capsys.readouterr().err
+
+
+def test_a_run_started_deaf_to_ctrl_c_stays_deaf():
+    """nohup, or `avcache-train ... &` in a script, starts it with SIGINT ignored."""
+    from avcache.train.interrupt import Interrupts
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Interrupts():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with Interrupts() as interrupts:
+        signal.raise_signal(signal.SIGINT)  # asks only: acted on at the next batch boundary
+        assert interrupts.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is before

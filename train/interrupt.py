@@ -24,7 +24,9 @@ class Interrupts:
         self._previous = None
 
     def __enter__(self) -> Interrupts:
-        if self.deferred and threading.current_thread() is threading.main_thread():
+        main_thread = threading.current_thread() is threading.main_thread()
+        # A process started with SIGINT ignored (nohup, `cmd &` in a script) stays deaf to it.
+        if self.deferred and main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._ask)
         return self
 
