@@ -298,18 +298,21 @@ def test_score_refuses_rows_it_cannot_trust(tmp_path, capsys, rows, expected):
 
 
 def test_a_run_started_deaf_to_ctrl_c_stays_deaf():
-    """nohup, or `avcache-train ... &` in a script, starts it with SIGINT ignored."""
+    """nohup, or `avcache-train ... &` in a script, starts it with SIGINT ignored; started
+    with Python's handler, the first Ctrl-C only asks."""
     from avcache.train.interrupt import Interrupts
 
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = signal.getsignal(signal.SIGINT)
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with Interrupts():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with Interrupts() as interrupts:
+            signal.raise_signal(signal.SIGINT)  # asks only: acted on at the next batch
+            assert interrupts.requested
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
-    with Interrupts() as interrupts:
-        signal.raise_signal(signal.SIGINT)  # asks only: acted on at the next batch boundary
-        assert interrupts.requested
-        with pytest.raises(KeyboardInterrupt):
-            interrupts.check()
-    assert signal.getsignal(signal.SIGINT) is before
