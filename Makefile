@@ -86,7 +86,7 @@ gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
 
 # Leave-one-manipulation-out on the sample generator: every recipe, every held-out kind,
-# two seeds (hours on 2 CPU cores; runs already finished under eval/ are kept).
+# two seeds (about 2 hours on 2 CPU cores; runs already finished under eval/ are kept).
 eval: setup
 	$(BIN)/python -m benchmarks.generalisation --out eval
 
