@@ -200,6 +200,10 @@ def print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# Mistakes answered in one line with exit status 2; anything else is a bug and shows its trace.
+USER_ERRORS = (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ranks = distributed.ranks_from_env()
@@ -215,17 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             interrupts.check()
             trainer.fit()
             finish_run(trainer)
-        except (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError,
-                ValueError) as error:  # fmt: skip
-            if interrupts.requested:  # a DataLoader worker that Ctrl-C stopped first
+        except KeyboardInterrupt:
+            return interrupted(args.resume or args.out, lock)
+        except Exception as error:
+            if interrupts.requested:  # e.g. a DataLoader worker that Ctrl-C stopped first
                 return interrupted(args.resume or args.out, lock)
+            if not isinstance(error, USER_ERRORS):
+                raise
             print(f"avcache-train: error: {printable(without_worker_traceback(error))}",
                   file=sys.stderr)  # fmt: skip
             return 2
-        except (KeyboardInterrupt, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and not interrupts.requested:
-                raise
-            return interrupted(args.resume or args.out, lock)
         finally:
             if lock is not None:
                 lock.release()
