@@ -134,6 +134,8 @@ def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"training {recipe} on {fold} failed: {done.stderr[-2000:]}")
+        for checkpoint in run.glob("*.pt"):  # ~90 MB each, and the table needs only metrics
+            checkpoint.unlink()
     return json.loads(metrics.read_text().splitlines()[-1])["val_auc"]
 
 
