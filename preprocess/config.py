@@ -36,7 +36,7 @@ class FacesConfig:
     frames: int = 8  # K frames sampled evenly across the clip; 0 caches mel only
     size: int = 224  # face crops are size x size RGB
     margin: float = 1.3  # crop side = margin x the larger side of the detected box
-    detector: str = "auto"  # auto (mtcnn when installed, else haar), mtcnn, haar
+    detector: str = "auto"  # auto (mediapipe, else mtcnn, else haar), or one of faces.DETECTORS
     detect_size: int = 320  # frames are downscaled to this longest side for detection
     min_face_size: int = 40  # smallest face side looked for, in detection pixels (speed)
     codec: str = "jpeg"  # how crops are stored: jpeg (~12x smaller) or raw (uint8 arrays)

@@ -1,17 +1,20 @@
 """Face frames: sample K frames by seeking, find the largest face, crop it square.
 
-Detectors sit in a registry; MTCNN (facenet-pytorch, weights inside the
-package) is the field's usual choice and OpenCV's Haar cascade is always there
-as the fallback. Detection runs on a downscaled copy of each frame; the crop
+Detectors sit in a registry: MediaPipe's BlazeFace (the default; its model ships in
+its wheel), MTCNN (facenet-pytorch, the field's usual choice) and OpenCV's Haar cascade,
+always there as the fallback. Detection runs on a downscaled copy of each frame; the crop
 is cut from the full-resolution frame.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,23 +94,100 @@ def detect_haar(frames: list[np.ndarray], min_face_size: int) -> list[Box | None
     return found
 
 
-DETECTORS: dict[str, Detector] = {"mtcnn": detect_mtcnn, "haar": detect_haar}
+@functools.cache
+def _mediapipe(model: int, min_score: float):
+    from mediapipe.python.solutions.face_detection import FaceDetection  # optional dependency
+
+    # The graph logs its start-up (TFLite, absl) from its own threads, from construction
+    # until the first frame is through: one set per worker, silenced.
+    with _stderr_silenced():
+        detection = FaceDetection(model_selection=model, min_detection_confidence=min_score)
+        detection.process(np.zeros((64, 64, 3), np.uint8))
+    return detection
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: MediaPipe's C++ logs bypass Python and its settings."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # what C's stdio still buffers goes to /dev/null too
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def mediapipe_detector(model: int, min_score: float) -> Detector:
+    """MediaPipe's BlazeFace (its model ships inside the wheel) as a registry detector.
+
+    Model 0 is the short-range model (faces within about 2 m, a 128 px input), model 1 the
+    full-range one (up to about 5 m, 192 px). Boxes smaller than min_face_size are dropped,
+    so that the setting means what it means for MTCNN.
+    """
+
+    def detect(frames: list[np.ndarray], min_face_size: int) -> list[Box | None]:
+        found = []
+        for frame in frames:
+            height, width = frame.shape[:2]
+            result = _mediapipe(model, min_score).process(np.ascontiguousarray(frame))
+            boxes = np.array(
+                [_pixel_box(d.location_data.relative_bounding_box, width, height)
+                 for d in result.detections or ()],
+                dtype=np.float32,
+            ).reshape(-1, 4)  # fmt: skip
+            sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            found.append(_largest(boxes[sides >= min_face_size]))
+        return found
+
+    return detect
+
+
+# BlazeFace's box is a square from the brows to the chin; MTCNN's is taller (0.79 as wide as
+# high) and reaches the forehead. Measured on the real faces of benchmarks.detector_bench:
+# MTCNN's height is 1.16x BlazeFace's side and its centre 0.085 of that height higher. Boxes
+# are reshaped to MTCNN's framing, so a cache's crops look alike whichever detector made them.
+MTCNN_HEIGHT_PER_SIDE, MTCNN_ASPECT, MTCNN_RAISE = 1.16, 0.79, 0.085
+
+
+def _pixel_box(relative, width: int, height: int) -> Box:
+    side = max(relative.width * width, relative.height * height)
+    cx = (relative.xmin + relative.width / 2) * width
+    box_height = MTCNN_HEIGHT_PER_SIDE * side
+    cy = (relative.ymin + relative.height / 2) * height - MTCNN_RAISE * box_height
+    half_w, half_h = MTCNN_ASPECT * box_height / 2, box_height / 2
+    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+
+
+DETECTORS: dict[str, Detector] = {
+    "mtcnn": detect_mtcnn,
+    "haar": detect_haar,
+    "mediapipe": mediapipe_detector(model=0, min_score=0.5),
+    "mediapipe-full": mediapipe_detector(model=1, min_score=0.5),
+}
+
+
+# What `auto` picks: the first whose package is installed. MediaPipe finds a face on as many
+# real frames as MTCNN for about a tenth of its CPU (docs/preprocessing.md has the figures).
+AUTO_ORDER = (("mediapipe", "mediapipe"), ("mtcnn", "facenet_pytorch"))
 
 
 def resolve_detector(name: str) -> str:
-    """`auto` means MTCNN when facenet-pytorch is installed, else the Haar cascade."""
+    """`auto` means MediaPipe, else MTCNN, whichever is installed first, else the Haar cascade."""
     if name != "auto":
         if name not in DETECTORS:
             raise ValueError(
                 f"unknown face detector {name!r} (known: auto, {', '.join(DETECTORS)})"
             )
         return name
-    try:
-        import facenet_pytorch  # noqa: F401
-    except ImportError:
-        log.warning("facenet-pytorch is not installed: using OpenCV's Haar cascade for faces")
-        return "haar"
-    return "mtcnn"
+    for detector, package in AUTO_ORDER:
+        if importlib.util.find_spec(package) is not None:
+            return detector
+    log.warning("neither mediapipe nor facenet-pytorch is installed: using OpenCV's Haar "
+                "cascade for faces")  # fmt: skip
+    return "haar"
 
 
 def frame_times(duration: float, count: int) -> list[float]:

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 
@@ -90,6 +90,16 @@ def validate(config: PreprocessConfig) -> None:
 BACKENDS = ("loky", "dask")
 
 
+def with_resolved_detector(config: PreprocessConfig) -> PreprocessConfig:
+    """The config with `auto` replaced by the detector it means on this machine, so that the
+    cache's hash and index say which detector made its crops: a machine where `auto` means
+    another detector writes a new cache instead of adding differently framed shards."""
+    if not config.faces.frames:
+        return config
+    faces = replace(config.faces, detector=resolve_detector(config.faces.detector))
+    return replace(config, faces=faces)
+
+
 class Preprocessor:
     """One run over a data root into a cache folder."""
 
@@ -100,11 +110,12 @@ class Preprocessor:
             raise FileNotFoundError(f"{data}: data root is not a folder")
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} unknown (known: {', '.join(BACKENDS)})")
+        config = with_resolved_detector(config)
         # Absolute paths: the tasks may run on other machines that mount the same folders.
         self.config, self.data, self.out = config, data.resolve(), out.resolve()
         self.jobs, self.backend, self.scheduler = jobs, backend, scheduler
         self.hash = config_hash(config)
-        self.detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
+        self.detector = config.faces.detector if config.faces.frames else "none"
         self.ffmpeg = ffmpeg_binary(config.audio.ffmpeg)  # fail here, not in every worker
         self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
 

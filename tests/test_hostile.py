@@ -370,7 +370,7 @@ def test_missing_files_are_recorded_and_the_rest_cached(attacked, tmp_path, capl
     assert [(f.video_name, f.stage) for f in cache.failures()] == [("gone.mp4", "resolve")]
 
 
-@pytest.mark.parametrize("detector", ["haar", "mtcnn"])
+@pytest.mark.parametrize("detector", ["haar", "mtcnn", "mediapipe", "mediapipe-full"])
 def test_frames_smaller_than_the_smallest_face_have_none(detector):
     if detector == "mtcnn":
         pytest.importorskip("facenet_pytorch")
