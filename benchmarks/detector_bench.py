@@ -12,13 +12,17 @@ Frame sets, all real faces that ship in packages (nothing is downloaded):
 Per detector and set: the share of frames with a face found, the IoU of its box with MTCNN's
 where both found one, and CPU seconds per frame at faces.detect_size (this process, every
 thread, one thread as in a preprocessing worker; batches of 8 frames as one video gives
-them; median of `--rounds`, rounds alternate detectors). Results go to DIR/detector_bench.json
-and a table on stdout.
+them; median of `--rounds`, rounds alternate detectors).
+Reaching the 8 frames of each clip: OpenCV's FFmpeg reader as the preprocessor uses it
+(faces.read_frames) against PyAV decoding the same frames in process (when `av` is
+installed): CPU seconds per video and the mean absolute difference of the frames.
+Results go to DIR/detector_bench.json and tables on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -33,8 +37,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from avcache.preprocess.config import FacesConfig
-from avcache.preprocess.faces import DETECTORS, detect_faces, read_frames
-from avcache.preprocess.media import ffmpeg_binary, read_audio
+from avcache.preprocess.faces import DETECTORS, detect_faces, frame_times, read_frames
+from avcache.preprocess.media import MediaInfo, ffmpeg_binary, read_audio
 from avcache.sample.sources import LFW_COUNT, decode_video, find_sources, lfw_portrait
 from benchmarks.common import load_average, machine
 
@@ -46,12 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=32, help="sample clips rendered")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per detector")
-    parser.add_argument("--detectors", default=",".join(DETECTORS), help="which to compare")
+    usable = [name for name in DETECTORS
+              if not name.endswith("-cuda") or torch.cuda.is_available()]  # fmt: skip
+    parser.add_argument("--detectors", default=",".join(usable), help="which to compare")
     parser.add_argument("--out", type=Path, help="folder for detector_bench.json")
     return parser.parse_args(argv)
 
 
-def frame_sets(videos: int, scratch: Path) -> dict[str, list[np.ndarray]]:
+def frame_sets(clips: list[Path]) -> dict[str, list[np.ndarray]]:
     sources = find_sources()
     astronaut = cv2.cvtColor(cv2.imread(str(sources.astronaut)), cv2.COLOR_BGR2RGB)
     lfw = np.load(sources.lfw)[:LFW_COUNT]
@@ -59,20 +65,71 @@ def frame_sets(videos: int, scratch: Path) -> dict[str, list[np.ndarray]]:
         "carphone": list(decode_video(sources.carphone)),
         "astronaut": [astronaut],
         "lfw": [lfw_portrait(i, crop).frames[0] for i, crop in enumerate(lfw)],
-        "clips": clip_frames(videos, scratch),
+        "clips": [frame for path in clips for frame in opencv_frames(path) if frame is not None],
     }
 
 
-def clip_frames(videos: int, scratch: Path) -> list[np.ndarray]:
-    """BATCH frames of each clip the sample generator renders, as the preprocessor reads them."""
+def sample_clips(videos: int, scratch: Path) -> list[Path]:
     data = scratch / "sample"
     subprocess.run([sys.executable, "-m", "avcache.sample", str(data), "--train", str(videos),
                     "--val", "0", "--test", "0"], check=True, capture_output=True)  # fmt: skip
-    frames, binary = [], ffmpeg_binary()
-    for path in sorted((data / "trainset").glob("*.mp4")):
-        info, _ = read_audio(path, binary, 16000, 1, 1.0)
-        frames += [frame for frame in read_frames(path, info, BATCH) if frame is not None]
-    return frames
+    return sorted((data / "trainset").glob("*.mp4"))
+
+
+def media_info(path: Path) -> MediaInfo:
+    return read_audio(path, ffmpeg_binary(), 16000, 1, 0.1)[0]
+
+
+def opencv_frames(path: Path, info: MediaInfo | None = None) -> list[np.ndarray | None]:
+    """BATCH frames of a clip, as the preprocessor reads them."""
+    return read_frames(path, info or media_info(path), BATCH)
+
+
+def pyav_frames(path: Path, info: MediaInfo) -> list[np.ndarray]:
+    """The same BATCH frames decoded in process by PyAV, one thread, straight through (the
+    preprocessor's reader also decodes straight through targets this close together)."""
+    import av  # optional: only this comparison uses it
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        fps = info.fps or float(stream.average_rate)
+        total = stream.frames or int(info.duration * fps)
+        wanted = [min(int(t * fps), max(total - 1, 0)) for t in frame_times(info.duration, BATCH)]
+        found: dict[int, np.ndarray] = {}
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                found[index] = frame.to_ndarray(format="rgb24")
+            if index >= wanted[-1]:
+                break
+    return [found.get(index) for index in wanted]
+
+
+def compare_readers(clips: list[Path], rounds: int) -> dict | None:
+    """CPU seconds per clip to reach its frames, OpenCV against PyAV; and how alike they are."""
+    if importlib.util.find_spec("av") is None:
+        return None
+    infos = {path: media_info(path) for path in clips}
+    readers = {"opencv": opencv_frames, "pyav": pyav_frames}
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(rounds):
+        for name, reader in readers.items():
+            start = time.process_time()
+            for path in clips:
+                reader(path, infos[path])
+            seconds[name].append((time.process_time() - start) / len(clips))
+    pairs = [(a, b) for path in clips
+             for a, b in zip(opencv_frames(path, infos[path]), pyav_frames(path, infos[path]),
+                             strict=True)]  # fmt: skip
+    differences = [float(np.abs(a.astype(np.int16) - b).mean()) for a, b in pairs
+                   if a is not None and b is not None]  # fmt: skip
+    return {
+        **{f"{name}_cpu_s_per_video": statistics.median(s) for name, s in seconds.items()},
+        "mean_abs_difference_median": statistics.median(differences),
+        "mean_abs_difference_max": max(differences),
+        "frames_compared": len(differences),
+        "frames_missing": len(pairs) - len(differences),
+    }
 
 
 def detect_all(frames: list[np.ndarray], detector: str, config: FacesConfig) -> list:
@@ -140,19 +197,34 @@ def print_table(results: dict) -> None:
                   f"{over:>9} {1000 * row['cpu_s_per_frame']:13.2f}")  # fmt: skip
 
 
+def print_readers(readers: dict | None) -> None:
+    if readers is None:
+        print("\nframe readers: PyAV (`av`) is not installed, no comparison")
+        return
+    print(f"\nreaching {BATCH} frames of a clip, CPU ms per video: OpenCV (today) "
+          f"{1000 * readers['opencv_cpu_s_per_video']:.1f}, PyAV "
+          f"{1000 * readers['pyav_cpu_s_per_video']:.1f}; frames differ by "
+          f"{readers['mean_abs_difference_median']:.2f} grey levels (median; max "
+          f"{readers['mean_abs_difference_max']:.2f}) over "
+          f"{readers['frames_compared']} frames")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     detectors = [REFERENCE, *(d for d in args.detectors.split(",") if d != REFERENCE)]
     start_load = load_average()
-    with tempfile.TemporaryDirectory(prefix="avcache-detectors-") as scratch:
-        sets = frame_sets(args.videos, Path(scratch))
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    with threadpool_limits(limits=1):
-        results = measure(sets, detectors, args.rounds)
+    with tempfile.TemporaryDirectory(prefix="avcache-detectors-") as scratch:
+        clips = sample_clips(args.videos, Path(scratch))
+        with threadpool_limits(limits=1):
+            results = measure(frame_sets(clips), detectors, args.rounds)
+            readers = compare_readers(clips, args.rounds)
     print_table(results)
+    print_readers(readers)
     report = {"machine": machine(), "load_average": [start_load, load_average()],
-              "detect_size": FacesConfig().detect_size, "results": results}  # fmt: skip
+              "detect_size": FacesConfig().detect_size, "results": results,
+              "frame_readers": readers}  # fmt: skip
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "detector_bench.json").write_text(json.dumps(report, indent=1))

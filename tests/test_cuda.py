@@ -99,3 +99,17 @@ def test_ddp_with_nccl(cache, tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / LAST).exists()
+
+
+def test_mtcnn_on_cuda_finds_the_faces_mtcnn_finds_on_the_cpu():
+    pytest.importorskip("facenet_pytorch")
+    from avcache.preprocess.config import FacesConfig
+    from avcache.preprocess.faces import detect_faces
+    from avcache.sample.sources import CARPHONE, carphone_portrait, package_file
+
+    frames = list(carphone_portrait(package_file(*CARPHONE)).frames[::15])
+    cpu = detect_faces(frames, "mtcnn", FacesConfig())
+    gpu = detect_faces(frames, "mtcnn-cuda", FacesConfig())
+    assert all(cpu) and all(gpu)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 2.0  # pixels

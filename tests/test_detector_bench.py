@@ -35,4 +35,7 @@ def test_the_detectors_are_compared_on_every_real_face_set(tmp_path, capsys):
         for row in results[detector].values():
             assert 0 <= row["found"] <= 1 and row["cpu_s_per_frame"] > 0
     assert sets["carphone"]["found"] == 1.0 and sets["carphone"]["iou_median"] > 0.6
+    readers = json.loads((tmp_path / "detector_bench.json").read_text())["frame_readers"]
+    assert readers["frames_compared"] == 16 and readers["frames_missing"] == 0
+    assert readers["mean_abs_difference_max"] < 1.0  # PyAV and OpenCV pick the same frames
     assert "mediapipe" in capsys.readouterr().out

@@ -12,10 +12,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from avcache.cache import open_cache
-from avcache.preprocess.config import FacesConfig
+from avcache.preprocess.config import FacesConfig, PreprocessConfig
 from avcache.preprocess.faces import detect_faces, resolve_detector
+from avcache.preprocess.pipeline import Preprocessor
 from avcache.preprocess.run import main
 from avcache.sample.sources import (
     ASTRONAUT,
@@ -102,3 +104,14 @@ def test_auto_means_mediapipe_and_the_cache_records_it(tmp_path):
     cache = open_cache(out)
     assert cache.config["faces"]["detector"] == "mediapipe"
     assert all(sample.face_found.all() for sample in cache.iter_samples())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+def test_a_gpu_detector_without_a_gpu_is_refused_before_any_work(tmp_path):
+    data = tmp_path / "data"
+    (data / "trainset").mkdir(parents=True)
+    write_labels(data / "train_label.txt", [("a.mp4", 0)])
+    with pytest.raises(ValueError, match=r"faces\.detector=mtcnn-cuda needs a CUDA GPU"):
+        Preprocessor(PreprocessConfig(faces=FacesConfig(detector="mtcnn-cuda")), data,
+                     tmp_path / "cache")  # fmt: skip
+    assert not (tmp_path / "cache").exists()
