@@ -4,51 +4,38 @@ block-read ceiling, side by side in one run.
     python -m benchmarks.loader_bench [--samples 8192] [--shards 8] [--batch-size 256]
         [--block-sizes 16,32,64] [--faces-frames 8 --face-size 224 --av-samples 512
         --av-batch 32] [--baseline-samples 1024] [--passes 7] [--cold-passes 3]
-        [--train-steps 3 --train-batch 16] [--fletcher32] [--out DIR]
+        [--train-steps 3 --train-batch 16] [--out DIR]
 
 It builds its own data (under --out/data, kept; or in a temp folder, removed at the end):
 - a mel-only cache (`faces.frames=0`): `--shards` shards of `--samples` in all, written with
   `cache.writer.ShardWriter` and committed with `cache.index`, as the preprocessor does. The
   mel images are random but spectrogram-like (a coarse random time-frequency grid, bilinearly
   upsampled, plus noise), so that their JPEGs have a real mel image's size and decoding cost;
-  the HDF5 paths do not care about content (no compression).
+  the HDF5 paths do not care about content (no compression, no filter);
 - an av cache (mel + random faces, K x S x S x 3) of `--av-samples` in two shards;
-- with `--fletcher32`, the mel-only cache a second time, the same samples written with HDF5's
-  fletcher32 checksum filter (`ShardWriter(fletcher32=True)`), to time what checksummed chunks
-  cost the loader;
 - the first `--baseline-samples` mel images as one grey JPEG each (`cv2.imwrite`, quality 95),
-  as the public baseline stores them;
-- plain copies of both caches' shards for the loaders that open them with `rdcc_nbytes=0`:
-  HDF5 shares one open file, with the chunk-cache settings of its first opener, between all
-  the handles a process opens on it.
+  as the public baseline stores them.
 
 One pass of a loader yields ready batches (shuffled, collated tensors) until its data is spent;
 samples/s and MB/s count the bytes of those tensors:
 - ours: `train.loader.ShardStream` iterated in this process (the target is per process),
-  `LoaderPlan(batch_size, block_size)` for each `--block-sizes`; uint8 batches;
+  `LoaderPlan(batch_size, block_size)` for each `--block-sizes`; uint8 batches, every block's
+  per-sample checksums checked, as training does;
 - (a) baseline: a torch Dataset doing PIL `Image.open(path).convert('RGB')` +
   `Resize((256, 256))` + `ToTensor()` per sample, shuffling DataLoader, no workers; it yields
   float32 [3, 256, 256] (12x the bytes of our uint8 [256, 256]; its own recipe also flips and
   normalises, which this leaves out, so its figure is an upper bound);
 - (b) naive: a map-style Dataset that opens the shards once and reads `ds[i]` (one h5py call)
   per `__getitem__` (labels read up front, in its favour), shuffling DataLoader, default collate;
-  (b') the same with HDF5's chunk cache off (`rdcc_nbytes=0`): a mel chunk holds 16 samples
-  (1 MiB; HDF5 2.0's default cache is 8 MiB), so with the cache on every shuffled `ds[i]`
-  pulls a whole chunk through it;
 - (c) ceiling: contiguous `read_direct` blocks of 256 or 512 samples into one preallocated
-  array, file order, no shuffling; (c') blocks of 256 with the chunk cache off; (c'') the
-  stored chunks' bytes read straight into blocks of 256 (`read_direct_chunk`, valid for
-  unfiltered chunks lying whole in a block), which skips HDF5's dataspace layer;
+  array, file order, no shuffling, nothing checked;
 - memcpy: `np.copyto` of the same bytes from memory, in the same blocks;
 - av: ShardStream over (mel, faces) against block reads of both datasets;
-- with `--fletcher32`: ours per block size on the checksummed copy ("ours block N, fletcher32"),
-  reported as its ratio to "ours block N" on the plain cache, paired per round;
-- ours with the per-sample checksum check switched off, for the first block size only ("ours
-  block N, unchecked", mel and av; `ShardReader._check` patched out for the pass): the cost of
-  the check, as the ratio checked / unchecked paired per round. Every "ours" row checks, as
-  training does; the ceilings (c) read raw blocks and check nothing;
 - sum64 alone: one block of the first block size (mel; av mel + faces) read with `read_direct`,
-  then `schema.sum64` of it, each timed on its own (medians of many repetitions).
+  then `schema.sum64` of it, each timed on its own (medians of many repetitions). It runs
+  before any loader opens the shards: HDF5 shares one open file, with the chunk-cache settings
+  of its first opener, between every handle a process opens on it, and this read must go
+  without the chunk cache, as ShardReader opens shards.
 All of them run in this process with one torch thread (see LOADER_THREADS).
 
 Warm: every file read once before the warm rounds. Cold: `posix_fadvise(DONTNEED)` on a
@@ -60,6 +47,11 @@ the median over rounds, and a ratio is given both as the ratio of medians and as
 the per-round ratios. Finally, a few CPU training steps of `build_model("audio")` fed by
 ShardStream through `train.augment.prepare` split a step into data wait, prepare and compute,
 in this process and through a DataLoader with 2 workers. Results go to loader_bench.json.
+
+Settled questions, answered in docs/performance.md ("Settled questions"), no longer timed here: what
+HDF5's fletcher32 filter would cost the loader, (b) and (c) with HDF5's chunk cache off, the
+stored chunks read raw (`read_direct_chunk`), and ours with the checksum check patched out.
+Commit ce10495 still times them.
 """
 
 import argparse
@@ -78,7 +70,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from unittest import mock
 
 import cv2
 import h5py
@@ -98,7 +89,6 @@ from benchmarks.common import (
     resident_share,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS_FILE = "loader_bench.json"
 MEL_SIZE = 256  # cache format v1
 GEN_BLOCK = 64  # samples generated at a time while writing (bounds memory)
@@ -112,14 +102,18 @@ TARGETS = {  # (group, figure) -> minimum: the project's performance budget
     ("mel", "ours / (c) ceiling, warm"): 0.40,
     ("mel", "ours / (a) baseline, warm"): 50.0,
     ("mel", "ours / (b) naive, warm"): 1.5,
-    ("mel", "ours / (b') naive rdcc 0, warm"): 1.5,  # (b) opened the way per-sample reads need
     ("mel", "samples/s, warm"): 100_000.0,
     ("av", "ours / (c) ceiling, warm"): 0.40,
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0],
+        epilog="Settled, no longer timed here (answers in docs/performance.md; commit ce10495 "
+        "times them): HDF5's fletcher32 filter, (b) and (c) with the chunk cache off, raw "
+        "read_direct_chunk reads, ours without the checksum check.",
+    )
     add = parser.add_argument
     add("--samples", type=int, default=8192, help="mel-only samples (64 KiB each)")
     add("--shards", type=int, default=8, help="shards of the mel-only cache")
@@ -135,8 +129,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--train-steps", type=int, default=3, help="timed CPU training steps (0: skip)")
     add("--train-batch", type=int, default=16, help="batch size of the training steps")
     add("--seed", type=int, default=0)
-    add("--fletcher32", action="store_true", help="also time ours on a copy of the mel cache "
-        "written with HDF5's fletcher32 checksums (the cost of checksummed chunks)")  # fmt: skip
     add("--out", type=Path, help="folder for the JSON and the data (default: temp, data removed)")
     args = parser.parse_args(argv)
     args.block_sizes = [int(v) for v in args.block_sizes.split(",") if v]
@@ -162,14 +154,13 @@ def mel_like(rng: np.random.Generator, count: int) -> np.ndarray:
     return out
 
 
-def write_shard(path: Path, number: int, count: int, args, faces: bool, rng,
-                fletcher32: bool = False) -> tuple[int, str]:  # fmt: skip
+def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> tuple[int, str]:
     """One shard through ShardWriter, as the preprocessor writes it; (num_samples, sha256)."""
     from avcache.cache import schema
     from avcache.cache.writer import ShardWriter
 
     frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
-    writer = ShardWriter(path, split="train", frames=frames, face_size=size, fletcher32=fletcher32)
+    writer = ShardWriter(path, split="train", frames=frames, face_size=size)
     with writer:
         for start in range(0, count, GEN_BLOCK):
             n = min(GEN_BLOCK, count - start)
@@ -191,7 +182,7 @@ def write_shard(path: Path, number: int, count: int, args, faces: bool, rng,
         return writer.close()
 
 
-def write_cache(root: Path, sizes: list[int], args, faces: bool, rng, fletcher32: bool = False):
+def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
     """A committed cache (receipts, then index.json) of shards of the given sizes."""
     from avcache.cache import index, schema
     from avcache.cache.atomic import write_json_atomic
@@ -201,7 +192,7 @@ def write_cache(root: Path, sizes: list[int], args, faces: bool, rng, fletcher32
     records = []
     for number, count in enumerate(sizes):
         rel = f"{schema.SHARDS_DIR}/train-{number:05d}{schema.SHARD_SUFFIX}"
-        num, digest = write_shard(root / rel, number, count, args, faces, rng, fletcher32)
+        num, digest = write_shard(root / rel, number, count, args, faces, rng)
         record = index.ShardRecord(path=rel, split="train", num_samples=num, sha256=digest)
         index.write_receipt(root, record)
         records.append(record)
@@ -232,14 +223,6 @@ def write_jpegs(cache, folder: Path, count: int) -> tuple[list[Path], np.ndarray
     return paths, np.asarray(labels, np.int64)
 
 
-def copy_shards(cache, folder: Path) -> list[Path]:
-    """Copies of a cache's shards for the loaders that open them with other HDF5 settings: HDF5
-    shares one open file, and the chunk-cache settings of its first opener, between every handle
-    a process opens on it, whatever the later ones ask for."""
-    folder.mkdir(parents=True)
-    return [Path(shutil.copyfile(e.path, folder / e.path.name)) for e in cache.shards]
-
-
 def split_sizes(total: int, shards: int) -> list[int]:
     return [total // shards + (i < total % shards) for i in range(shards)]
 
@@ -250,18 +233,10 @@ def build_data(args, root: Path) -> dict:
     mel = write_cache(root / "mel-cache", split_sizes(args.samples, args.shards), args, False, rng)
     av = write_cache(root / "av-cache", split_sizes(args.av_samples, 2), args, True, rng)
     jpegs, labels = write_jpegs(mel, root / "jpegs", args.baseline_samples)
-    mel_copies, av_copies = copy_shards(mel, root / "mel-copy"), copy_shards(av, root / "av-copy")
-    checksummed = None
-    if args.fletcher32:  # the same samples: the mel cache is the first thing drawn from the seed
-        sizes, again = split_sizes(args.samples, args.shards), np.random.default_rng(args.seed)
-        checksummed = write_cache(root / "mel-fletcher32", sizes, args, False, again, True)
     os.sync()  # dirty pages cannot be evicted: make the new files clean for the cold passes
     return {
         "mel": mel,
-        "mel_fletcher32": checksummed,
         "av": av,
-        "mel_copies": mel_copies,
-        "av_copies": av_copies,
         "jpegs": jpegs,
         "jpeg_labels": labels,
         "build_seconds": time.perf_counter() - clock,
@@ -363,20 +338,6 @@ def stream_pass(stream) -> Callable[[int], tuple[int, int]]:
     return run
 
 
-def unchecked_pass(stream) -> Callable[[int], tuple[int, int]]:
-    """A stream pass with the per-sample checksum check patched out (timing only): paired with
-    the checked stream, what the check costs the loader."""
-    from avcache.cache.reader import ShardReader
-
-    run = stream_pass(stream)
-
-    def unchecked(epoch: int) -> tuple[int, int]:
-        with mock.patch.object(ShardReader, "_check", lambda *args: None):
-            return run(epoch)
-
-    return unchecked
-
-
 def loader_pass(loader: DataLoader) -> Callable[[int], tuple[int, int]]:
     def run(epoch: int) -> tuple[int, int]:
         loader.generator.manual_seed(epoch)
@@ -411,10 +372,10 @@ class JpegDataset:
 class NaiveH5Dataset:
     """Map-style: the shards opened once, one `ds[i]` h5py read per sample."""
 
-    def __init__(self, paths: list[Path], **h5_options) -> None:
+    def __init__(self, paths: list[Path]) -> None:
         from avcache.cache import schema
 
-        self.files = [h5py.File(p, "r", **h5_options) for p in paths]
+        self.files = [h5py.File(p, "r") for p in paths]
         self.mels = [f[schema.MEL] for f in self.files]
         self.labels = np.concatenate([f[schema.LABEL][:] for f in self.files])
         sizes = [len(d) for d in self.mels]
@@ -431,8 +392,8 @@ class NaiveH5Dataset:
 class BlockReads:
     """(c) the ceiling: contiguous blocks in file order into one preallocated array per field."""
 
-    def __init__(self, paths: list[Path], fields: tuple[str, ...], block: int, **h5_options):
-        self.files = [h5py.File(p, "r", **h5_options) for p in paths]
+    def __init__(self, paths: list[Path], fields: tuple[str, ...], block: int) -> None:
+        self.files = [h5py.File(p, "r") for p in paths]
         self.datasets = [[f[name] for name in fields] for f in self.files]
         self.outs = [np.empty((block, *d.shape[1:]), d.dtype) for d in self.datasets[0]]
         self.block = block
@@ -444,36 +405,10 @@ class BlockReads:
             for start in range(0, total, self.block):
                 count = min(self.block, total - start)
                 for dataset, out in zip(datasets, self.outs, strict=True):
-                    self.read(dataset, out[:count], start)
+                    dataset.read_direct(out[:count], np.s_[start : start + count])
                     nbytes += out[:count].nbytes
                 samples += count
         return samples, nbytes
-
-    @staticmethod
-    def read(dataset: h5py.Dataset, out: np.ndarray, start: int) -> None:
-        dataset.read_direct(out, np.s_[start : start + len(out)])
-
-
-class ChunkReads(BlockReads):
-    """(c'') each stored chunk's bytes straight into the block (`read_direct_chunk`), past HDF5's
-    dataspace and chunk-cache layers: valid for unfiltered chunks lying whole inside a block."""
-
-    def __init__(self, paths: list[Path], fields: tuple[str, ...], block: int) -> None:
-        super().__init__(paths, fields, block)
-        for dataset in (d for datasets in self.datasets for d in datasets):
-            if dataset.id.get_create_plist().get_nfilters():
-                raise ValueError(f"{dataset.file.filename}: filtered chunks need decoding")
-
-    @staticmethod
-    def read(dataset: h5py.Dataset, out: np.ndarray, start: int) -> None:
-        rows = dataset.chunks[0]
-        for first in range(0, len(out), rows):
-            piece, at = out[first : first + rows], start + first
-            if len(piece) < rows or at % rows:  # part of a chunk: the ordinary path
-                dataset.read_direct(piece, np.s_[at : at + len(piece)])
-            else:
-                offset = (at,) + (0,) * (dataset.ndim - 1)
-                dataset.id.read_direct_chunk(offset, out=piece.reshape(-1))
 
 
 class Memcpy:
@@ -499,19 +434,6 @@ def shuffling(dataset, batch_size: int) -> DataLoader:
     )
 
 
-def add_ours(add: Callable, label: str, shards: list, fields: tuple, plan, unchecked: bool) -> None:
-    """ShardStream with this plan, and with `unchecked` its twin without the checksum check."""
-    from avcache.train.loader import ShardStream
-
-    add(label, "ours", stream_pass(ShardStream(shards, fields, plan)))
-    if unchecked:
-        add(
-            f"{label}, unchecked",
-            "ours-unchecked",
-            unchecked_pass(ShardStream(shards, fields, plan)),
-        )
-
-
 def adder(loaders: list[Loader], group: str, paths: list[Path], total: int) -> Callable:
     def add(name: str, role: str, run: Callable, files=paths, expected: int = total) -> None:
         loaders.append(Loader(name, group, role, list(files), run, expected))
@@ -519,35 +441,29 @@ def adder(loaders: list[Loader], group: str, paths: list[Path], total: int) -> C
     return add
 
 
-def mel_loaders(args, data: dict) -> list[Loader]:
-    """ours per block size, (a), (b), (b'), the ceilings and the memcpy, on the mel cache."""
-    from avcache.cache import schema
+def ours(add: Callable, label: str, shards: list, fields: tuple, batch: int, args) -> None:
+    """ShardStream for each `--block-sizes`: the rows every ratio is computed for."""
     from avcache.train.loader import LoaderPlan, ShardStream
+
+    for block in args.block_sizes:
+        plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
+        add(f"{label} {block}", "ours", stream_pass(ShardStream(shards, fields, plan)))
+
+
+def mel_loaders(args, data: dict) -> list[Loader]:
+    """ours per block size, (a), (b), the ceilings and the memcpy, on the mel cache."""
+    from avcache.cache import schema
 
     cache, mel, batch = data["mel"], (schema.MEL,), args.batch_size
     paths, loaders = [e.path for e in cache.shards], []
     add = adder(loaders, "mel", paths, cache.num_samples())
-    checksummed = data["mel_fletcher32"]
-    for block in args.block_sizes:
-        plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
-        first = block == args.block_sizes[0]
-        add_ours(add, f"ours block {block}", cache.shards, mel, plan, unchecked=first)
-        if checksummed:
-            run = stream_pass(ShardStream(checksummed.shards, mel, plan))
-            add(f"ours block {block}, fletcher32", "ours-fletcher32", run,
-                [e.path for e in checksummed.shards])  # fmt: skip
+    ours(add, "ours block", cache.shards, mel, batch, args)
     jpegs = JpegDataset(data["jpegs"], data["jpeg_labels"])
     baseline = loader_pass(shuffling(jpegs, batch))
     add("(a) baseline JPEG+PIL", "baseline", baseline, data["jpegs"], len(jpegs))
     add("(b) naive h5py ds[i]", "naive", loader_pass(shuffling(NaiveH5Dataset(paths), batch)))
-    copies = data["mel_copies"]  # rdcc_nbytes=0 would not hold on files already open
-    nocache = loader_pass(shuffling(NaiveH5Dataset(copies, rdcc_nbytes=0), batch))
-    add("(b') naive h5py ds[i], rdcc 0", "naive-nocache", nocache, copies)
     for block in (256, 512):
         add(f"(c) block reads {block}", "ceiling", BlockReads(paths, mel, block))
-    nocache = BlockReads(copies, mel, 256, rdcc_nbytes=0)
-    add("(c') block reads 256, rdcc 0", "ceiling-nocache", nocache, copies)
-    add("(c'') raw chunk reads 256", "ceiling-chunks", ChunkReads(paths, mel, 256))
     source = np.concatenate([read_mels(path) for path in paths])
     for block in (256, 512):
         add(f"memcpy {block}", "memcpy", Memcpy(source, block), files=())
@@ -566,21 +482,13 @@ def read_mels(path: Path) -> np.ndarray:
 def av_loaders(args, data: dict) -> list[Loader]:
     """ours (mel + faces) per block size against block reads of both datasets."""
     from avcache.cache import schema
-    from avcache.train.loader import LoaderPlan
 
     cache, fields, batch = data["av"], (schema.MEL, schema.FACES), args.av_batch
     paths, loaders = [e.path for e in cache.shards], []
     add = adder(loaders, "av", paths, cache.num_samples())
-    for block in args.block_sizes:
-        plan = LoaderPlan(batch_size=batch, block_size=block, seed=args.seed)
-        first = block == args.block_sizes[0]
-        add_ours(add, f"ours av block {block}", cache.shards, fields, plan, unchecked=first)
+    ours(add, "ours av block", cache.shards, fields, batch, args)
     for block in (batch, 4 * batch):
         add(f"(c) av block reads {block}", "ceiling", BlockReads(paths, fields, block))
-    copies = data["av_copies"]
-    nocache = BlockReads(copies, fields, batch, rdcc_nbytes=0)
-    add(f"(c') av block reads {batch}, rdcc 0", "ceiling-nocache", nocache, copies)
-    add(f"(c'') av raw chunk reads {batch}", "ceiling-chunks", ChunkReads(paths, fields, batch))
     return loaders
 
 
@@ -665,11 +573,8 @@ def compare(loaders: list[Loader]) -> dict:
             cold, ours = phase == "cold", rates(loader, phase == "cold")
             for label, role in (
                 ("(c) ceiling", "ceiling"),
-                ("(c') ceiling rdcc 0", "ceiling-nocache"),
-                ("(c'') raw chunk reads", "ceiling-chunks"),
                 ("(a) baseline", "baseline"),
                 ("(b) naive", "naive"),
-                ("(b') naive rdcc 0", "naive-nocache"),
                 ("memcpy", "memcpy"),
             ):
                 others = by_role.get(f"{loader.group}:{role}", [])
@@ -679,39 +584,17 @@ def compare(loaders: list[Loader]) -> dict:
     return result
 
 
-def twin_ratios(loaders: list[Loader], role: str, suffix: str, variant_on_top: bool) -> dict:
-    """Each loader of `role` against its twin (its name without `suffix`), per phase:
-    variant / twin keyed by the variant, or twin / variant keyed by the twin."""
-    by_name = {loader.name: loader for loader in loaders}
-    result = {}
-    for variant in (loader for loader in loaders if loader.role == role):
-        twin = by_name[variant.name.removesuffix(suffix)]
-        top, bottom = (variant, twin) if variant_on_top else (twin, variant)
-        result[top.name] = {
-            phase: ratio(rates(top, phase == "cold"), rates(bottom, phase == "cold"))
-            for phase in ("warm", "cold")
-        }
-    return result
-
-
-def checksum_cost(loaders: list[Loader]) -> dict:
-    """Each "ours block N, fletcher32" against "ours block N" on the plain cache."""
-    return twin_ratios(loaders, "ours-fletcher32", ", fletcher32", variant_on_top=True)
-
-
-def check_cost(loaders: list[Loader]) -> dict:
-    """Each "ours ... block N" that has an unchecked twin: checked / unchecked."""
-    return twin_ratios(loaders, "ours-unchecked", ", unchecked", variant_on_top=False)
-
-
 def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
     """One block (the first block size) of each checksummed dataset: read_direct vs sum64 of
-    it, each timed alone, medians. The share is what the check adds to a block read."""
+    it, each timed alone, medians. The share is what the check adds to a block read. Run it
+    before any loader holds the shards open: the chunk cache stays off only for a first opener."""
     from avcache.cache import schema
 
     block, result = args.block_sizes[0], {}
     for group, fields in (("mel", (schema.MEL,)), ("av", (schema.MEL, schema.FACES))):
-        with h5py.File(data[f"{group}_copies"][0], "r", rdcc_nbytes=0) as handle:
+        with h5py.File(data[group].shards[0].path, "r", rdcc_nbytes=0) as handle:
+            if handle.id.get_access_plist().get_cache()[2]:
+                raise RuntimeError(f"{handle.filename}: already open with a chunk cache")
             for name in fields:
                 dataset = handle[name]
                 out = np.empty((min(block, len(dataset)), *dataset.shape[1:]), dataset.dtype)
@@ -832,15 +715,7 @@ def print_table(results: dict) -> None:
         )
 
 
-GRID = (
-    "(c) ceiling",
-    "(c') ceiling rdcc 0",
-    "(c'') raw chunk reads",
-    "(a) baseline",
-    "(b) naive",
-    "(b') naive rdcc 0",
-    "memcpy",
-)
+GRID = ("(c) ceiling", "(a) baseline", "(b) naive", "memcpy")
 
 
 def print_ratio_grid(results: dict, phase: str) -> None:
@@ -917,16 +792,6 @@ def print_report(results: dict) -> None:
     print_context(results)
     print_table(results)
     print_ratios(results)
-    for name, phases in results.get("fletcher32", {}).items():
-        for phase, value in phases.items():
-            if value["of_medians"] is not None:
-                print(f"{name} / plain, {phase}: {value['of_medians']:.3g} of medians, "
-                      f"{value['paired_median']:.3g} paired")  # fmt: skip
-    for name, phases in results.get("checks", {}).items():
-        for phase, value in phases.items():
-            if value["of_medians"] is not None:
-                print(f"{name}: checked / unchecked, {phase}: {value['of_medians']:.3g} of "
-                      f"medians, {value['paired_median']:.3g} paired")  # fmt: skip
     for name, row in results.get("sum64", {}).items():
         print(f"sum64 of one {name} block ({row['block']} samples, {row['mib']:.2f} MiB): "
               f"{row['sum64_ms']:.3f} ms ({row['sum64_gb_per_s']:.1f} GB/s) vs read_direct "
@@ -962,6 +827,7 @@ def run_all(args, root: Path) -> dict:
     print(f"building data in {root} ...", flush=True)
     data = build_data(args, root)
     results["data"] = describe_data(data)
+    results["sum64"] = sum64_timing(args, data)  # before the loaders open the shards
     loaders = mel_loaders(args, data) + av_loaders(args, data)
     every_file = sorted({p for loader in loaders for p in loader.files})
     results["eviction"] = check_eviction([e.path for e in data["mel"].shards])
@@ -976,9 +842,6 @@ def run_all(args, root: Path) -> dict:
     results["loader_torch_threads"] = LOADER_THREADS
     results["loaders"] = {loader.name: summary(loader) for loader in loaders}
     results["ratios"] = compare(loaders)
-    results["fletcher32"] = checksum_cost(loaders)
-    results["checks"] = check_cost(loaders)
-    results["sum64"] = sum64_timing(args, data)
     results["targets"] = check_targets(results)
     results["profile"] = profile_stream(args, data)
     workers = (0, 2) if args.train_steps else ()
