@@ -64,6 +64,16 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def start_device(name: str) -> tuple[Ranks, torch.device]:
+    """This process's rank and device, with the process group joined under torchrun: done
+    once per process, by whoever starts the run (avcache-train's start_run, or a Trainer
+    built without a device)."""
+    ranks = distributed.ranks_from_env()
+    device = select_device(name, ranks.local_rank)
+    distributed.start(ranks, device)
+    return ranks, device
+
+
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
                 device: torch.device, ranks: Ranks, *, train: bool,
                 jpeg_faces: bool = False) -> tuple[ShardStream, DataLoader]:  # fmt: skip
@@ -106,11 +116,14 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, cache: Cache, out: Path) -> None:
+    def __init__(self, config: TrainConfig, cache: Cache, out: Path,
+                 device: torch.device | None = None) -> None:  # fmt: skip
+        """`device`: the one start_device gave the caller; without it, the Trainer starts it."""
         self.config, self.cache, self.out = config, cache, out
-        self.ranks = distributed.ranks_from_env()
-        self.device = select_device(config.run.device, self.ranks.local_rank)
-        distributed.start(self.ranks, self.device)
+        if device is None:
+            self.ranks, self.device = start_device(config.run.device)
+        else:
+            self.ranks, self.device = distributed.ranks_from_env(), device
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)

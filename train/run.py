@@ -24,7 +24,7 @@ from avcache.cache.untrusted import printable
 from avcache.train import distributed
 from avcache.train.config import TrainConfig, check_cache_fits, validate
 from avcache.train.decode import check_decoding
-from avcache.train.engine import BEST, LAST, Trainer, select_device
+from avcache.train.engine import BEST, LAST, Trainer, start_device
 from avcache.train.interrupt import Interrupts
 from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
@@ -130,9 +130,7 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
         check_out(args.out)
         config, cache, out = new_run_config(args), open_cache(args.cache), args.out
     check_cache_fits(config, cache)
-    ranks = distributed.ranks_from_env()
-    device = select_device(config.run.device, ranks.local_rank)
-    distributed.start(ranks, device)
+    ranks, device = start_device(config.run.device)
     check_decoding(config.data.decode, config.model.kind, cache,
                    (config.data.train_split, config.data.val_split), device)  # fmt: skip
     lock = lock_run(out, ranks)
@@ -142,7 +140,7 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
             log.warning("no pretrained weights given (--pretrained imagenet or PATH): training "
                         "from scratch")  # fmt: skip
     distributed.barrier()
-    trainer = Trainer(config, cache, out)
+    trainer = Trainer(config, cache, out, device)
     if args.resume and (out / LAST).is_file():
         trainer.load(out / LAST)
         log.info("resuming %s at epoch %d, after %d of its batches", out,
