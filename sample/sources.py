@@ -210,6 +210,17 @@ def load_portraits(sources: Sources) -> dict[str, Portrait]:
     return {portrait.name: portrait for portrait in portraits}
 
 
+def load_portrait(name: str) -> Portrait:
+    """One portrait by its name (carphone, astronaut, lfw000 to lfw099), loading only its file."""
+    if name == "carphone":
+        return carphone_portrait(package_file(*CARPHONE))
+    if name == "astronaut":
+        return astronaut_portrait(package_file(*ASTRONAUT))
+    if name.startswith("lfw") and name[3:].isdigit() and int(name[3:]) < LFW_COUNT:
+        return lfw_portrait(int(name[3:]), np.load(package_file(*LFW))[int(name[3:])])
+    raise SampleError(f"no portrait named {name!r}: carphone, astronaut or lfw000 to lfw099")
+
+
 def run_tool(command: list[str], what: str, stdin: bytes | None = None) -> bytes:
     """Run ffmpeg/ffprobe/espeak-ng; a failure raises SampleError with the tail of its stderr."""
     result = subprocess.run(command, input=stdin, capture_output=True, check=False)

@@ -1,7 +1,8 @@
-"""Small real media for the tests, made with the real ffmpeg from the sample generator's
-sources (avcache/sample/sources.py: media that ships offline).
+"""Small real media for the tests, made from the sample generator's sources
+(avcache/sample/sources.py: media that ships offline).
 
-Faces: scikit-image's astronaut photo (a real face), animated by zoompan.
+Faces: the sample generator's renderer (avcache.sample.render.talking_face_clip) films
+scikit-image's astronaut (a real face) with its moving camera; the jaw follows the speech.
 Speech: codec2's 16 kHz recording of real speech (Debian codec2-examples) or
 the asterisk prompts (asterisk-core-sounds-en-wav).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from avcache.sample.render import talking_face_clip
 from avcache.sample.sources import ASTERISK_DIR, ASTRONAUT, CODEC2_DIR, package_file
 
 SPEECH_16K = CODEC2_DIR / "raw/speech_orig_16k.wav"
@@ -38,14 +40,6 @@ def ffmpeg(*args: str) -> None:
         raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {result.stderr[-500:]}")
 
 
-def _moving_face(seconds: float, size: int) -> list[str]:
-    zoom = (
-        f"[0:v]zoompan=z='1.08+0.04*sin(2*PI*on/50)':d=1:s={size}x{size}:fps=25,format=yuv420p[v]"
-    )
-    return ["-loop", "1", "-framerate", "25", "-t", str(seconds), "-i", str(astronaut_png()),
-            "-filter_complex", zoom]  # fmt: skip
-
-
 def talking_face(
     path: Path,
     seconds: float = 2.0,
@@ -57,17 +51,15 @@ def talking_face(
     audio_seconds: float | None = None,
 ) -> Path:
     """A real face with real speech; audio may be shorter than the video (audio_seconds)."""
-    audio = ["-ss", str(speech_start), "-t", str(audio_seconds or seconds), "-i", str(speech_wav())]
-    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-ar", str(sample_rate),
-              "-ac", str(channels), "-t", str(seconds)]  # fmt: skip
-    ffmpeg(*_moving_face(seconds, size), *audio, "-map", "[v]", "-map", "1:a", *encode, str(path))
-    return path
+    return talking_face_clip(path, seconds=seconds, width=size, height=size, speech=speech_wav(),
+                             speech_start=speech_start, audio_seconds=audio_seconds,
+                             audio_rate=sample_rate, channels=channels)  # fmt: skip
 
 
 def face_without_audio(path: Path, seconds: float = 1.0, size: int = 128) -> Path:
-    ffmpeg(*_moving_face(seconds, size), "-map", "[v]", "-c:v", "libx264", "-preset", "ultrafast",
-           str(path))  # fmt: skip
-    return path
+    """The same talking face with no audio track at all."""
+    return talking_face_clip(path, seconds=seconds, width=size, height=size, speech=speech_wav(),
+                             with_audio=False)  # fmt: skip
 
 
 def silent_clip(path: Path, seconds: float = 1.0, size: int = 96) -> Path:
