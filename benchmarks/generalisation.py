@@ -48,6 +48,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                                      "model.modality_dropout=0.5"]),
     "av + branch heads": ("configs/train.yaml", ["model.kind=av", "model.aux_weight=0.5"]),
     "av + mismatch": ("configs/train.yaml", ["model.kind=av", "augment.av_mismatch=0.25"]),
+    "av + either-sense fusion": ("configs/train.yaml", ["model.kind=av", "model.fusion=or"]),
     "av + all three": ("configs/train.yaml", ["model.kind=av", "model.modality_dropout=0.5",
                                               "model.aux_weight=0.5",
                                               "augment.av_mismatch=0.25"]),

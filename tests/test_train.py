@@ -291,3 +291,26 @@ def test_modality_dropout_zeroes_one_branch_of_a_sample_never_both():
     dropped = [(k == 0) for k in kept]
     assert not (dropped[0] & dropped[1]).any()
     assert 400 < int((dropped[0] | dropped[1]).sum()) < 600
+
+
+def test_either_sense_fusion_is_fake_when_either_branch_says_fake():
+    from avcache.train.models import either_fake
+
+    logits = torch.tensor([[3.0, -2.0], [-4.0, -5.0], [-200.0, -300.0], [40.0, 50.0]])
+    p = torch.sigmoid(logits)
+    expected = 1 - (1 - p[:, 0]) * (1 - p[:, 1])
+    fused = torch.sigmoid(either_fake(logits))
+    assert torch.allclose(fused[:2], expected[:2], atol=1e-6)
+    assert torch.isfinite(either_fake(logits)).all()  # both sure of real, both sure of fake
+    assert fused[2] < 1e-5 and fused[3] == 1.0
+
+
+def test_either_sense_fusion_trains_and_predicts(toy_cache, tmp_path):
+    run = tmp_path / "run"
+    options = {"model.kind": "av", "run.epochs": 1, "model.fusion": "or", "model.aux_weight": 0.5}
+    assert train_main(["--cache", str(toy_cache), "--out", str(run), *small_config(**options)]) == 0
+    state = torch.load(run / LAST, weights_only=True)["model"]
+    assert {key.split(".")[1] for key in state if key.startswith("head.")} == {"mel", "faces"}
+    assert not any(key.startswith("aux.") for key in state)  # its branch heads are the aux heads
+    assert predict_main(["--run", str(run), "--video", str(
+        talking_face(tmp_path / "clip.mp4", seconds=1.0))]) == 0  # fmt: skip

@@ -24,6 +24,7 @@ class ModelConfig:
     mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)
     modality_dropout: float = 0.0  # av, training: chance a sample loses one branch's features
     aux_weight: float = 0.0  # av: weight of each branch's own head and loss (0: no such heads)
+    fusion: str = "concat"  # av: concat (one head on both branches) or or (fake if either is)
 
 
 @dataclass
@@ -101,6 +102,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("augment.av_mismatch", lambda v: 0 <= v < 1, "a share in [0, 1)"),
     ("model.modality_dropout", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("model.aux_weight", lambda v: 0 <= v < math.inf, "0 or more"),
+    ("model.fusion", lambda v: v in ("concat", "or"), "concat or or"),
     ("augment.freq_mask", lambda v: 0 <= v < 256, "between 0 and 255 rows"),
     ("run.epochs", lambda v: v >= 1, "at least 1"),
     ("run.device", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),

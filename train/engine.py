@@ -129,7 +129,8 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         model = config.model
         self.model = build_model(model.kind, model.pretrained, model.modality_dropout,
-                                 aux_heads=model.aux_weight > 0).to(self.device)  # fmt: skip
+                                 aux_heads=model.aux_weight > 0,
+                                 fusion=model.fusion).to(self.device)  # fmt: skip
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields

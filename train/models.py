@@ -115,40 +115,69 @@ MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
-class Detector(nn.Module):
-    """ResNet18 branches whose pooled features are concatenated into one linear head.
+FUSIONS = ("concat", "or")
 
-    Fusion that keeps both senses (av): `modality_dropout` zeroes one branch's features of
-    a sample at random while training, so the head cannot lean on one sense alone; with
-    `aux_heads` each branch also has its own head, trained on its own (the trainer weighs
-    their losses with model.aux_weight), so neither branch stops learning.
+
+class Detector(nn.Module):
+    """ResNet18 branches and how their verdicts combine into one P(fake) logit.
+
+    Fusion (av): `concat` feeds both branches' pooled features to one linear head. `or` gives
+    each branch a head of its own and calls a video fake when either sense finds it fake,
+    P(fake) = 1 - P(mel real) x P(faces real): a fake that one branch already explains costs
+    the other nothing, so neither has to learn the other's cues, and each keeps what only it
+    can tell (a synthetic voice stays the mel branch's to find).
+    Options that keep both senses: `modality_dropout` zeroes one branch's features of a sample
+    at random while training; with `aux_heads` each branch also has its own head, trained on
+    its own (the trainer weighs their losses with model.aux_weight), so neither stops learning.
     """
 
     def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None,
-                 modality_dropout: float = 0.0, aux_heads: bool = False) -> None:  # fmt: skip
+                 modality_dropout: float = 0.0, aux_heads: bool = False,
+                 fusion: str = "concat") -> None:  # fmt: skip
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"model.fusion {fusion!r} unknown (known: {', '.join(FUSIONS)})")
         self.branches = nn.ModuleDict(
             {name: backbone(BRANCHES[name][1], pretrained) for name in branches}
         )
         self.fields = tuple(BRANCHES[name][0] for name in branches)
-        width = sum(branch.num_features for branch in self.branches.values())
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
+        self.either = fusion == "or" and len(branches) > 1
+        if self.either:  # one head per branch
+            self.head = nn.ModuleDict({name: nn.Sequential(nn.Dropout(0.2), nn.Linear(
+                branch.num_features, 1)) for name, branch in self.branches.items()})  # fmt: skip
+        else:
+            width = sum(branch.num_features for branch in self.branches.values())
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
         self.modality_dropout = modality_dropout if len(branches) > 1 else 0.0
         self.aux = None
-        if aux_heads and len(branches) > 1:
+        if aux_heads and len(branches) > 1 and not self.either:
             self.aux = nn.ModuleDict({name: nn.Linear(branch.num_features, 1)
                                       for name, branch in self.branches.items()})  # fmt: skip
+        self.own_losses = aux_heads and len(branches) > 1  # training returns branch logits too
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B]; while training with aux heads, [B, 1 + branches] (the fused first)."""
         features = [BRANCHES[name][2](branch, inputs) for name, branch in self.branches.items()]
         if self.training and self.modality_dropout:
             features = drop_one_branch(features, self.modality_dropout)
-        logits = self.head(torch.cat(features, dim=1))
-        if not (self.training and self.aux is not None):
+        if self.either:
+            own = [head(f) for head, f in zip(self.head.values(), features, strict=True)]
+            logits = either_fake(torch.cat(own, dim=1))[:, None]
+        else:
+            logits = self.head(torch.cat(features, dim=1))
+            if self.aux is not None:
+                own = [head(f) for head, f in zip(self.aux.values(), features, strict=True)]
+        if not (self.training and self.own_losses):
             return logits.squeeze(1)
-        own = [head(f) for head, f in zip(self.aux.values(), features, strict=True)]
         return torch.cat([logits, *own], dim=1)
+
+
+def either_fake(branch_logits: torch.Tensor) -> torch.Tensor:
+    """The logit of 1 - prod(1 - sigmoid(l)) over the branches of each row, computed stably:
+    -log P(all real) = s = sum softplus(l), so the logit is log(e^s - 1)."""
+    real_nll = nn.functional.softplus(branch_logits.float()).sum(dim=1)
+    real_nll = real_nll.clamp_min(1e-6)  # every branch sure it is real: e^s - 1 underflows
+    return real_nll + torch.log(-torch.expm1(-real_nll))
 
 
 def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[torch.Tensor]:
@@ -161,7 +190,7 @@ def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[to
 
 
 def build_model(kind: str, pretrained: str | Path | None = None, modality_dropout: float = 0.0,
-                aux_heads: bool = False) -> nn.Module:  # fmt: skip
+                aux_heads: bool = False, fusion: str = "concat") -> nn.Module:  # fmt: skip
     if kind not in MODELS:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads)
+    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads, fusion)
