@@ -1,6 +1,6 @@
 """Leave-one-manipulation-out: how detectors hold up on a kind of fake they never saw.
 
-    python -m benchmarks.generalisation --out DIR [--train 300 --val 160] [--seeds 0,1]
+    python -m benchmarks.generalisation --out DIR [--train 300 --val 800] [--seeds 0,1]
         [--epochs 4] [--mel-size 64] [--frames 2] [--jobs 2] [--recipes audio,faces,av,...]
         [--kinds face_paste,...]
 
@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for data, runs, table")
     parser.add_argument("--train", type=int, default=300, help="train clips (half fake)")
-    parser.add_argument("--val", type=int, default=160, help="val clips (half fake)")
+    parser.add_argument("--val", type=int, default=800, help="val clips (half fake): the held-out"
+                        " fakes of each kind are a share of these")  # fmt: skip
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--seeds", default="0,1", help="training seeds")
     parser.add_argument("--epochs", type=int, default=4)
