@@ -80,6 +80,7 @@ screenshots: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.preprocess_bench
+	$(BIN)/python -m benchmarks.detector_bench
 
 # On a GPU machine (.venv carried along or built by setup): the CUDA tests, then the loader
 # against the no-data ceiling at full size. Report in $(GPU_OUT)/gpu_check.txt.
