@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 from avcache.preprocess.config import FacesConfig
 from avcache.preprocess.faces import DETECTORS, detect_faces, frame_times, read_frames
 from avcache.preprocess.media import MediaInfo, ffmpeg_binary, read_audio
-from avcache.sample.sources import LFW_COUNT, decode_video, find_sources, lfw_portrait
+from avcache.sample.sources import find_sources, load_portraits
 from benchmarks.common import load_average, machine
 
 BATCH = 8  # frames per call: one video's faces.frames
@@ -58,13 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def frame_sets(clips: list[Path]) -> dict[str, list[np.ndarray]]:
-    sources = find_sources()
-    astronaut = cv2.cvtColor(cv2.imread(str(sources.astronaut)), cv2.COLOR_BGR2RGB)
-    lfw = np.load(sources.lfw)[:LFW_COUNT]
+    portraits = load_portraits(find_sources())
     return {
-        "carphone": list(decode_video(sources.carphone)),
-        "astronaut": [astronaut],
-        "lfw": [lfw_portrait(i, crop).frames[0] for i, crop in enumerate(lfw)],
+        "carphone": list(portraits["carphone"].frames),
+        "astronaut": list(portraits["astronaut"].frames),
+        "lfw": [p.frames[0] for name, p in portraits.items() if name.startswith("lfw")],
         "clips": [frame for path in clips for frame in opencv_frames(path) if frame is not None],
     }
 
@@ -139,10 +137,12 @@ def detect_all(frames: list[np.ndarray], detector: str, config: FacesConfig) -> 
     return boxes
 
 
-def cpu_seconds_per_frame(frames: list[np.ndarray], detector: str, config: FacesConfig) -> float:
+def timed_detection(frames: list[np.ndarray], detector: str, config: FacesConfig,
+                    ) -> tuple[list, float]:  # fmt: skip
+    """The boxes, and the CPU seconds per frame they took."""
     start = time.process_time()
-    detect_all(frames, detector, config)
-    return (time.process_time() - start) / len(frames)
+    boxes = detect_all(frames, detector, config)
+    return boxes, (time.process_time() - start) / len(frames)
 
 
 def iou(a, b) -> float:
@@ -164,24 +164,19 @@ def agreement(boxes: list, reference: list) -> dict:
 
 def measure(sets: dict, detectors: list[str], rounds: int) -> dict:
     config = FacesConfig()
-    results: dict = {name: {} for name in detectors}
-    reference = {label: detect_all(frames, REFERENCE, config) for label, frames in sets.items()}
     for name in detectors:  # warm: model loading stays out of the timed rounds
         detect_all(sets["astronaut"], name, config)
-    timings: dict = {(name, label): [] for name in detectors for label in sets}
+    boxes, timings = {}, {(name, label): [] for name in detectors for label in sets}
     for _ in range(rounds):
         for label, frames in sets.items():
             for name in detectors:
-                timings[name, label].append(cpu_seconds_per_frame(frames, name, config))
-    for name in detectors:
-        for label, frames in sets.items():
-            boxes = reference[label] if name == REFERENCE else detect_all(frames, name, config)
-            results[name][label] = {
-                **agreement(boxes, reference[label]),
-                "cpu_s_per_frame": statistics.median(timings[name, label]),
-                "frames": len(frames),
-            }
-    return results
+                boxes[name, label], seconds = timed_detection(frames, name, config)
+                timings[name, label].append(seconds)
+    return {name: {label: {**agreement(boxes[name, label], boxes[REFERENCE, label]),
+                           "cpu_s_per_frame": statistics.median(timings[name, label]),
+                           "frames": len(frames)}
+                   for label, frames in sets.items()}
+            for name in detectors}  # fmt: skip
 
 
 def print_table(results: dict) -> None:

@@ -846,9 +846,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.preprocess_bench",
         description="Benchmark the public baseline's mel recipe against avcache's preprocessor.",
     )
-    parser.add_argument(
-        "--clips", type=int, default=24, help="generated 2-3.2 s clips (default 24)"
-    )
+    parser.add_argument("--clips", type=int, default=24, help="generated 3-8 s clips (default 24)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="repeats of the in-process mel timing (default 3)"
     )
@@ -905,7 +903,7 @@ def run_all(args: argparse.Namespace, scratch: Path) -> dict:
 
     moviepy_version = ensure_moviepy()
     data = scratch / "data"
-    print(f"generating {args.clips} clips in {data} (python -m avcache.sample) ...", flush=True)
+    print(f"generating {args.clips} clips in {data} (the sample generator) ...", flush=True)
     clips = generate_sample(data, args.clips, args.seed)
     shard = args.shard_size or max(1, len(clips) // 8)
     results = describe(args, clips, moviepy_version, shard)

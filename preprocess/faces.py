@@ -134,10 +134,10 @@ def mediapipe_detector(model: int, min_score: float) -> Detector:
     """
 
     def detect(frames: list[np.ndarray], min_face_size: int) -> list[Box | None]:
-        found = []
+        detection, found = _mediapipe(model, min_score), []
         for frame in frames:
             height, width = frame.shape[:2]
-            result = _mediapipe(model, min_score).process(np.ascontiguousarray(frame))
+            result = detection.process(np.ascontiguousarray(frame))
             boxes = np.array(
                 [_pixel_box(d.location_data.relative_bounding_box, width, height)
                  for d in result.detections or ()],
@@ -181,12 +181,15 @@ AUTO_ORDER = (("mediapipe", "mediapipe"), ("mtcnn", "facenet_pytorch"))
 
 
 def resolve_detector(name: str) -> str:
-    """`auto` means MediaPipe, else MTCNN, whichever is installed first, else the Haar cascade."""
+    """`auto` means MediaPipe, else MTCNN, whichever is installed first, else the Haar cascade.
+    An unknown name, or a detector that needs CUDA where there is none, is refused here."""
     if name != "auto":
         if name not in DETECTORS:
             raise ValueError(
                 f"unknown face detector {name!r} (known: auto, {', '.join(DETECTORS)})"
             )
+        if name.endswith("-cuda"):
+            _check_cuda(name)
         return name
     for detector, package in AUTO_ORDER:
         if importlib.util.find_spec(package) is not None:
@@ -196,16 +199,14 @@ def resolve_detector(name: str) -> str:
     return "haar"
 
 
-def check_detector_device(detector: str) -> None:
-    """A detector that needs CUDA is refused up front where there is none."""
-    if detector.endswith("-cuda"):
-        import torch  # only for this check: the CPU detectors need no torch
+def _check_cuda(detector: str) -> None:
+    import torch  # only for this check: the CPU detectors need no torch
 
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"faces.detector={detector} needs a CUDA GPU and torch sees none here; "
-                f"use {detector.removesuffix('-cuda')} or mediapipe on the CPU"
-            )
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"faces.detector={detector} needs a CUDA GPU and torch sees none here; "
+            f"use {detector.removesuffix('-cuda')} or mediapipe on the CPU"
+        )
 
 
 def frame_times(duration: float, count: int) -> list[float]:

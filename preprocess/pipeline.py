@@ -42,7 +42,7 @@ from avcache.preprocess.audio import MEL_MODES, mel_settings
 from avcache.preprocess.cluster import dask_client
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import ShardPlan, Video, plan_shards, read_split
-from avcache.preprocess.faces import check_detector_device, resolve_detector
+from avcache.preprocess.faces import resolve_detector
 from avcache.preprocess.media import ffmpeg_binary
 from avcache.preprocess.worker import ShardJob, write_shard
 
@@ -116,7 +116,6 @@ class Preprocessor:
         self.jobs, self.backend, self.scheduler = jobs, backend, scheduler
         self.hash = config_hash(config)
         self.detector = config.faces.detector if config.faces.frames else "none"
-        check_detector_device(self.detector)
         self.ffmpeg = ffmpeg_binary(config.audio.ffmpeg)  # fail here, not in every worker
         self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
 

@@ -23,7 +23,7 @@ from avcache.cache.writer import ShardWriter
 from avcache.preprocess.audio import MEL_MODES, mel_image
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import ShardPlan, Video
-from avcache.preprocess.faces import check_detector_device, face_frames, resolve_detector
+from avcache.preprocess.faces import face_frames, resolve_detector
 from avcache.preprocess.media import (
     Deadline,
     MediaError,
@@ -94,7 +94,6 @@ def process_video_file(path: Path, config: PreprocessConfig) -> schema.Sample:
     """One raw file outside any data root, processed as the preprocessor would (label -1)."""
     path = Path(path)
     detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
-    check_detector_device(detector)
     video = Video("video", path.name, schema.LABEL_UNKNOWN, path if path.is_file() else None)
     if video.path is None:
         raise VideoFailed("resolve", f"{path}: no such file")

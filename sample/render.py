@@ -213,13 +213,12 @@ def film(
     to `target` with `audio` (WORK_RATE mono) as its sound track; None: no track."""
     jaw = loudness(spoken, spec.frames)
     frames = render_video(spec, portrait, jaw, edits, rng, face_fraction)
-    if audio is None:
-        encode(spec, frames, None, target)
-        return
-    wav = scratch / f"{spec.name}.wav"
-    write_wav(wav, audio)
+    wav = None if audio is None else scratch / f"{spec.name}.wav"
+    if wav is not None:
+        write_wav(wav, audio)
     encode(spec, frames, wav, target)
-    wav.unlink()
+    if wav is not None:
+        wav.unlink()
 
 
 def render_clip(

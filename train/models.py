@@ -160,16 +160,16 @@ class Detector(nn.Module):
         features = [BRANCHES[name][2](branch, inputs) for name, branch in self.branches.items()]
         if self.training and self.modality_dropout:
             features = drop_one_branch(features, self.modality_dropout)
-        if self.either:
-            own = [head(f) for head, f in zip(self.head.values(), features, strict=True)]
-            logits = either_fake(torch.cat(own, dim=1))[:, None]
+        if self.either:  # the branch heads are the branches' own verdicts
+            own = torch.cat([h(f) for h, f in zip(self.head.values(), features, strict=True)], 1)
+            logits = either_fake(own)[:, None]
         else:
             logits = self.head(torch.cat(features, dim=1))
-            if self.aux is not None:
-                own = [head(f) for head, f in zip(self.aux.values(), features, strict=True)]
         if not (self.training and self.own_losses):
             return logits.squeeze(1)
-        return torch.cat([logits, *own], dim=1)
+        if not self.either:
+            own = torch.cat([h(f) for h, f in zip(self.aux.values(), features, strict=True)], 1)
+        return torch.cat([logits, own], dim=1)
 
 
 def either_fake(branch_logits: torch.Tensor) -> torch.Tensor:
