@@ -83,6 +83,24 @@ def test_a_forged_crop_that_does_not_decode_names_where_it_was_read(tmp_path):
         decode_faces(batch, CPU)
 
 
+def test_sound_crops_the_device_cannot_decode_blame_the_decoder_not_the_shard(
+    tmp_path, monkeypatch
+):
+    """A decoder failure on crops the CPU decodes (no nvJPEG, a driver error) is no damage."""
+    from avcache.train import decode
+
+    def no_decoder(crops, device):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    write(tmp_path, ["jpeg"])
+    _, encoded = streams(open_cache(tmp_path), LoaderPlan(batch_size=4, shuffle=False))
+    monkeypatch.setattr(decode, "_decode_batch", no_decoder)
+    with pytest.raises(ValueError, match=r"decode on the CPU \(decode_jpegs_cuda: .*\); train "
+                       r"with data\.decode=cpu") as raised:  # fmt: skip
+        decode_faces(next(iter(encoded)), CPU)
+    assert not isinstance(raised.value, DamagedShardError)
+
+
 def test_raw_faces_and_mel_batches_pass_through(tmp_path):
     write(tmp_path, ["raw"])
     stream = ShardStream(open_cache(tmp_path).shards, (schema.FACES,), LoaderPlan(batch_size=8))

@@ -10,6 +10,8 @@ after a resume.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,21 @@ def to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (a random draw) on `device` without the host waiting for the GPU:
+    a copy from pageable memory is synchronous, one from pinned memory is not."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """[1, 1, C, 1, 1] on `device`, built once per device: a tensor made from Python data
+    inside the step would be a blocking copy every batch."""
+    return torch.tensor(values).view(1, 1, -1, 1, 1).to(device)
+
+
 def batch_seed(seed: int, epoch: int, batch_index: int) -> int:
     """The seed of all randomness in training on one global batch (augmentation, dropout)."""
     high, low = np.random.SeedSequence([seed, epoch, batch_index]).generate_state(2)
@@ -43,7 +60,7 @@ def _coin(batch_size: int, probability: float, generator: torch.Generator) -> to
 
 def _where(mask: torch.Tensor, flipped: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     shape = (-1,) + (1,) * (images.dim() - 1)
-    return torch.where(mask.to(images.device).view(shape), flipped, images)
+    return torch.where(to_device_async(mask, images.device).view(shape), flipped, images)
 
 
 def _band_mask(batch: int, length: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,15 +83,15 @@ def prepare_mel(
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     if config is None:
         return images
-    batch = images.shape[0]
+    batch, device = images.shape[0], images.device
     images = _where(_coin(batch, config.hflip, generator), images.flip(-1), images)
     images = _where(_coin(batch, config.vflip, generator), images.flip(-2), images)
     if config.time_mask:
         columns = _band_mask(batch, images.shape[-1], config.time_mask, generator)
-        images = images.masked_fill(columns.to(images.device).view(batch, 1, 1, -1), 0.0)
+        images = images.masked_fill(to_device_async(columns, device).view(batch, 1, 1, -1), 0.0)
     if config.freq_mask:
         rows = _band_mask(batch, images.shape[-2], config.freq_mask, generator)
-        images = images.masked_fill(rows.to(images.device).view(batch, 1, -1, 1), 0.0)
+        images = images.masked_fill(to_device_async(rows, device).view(batch, 1, -1, 1), 0.0)
     return images
 
 
@@ -82,8 +99,8 @@ def prepare_faces(
     faces: torch.Tensor, config: AugmentConfig | None, generator: torch.Generator | None
 ):
     """uint8 [B, K, S, S, 3] -> float [B, K, 3, S, S], ImageNet-normalised, optionally flipped."""
-    mean = torch.tensor(RGB_MEAN, device=faces.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(RGB_STD, device=faces.device).view(1, 1, 3, 1, 1)
+    mean = _channel_constant(RGB_MEAN, faces.device)
+    std = _channel_constant(RGB_STD, faces.device)
     images = (faces.permute(0, 1, 4, 2, 3).float() / 255.0 - mean) / std
     if config is not None:
         images = _where(_coin(images.shape[0], config.hflip, generator), images.flip(-1), images)
@@ -95,7 +112,8 @@ def evenly_spaced_frames(faces: torch.Tensor, frames: int | None) -> torch.Tenso
     available = faces.shape[1]
     if frames is None or frames >= available:
         return faces
-    picks = torch.linspace(0, available - 1, frames).round().long().to(faces.device)
+    # Built on the device itself: no host data to copy.
+    picks = torch.linspace(0, available - 1, frames, device=faces.device).round().long()
     return faces.index_select(1, picks)
 
 
@@ -126,9 +144,11 @@ def mismatch_faces(inputs: dict, labels: torch.Tensor, share: float,
     count = round(share * batch)
     if batch < 2 or count == 0:
         return inputs, labels
-    chosen = torch.randperm(batch, generator=generator)[:count].to(faces.device)
-    shift = int(torch.randint(1, batch, (1,), generator=generator))
-    donors = (chosen + shift) % batch  # never the sample itself
+    # Drawn on the host, moved without waiting: never read back into Python.
+    chosen = torch.randperm(batch, generator=generator)[:count]
+    shift = torch.randint(1, batch, (1,), generator=generator)
+    chosen = to_device_async(chosen, faces.device)
+    donors = (chosen + to_device_async(shift, faces.device)) % batch  # never the sample itself
     faces, labels = faces.clone(), labels.clone()
     faces[chosen] = inputs[schema.FACES][donors]
     labels[chosen] = 1.0

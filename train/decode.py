@@ -14,8 +14,10 @@ so a run's batches depend on where its faces were decoded.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
+import simplejpeg
 import torch
 
 from avcache.cache import schema
@@ -59,13 +61,10 @@ def decode_faces(batch: dict, device: torch.device) -> dict:
     crops = [data[start:stop] for start, stop in crop_ranges(ends.numpy(), 0)]
     try:
         images = _decode(crops, device)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except (RuntimeError, ValueError) as error:
-        # The workers checked every crop's bytes and header: a crop that still does not
-        # decode was written so, by a forger or a broken encoder.
-        raise DamagedShardError(f"faces read from {'; '.join(where)} do not decode on "
-                                f"{device} ({error}); run `avcache-inspect CACHE verify --sha256 "
-                                f"HASH` against a digest you trust, or preprocess again"
-                                ) from None  # fmt: skip
+        raise _decoding_error(crops, where, device, error) from None
     # [B, K, S, S, 3] in memory as the workers make it: the model then sees the same
     # (channels-last) strides, and the same sums, whichever side decoded.
     faces = images.view(*ends.shape, *images.shape[1:]).permute(0, 1, 3, 4, 2)
@@ -73,8 +72,48 @@ def decode_faces(batch: dict, device: torch.device) -> dict:
     return batch
 
 
+def _decoding_error(crops: list[torch.Tensor], where: list[str], device: torch.device,
+                    error: Exception) -> Exception:  # fmt: skip
+    """What a failed GPU decode means. The workers checked every crop's bytes and header;
+    if the CPU decodes them all, the data is sound and the GPU's decoder is at fault (no
+    nvJPEG in this torchvision, a driver error), else the crops were written so."""
+    try:
+        for crop in crops:
+            simplejpeg.decode_jpeg(crop.numpy(), "RGB")
+    except ValueError:
+        return DamagedShardError(f"faces read from {'; '.join(where)} do not decode on {device} "
+                                 f"({error}); "
+                                 "run `avcache-inspect CACHE verify --sha256 HASH` against a "
+                                 "digest you trust, or preprocess again")  # fmt: skip
+    return ValueError(f"{device} could not decode JPEG faces that decode on the CPU "
+                      f"({error}); train with data.decode=cpu")  # fmt: skip
+
+
 def _decode(crops: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[N, 3, S, S] uint8 on `device` from N JPEG crops of one size."""
+    """[N, 3, S, S] uint8 on `device` from N JPEG crops of one size.
+
+    torchvision's batched CUDA decoder allocates its outputs on the caller's stream but
+    writes them on a stream of its own, which waits for nothing of the caller's: memory
+    that the training stream freed while its kernels are still queued (the previous
+    backward) could be handed to the decoder and overwritten under them. So on CUDA the
+    decoder is called from a stream of ours whose only work is decoding: its allocations
+    come from blocks only decoding used, whose last work is waited for (on that stream
+    alone, not on training) before they are handed out again, and the batch crosses to the
+    training stream with record_stream, so its memory is not reused before training is
+    done with it.
+    """
+    if device.type != "cuda":
+        return _decode_batch(crops, device)
+    training, decoding = torch.cuda.current_stream(device), _decode_stream(device)
+    decoding.synchronize()  # the previous batch's decode and stack, nothing of training's
+    with torch.cuda.stream(decoding):
+        images = _decode_batch(crops, device)
+    training.wait_stream(decoding)
+    images.record_stream(training)
+    return images
+
+
+def _decode_batch(crops: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg  # only where it is used
 
     with warnings.catch_warnings():
@@ -86,3 +125,9 @@ def _decode(crops: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if len(shapes) != 1:
         raise ValueError(f"crops of {len(shapes)} different shapes in one batch")
     return torch.stack(images)
+
+
+@functools.cache
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    """One decoding stream per device, for the life of the process."""
+    return torch.cuda.Stream(device)

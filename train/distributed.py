@@ -2,7 +2,10 @@
 
 `torchrun --nproc_per_node N train/run.py ...` sets RANK, WORLD_SIZE and
 LOCAL_RANK; without them everything runs as one process and every collective
-here is a no-op. gloo serves CPU ranks, NCCL GPU ranks.
+here is a no-op. GPU ranks join with NCCL for CUDA tensors and gloo for CPU tensors
+(the run-folder lock's vote, `all_gather_object` of predictions): NCCL alone binds
+no CPU tensor. Ranks that outnumber the GPUs share them round-robin and use gloo for
+everything, since NCCL refuses two ranks on one device.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # ranks on this machine
 
     @property
     def main(self) -> bool:
@@ -35,8 +39,9 @@ class Ranks:
 def ranks_from_env() -> Ranks:
     """This process's place in a torchrun job (one process alone without torchrun)."""
     env = os.environ
-    return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                 int(env.get("LOCAL_RANK", 0)))  # fmt: skip
+    world = int(env.get("WORLD_SIZE", 1))
+    return Ranks(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)),
+                 int(env.get("LOCAL_WORLD_SIZE", world)))  # fmt: skip
 
 
 def quiet_other_ranks(ranks: Ranks) -> None:
@@ -46,14 +51,23 @@ def quiet_other_ranks(ranks: Ranks) -> None:
         warnings.filterwarnings("ignore")
 
 
+def backend_for(device: torch.device, gpu_shared: bool = False) -> str:
+    """The process group's backend for ranks on `device`: one per tensor device type."""
+    if device.type == "cuda" and not gpu_shared:
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
 def start(ranks: Ranks, device: torch.device) -> None:
     """Join the process group torchrun describes (nothing to do for a single process)."""
     if not ranks.distributed or dist.is_initialized():
         return
+    shared = False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            rank=ranks.rank, world_size=ranks.world)  # fmt: skip
+        shared = ranks.local_world > torch.cuda.device_count()
+    dist.init_process_group(backend=backend_for(device, shared), rank=ranks.rank,
+                            world_size=ranks.world)  # fmt: skip
 
 
 def stop() -> None:

@@ -54,13 +54,14 @@ PROGRESS_TYPES = {"epoch": int, "best_score": float, "history": list, "batches_d
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """auto: CUDA when there is one. A rank uses the GPU of its local rank."""
+    """auto: CUDA when there is one. A rank uses the GPU of its local rank (round-robin when
+    the ranks outnumber the GPUs: a correctness run of two ranks on a one-GPU box)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("run.device=cuda but no CUDA device is available")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -352,14 +353,14 @@ class Trainer:
 
     def _load_weights(self, path: Path) -> None:
         """model.init: start from the weights of an avcache checkpoint (a new schedule)."""
-        state = read_checkpoint(path, self.device)
+        state = read_checkpoint(path)
         self.model.load_state_dict(checked_weights(self.model, state, path))
         log.info("weights from %s (epoch %s of its run)", path, state.get("epoch", "?"))
 
     def load(self, path: Path, weights_only_model: bool = False) -> None:
         """Restore a checkpoint (untrusted data: tensors and plain values only, each checked
         before use, so a foreign or damaged file is refused in one line naming it)."""
-        state = read_checkpoint(path, self.device)
+        state = read_checkpoint(path)
         kind = self.config.model.kind
         if state.get("kind", kind) != kind:
             raise ValueError(f"{path}: written for model.kind={printable(state['kind'])}, "
@@ -380,10 +381,14 @@ class Trainer:
 NOT_OURS = "it is not a checkpoint written by avcache-train for this run"
 
 
-def read_checkpoint(path: Path, device: torch.device) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's state on the host. The model's and optimiser's load_state_dict copy each
+    tensor to its parameter's device; AdamW's `step` counts stay on the host, where the
+    optimiser reads them (loaded onto the GPU, every step would read them back, two host
+    synchronisations per parameter)."""
     regular_file(path, "checkpoint")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{path}: refused to load: torch.load(weights_only=True) found more than "
