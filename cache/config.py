@@ -8,6 +8,7 @@ config is a plain dict that is saved beside every output and hashed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -21,8 +22,15 @@ from typing import Any, TypeVar
 import yaml
 
 from avcache.cache.atomic import write_text_atomic
+from avcache.cache.untrusted import printable
 
 T = TypeVar("T")
+
+# Field metadata of a key whose value names a program to run or a file to read (ffmpeg, a
+# weights file). Such a value is the user's own: their command line, their config file or
+# the installation's default. A config recorded in a file that travels with a cache or a
+# run folder never supplies one (see local_values).
+LOCAL = {"names_a_file": True}
 
 
 class ConfigError(ValueError):
@@ -134,10 +142,17 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
 
 
 def _coerce_optional(hint: Any, value: Any, where: str, key: str) -> Any:
+    """A union: None where it allows None, else the first of its types that takes the value
+    (`int | str` takes 2 as 2 and "auto" as "auto")."""
     if value is None and type(None) in typing.get_args(hint):
         return None
-    (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return _coerce(inner, value, where, key)
+    inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    for choice in inner[:-1]:
+        try:
+            return _coerce(choice, value, where, key)
+        except ConfigError:
+            continue
+    return _coerce(inner[-1], value, where, key)
 
 
 def _coerce_scalar(hint: type, value: Any, where: str, key: str) -> Any:
@@ -146,6 +161,42 @@ def _coerce_scalar(hint: type, value: Any, where: str, key: str) -> Any:
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"{_at(where, key)}: expected {hint.__name__}, got {value!r}")
+
+
+def local_keys(cls: type) -> list[str]:
+    """The dotted keys of `cls` (and of its sections) marked LOCAL."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("names_a_file"):
+            keys.append(field.name)
+        elif dataclasses.is_dataclass(hints[field.name]):
+            keys += [f"{field.name}.{key}" for key in local_keys(hints[field.name])]
+    return keys
+
+
+def local_values(config: T, where: str, given: dict[str, Any], fix: str) -> T:
+    """A copy of `config`, recorded in `where` (a file that travels between people), in which
+    every LOCAL key holds the user's own value: `given[key]` where the caller has one (the
+    command line's, or None where the run needs no such file), else the default (the
+    installation's own: ffmpeg `auto`). A recorded value other than the default is refused
+    rather than run or read, with `fix` saying how to give one: whoever can write a cache
+    or a run folder could otherwise name any program on the disk."""
+    config = copy.deepcopy(config)
+    defaults = type(config)()
+    for key in local_keys(type(config)):
+        *sections, name = key.split(".")
+        node, default = config, defaults
+        for section in sections:
+            node, default = getattr(node, section), getattr(default, section)
+        if key in given:
+            setattr(node, name, given[key])
+        elif getattr(node, name) != getattr(default, name):
+            raise ConfigError(
+                f"{where}: {key}={printable(repr(getattr(node, name)))} names a program or file "
+                f"to use; avcache runs and reads none that a cache or run folder names: {fix}"
+            )
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from avcache.cache.index import Failure, read_failures, receipt_path
 from avcache.cache.untrusted import (
     REBUILD,
     CacheFormatError,
+    attribute,
     check_backed_by_file,
     inside,
     integer,
@@ -39,6 +40,7 @@ from avcache.cache.untrusted import (
 )
 
 _NONE = np.empty(0, np.int64)  # no damaged positions
+LABELS = (schema.LABEL_FAKE, schema.LABEL_REAL, schema.LABEL_UNKNOWN)
 DAMAGE_LISTED = 5  # damaged samples named in one message
 
 
@@ -71,7 +73,7 @@ def _missing(path: Path, name: str) -> str:
 def check_format(where: str, fmt: object, version: object) -> None:
     if fmt != schema.FORMAT:
         raise CacheFormatError(f"{where}: format {printable(repr(fmt))} is not {schema.FORMAT!r}")
-    if isinstance(version, bool) or version not in schema.READABLE_VERSIONS:
+    if type(version) is not int or version not in schema.READABLE_VERSIONS:
         readable = " and ".join(map(str, schema.READABLE_VERSIONS))
         raise CacheFormatError(
             f"{where}: cache format version {printable(repr(version))} is not supported "
@@ -105,16 +107,15 @@ class ShardReader:
             raise
 
     def _validate(self) -> None:
-        attrs = self._file.attrs
-        check_format(
-            str(self.path),
-            _plain(attrs.get(schema.ATTR_FORMAT)),
-            _plain(attrs.get(schema.ATTR_VERSION)),
-        )
-        self.split = text(_plain(attrs.get(schema.ATTR_SPLIT, "")), f"{self.path}: split")
-        self.frames = integer(_plain(attrs.get(schema.ATTR_FRAMES)), f"{self.path}: frames")
-        self.face_size = integer(_plain(attrs.get(schema.ATTR_FACE_SIZE)),
-                                 f"{self.path}: face_size")  # fmt: skip
+        attrs, path = self._file.attrs, self.path
+        self.version = attribute(attrs, schema.ATTR_VERSION, path)
+        check_format(str(path), attribute(attrs, schema.ATTR_FORMAT, path), self.version)
+        self.split = text(attribute(attrs, schema.ATTR_SPLIT, path, ""), f"{path}: split")
+        # Bounded before any dataset's shape is computed from them, let alone allocated.
+        self.frames = integer(attribute(attrs, schema.ATTR_FRAMES, path), f"{path}: frames",
+                              maximum=schema.MAX_FRAMES)  # fmt: skip
+        self.face_size = integer(attribute(attrs, schema.ATTR_FACE_SIZE, path),
+                                 f"{path}: face_size", maximum=schema.MAX_FACE_SIZE)  # fmt: skip
         self.codec = self._faces_codec(attrs)
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
         for name, spec in schema.dataset_specs(self.frames, self.face_size, self.codec).items():
@@ -128,11 +129,12 @@ class ShardReader:
         check_backed_by_file(self._datasets, self._file_size, self.path)
         if self.codec == "jpeg":
             self._check_jpeg_ends()
-        self.meta_digest = self._check_meta(attrs.get(schema.ATTR_META_SHA256))
+        self.meta_digest = self._check_meta(attribute(attrs, schema.ATTR_META_SHA256, path))
 
     def _faces_codec(self, attrs) -> str:
-        codec = text(_plain(attrs.get(schema.ATTR_FACES_CODEC, "raw")), f"{self.path}: codec")
-        if codec not in codecs.CODECS or (codec != "raw" and attrs[schema.ATTR_VERSION] < 2):
+        codec = text(attribute(attrs, schema.ATTR_FACES_CODEC, self.path, "raw"),
+                     f"{self.path}: codec")  # fmt: skip
+        if codec not in codecs.CODECS or (codec != "raw" and self.version < 2):
             known = ", ".join(codecs.CODECS)
             raise CacheFormatError(f"{self.path}: faces codec {printable(repr(codec))} is not "
                                    f"one this avcache reads ({known})")  # fmt: skip
@@ -170,10 +172,32 @@ class ShardReader:
             raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
         columns = {name: self.read(name) for name in schema.META_FIELDS}
         digest = schema.meta_sha256(columns)
-        if digest != _plain(expected):
+        if digest != expected:
             names = ", ".join(schema.META_FIELDS)
             raise damaged_shard(self.path, names, "they do not match their sha256")
+        self._check_values(columns)
         return digest
+
+    def _check_values(self, columns: dict[str, np.ndarray]) -> None:
+        """Labels are 1, 0 or -1 and durations finite seconds: values every reader computes
+        with (a label of 7 would train as a target, a duration of inf sizes a time axis).
+        Notes which samples have no target (-1): training refuses them, inspection shows them."""
+        labels, durations, names = (columns[name] for name in
+                                    (schema.LABEL, schema.DURATION, schema.VIDEO_NAME))  # fmt: skip
+        self._refuse_first(~np.isin(labels, LABELS), names, labels,
+                           "label {}: a label is 1 (fake), 0 (real) or -1 (unknown)")  # fmt: skip
+        self._refuse_first(~(np.isfinite(durations) & (durations >= 0)), names, durations,
+                           "duration {}: not a length in seconds")  # fmt: skip
+        self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
+
+    def _refuse_first(self, bad: np.ndarray, names: np.ndarray, values: np.ndarray,
+                      what: str) -> None:  # fmt: skip
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise CacheFormatError(
+                f"{self.path}: sample {first} ({printable(repr(names[first]))}) has "
+                f"{what.format(values[first])}: {REBUILD}"
+            )
 
     def _check_entry(self, entry: ShardEntry) -> None:
         """The shard holds what the index says it holds."""
@@ -196,10 +220,7 @@ class ShardReader:
         decoded)."""
         where = np.s_[start : self.num_samples if stop is None else stop]
         if self._encoded(name):
-            rows = np.empty((len(range(self.num_samples)[where]), *self.sample_shape(name)),
-                            np.uint8)  # fmt: skip
-            self.read_into(name, start, rows)
-            return rows
+            return self._read_jpeg(*where.indices(self.num_samples)[:2])
         rows = self._fetch(name, where)
         self._check(name, rows, where)
         return rows
@@ -287,6 +308,20 @@ class ShardReader:
         except ValueError as error:
             raise self._undecodable(error) from None
         return data, self._jpeg_ends[start:stop].astype(np.int64) - before
+
+    def _read_jpeg(self, start: int, stop: int) -> np.ndarray:
+        """Faces of samples [start, stop) decoded into a new array, allocated only once every
+        crop's header says the shard's face size (a header is read in microseconds)."""
+        count = max(stop - start, 0)
+        if not self.frames or not count:
+            return np.empty((count, *self.sample_shape(schema.FACES)), np.uint8)
+        data, ends = self.read_jpeg(start, stop)
+        rows = np.empty((count, *self.sample_shape(schema.FACES)), np.uint8)
+        try:
+            codecs.decode_block(data, ends, 0, rows)
+        except ValueError as error:
+            raise self._undecodable(error) from None
+        return rows
 
     def _read_jpeg_into(self, start: int, out: np.ndarray) -> None:
         """Checked against each sample's xxh3, then decoded straight into `out`."""
@@ -385,15 +420,27 @@ class ShardReader:
 _SAMPLE_FIELDS = list(schema.Sample.__dataclass_fields__)
 
 
-def _plain(value: object) -> object:
-    """numpy scalars from HDF5 attributes as plain Python values."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
     if expected == schema.STRING_DTYPE:
         return h5py.check_string_dtype(found) is not None
     return found == expected
+
+
+@dataclass(frozen=True)
+class ShardFacts:
+    """What a cache keeps of each shard it has opened, so that no check opens it twice."""
+
+    codec: str  # how it stores its faces
+    unknown: int  # samples without a target (label -1)
+    first_unknown: str  # the first of them, `sample P ('NAME')` ("" when none)
+
+    @staticmethod
+    def of(shard: ShardReader) -> ShardFacts:
+        first = ""
+        if shard.unknown_labels.size:
+            position = int(shard.unknown_labels[0])
+            first = f"sample {position} ({printable(repr(shard.video_names[position]))})"
+        return ShardFacts(shard.codec, int(shard.unknown_labels.size), first)
 
 
 @dataclass(frozen=True)
@@ -423,10 +470,10 @@ class Cache:
         self.index_path = where
         self.index_sha256 = ""  # set by open_cache
         self.index = index
-        self.config: dict = mapping(index.get("config", {}), f"{where}: 'config'")
+        self.config: dict = config_sections(index, where)
         self.config_hash: str = text(index.get("config_hash", ""), f"{where}: 'config_hash'")
         self.shards = shard_entries(root, index, where)
-        self._codecs: dict[Path, str] = {}  # faces codec of each shard opened so far
+        self._facts: dict[Path, ShardFacts] = {}  # of each shard opened so far
         self._failures = inside(root, index.get("failures", schema.FAILURES_FILE),
                                 f"{where}: 'failures'")  # fmt: skip
 
@@ -447,7 +494,7 @@ class Cache:
         for entry in self.shards:
             with entry.open() as shard:
                 digest = shard.meta_digest if len(shard) else None
-                self._codecs[entry.path] = shard.codec
+                self._facts[entry.path] = ShardFacts.of(shard)
             if digest in seen:
                 raise CacheFormatError(
                     f"{entry.path}: holds the same samples as {seen[digest].path} (a copy, "
@@ -456,13 +503,24 @@ class Cache:
                 )
             seen[digest or f"empty {entry.path}"] = entry
 
+    def _facts_of(self, entry: ShardEntry) -> ShardFacts:
+        if entry.path not in self._facts:
+            with entry.open() as shard:
+                self._facts[entry.path] = ShardFacts.of(shard)
+        return self._facts[entry.path]
+
     def face_codecs(self, split: str) -> set[str]:
         """How the split's shards store their faces: raw, jpeg (a v1 shard is raw)."""
-        for entry in self.shards_of(split):
-            if entry.path not in self._codecs:
-                with entry.open() as shard:
-                    self._codecs[entry.path] = shard.codec
-        return {self._codecs[entry.path] for entry in self.shards_of(split)}
+        return {self._facts_of(entry).codec for entry in self.shards_of(split)}
+
+    def without_target(self, split: str) -> tuple[int, str]:
+        """(how many samples of `split` have no target (label -1), the first of them as
+        `SHARD: sample P ('NAME')`, or "" when every sample has one)."""
+        facts = [(entry, self._facts_of(entry)) for entry in self.shards_of(split)]
+        count = sum(fact.unknown for _, fact in facts)
+        first = next((f"{entry.path}: {fact.first_unknown}" for entry, fact in facts
+                      if fact.unknown), "")  # fmt: skip
+        return count, first
 
     @property
     def splits(self) -> list[str]:
@@ -549,7 +607,7 @@ def shard_entries(root: Path, index: dict, where: Path) -> list[ShardEntry]:
     rows = index.get("shards")
     if not isinstance(rows, list):
         raise CacheFormatError(f"{where}: 'shards' is {type(rows).__name__}: expected a list")
-    config = mapping(index.get("config", {}), f"{where}: 'config'")
+    config = config_sections(index, where)
     known = _known_splits(index, config, where)
     frames, face_size = _faces_promised(config, where)
     entries: list[ShardEntry] = []
@@ -593,13 +651,24 @@ def _known_splits(index: dict, config: dict, where: Path) -> list[str] | None:
     return None
 
 
+def config_sections(index: dict, where: Path) -> dict:
+    """The index's preprocessing config: a JSON object of sections, each an object (what
+    inspection, sheets and run folders read from it)."""
+    config = mapping(index.get("config", {}), f"{where}: 'config'")
+    for name, section in config.items():
+        mapping(section, f"{where}: config.{printable(name)}")
+    return config
+
+
 def _faces_promised(config: dict, where: Path) -> tuple[int | None, int | None]:
-    """(frames, size) of the faces config, which every shard must match."""
+    """(frames, size) of the faces config, which every shard must match; bounded like the
+    shards' own."""
     faces = config.get("faces")
     if not isinstance(faces, dict) or not {"frames", "size"} <= faces.keys():
         return None, None
-    frames = integer(faces["frames"], f"{where}: config.faces.frames")
-    return frames, integer(faces["size"], f"{where}: config.faces.size")
+    frames = integer(faces["frames"], f"{where}: config.faces.frames", maximum=schema.MAX_FRAMES)
+    size = integer(faces["size"], f"{where}: config.faces.size", maximum=schema.MAX_FACE_SIZE)
+    return frames, size
 
 
 def _check_split_totals(index: dict, entries: list[ShardEntry], where: Path) -> None:

@@ -33,6 +33,12 @@ RECEIPT_SUFFIX = ".json"
 
 
 MEL_SIZE = 256  # mel images are MEL_SIZE x MEL_SIZE, row 0 = lowest mel bin
+# The largest faces a cache holds (faces.size, faces.frames): the preprocessor refuses more,
+# and readers refuse a shard or index declaring more before allocating anything for it (a
+# forged size would make every reader allocate terabytes). At both limits one sample's
+# crops take 64 x 1024 x 1024 x 3 bytes = 192 MiB.
+MAX_FACE_SIZE = 1024
+MAX_FRAMES = 64
 
 LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN = 1, 0, -1
 

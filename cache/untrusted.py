@@ -102,13 +102,40 @@ def load_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> object:
     return parse_json(read_bounded(path, what, limit), path, what)
 
 
-def integer(value: object, where: str, minimum: int = 0) -> int:
-    """A JSON or HDF5 integer (not a bool, a float or a string), at least `minimum`."""
+def integer(value: object, where: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """A JSON or HDF5 integer (not a bool, a float or a string), at least `minimum` and, for
+    a size that readers allocate for, at most `maximum` (the most avcache ever writes)."""
     if isinstance(value, np.integer):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise CacheFormatError(f"{where} is {printable(repr(value))}: expected an integer >= "
                                f"{minimum}")  # fmt: skip
+    if maximum is not None and value > maximum:
+        raise CacheFormatError(
+            f"{where} is {value}: over {maximum}, the most avcache writes (a forged size, which "
+            f"every reader would allocate): {REBUILD}"
+        )
+    return value
+
+
+ATTRIBUTE_TYPES = (str, bytes, int, float)  # what the shard writer stores: single values
+
+
+def attribute(attrs: h5py.AttributeManager, name: str, where: Path, default: object = None):
+    """A shard attribute as a plain Python value (`default` when absent). The writer stores
+    single strings and numbers only: an array, a compound, a reference or an empty value in
+    their place is refused, and so is one that HDF5 cannot read."""
+    try:
+        value = attrs.get(name, default)
+    except (OSError, TypeError, ValueError) as error:
+        raise CacheFormatError(f"{where}: attribute {name!r} cannot be read ({printable(error)})"
+                               f": {REBUILD}") from None  # fmt: skip
+    if isinstance(value, np.generic) and not isinstance(value, np.void):
+        value = value.item()
+    if value is not default and not isinstance(value, ATTRIBUTE_TYPES):
+        shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
+        raise CacheFormatError(f"{where}: attribute {name!r} is {type(value).__name__}{shape}, "
+                               f"not a single string or number: {REBUILD}")  # fmt: skip
     return value
 
 

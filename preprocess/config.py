@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from avcache.cache.config import LOCAL
+
 
 @dataclass
 class SplitConfig:
@@ -27,7 +29,9 @@ def _ffdv_splits() -> dict[str, SplitConfig]:
 @dataclass
 class AudioConfig:
     mode: str = "baseline"  # mel recipe: baseline (the public recipe) or padded (see audio.py)
-    ffmpeg: str = "auto"  # decoder: auto (imageio-ffmpeg's static build, else PATH), or a path
+    # The decoder: auto (imageio-ffmpeg's static build, else PATH), or a path. LOCAL: a program
+    # to run, so never taken from a cache's or a run folder's record of its config.
+    ffmpeg: str = field(default="auto", metadata=LOCAL)
     max_seconds: float = 600.0  # audio read per video at most: bounds memory on very long files
 
 

@@ -77,6 +77,12 @@ def validate(config: PreprocessConfig) -> None:
             "faces.frames must be >= 0, faces.size >= 1, faces.detect_size >= 32 and "
             "faces.min_face_size >= 12 (MTCNN's smallest window)"
         )
+    if faces.size > schema.MAX_FACE_SIZE or faces.frames > schema.MAX_FRAMES:
+        raise ValueError(
+            f"faces.size must be at most {schema.MAX_FACE_SIZE} and faces.frames at most "
+            f"{schema.MAX_FRAMES} (the largest faces a cache holds), got {faces.size} and "
+            f"{faces.frames}"
+        )
     if config.faces.codec not in CODECS:
         raise ValueError(f"faces.codec {config.faces.codec!r} unknown (known: {', '.join(CODECS)})")
     if not 1 <= config.faces.quality <= 100:

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from avcache.cache import schema
 from avcache.cache.index import ShardRecord, read_failures, read_receipt, write_receipt
@@ -31,6 +32,7 @@ from avcache.train.engine import BEST
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
+from tests.media import talking_face
 from tests.test_cache import FRAMES, SIZE, make_sample
 from tests.test_train import small_config, write_toy_cache
 
@@ -41,7 +43,7 @@ COUNT = 20  # samples per shard
 # ---------------------------------------------------------------- building hostile caches
 
 
-def build(root: Path, splits: dict[str, int] | None = None) -> Path:
+def build(root: Path, splits: dict[str, int] | None = None, codec: str = "raw") -> Path:
     """A sound cache (real config, faces 2 x 8 px) with `splits` shard counts."""
     from avcache.cache.atomic import write_json_atomic
     from avcache.cache.index import build_index
@@ -54,7 +56,8 @@ def build(root: Path, splits: dict[str, int] | None = None) -> Path:
     for split, shards in (splits or {"train": 2, "val": 1}).items():
         for shard in range(shards):
             rel = f"shards/{split}-{shard:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE) as writer:
+            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
+                             codec=codec) as writer:  # fmt: skip
                 for _ in range(COUNT):
                     sample = make_sample(number)
                     sample.label = number % 2  # train on 0/1 labels
@@ -138,6 +141,16 @@ def bait_h5(bait: Path, shard: Path, name: str = schema.MEL) -> Path:
 
 def first_shard(root: Path) -> Path:
     return root / index_of(root)["shards"][0]["path"]
+
+
+def forge_column(root: Path, shard: Path, name: str, change) -> None:
+    """Rewrite one small column of a shard as `change(values)` returns it, with its metadata
+    sha256 and the index's sha256 rewritten to match, as a forger would."""
+    with h5py.File(shard, "a") as handle:
+        handle[name][...] = change(handle[name][()])
+        columns = {column: handle[column][()] for column in schema.META_FIELDS}
+        handle.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns)
+    resign(root, shard)
 
 
 def refusals(root: Path, capsys) -> list[str]:
@@ -348,20 +361,89 @@ def test_faces_larger_than_the_config_says_are_refused(cache, capsys):
 
 
 def test_forged_face_attributes_cannot_declare_a_huge_row(cache, capsys):
-    """face_size 2**20 with a faces dataset to match, no chunk written: refused."""
-    shard = first_shard(cache)
+    """face_size 1024 (the most avcache writes) with a faces dataset to match, no chunk
+    written: refused from the file's size."""
+    shard, size = first_shard(cache), schema.MAX_FACE_SIZE
     with h5py.File(shard, "a") as handle:
-        handle.attrs[schema.ATTR_FACE_SIZE] = 2**20
+        handle.attrs[schema.ATTR_FACE_SIZE] = size
         del handle[schema.FACES]
-        shape = (COUNT, FRAMES, 2**20, 2**20, 3)
+        shape = (COUNT, FRAMES, size, size, 3)
         handle.create_dataset(schema.FACES, shape, np.uint8, chunks=(1, 1, 64, 64, 3))
-    assert shard.stat().st_size < 2**22  # the 20 mel images; faces declare 132 TB
+    assert shard.stat().st_size < 2**22  # the 20 mel images; faces declare 126 MB
     index = index_of(cache)
     index["config"].pop("faces")  # no config to compare with: the file's size still bounds it
     write_index(cache, index)
     resign(cache, shard)
     for message in refusals(cache, capsys):
         assert f"{shard}: 'faces' declares {COUNT} rows" in message, message
+
+
+def declare_face_size(root: Path, size: int, in_index: bool) -> Path:
+    """Every shard (and, `in_index`, the index's config) declares faces of `size` px; the
+    crops inside stay 8 px JPEGs."""
+    index = index_of(root)
+    for row in index["shards"]:
+        with h5py.File(root / row["path"], "a") as handle:
+            handle.attrs[schema.ATTR_FACE_SIZE] = size
+        row["sha256"] = hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
+    if in_index:
+        index["config"]["faces"]["size"] = size
+    else:
+        index["config"].pop("faces")
+    write_index(root, index)
+    return root / index["shards"][0]["path"]
+
+
+def one_line_refusals(root: Path, tmp_path: Path, capsys) -> list[str]:
+    """What sheet, sheet --video, gallery and training say: each exit 2, one line."""
+    root_, out = str(root), tmp_path
+    commands = [
+        (inspect_main, [root_, "sheet", "-o", str(out / "s.png")]),
+        (inspect_main, [root_, "sheet", "--video", "vidéo 3.mp4", "-o", str(out / "v.png")]),
+        (inspect_main, [root_, "gallery", "-o", str(out / "gallery")]),
+        (train_main, ["--cache", root_, "--out", str(out / "run"), *small_config()]),
+    ]
+    messages = []
+    for main, argv in commands:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "Traceback" not in error, error
+        messages.append(error)
+    return messages
+
+
+@pytest.mark.parametrize("size", [2**20, 32768, 16384, schema.MAX_FACE_SIZE + 1])
+@pytest.mark.parametrize("in_index", [True, False], ids=["index and shards", "shards"])
+def test_a_face_size_over_the_limit_is_refused_before_any_allocation(tmp_path, capsys, size,
+                                                                     in_index):  # fmt: skip
+    """JPEG shards of 8 px crops declaring `size` px faces: 2**20 would have every reader
+    allocate 6 TiB a sample; refused when the index or the shard is opened."""
+    root = build(tmp_path / "cache", codec="jpeg")
+    shard = declare_face_size(root, size, in_index)
+    where = f"{root / schema.INDEX_FILE}: config.faces.size" if in_index else f"{shard}: face_size"
+    expected = f"{where} is {size}: over {schema.MAX_FACE_SIZE}, the most avcache writes"
+    for message in [*refusals(root, capsys), *one_line_refusals(root, tmp_path, capsys)]:
+        assert expected in message, message
+
+
+def test_jpeg_headers_are_read_before_their_faces_are_allocated(tmp_path, capsys):
+    """A shard declaring the largest faces (1024 px) over 8 px crops: refused from the crops'
+    headers, without allocating the 126 MB that 20 samples of 2 such faces would take."""
+    import tracemalloc
+
+    root = build(tmp_path / "cache", codec="jpeg")
+    shard = declare_face_size(root, schema.MAX_FACE_SIZE, in_index=True)
+    with ShardReader(shard) as reader:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CacheFormatError, match="a 8x8 crop where 1024x1024 is stored"):
+                reader.read(schema.FACES, 0, COUNT)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 2**20, peak  # the JPEG bytes and their ends: a few kB
+    for message in one_line_refusals(root, tmp_path, capsys)[:3]:  # training reads no faces first
+        assert f"{shard}: reading 'faces' failed" in message and "a 8x8 crop where" in message
 
 
 # ---------------------------------------------------------------- integrity of the index
@@ -415,6 +497,105 @@ def test_a_split_summary_that_disagrees_with_the_rows_is_refused(cache, capsys):
         in capsys.readouterr().err  # fmt: skip
 
 
+# ---------------------------------------------------------------- values the reader computes with
+
+
+ARRAY_ATTRIBUTES = {
+    "format as an array": (schema.ATTR_FORMAT, np.array([b"avcache"]), "is ndarray of shape (1,)"),
+    "version as an array": (schema.ATTR_VERSION, np.array([2, 2]), "is ndarray of shape (2,)"),
+    "version as a float": (schema.ATTR_VERSION, 2.0, "version 2.0 is not supported"),
+    "face size as an array": (schema.ATTR_FACE_SIZE, np.array([SIZE]), "is ndarray of shape"),
+    "split as an array": (schema.ATTR_SPLIT, np.array([b"train"]), "is ndarray of shape (1,)"),
+    "sha256 as an array": (schema.ATTR_META_SHA256, np.zeros(4), "is ndarray of shape (4,)"),
+}
+
+
+@pytest.mark.parametrize("case", list(ARRAY_ATTRIBUTES))
+def test_an_attribute_of_another_type_is_one_line(cache, tmp_path, capsys, case):
+    name, value, expected = ARRAY_ATTRIBUTES[case]
+    shard = first_shard(cache)
+    with h5py.File(shard, "a") as handle:
+        handle.attrs[name] = value
+    resign(cache, shard)
+    for message in [*refusals(cache, capsys), *one_line_refusals(cache, tmp_path, capsys)]:
+        assert f"{shard}: " in message and expected in message, message
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan, -1.0])
+def test_a_duration_that_is_no_length_is_refused(cache, tmp_path, capsys, value):
+    """+inf would size the sheet's time axis (int(inf) raises); refused when opened."""
+    shard = first_shard(cache)
+    forge_column(cache, shard, schema.DURATION, lambda d: np.where(np.arange(len(d)) == 3,
+                                                                   value, d))  # fmt: skip
+    expected = f"{shard}: sample 3 ('vidéo 3.mp4') has duration {np.float32(value)}: not a length"
+    for message in [*refusals(cache, capsys), *one_line_refusals(cache, tmp_path, capsys)]:
+        assert expected in message, message
+
+
+def test_an_index_config_section_that_is_not_one_is_refused_by_every_command(cache, tmp_path,
+                                                                            capsys):  # fmt: skip
+    index = index_of(cache)
+    index["config"]["audio"] = "baseline"  # sheets read config.audio.mode
+    write_index(cache, index)
+    for message in one_line_refusals(cache, tmp_path, capsys):
+        assert f"{cache / schema.INDEX_FILE}: config.audio is str: expected a JSON object" \
+            in message  # fmt: skip
+
+
+# ---------------------------------------------------------------- labels training can use
+
+
+def train_refusal(root: Path, tmp_path: Path, capsys, *overrides: str) -> str:
+    args = ["--cache", str(root), "--out", str(tmp_path / "run"), *small_config(), *overrides]
+    assert train_main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run began
+    return error
+
+
+def test_a_label_other_than_1_0_or_minus_1_is_refused_by_every_reader(cache, tmp_path, capsys):
+    shard = first_shard(cache)
+    forge_column(cache, shard, schema.LABEL, lambda labels: np.where(labels == 1, 7, labels))
+    expected = f"{shard}: sample 1 ('vidéo 1.mp4') has label 7: a label is 1 (fake), 0 (real)"
+    assert expected in train_refusal(cache, tmp_path, capsys)
+    for message in refusals(cache, capsys):
+        assert expected in message, message
+
+
+@pytest.mark.parametrize("unknown", ["one", "all"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_training_refuses_samples_without_a_target(cache, tmp_path, capsys, unknown, split):
+    """-1 (unknown) is no target: trained on, it would be one."""
+    index = index_of(cache)
+    shard = cache / next(row["path"] for row in index["shards"] if row["split"] == split)
+    first = 5 if unknown == "one" else 0
+    forge_column(cache, shard, schema.LABEL, lambda labels: np.where(
+        np.arange(COUNT) >= first if unknown == "all" else np.arange(COUNT) == first, -1,
+        labels))  # fmt: skip
+    name = f"vidéo {first + (COUNT * 2 if split == 'val' else 0)}.mp4"
+    count = 1 if unknown == "one" else COUNT
+    total = index["splits"][split]["samples"]
+    error = train_refusal(cache, tmp_path, capsys)
+    assert (
+        f"{shard}: sample {first} ({name!r}) has no target (label -1, unknown), nor have "
+        f"{count - 1} more of the {total} samples of split {split!r}: data.{split}_split "
+        "must name a split whose every sample is labelled 0 (real) or 1 (fake)" in error
+    ), error
+    assert inspect_main([str(cache)]) == 0  # a split without targets is sound, to inspect
+    capsys.readouterr()
+
+
+def test_training_on_a_test_split_without_targets_is_refused(tmp_path, capsys):
+    root = build(tmp_path / "cache", {"train": 2, "val": 1, "test": 1})
+    shard = root / "shards/test-00000.h5"
+    forge_column(root, shard, schema.LABEL, lambda labels: np.full_like(labels, -1))
+    error = train_refusal(root, tmp_path, capsys, "data.train_split=test")
+    assert f"{shard}: sample 0 ('vidéo 60.mp4') has no target" in error
+    assert "split 'test': data.train_split must name a split" in error
+    assert f"(in {root}: train, val)" in error
+
+
 # ---------------------------------------------------------------- malformed JSON
 
 
@@ -441,6 +622,7 @@ BAD_INDEXES = {
     "sha256 short": (lambda i: edit(i, "shards.0.sha256", "abc"), "is not a hex sha256"),
     "config a list": (lambda i: edit(i, "config", [1]), "'config' is list"),
     "faces size text": (lambda i: edit(i, "config.faces.size", "8"), "config.faces.size is"),
+    "audio a string": (lambda i: edit(i, "config.audio", "baseline"), "config.audio is str"),
     "top level a list": (lambda i: [i], "is list: expected a JSON object"),
 }
 
@@ -632,6 +814,88 @@ def test_resume_refuses_a_checkpoint_with_forged_progress(trained, tmp_path, cap
     assert train_main(["--resume", str(copy)]) == 2
     error = capsys.readouterr().err
     assert f"{copy / 'last.pt'}: 'epoch' is str, expected int" in error
+
+
+def hostile_program(bait: Path) -> tuple[Path, Path]:
+    """A script named like ffmpeg that leaves a marker file when it runs."""
+    marker, script = bait / "it-ran", bait / "ffmpeg"
+    script.write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
+    script.chmod(0o755)
+    return script, marker
+
+
+def test_the_marker_check_sees_a_run(bait, tmp_path):
+    """The check below can fail: a config of the user's own naming the script runs it."""
+    from avcache.preprocess.config import AudioConfig, PreprocessConfig
+    from avcache.preprocess.worker import VideoFailed, process_video_file
+
+    script, marker = hostile_program(bait)
+    video = talking_face(tmp_path / "clip.mp4", seconds=1.0)
+    with pytest.raises(VideoFailed):
+        process_video_file(video, PreprocessConfig(audio=AudioConfig(ffmpeg=str(script))))
+    assert marker.exists()
+
+
+def test_a_run_folder_naming_a_program_never_runs_it(trained, tmp_path, bait, capsys):
+    script, marker = hostile_program(bait)
+    run = forged_run(trained, tmp_path, lambda s: s)
+    record = json.loads((run / "cache.json").read_text())
+    record["config"]["audio"]["ffmpeg"] = str(script)
+    (run / "cache.json").write_text(json.dumps(record))
+    video = talking_face(tmp_path / "clip.mp4", seconds=1.0)
+    assert predict_main(["--run", str(run), "--video", str(video)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"avcache-predict: error: {run / 'cache.json'}: audio.ffmpeg={str(script)!r} names a "
+        "program or file to use; avcache runs and reads none that a cache or run folder names: "
+        "pass --ffmpeg auto to decode with this installation's ffmpeg, or --ffmpeg PATH to "
+        "name one you trust\n"
+    )
+    assert not marker.exists()
+    # The user's own choice, on the command line, is used: this installation's ffmpeg.
+    assert predict_main(["--run", str(run), "--video", str(video), "--ffmpeg", "auto"]) == 0
+    assert capsys.readouterr().out.startswith(f"{video}: P(fake) = ")
+    assert not marker.exists()
+
+
+def run_naming_weights(trained, tmp_path: Path, bait: Path) -> tuple[Path, list[Path]]:
+    """A copy of the trained run whose config.yaml names weights outside it: real ones
+    (a copy of its own last.pt, a timm state dict), so reading them would succeed."""
+    run = forged_run(trained, tmp_path, lambda s: s)
+    init, pretrained = bait / "init.pt", bait / "resnet18.pth"
+    init.write_bytes((run / "last.pt").read_bytes())
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, pretrained)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"].update(init=str(init), pretrained=str(pretrained))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run, [init, pretrained]
+
+
+def test_resume_and_predict_read_no_weights_the_run_folder_names(trained, tmp_path, bait,
+                                                                capsys):  # fmt: skip
+    """Its checkpoints hold its weights: the files that started it are not read again."""
+    run, outside = run_naming_weights(trained, tmp_path, bait)
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_name,target\ntest000.mp4,\n")
+    with never_read(outside[0]), never_read(outside[1]):
+        assert train_main(["--resume", str(run)]) == 0  # finished already: nothing to train
+        assert predict_main(["--run", str(run), "--list", str(listing)]) == 0
+    assert (run / "submission.csv").read_text().startswith("video_name,y_pred\ntest000.mp4,")
+    capsys.readouterr()
+
+
+def test_a_resume_without_a_checkpoint_refuses_the_weights_its_folder_names(
+    trained, tmp_path, bait, capsys
+):
+    """Stopped before its first checkpoint, a resume would start from those files."""
+    run, outside = run_naming_weights(trained, tmp_path, bait)
+    (run / "last.pt").unlink()
+    with never_read(outside[0]), never_read(outside[1]):
+        assert train_main(["--resume", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{run / 'config.yaml'}: model.pretrained=" in error
+    assert f"{run} holds no checkpoint yet" in error
+    assert f"avcache-train --config {run / 'config.yaml'} --cache " in error
 
 
 # ---------------------------------------------------------------- the preprocessor

@@ -11,15 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from avcache.cache.config import ConfigError
+from avcache.cache.config import LOCAL, ConfigError
 from avcache.cache.reader import Cache
 
 
 @dataclass
 class ModelConfig:
     kind: str = "av"  # audio (mel), faces (face frames), av (both, fused); see train/models.py
-    pretrained: str | None = None  # imagenet (timm's, HF cache), a local file; none: scratch
-    init: str | None = None  # an avcache checkpoint (RUN/last.pt) whose weights start this run
+    # The weights a new run starts from. LOCAL: files to read, so a resumed or scoring run never
+    # reads them from its run folder (its checkpoint holds its weights).
+    pretrained: str | None = field(default=None, metadata=LOCAL)  # imagenet (timm's), a file
+    init: str | None = field(default=None, metadata=LOCAL)  # an avcache checkpoint (RUN/last.pt)
     frames: int | None = None  # face frames used per video (None: all that were cached)
     mel_size: int = 256  # mel images are resized to this on the device (smaller: faster, coarser)
     modality_dropout: float = 0.0  # av, training: chance a sample loses one branch's features
@@ -34,7 +36,10 @@ class DataConfig:
     batch_size: int = 64
     block_size: int = 16  # samples per h5py read; a batch mixes batch_size / block_size blocks
     shard_group: int = 8  # shards whose blocks are shuffled together
-    workers: int = 2  # DataLoader worker processes (0: read in the training process)
+    # DataLoader worker processes: auto (from this rank's cores and the model kind, see
+    # train/engine.py auto_workers), or a number (0: read in the training process)
+    workers: int | str = "auto"
+    prefetch: int = 4  # batches each worker keeps ready ahead of the step
     decode: str = "cpu"  # JPEG faces: cpu (in the workers), cuda (batched on the GPU), auto
 
 
@@ -87,7 +92,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.batch_size", lambda v: v >= 1, "at least 1"),
     ("data.block_size", lambda v: v >= 1, "at least 1"),
     ("data.shard_group", lambda v: v >= 1, "at least 1"),
-    ("data.workers", lambda v: v >= 0, "0 or more"),
+    ("data.workers", lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+     "auto or a number, 0 or more"),
+    ("data.prefetch", lambda v: v >= 1, "at least 1"),
     ("data.decode", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     ("optim.name", lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
@@ -132,6 +139,7 @@ def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
             known = ", ".join(cache.splits) or "none"
             raise ConfigError(f"data.{key}={split!r}: the cache {cache.root} holds no samples "
                               f"of it (its splits: {known})")  # fmt: skip
+    check_targets(config, cache)
     if config.model.kind == "audio":
         return
     cached = cache.frames
@@ -143,3 +151,21 @@ def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
         raise ConfigError(f"model.frames={config.model.frames}: the cache {cache.root} holds "
                           f"{cached} face frames per video; use model.frames={cached} or "
                           "fewer")  # fmt: skip
+
+
+def check_targets(config: TrainConfig, cache: Cache) -> None:
+    """Every sample trained or validated on has a target, 0 (real) or 1 (fake): a split cached
+    from a list without targets (label -1, a test list) would train on -1 as if it were one.
+    (The reader refuses any other label when it opens a shard.)"""
+    for key in ("train_split", "val_split"):
+        split = getattr(config.data, key)
+        count, first = cache.without_target(split)
+        if count:
+            total = cache.num_samples(split)
+            usable = [name for name in cache.splits if not cache.without_target(name)[0]]
+            raise ConfigError(
+                f"{first} has no target (label -1, unknown), nor have {count - 1} more of the "
+                f"{total} samples of split {split!r}: data.{key} must name a split whose every "
+                f"sample is labelled 0 (real) or 1 (fake) (in {cache.root}: "
+                f"{', '.join(usable) or 'none'})"
+            )

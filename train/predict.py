@@ -96,16 +96,18 @@ def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: l
 
 
 @torch.no_grad()
-def predict_video(run: RunFolder, video: Path) -> float:
-    """Preprocess one raw file in-process exactly as the cache was made, then score it."""
+def predict_video(run: RunFolder, video: Path, ffmpeg: str | None = None) -> float:
+    """Preprocess one raw file in-process exactly as the cache was made (decoded by the user's
+    `ffmpeg`, never by one the run folder names), then score it."""
     from avcache.preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
 
+    config = run.preprocess_config(ffmpeg)  # refused before any model is built
     trainer = run.trainer(best=True, check_shards=False)
     try:
-        sample = process_video_file(video, run.preprocess_config())
+        sample = process_video_file(video, config)
     except VideoFailed as failed:
         raise ValueError(f"{video}: cannot be read ({failed.stage}: {failed.reason})") from None
-    faces = run.preprocess_config().faces
+    faces = config.faces
     if faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
         sample.faces = round_trip(sample.faces, faces.quality)
     batch = {
@@ -139,6 +141,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(videos without cached features) before the run is refused "
                         "(default 0.01)")  # fmt: skip
     parser.add_argument("--cache", type=Path, help="cache folder (default: the run's)")
+    parser.add_argument("--ffmpeg", metavar="BINARY", help="--video: the ffmpeg to decode it "
+                        "with, auto (this installation's) or a path (default: auto; one that "
+                        "the run folder records is never run)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = RunFolder(args.run, cache=args.cache)
         if args.video:
-            print(f"{args.video}: P(fake) = {predict_video(run, args.video):.4f}")
+            print(f"{args.video}: P(fake) = {predict_video(run, args.video, args.ffmpeg):.4f}")
             return 0
         out = args.out or args.run / "submission.csv"
         if out.is_dir():

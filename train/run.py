@@ -125,7 +125,8 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     check that can be made is made before the first model is built."""
     if args.resume:
         run = RunFolder(args.resume)
-        config, cache, out = resume_config(run, args.overrides), run.cache(), run.path
+        config = run.restoring(resume_config(run, args.overrides), run.path / LAST)
+        cache, out = run.cache(), run.path
     else:
         check_out(args.out)
         config, cache, out = new_run_config(args), open_cache(args.cache), args.out

@@ -1,4 +1,10 @@
-"""A run folder: its config, the cache it was trained on, and its checkpoints."""
+"""A run folder: its config, the cache it was trained on, and its checkpoints.
+
+Run folders travel between people like caches, so what they record is believed only for
+what it computes (the model, the schedule, how the cache was made), never for which
+program to run or which file to read: those keys (LOCAL in the configs) come from the
+user's command line or installation (cache/config.py local_values).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,15 @@ from pathlib import Path
 
 from avcache.cache import open_cache
 from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import dump_yaml, from_dict, load_config
+from avcache.cache.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import load_json, mapping, text
 from avcache.train.config import TrainConfig
 from avcache.train.engine import BEST, LAST, Trainer
 
 CONFIG, CACHE = "config.yaml", "cache.json"
+# A model restored from a checkpoint needs none of the files that started its run.
+WEIGHTS_IN_CHECKPOINT = {"model.pretrained": None, "model.init": None}
 
 
 class RunFolder:
@@ -45,18 +53,41 @@ class RunFolder:
     def trainer(self, best: bool = False, check_shards: bool = True) -> Trainer:
         """A Trainer restored from best.pt (weights only) or last.pt (everything); one that
         reads no shard (scoring a raw video) need not open them all first."""
-        trainer = Trainer(self.config, self.cache(check_shards), self.path)
         checkpoint = self.path / (BEST if best else LAST)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")
+        config = self.restoring(self.config, checkpoint)
+        trainer = Trainer(config, self.cache(check_shards), self.path)
         trainer.load(checkpoint, weights_only_model=best)
         return trainer
 
-    def preprocess_config(self):
-        """The preprocessing config the cache was made with (to score raw videos alike)."""
-        from avcache.preprocess.config import PreprocessConfig
+    def restoring(self, config: TrainConfig, checkpoint: Path) -> TrainConfig:
+        """This run's `config` for a model restored from `checkpoint`: the weights files that
+        started the run are not read again. Without the checkpoint (a run stopped before its
+        first), a resume would start from them: refused, unless the run names none."""
+        given = WEIGHTS_IN_CHECKPOINT if checkpoint.is_file() else {}
+        fix = (f"{self.path} holds no checkpoint yet, so a resume would start from that file; "
+               f"start a new run instead, naming the weights yourself: avcache-train --config "
+               f"{self.path / CONFIG} --cache {self.cache_path} --out NEW")  # fmt: skip
+        return local_values(config, str(self.path / CONFIG), given, fix)
 
+    def preprocess_config(self, ffmpeg: str | None = None):
+        """The preprocessing config the cache was made with (to score raw videos alike), with
+        the user's `ffmpeg` (their --ffmpeg; None: the recorded one only if it is `auto`)."""
+        from avcache.preprocess.config import PreprocessConfig
+        from avcache.preprocess.pipeline import validate
+
+        where = str(self.path / CACHE)
         config = {**self.cache_config}
         # A cache made before faces.codec existed (format v1) stored raw crops.
-        config["faces"] = {"codec": "raw", **config.get("faces", {})}
-        return from_dict(PreprocessConfig, config, where=f"{self.path / CACHE}")
+        faces = mapping(config.get("faces", {}), f"{where}: config.faces")
+        config["faces"] = {"codec": "raw", **faces}
+        recorded = from_dict(PreprocessConfig, config, where=where)
+        try:
+            validate(recorded)  # sizes within the preprocessor's limits, before any allocation
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        given = {} if ffmpeg is None else {"audio.ffmpeg": ffmpeg}
+        fix = ("pass --ffmpeg auto to decode with this installation's ffmpeg, or --ffmpeg PATH "
+               "to name one you trust")  # fmt: skip
+        return local_values(recorded, where, given, fix)
