@@ -189,15 +189,14 @@ class ShardReader:
         self._refuse_first(~(np.isfinite(durations) & (durations >= 0)), names, durations,
                            "duration {}: not a length in seconds")  # fmt: skip
         self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
+        self.first_unknown = _first_sample(self.unknown_labels, names)
 
     def _refuse_first(self, bad: np.ndarray, names: np.ndarray, values: np.ndarray,
                       what: str) -> None:  # fmt: skip
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise CacheFormatError(
-                f"{self.path}: sample {first} ({printable(repr(names[first]))}) has "
-                f"{what.format(values[first])}: {REBUILD}"
-            )
+        positions = np.flatnonzero(bad)
+        if positions.size:
+            raise CacheFormatError(f"{self.path}: {_first_sample(positions, names)} has "
+                                   f"{what.format(values[positions[0]])}: {REBUILD}")  # fmt: skip
 
     def _check_entry(self, entry: ShardEntry) -> None:
         """The shard holds what the index says it holds."""
@@ -420,6 +419,13 @@ class ShardReader:
 _SAMPLE_FIELDS = list(schema.Sample.__dataclass_fields__)
 
 
+def _first_sample(positions: np.ndarray, names: np.ndarray) -> str:
+    """`sample P ('NAME')`, the first of `positions` ("" when there are none)."""
+    if not positions.size:
+        return ""
+    return f"sample {int(positions[0])} ({printable(repr(names[positions[0]]))})"
+
+
 def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
     if expected == schema.STRING_DTYPE:
         return h5py.check_string_dtype(found) is not None
@@ -436,11 +442,7 @@ class ShardFacts:
 
     @staticmethod
     def of(shard: ShardReader) -> ShardFacts:
-        first = ""
-        if shard.unknown_labels.size:
-            position = int(shard.unknown_labels[0])
-            first = f"sample {position} ({printable(repr(shard.video_names[position]))})"
-        return ShardFacts(shard.codec, int(shard.unknown_labels.size), first)
+        return ShardFacts(shard.codec, int(shard.unknown_labels.size), shard.first_unknown)
 
 
 @dataclass(frozen=True)

@@ -816,6 +816,23 @@ def test_resume_refuses_a_checkpoint_with_forged_progress(trained, tmp_path, cap
     assert f"{copy / 'last.pt'}: 'epoch' is str, expected int" in error
 
 
+def test_the_keys_naming_a_program_or_a_file_are_the_local_ones():
+    """Every config key that names a program or a file is marked LOCAL (a new one must be)."""
+    from avcache.cache.config import ConfigError, local_keys, local_values
+    from avcache.preprocess.config import AudioConfig, PreprocessConfig
+    from avcache.train.config import TrainConfig
+
+    assert local_keys(PreprocessConfig) == ["audio.ffmpeg"]
+    assert local_keys(TrainConfig) == ["model.pretrained", "model.init"]
+    recorded = PreprocessConfig(audio=AudioConfig(ffmpeg="/tmp/x", mode="padded"))
+    given = local_values(recorded, "f", {"audio.ffmpeg": "auto"}, "fix")
+    assert (given.audio.ffmpeg, given.audio.mode, recorded.audio.ffmpeg) == ("auto", "padded",
+                                                                            "/tmp/x")  # fmt: skip
+    assert local_values(PreprocessConfig(), "f", {}, "fix") == PreprocessConfig()
+    with pytest.raises(ConfigError, match=r"^f: audio.ffmpeg='/tmp/x' names a program .*: fix$"):
+        local_values(recorded, "f", {}, "fix")
+
+
 def hostile_program(bait: Path) -> tuple[Path, Path]:
     """A script named like ffmpeg that leaves a marker file when it runs."""
     marker, script = bait / "it-ran", bait / "ffmpeg"
@@ -856,6 +873,25 @@ def test_a_run_folder_naming_a_program_never_runs_it(trained, tmp_path, bait, ca
     assert predict_main(["--run", str(run), "--video", str(video), "--ffmpeg", "auto"]) == 0
     assert capsys.readouterr().out.startswith(f"{video}: P(fake) = ")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda c: c["faces"].update(size=2**20), "faces.size must be at most 1024"),
+    (lambda c: c["faces"].update(frames=10**6), "faces.frames at most 64"),
+    (lambda c: c.update(faces="x"), "cache.json: config.faces is str: expected a JSON object"),
+    (lambda c: c.update(audio="x"), "cache.json: audio: expected a mapping, got 'x'"),
+])  # fmt: skip
+def test_a_forged_preprocessing_record_is_one_line(trained, tmp_path, capsys, change, expected):
+    """--video preprocesses as the record says: its sizes are bounded as the preprocessor's
+    (2**20 px crops would allocate 3 TiB a frame)."""
+    run = forged_run(trained, tmp_path, lambda s: s)
+    record = json.loads((run / "cache.json").read_text())
+    change(record["config"])
+    (run / "cache.json").write_text(json.dumps(record))
+    video = talking_face(tmp_path / "clip.mp4", seconds=1.0)
+    assert predict_main(["--run", str(run), "--video", str(video)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and expected in error, error
 
 
 def run_naming_weights(trained, tmp_path: Path, bait: Path) -> tuple[Path, list[Path]]:
