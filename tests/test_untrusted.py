@@ -578,9 +578,9 @@ def test_training_refuses_samples_without_a_target(cache, tmp_path, capsys, unkn
     total = index["splits"][split]["samples"]
     error = train_refusal(cache, tmp_path, capsys)
     assert (
-        f"{shard}: sample {first} ({name!r}) has no target (label -1, unknown), nor have "
-        f"{count - 1} more of the {total} samples of split {split!r}: data.{split}_split "
-        "must name a split whose every sample is labelled 0 (real) or 1 (fake)" in error
+        f"{shard}: sample {first} ({name!r}) has no target (label -1, unknown; {count} of "
+        f"the {total} samples of split {split!r} have none): data.{split}_split must name a "
+        "split whose every sample is labelled 0 (real) or 1 (fake)" in error
     ), error
     assert inspect_main([str(cache)]) == 0  # a split without targets is sound, to inspect
     capsys.readouterr()

@@ -164,8 +164,8 @@ def check_targets(config: TrainConfig, cache: Cache) -> None:
             total = cache.num_samples(split)
             usable = [name for name in cache.splits if not cache.without_target(name)[0]]
             raise ConfigError(
-                f"{first} has no target (label -1, unknown), nor have {count - 1} more of the "
-                f"{total} samples of split {split!r}: data.{key} must name a split whose every "
-                f"sample is labelled 0 (real) or 1 (fake) (in {cache.root}: "
+                f"{first} has no target (label -1, unknown; {count} of the {total} samples of "
+                f"split {split!r} have none): data.{key} must name a split whose every sample "
+                f"is labelled 0 (real) or 1 (fake) (in {cache.root}: "
                 f"{', '.join(usable) or 'none'})"
             )
