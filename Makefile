@@ -82,12 +82,14 @@ bench: setup
 	$(BIN)/python -m benchmarks.preprocess_bench
 	$(BIN)/python -m benchmarks.detector_bench
 
-# On a GPU machine (.venv carried along or built by setup): the CUDA tests, then the loader
-# against the no-data ceiling at full size. Report in $(GPU_OUT)/gpu_check.txt.
+# On a GPU machine, in its own Python (an NGC or conda image with its own torch): no setup,
+# no venv, no network. The CUDA tests, then the loader against the no-data ceiling at full
+# size; report in $(GPU_OUT)/gpu_check.txt and .json. GPU_PYTHON: the interpreter to use.
 GPU_OUT ?= gpu-check
-gpu-check: setup
-	$(BIN)/python -m pytest -q -m cuda
-	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) -m pytest -q tests/test_cuda.py
+	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
 
 # Leave-one-manipulation-out on the sample generator: the README's recipes, every held-out
 # kind, two seeds (about 90 minutes on 2 CPU cores; runs already finished under eval/ are kept).

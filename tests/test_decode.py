@@ -3,19 +3,23 @@ device. torchvision's decoder runs here on the CPU; the same call on CUDA is in 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from avcache.cache import schema
+from avcache.cache.codec import encode_crops, round_trip
 from avcache.cache.reader import DamagedShardError, open_cache
-from avcache.train.decode import decode_faces, decode_on_device
+from avcache.train.decode import decode_crops, decode_faces, decode_on_device
 from avcache.train.engine import LAST
 from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
+from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from tests.test_codec import COUNT, FRAMES, SIZE, flip_in_sample, forge_first_crop, write
 from tests.test_mistakes import one_line_error
-from tests.test_train import small_config, write_toy_cache
+from tests.toy import small_config, write_toy_cache
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -164,3 +168,31 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
     b = torch.load(tmp_path / "device" / LAST, weights_only=True)["model"]
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+def test_decode_crops_gives_a_raw_videos_crops_as_the_cache_gives_them():
+    """avcache-predict --video decodes where its run decoded: on the CPU, the same pixels as
+    the cache's round trip through simplejpeg."""
+    rng = np.random.default_rng(0)
+    x = np.mgrid[0:48, 0:48][1]
+    faces = np.stack([np.stack([(120 + 50 * np.sin(x / 7 + c + k)).astype(np.uint8)
+                                for c in range(3)], -1) for k in range(3)])  # fmt: skip
+    faces = np.clip(faces + rng.integers(0, 8, faces.shape), 0, 255).astype(np.uint8)
+    got = decode_crops(encode_crops(faces, 90), CPU)
+    assert got.shape == (3, 48, 48, 3) and got.dtype == torch.uint8
+    assert torch.equal(got, torch.from_numpy(round_trip(faces, 90)))
+
+
+def test_a_run_trained_on_gpu_decoded_faces_is_scored_on_a_cpu_with_a_warning(tmp_path, caplog):
+    write_toy_cache(tmp_path / "cache", {"train": 16, "val": 8, "test": 4}, codec="jpeg")
+    run = tmp_path / "run"
+    args = ["--cache", str(tmp_path / "cache"), "--out", str(run)]
+    assert train_main([*args, *small_config(**{"model.kind": "av", "run.epochs": 1})]) == 0
+    config = run / "config.yaml"  # as a GPU run records it
+    config.write_text(config.read_text().replace("decode: cpu", "decode: cuda"))
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_name,target\n" + "".join(f"test{i:03d}.mp4,\n" for i in range(4)))
+    with caplog.at_level(logging.WARNING):
+        assert predict_main(["--run", str(run), "--list", str(listing)]) == 0
+    assert "decoded its faces with nvJPEG (data.decode=cuda)" in caplog.text
+    assert len((run / "submission.csv").read_text().splitlines()) == 5

@@ -168,3 +168,23 @@ def test_a_damaged_row_stops_the_stream_at_its_batch_in_workers_too(tmp_path, wo
     assert yielded == [0, 1, 2, 3, 4]
     damaged = cache.shards[1].path
     assert f"{damaged}: reading 'mel' failed, the shard is damaged (sample 5 " in str(caught.value)
+
+
+def test_persistent_workers_follow_set_epoch_and_a_resume_point(cache):
+    """Workers started once keep their copy of the stream; the epoch and the first batch
+    still reach them (a run resuming mid-epoch continues from its next batch)."""
+    plan = LoaderPlan(batch_size=4, block_size=3, shard_group=2, seed=3)
+    stream = ShardStream(cache.shards, (schema.VIDEO_NAME,), plan)
+    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)
+    for epoch, start in ((0, 0), (1, 0), (2, 5)):
+        stream.set_epoch(epoch, start)
+        got = [list(batch[schema.VIDEO_NAME]) for batch in loader]
+        (expected,) = names_in_order(cache, plan, epoch=epoch, start=start)
+        assert got == expected and len(got) == len(stream)
+    assert names_in_order(cache, plan, epoch=1) != names_in_order(cache, plan, epoch=2)
+
+
+def test_training_drops_a_partial_last_batch_unless_it_is_the_only_one():
+    plan = LoaderPlan(batch_size=4, block_size=3, drop_last=True)
+    assert [sum(map(len, batch)) for batch in epoch_batches([7, 3], plan, 0)] == [4, 4]
+    assert [sum(map(len, batch)) for batch in epoch_batches([3], plan, 0)] == [3]

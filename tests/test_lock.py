@@ -27,9 +27,9 @@ HOLDER = textwrap.dedent("""
 
 
 def test_a_second_lock_of_the_same_folder_is_refused(tmp_path):
-    with FolderLock(tmp_path, "held by the test"):
-        with pytest.raises(FolderBusyError, match="held by the test"):
-            FolderLock(tmp_path, "held by the test").acquire()
+    with (FolderLock(tmp_path, "held by the test"),
+          pytest.raises(FolderBusyError, match="held by the test")):  # fmt: skip
+        FolderLock(tmp_path, "held by the test").acquire()
     FolderLock(tmp_path, "free again").acquire().release()
 
 

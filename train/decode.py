@@ -72,6 +72,13 @@ def decode_faces(batch: dict, device: torch.device) -> dict:
     return batch
 
 
+def decode_crops(encoded: list[bytes], device: torch.device) -> torch.Tensor:
+    """[N, S, S, 3] uint8 on `device` from N JPEG crops of one size, decoded as
+    decode_faces decodes a batch's (to score a raw video as its run was trained)."""
+    crops = [torch.frombuffer(bytearray(crop), dtype=torch.uint8) for crop in encoded]
+    return _decode(crops, device).permute(0, 2, 3, 1)
+
+
 def _decoding_error(crops: list[torch.Tensor], where: list[str], device: torch.device,
                     error: Exception) -> Exception:  # fmt: skip
     """What a failed GPU decode means. The workers checked every crop's bytes and header;

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import time
 from collections.abc import Callable
@@ -75,11 +76,33 @@ def start_device(name: str) -> tuple[Ranks, torch.device]:
     return ranks, device
 
 
+def auto_workers(kind: str, device: torch.device, faces_decoded_on_device: bool,
+                 local_ranks: int = 1) -> int:  # fmt: skip
+    """DataLoader workers for `data.workers: auto`: what the model's input needs, within this
+    rank's share of the machine's cores less one for the training process itself.
+
+    Measured needs (docs/performance.md): one process reads 31,400 mel samples/s, three
+    times what a GPU trains on, so mel needs little; a core decodes about 5,000 JPEG crops
+    of 224 px a second and a GPU eats about 10,000, so faces decoded in the workers need
+    several cores a GPU; faces left for the GPU to decode need only reading and checking
+    (6,500 samples/s a core). On a CPU, workers take cores from the step itself: one
+    keeps reading off the step's path.
+    """
+    cores = len(os.sched_getaffinity(0)) // max(local_ranks, 1)
+    spare = max(cores - 1, 0)
+    if device.type != "cuda":
+        return min(1, spare)
+    needs_decoding = kind != "audio" and not faces_decoded_on_device
+    return min(6 if needs_decoding else 2, spare)
+
+
 def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: TrainConfig,
                 device: torch.device, ranks: Ranks, *, train: bool,
                 jpeg_faces: bool = False) -> tuple[ShardStream, DataLoader]:  # fmt: skip
     """The split's stream (shuffled when `train`) and the DataLoader over it; `jpeg_faces`
-    leaves faces encoded for the training device to decode (train/decode.py)."""
+    leaves faces encoded for the training device to decode (train/decode.py). Its workers
+    persist across epochs (ShardStream.set_epoch reaches them): a fresh set per epoch
+    would pay their start and the first batches' wait every epoch."""
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
@@ -89,17 +112,22 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         block_size=config.data.block_size,
         shard_group=config.data.shard_group,
         shuffle=train,
-        drop_last=False,
+        # Every training batch of one shape: torch.compile and cuDNN's autotuner see one
+        # shape, not a second one at each epoch's end. Evaluation keeps every sample.
+        drop_last=train,
         seed=config.run.seed,
     )
     stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world, jpeg_faces)
     workers = config.data.workers
+    if workers == "auto":
+        workers = auto_workers(config.model.kind, device, jpeg_faces, ranks.local_world)
     loader = DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=config.data.prefetch if workers else None,
+        persistent_workers=workers > 0,
     )
     return stream, loader
 
@@ -136,6 +164,11 @@ class Trainer:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
         self._decoding: dict[str, bool] = {}  # split -> this device decodes its JPEG faces
+        self._loaders: dict[tuple, tuple[ShardStream, DataLoader]] = {}
+        if self._cuda:
+            # Training batches all have one shape (the last partial one is dropped), so
+            # cuDNN's search for the fastest convolutions is paid once.
+            torch.backends.cudnn.benchmark = True
         if self._cuda and config.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp = self._wrap_ddp()
@@ -159,16 +192,27 @@ class Trainer:
 
     def _loader(self, split: str, fields: tuple[str, ...],
                 train: bool) -> tuple[ShardStream, DataLoader]:  # fmt: skip
-        jpeg = schema.FACES in fields and self._decodes_here(split)
-        return make_loader(self.cache, split, fields, self.config, self.device, self.ranks,
-                           train=train, jpeg_faces=jpeg)  # fmt: skip
+        """The split's stream and loader, made once: its workers live for the whole run."""
+        key = (split, fields, train)
+        if key not in self._loaders:
+            jpeg = schema.FACES in fields and self.decodes_faces_here(split)
+            self._loaders[key] = make_loader(self.cache, split, fields, self.config, self.device,
+                                             self.ranks, train=train, jpeg_faces=jpeg)  # fmt: skip
+        return self._loaders[key]
 
-    def _decodes_here(self, split: str) -> bool:
-        """Whether this device decodes the split's JPEG faces (the workers only read them)."""
+    def decodes_faces_here(self, split: str) -> bool:
+        """Whether this device decodes the split's JPEG faces (the workers only read them).
+        A run trained with data.decode=cuda and scored where there is no GPU decodes on the
+        CPU, with a warning (training itself refuses it: train/run.py check_decoding)."""
         if split not in self._decoding:
             codecs = self.cache.face_codecs(split) if schema.FACES in self.fields else set()
-            self._decoding[split] = decode_on_device(self.config.data.decode, self.device,
-                                                     codecs)  # fmt: skip
+            choice = self.config.data.decode
+            if choice == "cuda" and not self._cuda and codecs:
+                log.warning("this run decoded its faces with nvJPEG (data.decode=cuda); here, "
+                            "without CUDA, the CPU decodes them, whose pixels differ by a grey "
+                            "level or two (docs/performance.md)")  # fmt: skip
+                choice = "cpu"
+            self._decoding[split] = decode_on_device(choice, self.device, codecs)
         return self._decoding[split]
 
     @property
@@ -211,6 +255,15 @@ class Trainer:
             (loss * weight).backward()
         return loss.detach()
 
+    def train_step(self, batch: dict, epoch: int, step_ends: bool) -> torch.Tensor:
+        """One batch's backward, and the optimiser's step when `step_ends`; the loss stays
+        on the device."""
+        loss = self._backward(batch, epoch, step_ends)
+        if step_ends:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fused head's loss, plus model.aux_weight x each branch head's (when present)."""
         if logits.dim() == 1:
@@ -238,14 +291,12 @@ class Trainer:
             waited += time.perf_counter() - mark
             local = batch[BATCH_INDEX] // world
             step_ends = (local + 1) % accumulate == 0 or local + 1 == per_rank
-            loss = self._backward(batch, epoch, step_ends)
+            loss = self.train_step(batch, epoch, step_ends)
             if batch[REAL]:
                 n = len(batch[schema.LABEL])
                 loss_sum += loss.double() * n
                 samples, fresh = samples + n, fresh + n
             if step_ends:
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 self.progress.batches_done = (local + 1) * world
                 if self._checkpoint_due(local + 1, per_rank):
                     self._checkpoint_mid_epoch(loss_sum.item(), samples)

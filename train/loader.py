@@ -100,7 +100,9 @@ def epoch_batches(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[list[B
             if room == 0:
                 batches.append([])
                 room = plan.batch_size
-    if not batches[-1] or (plan.drop_last and room > 0):
+    # A partial last batch is dropped when asked, unless it is the only one (a split
+    # smaller than a batch still trains).
+    if not batches[-1] or (plan.drop_last and room > 0 and len(batches) > 1):
         batches.pop()
     return batches
 
@@ -127,7 +129,9 @@ class ShardStream(IterableDataset):
         self.fields = tuple(dict.fromkeys((*fields, schema.LABEL)))
         self.plan, self.rank, self.world = plan, rank, world
         self.jpeg_faces = jpeg_faces
-        self.epoch, self.start = 0, 0
+        # (epoch, first global batch) in shared memory: persistent DataLoader workers keep
+        # the copy of this stream they were started with, and read these at every epoch.
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._columns: dict[tuple[int, str], np.ndarray] = {}
 
@@ -136,7 +140,15 @@ class ShardStream(IterableDataset):
         if start % self.world:
             raise ValueError(f"an epoch can start only at a multiple of the {self.world} ranks, "
                              f"not at global batch {start}")  # fmt: skip
-        self.epoch, self.start = epoch, start
+        self._position[0], self._position[1] = epoch, start
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def start(self) -> int:
+        return int(self._position[1])
 
     def batches_per_rank(self) -> int:
         """Batches every rank yields in a whole epoch (padding included)."""

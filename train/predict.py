@@ -16,15 +16,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from avcache.cache import schema
 from avcache.cache.atomic import atomic_path
-from avcache.cache.codec import round_trip
+from avcache.cache.codec import encode_crops, round_trip
 from avcache.cache.labels import LabelFileError, read_names
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import printable
 from avcache.train.augment import prepare
+from avcache.train.decode import decode_crops
+from avcache.train.engine import Trainer
 from avcache.train.runs import RunFolder
 
 log = logging.getLogger("avcache.predict")
@@ -107,17 +110,25 @@ def predict_video(run: RunFolder, video: Path, ffmpeg: str | None = None) -> flo
         sample = process_video_file(video, config)
     except VideoFailed as failed:
         raise ValueError(f"{video}: cannot be read ({failed.stage}: {failed.reason})") from None
-    faces = config.faces
-    if faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
-        sample.faces = round_trip(sample.faces, faces.quality)
+    faces = torch.from_numpy(sample.faces)
+    if config.faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
+        faces = decoded_as_trained(trainer, sample.faces, config.faces.quality)
     batch = {
         schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
-        schema.FACES: torch.from_numpy(sample.faces[None]).to(trainer.device),
+        schema.FACES: faces[None].to(trainer.device),
     }
     trainer.model.eval()
     model = trainer.config.model
     inputs = prepare(batch, trainer.fields, None, None, model.frames, model.mel_size)
     return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
+
+
+def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> torch.Tensor:
+    """A raw video's crops JPEG-coded as the cache holds them, then decoded where its run
+    decoded the cache's: nvJPEG's pixels and libjpeg-turbo's differ by a grey level or two."""
+    if trainer.decodes_faces_here(trainer.config.data.train_split):
+        return decode_crops(encode_crops(faces, quality), trainer.device)
+    return torch.from_numpy(round_trip(faces, quality))
 
 
 def share(text: str) -> float:

@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # What a resume may change: how it runs, never what it computes.
 RESUMABLE = (
     "data.workers",
+    "data.prefetch",
     "data.decode",
     "run.threads",
     "run.device",

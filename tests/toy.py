@@ -1,0 +1,72 @@
+"""A toy cache and the training command lines the tests share; it imports only what a GPU box
+with its own torch has (test_cuda.py runs there without the media stack)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avcache.cache import schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.config import to_dict
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.config import PreprocessConfig
+from avcache.train.engine import METRICS
+
+FRAMES, SIZE = 2, 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_sample(name: str, fake: bool, rng: np.random.Generator) -> schema.Sample:
+    """Separable on purpose: fakes have a bright mel band and reddish faces."""
+    mel = rng.integers(0, 120, (256, 256), dtype=np.uint8)
+    faces = rng.integers(0, 120, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    if fake:
+        mel[100:140] += 120
+        faces[..., 0] += 120
+    return schema.Sample(name, int(fake), mel, faces, True, np.ones(FRAMES, bool),
+                         np.zeros((FRAMES, 4), np.float32), np.float32(1.0))  # fmt: skip
+
+
+def write_toy_cache(root, splits: dict[str, int], seed: int = 0, codec: str = "raw") -> None:
+    rng = np.random.default_rng(seed)
+    records = []
+    (root / "shards").mkdir(parents=True)
+    for split, count in splits.items():
+        for number, start in enumerate(range(0, count, 12)):
+            rel = f"shards/{split}-{number:05d}.h5"
+            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
+                             codec=codec) as writer:  # fmt: skip
+                for i in range(start, min(start + 12, count)):
+                    writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
+                n, digest = writer.close()
+            records.append(ShardRecord(rel, split, n, digest))
+    config = to_dict(PreprocessConfig())
+    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec=codec)
+    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
+
+
+def small_config(**overrides) -> list[str]:
+    values = {"model.kind": "faces", "data.batch_size": 8, "data.block_size": 4,
+              "data.workers": 0, "run.epochs": 2, "optim.lr": 3e-3, "run.threads": 2}  # fmt: skip
+    values.update(overrides)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def kill_after_first_epoch(args: list[str], run: Path) -> None:
+    """avcache-train ARGS in a process of its own, SIGKILLed once its first epoch is in
+    RUN/metrics.jsonl (during the second)."""
+    command = [sys.executable, "-m", "avcache.train.run", *args]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics, deadline = run / METRICS, time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
