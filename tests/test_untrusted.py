@@ -592,7 +592,7 @@ def test_training_on_a_test_split_without_targets_is_refused(tmp_path, capsys):
     forge_column(root, shard, schema.LABEL, lambda labels: np.full_like(labels, -1))
     error = train_refusal(root, tmp_path, capsys, "data.train_split=test")
     assert f"{shard}: sample 0 ('vidéo 60.mp4') has no target" in error
-    assert "split 'test': data.train_split must name a split" in error
+    assert f"{COUNT} of the {COUNT} samples of split 'test' have none): data.train_split" in error
     assert f"(in {root}: train, val)" in error
 
 
