@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["avcache-preprocess", "avcache-sample", "avcache-train", "avcache-predict",
            "avcache-score", "avcache-inspect"]  # fmt: skip
 
@@ -36,3 +38,16 @@ def test_every_console_script_answers_help(script):
 
 def test_no_console_script_takes_a_standard_library_name():
     assert not (BIN / "inspect").exists()
+
+
+def test_installing_into_an_environment_with_its_own_torch_keeps_it(tmp_path):
+    """A GPU box's image brings its own torch: pip resolves avcache against the torch and
+    torchvision installed (lower bounds, not pins). With no index to fetch from, wanting any
+    other version would fail."""
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index",
+               "--no-build-isolation", "--quiet", "--report", str(report), str(REPO)]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    installs = json.loads(report.read_text())["install"]
+    assert [item["metadata"]["name"] for item in installs] == ["avcache"]

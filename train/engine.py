@@ -340,12 +340,13 @@ class Trainer:
         for batch in bar:
             if not batch[REAL]:
                 continue
-            inputs, labels = self._inputs(batch, generator=None)
+            labels = batch[schema.LABEL].float().numpy()  # from the host's copy of the batch
+            inputs, _ = self._inputs(batch, generator=None)
             with self._autocast():
-                logits = self.evaluate_forward(inputs).float()
-            scores, labels = torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()
+                scores = torch.sigmoid(self.evaluate_forward(inputs).float())
             parts.append((batch[BATCH_INDEX], batch[schema.VIDEO_NAME], labels, scores))
             self.between_batches()
+        parts = scores_read_back(parts)
         parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
                        key=lambda part: part[0])  # fmt: skip
         names = [name for part in parts for name in part[1]]
@@ -427,6 +428,16 @@ class Trainer:
             raise ValueError(f"{path}: its optimiser or scheduler state does not fit this run "
                              f"({printable(error)}); it was written by another config"
                              ) from None  # fmt: skip
+
+
+def scores_read_back(parts: list[tuple]) -> list[tuple]:
+    """(index, names, labels, scores) with each batch's scores as numpy, read from the device
+    in one copy: a read per batch would make the host wait for the GPU every batch."""
+    if not parts:
+        return parts
+    values = torch.cat([part[3] for part in parts]).cpu().numpy()
+    ends = np.cumsum([len(part[2]) for part in parts])[:-1]
+    return [(*part[:3], scores) for part, scores in zip(parts, np.split(values, ends), strict=True)]
 
 
 NOT_OURS = "it is not a checkpoint written by avcache-train for this run"
