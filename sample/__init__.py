@@ -1,6 +1,7 @@
 """Build a small FFDV-layout sample data set from real media that ships in packages.
 
-    avcache-sample OUT [--seed 0] [--train 200] [--val 60] [--test 60] [--jobs J]
+    avcache-sample OUT [--seed 0] [--train 200] [--val 60] [--test 60] [--lip-sync 0]
+                       [--jobs J]
 
 The real FFDV data cannot be downloaded here, so demos and tests need a stand-in
 with the same layout (`trainset/`, `valset/`, `testset/`, `train_label.txt`,
@@ -15,6 +16,11 @@ with the same layout (`trainset/`, `valset/`, `testset/`, `train_label.txt`,
   pasted, blurred or warped inside the face box (a face-only detector sees it),
   a synthetic espeak-ng voice over all or part of the speech (an audio-only
   detector hears it), and sometimes the audio shifted out of sync.
+- lip-sync fakes, only when asked (`--lip-sync SHARE`: that share of the fakes, on
+  average, instead of their recipe): a still face and its own real speech, the jaw
+  driven by other real speech, as Wav2Lip-style fakes re-drive a mouth. Face and voice
+  are each real; only their mismatch gives it away. The choice is drawn from a generator
+  of its own, so every other clip is byte for byte the one made without the option.
 
 Everything is drawn from the seed: clip names, labels, sources, manipulations and
 every per-frame parameter. ffmpeg encodes single-threaded with bit-exact flags,

@@ -37,6 +37,13 @@ def positive(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
 def available_cores() -> int:
     """Cores this process may run on (a container's CPU set, not the host's count)."""
     if hasattr(os, "sched_getaffinity"):
@@ -65,6 +72,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             help=f"{split} clips, half of them fake (default {count})",
         )
     parser.add_argument(
+        "--lip-sync",
+        type=share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the fakes (on average) that are lip-sync fakes instead: a real face "
+        "and its real speech, the mouth moved by other real speech (manifest kind lip_sync); "
+        "every other clip is the one the seed makes without it (default 0: none, the "
+        "sample as always)",
+    )
+    parser.add_argument(
         "--jobs",
         type=positive,
         default=available_cores(),
@@ -73,19 +90,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_out(out: Path, seed: int, counts: dict[str, int]) -> int | None:
+def check_out(out: Path, seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> int | None:
     """None when OUT may be written; else the exit code (0: this very sample is there already)."""
     if out.exists() and not out.is_dir():
         print(f"error: {out} exists and is not a folder", file=sys.stderr)
         return 2
     if not out.exists() or not any(out.iterdir()):
         return None
-    if existing_identity(out) == identity(seed, counts):
+    if existing_identity(out) == identity(seed, counts, lip_sync):
         print(f"{out} already holds a sample made with the same arguments; nothing to do")
         return 0
+    lip = f", lip-sync share {lip_sync}" if lip_sync else ""
     print(
-        f"error: {out} is not empty and is not a finished sample made with seed {seed} "
-        f"and counts {counts}; choose another folder or delete it",
+        f"error: {out} is not empty and is not a finished sample made with seed {seed}, "
+        f"counts {counts}{lip}; choose another folder or delete it",
         file=sys.stderr,
     )
     return 2
@@ -95,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = {split: getattr(args, split) for split in DEFAULT_COUNTS}
     out: Path = args.out
-    stop = check_out(out, args.seed, counts)
+    stop = check_out(out, args.seed, counts, args.lip_sync)
     if stop is not None:
         return stop
     started = time.monotonic()
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # the thread pool is the parallelism; nested pools only thrash
     try:
         sources = find_sources()
-        specs = plan_sample(args.seed, counts)
+        specs = plan_sample(args.seed, counts, args.lip_sync)
         out.mkdir(parents=True, exist_ok=True)
         render_all(specs, sources, out, args.jobs)
     except SampleError as error:
@@ -114,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cv2.setNumThreads(cv_threads)
     write_lists(out, specs)
-    write_manifest(out, args.seed, counts, specs, sources)
+    write_manifest(out, args.seed, counts, specs, sources, args.lip_sync)
     fakes = sum(spec.label for spec in specs)
     print(f"wrote {len(specs)} clips ({fakes} fake) to {out} in {time.monotonic() - started:.1f} s")
     return 0

@@ -1,5 +1,5 @@
-"""What makes a clip fake (registries by name: voices, desync, face edits), and the real
-speech and room noise a clip starts from."""
+"""What makes a clip fake (registries by name: voices, desync, face edits, lip sync), and
+the real speech and room noise a clip starts from."""
 
 from __future__ import annotations
 
@@ -159,6 +159,46 @@ def loudness(audio: np.ndarray, frames: int) -> np.ndarray:
     rms = np.convolve(rms, np.ones(3) / 3, mode="same")  # jaws do not jump between frames
     scale = np.percentile(rms, 95)
     return np.clip(rms / scale, 0, 1) if scale > 0 else np.zeros(frames)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two envelopes; 0 when either is flat (nothing to follow)."""
+    if np.std(a) == 0 or np.std(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+# --------------------------------------------------------------------------- mouth edits
+
+LIP_SYNC = "lip_sync"
+# Two unrelated speech tracks of 2 to 3 s often move together by chance (their loudness
+# correlates above 0.2 about a third of the time): such a driver would make a fake whose
+# lips match what is heard, a fake with no evidence. Drivers are drawn until one does not.
+MAX_LIP_SYNC_CORRELATION = 0.2
+LIP_SYNC_TRIES = 20
+
+
+def lip_sync(
+    spoken: np.ndarray, rng: np.random.Generator, speech: Sequence[Sequence[Path]]
+) -> np.ndarray:
+    """Other real speech to drive the mouth, as a lip-sync fake re-drives a real face for a
+    track it never said: face and voice are both real, only their mismatch gives it away."""
+    frames = len(spoken) // (WORK_RATE // FPS)
+    heard = loudness(spoken, frames)
+    best, best_match = spoken, np.inf
+    for _ in range(LIP_SYNC_TRIES):
+        driver = real_speech(rng, speech, len(spoken))
+        match = correlation(loudness(driver, frames), heard)
+        if match < best_match:
+            best, best_match = driver, match
+        if match <= MAX_LIP_SYNC_CORRELATION:
+            break
+    return best
+
+
+# A mouth edit returns the track the mouth is driven by, given the track that is heard.
+MouthEdit = Callable[[np.ndarray, np.random.Generator, Sequence[Sequence[Path]]], np.ndarray]
+MOUTH_MANIPULATIONS: dict[str, MouthEdit] = {LIP_SYNC: lip_sync}
 
 
 # --------------------------------------------------------------------------- face edits

@@ -4,12 +4,12 @@ drawn from the seed."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from avcache.sample.manipulations import FACE_MANIPULATIONS, VOICE_MANIPULATIONS
-from avcache.sample.sources import choose_source
+from avcache.sample.manipulations import FACE_MANIPULATIONS, LIP_SYNC, VOICE_MANIPULATIONS
+from avcache.sample.sources import SELF_TALKING, choose_source
 
 FORMAT_VERSION = 1  # bump when the same arguments would produce a different sample
 MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
@@ -33,6 +33,9 @@ FACE_FRACTION = (0.28, 0.42)  # face box width / frame width: big enough for any
 # audio-only fakes each make up a share, so a one-modality detector catches part.
 FAKE_GROUPS = {("face",): 0.4, ("audio",): 0.4, ("face", "audio"): 0.2}
 DESYNC_PROBABILITY = 0.25  # added on top of a recipe, never alone: alone it is often invisible
+# Lip-sync fakes (opt-in, --lip-sync) are decided by a generator of their own, keyed by the
+# clip's seed and this tag, so that turning them on changes no draw of the plan's stream.
+LIP_SYNC_STREAM = 1
 
 
 # --------------------------------------------------------------------------- planning
@@ -73,11 +76,24 @@ def choose_kinds(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def plan_clip(seed: int, split: str, index: int, label: int) -> ClipSpec:
+def as_lip_sync(spec: ClipSpec, share: float) -> ClipSpec:
+    """With probability `share`, a fake becomes a lip-sync fake instead of its recipe: its
+    own face and real speech, its mouth driven by other speech. Alone, so that the mismatch
+    is its only evidence; on a still face, whose jaw the generator moves."""
+    rng = np.random.default_rng([spec.seed, LIP_SYNC_STREAM])
+    if not spec.label or rng.random() >= share:
+        return spec
+    source = spec.source
+    while source in SELF_TALKING:
+        source = choose_source(rng)
+    return replace(spec, source=source, kinds=(LIP_SYNC,))
+
+
+def plan_clip(seed: int, split: str, index: int, label: int, lip_sync: float = 0.0) -> ClipSpec:
     # Each clip has its own generator, so its content does not depend on the other counts.
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     width, height = FRAME_SIZES[rng.integers(len(FRAME_SIZES))]
-    return ClipSpec(
+    spec = ClipSpec(
         split=split,
         name=clip_name(seed, split, index),
         label=label,
@@ -91,13 +107,16 @@ def plan_clip(seed: int, split: str, index: int, label: int) -> ClipSpec:
         crf=int(rng.integers(CRF_RANGE[0], CRF_RANGE[1] + 1)),
         seed=int(rng.integers(2**62)),
     )
+    return as_lip_sync(spec, lip_sync) if lip_sync else spec
 
 
-def plan_sample(seed: int, counts: dict[str, int]) -> list[ClipSpec]:
-    """All clips of all splits; exactly count // 2 fakes per split, in shuffled order."""
+def plan_sample(seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> list[ClipSpec]:
+    """All clips of all splits; exactly count // 2 fakes per split, in shuffled order.
+    `lip_sync`: the share of fakes (on average) made lip-sync fakes; 0 leaves the plan as
+    it always was."""
     specs = []
     for split, count in counts.items():
         fakes = np.arange(count) < count // 2
         labels = np.random.default_rng([seed, SPLIT_IDS[split]]).permutation(fakes)
-        specs += [plan_clip(seed, split, i, int(fake)) for i, fake in enumerate(labels)]
+        specs += [plan_clip(seed, split, i, int(fake), lip_sync) for i, fake in enumerate(labels)]
     return specs

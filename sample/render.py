@@ -25,6 +25,7 @@ from avcache.sample.manipulations import (
     AUDIO_MANIPULATIONS,
     FACE_MANIPULATIONS,
     MAX_JAW_DROP,
+    MOUTH_MANIPULATIONS,
     FaceEdit,
     loudness,
     normalise,
@@ -244,19 +245,29 @@ def build_clip(
 ) -> None:
     """Draw, manipulate and encode one clip; all randomness comes from spec.seed."""
     rng = np.random.default_rng(spec.seed)
-    samples = spec.frames * WORK_RATE // FPS
-    spoken = real_speech(rng, speech, samples)  # what the face says: drives a still face's jaw
-    audio = spoken
-    for kind in spec.kinds:
-        if kind in AUDIO_MANIPULATIONS:
-            audio = AUDIO_MANIPULATIONS[kind](audio, rng)
+    said, audio = clip_tracks(spec, speech, rng)
     edits = [
         FACE_MANIPULATIONS[k](rng, portraits, spec.source)
         for k in spec.kinds
         if k in FACE_MANIPULATIONS
     ]
     target = out / SPLIT_DIRS[spec.split] / spec.name
-    film(spec, portraits[spec.source], spoken, audio, edits, rng, target, scratch)
+    film(spec, portraits[spec.source], said, audio, edits, rng, target, scratch)
+
+
+def clip_tracks(
+    spec: ClipSpec, speech: Sequence[Sequence[Path]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the face says (drives a still face's jaw) and what is heard, at WORK_RATE: the
+    same real speech, until a manipulation edits what is heard or re-drives the mouth."""
+    spoken = real_speech(rng, speech, spec.frames * WORK_RATE // FPS)
+    said, audio = spoken, spoken
+    for kind in spec.kinds:
+        if kind in AUDIO_MANIPULATIONS:
+            audio = AUDIO_MANIPULATIONS[kind](audio, rng)
+        if kind in MOUTH_MANIPULATIONS:
+            said = MOUTH_MANIPULATIONS[kind](spoken, rng, speech)
+    return said, audio
 
 
 # --------------------------------------------------------------------------- one clip
@@ -318,9 +329,12 @@ def write_lists(out: Path, specs: list[ClipSpec]) -> None:
     (out / PREDICTION_FILE).write_text("\n".join([HEADER, *rows]) + "\n")
 
 
-def identity(seed: int, counts: dict[str, int]) -> dict:
-    """What makes two samples the same: the format, the seed and the counts (not --jobs)."""
-    return {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
+def identity(seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> dict:
+    """What makes two samples the same: the format, the seed, the counts and the lip-sync
+    share (not --jobs). The share is recorded only when set, so that a sample made without
+    it keeps the manifest, and the bytes, it always had."""
+    made = {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
+    return {**made, "lip_sync": lip_sync} if lip_sync else made
 
 
 def existing_identity(out: Path) -> dict | None:
@@ -328,15 +342,21 @@ def existing_identity(out: Path) -> dict | None:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return {key: manifest.get(key) for key in ("format", "seed", "counts")}
+    found = {key: manifest.get(key) for key in ("format", "seed", "counts")}
+    return {**found, "lip_sync": manifest["lip_sync"]} if "lip_sync" in manifest else found
 
 
 def write_manifest(
-    out: Path, seed: int, counts: dict[str, int], specs: list[ClipSpec], sources: Sources
+    out: Path,
+    seed: int,
+    counts: dict[str, int],
+    specs: list[ClipSpec],
+    sources: Sources,
+    lip_sync: float = 0.0,
 ) -> None:
     """The commit point, written last; also records what a reader of the sample may ask."""
     manifest = {
-        **identity(seed, counts),
+        **identity(seed, counts, lip_sync),
         "speakers": len(sources.speech),  # 1 without codec2-examples: fewer real voices
         "clips": [asdict(spec) for spec in specs],
     }

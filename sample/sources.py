@@ -14,6 +14,8 @@ import numpy as np
 
 # Which face a clip shows; an LFW clip picks one of the 100 LFW faces.
 SOURCE_WEIGHTS = {"carphone": 0.35, "astronaut": 0.25, "lfw": 0.40}
+# Sources filmed talking: their lips move by themselves, so no other speech can drive them.
+SELF_TALKING = ("carphone",)
 
 WORK_RATE = 16000  # all audio is built at this rate; ffmpeg resamples to the clip's rate
 
