@@ -29,6 +29,21 @@ def encode_crops(faces: np.ndarray, quality: int) -> list[bytes]:
     ]
 
 
+def encode_grey_crops(crops: np.ndarray, quality: int) -> list[bytes]:
+    """Grey crops [n, S, S] as JPEG bytes (one channel: a third of the bytes of RGB)."""
+    return [simplejpeg.encode_jpeg(np.ascontiguousarray(crop[..., None]), quality, "GRAY")
+            for crop in crops]  # fmt: skip
+
+
+def decode_grey_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray) -> None:
+    """Decode the grey crops of a block of samples into `out` [n, C, S, S] (C crops a
+    sample); a crop whose header does not say S x S raises ValueError."""
+    check_sizes(data, ends, before, out.shape[-1])
+    slots = (out[i, c, ..., None] for i in range(out.shape[0]) for c in range(out.shape[1]))
+    for slot, (start, stop) in zip(slots, crop_ranges(ends, before), strict=True):
+        simplejpeg.decode_jpeg(data[start:stop], "GRAY", buffer=slot)
+
+
 def round_trip(faces: np.ndarray, quality: int) -> np.ndarray:
     """The crops as a jpeg cache would give them back (to score a raw video as trained)."""
     out = np.empty_like(faces)

@@ -117,8 +117,13 @@ class ShardReader:
         self.face_size = integer(attribute(attrs, schema.ATTR_FACE_SIZE, path),
                                  f"{path}: face_size", maximum=schema.MAX_FACE_SIZE)  # fmt: skip
         self.codec = self._faces_codec(attrs)
+        self.tracks = self._track_layout(attrs)
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
-        for name, spec in schema.dataset_specs(self.frames, self.face_size, self.codec).items():
+        specs = schema.dataset_specs(self.frames, self.face_size, self.codec)
+        if self.tracks:
+            layout = self.tracks
+            specs |= schema.track_specs(layout.windows, layout.frames, layout.audio_samples)
+        for name, spec in specs.items():
             self._datasets[name] = self._dataset(name, *spec)
         lengths = {dataset.shape[0] for dataset in self._datasets.values()}
         if len(lengths) != 1:
@@ -126,10 +131,38 @@ class ShardReader:
         self.num_samples = lengths.pop()
         if self.codec == "jpeg":
             self._datasets[schema.FACES_JPEG] = self._dataset(schema.FACES_JPEG, np.uint8, ())
+        if self.tracks:
+            self._datasets[schema.LIPS_JPEG] = self._dataset(schema.LIPS_JPEG, np.uint8, ())
         check_backed_by_file(self._datasets, self._file_size, self.path)
         if self.codec == "jpeg":
-            self._check_jpeg_ends()
+            self._jpeg_ends = self._crop_ends(schema.FACES_ENDS, schema.FACES_JPEG, self.frames)
+        if self.tracks:
+            crops = self.tracks.windows * self.tracks.frames
+            self._lips_ends = self._crop_ends(schema.LIPS_ENDS, schema.LIPS_JPEG, crops)
         self.meta_digest = self._check_meta(attribute(attrs, schema.ATTR_META_SHA256, path))
+
+    def _track_layout(self, attrs) -> schema.TrackLayout | None:
+        """The shard's tracks (v3), each size bounded before anything is allocated for it."""
+        path = self.path
+        windows = integer(attribute(attrs, schema.ATTR_TRACK_WINDOWS, path, 0),
+                          f"{path}: track_windows", maximum=schema.MAX_TRACK_WINDOWS)  # fmt: skip
+        if not windows:
+            return None
+        if self.version < 3:
+            raise CacheFormatError(f"{path}: tracks in a version {self.version} shard: {REBUILD}")
+        bounds = {schema.ATTR_TRACK_FRAMES: schema.MAX_TRACK_FRAMES,
+                  schema.ATTR_TRACK_SIZE: schema.MAX_TRACK_SIZE,
+                  schema.ATTR_TRACK_AUDIO_RATE: 384000,
+                  schema.ATTR_TRACK_AUDIO_SAMPLES: schema.MAX_TRACK_AUDIO}  # fmt: skip
+        sizes = {name: integer(attribute(attrs, name, path), f"{path}: {name}", 1, most)
+                 for name, most in bounds.items()}  # fmt: skip
+        fps = attribute(attrs, schema.ATTR_TRACK_FPS, path)
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 1000:
+            raise CacheFormatError(f"{path}: track_fps is {printable(repr(fps))}: {REBUILD}")
+        return schema.TrackLayout(windows, sizes[schema.ATTR_TRACK_FRAMES],
+                                  sizes[schema.ATTR_TRACK_SIZE], float(fps),
+                                  sizes[schema.ATTR_TRACK_AUDIO_RATE],
+                                  sizes[schema.ATTR_TRACK_AUDIO_SAMPLES])  # fmt: skip
 
     def _faces_codec(self, attrs) -> str:
         codec = text(attribute(attrs, schema.ATTR_FACES_CODEC, self.path, "raw"),
@@ -140,19 +173,19 @@ class ShardReader:
                                    f"one this avcache reads ({known})")  # fmt: skip
         return codec
 
-    def _check_jpeg_ends(self) -> None:
-        """The crops' ends rise and close the data region exactly: every range read later
-        lies inside it (8 bytes a crop, read once per open)."""
-        ends = self._fetch(schema.FACES_ENDS, np.s_[:]).reshape(-1).astype(np.int64)
-        size = self._datasets[schema.FACES_JPEG].shape[0]
+    def _crop_ends(self, ends_name: str, data_name: str, crops: int) -> np.ndarray:
+        """The crops' ends [N, crops]: they rise and close the data region exactly, so every
+        range read later lies inside it (8 bytes a crop, read once per open)."""
+        ends = self._fetch(ends_name, np.s_[:]).reshape(-1).astype(np.int64)
+        size = self._datasets[data_name].shape[0]
         if (ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0))) or (
             (ends[-1] if ends.size else 0) != size
         ):
             raise CacheFormatError(
-                f"{self.path}: {schema.FACES_ENDS!r} does not cut {schema.FACES_JPEG!r} "
+                f"{self.path}: {ends_name!r} does not cut {data_name!r} "
                 f"({size} bytes) into its crops: {REBUILD}"
             )
-        self._jpeg_ends = ends.reshape(self.num_samples, self.frames)
+        return ends.reshape(self.num_samples, crops)
 
     def _dataset(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> h5py.Dataset:
         """One schema dataset, stored in this file, of the schema's dtype and shape."""
@@ -170,8 +203,9 @@ class ShardReader:
         """Names, labels, flags, boxes and durations against the sha256 written with them."""
         if expected is None:
             raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
-        columns = {name: self.read(name) for name in schema.META_FIELDS}
-        digest = schema.meta_sha256(columns)
+        fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
+        columns = {name: self.read(name) for name in fields}
+        digest = schema.meta_sha256(columns, fields)
         if digest != expected:
             names = ", ".join(schema.META_FIELDS)
             raise damaged_shard(self.path, names, "they do not match their sha256")
@@ -188,8 +222,22 @@ class ShardReader:
                            "label {}: a label is 1 (fake), 0 (real) or -1 (unknown)")  # fmt: skip
         self._refuse_first(~(np.isfinite(durations) & (durations >= 0)), names, durations,
                            "duration {}: not a length in seconds")  # fmt: skip
+        if self.tracks:
+            self._check_track_values(columns, names)
         self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
         self.first_unknown = _first_sample(self.unknown_labels, names)
+
+    def _check_track_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
+        """Window starts are seconds, real frames at most T, real audio a share."""
+        start, frames, audio = (columns[name] for name in (schema.TRACK_START,
+                                schema.TRACK_FRAMES_REAL, schema.TRACK_AUDIO_REAL))  # fmt: skip
+        checks = (
+            (~(np.isfinite(start) & (start >= 0)), start, "track start {}: not seconds"),
+            ((frames < 0) | (frames > self.tracks.frames), frames, "real track frames {}"),
+            (~((audio >= 0) & (audio <= 1)), audio, "real track audio {}: not a share"),
+        )
+        for bad, values, what in checks:
+            self._refuse_first(bad.any(axis=1), names, values.min(axis=1), what)
 
     def _refuse_first(self, bad: np.ndarray, names: np.ndarray, values: np.ndarray,
                       what: str) -> None:  # fmt: skip
@@ -254,6 +302,9 @@ class ShardReader:
     def mismatches(self, name: str, start: int, stop: int) -> np.ndarray:
         """Positions in [start, stop) whose rows do not match their stored sums (verify lists
         every damaged sample where a read stops at the first)."""
+        if name == schema.LIPS:
+            return start + self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
+                                              self._lips_ends, start, stop)[2]  # fmt: skip
         if self._encoded(name):
             return start + self._jpeg_block(start, stop)[2]
         where = np.s_[start:stop]
@@ -277,6 +328,10 @@ class ShardReader:
         )
 
     def _sums_of(self, name: str) -> str:
+        if name == schema.LIPS:
+            return schema.LIPS_XXH3
+        if name in schema.TRACK_CHECKSUMS:
+            return schema.TRACK_CHECKSUMS[name]
         return schema.FACES_XXH3 if self._encoded(name) else schema.CHECKSUMS[name]
 
     def _encoded(self, name: str) -> bool:
@@ -285,15 +340,49 @@ class ShardReader:
     def _jpeg_block(self, start: int, stop: int) -> tuple[np.ndarray, int, np.ndarray]:
         """(bytes, offset of the first, block positions failing their xxh3) of the JPEG crops
         of samples [start, stop): one h5py read of one contiguous range."""
-        ends, stop = self._jpeg_ends, min(stop, self.num_samples)
-        if not self.frames or stop <= start:
+        if not self.frames:
+            return np.empty(0, np.uint8), 0, _NONE
+        return self._region_block(schema.FACES_JPEG, schema.FACES_XXH3, self._jpeg_ends,
+                                  start, stop)  # fmt: skip
+
+    def _region_block(self, data_name: str, sums_name: str, ends: np.ndarray, start: int,
+                      stop: int) -> tuple[np.ndarray, int, np.ndarray]:  # fmt: skip
+        """What _jpeg_block gives, for any flat data region (faces, lips)."""
+        stop = min(stop, self.num_samples)
+        if stop <= start:
             return np.empty(0, np.uint8), 0, _NONE
         before = int(ends[start - 1, -1]) if start else 0
-        data = self._fetch(schema.FACES_JPEG, np.s_[before : int(ends[stop - 1, -1])])
-        sums = self._stored_sums(schema.FACES_XXH3)[start:stop]
+        data = self._fetch(data_name, np.s_[before : int(ends[stop - 1, -1])])
+        sums = self._stored_sums(sums_name)[start:stop]
         bad = codecs.checksum_mismatches(data, codecs.sample_ranges(ends[start:stop], before),
                                          sums)  # fmt: skip
         return data, before, bad
+
+    def read_tracks(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The aligned windows of samples [start, stop): `lips` uint8 [n, W, T, S, S]
+        decoded (each sample's bytes checked against its xxh3 and every crop's header
+        against S first), `track_audio` int16 [n, W, L] checked, and the small columns."""
+        if not self.tracks:
+            raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
+        layout, stop = self.tracks, min(stop, self.num_samples)
+        data, before, bad = self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
+                                               self._lips_ends, start, stop)  # fmt: skip
+        if bad.size:
+            raise damaged_shard(self.path, schema.LIPS,
+                                f"sample {start + int(bad[0])} fails its xxh3 "
+                                f"({schema.LIPS_XXH3})")  # fmt: skip
+        count = max(stop - start, 0)
+        lips = np.empty((count, layout.windows * layout.frames, layout.size, layout.size),
+                        np.uint8)  # fmt: skip
+        try:
+            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, lips)
+        except ValueError as error:
+            raise damaged_shard(
+                self.path, schema.LIPS, f"a JPEG does not decode ({error})"
+            ) from None
+        columns = {name: self.read(name, start, stop)
+                   for name in (*schema.TRACK_META_FIELDS, schema.TRACK_AUDIO)}  # fmt: skip
+        return {schema.LIPS: lips.reshape(count, *layout.lips_shape()), **columns}
 
     def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
@@ -366,7 +455,7 @@ class ShardReader:
     def _mismatches(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> np.ndarray:
         """Positions (selected by `where`) whose rows differ from their stored sums; none for
         a dataset without sums."""
-        checksum = schema.CHECKSUMS.get(name)
+        checksum = schema.CHECKSUMS.get(name) or schema.TRACK_CHECKSUMS.get(name)
         if checksum is None or rows.size == 0:
             return _NONE
         differs = schema.sum64(rows) != self._stored_sums(checksum)[where]
@@ -382,12 +471,15 @@ class ShardReader:
         return sum(int(self._datasets[n].id.get_storage_size()) for n in names)
 
     def sample_shape(self, name: str) -> tuple[int, ...]:
+        if name == schema.LIPS and self.tracks:
+            return self.tracks.lips_shape()
         if self._encoded(name):
             return (self.frames, self.face_size, self.face_size, 3)
         return self._datasets[name].shape[1:]
 
     def dtype(self, name: str) -> np.dtype:
-        return np.dtype(np.uint8) if self._encoded(name) else self._datasets[name].dtype
+        encoded = self._encoded(name) or name == schema.LIPS
+        return np.dtype(np.uint8) if encoded else self._datasets[name].dtype
 
     @cached_property
     def video_names(self) -> list[str]:
@@ -396,15 +488,36 @@ class ShardReader:
     def sample(self, position: int) -> schema.Sample:
         """One whole sample (for inspection; training reads blocks)."""
         values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
-        return schema.Sample(**values)
+        return schema.Sample(**values, tracks=self._tracks_at(position))
 
     def samples(self, positions: np.ndarray | list[int]) -> list[schema.Sample]:
         """Whole samples at increasing positions, one h5py call per dataset (inspection)."""
         columns = {name: self.take(name, positions) for name in _SAMPLE_FIELDS}
         return [
-            schema.Sample(**{name: column[i] for name, column in columns.items()})
+            schema.Sample(
+                **{name: column[i] for name, column in columns.items()},
+                tracks=self._tracks_at(int(positions[i])),
+            )
             for i in range(len(positions))
         ]
+
+    def _tracks_at(self, position: int) -> schema.Tracks | None:
+        if not self.tracks:
+            return None
+        read = {
+            name: column[0] for name, column in self.read_tracks(position, position + 1).items()
+        }
+        return schema.Tracks(lips=read[schema.LIPS], lips_found=read[schema.LIPS_FOUND],
+                             start=read[schema.TRACK_START],
+                             frames_real=read[schema.TRACK_FRAMES_REAL],
+                             audio=read[schema.TRACK_AUDIO],
+                             audio_real=read[schema.TRACK_AUDIO_REAL])  # fmt: skip
+
+    @property
+    def checked_datasets(self) -> list[str]:
+        """The datasets with per-sample checksums this shard holds (verify reads each)."""
+        names = [schema.MEL, schema.FACES]
+        return [*names, schema.TRACK_AUDIO, schema.LIPS] if self.tracks else names
 
     def close(self) -> None:
         self._file.close()
@@ -416,7 +529,7 @@ class ShardReader:
         self.close()
 
 
-_SAMPLE_FIELDS = list(schema.Sample.__dataclass_fields__)
+_SAMPLE_FIELDS = schema.Sample.stored_fields()
 
 
 def _first_sample(positions: np.ndarray, names: np.ndarray) -> str:

@@ -20,8 +20,9 @@ FORMAT = "avcache"
 # optional extras and attributes are not. v2 added JPEG-coded faces (`faces.codec: jpeg`:
 # FACES_JPEG, FACES_ENDS, FACES_XXH3 instead of FACES and FACES_SUM); a raw v2 shard is a
 # v1 shard with the codec attribute. Readers read every version listed here.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# v3 added optional time-aligned tracks (TRACK_*, LIPS_*; preprocess/tracks.py).
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 INDEX_FILE = "index.json"
 CONFIG_FILE = "config.yaml"
@@ -65,6 +66,28 @@ FACES_JPEG = "faces_jpeg"
 FACES_ENDS = "faces_ends"
 FACES_XXH3 = "faces_xxh3"
 
+# v3, tracks.windows > 0: W windows of T frames a sample. The mouth crops (grey S x S) are
+# JPEG in one flat data region like the faces, with each crop's end [N, W * T] and each
+# sample's xxh3; the audio of the same instants is int16 [N, W, L] with its sum64.
+LIPS_JPEG = "lips_jpeg"
+LIPS_ENDS = "lips_ends"
+LIPS_XXH3 = "lips_xxh3"
+LIPS = "lips"  # what readers call the decoded crops: uint8 [W, T, S, S]
+LIPS_FOUND = "lips_found"  # bool [N, W, T]: the mouth was located on that frame
+TRACK_START = "track_start"  # float64 [N, W]: the window's first frame, seconds into the video
+TRACK_FRAMES_REAL = "track_frames_real"  # int16 [N, W]: frames the clip had (others repeat)
+TRACK_AUDIO = "track_audio"  # int16 [N, W, L]: mono audio of the window's instants
+TRACK_AUDIO_SUM = "track_audio_sum64"
+TRACK_AUDIO_REAL = "track_audio_real"  # float32 [N, W]: share of L from the audio stream
+TRACK_META_FIELDS = (LIPS_FOUND, TRACK_START, TRACK_FRAMES_REAL, TRACK_AUDIO_REAL)
+# The track's raw array and its sums (optional, as the tracks are).
+TRACK_CHECKSUMS = {TRACK_AUDIO: TRACK_AUDIO_SUM}
+# Bounds a reader checks before allocating (a forged attribute could declare anything).
+MAX_TRACK_WINDOWS = 16
+MAX_TRACK_FRAMES = 250
+MAX_TRACK_SIZE = 256
+MAX_TRACK_AUDIO = 48000 * 10  # samples of one window
+
 STRING_DTYPE = h5py.string_dtype("utf-8")
 SUM_DTYPE = np.dtype("<u8")
 
@@ -90,6 +113,23 @@ def dataset_specs(
         DURATION: (np.dtype(np.float32), ()),
         MEL_SUM: (SUM_DTYPE, ()),
         **sums,
+    }
+
+
+def track_specs(windows: int, frames: int,
+                audio_samples: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:  # fmt: skip
+    """Per-sample dtype and shape of the track datasets (none without windows)."""
+    if not windows:
+        return {}
+    return {
+        LIPS_ENDS: (np.dtype("<u8"), (windows * frames,)),
+        LIPS_XXH3: (SUM_DTYPE, ()),
+        LIPS_FOUND: (np.dtype(np.bool_), (windows, frames)),
+        TRACK_START: (np.dtype("<f8"), (windows,)),
+        TRACK_FRAMES_REAL: (np.dtype("<i2"), (windows,)),
+        TRACK_AUDIO: (np.dtype("<i2"), (windows, audio_samples)),
+        TRACK_AUDIO_SUM: (SUM_DTYPE, ()),
+        TRACK_AUDIO_REAL: (np.dtype("<f4"), (windows,)),
     }
 
 
@@ -124,10 +164,11 @@ def sum64(rows: np.ndarray) -> np.ndarray:
 META_FIELDS = (VIDEO_NAME, LABEL, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION)
 
 
-def meta_sha256(columns: dict[str, object]) -> str:
-    """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str)."""
+def meta_sha256(columns: dict[str, object], fields: tuple[str, ...] = META_FIELDS) -> str:
+    """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str), then of
+    the track's small columns where the shard has tracks."""
     digest = hashlib.sha256()
-    for name in META_FIELDS:
+    for name in fields:
         column = columns[name]
         if name == VIDEO_NAME:
             names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column]
@@ -148,6 +189,53 @@ ATTR_FACE_SIZE = "face_size"
 ATTR_META_SHA256 = "meta_sha256"
 ATTR_FACES_CODEC = "faces_codec"  # v2: raw or jpeg (a v1 shard is raw)
 ATTR_FACES_QUALITY = "faces_quality"  # v2 jpeg: the encoder's quality
+# v3 tracks (absent or 0 windows: none)
+ATTR_TRACK_WINDOWS = "track_windows"
+ATTR_TRACK_FRAMES = "track_frames"
+ATTR_TRACK_FPS = "track_fps"
+ATTR_TRACK_SIZE = "track_size"
+ATTR_TRACK_AUDIO_RATE = "track_audio_rate"
+ATTR_TRACK_AUDIO_SAMPLES = "track_audio_samples"
+ATTR_LIPS_QUALITY = "lips_quality"
+
+
+@dataclass(frozen=True)
+class TrackLayout:
+    """The shape of a shard's tracks (its ATTR_TRACK_* attributes)."""
+
+    windows: int
+    frames: int
+    size: int  # mouth crops are size x size grey
+    fps: float
+    audio_rate: int
+    audio_samples: int  # L: audio samples of one window
+
+    def attrs(self) -> dict[str, object]:
+        return {ATTR_TRACK_WINDOWS: self.windows, ATTR_TRACK_FRAMES: self.frames,
+                ATTR_TRACK_SIZE: self.size, ATTR_TRACK_FPS: self.fps,
+                ATTR_TRACK_AUDIO_RATE: self.audio_rate,
+                ATTR_TRACK_AUDIO_SAMPLES: self.audio_samples}  # fmt: skip
+
+    def lips_shape(self) -> tuple[int, int, int, int]:
+        return (self.windows, self.frames, self.size, self.size)
+
+
+@dataclass
+class Tracks:
+    """One video's aligned windows (preprocess/tracks.py): W windows of T frames."""
+
+    lips: np.ndarray  # uint8 [W, T, S, S] grey mouth crops
+    lips_found: np.ndarray  # bool [W, T]
+    start: np.ndarray  # float64 [W]: seconds from the video's first timestamp
+    frames_real: np.ndarray  # int16 [W]
+    audio: np.ndarray  # int16 [W, L]: the same instants, mono
+    audio_real: np.ndarray  # float32 [W]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The per-sample track datasets (but the crops' bytes), in schema names."""
+        return {LIPS_FOUND: self.lips_found, TRACK_START: self.start,
+                TRACK_FRAMES_REAL: self.frames_real, TRACK_AUDIO: self.audio,
+                TRACK_AUDIO_REAL: self.audio_real}  # fmt: skip
 
 
 @dataclass
@@ -163,6 +251,12 @@ class Sample:
     face_found: np.ndarray  # bool [K]
     face_box: np.ndarray  # float32 [K, 4]
     duration: float
+    tracks: Tracks | None = None  # v3, where the cache holds tracks
+
+    @staticmethod
+    def stored_fields() -> list[str]:
+        """The fields stored as datasets of their own (all but the optional tracks)."""
+        return [name for name in Sample.__dataclass_fields__ if name != "tracks"]
 
     def fields(self) -> dict[str, object]:
         """Dataset name -> value, in schema order."""

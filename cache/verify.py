@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from avcache.cache import schema
 from avcache.cache.reader import Cache, CacheFormatError, ShardEntry, ShardReader
 from avcache.cache.untrusted import regular_file
 from avcache.cache.writer import sha256_of
@@ -50,7 +49,7 @@ def _verify_shard(entry: ShardEntry) -> str | None:
 def _damaged_samples(shard: ShardReader) -> list[str]:
     """Every checksummed dataset read in blocks; each that has damaged samples, described."""
     problems = []
-    for name in schema.CHECKSUMS:
+    for name in shard.checked_datasets:
         row_bytes = int(np.prod(shard.sample_shape(name))) * shard.dtype(name).itemsize
         step = max(1, VERIFY_BYTES // max(row_bytes, 1))
         bad = [shard.mismatches(name, start, start + step) for start in range(0, len(shard), step)]

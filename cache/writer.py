@@ -52,13 +52,26 @@ class ShardWriter:
         fletcher32: bool = False,
         codec: str = "raw",
         quality: int = 90,
+        tracks: schema.TrackLayout | None = None,
+        tracks_quality: int = 90,
     ) -> None:
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         if codec not in codecs.CODECS:
             raise ValueError(f"faces codec {codec!r} unknown (known: {', '.join(codecs.CODECS)})")
         self.codec, self.quality = codec, quality
+        self.tracks, self.tracks_quality = (
+            tracks if tracks and tracks.windows else None,
+            tracks_quality,
+        )
         self.specs = schema.dataset_specs(frames, face_size, codec)
+        layout = self.tracks
+        self.track_specs = (
+            schema.track_specs(layout.windows, layout.frames, layout.audio_samples)
+            if layout
+            else {}
+        )
+        self._lips_bytes = 0  # LIPS_JPEG's length so far
         self.face_shape = (frames, face_size, face_size, 3)
         self._jpeg_bytes = 0  # FACES_JPEG's length so far
         self.fletcher32 = fletcher32  # HDF5's per-chunk checksum, verified on every read
@@ -89,11 +102,14 @@ class ShardWriter:
         attrs[schema.ATTR_FACES_CODEC] = self.codec
         if self.codec == "jpeg":
             attrs[schema.ATTR_FACES_QUALITY] = self.quality
+        if self.tracks:
+            attrs.update(self.tracks.attrs())
+            attrs[schema.ATTR_LIPS_QUALITY] = self.tracks_quality
         for key, value in extra.items():
             attrs[key] = value
 
     def _create_datasets(self) -> None:
-        for name, (dtype, shape) in self.specs.items():
+        for name, (dtype, shape) in {**self.specs, **self.track_specs}.items():
             chunk_rows = WRITE_BLOCK if name == schema.MEL else 1
             chunks = (chunk_rows, *shape) if name in _CHUNKED and 0 not in shape else True
             self._file.create_dataset(
@@ -106,10 +122,12 @@ class ShardWriter:
                 fletcher32=self.fletcher32 and name != schema.VIDEO_NAME,
                 track_times=False,  # identical inputs give byte-identical shards
             )
-        if self.codec == "jpeg":  # the flat data region, in chunks of a few samples' crops
-            self._file.create_dataset(schema.FACES_JPEG, shape=(0,), maxshape=(None,),
-                                      dtype=np.uint8, chunks=(JPEG_CHUNK,),
-                                      fletcher32=self.fletcher32, track_times=False)  # fmt: skip
+        regions = [schema.FACES_JPEG] if self.codec == "jpeg" else []
+        regions += [schema.LIPS_JPEG] if self.tracks else []
+        for name in regions:  # flat data regions, in chunks of a few samples' crops
+            self._file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                      chunks=(JPEG_CHUNK,), fletcher32=self.fletcher32,
+                                      track_times=False)  # fmt: skip
 
     def append(self, sample: schema.Sample) -> None:
         """Queue one sample; full blocks go to disk."""
@@ -137,8 +155,50 @@ class ShardWriter:
             self._extend(name, start, block)
             if name in schema.CHECKSUMS:
                 self._extend(schema.CHECKSUMS[name], start, schema.sum64(block))
+        if self.tracks:
+            self._write_tracks(start, [sample.tracks for sample in self._buffer])
         self.num_samples += len(rows)
         self._buffer.clear()
+
+    def _write_tracks(self, start: int, tracks: list[schema.Tracks | None]) -> None:
+        """The windows' small columns, their audio with its sums, the mouth crops as JPEG."""
+        if any(track is None for track in tracks):
+            raise ValueError("this shard holds tracks (tracks.windows > 0): every sample "
+                             "needs its Tracks")  # fmt: skip
+        for name in tracks[0].columns():
+            block = self._track_column(name, [track.columns()[name] for track in tracks])
+            self._extend(name, start, block)
+            if name in schema.TRACK_CHECKSUMS:
+                self._extend(schema.TRACK_CHECKSUMS[name], start, schema.sum64(block))
+        self._write_lips(start, [track.lips for track in tracks])
+
+    def _track_column(self, name: str, values: list) -> np.ndarray:
+        dtype, shape = self.track_specs[name]
+        block = np.asarray(values, dtype=dtype)
+        if block.shape[1:] != shape:
+            raise ValueError(f"{name}: expected per-sample shape {shape}, got {block.shape[1:]}")
+        return block
+
+    def _write_lips(self, start: int, lips: list[np.ndarray]) -> None:
+        shape = self.tracks.lips_shape()
+        crops = shape[0] * shape[1]
+        ends, sums, encoded = np.zeros((len(lips), crops), np.uint64), [], []
+        position = self._lips_bytes
+        for i, windows in enumerate(lips):
+            if np.shape(windows) != shape or np.asarray(windows).dtype != np.uint8:
+                found = f"{np.asarray(windows).dtype}{list(np.shape(windows))}"
+                raise ValueError(f"lips: expected uint8{list(shape)}, got {found}")
+            parts = codecs.encode_grey_crops(np.asarray(windows).reshape(crops, *shape[2:]),
+                                             self.tracks_quality)  # fmt: skip
+            ends[i] = position + np.cumsum([len(part) for part in parts])
+            position = int(ends[i, -1])
+            joined = b"".join(parts)
+            encoded.append(joined)
+            sums.append(codecs.xxh3(joined))
+        self._extend(schema.LIPS_JPEG, self._lips_bytes, np.frombuffer(b"".join(encoded), np.uint8))
+        self._lips_bytes = position
+        self._extend(schema.LIPS_ENDS, start, ends)
+        self._extend(schema.LIPS_XXH3, start, np.array(sums, schema.SUM_DTYPE))
 
     def _write_jpeg_faces(self, start: int, faces: list[np.ndarray]) -> None:
         """Each sample's crops as JPEG, appended to the flat data region; their ends and
@@ -181,8 +241,9 @@ class ShardWriter:
         """Flush, fsync, rename into place; returns (num_samples, sha256 of the file)."""
         self._flush()
         try:
-            columns = {name: self._file[name][()] for name in schema.META_FIELDS}
-            self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns)
+            fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
+            columns = {name: self._file[name][()] for name in fields}
+            self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns, fields)
             self._file.flush()  # metadata: a failure raises here, not inside close()
             self._file.close()
             digest = sha256_of(self.partial_path)

@@ -48,6 +48,20 @@ class FacesConfig:
 
 
 @dataclass
+class TracksConfig:
+    """Time-aligned windows of mouth frames and speech (preprocess/tracks.py)."""
+
+    windows: int = 0  # W windows per video, placed from its name (0: no tracks)
+    frames: int = 25  # T contiguous frames per window, taken at `fps`
+    fps: float = 25.0  # the track's frame rate: frame k is the source frame shown at k / fps
+    size: int = 88  # mouth crops are size x size grey (LipForensics' 88 px)
+    locator: str = "auto"  # how the mouth is found: auto, or one of preprocess/lips.py LOCATORS
+    frame_size: int = 480  # frames are decoded at this longest side to find and crop the mouth
+    audio_rate: int = 16000  # the windows' audio: mono int16 at this rate, the frames' instants
+    quality: int = 90  # JPEG quality of the mouth crops
+
+
+@dataclass
 class LimitsConfig:
     seconds_per_video: float = 120.0  # wall-clock limit per video, then a timeout failure; 0: off
 
@@ -69,5 +83,6 @@ class PreprocessConfig:
     splits: dict[str, SplitConfig] = field(default_factory=_ffdv_splits)  # FFDV layout
     audio: AudioConfig = field(default_factory=AudioConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
+    tracks: TracksConfig = field(default_factory=TracksConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)

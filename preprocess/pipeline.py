@@ -40,10 +40,11 @@ from avcache.cache.reader import CacheFormatError, ShardEntry
 from avcache.cache.untrusted import load_json, mapping
 from avcache.preprocess.audio import MEL_MODES, mel_settings
 from avcache.preprocess.cluster import dask_client
-from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.config import PreprocessConfig, TracksConfig
 from avcache.preprocess.dataset import ShardPlan, Video, plan_shards, read_split
 from avcache.preprocess.faces import resolve_detector
 from avcache.preprocess.media import ffmpeg_binary
+from avcache.preprocess.tracks import track_audio_samples
 from avcache.preprocess.worker import ShardJob, write_shard
 
 log = logging.getLogger("avcache.preprocess")
@@ -91,6 +92,30 @@ def validate(config: PreprocessConfig) -> None:
         raise ValueError(f"faces.margin must be at least 1.0, got {config.faces.margin}")
     if config.audio.max_seconds <= 0:
         raise ValueError("audio.max_seconds must be positive")
+    validate_tracks(config.tracks)
+
+
+def validate_tracks(tracks: TracksConfig) -> None:
+    """The tracks' sizes within what a cache may hold (the readers' bounds)."""
+    rules = (
+        (
+            0 <= tracks.windows <= schema.MAX_TRACK_WINDOWS,
+            f"tracks.windows 0 to {schema.MAX_TRACK_WINDOWS}",
+        ),
+        (
+            1 <= tracks.frames <= schema.MAX_TRACK_FRAMES,
+            f"tracks.frames 1 to {schema.MAX_TRACK_FRAMES}",
+        ),
+        (8 <= tracks.size <= schema.MAX_TRACK_SIZE, f"tracks.size 8 to {schema.MAX_TRACK_SIZE}"),
+        (1 <= tracks.fps <= 120, "tracks.fps 1 to 120"),
+        (8000 <= tracks.audio_rate <= 48000, "tracks.audio_rate 8000 to 48000"),
+        (64 <= tracks.frame_size <= 4096, "tracks.frame_size 64 to 4096"),
+        (1 <= tracks.quality <= 100, "tracks.quality 1 to 100"),
+        (track_audio_samples(tracks) <= schema.MAX_TRACK_AUDIO, "a window of at most 10 s"),
+    )
+    for holds, expected in rules:
+        if not holds:
+            raise ValueError(f"tracks: expected {expected}, got {tracks}")
 
 
 BACKENDS = ("loky", "dask")

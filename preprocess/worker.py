@@ -31,6 +31,7 @@ from avcache.preprocess.media import (
     ffmpeg_binary,
     read_audio,
 )
+from avcache.preprocess.tracks import track_layout, video_tracks
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     del pcm  # up to audio.max_seconds of PCM: not kept while the frames are decoded
     faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
                    deadline)  # fmt: skip
+    tracks = None
+    if config.tracks.windows:
+        tracks = _stage("tracks", deadline, video_tracks, video.path, binary, video.name, info,
+                        config.tracks, deadline)  # fmt: skip
     return schema.Sample(
         video_name=video.name,
         label=video.label,
@@ -87,6 +92,7 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
         face_found=faces.found,
         face_box=faces.boxes,
         duration=np.float32(info.duration),
+        tracks=tracks,
     )
 
 
@@ -146,6 +152,8 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
         attrs={schema.ATTR_CONFIG_HASH: job.config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
         codec=config.faces.codec,
         quality=config.faces.quality,
+        tracks=track_layout(config.tracks),
+        tracks_quality=config.tracks.quality,
     )
     with writer, one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
         for video in plan.videos:

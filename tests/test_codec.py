@@ -99,7 +99,7 @@ def test_the_encoded_crops_are_one_flat_region_cut_by_their_ends(tmp_path):
         crop = data[int(ends[4, 0]) : int(ends[4, 1])].tobytes()
         assert simplejpeg.decode_jpeg_header(crop)[:2] == (SIZE, SIZE)
         assert (
-            handle.attrs[schema.ATTR_VERSION] == 2
+            handle.attrs[schema.ATTR_VERSION] == schema.VERSION
             and handle.attrs[schema.ATTR_FACES_CODEC] == "jpeg"
         )
 
