@@ -277,6 +277,9 @@ class ShardReader:
         Checked before it returns, so a batch built from it never holds damaged rows."""
         if not out.size:
             return
+        if name == schema.LIPS:
+            self._read_lips_into(start, out)
+            return
         if self._encoded(name):
             self._read_jpeg_into(start, out)
             return
@@ -358,31 +361,37 @@ class ShardReader:
                                          sums)  # fmt: skip
         return data, before, bad
 
+    def _read_lips_into(self, start: int, out: np.ndarray) -> None:
+        """Mouth crops of samples [start, start + len(out)) decoded into `out` [n, W, T, S, S],
+        each sample's bytes checked against its xxh3 and every header against S first."""
+        if not self.tracks:
+            raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
+        stop = start + len(out)
+        data, before, bad = self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
+                                               self._lips_ends, start, stop)  # fmt: skip
+        if bad.size:
+            raise damaged_shard(self.path, schema.LIPS, f"sample {start + int(bad[0])} fails "
+                                f"its xxh3 ({schema.LIPS_XXH3})")  # fmt: skip
+        flat = out.reshape(len(out), -1, *out.shape[-2:])
+        try:
+            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, flat)
+        except ValueError as error:
+            raise damaged_shard(
+                self.path, schema.LIPS, f"a JPEG does not decode ({error})"
+            ) from None
+
     def read_tracks(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The aligned windows of samples [start, stop): `lips` uint8 [n, W, T, S, S]
         decoded (each sample's bytes checked against its xxh3 and every crop's header
         against S first), `track_audio` int16 [n, W, L] checked, and the small columns."""
         if not self.tracks:
             raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
-        layout, stop = self.tracks, min(stop, self.num_samples)
-        data, before, bad = self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
-                                               self._lips_ends, start, stop)  # fmt: skip
-        if bad.size:
-            raise damaged_shard(self.path, schema.LIPS,
-                                f"sample {start + int(bad[0])} fails its xxh3 "
-                                f"({schema.LIPS_XXH3})")  # fmt: skip
-        count = max(stop - start, 0)
-        lips = np.empty((count, layout.windows * layout.frames, layout.size, layout.size),
-                        np.uint8)  # fmt: skip
-        try:
-            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, lips)
-        except ValueError as error:
-            raise damaged_shard(
-                self.path, schema.LIPS, f"a JPEG does not decode ({error})"
-            ) from None
+        stop = min(stop, self.num_samples)
+        lips = np.empty((max(stop - start, 0), *self.tracks.lips_shape()), np.uint8)
+        self._read_lips_into(start, lips)
         columns = {name: self.read(name, start, stop)
                    for name in (*schema.TRACK_META_FIELDS, schema.TRACK_AUDIO)}  # fmt: skip
-        return {schema.LIPS: lips.reshape(count, *layout.lips_shape()), **columns}
+        return {schema.LIPS: lips, **columns}
 
     def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
@@ -601,6 +610,15 @@ class Cache:
             with entry.open() as shard:
                 return shard.frames
         return 0
+
+    @cached_property
+    def tracks(self) -> schema.TrackLayout | None:
+        """The aligned tracks' layout (None: a cache made with tracks.windows=0), as the
+        first shard says: every shard of a cache has one config."""
+        for entry in self.shards:
+            with entry.open() as shard:
+                return shard.tracks
+        return None
 
     def check_shards(self) -> None:
         """Open every shard and check it against its entry (counts, split, faces) and the

@@ -18,7 +18,7 @@ import torch
 from avcache.cache import schema
 from avcache.cache.codec import crop_ranges
 from avcache.cache.reader import open_cache
-from avcache.train.config import TrainConfig
+from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces
 from avcache.train.engine import LAST, METRICS, Trainer
 from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
@@ -26,7 +26,13 @@ from avcache.train.models import MODELS
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import RunFolder
-from tests.toy import REPO, kill_after_first_epoch, small_config, write_toy_cache
+from tests.toy import (
+    REPO,
+    kill_after_first_epoch,
+    small_config,
+    write_toy_cache,
+    write_track_cache,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -42,12 +48,23 @@ def cache(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", [kind for kind in MODELS if kind not in TRACK_KINDS])
 @pytest.mark.parametrize("compile_", ["false", "true"])
 def test_every_model_kind_trains_on_cuda(cache, tmp_path, kind, compile_):
     run = tmp_path / "run"
     options = {**CUDA, "model.kind": kind, "run.epochs": 1, "run.compile": compile_}
     assert train_main(["--cache", str(cache), "--out", str(run), *small_config(**options)]) == 0
+    state = torch.load(run / LAST, weights_only=True)
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+
+
+@pytest.mark.parametrize("kind", TRACK_KINDS)
+def test_every_track_model_trains_on_cuda(tmp_path, kind):
+    write_track_cache(tmp_path / "cache", {"train": 24, "val": 8})
+    run = tmp_path / "run"
+    options = {**CUDA, "model.kind": kind, "run.epochs": 1, "augment.av_mismatch": 0.25}
+    assert train_main(["--cache", str(tmp_path / "cache"), "--out", str(run),
+                       *small_config(**options)]) == 0  # fmt: skip
     state = torch.load(run / LAST, weights_only=True)
     assert all(torch.isfinite(value).all() for value in state["model"].values())
 

@@ -70,3 +70,45 @@ def kill_after_first_epoch(args: list[str], run: Path) -> None:
         time.sleep(0.05)
     process.kill()
     process.wait()
+
+
+TRACK_FRAMES, TRACK_SIZE, TRACK_FPS, TRACK_RATE = 16, 32, 25.0, 16000
+TRACK_LAYOUT = schema.TrackLayout(1, TRACK_FRAMES, TRACK_SIZE, TRACK_FPS, TRACK_RATE,
+                                  round(TRACK_FRAMES * TRACK_RATE / TRACK_FPS))  # fmt: skip
+
+
+def toy_tracks(fake: bool, rng: np.random.Generator) -> schema.Tracks:
+    """A mouth that opens and closes, and speech whose loudness follows it (real) or follows
+    another mouth's motion (fake: a lip-sync fake, the same kind of sound and of lips)."""
+    opening = rng.random(TRACK_FRAMES) ** 2
+    heard = rng.permutation(opening) if fake else opening
+    lips = np.full((1, TRACK_FRAMES, TRACK_SIZE, TRACK_SIZE), 150, np.uint8)
+    for t, value in enumerate(opening):
+        gap = int(2 + value * 12)
+        lips[0, t, 16 - gap // 2 : 16 + gap // 2 + 1, 8:24] = 30  # the dark mouth gap
+    per_frame = TRACK_LAYOUT.audio_samples // TRACK_FRAMES
+    envelope = np.repeat(heard, per_frame)
+    audio = (rng.standard_normal(TRACK_LAYOUT.audio_samples) * envelope * 8000).astype(np.int16)
+    return schema.Tracks(lips=lips, lips_found=np.ones((1, TRACK_FRAMES), bool),
+                         start=np.zeros(1), frames_real=np.full(1, TRACK_FRAMES, np.int16),
+                         audio=audio[None], audio_real=np.ones(1, np.float32))  # fmt: skip
+
+
+def write_track_cache(root, splits: dict[str, int], seed: int = 0) -> None:
+    """A toy cache with aligned tracks (format v3) besides mel and faces."""
+    rng = np.random.default_rng(seed)
+    records = []
+    (root / "shards").mkdir(parents=True)
+    for split, count in splits.items():
+        rel = f"shards/{split}-00000.h5"
+        with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
+                         tracks=TRACK_LAYOUT) as writer:  # fmt: skip
+            for i in range(count):
+                sample = toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng)
+                sample.tracks = toy_tracks(bool(i % 2), rng)
+                writer.append(sample)
+            records.append(ShardRecord(rel, split, *writer.close()))
+    config = to_dict(PreprocessConfig())
+    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    config["tracks"].update(windows=1, frames=TRACK_FRAMES, size=TRACK_SIZE)
+    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy-tracks", records))

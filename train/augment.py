@@ -23,6 +23,7 @@ from avcache.train.config import AugmentConfig
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = sum(RGB_MEAN) / 3, sum(RGB_STD) / 3
+LIPS_MEAN, LIPS_STD = 0.421, 0.165  # LipForensics' grey mouth crops
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -107,6 +108,21 @@ def prepare_faces(
     return images
 
 
+def prepare_lips(lips: torch.Tensor, config: AugmentConfig | None,
+                 generator: torch.Generator | None) -> torch.Tensor:  # fmt: skip
+    """uint8 [B, W, T, S, S] grey mouths -> float [B, W, T, 1, S, S], normalised with
+    LipForensics' statistics; a sample's whole sequence flipped left-right at random."""
+    images = ((lips.float() / 255.0 - LIPS_MEAN) / LIPS_STD).unsqueeze(3)
+    if config is not None:
+        images = _where(_coin(images.shape[0], config.hflip, generator), images.flip(-1), images)
+    return images
+
+
+def prepare_track_audio(audio: torch.Tensor) -> torch.Tensor:
+    """int16 [B, W, L] -> float [B, W, L] in [-1, 1)."""
+    return audio.float() / 32768.0
+
+
 def evenly_spaced_frames(faces: torch.Tensor, frames: int | None) -> torch.Tensor:
     """`frames` of the K cached frames, spread over the clip (all of them for None)."""
     available = faces.shape[1]
@@ -132,6 +148,10 @@ def prepare(
     if schema.FACES in fields:
         faces = evenly_spaced_frames(batch[schema.FACES], frames)
         inputs[schema.FACES] = prepare_faces(faces, config, generator)
+    if schema.LIPS in fields:
+        inputs[schema.LIPS] = prepare_lips(batch[schema.LIPS], config, generator)
+    if schema.TRACK_AUDIO in fields:
+        inputs[schema.TRACK_AUDIO] = prepare_track_audio(batch[schema.TRACK_AUDIO])
     return inputs
 
 
@@ -153,3 +173,31 @@ def mismatch_faces(inputs: dict, labels: torch.Tensor, share: float,
     faces[chosen] = inputs[schema.FACES][donors]
     labels[chosen] = 1.0
     return {**inputs, schema.FACES: faces}, labels
+
+
+def mismatch_speech(inputs: dict, labels: torch.Tensor, share: float,
+                    generator: torch.Generator) -> tuple[dict, torch.Tensor]:  # fmt: skip
+    """Sync negatives: a `share` of the batch hears other speech than its lips say, labelled
+    fake. Half of them get another clip's audio window, half their own audio shifted by a
+    fifth to a half of the window (5 to 12 frames of a 25-frame window): a swapped voice
+    and a lag, the two ways lips and speech part."""
+    audio = inputs[schema.TRACK_AUDIO]
+    batch, length = audio.shape[0], audio.shape[-1]
+    count = round(share * batch)
+    if batch < 2 or count == 0:
+        return inputs, labels
+    chosen = torch.randperm(batch, generator=generator)[:count]
+    donor_shift = torch.randint(1, batch, (1,), generator=generator)
+    lags = torch.randint(length // 5, length // 2 + 1, (count,), generator=generator)
+    signs = torch.randint(0, 2, (count,), generator=generator) * 2 - 1
+    device = audio.device
+    chosen, donor_shift = to_device_async(chosen, device), to_device_async(donor_shift, device)
+    lags = to_device_async(lags * signs, device)
+    swapped, shifted, lags = chosen[0::2], chosen[1::2], lags[1::2]
+    heard, labels = audio.clone(), labels.clone()
+    heard[swapped] = audio[(swapped + donor_shift) % batch]  # never the sample itself
+    positions = (torch.arange(length, device=device) - lags[:, None]) % length
+    own = audio[shifted]
+    heard[shifted] = own.gather(-1, positions[:, None, :].expand_as(own))
+    labels[chosen] = 1.0
+    return {**inputs, schema.TRACK_AUDIO: heard}, labels

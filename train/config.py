@@ -14,6 +14,11 @@ from typing import Any
 from avcache.cache.config import LOCAL, ConfigError
 from avcache.cache.reader import Cache
 
+# The model kinds (train/models.py MODELS, named here so that the config needs no torch),
+# and those that read the cache's aligned tracks.
+MODEL_KINDS = ("audio", "faces", "av", "lips", "speech", "sync")
+TRACK_KINDS = ("lips", "speech", "sync")
+
 
 @dataclass
 class ModelConfig:
@@ -27,6 +32,7 @@ class ModelConfig:
     modality_dropout: float = 0.0  # av, training: chance a sample loses one branch's features
     aux_weight: float = 0.0  # av: weight of each branch's own head and loss (0: no such heads)
     fusion: str = "concat"  # av: concat (one head on both branches) or or (fake if either is)
+    sync_weight: float = 1.0  # sync: weight of the contrastive loss that aligns lips and speech
 
 
 @dataclass
@@ -86,7 +92,8 @@ class TrainConfig:
 
 # (key, test, what it must be): every value a run needs, checked before anything is built.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("model.kind", lambda v: v in ("audio", "faces", "av"), "audio, faces or av"),
+    ("model.kind", lambda v: v in MODEL_KINDS, ", ".join(MODEL_KINDS)),
+    ("model.sync_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("model.frames", lambda v: v is None or v >= 1, "at least 1, or null for all cached"),
     ("model.mel_size", lambda v: 32 <= v <= 1024, "between 32 and 1024"),
     ("data.batch_size", lambda v: v >= 1, "at least 1"),
@@ -139,6 +146,9 @@ def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
             raise ConfigError(f"data.{key}={split!r}: the cache {cache.root} holds no samples "
                               f"of it (its splits: {known})")  # fmt: skip
     check_targets(config, cache)
+    if config.model.kind in TRACK_KINDS:
+        check_tracks_fit(config, cache)
+        return
     if config.model.kind == "audio":
         return
     cached = cache.frames
@@ -168,3 +178,10 @@ def check_targets(config: TrainConfig, cache: Cache) -> None:
                 f"is labelled 0 (real) or 1 (fake) (in {cache.root}: "
                 f"{', '.join(usable) or 'none'})"
             )
+
+
+def check_tracks_fit(config: TrainConfig, cache: Cache) -> None:
+    if cache.tracks is None:
+        raise ConfigError(f"model.kind={config.model.kind} reads aligned lips and speech, but "
+                          f"the cache {cache.root} holds no tracks (tracks.windows=0): "
+                          "preprocess again with tracks.windows=1 (or more)")  # fmt: skip

@@ -39,7 +39,13 @@ from avcache.cache.atomic import atomic_path, write_text_atomic
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import printable, regular_file
 from avcache.train import distributed
-from avcache.train.augment import batch_seed, mismatch_faces, prepare, to_device
+from avcache.train.augment import (
+    batch_seed,
+    mismatch_faces,
+    mismatch_speech,
+    prepare,
+    to_device,
+)
 from avcache.train.config import TrainConfig
 from avcache.train.decode import decode_faces, decode_on_device
 from avcache.train.distributed import Ranks
@@ -157,9 +163,11 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
         model = config.model
+        tracks = cache.tracks
         self.model = build_model(model.kind, model.pretrained, model.modality_dropout,
-                                 aux_heads=model.aux_weight > 0,
-                                 fusion=model.fusion).to(self.device)  # fmt: skip
+                                 aux_heads=model.aux_weight > 0, fusion=model.fusion,
+                                 track_frames=tracks.frames if tracks else 0,
+                                 sync_weight=model.sync_weight).to(self.device)  # fmt: skip
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
@@ -232,6 +240,9 @@ class Trainer:
         labels = batch[schema.LABEL].float()
         if augment and augment.av_mismatch and schema.FACES in inputs and schema.MEL in inputs:
             inputs, labels = mismatch_faces(inputs, labels, augment.av_mismatch, generator)
+        if augment and augment.av_mismatch and schema.LIPS in inputs and \
+                schema.TRACK_AUDIO in inputs:  # fmt: skip
+            inputs, labels = mismatch_speech(inputs, labels, augment.av_mismatch, generator)
         if self._cuda and self.config.run.channels_last and schema.MEL in inputs:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
         return inputs, labels
@@ -268,6 +279,8 @@ class Trainer:
         """The fused head's loss, plus model.aux_weight x each branch head's (when present)."""
         if logits.dim() == 1:
             return self.loss_fn(logits, labels)
+        if hasattr(self.model, "training_loss"):  # a model with a loss of its own (sync)
+            return self.model.training_loss(logits, labels, self.loss_fn)
         own = [self.loss_fn(column, labels) for column in logits[:, 1:].unbind(1)]
         return self.loss_fn(logits[:, 0], labels) + self.config.model.aux_weight * sum(own)
 

@@ -9,6 +9,7 @@ drops the ImageNet head.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -17,6 +18,7 @@ from timm.models import load_state_dict
 from torch import nn
 
 from avcache.cache import schema
+from avcache.train.config import TRACK_KINDS
 
 BACKBONE = "resnet18"
 IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path
@@ -102,16 +104,106 @@ def face_features(backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> torch
     return backbone(faces.flatten(0, 1)).view(batch, frames, -1).mean(dim=1)
 
 
-# Branch name -> (cache dataset it reads, input channels, feature function).
-BRANCHES: dict[str, tuple[str, int, Callable]] = {
-    "mel": (schema.MEL, 1, mel_features),
-    "faces": (schema.FACES, 3, face_features),
+class LipsTrunk(nn.Module):
+    """Mouth sequences [B, W, T, 1, S, S] -> per-step features [B * W, T, 512]: a ResNet18
+    on each grey frame (LipForensics' front end, 2D), then temporal convolutions that see
+    a few frames either side (lip motion, not one mouth shape)."""
+
+    def __init__(self, pretrained: str | Path | None) -> None:
+        super().__init__()
+        self.frame = backbone(1, pretrained)
+        self.num_features = self.frame.num_features
+        self.temporal = temporal_block(self.num_features)
+
+    def forward(self, lips: torch.Tensor) -> torch.Tensor:
+        batch, windows, steps = lips.shape[:3]
+        frames = self.frame(lips.flatten(0, 2)).view(batch * windows, steps, -1)
+        return frames + self.temporal(frames.transpose(1, 2)).transpose(1, 2)
+
+
+class SpeechTrunk(nn.Module):
+    """Audio windows [B, W, L] -> per-step features [B * W, T, 512], one step per track
+    frame: a strided convolutional encoder on the waveform (wav2vec's front end: 100
+    frames a second at 16 kHz), averaged over each track frame's share of the audio, then
+    the same temporal convolutions as the lips."""
+
+    STRIDES = (5, 4, 4, 2)  # 160 samples a step: 100 steps a second at 16 kHz
+
+    def __init__(self, steps: int, num_features: int = 512) -> None:
+        super().__init__()
+        self.steps = steps  # track frames a window holds: the features' time steps
+        widths = (64, 128, 256, num_features)
+        layers, previous = [], 1
+        for width, stride in zip(widths, self.STRIDES, strict=True):
+            layers += [nn.Conv1d(previous, width, 2 * stride, stride, padding=stride // 2),
+                       nn.GroupNorm(1, width), nn.GELU()]  # fmt: skip
+            previous = width
+        self.encoder = nn.Sequential(*layers)
+        self.num_features = num_features
+        self.temporal = temporal_block(num_features)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        batch, windows, length = audio.shape
+        encoded = self.encoder(audio.reshape(batch * windows, 1, length))
+        per_frame = nn.functional.adaptive_avg_pool1d(encoded, self.steps)  # [B * W, C, T]
+        return (per_frame + self.temporal(per_frame)).transpose(1, 2)
+
+
+def temporal_block(width: int) -> nn.Module:
+    """Two temporal convolutions (kernel 3: a frame and its neighbours) over [N, C, T]."""
+    return nn.Sequential(
+        nn.Conv1d(width, width // 2, 3, padding=1), nn.BatchNorm1d(width // 2), nn.GELU(),
+        nn.Conv1d(width // 2, width, 3, padding=1), nn.BatchNorm1d(width),
+    )  # fmt: skip
+
+
+def pool_steps(steps: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B * W, T, C] -> [B, 2C]: mean and max over time, averaged over the windows."""
+    pooled = torch.cat([steps.mean(dim=1), steps.amax(dim=1)], dim=1)
+    return pooled.view(batch, -1, pooled.shape[1]).mean(dim=1)
+
+
+def lips_features(trunk: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    lips = inputs[schema.LIPS]
+    return pool_steps(trunk(lips), lips.shape[0])
+
+
+def speech_features(trunk: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    audio = inputs[schema.TRACK_AUDIO]
+    return pool_steps(trunk(audio), audio.shape[0])
+
+
+def _pooled_width(trunk: nn.Module) -> int:
+    return 2 * trunk.num_features
+
+
+@dataclass(frozen=True)
+class Branch:
+    field: str  # the cache dataset it reads
+    build: Callable[[str | Path | None, int], nn.Module]  # (pretrained, track frames)
+    features: Callable[[nn.Module, dict], torch.Tensor]  # -> [B, width]
+    width: Callable[[nn.Module], int] = lambda module: module.num_features
+
+
+# Branch name -> what it reads, how it is built and how it makes its features.
+BRANCHES: dict[str, Branch] = {
+    "mel": Branch(schema.MEL, lambda pretrained, _: backbone(1, pretrained), mel_features),
+    "faces": Branch(schema.FACES, lambda pretrained, _: backbone(3, pretrained), face_features),
+    "lips": Branch(
+        schema.LIPS, lambda pretrained, _: LipsTrunk(pretrained), lips_features, _pooled_width
+    ),
+    "speech": Branch(
+        schema.TRACK_AUDIO, lambda _, steps: SpeechTrunk(steps), speech_features, _pooled_width
+    ),
 }
-# Model kind -> the branches it fuses.
+# Model kind -> the branches it fuses (`sync` is a model of its own, SyncDetector).
 MODELS: dict[str, tuple[str, ...]] = {
     "audio": ("mel",),
     "faces": ("faces",),
     "av": ("mel", "faces"),
+    "lips": ("lips",),
+    "speech": ("speech",),
+    "sync": ("lips", "speech"),
 }
 
 
@@ -133,31 +225,32 @@ class Detector(nn.Module):
 
     def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None,
                  modality_dropout: float = 0.0, aux_heads: bool = False,
-                 fusion: str = "concat") -> None:  # fmt: skip
+                 fusion: str = "concat", track_frames: int = 0) -> None:  # fmt: skip
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"model.fusion {fusion!r} unknown (known: {', '.join(FUSIONS)})")
         self.branches = nn.ModuleDict(
-            {name: backbone(BRANCHES[name][1], pretrained) for name in branches}
+            {name: BRANCHES[name].build(pretrained, track_frames) for name in branches}
         )
-        self.fields = tuple(BRANCHES[name][0] for name in branches)
+        self.fields = tuple(BRANCHES[name].field for name in branches)
+        widths = {name: BRANCHES[name].width(branch) for name, branch in self.branches.items()}
         self.either = fusion == "or" and len(branches) > 1
         if self.either:  # one head per branch
             self.head = nn.ModuleDict({name: nn.Sequential(nn.Dropout(0.2), nn.Linear(
-                branch.num_features, 1)) for name, branch in self.branches.items()})  # fmt: skip
+                width, 1)) for name, width in widths.items()})  # fmt: skip
         else:
-            width = sum(branch.num_features for branch in self.branches.values())
-            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(sum(widths.values()), 1))
         self.modality_dropout = modality_dropout if len(branches) > 1 else 0.0
         self.aux = None
         if aux_heads and len(branches) > 1 and not self.either:
-            self.aux = nn.ModuleDict({name: nn.Linear(branch.num_features, 1)
-                                      for name, branch in self.branches.items()})  # fmt: skip
+            self.aux = nn.ModuleDict({name: nn.Linear(width, 1)
+                                      for name, width in widths.items()})  # fmt: skip
         self.own_losses = aux_heads and len(branches) > 1  # training returns branch logits too
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B]; while training with aux heads, [B, 1 + branches] (the fused first)."""
-        features = [BRANCHES[name][2](branch, inputs) for name, branch in self.branches.items()]
+        features = [BRANCHES[name].features(branch, inputs)
+                    for name, branch in self.branches.items()]  # fmt: skip
         if self.training and self.modality_dropout:
             features = drop_one_branch(features, self.modality_dropout)
         if self.either:  # the branch heads are the branches' own verdicts
@@ -189,8 +282,89 @@ def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[to
     return [f * ~(dropped & (which == i))[:, None] for i, f in enumerate(features)]
 
 
+class SyncDetector(nn.Module):
+    """Do the lips move with the speech? SyncNet's question, asked over time.
+
+    The lips and speech trunks give one embedding per track frame; their cosine similarity
+    at offsets -K..K frames (the audio shifted against the lips) says how well the two
+    agree and at which lag: a real clip peaks at 0, a lip-synced or desynchronised one
+    peaks elsewhere or nowhere. The real/fake head reads those similarities with both
+    trunks' pooled features. While training, forward also returns the similarities, and
+    `training_loss` adds a contrastive term on real clips (offset 0 against the others,
+    model.sync_weight), so the embeddings learn alignment and not only the labels.
+    """
+
+    OFFSETS = 5  # K: frames either side (0.2 s at 25 fps: wider than any natural lag)
+    EMBEDDING = 128
+
+    def __init__(self, pretrained: str | Path | None, track_frames: int,
+                 sync_weight: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        self.lips, self.speech = LipsTrunk(pretrained), SpeechTrunk(track_frames)
+        self.fields = (schema.LIPS, schema.TRACK_AUDIO)
+        self.project_lips = nn.Linear(self.lips.num_features, self.EMBEDDING)
+        self.project_speech = nn.Linear(self.speech.num_features, self.EMBEDDING)
+        self.temperature = nn.Parameter(torch.tensor(10.0))  # SyncNet's margin, learnt
+        width = 2 * self.lips.num_features + 2 * self.speech.num_features + 3 * self.offsets
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
+        self.sync_weight = sync_weight
+
+    @property
+    def offsets(self) -> int:
+        return 2 * self.OFFSETS + 1
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B]; while training [B, 1 + 2K + 1] (then each offset's similarity)."""
+        lips, audio = inputs[schema.LIPS], inputs[schema.TRACK_AUDIO]
+        batch = lips.shape[0]
+        lip_steps, speech_steps = self.lips(lips), self.speech(audio)  # [B * W, T, C]
+        similarity = offset_similarity(
+            nn.functional.normalize(self.project_lips(lip_steps), dim=-1),
+            nn.functional.normalize(self.project_speech(speech_steps), dim=-1),
+            self.OFFSETS,
+        )  # [B * W, 2K + 1, T]
+        per_offset = similarity.mean(dim=2).view(batch, -1, self.offsets).mean(dim=1)
+        summary = torch.cat([per_offset, similarity.amax(dim=2).view(batch, -1, self.offsets)
+                             .mean(dim=1), per_offset.softmax(dim=1)], dim=1)  # fmt: skip
+        features = torch.cat([pool_steps(lip_steps, batch), pool_steps(speech_steps, batch),
+                              summary], dim=1)  # fmt: skip
+        logits = self.head(features)
+        if not self.training:
+            return logits.squeeze(1)
+        return torch.cat([logits, self.temperature * per_offset], dim=1)
+
+    def training_loss(self, output: torch.Tensor, labels: torch.Tensor,
+                      loss_fn: Callable) -> torch.Tensor:  # fmt: skip
+        """Real/fake loss, plus sync_weight x cross-entropy that makes offset 0 the most
+        similar on real clips (fakes may be out of sync: they teach no offset)."""
+        loss = loss_fn(output[:, 0], labels)
+        real = labels < 0.5
+        if self.sync_weight and real.any():
+            target = torch.full_like(labels, self.OFFSETS, dtype=torch.long)
+            contrastive = nn.functional.cross_entropy(output[:, 1:], target, reduction="none")
+            loss = loss + self.sync_weight * (contrastive * real).sum() / real.sum().clamp_min(1)
+        return loss
+
+
+def offset_similarity(lips: torch.Tensor, speech: torch.Tensor, offsets: int) -> torch.Tensor:
+    """[N, T, E] unit embeddings -> [N, 2K + 1, T]: lips at t against speech at t + d for
+    d = -K..K (zero where t + d leaves the window)."""
+    steps = lips.shape[1]
+    padded = nn.functional.pad(speech, (0, 0, offsets, offsets))  # [N, T + 2K, E]
+    shifted = padded.unfold(1, steps, 1)  # [N, 2K + 1, E, T]
+    return torch.einsum("nte,nket->nkt", lips, shifted)
+
+
 def build_model(kind: str, pretrained: str | Path | None = None, modality_dropout: float = 0.0,
-                aux_heads: bool = False, fusion: str = "concat") -> nn.Module:  # fmt: skip
+                aux_heads: bool = False, fusion: str = "concat", track_frames: int = 0,
+                sync_weight: float = 1.0) -> nn.Module:  # fmt: skip
+    """A detector of `kind`; the track kinds need the cache's frames per window."""
     if kind not in MODELS:
         raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads, fusion)
+    if kind in TRACK_KINDS and track_frames < 1:
+        raise ValueError(f"model.kind={kind} reads the cache's aligned tracks: give their "
+                         "frames per window (tracks.frames)")  # fmt: skip
+    if kind == "sync":
+        return SyncDetector(pretrained or None, track_frames, sync_weight)
+    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads, fusion,
+                    track_frames)  # fmt: skip

@@ -1,0 +1,124 @@
+"""The models that read the aligned tracks (lips, speech, sync): they train and resume from a
+cache with tracks, their sync negatives are what they say, and the sync score's offsets
+point where the audio lags."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avcache.cache import open_cache, schema
+from avcache.train.augment import mismatch_speech
+from avcache.train.engine import LAST, METRICS
+from avcache.train.models import SyncDetector, build_model, offset_similarity
+from avcache.train.run import main as train_main
+from tests.test_mistakes import one_line_error
+from tests.toy import (
+    TRACK_FRAMES,
+    kill_after_first_epoch,
+    small_config,
+    write_toy_cache,
+    write_track_cache,
+)
+
+TRACKS = {"data.batch_size": 8, "data.block_size": 4, "run.threads": 2}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracks")
+    write_track_cache(root, {"train": 24, "val": 8})
+    return root
+
+
+@pytest.mark.parametrize("kind", ["lips", "speech", "sync"])
+def test_every_track_model_trains_and_validates(cache, tmp_path, kind):
+    run = tmp_path / "run"
+    options = {**TRACKS, "model.kind": kind, "run.epochs": 1, "augment.av_mismatch": 0.25}
+    assert train_main(["--cache", str(cache), "--out", str(run), *small_config(**options)]) == 0
+    row = json.loads((run / METRICS).read_text().splitlines()[-1])
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_auc"] <= 1
+    state = torch.load(run / LAST, weights_only=True)
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+
+
+def test_a_killed_sync_run_resumes_to_where_an_uninterrupted_run_ends(cache, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*small_config(**{**TRACKS, "model.kind": "sync", "augment.av_mismatch": 0.25}),
+            "--cache", str(cache)]  # fmt: skip
+    assert train_main([*args, "--out", str(straight)]) == 0
+    kill_after_first_epoch([*args, "--out", str(killed)], killed)
+    assert train_main(["--resume", str(killed)]) == 0
+    a = torch.load(straight / LAST, weights_only=True)["model"]
+    b = torch.load(killed / LAST, weights_only=True)["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_a_track_model_on_a_cache_without_tracks_is_refused_in_one_line(tmp_path, capsys):
+    write_toy_cache(tmp_path / "cache", {"train": 8, "val": 8})
+    args = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+            *small_config(**{"model.kind": "sync"})]  # fmt: skip
+    assert train_main(args) == 2
+    error = one_line_error(capsys, "avcache-train")
+    assert "model.kind=sync reads aligned lips and speech" in error
+    assert "preprocess again with tracks.windows=1" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_offset_similarity_peaks_at_the_lag_of_the_audio():
+    torch.manual_seed(0)
+    steps, lag = 20, 3
+    lips = torch.nn.functional.normalize(torch.randn(1, steps, 16), dim=-1)
+    speech = torch.roll(lips, lag, dims=1)  # speech at t + lag says what the lips say at t
+    similarity = offset_similarity(lips, speech, offsets=5)  # [1, 11, T]
+    assert similarity.shape == (1, 11, steps)
+    assert int(similarity.mean(dim=2).argmax()) == 5 + lag
+    assert torch.allclose(offset_similarity(lips, lips, 5)[0, 5], torch.ones(steps))
+
+
+def test_sync_negatives_hear_another_clip_or_their_own_speech_late(cache):
+    samples = list(open_cache(cache).iter_samples("train"))[:8]
+    audio = torch.from_numpy(np.stack([s.tracks.audio for s in samples])).float()
+    labels = torch.zeros(8)
+    inputs, mixed = mismatch_speech({schema.TRACK_AUDIO: audio}, labels, 0.5,
+                                    torch.Generator().manual_seed(3))  # fmt: skip
+    heard = inputs[schema.TRACK_AUDIO]
+    changed = [i for i in range(8) if not torch.equal(heard[i], audio[i])]
+    assert mixed.tolist().count(1.0) == 4 and sorted(changed) == np.flatnonzero(mixed).tolist()
+    own = {tuple(audio[i].flatten()[:50].tolist()): i for i in range(8)}
+    kinds = {"swapped": 0, "shifted": 0}
+    for i in changed:
+        donor = own.get(tuple(heard[i].flatten()[:50].tolist()))
+        if donor is not None:
+            assert donor != i and torch.equal(heard[i], audio[donor])
+            kinds["swapped"] += 1
+            continue
+        lags = [d for d in range(1, audio.shape[-1]) if torch.equal(
+            heard[i], torch.roll(audio[i], d, dims=-1))]  # fmt: skip
+        assert len(lags) == 1 and audio.shape[-1] // 5 <= min(lags[0], audio.shape[-1] - lags[0])
+        kinds["shifted"] += 1
+    assert kinds == {"swapped": 2, "shifted": 2}
+
+
+def test_the_sync_loss_teaches_offset_zero_on_real_clips_only():
+    model = SyncDetector(None, TRACK_FRAMES, sync_weight=1.0)
+    output = torch.zeros(4, 1 + model.offsets)
+    output[:, 1 + model.OFFSETS] = 5.0  # every clip most similar at offset 0
+    bce = torch.nn.BCEWithLogitsLoss()
+    aligned = model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce)
+    output[:2, 1 + model.OFFSETS] = 0.0
+    output[:2, 1] = 5.0  # the real clips now peak at -K
+    misaligned = model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce)
+    assert misaligned > aligned + 4
+    output[2:, 1] = 5.0  # fakes peaking anywhere cost nothing more
+    assert model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce) == misaligned
+
+
+def test_track_kinds_need_the_frames_per_window():
+    with pytest.raises(ValueError, match="reads the cache's aligned tracks"):
+        build_model("lips")
