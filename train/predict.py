@@ -21,7 +21,7 @@ import torch
 
 from avcache.cache import schema
 from avcache.cache.atomic import atomic_path
-from avcache.cache.codec import encode_crops, round_trip
+from avcache.cache.codec import encode_crops, round_trip, round_trip_grey
 from avcache.cache.labels import LabelFileError, read_names
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import printable
@@ -116,6 +116,7 @@ def predict_video(run: RunFolder, video: Path, ffmpeg: str | None = None) -> flo
     batch = {
         schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
         schema.FACES: faces[None].to(trainer.device),
+        **tracks_batch(sample, config.tracks.quality, trainer.device),
     }
     trainer.model.eval()
     model = trainer.config.model
@@ -129,6 +130,16 @@ def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> tor
     if trainer.decodes_faces_here(trainer.config.data.train_split):
         return decode_crops(encode_crops(faces, quality), trainer.device)
     return torch.from_numpy(round_trip(faces, quality))
+
+
+def tracks_batch(sample: schema.Sample, quality: int, device: torch.device) -> dict:
+    """A raw video's aligned windows as the cache holds them (its mouth crops through JPEG),
+    for the models that read them; nothing where the cache has no tracks."""
+    if sample.tracks is None:
+        return {}
+    lips = round_trip_grey(sample.tracks.lips, quality)
+    return {schema.LIPS: torch.from_numpy(lips[None]).to(device),
+            schema.TRACK_AUDIO: torch.from_numpy(sample.tracks.audio[None]).to(device)}  # fmt: skip
 
 
 def share(text: str) -> float:
