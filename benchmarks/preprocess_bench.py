@@ -83,12 +83,14 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
 RESULTS_FILE = "preprocess_bench.json"
 
-# Config overrides per pipeline mode: mel only, and mel + 8 faces by each detector.
+# Config overrides per pipeline mode: mel only, mel + 8 faces by each detector, and the
+# default with one aligned track window (25 mouth frames and their audio, format v3).
 MODES = {
     "mel": ["faces.frames=0"],
     "mediapipe": ["faces.detector=mediapipe"],
     "mtcnn": ["faces.detector=mtcnn"],
     "haar": ["faces.detector=haar"],
+    "tracks": ["faces.detector=mediapipe", "tracks.windows=1"],
 }
 FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
 BENCH_FRAMES = (75, 201)  # 3 to 8 s at 25 fps, drawn per clip
@@ -650,10 +652,19 @@ def median_run(runs: list[dict]) -> dict:
     return chosen
 
 
+def chosen_modes(args) -> dict[str, list[str]]:
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        raise SystemExit(
+            f"--modes: unknown {', '.join(sorted(unknown))} (known: {', '.join(MODES)})"
+        )
+    return {mode: MODES[mode] for mode in args.modes.split(",")}
+
+
 def bench_cli(data: Path, scratch: Path, args, shard: int, n: int) -> list[dict]:
     """Cold subprocess runs; the earlier phases warmed the disk caches (numba, page cache)."""
     log, rows = scratch / "cli.log", []
-    for mode, overrides in MODES.items():
+    for mode, overrides in chosen_modes(args).items():
         overrides = [*overrides, f"shards.size={shard}"]
         for jobs in (1, 2):
             runs = [
@@ -667,7 +678,7 @@ def bench_cli(data: Path, scratch: Path, args, shard: int, n: int) -> list[dict]
 
 def bench_api(data: Path, clip: Clip, scratch: Path, args, shard: int, n: int) -> list[dict]:
     rows = []
-    for mode, overrides in MODES.items():
+    for mode, overrides in chosen_modes(args).items():
         overrides = [*overrides, f"shards.size={shard}"]
         warmed = warm_api(clip, overrides, 2)
         runs: dict[int, list[dict]] = {1: [], 2: []}
@@ -706,9 +717,11 @@ def ratios(results: dict) -> dict:
         )
     for how in ("api", "cli"):
         for jobs in (1, 2):
+            if (how, "mel", jobs) not in rows:  # --modes without mel
+                continue
             per_core = rows[(how, "mel", jobs)]["s_per_video_per_core"]
             out[f"mel_{how}_jobs{jobs}_per_core_vs_baseline"] = base / per_core
-        for mode in MODES:
+        for mode in results["args"]["modes"].split(","):
             one, two = rows[(how, mode, 1)], rows[(how, mode, 2)]
             out[f"{how}_{mode}_jobs2_vs_jobs1_wall"] = one["wall_s"] / two["wall_s"]
             out[f"{how}_{mode}_jobs2_vs_jobs1_cpu_per_video"] = (
@@ -865,6 +878,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="the sample generator's seed (default 0)"
     )
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"pipeline modes, default all: {', '.join(MODES)}")  # fmt: skip
     parser.add_argument("--out", type=Path, help="folder for the JSON (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the clips and caches")
     args = parser.parse_args(argv)
