@@ -4,7 +4,10 @@
 and JS that links only, and relatively, to PNG thumbnails under `DIR/thumbs/`.
 Each thumbnail is the sample's mel image (low frequencies at the bottom, the
 sheets' colour map) beside its K face crops, a red frame where no face was
-found. Video names come from label files and may hold quotes, `<>&` or any
+found; with aligned tracks (v3), the first window under them: its spectrogram,
+waveform and mouth frames over the same pixel columns (frame k in columns
+[k, k + 1) x cell), then a time axis in seconds from the video's start.
+Video names come from label files and may hold quotes, `<>&` or any
 Unicode: every one is HTML-escaped, and none is used as a file name.
 
 Scale: the small columns (names, labels, flags) are read once per shard; the
@@ -27,12 +30,42 @@ from tqdm import tqdm
 from avcache.cache import schema
 from avcache.cache.labels import LabelFileError, read_rows
 from avcache.cache.reader import Cache
-from avcache.cache.sheets import COLORMAP, face_tile, label_name
+from avcache.cache.sheets import (
+    COLORMAP,
+    face_tile,
+    label_name,
+    spectrogram,
+    strip_image,
+    wave_image,
+    window_span,
+)
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 128  # mel thumbnail side in pixels (half the mel); faces tile the same height
 GAP = 2
 DEFAULT_LIMIT = 200
+# A track window under the thumbnail: heights in pixels, at least this many px per frame.
+SPEC_H, WAVE_H, TICKS_H, MIN_CELL = 40, 32, 16, 8
+AXIS_RGB = (90, 90, 90)
+
+
+@dataclass(frozen=True)
+class TrackFacts:
+    """What a card says of a sample's aligned windows (v3), from the small columns."""
+
+    start: float  # the first window's start, seconds from the video's start
+    mouth_found: int  # frames of all windows where the mouth was located
+    frames: int  # frames of all windows
+    repeated: int  # frames repeating the clip's last one (the clip was short)
+    audio_real: float  # the smallest share of real audio over the windows
+
+    def tags(self) -> list[str]:
+        tags = [f"mouth {self.mouth_found}/{self.frames}", f"window at {self.start:.2f} s"]
+        if self.repeated:
+            tags.append(f'<span class="tag warn">{self.repeated} frames repeated</span>')
+        if self.audio_real < 1:
+            tags.append(f'<span class="tag warn">audio {100 * self.audio_real:.0f}% real</span>')
+        return tags
 
 
 @dataclass
@@ -50,6 +83,7 @@ class Entry:
     duration: float
     truth: int | None = None  # from a label file, else the cached label when known
     p_fake: float | None = None
+    tracks: TrackFacts | None = None
 
     @property
     def pick(self) -> tuple[int, int]:
@@ -80,6 +114,7 @@ def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
             names, labels = shard.read(schema.VIDEO_NAME), shard.read(schema.LABEL)
             audio, found = shard.read(schema.HAS_AUDIO), shard.read(schema.FACE_FOUND)
             duration = shard.read(schema.DURATION)
+            tracks = _track_facts(shard) if shard.tracks else [None] * len(names)
         known = {schema.LABEL_FAKE, schema.LABEL_REAL}
         entries.extend(
             Entry(
@@ -93,10 +128,28 @@ def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
                 found.shape[1],
                 float(duration[i]),
                 truth=int(labels[i]) if int(labels[i]) in known else None,
+                tracks=tracks[i],
             )
             for i in range(len(names))
         )
     return entries
+
+
+def _track_facts(shard) -> list[TrackFacts]:
+    """Each sample's TrackFacts, from the tracks' small columns (no crops, no audio)."""
+    found, start = shard.read(schema.LIPS_FOUND), shard.read(schema.TRACK_START)
+    real, audio = shard.read(schema.TRACK_FRAMES_REAL), shard.read(schema.TRACK_AUDIO_REAL)
+    frames = found.shape[2]
+    return [
+        TrackFacts(
+            float(start[i, 0]),
+            int(found[i].sum()),
+            int(found[i].size),
+            int((frames - real[i].astype(int)).sum()),
+            float(audio[i].min()),
+        )
+        for i in range(len(found))
+    ]
 
 
 def read_predictions(path: Path) -> dict[str, float]:
@@ -195,10 +248,52 @@ def thumbnail(sample: schema.Sample, lut: np.ndarray, size: int = THUMB_SIZE) ->
     return out
 
 
+def track_thumbnail(
+    tracks: schema.Tracks, layout: schema.TrackLayout, lut: np.ndarray, width: int
+) -> np.ndarray:
+    """RGB uint8: the first window's spectrogram (low frequencies at the bottom), waveform
+    and mouth strip over the same columns, `cell` = width // T (at least MIN_CELL) px per
+    frame, then ticks at the frame edges labelled with the window's ends in seconds."""
+    frames = tracks.lips.shape[1]
+    cell = max(MIN_CELL, width // frames)
+    columns = cell * frames
+    spec = spectrogram(tracks.audio[0], layout.audio_rate, columns)
+    spec = lut[cv2.resize(spec, (columns, SPEC_H), interpolation=cv2.INTER_AREA)[::-1]]
+    wave = wave_image(tracks.audio[0], float(tracks.audio_real[0]), columns, WAVE_H)
+    white = np.full((GAP, columns, 3), 255, np.uint8)
+    strip = strip_image(tracks, 0, cell)
+    return np.concatenate([spec, white, wave, white, strip, time_ticks(tracks, layout, cell)])
+
+
+def time_ticks(tracks: schema.Tracks, layout: schema.TrackLayout, cell: int) -> np.ndarray:
+    """RGB uint8 [TICKS_H, T * cell]: a tick at every frame edge, the window's first and last
+    second (from the video's start) written at its ends."""
+    frames = tracks.lips.shape[1]
+    image = np.full((TICKS_H, cell * frames, 3), 255, np.uint8)
+    image[0, :] = AXIS_RGB
+    image[:4, [min(k * cell, cell * frames - 1) for k in range(frames + 1)]] = AXIS_RGB
+    start, stop = window_span(tracks, layout, 0)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.33
+    right = f"{stop:.2f} s"
+    right_x = cell * frames - cv2.getTextSize(right, font, scale, 1)[0][0] - 1
+    for text, x in ((f"{start:.2f} s", 1), (right, right_x)):
+        cv2.putText(image, text, (x, TICKS_H - 3), font, scale, AXIS_RGB, 1, cv2.LINE_AA)
+    return image
+
+
+def _stack(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """`top` above `bottom`, GAP px apart, left-aligned on white."""
+    width = max(top.shape[1], bottom.shape[1])
+    out = np.full((top.shape[0] + GAP + bottom.shape[0], width, 3), 255, np.uint8)
+    out[: top.shape[0], : top.shape[1]] = top
+    out[top.shape[0] + GAP :, : bottom.shape[1]] = bottom
+    return out
+
+
 def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str, tuple[int, int]]:
     """One PNG per entry under out/thumbs/, read block-wise per shard; path -> (width, height)."""
     (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-    lut, sizes = colour_lut(), {}
+    lut, sizes, layout = colour_lut(), {}, cache.tracks
     wanted = {entry.pick: entry for entry in entries}
     for pick, sample in tqdm(
         cache.samples_at(list(wanted)),
@@ -208,6 +303,8 @@ def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str,
         leave=False,
     ):
         image = thumbnail(sample, lut)
+        if layout is not None and sample.tracks is not None:
+            image = _stack(image, track_thumbnail(sample.tracks, layout, lut, image.shape[1]))
         path = wanted[pick].thumb
         if not cv2.imwrite(str(out / path), np.ascontiguousarray(image[..., ::-1])):
             raise OSError(f"{out / path}: cannot write the thumbnail")
@@ -252,6 +349,8 @@ def card(entry: Entry, size: tuple[int, int], rank: int | None = None) -> str:
         tags.append('<span class="tag noaudio">no audio</span>')
     tags.append(f"faces {entry.faces_found}/{entry.frames}")
     tags.append(f"{entry.duration:.1f} s")
+    if entry.tracks is not None:
+        tags.extend(entry.tracks.tags())
     if entry.p_fake is not None:
         tags.append(f'<span class="p">P(fake) {entry.p_fake:.3f}</span>')
     if rank is not None:
@@ -339,7 +438,7 @@ h1 { font-size: 18px; margin: 4px 0; } h2 { font-size: 16px; margin: 16px 0 6px;
 .name { font: 11px monospace; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .tags { font-size: 11px; color: #555; }
 .tag { font-weight: bold; } .fake { color: #c0392b; } .real { color: #1e8449; }
-.unknown { color: #777; } .noaudio { color: #8a5a00; } .rank { font-weight: bold; }
+.unknown { color: #777; } .noaudio, .warn { color: #8a5a00; } .rank { font-weight: bold; }
 .p, .rank { color: #222; white-space: nowrap; }
 [hidden] { display: none !important; }
 """

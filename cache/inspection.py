@@ -207,7 +207,8 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
         )
     samples = dict(cache.samples_at(picks))
     title = f"{cache.root} · split {split} · label {args.label} · {len(picks)} samples"
-    figure = sheets.contact_sheet([samples[pick] for pick in picks], cache.index, title)
+    chosen = [samples[pick] for pick in picks]
+    figure = sheets.contact_sheet(chosen, cache.index, title, cache.tracks)
     path = sheets.save(figure, args.output, args.palette)
     print(f"sheet: {path} ({len(picks)} samples of {split})")
     return 0
@@ -226,7 +227,7 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
     with entry.open() as shard:
         sample = shard.sample(position)
     meta = sample_meta(cache, sample, entry.path, position, entry.split)
-    figure = sheets.sample_figure(sample, cache.index, meta)
+    figure = sheets.sample_figure(sample, cache.index, meta, cache.tracks)
     path = sheets.save(figure, args.output, args.palette)
     print(f"sheet: {path} ({args.video} from {entry.split})")
     return 0
@@ -245,6 +246,7 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
         "duration": f"{float(sample.duration):.2f} s",
         "faces found": f"{sum(found)} of {len(found)} frames",
         **_mel_mode_meta(cache.index),
+        **_tracks_meta(cache.tracks, sample.tracks),
         "shard": str(path.relative_to(cache.root.resolve())),
         "position": str(position),
         "config": cache.config_hash,
@@ -264,6 +266,21 @@ def _mel_mode_meta(index: dict) -> dict[str, str]:
         "mel mode": mode,
         "mel bins": f"{axes.n_mels}, Slaney mel scale over 0-{axes.rate // 2} Hz",
         "mel frames": f"hop {axes.hop} at {axes.rate} Hz, resized to 256",
+    }
+
+
+def _tracks_meta(layout: schema.TrackLayout | None, tracks: schema.Tracks | None) -> dict:
+    """The aligned windows' shape and what could not be aligned (none without tracks)."""
+    if layout is None or tracks is None:
+        return {}
+    windows, frames = tracks.lips.shape[:2]
+    return {
+        "tracks": f"{windows} x {frames} frames at {layout.fps:g} fps, {layout.size} px mouth",
+        "track audio": f"mono int16 at {layout.audio_rate} Hz, "
+        f"{100 * float(tracks.audio_real.min()):.0f}% real at least",
+        "mouth found": f"{int(tracks.lips_found.sum())} of {tracks.lips_found.size} frames",
+        "repeated": f"{int((frames - tracks.frames_real.astype(int)).sum())} frames "
+        "(past the clip's end)",
     }
 
 

@@ -9,6 +9,12 @@ The mel axes are labelled honestly: a cached mel image is the preprocessor's
 mel spectrogram (Slaney mel bins over 0..rate/2, one column per STFT frame of
 the whole clip) resized to 256 x 256, so rows map to hertz through the mel
 scale and columns to seconds through the clip's duration.
+
+A cache with aligned tracks (format v3) also gets, per window, its spectrogram and
+waveform above the strip of its mouth frames, on one time axis in seconds from the
+video's start: frame k of a window starting at t0 spans [t0 + k / fps, t0 + (k + 1) / fps)
+and audio sample n is the instant t0 + n / rate, so a mouth that opens sits under the
+loud part of the speech.
 """
 
 from __future__ import annotations
@@ -44,6 +50,18 @@ PAD, TITLE_H, HEADER_H = 8, 36, 22
 MEL_W, MEL_H, MEL_LEFT, MEL_BOTTOM = 150, 110, 46, 34
 FACE_GAP = 4
 PANEL_CELLS = 12  # columns of panels: about this many mel/face cells side by side
+
+# Track windows (v3): a note line, the spectrogram, the waveform, the mouth strip (one cell
+# per frame, square), then the time axis; heights in pixels (sheet panel, one-sample figure).
+TRACK_NOTE_H, TRACK_GAP, TRACK_AXIS_H = 16, 2, 30
+PANEL_TRACK_HEIGHTS = (44, 36)  # spectrogram, waveform
+DETAIL_TRACK_HEIGHTS = (140, 90)
+TRACK_MIN_CELL = 12  # a panel widens so that a frame gets at least this many pixels
+DETAIL_MAX_CELL = 96
+SPEC_FFT_SECONDS = 0.032  # STFT frame: 512 samples at 16 kHz
+SPEC_TOP_DB = 80.0  # the spectrogram shows this many dB below the window's peak
+WAVE_COLOUR, NO_AUDIO_COLOUR = "#1f4e79", "#d7d7d7"
+WAVE_RGB, NO_AUDIO_RGB, WAVE_AXIS_RGB = (31, 78, 121), (215, 215, 215), (150, 150, 150)
 
 
 def hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
@@ -170,38 +188,69 @@ def _new_figure(width: int, height: int) -> Figure:
     return fig
 
 
-def sheet_layout(count: int, frames: int) -> tuple[int, int, int, int]:
-    """(columns, rows, width, height in pixels) of a contact sheet of `count` samples."""
+def sheet_layout(
+    count: int, frames: int, tracks: schema.TrackLayout | None = None
+) -> tuple[int, int, int, int]:
+    """(columns, rows, width, height in pixels) of a contact sheet of `count` samples; with
+    `tracks`, each panel also shows its first window under the mel and faces."""
     columns = max(1, min(count, PANEL_CELLS // (frames + 2)))
     rows = max(1, math.ceil(count / columns))
-    width = 2 * PAD + columns * _panel_width(frames)
-    height = TITLE_H + rows * (HEADER_H + MEL_H + MEL_BOTTOM) + PAD
+    width = 2 * PAD + columns * _panel_width(frames, tracks)
+    height = TITLE_H + rows * _panel_height(frames, tracks) + PAD
     return columns, rows, width, height
 
 
-def _panel_width(frames: int) -> int:
-    return MEL_LEFT + MEL_W + PAD + frames * (MEL_H + FACE_GAP) + PAD
+def _panel_width(frames: int, tracks: schema.TrackLayout | None = None) -> int:
+    width = MEL_LEFT + MEL_W + PAD + frames * (MEL_H + FACE_GAP) + PAD
+    if tracks is None:
+        return width
+    return max(width, MEL_LEFT + tracks.frames * TRACK_MIN_CELL + 2 * PAD)
 
 
-def contact_sheet(samples: Sequence[schema.Sample], index: dict, title: str) -> Figure:
-    """A grid of samples: name and label, mel with labelled axes, then its K faces."""
+def _panel_height(frames: int, tracks: schema.TrackLayout | None = None) -> int:
+    height = HEADER_H + MEL_H + MEL_BOTTOM
+    return height if tracks is None else height + panel_track_box(0, 0, frames, tracks).height
+
+
+def panel_track_box(x: int, y: int, frames: int, tracks: schema.TrackLayout) -> TrackBox:
+    """Where a panel at (x, y) draws its first window: under the mel, as wide as it fits."""
+    cell = (_panel_width(frames, tracks) - MEL_LEFT - 2 * PAD) // tracks.frames
+    return TrackBox(x + MEL_LEFT, y + HEADER_H + MEL_H + MEL_BOTTOM, cell, tracks.frames,
+                    *PANEL_TRACK_HEIGHTS)  # fmt: skip
+
+
+def contact_sheet(
+    samples: Sequence[schema.Sample],
+    index: dict,
+    title: str,
+    tracks: schema.TrackLayout | None = None,
+) -> Figure:
+    """A grid of samples: name and label, mel with labelled axes, then its K faces; with
+    the cache's `tracks` layout, each sample's first window under them."""
     frames = samples[0].faces.shape[0] if samples else 0
-    columns, _, width, height = sheet_layout(len(samples), frames)
+    columns, _, width, height = sheet_layout(len(samples), frames, tracks)
     fig = _new_figure(width, height)
     _text(fig, PAD, 10, title, fontsize=13)
     axes = mel_axes_of(index)
     for number, sample in enumerate(samples):
         row, column = divmod(number, columns)
-        x = PAD + column * _panel_width(frames)
-        y = TITLE_H + row * (HEADER_H + MEL_H + MEL_BOTTOM)
-        _draw_panel(fig, sample, axes, x, y)
+        x = PAD + column * _panel_width(frames, tracks)
+        y = TITLE_H + row * _panel_height(frames, tracks)
+        _draw_panel(fig, sample, axes, x, y, tracks)
     return fig
 
 
-def _draw_panel(fig: Figure, sample: schema.Sample, axes: MelAxes | None, x: int, y: int) -> None:
+def _draw_panel(
+    fig: Figure,
+    sample: schema.Sample,
+    axes: MelAxes | None,
+    x: int,
+    y: int,
+    tracks: schema.TrackLayout | None = None,
+) -> None:
     frames = sample.faces.shape[0]
-    right = x + _panel_width(frames) - PAD
-    name = _shorten(str(sample.video_name), max(12, (_panel_width(frames) - PAD) // 7))
+    right = x + _panel_width(frames, tracks) - PAD
+    name = _shorten(str(sample.video_name), max(12, (_panel_width(frames, tracks) - PAD) // 7))
     _text(fig, x + 4, y + 4, name, fontsize=8, family="monospace")
     tags = label_name(sample.label) + ("" if sample.has_audio else " · no audio")
     colour = LABEL_COLOURS.get(int(sample.label), "dimgray")
@@ -210,6 +259,9 @@ def _draw_panel(fig: Figure, sample: schema.Sample, axes: MelAxes | None, x: int
     for k in range(frames):
         face_x = x + MEL_LEFT + MEL_W + PAD + k * (MEL_H + FACE_GAP)
         place_face(fig, sample.faces[k], bool(sample.face_found[k]), face_x, y + HEADER_H, MEL_H)
+    if tracks is not None and sample.tracks is not None:
+        box = panel_track_box(x, y, frames, tracks)
+        draw_window(fig, sample.tracks, tracks, 0, box, small=True)
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -218,21 +270,29 @@ def _shorten(text: str, limit: int) -> str:
 
 # One-sample figure: the mel at 2 px per mel pixel, a colour bar, metadata, all K faces.
 DETAIL_MEL, DETAIL_LEFT, DETAIL_META_W = 512, 70, 480
+DETAIL_W = DETAIL_LEFT + DETAIL_MEL + 90 + DETAIL_META_W
 
 
-def sample_figure(sample: schema.Sample, index: dict, meta: dict[str, str]) -> Figure:
-    """One sample in detail: full-size mel with a colour map, all faces, its metadata."""
-    frames = sample.faces.shape[0]
-    width = DETAIL_LEFT + DETAIL_MEL + 90 + DETAIL_META_W
-    tile = min(max(sample.faces.shape[1], 128), (width - 2 * PAD) // max(frames, 1) - 8)
-    fig = _new_figure(width, TITLE_H + DETAIL_MEL + 60 + (tile + 40 if frames else 0))
+def sample_figure(
+    sample: schema.Sample,
+    index: dict,
+    meta: dict[str, str],
+    tracks: schema.TrackLayout | None = None,
+) -> Figure:
+    """One sample in detail: full-size mel with a colour map, all faces, its metadata; with
+    the cache's `tracks` layout, every window of the sample under them."""
+    frames, tile = sample.faces.shape[0], _detail_tile(sample)
+    boxes = detail_track_boxes(sample, tracks)
+    height = boxes[-1].y + boxes[-1].height + PAD if boxes else _detail_faces_bottom(sample)
+    fig = _new_figure(DETAIL_W, height)
     _text(fig, PAD, 10, str(sample.video_name), fontsize=13, family="monospace")
     mel_ax = _add_axes(fig, DETAIL_LEFT, TITLE_H, DETAIL_MEL, DETAIL_MEL)
     image = draw_mel(mel_ax, sample, mel_axes_of(index), small=False)
     bar_ax = _add_axes(fig, DETAIL_LEFT + DETAIL_MEL + 12, TITLE_H, 14, DETAIL_MEL)
     fig.colorbar(image, cax=bar_ax).set_label("grey level (dB re clip max, min-max scaled)")
     lines = "\n".join(f"{key:<11} {value}" for key, value in meta.items())
-    _text(fig, width - DETAIL_META_W + 20, TITLE_H + 4, lines, family="monospace", linespacing=1.5)
+    _text(fig, DETAIL_W - DETAIL_META_W + 20, TITLE_H + 4, lines, family="monospace",
+          linespacing=1.5)  # fmt: skip
     face_y = TITLE_H + DETAIL_MEL + 60 + 22
     for k in range(frames):
         found, x = bool(sample.face_found[k]), PAD + k * (tile + 8)
@@ -240,7 +300,232 @@ def sample_figure(sample: schema.Sample, index: dict, meta: dict[str, str]) -> F
         caption = f"frame {k}" + ("" if found else ": no face")
         _text(fig, x + tile / 2, face_y - 4, caption, ha="center", va="bottom",
               color="black" if found else NO_FACE_TEXT)  # fmt: skip
+    for window, box in enumerate(boxes):
+        draw_window(fig, sample.tracks, tracks, window, box, small=False)
     return fig
+
+
+def _detail_tile(sample: schema.Sample) -> int:
+    frames = sample.faces.shape[0]
+    return min(max(sample.faces.shape[1], 128), (DETAIL_W - 2 * PAD) // max(frames, 1) - 8)
+
+
+def _detail_faces_bottom(sample: schema.Sample) -> int:
+    """The height of the one-sample figure without tracks: mel, then a row of faces."""
+    frames = sample.faces.shape[0]
+    return TITLE_H + DETAIL_MEL + 60 + (_detail_tile(sample) + 40 if frames else 0)
+
+
+def detail_track_boxes(sample: schema.Sample, tracks: schema.TrackLayout | None) -> list[TrackBox]:
+    """Where `sample_figure` draws each of the sample's windows (none without tracks): one
+    under the other, below the faces, up to DETAIL_MAX_CELL px per frame."""
+    if tracks is None or sample.tracks is None:
+        return []
+    cell = min(DETAIL_MAX_CELL, (DETAIL_W - DETAIL_LEFT - 2 * PAD) // tracks.frames)
+    boxes, y = [], _detail_faces_bottom(sample)
+    for _ in range(sample.tracks.lips.shape[0]):
+        boxes.append(TrackBox(DETAIL_LEFT, y, cell, tracks.frames, *DETAIL_TRACK_HEIGHTS))
+        y += boxes[-1].height + PAD
+    return boxes
+
+
+# Track windows: spectrogram and waveform of a window's audio above its mouth frames.
+
+
+@dataclass(frozen=True)
+class TrackBox:
+    """Where one window is drawn, in pixels from the figure's top left: a note line, then
+    spectrogram, waveform and mouth strip over the same columns, `cell` px per frame."""
+
+    x: int
+    y: int
+    cell: int
+    frames: int
+    spec_h: int
+    wave_h: int
+
+    @property
+    def width(self) -> int:
+        return self.cell * self.frames
+
+    @property
+    def spec(self) -> tuple[int, int, int, int]:
+        return self.x, self.y + TRACK_NOTE_H, self.width, self.spec_h
+
+    @property
+    def wave(self) -> tuple[int, int, int, int]:
+        return self.x, self.y + TRACK_NOTE_H + self.spec_h + TRACK_GAP, self.width, self.wave_h
+
+    @property
+    def strip(self) -> tuple[int, int, int, int]:
+        x, y, width, height = self.wave
+        return x, y + height + TRACK_GAP, width, self.cell
+
+    @property
+    def height(self) -> int:
+        return TRACK_NOTE_H + self.spec_h + self.wave_h + 2 * TRACK_GAP + self.cell + TRACK_AXIS_H
+
+
+def spectrogram(audio: np.ndarray, rate: int, columns: int) -> np.ndarray:
+    """uint8 [rate-dependent bins, columns], row 0 = 0 Hz, linear to rate / 2: power in dB
+    re the window's peak over the top SPEC_TOP_DB, scaled to 0..255. One Hann-windowed FFT
+    is centred on each column's instant ((j + 0.5) / columns of the window, zeros beyond
+    its ends), so the image spans exactly the window's time, column for column."""
+    n_fft = 1 << max(4, round(math.log2(SPEC_FFT_SECONDS * rate)))
+    signal = np.pad(audio.astype(np.float32), n_fft // 2)
+    centres = ((np.arange(columns) + 0.5) * len(audio) / columns).astype(np.int64)
+    frames = signal[centres[:, None] + np.arange(n_fft)]  # padded: the frame around c starts at c
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)) ** 2
+    ref = max(float(power.max()), 1e-12)
+    db = 10 * np.log10(np.maximum(power, ref * 10 ** (-SPEC_TOP_DB / 10)) / ref)
+    return ((db / SPEC_TOP_DB + 1) * 255).round().astype(np.uint8).T
+
+
+def envelope(audio: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest sample of each of `columns` equal spans of the window."""
+    values = audio.astype(np.int32)
+    edges = (np.arange(columns) * len(values)) // columns
+    return np.minimum.reduceat(values, edges), np.maximum.reduceat(values, edges)
+
+
+def wave_image(audio: np.ndarray, real: float, columns: int, height: int) -> np.ndarray:
+    """RGB uint8 [height, columns]: each column spans its share of the stored samples from
+    their lowest to their highest (scaled to the window's peak); grey where no audio was
+    read (the tail after the share `real`)."""
+    low, high = envelope(audio, columns)
+    peak, middle = max(int(np.abs(audio.astype(np.int32)).max()), 1), (height - 1) / 2
+    top = np.round(middle - high / peak * middle)
+    bottom = np.round(middle - low / peak * middle)
+    image = np.full((height, columns, 3), 255, np.uint8)
+    image[:, round(real * columns) :] = NO_AUDIO_RGB
+    image[height // 2] = WAVE_AXIS_RGB
+    rows = np.arange(height)[:, None]
+    image[(rows >= top) & (rows <= bottom)] = WAVE_RGB
+    return image
+
+
+def strip_image(tracks: schema.Tracks, window: int, cell: int) -> np.ndarray:
+    """RGB uint8 [cell, T * cell]: frame k of the window in columns [k * cell, (k + 1) * cell),
+    a red frame where the mouth was not located (as faces without a face), faded where the
+    frame repeats the clip's last one (frames_real < T)."""
+    lips, found = tracks.lips[window], tracks.lips_found[window]
+    real = int(tracks.frames_real[window])
+    tiles = []
+    for k in range(lips.shape[0]):
+        tile = face_tile(np.repeat(lips[k][..., None], 3, axis=2), bool(found[k]), cell)
+        tiles.append(tile // 2 + 128 if k >= real else tile)
+    return np.concatenate(tiles, axis=1)
+
+
+def window_span(tracks: schema.Tracks, layout: schema.TrackLayout, window: int) -> tuple:
+    """(first, last) second of a window from the video's start: T frames of 1 / fps."""
+    start = float(tracks.start[window])
+    return start, start + tracks.lips.shape[1] / layout.fps
+
+
+# What a window's note line says, in full (one-sample figure) and short (sheet panels).
+NOTE_WORDS = {
+    False: ("window {w} of {n}: {start:.2f}-{stop:.2f} s, {frames} frames at {fps:g} fps",
+            "mouth not located on {lost} (red)", "{repeated} frames repeated (faded)",
+            "audio {audio:.0f}% real (grey: none)"),
+    True: ("window {w}/{n}: {start:.2f}-{stop:.2f} s", "no mouth: {lost}",
+           "{repeated} repeated", "audio {audio:.0f}%"),
+}  # fmt: skip
+
+
+def window_notes(
+    tracks: schema.Tracks, layout: schema.TrackLayout, window: int, short: bool = False
+) -> list[str]:
+    """What a window's drawing says in words: where it lies, and what could not be aligned
+    (frames without a located mouth, repeated frames, missing audio)."""
+    start, stop = window_span(tracks, layout, window)
+    frames, real = tracks.lips.shape[1], int(tracks.frames_real[window])
+    values = dict(w=window + 1, n=tracks.lips.shape[0], start=start, stop=stop, frames=frames,
+                  fps=layout.fps, lost=int((~tracks.lips_found[window]).sum()),
+                  repeated=frames - real, audio=100 * float(tracks.audio_real[window]))  # fmt: skip
+    where, lost, repeated, audio = NOTE_WORDS[short]
+    shown = [(lost, values["lost"] > 0), (repeated, real < frames), (audio, values["audio"] < 100)]
+    return [where.format(**values)] + [text.format(**values) for text, on in shown if on]
+
+
+def draw_window(
+    fig: Figure,
+    tracks: schema.Tracks,
+    layout: schema.TrackLayout,
+    window: int,
+    box: TrackBox,
+    *,
+    small: bool,
+) -> None:
+    """One window at `box`: spectrogram, waveform and mouth strip on one time axis."""
+    span, notes = window_span(tracks, layout, window), window_notes(tracks, layout, window, small)
+    colour = "black" if len(notes) == 1 else NO_FACE_TEXT
+    _text(fig, box.x, box.y + 2, " · ".join(notes), fontsize=7 if small else 9, color=colour)
+    audio, size = tracks.audio[window], 6 if small else 8
+    draw = _spec_wave_pixels if small else _spec_wave_axes
+    draw(fig, audio, float(tracks.audio_real[window]), layout, span, box)
+    strip_ax = _add_axes(fig, *box.strip)
+    strip_ax.imshow(strip_image(tracks, window, box.cell), extent=(*span, 0, 1), aspect="auto",
+                    interpolation="nearest")  # fmt: skip
+    strip_ax.set_yticks([])
+    strip_ax.set_xticks(span[0] + np.arange(tracks.lips.shape[1] + 1) / layout.fps, minor=True)
+    strip_ax.set_xlabel("time (s) from the video's start", fontsize=size + 1, labelpad=1)
+    strip_ax.set_xlim(*span)
+    strip_ax.tick_params(labelsize=size, length=2 if small else 4, pad=1)
+
+
+def _spec_wave_axes(fig: Figure, audio: np.ndarray, real: float, layout: schema.TrackLayout,
+                    span: tuple[float, float], box: TrackBox) -> None:  # fmt: skip
+    """The one-sample figure's spectrogram and waveform: axes with hertz and sample values,
+    their time axis the strip's (the same limits over the same pixel columns)."""
+    spec_ax = _add_axes(fig, *box.spec)
+    spec_ax.imshow(spectrogram(audio, layout.audio_rate, box.width), origin="lower",
+                   extent=(*span, 0, layout.audio_rate / 2), aspect="auto", cmap=COLORMAP,
+                   vmin=0, vmax=255, interpolation="nearest")  # fmt: skip
+    top = layout.audio_rate / 2  # no tick at 0 Hz: it would meet the waveform's top label
+    spec_ax.set_yticks([top / 2, top], [_hz_text(top / 2), _hz_text(top)])
+    spec_ax.set_ylabel("Hz", labelpad=1)
+    wave_ax = _add_axes(fig, *box.wave)
+    _draw_wave(wave_ax, audio, real, layout.audio_rate, span[0])
+    for ax in (spec_ax, wave_ax):
+        ax.set_xlim(*span)
+        ax.tick_params(labelsize=8, length=4, pad=1, labelbottom=False)
+
+
+def _spec_wave_pixels(fig: Figure, audio: np.ndarray, real: float, layout: schema.TrackLayout,
+                      span: tuple[float, float], box: TrackBox) -> None:  # fmt: skip
+    """A sheet panel's spectrogram and waveform as pixels over the strip's columns (two more
+    axes per panel would triple a sheet's drawing time), their scales written at the left."""
+    from matplotlib import colormaps
+
+    spec = spectrogram(audio, layout.audio_rate, box.width)
+    spec = cv2.resize(spec, (box.width, box.spec_h), interpolation=cv2.INTER_AREA)[::-1]
+    _place(fig, (colormaps[COLORMAP](spec)[..., :3] * 255).round().astype(np.uint8), *box.spec[:2])
+    _place(fig, wave_image(audio, real, box.width, box.wave_h), *box.wave[:2])
+    peak = int(np.abs(audio.astype(np.int32)).max())
+    top_hz = _hz_text(layout.audio_rate / 2)
+    labels = ((box.spec, top_hz, "0 Hz"), (box.wave, str(peak), str(-peak)))
+    for (x, y, _, height), top, bottom in labels:
+        _text(fig, x - 3, y, top, fontsize=6, ha="right")
+        _text(fig, x - 3, y + height, bottom, fontsize=6, ha="right", va="bottom")
+
+
+def _place(fig: Figure, image: np.ndarray, x: int, y: int) -> None:
+    """An RGB image pasted at pixel (x, y from the top left), no axes (see place_face)."""
+    height = round(fig.get_size_inches()[1] * DPI)
+    fig.figimage(image, xo=x, yo=height - y - image.shape[0], origin="upper")
+
+
+def _draw_wave(ax: Axes, audio: np.ndarray, real: float, rate: int, start: float) -> None:
+    """The stored int16 samples, sample n at start + n / rate; grey where no audio was read
+    (the tail after the share `real`: audio that ends early is zero-padded)."""
+    peak = max(int(np.abs(audio.astype(np.int32)).max()), 1)
+    ax.plot(start + np.arange(len(audio)) / rate, audio, color=WAVE_COLOUR, linewidth=0.6)
+    if real < 1:
+        ax.axvspan(start + real * len(audio) / rate, start + len(audio) / rate,
+                   color=NO_AUDIO_COLOUR, zorder=0)  # fmt: skip
+    ax.set_ylim(-1.05 * peak, 1.05 * peak)
+    ax.set_yticks([-peak, 0, peak], [str(-peak), "0", str(peak)])
 
 
 def _text(fig: Figure, x: float, y: float, text: str, **style) -> None:
