@@ -12,7 +12,7 @@ import pytest
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["avcache-preprocess", "avcache-sample", "avcache-train", "avcache-predict",
-           "avcache-score", "avcache-inspect"]  # fmt: skip
+           "avcache-score", "avcache-inspect", "avcache-fuse"]  # fmt: skip
 
 
 def test_the_notebook_api_imports_beside_folders_named_like_its_parts(tmp_path):

@@ -1,0 +1,170 @@
+"""avcache-fuse: experts trained separately, their calibrated scores combined late.
+
+    avcache-fuse fit RUN [RUN ...] --out fused.json [--split val]
+    avcache-fuse predict fused.json --list DATA/prediction.txt.csv --out submission.csv
+
+Each run is an expert that keeps its own evidence (a mel model that hears a synthetic
+voice, a sync model that sees lips part from speech); one model trained on everything at
+once lets the easiest cue drown the others. `fit` scores a cached split with every expert
+and fits a logistic regression on their logits (stacking: each expert's score calibrated
+and weighed in one step, a handful of parameters); `predict` scores a list with every
+expert and combines them with those weights. The runs may read different caches (a mel
+cache and a tracks cache of the same videos): samples are matched by video name. Fit on
+a split the experts did not train on (`val`, the default), and for a held-out protocol
+on one without the held-out kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.labels import LabelFileError, read_names
+from avcache.cache.untrusted import load_json, mapping, printable
+from avcache.train.metrics import detection_metrics
+from avcache.train.predict import FALLBACK, submission_rows, write_submission
+from avcache.train.runs import RunFolder
+
+log = logging.getLogger("avcache.fuse")
+EPS = 1e-6  # scores are clipped into (EPS, 1 - EPS) before their logit
+
+
+def logit(scores: np.ndarray) -> np.ndarray:
+    scores = np.clip(np.asarray(scores, np.float64), EPS, 1 - EPS)
+    return np.log(scores / (1 - scores))
+
+
+def expert_scores(run: Path, split: str) -> dict[str, tuple[float, float]]:
+    """video name -> (label, P(fake)) of every cached sample of `split`, by one expert."""
+    trainer = RunFolder(run).trainer(best=True)
+    names, labels, scores = trainer.predict_split(split)
+    return {name: (float(label), float(score))
+            for name, label, score in zip(names, labels, scores, strict=True)}  # fmt: skip
+
+
+def matched(per_run: list[dict[str, tuple[float, float]]]) -> tuple[list[str], np.ndarray,
+                                                                     np.ndarray]:  # fmt: skip
+    """(names every expert scored, labels [n], logits [n, experts])."""
+    names = sorted(set.intersection(*(set(scores) for scores in per_run)))
+    if not names:
+        raise ValueError("the runs share no scored video: were they trained on caches of "
+                         "the same videos?")  # fmt: skip
+    labels = np.array([per_run[0][name][0] for name in names])
+    logits = np.stack([logit([scores[name][1] for name in names]) for scores in per_run], 1)
+    return names, labels, logits
+
+
+def fit(runs: list[Path], split: str) -> dict:
+    """The fusion's weights, fitted on `split`, with each expert's AUC and the fused one."""
+    per_run = [expert_scores(run, split) for run in runs]
+    names, labels, logits = matched(per_run)
+    if len(set(labels.tolist())) != 2:
+        raise ValueError(f"split {split!r} must hold real and fake videos with their targets "
+                         "to fit the fusion on")  # fmt: skip
+    model = LogisticRegression(C=10.0).fit(logits, labels)
+    aucs = {"fused": detection_metrics(labels, model.predict_proba(logits)[:, 1])["auc"]}
+    for i, run in enumerate(runs):
+        aucs[str(run)] = detection_metrics(labels, logits[:, i])["auc"]  # AUC: any monotone
+    return {
+        "runs": [str(Path(run).resolve()) for run in runs],
+        "weights": model.coef_[0].tolist(),
+        "bias": float(model.intercept_[0]),
+        "split": split,
+        "samples": len(names),
+        "auc": aucs,
+    }
+
+
+def combine(fusion: dict, logits: np.ndarray) -> np.ndarray:
+    """P(fake) [n] from the experts' logits [n, experts]."""
+    value = logits @ np.asarray(fusion["weights"], np.float64) + fusion["bias"]
+    return 1 / (1 + np.exp(-value))
+
+
+def read_fusion(path: Path) -> dict:
+    """A fit's JSON, each value of its type (it names runs to load: the user's own file)."""
+    fusion = mapping(load_json(path, "fusion"), str(path))
+    runs, weights = fusion.get("runs"), fusion.get("weights")
+    if not (isinstance(runs, list) and isinstance(weights, list) and len(runs) == len(weights)
+            and all(isinstance(w, int | float) for w in weights)
+            and isinstance(fusion.get("bias"), int | float)):  # fmt: skip
+        raise ValueError(f"{path}: not a fusion written by avcache-fuse fit (runs, weights, "
+                         "bias)")  # fmt: skip
+    return fusion
+
+
+def predict(fusion_path: Path, list_path: Path, out: Path) -> int:
+    fusion = read_fusion(fusion_path)
+    names = read_names(list_path)
+    per_run = [list_scores(Path(run), names) for run in fusion["runs"]]
+    scored = [name for name in names if all(name in scores for scores in per_run)]
+    logits = np.stack([logit([scores[n] for n in scored]) for scores in per_run], 1) \
+        if scored else np.empty((0, len(per_run)))  # fmt: skip
+    values = dict(zip(scored, combine(fusion, logits).tolist(), strict=True))
+    rows, missing = submission_rows(names, values)
+    if missing:
+        log.warning("%d listed videos are not scored by every expert and get %.1f", len(missing),
+                    FALLBACK)  # fmt: skip
+    write_submission(out, rows)
+    print(f"wrote {len(rows)} rows to {out} ({len(missing)} with the fallback {FALLBACK})")
+    return 0
+
+
+def list_scores(run: Path, names: list[str]) -> dict[str, float]:
+    """P(fake) of the listed videos the run's cache holds, by that expert."""
+    trainer = RunFolder(run).trainer(best=True)
+    cache, scores = trainer.cache, {}
+    wanted = set(names)
+    for split in sorted({split for name in wanted for split in cache.splits_holding(name)}):
+        predicted, _, values = trainer.predict_split(split)
+        for name, value in zip(predicted, values.tolist(), strict=True):
+            if name in wanted:
+                scores.setdefault(name, value)
+    return scores
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="avcache-fuse",
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fitting = commands.add_parser("fit", help="fit the fusion of RUNs on a cached split")
+    fitting.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders")
+    fitting.add_argument("--out", type=Path, required=True, help="the fusion's JSON")
+    fitting.add_argument("--split", default="val", help="cached split to fit on (default val)")
+    scoring = commands.add_parser("predict", help="score a list with a fitted fusion")
+    scoring.add_argument("fusion", type=Path, help="JSON written by avcache-fuse fit")
+    scoring.add_argument("--list", type=Path, required=True, help="list to predict")
+    scoring.add_argument("--out", type=Path, required=True, help="submission CSV")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "fit":
+            fusion = fit(args.runs, args.split)
+            write_json_atomic(args.out, fusion)
+            aucs = ", ".join(f"{Path(k).name if k != 'fused' else k} {v:.4f}"
+                             for k, v in fusion["auc"].items())  # fmt: skip
+            print(f"fusion of {len(args.runs)} experts on {fusion['samples']} {args.split} "
+                  f"samples -> {args.out}; AUC {aucs}")  # fmt: skip
+            return 0
+        return predict(args.fusion, args.list, args.out)
+    except (FileNotFoundError, LabelFileError, ValueError) as error:
+        print(f"avcache-fuse: error: {printable(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
