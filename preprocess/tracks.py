@@ -73,7 +73,8 @@ def read_window_frames(path: Path, binary: str, windows: Windows, config: Tracks
     frames; frames past the clip's end repeat its last decoded frame."""
     width, height = _decoded_size(info, config.frame_size)
     wanted = [range(int(s), int(s) + config.frames) for s in windows.starts]
-    select = "+".join(f"between(n,{r.start},{r.stop - 1})" for r in wanted)  # escaped by ffmpeg-python
+    # ffmpeg-python escapes the commas itself
+    select = "+".join(f"between(n,{r.start},{r.stop - 1})" for r in wanted)
     end_seconds = (max(r.stop for r in wanted) + 1) / config.fps
     command = (
         ffmpeg.input(
