@@ -118,9 +118,10 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         block_size=config.data.block_size,
         shard_group=config.data.shard_group,
         shuffle=train,
-        # Every training batch of one shape: torch.compile and cuDNN's autotuner see one
-        # shape, not a second one at each epoch's end. Evaluation keeps every sample.
-        drop_last=train,
+        # Compiled, every training batch has one shape: graphs are specialised to it, and
+        # a short last batch would compile another. Eager training keeps every sample (the
+        # published figures were measured so); evaluation always does.
+        drop_last=train and config.run.compile,
         seed=config.run.seed,
     )
     stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world, jpeg_faces)

@@ -66,7 +66,7 @@ class LoaderPlan:
     block_size: int = 16  # samples per h5py read; smaller mixes batches better, reads more often
     shard_group: int = 8  # shards whose blocks are shuffled together
     shuffle: bool = True
-    drop_last: bool = False  # drop a final partial batch (training) or keep it (evaluation)
+    drop_last: bool = False  # drop a final partial batch (compiled training) or keep it
     seed: int = 0
 
 
