@@ -118,11 +118,13 @@ class ShardReader:
                                  f"{path}: face_size", maximum=schema.MAX_FACE_SIZE)  # fmt: skip
         self.codec = self._faces_codec(attrs)
         self.tracks = self._track_layout(attrs)
+        self.has_facts = self._has_facts(attrs)
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
         specs = schema.dataset_specs(self.frames, self.face_size, self.codec)
         if self.tracks:
             layout = self.tracks
             specs |= schema.track_specs(layout.windows, layout.frames, layout.audio_samples)
+        specs |= schema.fact_specs(self.has_facts)
         for name, spec in specs.items():
             self._datasets[name] = self._dataset(name, *spec)
         lengths = {dataset.shape[0] for dataset in self._datasets.values()}
@@ -164,6 +166,12 @@ class ShardReader:
                                   sizes[schema.ATTR_TRACK_AUDIO_RATE],
                                   sizes[schema.ATTR_TRACK_AUDIO_SAMPLES])  # fmt: skip
 
+    def _has_facts(self, attrs) -> bool:
+        """Whether the shard holds the per-video facts (audit.facts)."""
+        flag = integer(attribute(attrs, schema.ATTR_FACTS, self.path, 0), f"{self.path}: facts",
+                       maximum=1)  # fmt: skip
+        return bool(flag)
+
     def _faces_codec(self, attrs) -> str:
         codec = text(attribute(attrs, schema.ATTR_FACES_CODEC, self.path, "raw"),
                      f"{self.path}: codec")  # fmt: skip
@@ -204,6 +212,7 @@ class ShardReader:
         if expected is None:
             raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
         fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
+        fields += schema.FACT_FIELDS if self.has_facts else ()
         columns = {name: self.read(name) for name in fields}
         digest = schema.meta_sha256(columns, fields)
         if digest != expected:
@@ -224,6 +233,9 @@ class ShardReader:
                            "duration {}: not a length in seconds")  # fmt: skip
         if self.tracks:
             self._check_track_values(columns, names)
+        for name in schema.FACT_NUMBERS if self.has_facts else ():
+            self._refuse_first(np.isinf(columns[name]), names, columns[name],
+                               f"{name} {{}}: not a number or NaN")  # fmt: skip
         self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
         self.first_unknown = _first_sample(self.unknown_labels, names)
 
@@ -393,6 +405,13 @@ class ShardReader:
                    for name in (*schema.TRACK_META_FIELDS, schema.TRACK_AUDIO)}  # fmt: skip
         return {schema.LIPS: lips, **columns}
 
+    def read_facts(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """The per-video facts of samples [start, stop) by schema name (float64, and str for
+        the codecs); checked with the other small columns when the shard was opened."""
+        if not self.has_facts:
+            raise CacheFormatError(f"{self.path}: holds no facts (made with audit.facts=false)")
+        return {name: self.read(name, start, stop) for name in schema.FACT_FIELDS}
+
     def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
         the training device), and each crop's end in them [n, K]: one contiguous read,
@@ -452,7 +471,8 @@ class ShardReader:
         checksum) is a damaged shard, named."""
         dataset = self._datasets[name]
         try:
-            return (dataset.asstr() if name == schema.VIDEO_NAME else dataset)[where]
+            strings = name == schema.VIDEO_NAME or name in schema.FACT_STRINGS
+            return (dataset.asstr() if strings else dataset)[where]
         except OSError as error:
             raise damaged_shard(self.path, name, str(error)) from error
 
@@ -497,7 +517,8 @@ class ShardReader:
     def sample(self, position: int) -> schema.Sample:
         """One whole sample (for inspection; training reads blocks)."""
         values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
-        return schema.Sample(**values, tracks=self._tracks_at(position))
+        return schema.Sample(**values, tracks=self._tracks_at(position),
+                             facts=self._facts_at(position))  # fmt: skip
 
     def samples(self, positions: np.ndarray | list[int]) -> list[schema.Sample]:
         """Whole samples at increasing positions, one h5py call per dataset (inspection)."""
@@ -506,9 +527,16 @@ class ShardReader:
             schema.Sample(
                 **{name: column[i] for name, column in columns.items()},
                 tracks=self._tracks_at(int(positions[i])),
+                facts=self._facts_at(int(positions[i])),
             )
             for i in range(len(positions))
         ]
+
+    def _facts_at(self, position: int) -> dict[str, float | str] | None:
+        if not self.has_facts:
+            return None
+        return {name: column[0].item() if isinstance(column[0], np.generic) else column[0]
+                for name, column in self.read_facts(position, position + 1).items()}  # fmt: skip
 
     def _tracks_at(self, position: int) -> schema.Tracks | None:
         if not self.tracks:

@@ -91,6 +91,34 @@ MAX_TRACK_AUDIO = 48000 * 10  # samples of one window
 STRING_DTYPE = h5py.string_dtype("utf-8")
 SUM_DTYPE = np.dtype("<u8")
 
+# Optional per-video facts (audit.facts): cheap measurements of the source file that have
+# nothing to do with a manipulation (durations, silence, loudness, stream parameters, codecs,
+# size), for `avcache-inspect CACHE audit` to ask whether one of them alone gives the labels
+# away. Numbers are float64 (NaN: unknown, e.g. the audio facts of a clip without audio); the
+# codecs are strings ("" without that stream). Absent from shards made with audit.facts=false.
+FACT_NUMBERS = {
+    "fact_video_seconds": "video stream duration, s (frame count / frame rate)",
+    "fact_audio_seconds": "decoded audio duration, s (at most audio.max_seconds)",
+    "fact_lead_silence": "silence before the first sound, s",
+    "fact_trail_silence": "silence after the last sound, s",
+    "fact_loudness_db": "RMS level of the audio (channels mixed), dBFS",
+    "fact_sample_rate": "audio sample rate, Hz",
+    "fact_channels": "audio channels",
+    "fact_fps": "video frame rate",
+    "fact_width": "video width, px",
+    "fact_height": "video height, px",
+    "fact_bit_rate": "container bit rate, kb/s",
+    "fact_video_bit_rate": "video stream bit rate, kb/s",
+    "fact_audio_bit_rate": "audio stream bit rate, kb/s",
+    "fact_file_bytes": "file size, bytes",
+}
+FACT_STRINGS = {
+    "fact_video_codec": "video codec (ffmpeg's name)",
+    "fact_audio_codec": "audio codec (ffmpeg's name)",
+}
+FACT_FIELDS = (*FACT_NUMBERS, *FACT_STRINGS)
+ATTR_FACTS = "facts"  # 1: the shard holds the FACT_FIELDS datasets
+
 
 def dataset_specs(
     frames: int, face_size: int, codec: str = "raw"
@@ -133,6 +161,14 @@ def track_specs(windows: int, frames: int,
     }
 
 
+def fact_specs(enabled: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Per-sample dtype and shape of the fact datasets (none when facts are off)."""
+    if not enabled:
+        return {}
+    numbers = {name: (np.dtype("<f8"), ()) for name in FACT_NUMBERS}
+    return numbers | {name: (STRING_DTYPE, ()) for name in FACT_STRINGS}
+
+
 def sum64(rows: np.ndarray) -> np.ndarray:
     """Per row (first axis): the sum modulo 2**64 of the row's bytes read as little-endian
     uint64 words, a row whose size is not a multiple of 8 padded with zero bytes.
@@ -166,11 +202,11 @@ META_FIELDS = (VIDEO_NAME, LABEL, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION)
 
 def meta_sha256(columns: dict[str, object], fields: tuple[str, ...] = META_FIELDS) -> str:
     """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str), then of
-    the track's small columns where the shard has tracks."""
+    the track's small columns and the facts where the shard has them."""
     digest = hashlib.sha256()
     for name in fields:
         column = columns[name]
-        if name == VIDEO_NAME:
+        if name == VIDEO_NAME or name in FACT_STRINGS:
             names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column]
             digest.update(json.dumps(names).encode("utf-8"))
         else:
@@ -252,11 +288,13 @@ class Sample:
     face_box: np.ndarray  # float32 [K, 4]
     duration: float
     tracks: Tracks | None = None  # v3, where the cache holds tracks
+    # FACT_FIELDS name -> value (float, or str for codecs), where the cache holds facts
+    facts: dict[str, float | str] | None = None
 
     @staticmethod
     def stored_fields() -> list[str]:
-        """The fields stored as datasets of their own (all but the optional tracks)."""
-        return [name for name in Sample.__dataclass_fields__ if name != "tracks"]
+        """The fields stored as datasets of their own (all but the optional tracks, facts)."""
+        return [name for name in Sample.__dataclass_fields__ if name not in ("tracks", "facts")]
 
     def fields(self) -> dict[str, object]:
         """Dataset name -> value, in schema order."""

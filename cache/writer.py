@@ -54,6 +54,7 @@ class ShardWriter:
         quality: int = 90,
         tracks: schema.TrackLayout | None = None,
         tracks_quality: int = 90,
+        facts: bool = False,
     ) -> None:
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
@@ -71,6 +72,7 @@ class ShardWriter:
             if layout
             else {}
         )
+        self.fact_specs = schema.fact_specs(facts)  # audit.facts: per-video facts
         self._lips_bytes = 0  # LIPS_JPEG's length so far
         self.face_shape = (frames, face_size, face_size, 3)
         self._jpeg_bytes = 0  # FACES_JPEG's length so far
@@ -105,11 +107,14 @@ class ShardWriter:
         if self.tracks:
             attrs.update(self.tracks.attrs())
             attrs[schema.ATTR_LIPS_QUALITY] = self.tracks_quality
+        if self.fact_specs:
+            attrs[schema.ATTR_FACTS] = 1
         for key, value in extra.items():
             attrs[key] = value
 
     def _create_datasets(self) -> None:
-        for name, (dtype, shape) in {**self.specs, **self.track_specs}.items():
+        specs = {**self.specs, **self.track_specs, **self.fact_specs}
+        for name, (dtype, shape) in specs.items():
             chunk_rows = WRITE_BLOCK if name == schema.MEL else 1
             chunks = (chunk_rows, *shape) if name in _CHUNKED and 0 not in shape else True
             self._file.create_dataset(
@@ -157,6 +162,8 @@ class ShardWriter:
                 self._extend(schema.CHECKSUMS[name], start, schema.sum64(block))
         if self.tracks:
             self._write_tracks(start, [sample.tracks for sample in self._buffer])
+        if self.fact_specs:
+            self._write_facts(start, [sample.facts for sample in self._buffer])
         self.num_samples += len(rows)
         self._buffer.clear()
 
@@ -171,6 +178,18 @@ class ShardWriter:
             if name in schema.TRACK_CHECKSUMS:
                 self._extend(schema.TRACK_CHECKSUMS[name], start, schema.sum64(block))
         self._write_lips(start, [track.lips for track in tracks])
+
+    def _write_facts(self, start: int, facts: list[dict[str, float | str] | None]) -> None:
+        """One column per fact; every sample of a shard with facts needs all of them."""
+        for i, values in enumerate(facts):
+            missing = set(schema.FACT_FIELDS) - set(values or {})
+            if missing:
+                raise ValueError(f"this shard holds facts (audit.facts): sample {start + i} "
+                                 f"lacks {', '.join(sorted(missing))}")  # fmt: skip
+        for name, (dtype, _) in self.fact_specs.items():
+            strings = name in schema.FACT_STRINGS
+            column = [str(values[name]) if strings else values[name] for values in facts]
+            self._extend(name, start, np.asarray(column, dtype=object if strings else dtype))
 
     def _track_column(self, name: str, values: list) -> np.ndarray:
         dtype, shape = self.track_specs[name]
@@ -242,6 +261,7 @@ class ShardWriter:
         self._flush()
         try:
             fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
+            fields += tuple(self.fact_specs)
             columns = {name: self._file[name][()] for name in fields}
             self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns, fields)
             self._file.flush()  # metadata: a failure raises here, not inside close()

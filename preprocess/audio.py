@@ -70,6 +70,37 @@ def padded_waveform(pcm: bytes, info: MediaInfo) -> np.ndarray:
     return librosa_load(np.clip(stereo, -32440, 32440))  # moviepy's ±0.99 clip
 
 
+SILENCE_FLOOR_DB = -60.0  # quieter 10 ms frames are silent whatever the clip's loudest
+
+
+def frame_power(pcm: bytes, rate: int, channels: int) -> np.ndarray:
+    """Mean power (full scale 1) of each whole 10 ms frame of s16le PCM, channels mixed."""
+    samples = np.frombuffer(pcm, dtype=np.int16)
+    hop = max(rate // 100, 1)
+    count = len(samples) // (hop * channels)
+    samples = samples[: count * hop * channels]
+    mono = samples[0::channels].astype(np.float32)  # strided slices: ~10x faster than sum()
+    for channel in range(1, channels):
+        mono += samples[channel::channels]
+    mono *= np.float32(1 / (32768 * channels))
+    frames = mono.reshape(count, hop)
+    return np.einsum("ij,ij->i", frames, frames) / hop
+
+
+def frame_levels(pcm: bytes, rate: int, channels: int) -> np.ndarray:
+    """RMS level in dBFS of each whole 10 ms frame of s16le PCM, channels mixed."""
+    return 10 * np.log10(np.maximum(frame_power(pcm, rate, channels), 1e-12))
+
+
+def sound_span(levels: np.ndarray, silence_db: float) -> tuple[int, int] | None:
+    """(first, one past the last) 10 ms frame with sound, None for silence throughout: a frame
+    has sound when it is within `silence_db` of the loudest and above SILENCE_FLOOR_DB."""
+    if not levels.size:
+        return None
+    loud = np.flatnonzero(levels >= max(levels.max() - silence_db, SILENCE_FLOOR_DB))
+    return (int(loud[0]), int(loud[-1]) + 1) if loud.size else None
+
+
 def baseline_image(waveform: np.ndarray) -> np.ndarray:
     """The published steps: mel power -> dB re max -> MINMAX to uint8 -> 256x256."""
     if waveform.size == 0:

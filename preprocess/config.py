@@ -62,6 +62,16 @@ class TracksConfig:
 
 
 @dataclass
+class AuditConfig:
+    """Per-video facts for `avcache-inspect CACHE audit` (preprocess/facts.py)."""
+
+    facts: bool = True  # record them: about a millisecond a video, from what is decoded anyway
+    # A 10 ms frame of audio is silent this many dB below the clip's loudest frame (and always
+    # below -60 dBFS): what the leading and trailing silence facts measure.
+    silence_db: float = 40.0
+
+
+@dataclass
 class LimitsConfig:
     seconds_per_video: float = 120.0  # wall-clock limit per video, then a timeout failure; 0: off
 
@@ -84,5 +94,6 @@ class PreprocessConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     tracks: TracksConfig = field(default_factory=TracksConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)

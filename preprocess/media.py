@@ -71,6 +71,14 @@ class MediaInfo:
     width: int = 0
     height: int = 0
     fps: float = 0.0
+    # What else the dump says, for the audit's facts (0 and "" where it says nothing).
+    bit_rate: float = 0.0  # container, kb/s
+    video_codec: str = ""
+    video_bit_rate: float = 0.0  # kb/s
+    audio_codec: str = ""
+    audio_bit_rate: float = 0.0  # kb/s
+    sample_rate: int = 0  # of the audio stream, Hz
+    channels: int = 0
 
 
 @functools.cache
@@ -98,6 +106,34 @@ _DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILI
 _STREAM = re.compile(r"^  Stream #0:\d+\S*: (Video|Audio): (.*)$", re.MULTILINE)
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[ ,]")
 _FPS = re.compile(r", (\d+(?:\.\d+)?) fps")
+_BIT_RATE = re.compile(r"(\d+(?:\.\d+)?) kb/s")
+_CONTAINER_BIT_RATE = re.compile(r"^  Duration: .*bitrate: (\d+(?:\.\d+)?) kb/s", re.MULTILINE)
+_RATE = re.compile(r", (\d{1,6}) Hz")
+_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6,
+            "6.1": 7, "7.1": 8}  # fmt: skip
+_CHANNELS = re.compile(r" Hz, (?:(\d{1,3}) channels|([\w.()]+))")
+
+
+def _number(pattern: re.Pattern, text: str) -> float:
+    found = pattern.search(text) if text else None
+    return float(found.group(1)) if found else 0.0
+
+
+def _stream_facts(video: str, audio: str) -> dict:
+    """Codecs, bit rates, sample rate and channels from the streams' lines ("" when absent)."""
+    channels = _CHANNELS.search(audio) if audio else None
+    count = 0
+    if channels:
+        count = int(channels.group(1)) if channels.group(1) else _LAYOUTS.get(
+            channels.group(2).split("(")[0], 0)  # fmt: skip
+    return {
+        "video_codec": video.split(" ", 1)[0].rstrip(",") if video else "",
+        "video_bit_rate": _number(_BIT_RATE, video),
+        "audio_codec": audio.split(" ", 1)[0].rstrip(",") if audio else "",
+        "audio_bit_rate": _number(_BIT_RATE, audio),
+        "sample_rate": int(_number(_RATE, audio)),
+        "channels": count,
+    }
 
 
 def parse_info(dump: str) -> MediaInfo | None:
@@ -113,6 +149,7 @@ def parse_info(dump: str) -> MediaInfo | None:
     videos = [text for kind, text in streams if kind == "Video" and "(attached pic)" not in text]
     size = _SIZE.search(videos[0]) if videos else None
     fps = _FPS.search(videos[0]) if videos else None
+    audios = [text for kind, text in streams if kind == "Audio"]
     return MediaInfo(
         duration=seconds,
         has_audio=any(kind == "Audio" for kind, _ in streams),
@@ -120,6 +157,8 @@ def parse_info(dump: str) -> MediaInfo | None:
         width=int(size.group(1)) if size else 0,
         height=int(size.group(2)) if size else 0,
         fps=float(fps.group(1)) if fps else 0.0,
+        bit_rate=_number(_CONTAINER_BIT_RATE, dump),
+        **_stream_facts(videos[0] if videos else "", audios[0] if audios else ""),
     )
 
 

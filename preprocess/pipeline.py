@@ -93,6 +93,8 @@ def validate(config: PreprocessConfig) -> None:
     if config.audio.max_seconds <= 0:
         raise ValueError("audio.max_seconds must be positive")
     validate_tracks(config.tracks)
+    if not 0 < config.audit.silence_db <= 120:
+        raise ValueError(f"audit.silence_db must be in (0, 120] dB, got {config.audit.silence_db}")
 
 
 def validate_tracks(tracks: TracksConfig) -> None:

@@ -24,6 +24,7 @@ from avcache.preprocess.audio import MEL_MODES, mel_image
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import ShardPlan, Video
 from avcache.preprocess.faces import face_frames, resolve_detector
+from avcache.preprocess.facts import video_facts
 from avcache.preprocess.media import (
     Deadline,
     MediaError,
@@ -76,6 +77,10 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     info, pcm = _stage("decode", deadline, read_audio, video.path, binary, mode.rate,
                        mode.channels, audio.max_seconds, deadline)  # fmt: skip
     mel = _stage("audio", deadline, mel_image, pcm, info, audio)
+    facts = None
+    if config.audit.facts:
+        facts = _stage("facts", deadline, video_facts, video.path, pcm, info, mode.rate,
+                       mode.channels, config.audit, deadline)  # fmt: skip
     del pcm  # up to audio.max_seconds of PCM: not kept while the frames are decoded
     faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
                    deadline)  # fmt: skip
@@ -93,6 +98,7 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
         face_box=faces.boxes,
         duration=np.float32(info.duration),
         tracks=tracks,
+        facts=facts,
     )
 
 
@@ -154,6 +160,7 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
         quality=config.faces.quality,
         tracks=track_layout(config.tracks),
         tracks_quality=config.tracks.quality,
+        facts=config.audit.facts,
     )
     with writer, one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
         for video in plan.videos:
