@@ -2,17 +2,22 @@
 
     python -m benchmarks.generalisation --out DIR [--train 300 --val 800] [--seeds 0,1]
         [--epochs 4] [--mel-size 64] [--frames 2] [--jobs 2] [--recipes audio,faces,av,...]
-        [--kinds face_paste,...]
+        [--kinds face_paste,...] [--lip-sync SHARE] [--tracks]
 
 DeepfakeBench's cross-manipulation protocol on the sample generator, which records each
 fake clip's manipulations (sample_manifest.json):
-1. a sample data set is rendered and cached once (mel, 4 faces of 64 px, as `make demo`);
+1. a sample data set is rendered and cached once (mel, 4 faces of 64 px, as `make demo`;
+   `--lip-sync SHARE` makes that share of its fakes lip-sync fakes, kind lip_sync);
 2. for each manipulation kind H, a fold cache is written: its train split holds the train
    reals and the train fakes that do not use H, its val split the val reals and the val
    fakes that do use H; the held-out fakes are never trained on;
 3. each recipe is trained on each fold for each seed, for a fixed number of epochs (mel
    resized to --mel-size, --frames of the 4 faces: small enough for a CPU); the figure is
    the val AUC of the last epoch, so nothing is chosen on the held-out fakes.
+With `--tracks`, the recipes that read the aligned tracks (lips, speech, sync) run too: the
+sample is cached a second time, with one window a video of mouth frames and the same
+instants' audio (DIR/cache-tracks, TRACKS_CACHE), and they train on folds of that cache
+(DIR/folds-tracks), the other recipes on DIR/cache as without it.
 Runs go `--jobs` at a time, each a training process of one thread (small batches use one
 core better than two threads do). The table (recipe x held-out kind, mean and spread over
 seeds) goes to DIR/table.md and DIR/generalisation.json, rewritten as runs finish.
@@ -35,10 +40,12 @@ from avcache.cache import open_cache, schema
 from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.train.config import TRACK_KINDS
 from avcache.train.engine import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-# Recipe -> (config file, overrides). Every run also gets COMMON.
+# Recipe -> (config file, overrides). Every run also gets COMMON. A recipe whose model.kind
+# reads the aligned tracks (TRACK_KINDS) trains on folds of TRACKS_CACHE (needs_tracks).
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "audio (baseline recipe)": ("configs/train_baseline.yaml", []),
     "audio": ("configs/train.yaml", ["model.kind=audio"]),
@@ -52,8 +59,40 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "av + all three": ("configs/train.yaml", ["model.kind=av", "model.modality_dropout=0.5",
                                               "model.aux_weight=0.5",
                                               "augment.av_mismatch=0.25"]),
+    "lips": ("configs/train.yaml", ["model.kind=lips"]),
+    "speech": ("configs/train.yaml", ["model.kind=speech"]),
+    "sync": ("configs/train.yaml", ["model.kind=sync"]),
+    # A quarter of each batch hears other speech than its lips say (another clip's, or its
+    # own shifted), labelled fake: the sync negatives the sample's own fakes rarely give.
+    "sync + av_mismatch": ("configs/train.yaml", ["model.kind=sync",
+                                                  "augment.av_mismatch=0.25"]),
 }  # fmt: skip
 COMMON = ["data.batch_size=16", "data.workers=0", "run.threads=1"]
+# The cache of every recipe but the track ones (as `make demo`, faces at 64 px, stored raw).
+CACHE = ["faces.frames=4", "faces.size=64", "faces.codec=raw"]
+# The track recipes' cache: mel and one window a video of 25 mouth frames (1 s at 25 fps,
+# room for the sync model's offsets of -5..5 frames) and that second's 16 kHz audio. No
+# faces: no track kind reads them, and finding them again would add a third to the
+# preprocessing. Mouth crops of 48 px instead of LipForensics' 88: a lips or sync model runs
+# a ResNet18 on each of the 25 frames of a clip, about 3x cheaper at 48 px on a CPU (2.5x
+# measured), as the mel is resized to 64 px for the same reason; the mouth's opening, what
+# the sample's lip-sync fakes change, is still many pixels tall.
+TRACKS_CACHE = ["faces.frames=0", "tracks.windows=1", "tracks.frames=25", "tracks.size=48"]
+# Folds folder -> the cache (in DIR) its folds are written from, and that cache's overrides.
+CACHES = {"folds": ("cache", CACHE), "folds-tracks": ("cache-tracks", TRACKS_CACHE)}
+
+
+def needs_tracks(recipe: str) -> bool:
+    """The recipe's model reads the aligned tracks (lips, speech, sync)."""
+    _, overrides = RECIPES[recipe]
+    return any(f"model.kind={kind}" in overrides for kind in TRACK_KINDS)
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,41 +102,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val", type=int, default=800, help="val clips (half fake): the held-out"
                         " fakes of each kind are a share of these")  # fmt: skip
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--lip-sync", type=share, default=0.0, metavar="SHARE",
+                        help="share of the sample's fakes made lip-sync fakes (kind lip_sync), "
+                        "passed to avcache-sample (default 0: the sample as always; another "
+                        "share is another sample: give it an --out of its own)")  # fmt: skip
+    parser.add_argument("--tracks", action="store_true", help="also cache the sample with "
+                        "aligned tracks (DIR/cache-tracks) and allow the recipes that read "
+                        "them: " + ", ".join(r for r in RECIPES if needs_tracks(r)))  # fmt: skip
     parser.add_argument("--seeds", default="0,1", help="training seeds")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--mel-size", type=int, default=64, help="mel images resized to this")
     parser.add_argument("--frames", type=int, default=2, help="face frames a model sees (of 4)")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="which of: "
-                        + ", ".join(RECIPES))  # fmt: skip
+    parser.add_argument("--recipes", help="which of: " + ", ".join(RECIPES) + " (default: all; "
+                        "those that read tracks only with --tracks)")  # fmt: skip
     parser.add_argument("--kinds", help="held-out kinds (default: every kind in the sample)")
     args = parser.parse_args(argv)
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
-    args.recipes = [name.strip() for name in args.recipes.split(",")]
+    if args.recipes is None:
+        args.recipes = [name for name in RECIPES if args.tracks or not needs_tracks(name)]
+    else:
+        args.recipes = [name.strip() for name in args.recipes.split(",")]
     unknown = [name for name in args.recipes if name not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r} (known: {', '.join(RECIPES)})")
+    tracked = [name for name in args.recipes if needs_tracks(name)]
+    if tracked and not args.tracks:
+        parser.error(f"recipe {tracked[0]!r} reads the aligned tracks: add --tracks (the "
+                     "sample is then cached a second time, with them)")  # fmt: skip
     return args
 
 
-def build_sample(args) -> tuple[Path, dict[str, tuple[str, ...]]]:
-    """The cached sample and each clip's manipulations (empty for a real clip)."""
-    data, cache = args.out / "data", args.out / "cache"
-    subprocess.run([sys.executable, "-m", "avcache.sample", str(data), "--seed",
-                    str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
-                    "--test", "0"], check=True, cwd=REPO)  # fmt: skip
-    if not (cache / schema.INDEX_FILE).exists():
-        subprocess.run([sys.executable, "-m", "avcache.preprocess.run", "--data", str(data),
-                        "--out", str(cache), "--quiet", "faces.frames=4", "faces.size=64",
-                        "faces.codec=raw"], check=True, cwd=REPO)  # fmt: skip
+def sample_command(args) -> list[str]:
+    """avcache-sample's command line; without --lip-sync, the one it always was."""
+    lip_sync = ["--lip-sync", str(args.lip_sync)] if args.lip_sync else []
+    return [sys.executable, "-m", "avcache.sample", str(args.out / "data"), "--seed",
+            str(args.data_seed), "--train", str(args.train), "--val", str(args.val),
+            "--test", "0", *lip_sync]  # fmt: skip
+
+
+def folds_of(recipe: str) -> str:
+    """The folder (in DIR) of the folds a recipe trains on; CACHES names their cache."""
+    return "folds-tracks" if needs_tracks(recipe) else "folds"
+
+
+def preprocess_commands(args) -> dict[str, tuple[Path, list[str]]]:
+    """Folds folder -> the cache its folds come from and the preprocessing that makes it,
+    for the folds the recipes train on."""
+    wanted = {folds_of(recipe) for recipe in args.recipes}
+    commands = {}
+    for folds, (name, overrides) in CACHES.items():
+        if folds in wanted:
+            cache = args.out / name
+            commands[folds] = (cache, [sys.executable, "-m", "avcache.preprocess.run", "--data",
+                                       str(args.out / "data"), "--out", str(cache), "--quiet",
+                                       *overrides])  # fmt: skip
+    return commands
+
+
+def build_sample(args) -> tuple[dict[str, Path], dict[str, tuple[str, ...]]]:
+    """The cached sample (folds folder -> the cache its folds come from) and each clip's
+    manipulations (empty for a real clip)."""
+    data = args.out / "data"
+    if subprocess.run(sample_command(args), cwd=REPO).returncode != 0:
+        raise SystemExit(
+            f"error: avcache-sample failed on {data} (see above); a sample made with other "
+            "--train/--val/--data-seed/--lip-sync needs another --out"
+        )
+    caches = {}
+    for folds, (cache, command) in preprocess_commands(args).items():
+        if not (cache / schema.INDEX_FILE).exists():
+            subprocess.run(command, check=True, cwd=REPO)
+        caches[folds] = cache
     manifest = json.loads((data / "sample_manifest.json").read_text())
-    return cache, {clip["name"]: tuple(clip["kinds"]) for clip in manifest["clips"]}
+    return caches, {clip["name"]: tuple(clip["kinds"]) for clip in manifest["clips"]}
 
 
 def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: str,
                out: Path) -> dict[str, int]:  # fmt: skip
     """A cache whose train split never holds `held_out` fakes and whose val split holds only
-    them (beside the val reals). Returns the fold's counts."""
+    them (beside the val reals). Returns the fold's counts. A cache's tracks are copied too
+    (their mouth crops re-encoded at its JPEG quality: a second pass, ~55 dB, reals and
+    fakes alike)."""
     if (out / schema.INDEX_FILE).exists():
         return json.loads((out / "counts.json").read_text())
     cache = open_cache(cache_root)
@@ -105,12 +191,15 @@ def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: st
         "train": lambda name: held_out not in kinds[name],
         "val": lambda name: not kinds[name] or held_out in kinds[name],
     }
+    tracks = {"tracks": cache.tracks, "tracks_quality": cache.config["tracks"]["quality"]} \
+        if cache.tracks else {}  # fmt: skip
     (out / "shards").mkdir(parents=True)
     records, counts = [], {}
     for split, wanted in keep.items():
         rel = f"shards/{split}.h5"
         size = cache.config["faces"]["size"]
-        with ShardWriter(out / rel, split=split, frames=cache.frames, face_size=size) as writer:
+        with ShardWriter(out / rel, split=split, frames=cache.frames, face_size=size,
+                         **tracks) as writer:  # fmt: skip
             for sample in cache.iter_samples(split):
                 if wanted(sample.video_name):
                     writer.append(sample)
@@ -121,6 +210,14 @@ def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: st
     return counts
 
 
+def train_command(fold: Path, recipe: str, seed: int, args, run: Path) -> list[str]:
+    config, overrides = RECIPES[recipe]
+    return [sys.executable, "-m", "avcache.train.run", "--config", str(REPO / config),
+            "--cache", str(fold), "--out", str(run), *overrides, *COMMON, f"run.seed={seed}",
+            f"run.epochs={args.epochs}", f"model.mel_size={args.mel_size}",
+            f"model.frames={args.frames}"]  # fmt: skip
+
+
 def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     """The last epoch's validation (held-out) AUC of one run (kept when already there),
     trained in a process of its own."""
@@ -128,11 +225,7 @@ def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     if not metrics.exists() or len(metrics.read_text().splitlines()) < args.epochs:
         if run.exists():  # a run cut short: start it again
             shutil.rmtree(run)
-        config, overrides = RECIPES[recipe]
-        command = [sys.executable, "-m", "avcache.train.run", "--config", str(REPO / config),
-                   "--cache", str(fold), "--out", str(run), *overrides, *COMMON, f"run.seed={seed}",
-                   f"run.epochs={args.epochs}", f"model.mel_size={args.mel_size}",
-                   f"model.frames={args.frames}"]  # fmt: skip
+        command = train_command(fold, recipe, seed, args, run)
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"training {recipe} on {fold} failed: {done.stderr[-2000:]}")
@@ -143,8 +236,9 @@ def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
 
 def table(results: dict, kinds: list[str]) -> str:
     """Markdown: recipe x held-out kind, mean (± half the range) over seeds, and the mean
-    over kinds."""
-    lines = ["| recipe | " + " | ".join(kinds) + " | mean |", "|---" * (len(kinds) + 2) + "|"]
+    and the worst over kinds (the README's table)."""
+    lines = ["| recipe | " + " | ".join(kinds) + " | mean | worst |",
+             "|---" * (len(kinds) + 3) + "|"]  # fmt: skip
     for recipe, by_kind in results.items():
         cells, means = [], []
         for kind in kinds:
@@ -156,7 +250,7 @@ def table(results: dict, kinds: list[str]) -> str:
             means.append(mean)
             spread = f" ±{(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else ""
             cells.append(f"{mean:.2f}{spread}")
-        overall = f"{statistics.fmean(means):.3f}" if means else "—"
+        overall = f"{statistics.fmean(means):.3f} | {min(means):.3f}" if means else "— | —"
         lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {overall} |")
     return "\n".join(lines)
 
@@ -164,11 +258,11 @@ def table(results: dict, kinds: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    cache, clip_kinds = build_sample(args)
+    caches, clip_kinds = build_sample(args)
     present = sorted({kind for kinds in clip_kinds.values() for kind in kinds})
     held_out = args.kinds.split(",") if args.kinds else present
-    folds = {kind: write_fold(cache, clip_kinds, kind, args.out / "folds" / kind)
-             for kind in held_out}  # fmt: skip
+    folds = {name: {kind: write_fold(cache, clip_kinds, kind, args.out / name / kind)
+                    for kind in held_out} for name, cache in caches.items()}  # fmt: skip
     runs = [(kind, recipe, seed) for kind in held_out for recipe in args.recipes
             for seed in args.seeds]  # fmt: skip
     results: dict[str, dict[str, dict[str, float]]] = {recipe: {} for recipe in args.recipes}
@@ -177,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_one(task: tuple[str, str, int]) -> None:
         kind, recipe, seed = task
         run = args.out / "runs" / kind / recipe.replace(" ", "_") / f"seed{seed}"
-        auc = train_once(args.out / "folds" / kind, recipe, seed, args, run)
+        auc = train_once(args.out / folds_of(recipe) / kind, recipe, seed, args, run)
         with writing:
             results[recipe].setdefault(kind, {})[f"seed {seed}"] = auc
             write_results(args, folds, results, held_out)
@@ -189,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(args, folds: dict, results: dict, held_out: list[str]) -> None:
+    """table.md, and generalisation.json: each run's AUC by recipe, held-out kind and seed,
+    with the folds' counts (track_folds: those of the track recipes' folds)."""
     (args.out / "table.md").write_text(table(results, held_out) + "\n")
+    tracked = {"track_folds": folds["folds-tracks"]} if "folds-tracks" in folds else {}
     (args.out / "generalisation.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "folds": folds,
-         "results": results}, indent=1))  # fmt: skip
+        {"args": {k: str(v) for k, v in vars(args).items()}, "folds": folds.get("folds", {}),
+         **tracked, "results": results}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
+
+import pytest
+import yaml
 
 from avcache.cache import open_cache
+from benchmarks.generalisation import (
+    RECIPES,
+    folds_of,
+    needs_tracks,
+    parse_args,
+    preprocess_commands,
+    sample_command,
+    train_command,
+)
 from benchmarks.generalisation import main as generalisation_main
+
+TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch"]
 
 
 def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
@@ -24,3 +40,89 @@ def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
         assert all(held_out in kinds[name] or not kinds[name] for name in val)
     table = (out / "table.md").read_text()
     assert table.startswith("| recipe |") and "| audio |" in table
+
+
+def test_the_track_recipes_are_listed_and_asked_for_with_tracks(tmp_path, capsys):
+    assert set(TRACK_RECIPES) <= set(RECIPES)
+    assert [name for name in RECIPES if needs_tracks(name)] == TRACK_RECIPES
+    assert {folds_of(name) for name in TRACK_RECIPES} == {"folds-tracks"}
+    assert {folds_of(name) for name in RECIPES if name not in TRACK_RECIPES} == {"folds"}
+    out = ["--out", str(tmp_path)]
+    assert parse_args(out).recipes == [n for n in RECIPES if n not in TRACK_RECIPES]
+    assert parse_args([*out, "--tracks"]).recipes == list(RECIPES)
+    with pytest.raises(SystemExit) as refused:
+        parse_args([*out, "--recipes", "audio,sync"])
+    assert refused.value.code == 2 and "'sync' reads the aligned tracks: add --tracks" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        parse_args([*out, "--lip-sync", "1.5"])
+
+
+def test_without_the_new_options_every_command_is_the_one_it_was(tmp_path):
+    """The eval folders built before the track recipes stay valid: same sample, same cache,
+    same training commands."""
+    args = parse_args(["--out", str(tmp_path), "--recipes", "audio,av"])
+    data, cache = str(tmp_path / "data"), str(tmp_path / "cache")
+    assert sample_command(args) == [sys.executable, "-m", "avcache.sample", data, "--seed", "0",
+                                    "--train", "300", "--val", "800", "--test", "0"]  # fmt: skip
+    assert preprocess_commands(args) == {"folds": (tmp_path / "cache", [
+        sys.executable, "-m", "avcache.preprocess.run", "--data", data, "--out", cache,
+        "--quiet", "faces.frames=4", "faces.size=64", "faces.codec=raw"])}  # fmt: skip
+    command = train_command(tmp_path / "folds" / "face_blur", "av", 1, args, tmp_path / "run")
+    assert command[:4] == [sys.executable, "-m", "avcache.train.run", "--config"]
+    assert command[4].endswith("configs/train.yaml") and command[5:] == [
+        "--cache", str(tmp_path / "folds" / "face_blur"), "--out", str(tmp_path / "run"),
+        "model.kind=av", "data.batch_size=16", "data.workers=0", "run.threads=1", "run.seed=1",
+        "run.epochs=4", "model.mel_size=64", "model.frames=2",
+    ]  # fmt: skip
+
+
+def test_lip_sync_reaches_the_generator_and_tracks_only_the_track_recipes_cache(tmp_path):
+    args = parse_args(["--out", str(tmp_path), "--lip-sync", "0.25", "--tracks",
+                       "--recipes", "audio,sync + av_mismatch"])  # fmt: skip
+    assert sample_command(args)[-2:] == ["--lip-sync", "0.25"]
+    caches = preprocess_commands(args)
+    assert set(caches) == {"folds", "folds-tracks"}
+    plain, tracked = caches["folds"][1], caches["folds-tracks"][1]
+    assert caches["folds-tracks"][0] == tmp_path / "cache-tracks"
+    assert not any(item.startswith("tracks.") for item in plain)
+    assert "tracks.windows=1" in tracked and tracked[tracked.index("--out") + 1].endswith(
+        "cache-tracks"
+    )
+    command = train_command(tmp_path / "f", "sync + av_mismatch", 0, args, tmp_path / "r")
+    assert {"model.kind=sync", "augment.av_mismatch=0.25"} <= set(command)
+    only_tracks = parse_args(["--out", str(tmp_path), "--tracks", "--recipes", "speech"])
+    assert set(preprocess_commands(only_tracks)) == {"folds-tracks"}
+
+
+def test_a_track_recipe_holds_lip_sync_out_and_scores_it(tmp_path):
+    """sync on a tiny sample with lip-sync fakes: the sample has them, the track cache holds
+    one window a video, the fold keeps its tracks, and the held-out AUC is a number."""
+    out = tmp_path / "protocol"
+    assert generalisation_main(["--out", str(out), "--train", "8", "--val", "6", "--lip-sync",
+                                "0.5", "--tracks", "--recipes", "sync", "--kinds", "lip_sync",
+                                "--epochs", "1", "--seeds", "0"]) == 0  # fmt: skip
+    manifest = json.loads((out / "data" / "sample_manifest.json").read_text())
+    assert manifest["lip_sync"] == 0.5
+    kinds = {clip["name"]: set(clip["kinds"]) for clip in manifest["clips"]}
+    assert not (out / "cache").exists()  # no recipe without tracks: no cache without them
+    cache = open_cache(out / "cache-tracks")
+    assert cache.tracks.windows == 1 and cache.tracks.frames == 25 and cache.frames == 0
+    fold_path = out / "folds-tracks" / "lip_sync"
+    fold = open_cache(fold_path)
+    assert fold.tracks == cache.tracks
+    val = list(fold.iter_samples("val"))
+    assert {s.label for s in val} == {0, 1}
+    assert all(kinds[s.video_name] <= {"lip_sync"} for s in val)
+    assert all(s.tracks.lips.shape == (1, 25, 48, 48) for s in val)
+    train = [s.video_name for s in fold.iter_samples("train")]
+    assert train and not any("lip_sync" in kinds[name] for name in train)
+    written = json.loads((out / "generalisation.json").read_text())
+    assert written["track_folds"]["lip_sync"] == {"train": len(train), "val": len(val)}
+    auc = written["results"]["sync"]["lip_sync"]["seed 0"]
+    assert math.isfinite(auc) and 0 <= auc <= 1
+    run = out / "runs" / "lip_sync" / "sync" / "seed0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["kind"] == "sync"
+    assert json.loads((run / "cache.json").read_text())["path"] == str(fold_path)
+    assert (out / "table.md").read_text().splitlines()[2].startswith(f"| sync | {auc:.2f} |")
