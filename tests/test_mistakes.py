@@ -68,7 +68,7 @@ def one_line_error(capsys, program: str) -> str:
     ("run.epochs=0", "run.epochs=0: must be at least 1"),
     ("optim.accumulate=0", "optim.accumulate=0: must be at least 1"),
     ("augment.hflip=2", "augment.hflip=2.0: must be a probability"),
-    ("model.kind=video", "model.kind='video': must be audio, faces or av"),
+    ("model.kind=video", "model.kind='video': must be one of audio, faces, av, lips, speech, sync"),
     ("data.val_split=train", "is the training split"),
     ("data.val_split=nope", "data.val_split='nope': the cache"),
     ("model.frames=9", "model.frames=9: the cache"),

@@ -92,7 +92,7 @@ class TrainConfig:
 
 # (key, test, what it must be): every value a run needs, checked before anything is built.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("model.kind", lambda v: v in MODEL_KINDS, ", ".join(MODEL_KINDS)),
+    ("model.kind", lambda v: v in MODEL_KINDS, "one of " + ", ".join(MODEL_KINDS)),
     ("model.sync_weight", lambda v: 0 <= v < math.inf, "0 or more"),
     ("model.frames", lambda v: v is None or v >= 1, "at least 1, or null for all cached"),
     ("model.mel_size", lambda v: 32 <= v <= 1024, "between 32 and 1024"),

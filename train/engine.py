@@ -46,7 +46,7 @@ from avcache.train.augment import (
     prepare,
     to_device,
 )
-from avcache.train.config import TrainConfig
+from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces, decode_on_device
 from avcache.train.distributed import Ranks
 from avcache.train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
@@ -139,6 +139,14 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
     return stream, loader
 
 
+def track_frames(kind: str, cache: Cache | None) -> int:
+    """Frames per window of the cache's tracks, for the kinds that read them (0 otherwise:
+    the other kinds open nothing for it)."""
+    if kind not in TRACK_KINDS or cache is None or cache.tracks is None:
+        return 0
+    return cache.tracks.frames
+
+
 @dataclass
 class Progress:
     """What resuming needs besides the weights."""
@@ -164,10 +172,9 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)
         model = config.model
-        tracks = cache.tracks
         self.model = build_model(model.kind, model.pretrained, model.modality_dropout,
                                  aux_heads=model.aux_weight > 0, fusion=model.fusion,
-                                 track_frames=tracks.frames if tracks else 0,
+                                 track_frames=track_frames(model.kind, cache),
                                  sync_weight=model.sync_weight).to(self.device)  # fmt: skip
         if config.model.init:
             self._load_weights(Path(config.model.init))
