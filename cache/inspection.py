@@ -5,6 +5,8 @@ avcache-inspect CACHE verify           recompute every shard's sha256, check sch
 avcache-inspect CACHE sheet -o S.png   contact sheet: mel images (labelled axes) beside the faces
 avcache-inspect CACHE sheet --video N  one sample in detail: full-size mel, all faces, metadata
 avcache-inspect CACHE gallery -o DIR   static HTML page (opens from disk): thumbnails, mistakes
+avcache-inspect CACHE audit            shortcut audit: the AUC of each trivial cue (durations,
+                                       silence, streams, codecs, faces found) on the labels
 """
 
 from __future__ import annotations
@@ -311,11 +313,68 @@ def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_audit(cache: Cache, args: argparse.Namespace) -> int:
+    """Each cue alone and all together against the labels; warnings, JSON, a plot."""
+    from avcache.cache import audit
+
+    try:
+        kinds = audit.load_kinds(args.manifest) if args.manifest else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    table = audit.read_cues(cache, mel=not args.no_mel)
+    results = audit.audit(table, kinds, rounds=args.bootstrap, seed=args.seed)
+    lines = [] if args.brief else audit.report_lines(results, args.threshold)
+    report = {"cache": str(cache.root), "config_hash": cache.config_hash,
+              "threshold": args.threshold, "bootstrap": args.bootstrap,
+              "results": [result.as_dict() for result in results]}  # fmt: skip
+    if args.predictions is not None:
+        model = model_question(table, results, args.predictions)
+        report["model"] = model
+        lines += [] if args.brief else [model["line"]]
+    if args.output is not None:
+        lines.append(f"plot: {audit.plot(results, args.output, args.threshold)}")
+    if args.json is not None:
+        from avcache.cache.atomic import write_json_atomic
+
+        write_json_atomic(args.json, report)
+        lines.append(f"json: {args.json}")
+    lines.append(audit.summary_line(results, args.threshold))
+    print("\n".join(printable(line) for line in lines))
+    return 0
+
+
+def model_question(table, results, predictions: Path) -> dict:
+    """A model's AUC on the judged split, and on pairs matched on the strongest cue."""
+    from avcache.cache import audit
+    from avcache.cache.gallery import read_predictions
+
+    split = audit.judged_split(results)
+    scores = read_predictions(predictions)
+    rows = [i for i, name in enumerate(table.names) if table.splits[i] == split
+            and table.labels[i] >= 0 and name in scores]  # fmt: skip
+    if not rows:
+        raise UsageError(f"{predictions}: no prediction for a labelled video of split {split}")
+    single = [
+        r for r in results if r.split == split and r.kind == "all" and r.cue != audit.ALL_CUES
+    ]
+    cue = max(single, key=audit.strength).cue
+    labels = np.array([table.labels[i] for i in rows])
+    predicted = np.array([scores[table.names[i]] for i in rows])
+    matched = audit.stratified_auc(labels, predicted, table.array(cue)[rows])
+    plain = audit.auc(labels, predicted)
+    line = (
+        f"model ({predictions.name}, {split}): AUC {plain:.3f}; on videos matched on "
+        f"{cue} (pairs within its quintiles) {matched:.3f}"
+    )
+    return {"split": split, "cue": cue, "auc": plain, "matched_auc": matched, "line": line}
+
+
 COMMANDS = {
     "summary": run_summary,
     "verify": run_verify,
     "sheet": run_sheet,
     "gallery": run_gallery,
+    "audit": run_audit,
 }
 
 
@@ -341,6 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     _add_sheet_args(commands.add_parser("sheet", help="PNG contact sheet, or one --video"))
     _add_gallery_args(commands.add_parser("gallery", help="static HTML gallery"))
+    _add_audit_args(commands.add_parser("audit", help="does a trivial cue give the labels away?"))
     args = parser.parse_args(argv)
     args.command = args.command or "summary"
     return args
@@ -394,6 +454,40 @@ def _add_gallery_args(gallery: argparse.ArgumentParser) -> None:
         help="video_name,target file(s) for the predictions (default: the "
         "cached labels); repeatable",
     )
+
+
+def _add_audit_args(audit: argparse.ArgumentParser) -> None:
+    audit.add_argument(
+        "--manifest",
+        type=Path,
+        help="sample_manifest.json (avcache-sample): the AUC per fake kind too",
+    )
+    audit.add_argument(
+        "--threshold",
+        type=float,
+        default=0.7,
+        help="warn about a cue whose AUC reaches this (default 0.7)",
+    )
+    audit.add_argument(
+        "--bootstrap",
+        type=_count,
+        default=500,
+        help="resamples for the 95%% intervals (default 500)",
+    )
+    audit.add_argument("--seed", type=int, default=0, help="seed of the resampling and folds")
+    audit.add_argument(
+        "--predictions",
+        type=Path,
+        help="video_name,y_pred CSV: the model's AUC, and on videos matched on the strongest cue",
+    )
+    audit.add_argument(
+        "--no-mel",
+        action="store_true",
+        help="skip the mel images' quiet columns (reads only small columns)",
+    )
+    audit.add_argument("--json", type=Path, help="write every result as JSON here")
+    audit.add_argument("-o", "--output", type=Path, help="PNG plot of the AUCs")
+    audit.add_argument("--brief", action="store_true", help="print only the summary line")
 
 
 def main(argv: list[str] | None = None) -> int:

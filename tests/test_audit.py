@@ -1,0 +1,189 @@
+"""The shortcut audit on small caches with a planted cue (fakes with 0.3 s more leading
+silence; fakes with another frame rate) and without one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from avcache.cache import audit, open_cache, schema
+from avcache.cache.atomic import write_json_atomic
+from avcache.cache.config import to_dict
+from avcache.cache.index import ShardRecord, build_index
+from avcache.cache.inspection import main as inspect_main
+from avcache.cache.writer import ShardWriter
+from avcache.preprocess.config import PreprocessConfig
+from tests.toy import FRAMES, SIZE, toy_sample
+
+KINDS = ("voice", "face")
+
+
+def facts(rng: np.random.Generator, fake: bool, plant: str) -> dict[str, float | str]:
+    """Facts drawn alike for reals and fakes, but for the planted cue."""
+    values = {name: float(rng.uniform(1, 100)) for name in schema.FACT_NUMBERS}
+    values |= {"fact_lead_silence": float(rng.uniform(0, 0.2)), "fact_fps": 25.0,
+               "fact_width": 320.0, "fact_height": 240.0, "fact_video_codec": "h264",
+               "fact_audio_codec": str(rng.choice(["aac", "mp3"]))}  # fmt: skip
+    if fake and plant == "silence":
+        values["fact_lead_silence"] += 0.3
+    if fake and plant == "fps":
+        values["fact_fps"] = 30.0
+    return values
+
+
+def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0) -> dict:
+    """A cache with facts; returns the manifest's kinds (odd videos are fakes, of two kinds:
+    only the `voice` fakes carry the planted cue when plant ends in '-voice')."""
+    rng = np.random.default_rng(seed)
+    records, kinds = [], {}
+    (root / "shards").mkdir(parents=True)
+    for split, count in splits:
+        rel = f"shards/{split}-00000.h5"
+        with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
+                         facts=True) as writer:  # fmt: skip
+            for i in range(count):
+                fake, name = bool(i % 2), f"{split}{i:03d}.mp4"
+                kind = KINDS[(i // 2) % 2] if fake else None
+                kinds[name] = [kind] if kind else []
+                planted = plant.removesuffix("-voice")
+                carries = fake and (kind == "voice" or not plant.endswith("-voice"))
+                sample = toy_sample(name, False, rng)  # mel and faces say nothing
+                sample.label = int(fake)
+                sample.facts = facts(rng, carries, planted)
+                sample.duration = np.float32(rng.uniform(3, 8))
+                if carries and planted == "mel":
+                    sample.mel[:, :20] = 0  # a silent start, as the model sees it
+                writer.append(sample)
+            records.append(ShardRecord(rel, split, *writer.close()))
+    config = to_dict(PreprocessConfig())
+    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy-audit", records))
+    return kinds
+
+
+def results_of(root, kinds=None) -> list[audit.Result]:
+    return audit.audit(audit.read_cues(open_cache(root)), kinds, rounds=200)
+
+
+def find(results, cue, split="val", kind="all") -> audit.Result:
+    return next(r for r in results if (r.cue, r.split, r.kind) == (cue, split, kind))
+
+
+PLANTED = [("silence", "fact_lead_silence"), ("fps", "fact_fps"), ("mel", "mel_lead_quiet")]
+
+
+@pytest.mark.parametrize("plant, cue", PLANTED)
+def test_a_planted_cue_is_named_with_auc_near_one(tmp_path, plant, cue):
+    write_cache(tmp_path, plant)
+    results = results_of(tmp_path)
+    found = find(results, cue)
+    assert found.auc > 0.97 and found.low > 0.9, found
+    assert found.direction == "fakes higher"
+    assert audit.warnings_of(results)[0].cue == cue
+    assert find(results, audit.ALL_CUES).auc > 0.95
+    line = audit.summary_line(results)
+    assert f"strongest cue {cue}" in line and "WARNING: 1 cue(s)" in line, line
+    others = [r for r in results if r.split == "val" and r.cue not in (cue, audit.ALL_CUES)]
+    assert max(audit.strength(r) for r in others) < 0.7
+
+
+def test_without_a_cue_every_auc_is_near_one_half(tmp_path):
+    write_cache(tmp_path, "none", splits=(("train", 200), ("val", 400)))
+    results = results_of(tmp_path)
+    val = [r for r in results if r.split == "val"]
+    assert max(audit.strength(r) for r in val) < 0.65, [(r.cue, r.auc) for r in val]
+    assert abs(np.mean([r.auc for r in val]) - 0.5) < 0.03
+    assert find(results, audit.ALL_CUES).low < 0.5 < find(results, audit.ALL_CUES).high
+    assert not audit.warnings_of(results)
+    assert "no single cue reaches AUC 0.7" in audit.summary_line(results)
+
+
+def test_a_cue_of_one_fake_kind_is_found_in_that_kind(tmp_path):
+    kinds = write_cache(tmp_path, "silence-voice")
+    results = results_of(tmp_path, kinds)
+    assert find(results, "fact_lead_silence", kind="voice").auc > 0.97
+    assert find(results, "fact_lead_silence", kind="face").auc < 0.7
+    assert 0.6 < find(results, "fact_lead_silence").auc < 0.85  # diluted by the other kind
+    warned = [(r.cue, r.kind) for r in audit.warnings_of(results)]
+    assert ("fact_lead_silence", "voice") in warned and ("fact_lead_silence", "face") not in warned
+
+
+def test_the_bootstrap_interval_holds_scikit_learns_auc():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 100)
+    scores = rng.normal(labels * 0.8, 1).round(1)  # ties too
+    low, high = audit.bootstrap_interval(labels, scores, 1000, seed=0)
+    value = roc_auc_score(labels, scores)
+    assert low < value < high and 0.1 < high - low < 0.2
+    # with every pick once, the ranks' AUC is scikit-learn's (ties averaged)
+    ranks = audit.rankdata(scores)
+    n1 = labels.sum()
+    assert (ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * 100) == pytest.approx(value)
+
+
+def test_a_model_matched_on_the_cue_shows_what_it_learned_besides():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 300)
+    other = rng.random(600) < 0.1
+    fps = np.where(labels.astype(bool) ^ other, 30.0, 25.0)  # most fakes at 30 fps
+    cue_only = fps + rng.normal(0, 0.01, 600)  # a model that read nothing but the frame rate
+    assert audit.auc(labels, cue_only) > 0.85
+    assert abs(audit.stratified_auc(labels, cue_only, fps) - 0.5) < 0.1
+    honest = labels + rng.normal(0, 0.5, 600)  # one that sees the manipulation itself
+    assert audit.stratified_auc(labels, honest, fps) > 0.8
+
+
+def test_mel_quiet_columns():
+    mel = np.full((3, 256, 256), 200, np.uint8)
+    mel[0, :, :64] = 0
+    mel[1, :, 192:] = 0
+    mel[2] = 0
+    lead, trail = audit.mel_quiet(mel)
+    assert lead.tolist() == [0.25, 0.0, 1.0] and trail.tolist() == [0.0, 0.25, 1.0]
+
+
+def test_the_command_writes_json_a_plot_and_the_summary_line(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    kinds = write_cache(cache, "fps", splits=(("train", 60), ("val", 60)))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"clips": [{"name": n, "kinds": k} for n, k in kinds.items()]}))
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("video_name,y_pred\n" + "".join(
+        f"val{i:03d}.mp4,{0.9 if i % 2 else 0.1}\n" for i in range(60)))  # fmt: skip
+    args = [
+        str(cache),
+        "audit",
+        "--manifest",
+        str(manifest),
+        "--json",
+        str(tmp_path / "a.json"),
+        "-o",
+        str(tmp_path / "a.png"),
+        "--bootstrap",
+        "100",
+        "--predictions",
+        str(predictions),
+    ]
+    assert inspect_main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("audit (val): strongest cue fact_fps AUC 1.000")
+    assert any(line.startswith("WARNING: shortcut: fact_fps alone separates fakes") for line in out)
+    assert any(line.startswith("model (predictions.csv, val): AUC 1.000") for line in out)
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert {r["kind"] for r in report["results"]} == {"all", "voice", "face"}
+    assert report["model"]["cue"] == "fact_fps"
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert inspect_main([str(cache), "audit", "--brief", "--bootstrap", "50"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_a_cache_without_facts_is_audited_on_what_it_holds(tmp_path, capsys):
+    from tests.toy import write_toy_cache
+
+    write_toy_cache(tmp_path / "toy", {"train": 24, "val": 24})
+    assert inspect_main([str(tmp_path / "toy"), "audit", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "face_share" in out and "duration" in out and "fact_fps" not in out
