@@ -47,6 +47,8 @@ demo: setup
 		--out $(DEMO)/cache --jobs $(JOBS) faces.frames=4 faces.size=64 shards.size=64
 	$(BIN)/avcache-inspect $(DEMO)/cache
 	$(BIN)/avcache-inspect $(DEMO)/cache verify
+	$(BIN)/avcache-inspect $(DEMO)/cache audit --manifest $(DEMO)/data/sample_manifest.json \
+		--json $(DEMO)/audit.json -o $(DEMO)/audit.png --brief
 	rm -rf $(DEMO)/run
 	$(BIN)/avcache-train --config configs/train.yaml --cache $(DEMO)/cache --out $(DEMO)/run \
 		model.kind=av model.mel_size=128 data.batch_size=16 run.epochs=10 run.threads=$(JOBS)
