@@ -136,4 +136,19 @@ def mel_image(pcm: bytes, info: MediaInfo, config: AudioConfig) -> np.ndarray:
         # on a multi-hour file would allocate hours of audio.
         info = dataclasses.replace(info, duration=config.max_seconds)
     mode = MEL_MODES[config.mode]
+    if config.trim_silence_db:
+        pcm, info = trim_silence(pcm, info, mode.rate, mode.channels, config.trim_silence_db)
     return mode.image(mode.waveform(pcm, info))
+
+
+def trim_silence(pcm: bytes, info: MediaInfo, rate: int, channels: int,
+                 silence_db: float) -> tuple[bytes, MediaInfo]:  # fmt: skip
+    """The PCM from its first to its last 10 ms frame with sound (sound_span), and the
+    duration that long: a clip's leading and trailing silence never reaches the mel image.
+    Audio silent throughout is kept as it is."""
+    span = sound_span(frame_levels(pcm, rate, channels), silence_db)
+    if span is None:
+        return pcm, info
+    frame_bytes = max(rate // 100, 1) * channels * 2
+    cut = pcm[span[0] * frame_bytes : span[1] * frame_bytes]
+    return cut, dataclasses.replace(info, duration=len(cut) / (2 * channels * rate))

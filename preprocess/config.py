@@ -33,6 +33,9 @@ class AudioConfig:
     # to run, so never taken from a cache's or a run folder's record of its config.
     ffmpeg: str = field(default="auto", metadata=LOCAL)
     max_seconds: float = 600.0  # audio read per video at most: bounds memory on very long files
+    # Leading and trailing audio more than this many dB below the clip's loudest 10 ms is cut
+    # before the mel image (0: off). A shortcut in some data sets: fakes that start silent.
+    trim_silence_db: float = 0.0
 
 
 @dataclass

@@ -93,6 +93,9 @@ def validate(config: PreprocessConfig) -> None:
     if config.audio.max_seconds <= 0:
         raise ValueError("audio.max_seconds must be positive")
     validate_tracks(config.tracks)
+    if not 0 <= config.audio.trim_silence_db <= 120:
+        raise ValueError("audio.trim_silence_db must be in [0, 120] dB (0: off), got "
+                         f"{config.audio.trim_silence_db}")  # fmt: skip
     if not 0 < config.audit.silence_db <= 120:
         raise ValueError(f"audit.silence_db must be in (0, 120] dB, got {config.audit.silence_db}")
 
