@@ -206,16 +206,18 @@ def run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedPr
         raise TimeLimitExceeded(deadline.seconds, "decode") from None
 
 
+def allowed_input(path: Path, seconds: float):
+    """ffmpeg's input of `path`: read for at most `seconds`, opened only as one of the
+    allowed containers, from a plain file (never a playlist or a URL it names)."""
+    return ffmpeg.input(as_ffmpeg_url(path), t=seconds, format_whitelist=FORMAT_WHITELIST,
+                        protocol_whitelist="file")  # fmt: skip
+
+
 def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
                deadline: Deadline = NO_DEADLINE) -> tuple[MediaInfo, bytes]:  # fmt: skip
     """(what the file holds, s16le PCM of its default audio stream; b'' without one)."""
     command = (
-        ffmpeg.input(
-            as_ffmpeg_url(path),
-            t=max_seconds,
-            format_whitelist=FORMAT_WHITELIST,
-            protocol_whitelist="file",
-        )
+        allowed_input(path, max_seconds)
         .output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate, ac=channels)
         .global_args("-nostdin", "-hide_banner")
         .compile(cmd=binary)

@@ -22,18 +22,16 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import ffmpeg
 import numpy as np
 
 from avcache.cache import schema
 from avcache.preprocess.config import TracksConfig
 from avcache.preprocess.media import (
-    FORMAT_WHITELIST,
     NO_DEADLINE,
     Deadline,
     MediaError,
     MediaInfo,
-    as_ffmpeg_url,
+    allowed_input,
     ffmpeg_reason,
     run_ffmpeg,
 )
@@ -77,12 +75,7 @@ def read_window_frames(path: Path, binary: str, windows: Windows, config: Tracks
     select = "+".join(f"between(n,{r.start},{r.stop - 1})" for r in wanted)
     end_seconds = (max(r.stop for r in wanted) + 1) / config.fps
     command = (
-        ffmpeg.input(
-            as_ffmpeg_url(path),
-            t=end_seconds,
-            format_whitelist=FORMAT_WHITELIST,
-            protocol_whitelist="file",
-        )
+        allowed_input(path, end_seconds)
         .video.filter("fps", fps=config.fps, start_time=0)
         .filter("select", select)
         .filter("scale", width, height, flags="area")
@@ -136,12 +129,7 @@ def read_track_audio(path: Path, binary: str, windows: Windows, config: TracksCo
     starts = np.round(windows.start_times(config.fps) * config.audio_rate).astype(np.int64)
     end_seconds = (int(starts.max()) + length) / config.audio_rate + 0.1
     command = (
-        ffmpeg.input(
-            as_ffmpeg_url(path),
-            t=end_seconds,
-            format_whitelist=FORMAT_WHITELIST,
-            protocol_whitelist="file",
-        )
+        allowed_input(path, end_seconds)
         .audio.filter("aresample", config.audio_rate, first_pts=0)
         .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1)
         .global_args("-nostdin", "-hide_banner")

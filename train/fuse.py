@@ -28,7 +28,12 @@ from avcache.cache.atomic import write_json_atomic
 from avcache.cache.labels import LabelFileError, read_names
 from avcache.cache.untrusted import load_json, mapping, printable
 from avcache.train.metrics import detection_metrics
-from avcache.train.predict import FALLBACK, submission_rows, write_submission
+from avcache.train.predict import (
+    FALLBACK,
+    splits_to_predict,
+    submission_rows,
+    write_submission,
+)
 from avcache.train.runs import RunFolder
 
 log = logging.getLogger("avcache.fuse")
@@ -119,9 +124,8 @@ def predict(fusion_path: Path, list_path: Path, out: Path) -> int:
 def list_scores(run: Path, names: list[str]) -> dict[str, float]:
     """P(fake) of the listed videos the run's cache holds, by that expert."""
     trainer = RunFolder(run).trainer(best=True)
-    cache, scores = trainer.cache, {}
-    wanted = set(names)
-    for split in sorted({split for name in wanted for split in cache.splits_holding(name)}):
+    scores, wanted = {}, set(names)
+    for split in splits_to_predict(trainer.cache, names, None):
         predicted, _, values = trainer.predict_split(split)
         for name, value in zip(predicted, values.tolist(), strict=True):
             if name in wanted:
