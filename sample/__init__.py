@@ -19,8 +19,11 @@ with the same layout (`trainset/`, `valset/`, `testset/`, `train_label.txt`,
 - lip-sync fakes, only when asked (`--lip-sync SHARE`: that share of the fakes, on
   average, instead of their recipe): a still face and its own real speech, the jaw
   driven by other real speech, as Wav2Lip-style fakes re-drive a mouth. Face and voice
-  are each real; only their mismatch gives it away. The choice is drawn from a generator
-  of its own, so every other clip is byte for byte the one made without the option.
+  are each real; only their mismatch gives it away. With the option no clip uses the
+  carphone head, whose lips move on their own over speech they do not say (a real clip
+  would show a lip-sync fake's mismatch): those clips get a still face. The choices are
+  drawn from a generator of their own, so every other clip is byte for byte the one made
+  without the option.
 
 Everything is drawn from the seed: clip names, labels, sources, manipulations and
 every per-frame parameter. ffmpeg encodes single-threaded with bit-exact flags,

@@ -36,6 +36,8 @@ DESYNC_PROBABILITY = 0.25  # added on top of a recipe, never alone: alone it is 
 # Lip-sync fakes (opt-in, --lip-sync) are decided by a generator of their own, keyed by the
 # clip's seed and this tag, so that turning them on changes no draw of the plan's stream.
 LIP_SYNC_STREAM = 1
+# Bump when the same --lip-sync share would make another sample (2: no talking head).
+LIP_SYNC_VERSION = 2
 
 
 # --------------------------------------------------------------------------- planning
@@ -79,14 +81,17 @@ def choose_kinds(rng: np.random.Generator) -> tuple[str, ...]:
 def as_lip_sync(spec: ClipSpec, share: float) -> ClipSpec:
     """With probability `share`, a fake becomes a lip-sync fake instead of its recipe: its
     own face and real speech, its mouth driven by other speech. Alone, so that the mismatch
-    is its only evidence; on a still face, whose jaw the generator moves."""
+    is its only evidence; on a still face, whose jaw the generator moves.
+
+    Every clip drawn on a face filmed talking (SELF_TALKING) is redrawn among the still
+    faces too, real or fake: that face's lips move on their own over speech they do not
+    say, so with it a real clip would show the mismatch a lip-sync fake is made of."""
     rng = np.random.default_rng([spec.seed, LIP_SYNC_STREAM])
-    if not spec.label or rng.random() >= share:
-        return spec
+    chosen = spec.label and rng.random() < share
     source = spec.source
     while source in SELF_TALKING:
         source = choose_source(rng)
-    return replace(spec, source=source, kinds=(LIP_SYNC,))
+    return replace(spec, source=source, kinds=(LIP_SYNC,) if chosen else spec.kinds)
 
 
 def plan_clip(seed: int, split: str, index: int, label: int, lip_sync: float = 0.0) -> ClipSpec:

@@ -38,6 +38,7 @@ from avcache.sample.plan import (
     FORMAT_VERSION,
     HEADER,
     LABEL_FILES,
+    LIP_SYNC_VERSION,
     MANIFEST,
     PREDICTION_FILE,
     SPLIT_DIRS,
@@ -334,7 +335,9 @@ def identity(seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> dict:
     share (not --jobs). The share is recorded only when set, so that a sample made without
     it keeps the manifest, and the bytes, it always had."""
     made = {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
-    return {**made, "lip_sync": lip_sync} if lip_sync else made
+    return (
+        {**made, "lip_sync": lip_sync, "lip_sync_version": LIP_SYNC_VERSION} if lip_sync else made
+    )
 
 
 def existing_identity(out: Path) -> dict | None:
@@ -343,7 +346,13 @@ def existing_identity(out: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     found = {key: manifest.get(key) for key in ("format", "seed", "counts")}
-    return {**found, "lip_sync": manifest["lip_sync"]} if "lip_sync" in manifest else found
+    if "lip_sync" not in manifest:
+        return found
+    return {
+        **found,
+        "lip_sync": manifest["lip_sync"],
+        "lip_sync_version": manifest.get("lip_sync_version"),
+    }
 
 
 def write_manifest(

@@ -115,8 +115,13 @@ def test_lip_sync_replaces_only_the_chosen_fakes():
     fakes = sum(s.label for s in default)
     assert 0.27 < len(lip_sync_names(chosen)) / fakes < 0.33
     for before, after in zip(default, chosen, strict=True):
-        if after.kinds == before.kinds:
-            assert after == before  # not chosen: every field as drawn without the option
+        # No clip keeps a face filmed talking: its lips move over speech they do not say.
+        assert after.source not in media_sources.SELF_TALKING
+        if after.kinds == before.kinds:  # not chosen: every field as drawn without the option,
+            assert after == replace(before, source=after.source)  # but a talking face's
+            assert (after.source == before.source) == (
+                before.source not in media_sources.SELF_TALKING
+            )
             continue
         assert before.label == 1 and after.kinds == (manipulations.LIP_SYNC,)  # alone
         # A face filmed talking keeps its own lips: those are redrawn among the still faces.
@@ -169,7 +174,18 @@ def test_every_other_clip_keeps_its_bytes(lip_synced, plain):
         assert (out / name).read_bytes() == (plain / name).read_bytes()  # same names, labels
     for clip in manifest(out)["clips"]:
         same = clip_path(out, clip).read_bytes() == clip_path(plain, clip).read_bytes()
-        assert same == (clip["kinds"] != [manipulations.LIP_SYNC]), clip["name"]
+        redrawn = sources_of(plain)[clip["name"]] != clip["source"]  # was the talking head
+        assert same == (clip["kinds"] != [manipulations.LIP_SYNC] and not redrawn), clip["name"]
+
+
+def sources_of(root: Path) -> dict[str, str]:
+    return {clip["name"]: clip["source"] for clip in manifest(root)["clips"]}
+
+
+def test_no_clip_shows_the_talking_head(lip_synced, plain):
+    out, _ = lip_synced
+    assert media_sources.SELF_TALKING[0] in sources_of(plain).values()  # seed 0 draws it
+    assert not set(media_sources.SELF_TALKING) & set(sources_of(out).values())
 
 
 def correlations(root: Path, clip: dict, portrait, maps, speech) -> tuple[float, float]:
