@@ -31,6 +31,10 @@ T = TypeVar("T")
 # the installation's default. A config recorded in a file that travels with a cache or a
 # run folder never supplies one (see local_values).
 LOCAL = {"names_a_file": True}
+# Field metadata of a key added after caches and runs were made with its section: while it
+# holds its default it is left out of the resolved config, so those keep their config hash
+# (and their saved config its bytes); any other value is written and hashed as usual.
+SINCE_ADDED = {"omitted_at_default": True}
 
 
 class ConfigError(ValueError):
@@ -200,8 +204,25 @@ def local_values(config: T, where: str, given: dict[str, Any], fix: str) -> T:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The resolved config as plain data (for YAML/JSON and hashing)."""
-    return dataclasses.asdict(config)
+    """The resolved config as plain data (for YAML/JSON and hashing); SINCE_ADDED keys at
+    their defaults are left out."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {field.name: to_dict(getattr(config, field.name))
+                for field in dataclasses.fields(config)
+                if not _omitted(field, getattr(config, field.name))}  # fmt: skip
+    if isinstance(config, dict):
+        return {key: to_dict(value) for key, value in config.items()}
+    if isinstance(config, list | tuple):
+        return type(config)(to_dict(value) for value in config)
+    return copy.deepcopy(config)
+
+
+def _omitted(field: dataclasses.Field, value: Any) -> bool:
+    if not field.metadata.get("omitted_at_default"):
+        return False
+    if field.default is not dataclasses.MISSING:
+        return value == field.default
+    return field.default_factory is not dataclasses.MISSING and value == field.default_factory()
 
 
 def config_hash(config: Any) -> str:

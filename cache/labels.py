@@ -1,4 +1,5 @@
-"""Reading FFDV list files (`video_name,target` with a header), shared by both halves."""
+"""Reading label lists (CSV with a header), shared by both halves: FFDV's `video_name,target`
+and the headed tables of other data sets (preprocess/layouts.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ class LabelFileError(ValueError):
     """A label file that cannot be used; the message lists every bad row."""
 
 
-def read_rows(path: Path, header: tuple[str, str] = HEADER) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of a CSV list after its header; tolerates a BOM and CRLF endings."""
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header cells stripped, (line number, cells) of every non-empty row after it) of a CSV
+    file (an empty file: no header, no rows); tolerates a BOM and CRLF endings."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as error:
@@ -23,9 +25,17 @@ def read_rows(path: Path, header: tuple[str, str] = HEADER) -> list[tuple[int, l
         raise LabelFileError(f"{path}: not UTF-8 text ({error.reason})") from error
     rows = list(csv.reader(io.StringIO(text, newline="")))
     numbered = [(number, row) for number, row in enumerate(rows, start=1) if any(row)]
-    if not numbered or tuple(cell.strip() for cell in numbered[0][1][:2]) != header:
+    if not numbered:
+        return [], []
+    return [cell.strip() for cell in numbered[0][1]], numbered[1:]
+
+
+def read_rows(path: Path, header: tuple[str, str] = HEADER) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a CSV list after its header `header`."""
+    found, rows = read_table(path)
+    if tuple(found[:2]) != header:
         raise LabelFileError(f"{path}: the first line must be the header '{','.join(header)}'")
-    return numbered[1:]
+    return rows
 
 
 def read_names(path: Path) -> list[str]:

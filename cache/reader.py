@@ -119,12 +119,15 @@ class ShardReader:
         self.codec = self._faces_codec(attrs)
         self.tracks = self._track_layout(attrs)
         self.has_facts = self._has_facts(attrs)
+        self.has_fake_kinds = self._flag(attrs, schema.ATTR_FAKE_KIND)
+        self.has_fake_segments = self._flag(attrs, schema.ATTR_FAKE_SEGMENTS)
         self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
         specs = schema.dataset_specs(self.frames, self.face_size, self.codec)
         if self.tracks:
             layout = self.tracks
             specs |= schema.track_specs(layout.windows, layout.frames, layout.audio_samples)
         specs |= schema.fact_specs(self.has_facts)
+        specs |= schema.label_specs(self.has_fake_kinds, self.has_fake_segments)
         for name, spec in specs.items():
             self._datasets[name] = self._dataset(name, *spec)
         lengths = {dataset.shape[0] for dataset in self._datasets.values()}
@@ -135,12 +138,16 @@ class ShardReader:
             self._datasets[schema.FACES_JPEG] = self._dataset(schema.FACES_JPEG, np.uint8, ())
         if self.tracks:
             self._datasets[schema.LIPS_JPEG] = self._dataset(schema.LIPS_JPEG, np.uint8, ())
+        if self.has_fake_segments:
+            self._datasets[schema.FAKE_SEGMENTS] = self._dataset(schema.FAKE_SEGMENTS, "<f8", (2,))
         check_backed_by_file(self._datasets, self._file_size, self.path)
         if self.codec == "jpeg":
             self._jpeg_ends = self._crop_ends(schema.FACES_ENDS, schema.FACES_JPEG, self.frames)
         if self.tracks:
             crops = self.tracks.windows * self.tracks.frames
             self._lips_ends = self._crop_ends(schema.LIPS_ENDS, schema.LIPS_JPEG, crops)
+        if self.has_fake_segments:
+            self._segment_ends = self._fake_segment_ends()
         self.meta_digest = self._check_meta(attribute(attrs, schema.ATTR_META_SHA256, path))
 
     def _track_layout(self, attrs) -> schema.TrackLayout | None:
@@ -171,6 +178,29 @@ class ShardReader:
         flag = integer(attribute(attrs, schema.ATTR_FACTS, self.path, 0), f"{self.path}: facts",
                        maximum=1)  # fmt: skip
         return bool(flag)
+
+    def _flag(self, attrs, name: str) -> bool:
+        """An optional 0/1 attribute saying the shard holds some optional datasets."""
+        return bool(integer(attribute(attrs, name, self.path, 0), f"{self.path}: {name}",
+                            maximum=1))  # fmt: skip
+
+    def _fake_segment_ends(self) -> np.ndarray:
+        """Each sample's end in FAKE_SEGMENTS [N]: they rise by at most MAX_FAKE_SEGMENTS a
+        sample and close the region exactly, so every sample's pairs lie inside it."""
+        ends = self._fetch(schema.FAKE_SEGMENTS_ENDS, np.s_[:]).astype(np.int64)
+        counts = np.diff(ends, prepend=0)
+        size = self._datasets[schema.FAKE_SEGMENTS].shape[0]
+        if (
+            np.any(counts < 0)
+            or np.any(counts > schema.MAX_FAKE_SEGMENTS)
+            or ((ends[-1] if ends.size else 0) != size)
+        ):
+            raise CacheFormatError(
+                f"{self.path}: {schema.FAKE_SEGMENTS_ENDS!r} does not cut "
+                f"{schema.FAKE_SEGMENTS!r} ({size} pairs) into at most "
+                f"{schema.MAX_FAKE_SEGMENTS} a sample: {REBUILD}"
+            )
+        return ends
 
     def _faces_codec(self, attrs) -> str:
         codec = text(attribute(attrs, schema.ATTR_FACES_CODEC, self.path, "raw"),
@@ -213,7 +243,10 @@ class ShardReader:
             raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
         fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
         fields += schema.FACT_FIELDS if self.has_facts else ()
-        columns = {name: self.read(name) for name in fields}
+        fields += schema.label_fields(self.has_fake_kinds, self.has_fake_segments)
+        # FAKE_SEGMENTS has a row per pair, not per sample: read whole
+        columns = {name: self._fetch(name, np.s_[:]) if name == schema.FAKE_SEGMENTS
+                   else self.read(name) for name in fields}  # fmt: skip
         digest = schema.meta_sha256(columns, fields)
         if digest != expected:
             names = ", ".join(schema.META_FIELDS)
@@ -236,8 +269,29 @@ class ShardReader:
         for name in schema.FACT_NUMBERS if self.has_facts else ():
             self._refuse_first(np.isinf(columns[name]), names, columns[name],
                                f"{name} {{}}: not a number or NaN")  # fmt: skip
+        self._check_label_values(columns, names)
         self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
         self.first_unknown = _first_sample(self.unknown_labels, names)
+
+    def _check_label_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
+        """Kinds are bounded strings; segments are [start, end] seconds, 0 <= start <= end."""
+        if self.has_fake_kinds:
+            kinds = columns[schema.FAKE_KIND]
+            long = np.array([len(kind) > schema.MAX_FAKE_KIND_CHARS for kind in kinds], bool)
+            self._refuse_first(long, names, np.array([len(kind) for kind in kinds]),
+                               "a fake kind of {} characters")  # fmt: skip
+        if self.has_fake_segments:
+            pairs = columns[schema.FAKE_SEGMENTS]
+            sound = (
+                np.isfinite(pairs).all(axis=1) & (pairs[:, 0] >= 0) & (pairs[:, 0] <= pairs[:, 1])
+            )
+            bad = np.flatnonzero(~sound)
+            if bad.size:
+                owner = np.searchsorted(self._segment_ends, bad[:1], side="right")
+                raise CacheFormatError(
+                    f"{self.path}: {_first_sample(owner, names)} has fake segment "
+                    f"{pairs[bad[0]].tolist()}: not [start, end] seconds: {REBUILD}"
+                )
 
     def _check_track_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
         """Window starts are seconds, real frames at most T, real audio a share."""
@@ -412,6 +466,27 @@ class ShardReader:
             raise CacheFormatError(f"{self.path}: holds no facts (made with audit.facts=false)")
         return {name: self.read(name, start, stop) for name in schema.FACT_FIELDS}
 
+    def read_fake_kinds(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The data set's kind of fake of samples [start, stop); checked with the other small
+        columns when the shard was opened."""
+        if not self.has_fake_kinds:
+            raise CacheFormatError(f"{self.path}: holds no fake kinds (its layout has none)")
+        return list(self.read(schema.FAKE_KIND, start, stop))
+
+    def read_fake_segments(self, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
+        """Each sample's fake segments of samples [start, stop), float64 [k, 2] seconds (k = 0:
+        none); one read of their contiguous range, bounded and checked at open."""
+        if not self.has_fake_segments:
+            raise CacheFormatError(f"{self.path}: holds no fake segments (its layout has none)")
+        stop = self.num_samples if stop is None else min(stop, self.num_samples)
+        if stop <= start:
+            return []
+        ends = self._segment_ends[start:stop]
+        first = int(self._segment_ends[start - 1]) if start else 0
+        pairs = self._fetch(schema.FAKE_SEGMENTS, np.s_[first : int(ends[-1])])
+        bounds = np.concatenate([[first], ends]) - first
+        return [pairs[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+
     def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
         the training device), and each crop's end in them [n, K]: one contiguous read,
@@ -471,7 +546,7 @@ class ShardReader:
         checksum) is a damaged shard, named."""
         dataset = self._datasets[name]
         try:
-            strings = name == schema.VIDEO_NAME or name in schema.FACT_STRINGS
+            strings = name in (schema.VIDEO_NAME, schema.FAKE_KIND) or name in schema.FACT_STRINGS
             return (dataset.asstr() if strings else dataset)[where]
         except OSError as error:
             raise damaged_shard(self.path, name, str(error)) from error
@@ -518,7 +593,8 @@ class ShardReader:
         """One whole sample (for inspection; training reads blocks)."""
         values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
         return schema.Sample(**values, tracks=self._tracks_at(position),
-                             facts=self._facts_at(position))  # fmt: skip
+                             facts=self._facts_at(position),
+                             **self._labels_at(position))  # fmt: skip
 
     def samples(self, positions: np.ndarray | list[int]) -> list[schema.Sample]:
         """Whole samples at increasing positions, one h5py call per dataset (inspection)."""
@@ -528,6 +604,7 @@ class ShardReader:
                 **{name: column[i] for name, column in columns.items()},
                 tracks=self._tracks_at(int(positions[i])),
                 facts=self._facts_at(int(positions[i])),
+                **self._labels_at(int(positions[i])),
             )
             for i in range(len(positions))
         ]
@@ -537,6 +614,15 @@ class ShardReader:
             return None
         return {name: column[0].item() if isinstance(column[0], np.generic) else column[0]
                 for name, column in self.read_facts(position, position + 1).items()}  # fmt: skip
+
+    def _labels_at(self, position: int) -> dict[str, object]:
+        """The optional label fields of one Sample (only those this shard holds)."""
+        labels = {}
+        if self.has_fake_kinds:
+            labels["fake_kind"] = self.read_fake_kinds(position, position + 1)[0]
+        if self.has_fake_segments:
+            labels["fake_segments"] = self.read_fake_segments(position, position + 1)[0]
+        return labels
 
     def _tracks_at(self, position: int) -> schema.Tracks | None:
         if not self.tracks:
@@ -673,6 +759,45 @@ class Cache:
     def face_codecs(self, split: str) -> set[str]:
         """How the split's shards store their faces: raw, jpeg (a v1 shard is raw)."""
         return {self._facts_of(entry).codec for entry in self.shards_of(split)}
+
+    def fake_kinds(self, split: str) -> list[str] | None:
+        """The data set's kind of fake of every sample of `split`, in the order iter_samples
+        gives them (shards in index order, then position); None where the split's layout
+        records no kinds (FFDV)."""
+        return self._optional_column(split, "has_fake_kinds", ShardReader.read_fake_kinds)
+
+    def fake_segments(self, split: str) -> list[np.ndarray] | None:
+        """Each sample's fake segments (float64 [k, 2] seconds) of `split` in the same order;
+        None where its layout records none."""
+        return self._optional_column(split, "has_fake_segments", ShardReader.read_fake_segments)
+
+    def _optional_column(self, split: str, flag: str, read) -> list | None:
+        values, holding = [], set()
+        for entry in self.shards_of(split):
+            with entry.open() as shard:
+                holding.add(getattr(shard, flag))
+                if getattr(shard, flag):
+                    values += read(shard)
+        if len(holding) > 1:  # one split comes from one label file: all or none
+            raise CacheFormatError(f"{self.index_path}: only some shards of split "
+                                   f"{printable(repr(split))} hold {flag[4:]}: "
+                                   f"{REBUILD}")  # fmt: skip
+        return values if holding == {True} else None
+
+    def source_of(self, split: str) -> str:
+        """The label layout `split` was read from (preprocess/layouts.py): ffdv where the
+        config names none (the default, and every cache made before layouts existed)."""
+        splits = self.config.get("splits", {})
+        section = splits.get(split, {}) if isinstance(splits, dict) else {}
+        layout = section.get("layout", "ffdv") if isinstance(section, dict) else "ffdv"
+        return printable(text(layout, f"{self.index_path}: config.splits.{split}.layout"))
+
+    @property
+    def source_name(self) -> str:
+        """Where the cache came from: its splits' layouts, joined by '+' where they differ
+        (`ffdv`, `lav-df`, `fakeavceleb+dfdc`)."""
+        names = dict.fromkeys(self.source_of(split) for split in self.splits)
+        return "+".join(names) or "ffdv"
 
     def without_target(self, split: str) -> tuple[int, str]:
         """(how many samples of `split` have no target (label -1), the first of them as

@@ -119,6 +119,20 @@ FACT_STRINGS = {
 FACT_FIELDS = (*FACT_NUMBERS, *FACT_STRINGS)
 ATTR_FACTS = "facts"  # 1: the shard holds the FACT_FIELDS datasets
 
+# Optional labels of the data sets that publish them (preprocess/layouts.py): each sample's
+# kind of fake (LAV-DF's "audio+video", FakeAVCeleb's type and method, ...) and the fake
+# time segments, [start, end] seconds. Segments vary in number, so they are one flat region
+# [M, 2] cut by each sample's end in it (like the JPEG crops). Absent from the shards of a
+# layout without them (FFDV).
+FAKE_KIND = "fake_kind"  # UTF-8 string [N]
+FAKE_SEGMENTS = "fake_segments"  # float64 [M, 2]: every sample's segments, sample after sample
+FAKE_SEGMENTS_ENDS = "fake_segments_ends"  # uint64 [N]: where each sample's segments end
+ATTR_FAKE_KIND = "fake_kind"  # 1: the shard holds FAKE_KIND
+ATTR_FAKE_SEGMENTS = "fake_segments"  # 1: the shard holds FAKE_SEGMENTS and their ends
+# Bounds a reader checks (and the preprocessor keeps): a forged shard could hold anything.
+MAX_FAKE_SEGMENTS = 256  # segments of one sample (published sets have a handful)
+MAX_FAKE_KIND_CHARS = 128
+
 
 def dataset_specs(
     frames: int, face_size: int, codec: str = "raw"
@@ -169,6 +183,18 @@ def fact_specs(enabled: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     return numbers | {name: (STRING_DTYPE, ()) for name in FACT_STRINGS}
 
 
+def label_specs(kinds: bool, segments: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Per-sample dtype and shape of the optional label datasets of N rows (the flat
+    FAKE_SEGMENTS region has no rows)."""
+    specs = {FAKE_KIND: (STRING_DTYPE, ())} if kinds else {}
+    return specs | ({FAKE_SEGMENTS_ENDS: (np.dtype("<u8"), ())} if segments else {})
+
+
+def label_fields(kinds: bool, segments: bool) -> tuple[str, ...]:
+    """The optional label datasets a shard's metadata sha256 covers, in its order."""
+    return (FAKE_KIND,) * kinds + (FAKE_SEGMENTS_ENDS, FAKE_SEGMENTS) * segments
+
+
 def sum64(rows: np.ndarray) -> np.ndarray:
     """Per row (first axis): the sum modulo 2**64 of the row's bytes read as little-endian
     uint64 words, a row whose size is not a multiple of 8 padded with zero bytes.
@@ -202,11 +228,12 @@ META_FIELDS = (VIDEO_NAME, LABEL, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION)
 
 def meta_sha256(columns: dict[str, object], fields: tuple[str, ...] = META_FIELDS) -> str:
     """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str), then of
-    the track's small columns and the facts where the shard has them."""
+    the track's small columns, the facts and the fake kinds and segments where the shard has
+    them."""
     digest = hashlib.sha256()
     for name in fields:
         column = columns[name]
-        if name == VIDEO_NAME or name in FACT_STRINGS:
+        if name in (VIDEO_NAME, FAKE_KIND) or name in FACT_STRINGS:
             names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column]
             digest.update(json.dumps(names).encode("utf-8"))
         else:
@@ -290,11 +317,15 @@ class Sample:
     tracks: Tracks | None = None  # v3, where the cache holds tracks
     # FACT_FIELDS name -> value (float, or str for codecs), where the cache holds facts
     facts: dict[str, float | str] | None = None
+    fake_kind: str | None = None  # the data set's kind of fake, where its layout has kinds
+    # float64 [k, 2]: the fake segments, [start, end] seconds, where its layout has them
+    fake_segments: np.ndarray | None = None
 
     @staticmethod
     def stored_fields() -> list[str]:
-        """The fields stored as datasets of their own (all but the optional tracks, facts)."""
-        return [name for name in Sample.__dataclass_fields__ if name not in ("tracks", "facts")]
+        """The fields stored as datasets of their own (all but the optional ones)."""
+        optional = ("tracks", "facts", "fake_kind", "fake_segments")
+        return [name for name in Sample.__dataclass_fields__ if name not in optional]
 
     def fields(self) -> dict[str, object]:
         """Dataset name -> value, in schema order."""

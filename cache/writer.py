@@ -55,6 +55,8 @@ class ShardWriter:
         tracks: schema.TrackLayout | None = None,
         tracks_quality: int = 90,
         facts: bool = False,
+        fake_kinds: bool = False,
+        fake_segments: bool = False,
     ) -> None:
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
@@ -73,6 +75,10 @@ class ShardWriter:
             else {}
         )
         self.fact_specs = schema.fact_specs(facts)  # audit.facts: per-video facts
+        # The data set's kinds of fake and fake segments, where its layout has them.
+        self.label_specs = schema.label_specs(fake_kinds, fake_segments)
+        self.fake_kinds, self.fake_segments = fake_kinds, fake_segments
+        self._segments = 0  # FAKE_SEGMENTS's rows so far
         self._lips_bytes = 0  # LIPS_JPEG's length so far
         self.face_shape = (frames, face_size, face_size, 3)
         self._jpeg_bytes = 0  # FACES_JPEG's length so far
@@ -109,11 +115,15 @@ class ShardWriter:
             attrs[schema.ATTR_LIPS_QUALITY] = self.tracks_quality
         if self.fact_specs:
             attrs[schema.ATTR_FACTS] = 1
+        if self.fake_kinds:
+            attrs[schema.ATTR_FAKE_KIND] = 1
+        if self.fake_segments:
+            attrs[schema.ATTR_FAKE_SEGMENTS] = 1
         for key, value in extra.items():
             attrs[key] = value
 
     def _create_datasets(self) -> None:
-        specs = {**self.specs, **self.track_specs, **self.fact_specs}
+        specs = {**self.specs, **self.track_specs, **self.fact_specs, **self.label_specs}
         for name, (dtype, shape) in specs.items():
             chunk_rows = WRITE_BLOCK if name == schema.MEL else 1
             chunks = (chunk_rows, *shape) if name in _CHUNKED and 0 not in shape else True
@@ -124,7 +134,7 @@ class ShardWriter:
                 dtype=dtype,
                 chunks=chunks,
                 # HDF5 filters no variable-length data: the names go unchecked.
-                fletcher32=self.fletcher32 and name != schema.VIDEO_NAME,
+                fletcher32=self.fletcher32 and name not in (schema.VIDEO_NAME, schema.FAKE_KIND),
                 track_times=False,  # identical inputs give byte-identical shards
             )
         regions = [schema.FACES_JPEG] if self.codec == "jpeg" else []
@@ -132,6 +142,10 @@ class ShardWriter:
         for name in regions:  # flat data regions, in chunks of a few samples' crops
             self._file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
                                       chunks=(JPEG_CHUNK,), fletcher32=self.fletcher32,
+                                      track_times=False)  # fmt: skip
+        if self.fake_segments:  # a flat region of [start, end] pairs, a few samples a chunk
+            self._file.create_dataset(schema.FAKE_SEGMENTS, shape=(0, 2), maxshape=(None, 2),
+                                      dtype="<f8", chunks=(1024, 2), fletcher32=self.fletcher32,
                                       track_times=False)  # fmt: skip
 
     def append(self, sample: schema.Sample) -> None:
@@ -164,6 +178,10 @@ class ShardWriter:
             self._write_tracks(start, [sample.tracks for sample in self._buffer])
         if self.fact_specs:
             self._write_facts(start, [sample.facts for sample in self._buffer])
+        if self.fake_kinds:
+            self._write_kinds(start, [sample.fake_kind for sample in self._buffer])
+        if self.fake_segments:
+            self._write_segments(start, [sample.fake_segments for sample in self._buffer])
         self.num_samples += len(rows)
         self._buffer.clear()
 
@@ -190,6 +208,39 @@ class ShardWriter:
             strings = name in schema.FACT_STRINGS
             column = [str(values[name]) if strings else values[name] for values in facts]
             self._extend(name, start, np.asarray(column, dtype=object if strings else dtype))
+
+    def _write_kinds(self, start: int, kinds: list[str | None]) -> None:
+        """Every sample of a shard with kinds needs one, of bounded length."""
+        for i, kind in enumerate(kinds):
+            if not isinstance(kind, str) or len(kind) > schema.MAX_FAKE_KIND_CHARS:
+                raise ValueError(f"this shard holds fake kinds: sample {start + i} has "
+                                 f"{kind!r}, expected a string of at most "
+                                 f"{schema.MAX_FAKE_KIND_CHARS} characters")  # fmt: skip
+        self._extend(schema.FAKE_KIND, start, np.asarray(kinds, dtype=object))
+
+    def _write_segments(self, start: int, segments: list[np.ndarray | None]) -> None:
+        """Each sample's [start, end] pairs appended to the flat region, and its end there."""
+        checked = [self._checked_segments(start + i, pairs) for i, pairs in enumerate(segments)]
+        ends = self._segments + np.cumsum([len(pairs) for pairs in checked], dtype=np.uint64)
+        self._extend(schema.FAKE_SEGMENTS, self._segments,
+                     np.concatenate([np.empty((0, 2)), *checked]))  # fmt: skip
+        self._segments = int(ends[-1])
+        self._extend(schema.FAKE_SEGMENTS_ENDS, start, ends)
+
+    @staticmethod
+    def _checked_segments(position: int, pairs: np.ndarray | None) -> np.ndarray:
+        """[k, 2] float64 seconds, 0 <= start <= end, k bounded: what readers accept (every
+        sample of a shard with segments needs them; a real one has none, k = 0)."""
+        block = np.empty((0, 3)) if pairs is None else np.asarray(pairs, np.float64)
+        if block.size == 0 and block.ndim < 2:
+            block = block.reshape(0, 2)
+        shaped = block.ndim == 2 and block.shape[1] == 2 and len(block) <= schema.MAX_FAKE_SEGMENTS
+        if not (shaped and np.isfinite(block).all() and (block[:, 0] >= 0).all()
+                and (block[:, 0] <= block[:, 1]).all()):  # fmt: skip
+            raise ValueError(f"this shard holds fake segments: sample {position} has "
+                             f"{pairs!r}, expected at most {schema.MAX_FAKE_SEGMENTS} "
+                             "[start, end] pairs of seconds, 0 <= start <= end")  # fmt: skip
+        return block
 
     def _track_column(self, name: str, values: list) -> np.ndarray:
         dtype, shape = self.track_specs[name]
@@ -262,6 +313,7 @@ class ShardWriter:
         try:
             fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
             fields += tuple(self.fact_specs)
+            fields += schema.label_fields(self.fake_kinds, self.fake_segments)
             columns = {name: self._file[name][()] for name in fields}
             self._file.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns, fields)
             self._file.flush()  # metadata: a failure raises here, not inside close()

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avcache.cache.config import LOCAL
+from avcache.cache.config import LOCAL, SINCE_ADDED
 
 
 @dataclass
 class SplitConfig:
-    labels: str  # label file, relative to the data root: `video_name,target` with a header
+    """One split of the cache: which label file, in which data set's layout, and which of
+    its entries (docs/datasets.md)."""
+
+    labels: str  # label file, relative to the data root (a glob for dfdc's parts)
     videos: list[str]  # folders (relative to the data root) searched in order for each name
     has_targets: bool = True  # false for a test list: targets are unknown and stored as -1
+    # The label file's layout: ffdv (`video_name,target`), fakeavceleb, lav-df, av-deepfake1m,
+    # dfdc or csv (preprocess/layouts.py). Left out of the hash at its default.
+    layout: str = field(default="ffdv", metadata=SINCE_ADDED)
+    # Only the entries whose field holds one of the values, e.g. {split: [dev]}; {}: all.
+    select: dict[str, list[str]] = field(default_factory=dict, metadata=SINCE_ADDED)
 
 
 def _ffdv_splits() -> dict[str, SplitConfig]:

@@ -1,27 +1,31 @@
-"""The FFDV layout: label files, names resolved strictly inside the data root, shard plans."""
+"""Label files of every layout, names resolved strictly inside the data root, shard plans."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from avcache.cache.labels import LabelFileError, read_rows
-from avcache.cache.schema import LABEL_UNKNOWN
+from avcache.cache.labels import LabelFileError
+from avcache.cache.schema import LABEL_UNKNOWN, MAX_FAKE_KIND_CHARS
 from avcache.preprocess.config import SplitConfig
+from avcache.preprocess.layouts import Row, Segments, label_paths, layout_named, name_problem
+
+__all__ = ["LabelFileError", "ShardPlan", "Video", "name_problem", "plan_shards", "read_split",
+           "resolve_inside"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-TARGETS = {"0": 0, "1": 1}
 
 
 @dataclass(frozen=True)
 class Video:
     split: str
-    name: str  # exactly as in the label file
+    name: str  # exactly as in the label file (dfdc: with its part's folder)
     label: int  # 1 fake, 0 real, -1 unknown
     path: Path | None  # resolved inside the data root; None when no such file exists
+    kind: str | None = None  # the data set's kind of fake, where its layout has kinds
+    segments: Segments | None = None  # fake segments in seconds, where its layout has them
 
 
 @dataclass(frozen=True)
@@ -39,21 +43,18 @@ class ShardPlan:
         digest = hashlib.sha256()
         for video in self.videos:
             digest.update(f"{video.name}\0{video.label}\0{video.path is not None}\n".encode())
+            if video.kind is not None or video.segments is not None:  # none in FFDV's plans
+                digest.update(f"{video.kind}\0{video.segments}\n".encode())
         return digest.hexdigest()[:16]
 
+    @property
+    def has_kinds(self) -> bool:
+        """Its layout gives kinds (every row of a label file has one, or none has)."""
+        return any(video.kind is not None for video in self.videos)
 
-def name_problem(name: str) -> str | None:
-    """Why a name from a label file may not be used as a relative path, if it may not."""
-    if not name:
-        return "empty name"
-    if "\0" in name:
-        return "NUL byte in name"
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or name.startswith("~"):
-        return "absolute path"
-    if ".." in pure.parts:
-        return "'..' leaves the data root"
-    return None
+    @property
+    def has_segments(self) -> bool:
+        return any(video.segments is not None for video in self.videos)
 
 
 def resolve_inside(root: Path, folders: list[str], name: str) -> tuple[Path | None, str | None]:
@@ -76,43 +77,75 @@ def resolve_inside(root: Path, folders: list[str], name: str) -> tuple[Path | No
 
 
 def read_split(root: Path, split: str, config: SplitConfig) -> list[Video]:
-    """Every row of a split's list as a Video; raises LabelFileError listing all bad rows.
+    """Every selected row of a split's label file(s) as a Video; raises LabelFileError
+    listing all bad rows.
 
     Two names for one file (`a.mp4` and `./a.mp4`, or a symlink beside its target) are
     duplicates too: the same video must not land twice in a split, maybe with two labels.
     """
-    path = root / config.labels
-    videos, problems, seen, files, missing = [], [], {}, {}, []
-    for line, cells in read_rows(path):
-        name = cells[0].strip()
-        problem = name_problem(name)
-        label = LABEL_UNKNOWN
-        if problem is None and name in seen:
-            problem = f"duplicate of line {seen[name]}"
-        if problem is None and config.has_targets:
-            target = cells[1].strip() if len(cells) > 1 else ""
-            label = TARGETS.get(target)
-            problem = None if label is not None else f"target {target!r} is not 0 or 1"
-        resolved = None
-        if problem is None:
-            resolved, problem = resolve_inside(root, config.videos, name)
-        if problem is None and resolved in files:
-            problem = f"same file as line {files[resolved]}"
-        if problem:
-            problems.append(f"  {path}:{line}: {name!r}: {problem}")
-            continue
-        seen[name] = line
-        if resolved is None:
-            missing.append(f"{path}:{line}: {name!r}")
-        else:
-            files[resolved] = line
-        videos.append(Video(split, name, label, resolved))
+    layout = layout_named(config.layout, config.has_targets)
+    where = root / config.labels
+    paths = label_paths(root, config.labels)
+    if not paths:
+        raise LabelFileError(f"{where}: no label file matches")
+    rows = [row for path in paths for row in layout.read(root, path, config.has_targets)]
+    videos, problems, missing = _checked(root, split, config, _selected(rows, config.select, where))
     if problems:
         raise LabelFileError(
-            f"{path}: {len(problems)} bad row(s), nothing was cached:\n" + "\n".join(problems)
+            f"{where}: {len(problems)} bad {layout.unit}(s), nothing was cached:\n"
+            + "\n".join(problems)
         )
     _warn_missing(missing, config.videos)
     return videos
+
+
+def _selected(rows: list[Row], select: dict[str, list[str]], where: Path) -> list[Row]:
+    """The rows whose fields hold one of `select`'s values, and every row with a problem (a
+    wrong label file is refused whichever split reads it)."""
+    for key in select:
+        if rows and not any(key in row.fields for row in rows):
+            raise LabelFileError(f"{where}: select names {key!r}, a field no entry has")
+    chosen = []
+    for row in rows:
+        lacking = [key for key in select if key not in row.fields]
+        if lacking and not row.problem:
+            row.problem = f"has no {lacking[0]!r} to select by"
+        if row.problem or all(row.fields[key] in values for key, values in select.items()):
+            chosen.append(row)
+    return chosen
+
+
+def _checked(root: Path, split: str, config: SplitConfig,
+             rows: list[Row]) -> tuple[list[Video], list[str], list[str]]:  # fmt: skip
+    """(videos, bad rows, rows whose file is missing): each name checked, its file resolved."""
+    videos, problems, seen, files, missing = [], [], {}, {}, []
+    for row in rows:
+        problem = name_problem(row.name)
+        if problem is None and row.name in seen:
+            problem = f"duplicate of {seen[row.name].seen_from(row)}"
+        problem = problem or row.problem or _kind_problem(row.kind)
+        resolved = None
+        if problem is None:
+            resolved, problem = resolve_inside(root, config.videos, row.name)
+        if problem is None and resolved in files:
+            problem = f"same file as {files[resolved].seen_from(row)}"
+        if problem:
+            problems.append(f"  {row.where}: {row.name!r}: {problem}")
+            continue
+        seen[row.name] = row
+        if resolved is None:
+            missing.append(f"{row.where}: {row.name!r}")
+        else:
+            files[resolved] = row
+        label = row.label if config.has_targets else LABEL_UNKNOWN
+        videos.append(Video(split, row.name, label, resolved, row.kind, row.segments))
+    return videos, problems, missing
+
+
+def _kind_problem(kind: str | None) -> str | None:
+    if kind is not None and len(kind) > MAX_FAKE_KIND_CHARS:
+        return f"a kind of {len(kind)} characters (at most {MAX_FAKE_KIND_CHARS})"
+    return None
 
 
 def _warn_missing(rows: list[str], folders: list[str]) -> None:

@@ -43,6 +43,7 @@ from avcache.preprocess.cluster import dask_client
 from avcache.preprocess.config import PreprocessConfig, TracksConfig
 from avcache.preprocess.dataset import ShardPlan, Video, plan_shards, read_split
 from avcache.preprocess.faces import resolve_detector
+from avcache.preprocess.layouts import label_paths, layout_named
 from avcache.preprocess.media import ffmpeg_binary
 from avcache.preprocess.tracks import track_audio_samples
 from avcache.preprocess.worker import ShardJob, write_shard
@@ -93,6 +94,11 @@ def validate(config: PreprocessConfig) -> None:
     if config.audio.max_seconds <= 0:
         raise ValueError("audio.max_seconds must be positive")
     validate_tracks(config.tracks)
+    for split, split_config in config.splits.items():
+        try:
+            layout_named(split_config.layout, split_config.has_targets)
+        except ValueError as error:
+            raise ValueError(f"splits.{split}: {error}") from None
     if not 0 <= config.audio.trim_silence_db <= 120:
         raise ValueError("audio.trim_silence_db must be in [0, 120] dB (0: off), got "
                          f"{config.audio.trim_silence_db}")  # fmt: skip
@@ -159,7 +165,7 @@ class Preprocessor:
         """Every listed video of every split whose list exists (bad rows raise first)."""
         videos = []
         for split, split_config in self.config.splits.items():
-            if not (self.data / split_config.labels).is_file():
+            if not any(path.is_file() for path in label_paths(self.data, split_config.labels)):
                 log.info("split %s: no %s in %s, skipped", split, split_config.labels, self.data)
                 continue
             videos.extend(read_split(self.data, split, split_config))

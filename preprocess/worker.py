@@ -99,6 +99,10 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
         duration=np.float32(info.duration),
         tracks=tracks,
         facts=facts,
+        fake_kind=video.kind,
+        fake_segments=None
+        if video.segments is None
+        else np.array(video.segments, np.float64).reshape(-1, 2),
     )
 
 
@@ -161,6 +165,8 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
         tracks=track_layout(config.tracks),
         tracks_quality=config.tracks.quality,
         facts=config.audit.facts,
+        fake_kinds=plan.has_kinds,
+        fake_segments=plan.has_segments,
     )
     with writer, one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
         for video in plan.videos:
