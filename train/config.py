@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from avcache.cache.config import LOCAL, ConfigError
+from avcache.cache.config import LOCAL, SINCE_ADDED, ConfigError
 from avcache.cache.reader import Cache
 
 # The model kinds (train/models.py MODELS, named here so that the config needs no torch),
@@ -36,7 +37,33 @@ class ModelConfig:
 
 
 @dataclass
+class CacheSource:
+    """One cache of a mix (data.caches): where it is, its share of the training samples, and
+    the name its metrics go by (default: the folder's name)."""
+
+    path: str
+    weight: float = 1.0  # its share is weight / the sum of weights (0: validated, not trained)
+    name: str | None = None
+
+    @staticmethod
+    def parse(text: str) -> CacheSource:
+        """The short form of the command line: `DIR:WEIGHT`, or `DIR` (weight 1)."""
+        path, sep, tail = text.rpartition(":")
+        try:
+            return CacheSource(path, float(tail)) if sep and path else CacheSource(text)
+        except ValueError:  # a colon that is part of the folder's name
+            return CacheSource(text)
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
+@dataclass
 class DataConfig:
+    # Caches to train on together (train/mix.py): a list of {path, weight, name} or, on the
+    # command line, DIR:WEIGHT; empty: the one cache --cache names.
+    caches: list[CacheSource | str] = field(default_factory=list, metadata=SINCE_ADDED)
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 64
@@ -47,6 +74,9 @@ class DataConfig:
     workers: int | str = "auto"
     prefetch: int = 4  # batches each worker keeps ready ahead of the step
     decode: str = "cpu"  # JPEG faces: cpu (in the workers), cuda (batched on the GPU), auto
+
+    def __post_init__(self) -> None:
+        self.caches = [CacheSource.parse(c) if isinstance(c, str) else c for c in self.caches]
 
 
 @dataclass
@@ -134,6 +164,30 @@ def validate(config: TrainConfig, where: str = "config") -> None:
     if config.data.train_split == config.data.val_split:
         raise ConfigError(f"{where}: data.val_split={config.data.val_split!r} is the training "
                           "split: validate on samples the model does not train on")  # fmt: skip
+    check_sources(config.data.caches, where)
+
+
+def check_sources(sources: list[CacheSource], where: str) -> None:
+    """data.caches: weights of 0 or more with a positive sum, and one name per cache (the
+    names key its metrics)."""
+    if not sources:
+        return
+    for source in sources:
+        if not source.path:
+            raise ConfigError(f"{where}: data.caches: an entry without a path")
+        if not 0 <= source.weight < math.inf:
+            raise ConfigError(f"{where}: data.caches: {source.path}: weight {source.weight!r} "
+                              "must be 0 or more")  # fmt: skip
+        if not source.label or "/" in source.label:
+            raise ConfigError(f"{where}: data.caches: {source.path}: name {source.label!r} "
+                              "must be a non-empty name without '/'")  # fmt: skip
+    if not sum(source.weight for source in sources) > 0:
+        raise ConfigError(f"{where}: data.caches: every weight is 0: nothing to train on")
+    labels = [source.label for source in sources]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError(f"{where}: data.caches: two caches are named {twice[0]!r} (their "
+                          "folders' names): give each a name: of its own")  # fmt: skip
 
 
 def check_cache_fits(config: TrainConfig, cache: Cache) -> None:

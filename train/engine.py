@@ -6,6 +6,10 @@ history; no RNG state, as each batch's randomness is seeded from its index) and
 best.pt (chosen by validation ROC AUC). Checkpoints hold only tensors and plain
 data and are loaded with torch.load(weights_only=True).
 
+With data.caches the training batches come from several caches mixed by weight
+(train/mix.py); every cache's val split is scored on its own (val_auc/NAME) and the
+trained caches' together (val_auc, which chooses best.pt).
+
 Under torchrun every rank trains on its share of each epoch's global batches
 (train/loader.py) through DistributedDataParallel; training losses are summed
 and validation predictions gathered across ranks, and rank 0 alone writes. A
@@ -50,7 +54,8 @@ from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces, decode_on_device
 from avcache.train.distributed import Ranks
 from avcache.train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
-from avcache.train.metrics import detection_metrics
+from avcache.train.metrics import auc_by_kind, detection_metrics, log_loss
+from avcache.train.mix import MixedStream, Source, open_sources, trained
 from avcache.train.models import build_model
 
 log = logging.getLogger("avcache.train")
@@ -109,11 +114,32 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
     leaves faces encoded for the training device to decode (train/decode.py). Its workers
     persist across epochs (ShardStream.set_epoch reaches them): a fresh set per epoch
     would pay their start and the first batches' wait every epoch."""
+    stream = ShardStream(split_shards(cache, split), fields, loader_plan(config, train),
+                         ranks.rank, ranks.world, jpeg_faces)  # fmt: skip
+    return stream, data_loader(stream, config, device, ranks, jpeg_faces)
+
+
+def make_mixed_loader(sources: list[Source], split: str, fields: tuple[str, ...],
+                      config: TrainConfig, device: torch.device, ranks: Ranks,
+                      jpeg_faces: bool = False) -> tuple[MixedStream, DataLoader]:  # fmt: skip
+    """The training stream drawing from every source's split by weight (train/mix.py)."""
+    shards = [split_shards(source.cache, split) for source in sources]
+    stream = MixedStream(shards, [source.weight for source in sources], fields,
+                         loader_plan(config, train=True), ranks.rank, ranks.world,
+                         jpeg_faces)  # fmt: skip
+    return stream, data_loader(stream, config, device, ranks, jpeg_faces)
+
+
+def split_shards(cache: Cache, split: str) -> list:
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
         raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
                          f"(splits: {', '.join(cache.splits) or 'none'})")  # fmt: skip
-    plan = LoaderPlan(
+    return shards
+
+
+def loader_plan(config: TrainConfig, train: bool) -> LoaderPlan:
+    return LoaderPlan(
         batch_size=config.data.batch_size,
         block_size=config.data.block_size,
         shard_group=config.data.shard_group,
@@ -124,11 +150,14 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         drop_last=train and config.run.compile,
         seed=config.run.seed,
     )
-    stream = ShardStream(shards, fields, plan, ranks.rank, ranks.world, jpeg_faces)
+
+
+def data_loader(stream: ShardStream, config: TrainConfig, device: torch.device, ranks: Ranks,
+                jpeg_faces: bool) -> DataLoader:  # fmt: skip
     workers = config.data.workers
     if workers == "auto":
         workers = auto_workers(config.model.kind, device, jpeg_faces, ranks.local_world)
-    loader = DataLoader(
+    return DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
@@ -136,7 +165,6 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
         prefetch_factor=config.data.prefetch if workers else None,
         persistent_workers=workers > 0,
     )
-    return stream, loader
 
 
 def track_frames(kind: str, cache: Cache | None) -> int:
@@ -161,9 +189,13 @@ class Progress:
 
 class Trainer:
     def __init__(self, config: TrainConfig, cache: Cache, out: Path,
-                 device: torch.device | None = None) -> None:  # fmt: skip
-        """`device`: the one start_device gave the caller; without it, the Trainer starts it."""
+                 device: torch.device | None = None,
+                 sources: list[Source] | None = None) -> None:  # fmt: skip
+        """`device`: the one start_device gave the caller; without it, the Trainer starts it.
+        `sources`: the run's caches already opened (train/mix.py open_sources); without them
+        the Trainer opens data.caches itself, or trains on `cache` alone."""
         self.config, self.cache, self.out = config, cache, out
+        self.sources = sources if sources is not None else open_sources(config, cache)
         if device is None:
             self.ranks, self.device = start_device(config.run.device)
         else:
@@ -179,7 +211,9 @@ class Trainer:
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields = self.model.fields
-        self._decoding: dict[str, bool] = {}  # split -> this device decodes its JPEG faces
+        # (split, caches) -> this device decodes their JPEG faces
+        self._decoding: dict[tuple, bool] = {}
+        self._kinds: dict[tuple, list[str] | None] = {}  # (cache, split) -> its fake kinds
         self._loaders: dict[tuple, tuple[ShardStream, DataLoader]] = {}
         if self._cuda:
             # Training batches all have one shape (the last partial one is dropped), so
@@ -206,30 +240,49 @@ class Trainer:
         device_ids = [self.device.index] if self._cuda else None
         return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
 
-    def _loader(self, split: str, fields: tuple[str, ...],
-                train: bool) -> tuple[ShardStream, DataLoader]:  # fmt: skip
-        """The split's stream and loader, made once: its workers live for the whole run."""
-        key = (split, fields, train)
+    def _loader(self, split: str, fields: tuple[str, ...], train: bool,
+                cache: Cache | None = None) -> tuple[ShardStream, DataLoader]:  # fmt: skip
+        """The split's stream and loader (of the run's cache, or of `cache`), made once: its
+        workers live for the whole run."""
+        cache = cache or self.cache
+        key = (str(cache.root), split, fields, train)
         if key not in self._loaders:
-            jpeg = schema.FACES in fields and self.decodes_faces_here(split)
-            self._loaders[key] = make_loader(self.cache, split, fields, self.config, self.device,
+            jpeg = schema.FACES in fields and self.decodes_faces_here(split, [cache])
+            self._loaders[key] = make_loader(cache, split, fields, self.config, self.device,
                                              self.ranks, train=train, jpeg_faces=jpeg)  # fmt: skip
         return self._loaders[key]
 
-    def decodes_faces_here(self, split: str) -> bool:
-        """Whether this device decodes the split's JPEG faces (the workers only read them).
+    def _training_loader(self) -> tuple[ShardStream, DataLoader]:
+        """The training split's stream: of the run's cache, or the mix of data.caches."""
+        split = self.config.data.train_split
+        if not self.config.data.caches:
+            return self._loader(split, self.fields, train=True)
+        if "mix" not in self._loaders:
+            drawn = trained(self.sources)
+            caches = [source.cache for source in drawn]
+            jpeg = schema.FACES in self.fields and self.decodes_faces_here(split, caches)
+            self._loaders["mix"] = make_mixed_loader(drawn, split, self.fields, self.config,
+                                                     self.device, self.ranks, jpeg)  # fmt: skip
+        return self._loaders["mix"]
+
+    def decodes_faces_here(self, split: str, caches: list[Cache] | None = None) -> bool:
+        """Whether this device decodes the split's JPEG faces (the workers only read them),
+        of the run's cache or of `caches` read together.
         A run trained with data.decode=cuda and scored where there is no GPU decodes on the
         CPU, with a warning (training itself refuses it: train/run.py check_decoding)."""
-        if split not in self._decoding:
-            codecs = self.cache.face_codecs(split) if schema.FACES in self.fields else set()
+        caches = caches or [self.cache]
+        key = (split, tuple(str(cache.root) for cache in caches))
+        if key not in self._decoding:
+            codecs = set().union(*(cache.face_codecs(split) for cache in caches)) \
+                if schema.FACES in self.fields else set()  # fmt: skip
             choice = self.config.data.decode
             if choice == "cuda" and not self._cuda and codecs:
                 log.warning("this run decoded its faces with nvJPEG (data.decode=cuda); here, "
                             "without CUDA, the CPU decodes them, whose pixels differ by a grey "
                             "level or two (docs/performance.md)")  # fmt: skip
                 choice = "cpu"
-            self._decoding[split] = decode_on_device(choice, self.device, codecs)
-        return self._decoding[split]
+            self._decoding[key] = decode_on_device(choice, self.device, codecs)
+        return self._decoding[key]
 
     @property
     def _cuda(self) -> bool:
@@ -294,7 +347,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """Train on the epoch's batches from `progress.batches_done` on."""
-        stream, loader = self._loader(self.config.data.train_split, self.fields, train=True)
+        stream, loader = self._training_loader()
         stream.set_epoch(epoch, self.progress.batches_done)
         per_rank, world = stream.batches_per_rank(), self.ranks.world
         accumulate = self.config.optim.accumulate
@@ -349,11 +402,13 @@ class Trainer:
             self.save(self.out / LAST)
 
     @torch.no_grad()
-    def predict_split(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(names, labels, P(fake)) of every cached sample of a split, in index order.
-        Under torchrun each rank predicts its share and every rank gets the whole."""
+    def predict_split(self, split: str, cache: Cache | None = None
+                      ) -> tuple[list[str], np.ndarray, np.ndarray]:  # fmt: skip
+        """(names, labels, P(fake)) of every cached sample of a split (of the run's cache, or
+        of `cache`), in index order. Under torchrun each rank predicts its share and every
+        rank gets the whole."""
         fields = (*self.fields, schema.VIDEO_NAME)
-        stream, loader = self._loader(split, fields, train=False)
+        stream, loader = self._loader(split, fields, train=False, cache=cache)
         self.model.eval()
         parts = []
         bar = tqdm(loader, total=len(stream), desc=f"predict {split}", leave=False,
@@ -373,15 +428,45 @@ class Trainer:
         names = [name for part in parts for name in part[1]]
         return names, np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
 
+    def validation_scores(self) -> list[tuple[Source, np.ndarray, np.ndarray]]:
+        """(source, labels, P(fake)) of every cache's val split, in the caches' order."""
+        split = self.config.data.val_split
+        scored = []
+        for source in self.sources:
+            _, labels, scores = self.predict_split(split, source.cache)
+            scored.append((source, labels, scores))
+        return scored
+
     def validate(self) -> dict[str, float]:
-        _, labels, scores = self.predict_split(self.config.data.val_split)
-        eps = 1e-7
-        clipped = np.clip(scores, eps, 1 - eps)
-        loss = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-        return {
-            "val_loss": float(loss),
+        """val_* over the trained caches' val splits together (one cache: its own), then the
+        AUC of each cache's val split (val_auc/NAME) and of each of its fake kinds, where
+        the cache records them (val_auc/NAME/KIND: its reals against that kind's fakes)."""
+        scored = self.validation_scores()
+        labels, scores = joined([item for item in scored if item[0].weight > 0])
+        row = {
+            "val_loss": log_loss(labels, scores),
             **{f"val_{k}": v for k, v in detection_metrics(labels, scores).items()},
         }
+        for source, source_labels, source_scores in scored:
+            row[f"val_auc/{source.name}"] = detection_metrics(source_labels, source_scores)["auc"]
+            kinds = self._fake_kinds(source.cache, len(source_labels))
+            if kinds is not None:
+                by_kind = auc_by_kind(source_labels, source_scores, kinds)
+                row |= {f"val_auc/{source.name}/{kind}": auc for kind, auc in by_kind.items()}
+        return row
+
+    def _fake_kinds(self, cache: Cache, count: int) -> list[str] | None:
+        """Each val sample's kind of fake in index order, where the cache records kinds."""
+        key = (str(cache.root), self.config.data.val_split)
+        if key not in self._kinds:
+            reader = getattr(cache, "fake_kinds", None)  # caches read before kinds existed
+            kinds = reader(self.config.data.val_split) if callable(reader) else None
+            if kinds is not None and len(kinds) != count:
+                log.warning("%s: %d fake kinds for %d val samples: per-kind AUC left out",
+                            cache.root, len(kinds), count)  # fmt: skip
+                kinds = None
+            self._kinds[key] = kinds
+        return self._kinds[key]
 
     def fit(self) -> Progress:
         """Train the remaining epochs; validate, log and checkpoint after each."""
@@ -449,6 +534,12 @@ class Trainer:
             raise ValueError(f"{path}: its optimiser or scheduler state does not fit this run "
                              f"({printable(error)}); it was written by another config"
                              ) from None  # fmt: skip
+
+
+def joined(scored: list[tuple[Source, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and scores of several caches' splits as one."""
+    return (np.concatenate([labels for _, labels, _ in scored]),
+            np.concatenate([scores for _, _, scores in scored]))  # fmt: skip
 
 
 def scores_read_back(parts: list[tuple]) -> list[tuple]:

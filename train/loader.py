@@ -70,9 +70,11 @@ class LoaderPlan:
     seed: int = 0
 
 
-def ordered_blocks(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[Block]:
-    """Every sample of the epoch once, as blocks in the epoch's order."""
-    rng = np.random.default_rng([plan.seed, epoch])
+def ordered_blocks(sizes: list[int], plan: LoaderPlan, epoch: int,
+                   stream: int = 0) -> list[Block]:  # fmt: skip
+    """Every sample of the epoch once, as blocks in the epoch's order. `stream` (a cache of a
+    mix, train/mix.py) draws from its own random stream; 0 is a single cache's, as always."""
+    rng = np.random.default_rng([plan.seed, epoch, stream] if stream else [plan.seed, epoch])
     order = rng.permutation(len(sizes)) if plan.shuffle else np.arange(len(sizes))
     blocks: list[Block] = []
     for first in range(0, len(order), plan.shard_group):
@@ -89,9 +91,14 @@ def ordered_blocks(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[Block
 
 def epoch_batches(sizes: list[int], plan: LoaderPlan, epoch: int) -> list[list[Block]]:
     """The epoch's global batches, each a list of block reads (a block may be split)."""
+    return cut_batches(ordered_blocks(sizes, plan, epoch), plan)
+
+
+def cut_batches(blocks: list[Block], plan: LoaderPlan) -> list[list[Block]]:
+    """A sequence of blocks cut into global batches of `plan.batch_size` samples."""
     batches: list[list[Block]] = [[]]
     room = plan.batch_size
-    for block in ordered_blocks(sizes, plan, epoch):
+    for block in blocks:
         start = block.start
         while start < block.stop:
             take = min(room, block.stop - start)
@@ -150,9 +157,17 @@ class ShardStream(IterableDataset):
     def start(self) -> int:
         return int(self._position[1])
 
+    def epoch_blocks(self, epoch: int) -> list[Block]:
+        """The epoch's samples as blocks in their order (a mix of caches orders its own)."""
+        return ordered_blocks(self.sizes, self.plan, epoch)
+
+    def global_batches(self) -> list[list[Block]]:
+        """The current epoch's global batches."""
+        return cut_batches(self.epoch_blocks(self.epoch), self.plan)
+
     def batches_per_rank(self) -> int:
         """Batches every rank yields in a whole epoch (padding included)."""
-        return self._per_rank(epoch_batches(self.sizes, self.plan, self.epoch))
+        return self._per_rank(self.global_batches())
 
     def _per_rank(self, batches: list) -> int:
         return -(-len(batches) // self.world)
@@ -164,7 +179,7 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, object]]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        batches = epoch_batches(self.sizes, self.plan, self.epoch)
+        batches = self.global_batches()
         first = self.start // self.world
         for local in range(first, self._per_rank(batches)):
             if (local - first) % workers != worker_id:

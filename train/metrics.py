@@ -1,4 +1,5 @@
-"""Video-level detection metrics (scikit-learn): ROC AUC first, as the competition scores."""
+"""Video-level detection metrics (scikit-learn): ROC AUC first, as the competition scores;
+per kind of fake where a cache records kinds."""
 
 from __future__ import annotations
 
@@ -38,3 +39,23 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float
         "tpr@fpr=1e-3": tpr_at_fpr(fpr, tpr),
         "accuracy": accuracy,
     }
+
+
+def log_loss(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of P(fake) scores, clipped away from 0 and 1."""
+    clipped = np.clip(scores, eps, 1 - eps)
+    return float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+
+
+def auc_by_kind(labels: np.ndarray, scores: np.ndarray, kinds: list[str]) -> dict[str, float]:
+    """ROC AUC of each kind of fake against every real of the same split: how well the
+    detector finds that kind (NaN without reals). Kinds in order of first appearance."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    kinds_array = np.asarray(kinds, dtype=object)
+    reals = labels == 0
+    fake_kinds = dict.fromkeys(k for k, label in zip(kinds, labels, strict=True) if label == 1)
+    aucs = {}
+    for kind in fake_kinds:
+        chosen = reals | ((labels == 1) & (kinds_array == kind))
+        aucs[kind] = detection_metrics(labels[chosen], scores[chosen])["auc"]
+    return aucs

@@ -1,6 +1,7 @@
 """avcache-train: train a detector on a cache, validating, checkpointing and plotting each epoch.
 
 avcache-train --config configs/train.yaml --cache CACHE --out RUN [key=value ...]
+avcache-train --out RUN data.caches=[A:3,B:1] [key=value ...]   # several caches, mixed by weight
 avcache-train --resume RUN            # continue from RUN/last.pt to the configured epochs
 torchrun --nproc_per_node N train/run.py ...   # the same, data-parallel over N processes
 """
@@ -19,13 +20,14 @@ from avcache.cache import open_cache
 from avcache.cache.atomic import PARTIAL_SUFFIX
 from avcache.cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
 from avcache.cache.lock import FolderBusyError, FolderLock
-from avcache.cache.reader import CacheFormatError
+from avcache.cache.reader import Cache, CacheFormatError
 from avcache.cache.untrusted import printable
 from avcache.train import distributed
 from avcache.train.config import TrainConfig, check_cache_fits, validate
 from avcache.train.decode import check_decoding
-from avcache.train.engine import BEST, LAST, Trainer, start_device
+from avcache.train.engine import BEST, LAST, Trainer, joined, start_device
 from avcache.train.interrupt import Interrupts
+from avcache.train.mix import Source, check_sources_agree, open_sources, trained
 from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
@@ -43,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/train.yaml's "
                         "values, built in)")  # fmt: skip
-    parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess")
+    parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess "
+                        "(or data.caches=[DIR:WEIGHT,...]: several, mixed by weight)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder to create")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN "
                         f"(overrides: only {', '.join(RESUMABLE)})")  # fmt: skip
@@ -60,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, key in (("pretrained", "model.pretrained"), ("init", "model.init")):
         if getattr(args, flag):
             args.overrides.append(f"{key}={getattr(args, flag)}")
-    if not (args.resume or args.print_config or (args.cache and args.out)):
-        parser.error("give --cache and --out for a new run, or --resume RUN")
+    if not (args.resume or args.print_config or args.out):
+        parser.error("give --cache (or data.caches) and --out for a new run, or --resume RUN")
     return args
 
 
@@ -109,9 +112,32 @@ def more_epochs_message(run: RunFolder, override: str) -> str:
 
 
 def new_run_config(args: argparse.Namespace) -> TrainConfig:
+    """The config of a new run; data.caches' folders made absolute, so that the run's own
+    config finds them from anywhere when it resumes."""
     config = load_config(TrainConfig, args.config, args.overrides)
     validate(config, str(args.config or "config"))
+    for source in config.data.caches:
+        source.path = str(Path(source.path).resolve())
     return config
+
+
+def first_cache(args: argparse.Namespace, config: TrainConfig) -> Cache:
+    """The cache --cache names, or the first of data.caches (the one the run folder records,
+    as avcache-predict's cache): exactly one of the two is given."""
+    if args.cache and config.data.caches:
+        raise ConfigError("give --cache DIR or data.caches, not both (data.caches=[DIR:WEIGHT,"
+                          "...] lists every cache, the first included)")  # fmt: skip
+    if not args.cache and not config.data.caches:
+        raise ConfigError("give --cache DIR (or data.caches=[DIR:WEIGHT,...]) for a new run")
+    return open_cache(args.cache or config.data.caches[0].path)
+
+
+def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
+    """Every cache holds what the config trains on, and a mix's caches agree on what the
+    model reads from them (train/mix.py)."""
+    for source in sources:
+        check_cache_fits(config, source.cache)
+    check_sources_agree(sources, config.model.kind)
 
 
 def check_out(out: Path) -> None:
@@ -130,11 +156,14 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
         cache, out = run.cache(), run.path
     else:
         check_out(args.out)
-        config, cache, out = new_run_config(args), open_cache(args.cache), args.out
-    check_cache_fits(config, cache)
+        config, out = new_run_config(args), args.out
+        cache = first_cache(args, config)
+    sources = open_sources(config, cache)
+    check_sources_fit(config, sources)
     ranks, device = start_device(config.run.device)
-    check_decoding(config.data.decode, config.model.kind, cache,
-                   (config.data.train_split, config.data.val_split), device)  # fmt: skip
+    for source in sources:
+        check_decoding(config.data.decode, config.model.kind, source.cache,
+                       (config.data.train_split, config.data.val_split), device)  # fmt: skip
     lock = lock_run(out, ranks)
     if not args.resume and ranks.main:
         RunFolder.create(out, config, cache)
@@ -142,7 +171,7 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
             log.warning("no pretrained weights given (--pretrained imagenet or PATH): training "
                         "from scratch")  # fmt: skip
     distributed.barrier()
-    trainer = Trainer(config, cache, out, device)
+    trainer = Trainer(config, cache, out, device, sources)
     if args.resume and (out / LAST).is_file():
         trainer.load(out / LAST)
         log.info("resuming %s at epoch %d, after %d of its batches", out,
@@ -171,7 +200,9 @@ def finish_run(trainer: Trainer) -> None:
     """Plots, and the best epoch's validation figures (every rank predicts, rank 0 writes)."""
     history = trainer.progress.history
     trainer.load(trainer.out / BEST, weights_only_model=True)
-    _, labels, scores = trainer.predict_split(trainer.config.data.val_split)
+    split = trainer.config.data.val_split
+    labels, scores = joined([(source, *trainer.predict_split(split, source.cache)[1:])
+                             for source in trained(trainer.sources)])  # fmt: skip
     if not trainer.ranks.main:
         return
     plot_curves(history, trainer.out / "curves.png")
