@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from avcache.cache import open_cache, schema
 from avcache.train.engine import METRICS
-from benchmarks.generalisation import CACHE, COMMON, RECIPES, table
+from benchmarks.generalisation import CACHE, COMMON, RECIPES, run_training, table
 
 REPO = Path(__file__).resolve().parents[1]
 MIXES = ("equal", "size")
@@ -147,14 +146,8 @@ def train_once(caches: dict[str, Path], held_out: str, recipe: str, seed: int, a
     auc = held_out_auc(run, held_out, args.epochs)
     if auc is not None:
         return auc
-    if run.exists():  # a run cut short: start it again
-        shutil.rmtree(run)
     command = train_command(caches, held_out, recipe, seed, args, run)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"training {recipe} without {held_out} failed: {done.stderr[-2000:]}")
-    for checkpoint in run.glob("*.pt"):  # ~90 MB each, and the table needs only metrics
-        checkpoint.unlink()
+    run_training(command, run, f"{recipe} without {held_out}")
     return held_out_auc(run, held_out, args.epochs)
 
 

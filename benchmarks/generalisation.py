@@ -218,19 +218,24 @@ def train_command(fold: Path, recipe: str, seed: int, args, run: Path) -> list[s
             f"model.frames={args.frames}"]  # fmt: skip
 
 
+def run_training(command: list[str], run: Path, what: str) -> None:
+    """Train in a process of its own into a fresh `run` (one cut short is started again),
+    then drop its checkpoints: ~90 MB each, and the tables need only metrics."""
+    if run.exists():
+        shutil.rmtree(run)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"training {what} failed: {done.stderr[-2000:]}")
+    for checkpoint in run.glob("*.pt"):
+        checkpoint.unlink()
+
+
 def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     """The last epoch's validation (held-out) AUC of one run (kept when already there),
     trained in a process of its own."""
     metrics = run / METRICS
     if not metrics.exists() or len(metrics.read_text().splitlines()) < args.epochs:
-        if run.exists():  # a run cut short: start it again
-            shutil.rmtree(run)
-        command = train_command(fold, recipe, seed, args, run)
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"training {recipe} on {fold} failed: {done.stderr[-2000:]}")
-        for checkpoint in run.glob("*.pt"):  # ~90 MB each, and the table needs only metrics
-            checkpoint.unlink()
+        run_training(train_command(fold, recipe, seed, args, run), run, f"{recipe} on {fold}")
     return json.loads(metrics.read_text().splitlines()[-1])["val_auc"]
 
 
