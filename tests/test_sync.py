@@ -14,7 +14,14 @@ import torch
 from avcache.cache import open_cache, schema
 from avcache.train.augment import mismatch_speech
 from avcache.train.engine import LAST, METRICS
-from avcache.train.models import SyncDetector, build_model, offset_similarity
+from avcache.train.models import (
+    SyncDetector,
+    build_model,
+    cross_similarity,
+    moving_part,
+    offset_similarity,
+    overlap,
+)
 from avcache.train.run import main as train_main
 from tests.test_mistakes import one_line_error
 from tests.toy import (
@@ -105,18 +112,48 @@ def test_sync_negatives_hear_another_clip_or_their_own_speech_late(cache):
     assert kinds == {"swapped": 2, "shifted": 2}
 
 
-def test_the_sync_loss_teaches_offset_zero_on_real_clips_only():
+def test_the_sync_loss_wants_each_real_clip_nearest_its_own_speech():
     model = SyncDetector(None, TRACK_FRAMES, sync_weight=1.0)
-    output = torch.zeros(4, 1 + model.offsets)
-    output[:, 1 + model.OFFSETS] = 5.0  # every clip most similar at offset 0
+    labels = torch.tensor([0.0, 0.0, 0.0, 1.0])
     bce = torch.nn.BCEWithLogitsLoss()
-    aligned = model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce)
-    output[:2, 1 + model.OFFSETS] = 0.0
-    output[:2, 1] = 5.0  # the real clips now peak at -K
-    misaligned = model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce)
-    assert misaligned > aligned + 4
-    output[2:, 1] = 5.0  # fakes peaking anywhere cost nothing more
-    assert model.training_loss(output, torch.tensor([0.0, 0.0, 1.0, 1.0]), bce) == misaligned
+    output = torch.zeros(4, 5)  # [logit | lips of row i against the speech of clip j]
+    output[:, 1:] = 5.0 * torch.eye(4)  # every clip most similar to its own speech
+    matched = model.training_loss(output, labels, bce)
+    output[:3, 1:4] = 5.0 * torch.eye(3).roll(1, dims=1)  # the reals now match another's
+    crossed = model.training_loss(output, labels, bce)
+    assert crossed > matched + 4
+    output[3, 1:] = torch.tensor([9.0, 9.0, 9.0, -9.0])  # the fake's row: no lesson
+    output[:3, 4] = 9.0  # nor its speech, which may be a real clip's, swapped in
+    assert model.training_loss(output, labels, bce) == crossed
+
+
+def test_embeddings_that_only_know_where_a_frame_sits_learn_nothing():
+    """Both trunks can tell a window's edge frames (their convolutions pad there): lips and
+    speech embeddings that say only that match at offset 0 in every clip. Among clips
+    they match every other clip's speech as well, so the loss stays at chance."""
+    model = SyncDetector(None, TRACK_FRAMES, sync_weight=1.0)
+    position = torch.nn.functional.normalize(torch.randn(1, TRACK_FRAMES, 8), dim=-1)
+    embeddings = position.expand(4, -1, -1)
+    across = cross_similarity(embeddings, embeddings, batch=4)
+    output = torch.cat([torch.zeros(4, 1), model.temperature.detach() * across], dim=1)
+    contrastive = model.training_loss(output, torch.zeros(4), lambda *_: torch.tensor(0.0))
+    assert contrastive == pytest.approx(math.log(4), rel=1e-4)
+
+
+def test_the_offset_profile_is_flat_when_lips_and_speech_agree_everywhere():
+    """Offsets cover fewer frames the farther they lag: a mean over the frames both
+    cover keeps a constant agreement from peaking at offset 0 for covering the most."""
+    steps, offsets = 20, 5
+    same = torch.nn.functional.normalize(torch.ones(1, steps, 4), dim=-1)
+    profile = offset_similarity(same, same, offsets).sum(dim=2) / overlap(steps, offsets)
+    assert torch.allclose(profile, torch.ones(1, 2 * offsets + 1))
+
+
+def test_the_moving_part_drops_what_stays_put():
+    torch.manual_seed(0)
+    motion = torch.randn(2, 12, 6)
+    face = torch.randn(2, 1, 6) * 50  # an identity, the same on every frame, far larger
+    assert torch.allclose(moving_part(motion + face), moving_part(motion), atol=1e-5)
 
 
 def test_track_kinds_need_the_frames_per_window():

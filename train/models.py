@@ -285,13 +285,22 @@ def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[to
 class SyncDetector(nn.Module):
     """Do the lips move with the speech? SyncNet's question, asked over time.
 
-    The lips and speech trunks give one embedding per track frame; their cosine similarity
-    at offsets -K..K frames (the audio shifted against the lips) says how well the two
-    agree and at which lag: a real clip peaks at 0, a lip-synced or desynchronised one
-    peaks elsewhere or nowhere. The real/fake head reads those similarities with both
-    trunks' pooled features. While training, forward also returns the similarities, and
-    `training_loss` adds a contrastive term on real clips (offset 0 against the others,
-    model.sync_weight), so the embeddings learn alignment and not only the labels.
+    The lips and speech trunks give one embedding per track frame, centred over the window
+    (what stays put, a face or a voice, says nothing about sync; how each moves does). Their
+    cosine similarity at offsets -K..K frames (the audio shifted against the lips), averaged
+    over the frames both cover, says how well the two agree and at which lag: a real clip
+    peaks at 0, a lip-synced or desynchronised one peaks elsewhere or nowhere. The real/fake
+    head reads those similarities alone: given the trunks' pooled features beside them, it
+    fits what a face or a voice gives away in the training fakes and leaves the sync
+    evidence nearly unread, and a lip-sync fake shows nothing else. What a face or a voice
+    alone gives away is the other experts' to find (`avcache-fuse` combines them).
+
+    While training, forward also returns every clip's lips against every clip's speech at
+    offset 0, and `training_loss` adds a contrastive term (model.sync_weight): each real
+    clip's lips must match its own speech better than the other real clips' speech. Only
+    other clips make honest negatives. The same clip's speech at another offset does not:
+    both trunks see where a frame sits in the window (their convolutions pad the edges),
+    and that alone makes every clip peak at offset 0 while learning nothing about sync.
     """
 
     OFFSETS = 5  # K: frames either side (0.2 s at 25 fps: wider than any natural lag)
@@ -305,8 +314,7 @@ class SyncDetector(nn.Module):
         self.project_lips = nn.Linear(self.lips.num_features, self.EMBEDDING)
         self.project_speech = nn.Linear(self.speech.num_features, self.EMBEDDING)
         self.temperature = nn.Parameter(torch.tensor(10.0))  # SyncNet's margin, learnt
-        width = 2 * self.lips.num_features + 2 * self.speech.num_features + 3 * self.offsets
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, 1))
+        self.head = nn.Linear(3 * self.offsets, 1)
         self.sync_weight = sync_weight
 
     @property
@@ -314,36 +322,45 @@ class SyncDetector(nn.Module):
         return 2 * self.OFFSETS + 1
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits [B]; while training [B, 1 + 2K + 1] (then each offset's similarity)."""
+        """Logits [B]; while training [B, 1 + B]: then each clip's lips against the speech
+        of every clip of the batch (scaled similarities, the diagonal its own)."""
         lips, audio = inputs[schema.LIPS], inputs[schema.TRACK_AUDIO]
         batch = lips.shape[0]
         lip_steps, speech_steps = self.lips(lips), self.speech(audio)  # [B * W, T, C]
-        similarity = offset_similarity(
-            nn.functional.normalize(self.project_lips(lip_steps), dim=-1),
-            nn.functional.normalize(self.project_speech(speech_steps), dim=-1),
-            self.OFFSETS,
-        )  # [B * W, 2K + 1, T]
-        per_offset = similarity.mean(dim=2).view(batch, -1, self.offsets).mean(dim=1)
-        summary = torch.cat([per_offset, similarity.amax(dim=2).view(batch, -1, self.offsets)
-                             .mean(dim=1), per_offset.softmax(dim=1)], dim=1)  # fmt: skip
-        features = torch.cat([pool_steps(lip_steps, batch), pool_steps(speech_steps, batch),
-                              summary], dim=1)  # fmt: skip
-        logits = self.head(features)
+        lip_embedding = moving_part(self.project_lips(lip_steps))
+        speech_embedding = moving_part(self.project_speech(speech_steps))
+        similarity = offset_similarity(lip_embedding, speech_embedding, self.OFFSETS)
+        per_offset = similarity.sum(dim=2) / overlap(lip_steps.shape[1], self.OFFSETS)
+        per_offset = per_offset.view(batch, -1, self.offsets).mean(dim=1)  # [B, 2K + 1]
+        peaks = similarity.amax(dim=2).view(batch, -1, self.offsets).mean(dim=1)
+        # At the contrastive loss's scale: the head finds the sync evidence as strong as the
+        # trunks' pooled features from its first steps, not after it has fit those.
+        scaled = self.temperature * per_offset
+        summary = torch.cat([scaled, self.temperature * peaks, scaled.softmax(dim=1)], dim=1)
+        logits = self.head(summary)
         if not self.training:
             return logits.squeeze(1)
-        return torch.cat([logits, self.temperature * per_offset], dim=1)
+        across = cross_similarity(lip_embedding, speech_embedding, batch)  # [B, B]
+        return torch.cat([logits, self.temperature * across], dim=1)
 
     def training_loss(self, output: torch.Tensor, labels: torch.Tensor,
                       loss_fn: Callable) -> torch.Tensor:  # fmt: skip
-        """Real/fake loss, plus sync_weight x cross-entropy that makes offset 0 the most
-        similar on real clips (fakes may be out of sync: they teach no offset)."""
+        """Real/fake loss, plus sync_weight x cross-entropy that makes each real clip's lips
+        most similar to its own speech among the real clips' speech (a fake's speech may be
+        another clip's, or its own edited: it is no clean negative, nor a positive)."""
         loss = loss_fn(output[:, 0], labels)
         real = labels < 0.5
-        if self.sync_weight and real.any():
-            target = torch.full_like(labels, self.OFFSETS, dtype=torch.long)
-            contrastive = nn.functional.cross_entropy(output[:, 1:], target, reduction="none")
-            loss = loss + self.sync_weight * (contrastive * real).sum() / real.sum().clamp_min(1)
+        if self.sync_weight and int(real.sum()) > 1:
+            among_reals = output[real][:, 1:][:, real]  # [R, R], own speech on the diagonal
+            target = torch.arange(among_reals.shape[0], device=output.device)
+            contrastive = nn.functional.cross_entropy(among_reals.float(), target)
+            loss = loss + self.sync_weight * contrastive
         return loss
+
+
+def moving_part(steps: torch.Tensor) -> torch.Tensor:
+    """[N, T, E] -> unit vectors of each step's departure from the window's mean."""
+    return nn.functional.normalize(steps - steps.mean(dim=1, keepdim=True), dim=-1)
 
 
 def offset_similarity(lips: torch.Tensor, speech: torch.Tensor, offsets: int) -> torch.Tensor:
@@ -353,6 +370,21 @@ def offset_similarity(lips: torch.Tensor, speech: torch.Tensor, offsets: int) ->
     padded = nn.functional.pad(speech, (0, 0, offsets, offsets))  # [N, T + 2K, E]
     shifted = padded.unfold(1, steps, 1)  # [N, 2K + 1, E, T]
     return torch.einsum("nte,nket->nkt", lips, shifted)
+
+
+def overlap(steps: int, offsets: int) -> torch.Tensor:
+    """[2K + 1]: the frames lips and speech share at each offset (T - |d|), so that a mean
+    over them does not favour offset 0 merely for covering more frames."""
+    return (steps - torch.arange(-offsets, offsets + 1).abs()).clamp_min(1).float()
+
+
+def cross_similarity(lips: torch.Tensor, speech: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B * W, T, E] unit embeddings -> [B, B]: clip i's lips against clip j's speech at
+    offset 0, averaged over the frames and windows."""
+    windows, steps = lips.shape[0] // batch, lips.shape[1]
+    lips = lips.reshape(batch, windows * steps, -1)
+    speech = speech.reshape(batch, windows * steps, -1)
+    return torch.einsum("ise,jse->ij", lips, speech) / (windows * steps)
 
 
 def build_model(kind: str, pretrained: str | Path | None = None, modality_dropout: float = 0.0,
