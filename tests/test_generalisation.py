@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,11 +19,40 @@ from benchmarks.generalisation import (
     parse_args,
     preprocess_commands,
     sample_command,
+    table,
     train_command,
 )
 from benchmarks.generalisation import main as generalisation_main
 
 TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_rows(header: str) -> dict[str, str]:
+    """The README table under `header` (its first line), by recipe: the cells after the
+    recipe's name, which may be set in bold or carry a note in brackets."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    rows = {}
+    for line in lines[lines.index(header) + 2 :]:
+        if not line.startswith("|"):
+            break
+        name, cells = line.split(" | ", 1)
+        rows[re.sub(r"\*\*| \(.*\)", "", name.lstrip("| "))] = cells
+    return rows
+
+
+@pytest.mark.parametrize("measured", ["generalisation.json", "generalisation-sync.json"])
+def test_the_readme_tables_are_the_measured_runs(measured):
+    """Every figure of the README's protocol tables comes from the per-seed values kept in
+    docs/ (mean, half the range, mean and worst over kinds), nothing typed by hand."""
+    record = json.loads((REPO / "docs" / measured).read_text())
+    given = record["args"]["kinds"]
+    kinds = given.split(",") if given != "None" else sorted(
+        {kind for by_kind in record["results"].values() for kind in by_kind})  # fmt: skip
+    expected = table(record["results"], kinds).splitlines()
+    shown = readme_rows(expected[0])
+    rows = {line.split(" | ", 1)[0].lstrip("| "): line.split(" | ", 1)[1] for line in expected[2:]}
+    assert shown == rows
 
 
 def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
