@@ -101,7 +101,8 @@ eval: setup
 
 # The same protocol with the aligned-track models and lip-sync fakes beside the README's
 # recipes (a sample of its own, 20% of its fakes lip-synced; projected at 9-10 hours on 2 CPU
-# cores, mostly lips and sync: run parts with --kinds/--recipes into the same folder).
+# cores, mostly lips and sync: run parts with --kinds/--recipes into the same folder). At the
+# protocol's 4 epochs; the sync model needs 8 at this size (make eval-sync): add --epochs 8.
 eval-tracks: setup
 	$(BIN)/python -m benchmarks.generalisation --out eval-tracks --lip-sync 0.2 --tracks \
 		--recipes "audio,faces,av,av + either-sense fusion,lips,speech,sync,sync + av_mismatch"
