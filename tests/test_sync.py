@@ -145,7 +145,8 @@ def test_the_offset_profile_is_flat_when_lips_and_speech_agree_everywhere():
     cover keeps a constant agreement from peaking at offset 0 for covering the most."""
     steps, offsets = 20, 5
     same = torch.nn.functional.normalize(torch.ones(1, steps, 4), dim=-1)
-    profile = offset_similarity(same, same, offsets).sum(dim=2) / overlap(steps, offsets)
+    similarity = offset_similarity(same, same, offsets)
+    profile = similarity.sum(dim=2) / overlap(similarity)
     assert torch.allclose(profile, torch.ones(1, 2 * offsets + 1))
 
 

@@ -330,11 +330,11 @@ class SyncDetector(nn.Module):
         lip_embedding = moving_part(self.project_lips(lip_steps))
         speech_embedding = moving_part(self.project_speech(speech_steps))
         similarity = offset_similarity(lip_embedding, speech_embedding, self.OFFSETS)
-        per_offset = similarity.sum(dim=2) / overlap(lip_steps.shape[1], self.OFFSETS)
+        per_offset = similarity.sum(dim=2) / overlap(similarity)
         per_offset = per_offset.view(batch, -1, self.offsets).mean(dim=1)  # [B, 2K + 1]
         peaks = similarity.amax(dim=2).view(batch, -1, self.offsets).mean(dim=1)
-        # At the contrastive loss's scale: the head finds the sync evidence as strong as the
-        # trunks' pooled features from its first steps, not after it has fit those.
+        # At the contrastive loss's scale (similarities times the temperature), not in
+        # [-1, 1]: a freshly initialised head's logits then move with the evidence at once.
         scaled = self.temperature * per_offset
         summary = torch.cat([scaled, self.temperature * peaks, scaled.softmax(dim=1)], dim=1)
         logits = self.head(summary)
@@ -349,13 +349,18 @@ class SyncDetector(nn.Module):
         most similar to its own speech among the real clips' speech (a fake's speech may be
         another clip's, or its own edited: it is no clean negative, nor a positive)."""
         loss = loss_fn(output[:, 0], labels)
+        if not self.sync_weight:
+            return loss
+        # Masks, not boolean indexing: the batch's count of reals never has to reach the
+        # host. A fake's speech is left out of every row but its own, a fake's row weighs
+        # nothing, and a lone real clip has only its own speech left: no lesson either.
         real = labels < 0.5
-        if self.sync_weight and int(real.sum()) > 1:
-            among_reals = output[real][:, 1:][:, real]  # [R, R], own speech on the diagonal
-            target = torch.arange(among_reals.shape[0], device=output.device)
-            contrastive = nn.functional.cross_entropy(among_reals.float(), target)
-            loss = loss + self.sync_weight * contrastive
-        return loss
+        across = output[:, 1:].float()
+        own = torch.eye(len(labels), dtype=torch.bool, device=output.device)
+        across = across.masked_fill(~real[None, :] & ~own, float("-inf"))
+        target = torch.arange(len(labels), device=output.device)
+        contrastive = nn.functional.cross_entropy(across, target, reduction="none")
+        return loss + self.sync_weight * (contrastive * real).sum() / real.sum().clamp_min(1)
 
 
 def moving_part(steps: torch.Tensor) -> torch.Tensor:
@@ -372,10 +377,13 @@ def offset_similarity(lips: torch.Tensor, speech: torch.Tensor, offsets: int) ->
     return torch.einsum("nte,nket->nkt", lips, shifted)
 
 
-def overlap(steps: int, offsets: int) -> torch.Tensor:
-    """[2K + 1]: the frames lips and speech share at each offset (T - |d|), so that a mean
-    over them does not favour offset 0 merely for covering more frames."""
-    return (steps - torch.arange(-offsets, offsets + 1).abs()).clamp_min(1).float()
+def overlap(similarity: torch.Tensor) -> torch.Tensor:
+    """[2K + 1], on the similarities' device: the frames lips and speech share at each
+    offset of offset_similarity's [N, 2K + 1, T] (T - |d|), so that a mean over them does
+    not favour offset 0 merely for covering more frames."""
+    offsets, steps = similarity.shape[1] // 2, similarity.shape[2]
+    lags = torch.arange(-offsets, offsets + 1, device=similarity.device).abs()
+    return (steps - lags).clamp_min(1).float()
 
 
 def cross_similarity(lips: torch.Tensor, speech: torch.Tensor, batch: int) -> torch.Tensor:
