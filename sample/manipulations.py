@@ -138,18 +138,18 @@ def tts_splice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def av_desync(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Audio moved 0.3 to 0.8 s against the picture, either way; the gap gets room noise."""
-    shift = int(rng.uniform(0.3, 0.8) * WORK_RATE) * int(rng.choice((-1, 1)))
-    gap = room_noise(rng, abs(shift))
-    if shift > 0:
-        return np.concatenate([gap, audio[:-shift]])
-    return np.concatenate([audio[-shift:], gap])
+DESYNC = "av_desync"
+DESYNC_SECONDS = (0.3, 0.8)  # how far the audio moves against the picture, either way
+
+
+def desync_lag(rng: np.random.Generator) -> int:
+    """Samples by which what is heard runs behind (+) or ahead of (-) what the face says."""
+    return int(rng.uniform(*DESYNC_SECONDS) * WORK_RATE) * int(rng.choice((-1, 1)))
 
 
 AudioEdit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 VOICE_MANIPULATIONS: dict[str, AudioEdit] = {"tts_voice": tts_voice, "tts_splice": tts_splice}
-AUDIO_MANIPULATIONS: dict[str, AudioEdit] = {**VOICE_MANIPULATIONS, "av_desync": av_desync}
+AUDIO_KINDS = (*VOICE_MANIPULATIONS, DESYNC)  # the desync is made where the tracks are drawn
 
 
 def loudness(audio: np.ndarray, frames: int) -> np.ndarray:

@@ -8,10 +8,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from avcache.sample.manipulations import FACE_MANIPULATIONS, LIP_SYNC, VOICE_MANIPULATIONS
+from avcache.sample.manipulations import DESYNC, FACE_MANIPULATIONS, LIP_SYNC, VOICE_MANIPULATIONS
 from avcache.sample.sources import SELF_TALKING, choose_source
 
-FORMAT_VERSION = 1  # bump when the same arguments would produce a different sample
+# Bump when the same arguments would produce a different sample (2: a desync moves the
+# audio within one continuous recording, leaving no gap of room noise at either end).
+FORMAT_VERSION = 2
 MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
 SPLIT_DIRS = {"train": "trainset", "val": "valset", "test": "testset"}
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # mixed into the per-clip seeds
@@ -74,7 +76,7 @@ def choose_kinds(rng: np.random.Generator) -> tuple[str, ...]:
     families = {"face": sorted(FACE_MANIPULATIONS), "audio": sorted(VOICE_MANIPULATIONS)}
     kinds = [str(rng.choice(families[family])) for family in group]
     if rng.random() < DESYNC_PROBABILITY:
-        kinds.append("av_desync")
+        kinds.append(DESYNC)
     return tuple(kinds)
 
 

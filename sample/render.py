@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 from avcache.cache.atomic import atomic_path, write_json_atomic
 from avcache.sample.manipulations import (
-    AUDIO_MANIPULATIONS,
+    DESYNC,
     FACE_MANIPULATIONS,
     MAX_JAW_DROP,
     MOUTH_MANIPULATIONS,
+    VOICE_MANIPULATIONS,
     FaceEdit,
+    desync_lag,
     loudness,
     normalise,
     open_mouth,
@@ -260,12 +262,20 @@ def clip_tracks(
     spec: ClipSpec, speech: Sequence[Sequence[Path]], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """What the face says (drives a still face's jaw) and what is heard, at WORK_RATE: the
-    same real speech, until a manipulation edits what is heard or re-drives the mouth."""
-    spoken = real_speech(rng, speech, spec.frames * WORK_RATE // FPS)
-    said, audio = spoken, spoken
+    same real speech, until a manipulation edits what is heard or re-drives the mouth.
+
+    A desync plays another stretch of the same continuous speech than the face says, the
+    lag apart: moving one track against the other instead would leave a gap of the lag's
+    length at one end, a silence that gives the fake away without any lip reading."""
+    samples = spec.frames * WORK_RATE // FPS
+    lag = desync_lag(rng) if DESYNC in spec.kinds else 0
+    recording = real_speech(rng, speech, samples + abs(lag))
+    said_from, heard_from = max(lag, 0), max(-lag, 0)
+    spoken = recording[said_from : said_from + samples]
+    said, audio = spoken, recording[heard_from : heard_from + samples]
     for kind in spec.kinds:
-        if kind in AUDIO_MANIPULATIONS:
-            audio = AUDIO_MANIPULATIONS[kind](audio, rng)
+        if kind in VOICE_MANIPULATIONS:
+            audio = VOICE_MANIPULATIONS[kind](audio, rng)
         if kind in MOUTH_MANIPULATIONS:
             said = MOUTH_MANIPULATIONS[kind](spoken, rng, speech)
     return said, audio

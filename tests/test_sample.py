@@ -7,13 +7,15 @@ import json
 import re
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from avcache.preprocess.audio import frame_power, sound_span
 from avcache.sample import cli, manipulations, plan, render
 from avcache.sample import sources as media_sources
 
@@ -111,7 +113,7 @@ def test_manifest_matches_labels_and_registries(tiny):
     for split, rows in labelled(tiny).items():
         for name, target in rows:
             assert by_name[name]["label"] == int(target) and by_name[name]["split"] == split
-    known = {*manipulations.FACE_MANIPULATIONS, *manipulations.AUDIO_MANIPULATIONS}
+    known = {*manipulations.FACE_MANIPULATIONS, *manipulations.AUDIO_KINDS}
     for clip in records:
         kinds = clip["kinds"]
         assert bool(kinds) == bool(clip["label"])  # fakes are manipulated, reals are not
@@ -189,7 +191,7 @@ PINNED_PLAN = "bb1d1f3389ac67553da4d963b79ca7a5db8bb3da0973b3cc7bfb78bb8c8ca43a"
 def test_the_default_plan_draws_what_it_always_drew(tiny):
     specs = json.dumps([asdict(spec) for spec in plan.plan_sample(0, TINY)])
     assert hashlib.sha256(specs.encode()).hexdigest() == PINNED_PLAN
-    assert plan.FORMAT_VERSION == 1
+    assert plan.FORMAT_VERSION == 2
     written = json.loads((tiny / plan.MANIFEST).read_text())
     assert set(written) == {"format", "seed", "counts", "speakers", "clips"}  # no new keys
 
@@ -307,18 +309,72 @@ def test_fake_recipes_cover_every_kind_in_their_planned_shares():
     voice = [any(k in manipulations.VOICE_MANIPULATIONS for k in kinds) for kinds in fakes]
     assert {k for kinds in fakes for k in kinds} == {
         *manipulations.FACE_MANIPULATIONS,
-        *manipulations.AUDIO_MANIPULATIONS,
+        *manipulations.AUDIO_KINDS,
     }
     assert all(f or v for f, v in zip(face, voice, strict=True))  # always some visible evidence
     assert 0.55 < np.mean(face) < 0.65 and 0.55 < np.mean(voice) < 0.65  # 0.4 + 0.2 each
 
 
-def test_av_desync_moves_the_audio_and_keeps_the_length():
-    audio = np.linspace(-0.5, 0.5, 32000, dtype=np.float32)
-    shifted = manipulations.av_desync(audio, np.random.default_rng(3))
-    assert len(shifted) == len(audio)
-    shift = int(np.argmin(np.abs(shifted - audio[16000]))) - 16000
-    assert 0.3 * 16000 <= abs(shift) <= 0.8 * 16000
+def tracks_of(kinds: tuple[str, ...], seed: int, sources) -> tuple[np.ndarray, np.ndarray]:
+    """(what the face says, what is heard) of a planned clip given these manipulations."""
+    spec = replace(plan.plan_clip(0, "train", seed, 1), kinds=kinds, seed=seed)
+    return render.clip_tracks(spec, sources.speech, np.random.default_rng(seed))
+
+
+def lag_between(said: np.ndarray, heard: np.ndarray) -> int:
+    """Samples by which `heard` runs behind `said`: where a stretch of the middle of what is
+    said turns up in what is heard."""
+    middle, width = len(said) // 2, 400
+    windows = np.lib.stride_tricks.sliding_window_view(heard, width)
+    found = np.flatnonzero((windows == said[middle : middle + width]).all(axis=1))
+    assert len(found) == 1
+    return int(found[0]) - middle
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_desync_plays_what_the_face_says_late_or_early(seed, sources):
+    said, heard = tracks_of(("face_blur", "av_desync"), seed, sources)
+    samples = (
+        plan.plan_clip(0, "train", seed, 1).frames * media_sources.WORK_RATE // media_sources.FPS
+    )
+    assert len(said) == len(heard) == samples
+    lag = lag_between(said, heard)
+    assert 0.3 <= abs(lag) / media_sources.WORK_RATE <= 0.8
+    overlap = samples - abs(lag)
+    assert np.array_equal(heard[max(lag, 0) :][:overlap], said[max(-lag, 0) :][:overlap])
+
+
+# 25 dB below the loudest 10 ms: the audit's own 40 dB counts the sample's room noise
+# (-62 to -48 dBFS) as sound under a quiet voice, and would find the gap only at times.
+EDGE_SILENCE_DB = 25.0
+
+
+def edge_silence(audio: np.ndarray) -> float:
+    """Leading plus trailing silence in seconds, measured as the shortcut audit does."""
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    levels = 10 * np.log10(np.maximum(frame_power(pcm, media_sources.WORK_RATE, 1), 1e-12))
+    first, last = sound_span(levels, EDGE_SILENCE_DB)
+    return (first + len(levels) - last) / 100
+
+
+def test_a_desync_leaves_no_silence_to_find_it_by(sources):
+    """Moving the audio against the picture used to leave the lag's length of room noise at
+    one end: leading or trailing silence alone told those fakes apart. Speech now reaches
+    both ends, so that silence separates them no better than chance, while the same
+    clips with the gap put back are told apart almost perfectly."""
+    seeds = range(100, 180)
+    reals = [edge_silence(tracks_of((), seed, sources)[1]) for seed in seeds]
+    fakes, gapped = [], []
+    for seed in seeds:
+        said, heard = tracks_of(("face_blur", "av_desync"), seed, sources)
+        fakes.append(edge_silence(heard))
+        lag = lag_between(said, heard)
+        noise = manipulations.room_noise(np.random.default_rng(seed), abs(lag))
+        moved = np.concatenate([noise, said[:-lag]] if lag > 0 else [said[-lag:], noise])
+        gapped.append(edge_silence(moved))
+    labels = [0] * len(reals) + [1] * len(fakes)
+    assert roc_auc_score(labels, reals + gapped) > 0.9
+    assert abs(roc_auc_score(labels, reals + fakes) - 0.5) < 0.2
 
 
 @pytest.fixture(scope="module")
