@@ -124,9 +124,27 @@ def fit(audio: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray
     return out
 
 
+# A synthetic voice is read at 1.5x the words the clip needs at espeak's mean rate, and
+# again with twice the words while it falls short: fit then only ever trims it. Room noise
+# padding a voice that ended early is a silence that no real clip has.
+TTS_WORD_MARGIN = 1.5
+TTS_TRIES = 4
+
+
+def synthetic_voice(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Exactly `samples` of a synthetic voice that speaks from the first to the last."""
+    seconds = samples / WORK_RATE * TTS_WORD_MARGIN
+    for _ in range(TTS_TRIES):
+        voice = synthetic_speech(rng, seconds)
+        if len(voice) >= samples:
+            break
+        seconds *= 2
+    return fit(voice, samples, rng)
+
+
 def tts_voice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The whole track becomes a synthetic voice: the classic voice-clone fake."""
-    return fit(synthetic_speech(rng, len(audio) / WORK_RATE), len(audio), rng)
+    return synthetic_voice(rng, len(audio))
 
 
 def tts_splice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -134,7 +152,7 @@ def tts_splice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     length = min(len(audio) // 2, int(rng.uniform(0.8, 1.5) * WORK_RATE))
     start = int(rng.integers(len(audio) // 4, len(audio) - length + 1))
     out = audio.copy()
-    out[start : start + length] = fit(synthetic_speech(rng, length / WORK_RATE), length, rng)
+    out[start : start + length] = synthetic_voice(rng, length)
     return out
 
 

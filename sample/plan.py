@@ -12,7 +12,8 @@ from avcache.sample.manipulations import DESYNC, FACE_MANIPULATIONS, LIP_SYNC, V
 from avcache.sample.sources import SELF_TALKING, choose_source
 
 # Bump when the same arguments would produce a different sample (2: a desync moves the
-# audio within one continuous recording, leaving no gap of room noise at either end).
+# audio within one continuous recording, and a synthetic voice speaks to both ends of what
+# it replaces: no gap of room noise that a real clip would not have).
 FORMAT_VERSION = 2
 MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
 SPLIT_DIRS = {"train": "trainset", "val": "valset", "test": "testset"}

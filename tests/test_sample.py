@@ -377,6 +377,25 @@ def test_a_desync_leaves_no_silence_to_find_it_by(sources):
     assert abs(roc_auc_score(labels, reals + fakes) - 0.5) < 0.2
 
 
+@pytest.mark.parametrize("kind", sorted(manipulations.VOICE_MANIPULATIONS))
+def test_a_synthetic_voice_leaves_no_silence_to_find_it_by(kind, sources):
+    """A synthetic voice shorter than the clip used to be padded with room noise: trailing
+    silence alone found those fakes. It now reads on until it fills what it replaces."""
+    seeds = range(200, 260)
+    reals = [edge_silence(tracks_of((), seed, sources)[1]) for seed in seeds]
+    fakes = [edge_silence(tracks_of((kind,), seed, sources)[1]) for seed in seeds]
+    labels = [0] * len(reals) + [1] * len(fakes)
+    assert abs(roc_auc_score(labels, reals + fakes) - 0.5) < 0.2
+
+
+def test_a_synthetic_voice_fills_exactly_what_it_is_asked_to():
+    rng = np.random.default_rng(0)
+    for seconds in (0.8, 3.2):
+        samples = int(seconds * media_sources.WORK_RATE)
+        voice = manipulations.synthetic_voice(rng, samples)
+        assert len(voice) == samples and edge_silence(voice) < 0.3
+
+
 @pytest.fixture(scope="module")
 def portraits(sources) -> dict[str, media_sources.Portrait]:
     return media_sources.load_portraits(sources)
