@@ -111,6 +111,25 @@ def test_a_cue_of_one_fake_kind_is_found_in_that_kind(tmp_path):
     assert ("fact_lead_silence", "voice") in warned and ("fact_lead_silence", "face") not in warned
 
 
+def test_the_summary_line_counts_warnings_on_all_fakes_apart_from_one_kinds():
+    def result(cue, kind, auc):
+        return audit.Result(
+            cue, "val", kind, auc, auc - 0.1, auc + 0.1, 30, 30 if kind == "all" else 5
+        )
+
+    quiet = [result("duration", "all", 0.55), result(audit.ALL_CUES, "all", 0.6)]
+    one_kind = [*quiet, result("duration", "voice", 0.9), result("fact_fps", "face", 0.2)]
+    assert audit.summary_line(quiet).endswith("; no single cue reaches AUC 0.7")
+    assert audit.summary_line(one_kind).endswith(
+        "no single cue reaches AUC 0.7 on all fakes; WARNING: 2 do on one fake kind (read their"
+        " intervals)"
+    )
+    both = [*one_kind, result("fact_lead_silence", "all", 0.8)]
+    assert audit.summary_line(both).endswith(
+        "WARNING: 1 cue(s) alone reach AUC 0.7 (and 2 per fake kind)"
+    )
+
+
 def test_the_bootstrap_interval_holds_scikit_learns_auc():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 100)
