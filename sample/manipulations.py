@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
+from itertools import count
 from pathlib import Path
 
 import cv2
@@ -54,6 +55,30 @@ def load_speech(path: Path) -> np.ndarray:
     return audio
 
 
+PAUSE_SECONDS = (0.05, 0.35)  # between one recording, or synthetic phrase, and the next
+
+
+def string_together(
+    recordings: Iterator[np.ndarray], rng: np.random.Generator, samples: int
+) -> np.ndarray:
+    """`samples` of recordings played one after another with short pauses, cut in at a
+    random point of the first. A clip that began where a recording begins would open with
+    that recording's silence before its first word more often than a synthetic voice does,
+    and leading silence alone would tell the two apart."""
+    pieces, total = [], 0
+    while total < samples:
+        recording = next(recordings)
+        if not pieces:
+            start = int(rng.integers(len(recording)))
+        else:  # a long recording is entered anywhere that still fills what is left
+            start = int(rng.integers(max(1, len(recording) - (samples - total))))
+        piece = recording[start : start + samples - total]
+        pause = np.zeros(int(rng.uniform(*PAUSE_SECONDS) * WORK_RATE), np.float32)
+        pieces += [piece, pause]
+        total += len(piece) + len(pause)
+    return np.concatenate(pieces)[:samples]
+
+
 def real_speech(
     rng: np.random.Generator, speech: Sequence[Sequence[Path]], samples: int
 ) -> np.ndarray:
@@ -62,15 +87,8 @@ def real_speech(
     # with one voice only, "this voice is real" would be all a detector needs to learn.
     other = len(speech) > 1 and rng.random() < 0.5
     pool = speech[int(rng.integers(1, len(speech))) if other else 0]
-    pieces, total = [], 0
-    while total < samples:
-        recording = load_speech(pool[rng.integers(len(pool))])
-        start = int(rng.integers(max(1, len(recording) - (samples - total))))
-        piece = recording[start : start + samples - total]
-        pause = np.zeros(int(rng.uniform(0.05, 0.35) * WORK_RATE), np.float32)
-        pieces += [piece, pause]
-        total += len(piece) + len(pause)
-    return normalise(np.concatenate(pieces)[:samples], rng)
+    recordings = (load_speech(pool[rng.integers(len(pool))]) for _ in count())
+    return normalise(string_together(recordings, rng, samples), rng)
 
 
 def speech_from(path: Path, start: float, samples: int) -> np.ndarray:
@@ -95,11 +113,8 @@ def normalise(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (audio * gain + room_noise(rng, len(audio))).astype(np.float32)
 
 
-def synthetic_speech(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """espeak-ng reading random words with a random voice, pitch and speed."""
-    text = " ".join(rng.choice(SCRIPT.split(), size=max(2, round(seconds * 2.6))))
-    voice = f"{rng.choice(ESPEAK_VOICES)}+{rng.choice(ESPEAK_VARIANTS)}"
-    pitch, speed = int(rng.integers(20, 81)), int(rng.integers(130, 201))
+def espeak(text: str, voice: str, pitch: int, speed: int) -> np.ndarray:
+    """espeak-ng reading `text`, as float32 at WORK_RATE."""
     wav = run_tool(
         ["espeak-ng", "--stdout", "-v", voice, "-p", str(pitch), "-s", str(speed), text],
         f"espeak-ng voice {voice}",
@@ -107,39 +122,31 @@ def synthetic_speech(rng: np.random.Generator, seconds: float) -> np.ndarray:
     with wave.open(io.BytesIO(wav), "rb") as handle:
         data = np.frombuffer(handle.readframes(handle.getnframes()), "<i2") / 32768.0
         rate = handle.getframerate()
-    audio = soxr.resample(data.astype(np.float32), rate, WORK_RATE)
-    if rng.random() < 0.5:  # half go through a telephone band, like the Asterisk prompts
-        audio = soxr.resample(soxr.resample(audio, WORK_RATE, 8000), 8000, WORK_RATE)
-    return normalise(audio, rng)
+    return soxr.resample(data.astype(np.float32), rate, WORK_RATE)
 
 
-def fit(audio: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Trim or pad with room noise (at a random offset) to exactly `samples`."""
-    if len(audio) >= samples:
-        start = int(rng.integers(len(audio) - samples + 1))
-        return audio[start : start + samples]
-    out = room_noise(rng, samples)
-    start = int(rng.integers(samples - len(audio) + 1))
-    out[start : start + len(audio)] = audio
-    return out
+PHRASE_WORDS = (4, 9)  # words a synthetic phrase reads: 1.5 to 3.5 s, like a real prompt
 
 
-# A synthetic voice is read at 1.5x the words the clip needs at espeak's mean rate, and
-# again with twice the words while it falls short: fit then only ever trims it. Room noise
-# padding a voice that ended early is a silence that no real clip has.
-TTS_WORD_MARGIN = 1.5
-TTS_TRIES = 4
+def synthetic_phrases(rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless phrases of random words in one random espeak-ng voice, pitch and speed."""
+    voice = f"{rng.choice(ESPEAK_VOICES)}+{rng.choice(ESPEAK_VARIANTS)}"
+    pitch, speed = int(rng.integers(20, 81)), int(rng.integers(130, 201))
+    telephone = rng.random() < 0.5  # half go through a telephone band, like the Asterisk prompts
+    words = SCRIPT.split()
+    while True:
+        text = " ".join(rng.choice(words, size=int(rng.integers(*PHRASE_WORDS))))
+        audio = espeak(text, voice, pitch, speed)
+        if telephone:
+            audio = soxr.resample(soxr.resample(audio, WORK_RATE, 8000), 8000, WORK_RATE)
+        yield audio
 
 
 def synthetic_voice(rng: np.random.Generator, samples: int) -> np.ndarray:
-    """Exactly `samples` of a synthetic voice that speaks from the first to the last."""
-    seconds = samples / WORK_RATE * TTS_WORD_MARGIN
-    for _ in range(TTS_TRIES):
-        voice = synthetic_speech(rng, seconds)
-        if len(voice) >= samples:
-            break
-        seconds *= 2
-    return fit(voice, samples, rng)
+    """Exactly `samples` of a synthetic voice, phrase after phrase with the pauses between
+    real recordings: a synthetic track is built the way a real one is, so that only the
+    voice differs (its silences once gave it away)."""
+    return normalise(string_together(synthetic_phrases(rng), rng, samples), rng)
 
 
 def tts_voice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:

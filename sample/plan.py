@@ -13,8 +13,10 @@ from avcache.sample.sources import SELF_TALKING, choose_source
 
 # Bump when the same arguments would produce a different sample (2: a desync moves the
 # audio within one continuous recording, and a synthetic voice speaks to both ends of what
-# it replaces: no gap of room noise that a real clip would not have).
-FORMAT_VERSION = 2
+# it replaces: no gap of room noise that a real clip would not have; 3: real and synthetic
+# speech are both strung together phrase by phrase and cut in at a random point, so a
+# clip's leading silence says nothing about its voice).
+FORMAT_VERSION = 3
 MANIFEST = "sample_manifest.json"  # written last: its presence means the sample is complete
 SPLIT_DIRS = {"train": "trainset", "val": "valset", "test": "testset"}
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # mixed into the per-clip seeds

@@ -191,7 +191,7 @@ PINNED_PLAN = "bb1d1f3389ac67553da4d963b79ca7a5db8bb3da0973b3cc7bfb78bb8c8ca43a"
 def test_the_default_plan_draws_what_it_always_drew(tiny):
     specs = json.dumps([asdict(spec) for spec in plan.plan_sample(0, TINY)])
     assert hashlib.sha256(specs.encode()).hexdigest() == PINNED_PLAN
-    assert plan.FORMAT_VERSION == 2
+    assert plan.FORMAT_VERSION == 3
     written = json.loads((tiny / plan.MANIFEST).read_text())
     assert set(written) == {"format", "seed", "counts", "speakers", "clips"}  # no new keys
 
@@ -349,12 +349,24 @@ def test_a_desync_plays_what_the_face_says_late_or_early(seed, sources):
 EDGE_SILENCE_DB = 25.0
 
 
-def edge_silence(audio: np.ndarray) -> float:
-    """Leading plus trailing silence in seconds, measured as the shortcut audit does."""
+def edge_silences(audio: np.ndarray) -> tuple[float, float]:
+    """(leading, trailing) silence in seconds, measured as the shortcut audit does."""
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     levels = 10 * np.log10(np.maximum(frame_power(pcm, media_sources.WORK_RATE, 1), 1e-12))
     first, last = sound_span(levels, EDGE_SILENCE_DB)
-    return (first + len(levels) - last) / 100
+    return first / 100, (len(levels) - last) / 100
+
+
+def edge_silence(audio: np.ndarray) -> float:
+    """Leading plus trailing silence in seconds."""
+    return sum(edge_silences(audio))
+
+
+def silence_aucs(reals: list, fakes: list) -> tuple[float, float]:
+    """How well leading, and trailing, silence alone tell the fakes from the reals."""
+    labels = [0] * len(reals) + [1] * len(fakes)
+    ends = np.array([*reals, *fakes])
+    return roc_auc_score(labels, ends[:, 0]), roc_auc_score(labels, ends[:, 1])
 
 
 def test_a_desync_leaves_no_silence_to_find_it_by(sources):
@@ -377,15 +389,37 @@ def test_a_desync_leaves_no_silence_to_find_it_by(sources):
     assert abs(roc_auc_score(labels, reals + fakes) - 0.5) < 0.2
 
 
+VOICE_SEEDS = range(200, 260)
+
+
 @pytest.mark.parametrize("kind", sorted(manipulations.VOICE_MANIPULATIONS))
 def test_a_synthetic_voice_leaves_no_silence_to_find_it_by(kind, sources):
-    """A synthetic voice shorter than the clip used to be padded with room noise: trailing
-    silence alone found those fakes. It now reads on until it fills what it replaces."""
-    seeds = range(200, 260)
-    reals = [edge_silence(tracks_of((), seed, sources)[1]) for seed in seeds]
-    fakes = [edge_silence(tracks_of((kind,), seed, sources)[1]) for seed in seeds]
-    labels = [0] * len(reals) + [1] * len(fakes)
-    assert abs(roc_auc_score(labels, reals + fakes) - 0.5) < 0.2
+    """A synthetic voice shorter than the clip was once padded with room noise (trailing
+    silence found those fakes at AUC 0.998), and a real clip began where its recording
+    begins, with the silence before the first word, while a synthetic voice was cut in
+    anywhere (leading silence found those at 0.79). Both tracks are now cut in anywhere of
+    speech strung together the same way."""
+    reals = [edge_silences(tracks_of((), seed, sources)[1]) for seed in VOICE_SEEDS]
+    fakes = [edge_silences(tracks_of((kind,), seed, sources)[1]) for seed in VOICE_SEEDS]
+    lead, trail = silence_aucs(reals, fakes)
+    assert abs(lead - 0.5) < 0.2 and abs(trail - 0.5) < 0.2
+
+
+def test_speech_from_where_a_recording_begins_is_told_from_a_voice_by_its_lead(sources):
+    """The measure above can fail: real speech that starts at a recording's first sample,
+    as a real clip often did, opens with silence that a synthetic voice cut in anywhere
+    lacks."""
+    rng = np.random.default_rng(5)
+    fakes, from_start = [], []
+    for seed in VOICE_SEEDS:
+        voice = tracks_of(("tts_voice",), seed, sources)[1]
+        paths = rng.choice(sources.speech[0], size=12)
+        recordings = np.concatenate([manipulations.load_speech(path) for path in paths])
+        assert len(recordings) >= len(voice)
+        fakes.append(edge_silences(voice))
+        from_start.append(edge_silences(manipulations.normalise(recordings[: len(voice)], rng)))
+    lead, _ = silence_aucs(from_start, fakes)
+    assert lead < 0.3  # the fakes' lead is the shorter
 
 
 def test_a_synthetic_voice_fills_exactly_what_it_is_asked_to():
@@ -393,7 +427,7 @@ def test_a_synthetic_voice_fills_exactly_what_it_is_asked_to():
     for seconds in (0.8, 3.2):
         samples = int(seconds * media_sources.WORK_RATE)
         voice = manipulations.synthetic_voice(rng, samples)
-        assert len(voice) == samples and edge_silence(voice) < 0.3
+        assert len(voice) == samples and edge_silence(voice) < seconds / 2
 
 
 @pytest.fixture(scope="module")
