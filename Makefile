@@ -94,7 +94,7 @@ gpu-check:
 	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
 
 # Leave-one-manipulation-out on the sample generator: the README's recipes, every held-out
-# kind, two seeds (about 90 minutes on 2 CPU cores; runs already finished under eval/ are kept).
+# kind, two seeds (about an hour on 2 CPU cores; runs already finished under eval/ are kept).
 eval: setup
 	$(BIN)/python -m benchmarks.generalisation --out eval \
 		--recipes "audio,faces,av,av + either-sense fusion"
