@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from avcache.preprocess.audio import frame_power, sound_span
+from avcache.preprocess.audio import frame_levels, sound_span
 from avcache.sample import cli, manipulations, plan, render
 from avcache.sample import sources as media_sources
 
@@ -352,7 +352,7 @@ EDGE_SILENCE_DB = 25.0
 def edge_silences(audio: np.ndarray) -> tuple[float, float]:
     """(leading, trailing) silence in seconds, measured as the shortcut audit does."""
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    levels = 10 * np.log10(np.maximum(frame_power(pcm, media_sources.WORK_RATE, 1), 1e-12))
+    levels = frame_levels(pcm, media_sources.WORK_RATE, 1)
     first, last = sound_span(levels, EDGE_SILENCE_DB)
     return first / 100, (len(levels) - last) / 100
 
