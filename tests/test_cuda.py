@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -18,6 +19,7 @@ import torch
 from avcache.cache import schema
 from avcache.cache.codec import crop_ranges
 from avcache.cache.reader import open_cache
+from avcache.train.augment import copy_stream, to_device
 from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces
 from avcache.train.engine import LAST, METRICS, Trainer
@@ -177,14 +179,37 @@ def test_after_a_resume_the_optimiser_counts_steps_on_the_host(cache, tmp_path):
     assert all(state["exp_avg"].is_cuda for state in states)
 
 
+def test_batches_cross_to_the_gpu_beside_the_queued_step_and_arrive_whole():
+    """The copy runs on its own stream: it finishes while the compute stream is still busy
+    with earlier work (here a sleep kernel), and work queued after it sees the copied
+    values, not memory the copy has yet to fill."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    host = torch.arange(1 << 22, dtype=torch.float32).pin_memory()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU clock cycles, on the compute stream
+    moved = to_device({"x": host, "name": "a"}, device)
+    doubled = moved["x"] * 2
+    copy_stream(device).synchronize()
+    assert not torch.cuda.current_stream(device).query(), "the copy waited for the compute"
+    assert moved["name"] == "a" and moved["x"].device == device
+    assert torch.equal(doubled.cpu(), host * 2)
+
+
 def test_mtcnn_on_cuda_finds_the_faces_mtcnn_finds_on_the_cpu():
-    pytest.importorskip("facenet_pytorch")
-    pytest.importorskip("soxr")  # the sample sources' speech, beside their faces
+    # The preprocessing half, which a GPU box's own image may lack: skipped, not an error.
+    for module in ("facenet_pytorch", "ffmpeg", "cv2", "soxr"):
+        pytest.importorskip(module)
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary: the sample's video is decoded by it")
     from avcache.preprocess.config import FacesConfig
     from avcache.preprocess.faces import detect_faces
-    from avcache.sample.sources import CARPHONE, carphone_portrait, package_file
+    from avcache.sample.sources import CARPHONE, SampleError, carphone_portrait, package_file
 
-    frames = list(carphone_portrait(package_file(*CARPHONE)).frames[::15])
+    try:
+        video = package_file(*CARPHONE)
+    except SampleError as missing:
+        pytest.skip(str(missing))
+    frames = list(carphone_portrait(video).frames[::15])
     cpu = detect_faces(frames, "mtcnn", FacesConfig())
     gpu = detect_faces(frames, "mtcnn-cuda", FacesConfig())
     assert all(cpu) and all(gpu)

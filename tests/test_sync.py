@@ -195,3 +195,31 @@ def test_a_raw_video_scores_as_its_cached_twin_for_every_track_model(tmp_path, c
         assert predict_main(["--run", str(run), "--video", str(data / "testset" / "e.mp4")]) == 0
         raw = float(capsys.readouterr().out.strip().rsplit("= ", 1)[1])
         assert raw == pytest.approx(cached, abs=6e-5), kind  # printed to 4 places
+
+
+def sync_features(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trunk features [B * W, T, C] as a talking head gives them: what stays put (a face, a
+    voice) far larger than how each step moves."""
+    generator = torch.Generator().manual_seed(seed)
+    steps = (4, TRACK_FRAMES, 512)
+    still = 8 * torch.randn(4, 1, 512, generator=generator)
+    return (still + torch.randn(steps, generator=generator),
+            still.roll(1, 0) + torch.randn(steps, generator=generator))  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_sync_evidence_is_computed_in_fp32_under_bf16_autocast(training):
+    """bf16 rounds the moving part and the offsets' similarities by about as much as they
+    differ (0.007 against a spread of 0.13 on random weights): under autocast (CUDA's bf16,
+    shown here with the CPU's) the evidence must equal fp32's."""
+    torch.manual_seed(0)
+    model = SyncDetector(None, TRACK_FRAMES).train(training)
+    lips, speech = sync_features(seed=1)
+    with torch.no_grad():
+        exact = model.compare(lips, speech, batch=4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.compare(lips, speech, batch=4)
+            rounded = model._evidence(lips, speech, batch=4)  # the same steps left to autocast
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=1e-5, atol=1e-5)
+    assert (rounded.float() - exact).abs().max() > 1e-3  # what the check would catch

@@ -233,12 +233,8 @@ class Trainer:
         self.between_batches: Callable[[], None] = lambda: None
 
     def _wrap_ddp(self) -> DistributedDataParallel | None:
-        if not self.ranks.distributed:
-            return None
-        # BatchNorm statistics stay per rank and are averaged at checkpoints and epoch ends
-        # (timm's --dist-bn reduce), instead of rank 0's overwriting the others' every step.
-        device_ids = [self.device.index] if self._cuda else None
-        return DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+        return distributed.data_parallel(self.model, self.device) if self.ranks.distributed \
+            else None  # fmt: skip
 
     def _loader(self, split: str, fields: tuple[str, ...], train: bool,
                 cache: Cache | None = None) -> tuple[ShardStream, DataLoader]:  # fmt: skip
@@ -288,13 +284,19 @@ class Trainer:
     def _cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast where the run trains with it (run.amp on CUDA), else nothing."""
         enabled = self._cuda and self.config.run.amp
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _inputs(self, batch: dict, generator: torch.Generator | None) -> tuple[dict, torch.Tensor]:
-        """Model inputs and labels; augmented when given a generator (training)."""
-        batch = to_device(decode_faces(batch, self.device), self.device)
+        """Model inputs and labels of a loader batch; augmented when given a generator."""
+        return self.model_inputs(to_device(decode_faces(batch, self.device), self.device),
+                                 generator)  # fmt: skip
+
+    def model_inputs(self, batch: dict, generator: torch.Generator | None
+                     ) -> tuple[dict, torch.Tensor]:  # fmt: skip
+        """Model inputs and labels of a batch on the device (evaluation: no generator)."""
         augment = self.config.augment if generator else None
         model = self.config.model
         inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
@@ -322,7 +324,7 @@ class Trainer:
         weight = float(batch[REAL]) / self.config.optim.accumulate
         keep_local = self.ddp.no_sync() if self.ddp and not step_ends else nullcontext()
         with keep_local:
-            with self._autocast():
+            with self.autocast():
                 loss = self._loss(self.train_forward(inputs).float(), labels)
             (loss * weight).backward()
         return loss.detach()
@@ -333,7 +335,9 @@ class Trainer:
         loss = self._backward(batch, epoch, step_ends)
         if step_ends:
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            # Under DDP the gradients are views of its buckets: zeroed in place they stay so
+            # (set to None, each step's would be new tensors, copied into the buckets).
+            self.optimizer.zero_grad(set_to_none=self.ddp is None)
         return loss
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -418,7 +422,7 @@ class Trainer:
                 continue
             labels = batch[schema.LABEL].float().numpy()  # from the host's copy of the batch
             inputs, _ = self._inputs(batch, generator=None)
-            with self._autocast():
+            with self.autocast():
                 scores = torch.sigmoid(self.evaluate_forward(inputs).float())
             parts.append((batch[BATCH_INDEX], batch[schema.VIDEO_NAME], labels, scores))
             self.between_batches()

@@ -325,8 +325,22 @@ class SyncDetector(nn.Module):
         """Logits [B]; while training [B, 1 + B]: then each clip's lips against the speech
         of every clip of the batch (scaled similarities, the diagonal its own)."""
         lips, audio = inputs[schema.LIPS], inputs[schema.TRACK_AUDIO]
-        batch = lips.shape[0]
         lip_steps, speech_steps = self.lips(lips), self.speech(audio)  # [B * W, T, C]
+        return self.compare(lip_steps, speech_steps, lips.shape[0])
+
+    def compare(self, lip_steps: torch.Tensor, speech_steps: torch.Tensor,
+                batch: int) -> torch.Tensor:  # fmt: skip
+        """The trunks' per-step features [B * W, T, C] -> forward's output, in fp32.
+
+        The evidence is small differences: each step's departure from its window's mean,
+        then similarities that differ by a few hundredths between offsets. bf16 rounds them
+        by about as much, so under autocast (CUDA) they are computed in fp32 from the
+        trunks' features on (a few small matrix products)."""
+        with torch.autocast(lip_steps.device.type, enabled=False):
+            return self._evidence(lip_steps.float(), speech_steps.float(), batch)
+
+    def _evidence(self, lip_steps: torch.Tensor, speech_steps: torch.Tensor,
+                  batch: int) -> torch.Tensor:  # fmt: skip
         lip_embedding = moving_part(self.project_lips(lip_steps))
         speech_embedding = moving_part(self.project_speech(speech_steps))
         similarity = offset_similarity(lip_embedding, speech_embedding, self.OFFSETS)

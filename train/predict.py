@@ -25,7 +25,6 @@ from avcache.cache.codec import encode_crops, round_trip, round_trip_grey
 from avcache.cache.labels import LabelFileError, read_names
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import printable
-from avcache.train.augment import prepare
 from avcache.train.decode import decode_crops
 from avcache.train.engine import Trainer
 from avcache.train.runs import RunFolder
@@ -116,12 +115,13 @@ def predict_video(run: RunFolder, video: Path, ffmpeg: str | None = None) -> flo
     batch = {
         schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
         schema.FACES: faces[None].to(trainer.device),
+        schema.LABEL: torch.zeros(1, device=trainer.device),
         **tracks_batch(sample, config.tracks.quality, trainer.device),
     }
     trainer.model.eval()
-    model = trainer.config.model
-    inputs = prepare(batch, trainer.fields, None, None, model.frames, model.mel_size)
-    return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
+    inputs, _ = trainer.model_inputs(batch, generator=None)
+    with trainer.autocast():  # as the run's own predictions were made (bf16 on CUDA)
+        return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
 
 
 def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> torch.Tensor:
