@@ -10,7 +10,7 @@ JOBS ?= 2
 # recordings (two speakers) for the sample data set and the tests; chromium (headless) renders
 # the inspect sheets and gallery in the tests and for `make screenshots`.
 
-.PHONY: setup demo test lint bench eval eval-tracks eval-sync eval-cross gpu-check clean system-packages screenshots
+.PHONY: setup demo test lint bench eval eval-tracks eval-sync eval-cross gpu-check gpu-test gpu-check-eager gpu-check-compiled clean system-packages screenshots
 
 setup: $(STAMP)
 
@@ -85,13 +85,26 @@ bench: setup
 	$(BIN)/python -m benchmarks.detector_bench
 
 # On a GPU machine, in its own Python (an NGC or conda image with its own torch): no setup,
-# no venv, no network. The CUDA tests, then the loader against the no-data ceiling at full
-# size; report in $(GPU_OUT)/gpu_check.txt and .json. GPU_PYTHON: the interpreter to use.
+# no venv, no network. Three commands, each meant to fit a 10-minute limit: the CUDA tests
+# (gpu-test), then the loader against the no-data ceiling at full size for every model kind,
+# eager (gpu-check-eager) and compiled (gpu-check-compiled); each part adds its rows to
+# $(GPU_OUT)/gpu_check.json and .txt and skips the rows that would end past GPU_BUDGET
+# seconds (docs/performance.md). GPU_PYTHON: the interpreter to use.
 GPU_OUT ?= gpu-check
 GPU_PYTHON ?= python3
-gpu-check:
+GPU_BUDGET ?= 480
+GPU_CHECK = $(GPU_PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full \
+	--budget $(GPU_BUDGET)
+gpu-check: gpu-test gpu-check-eager gpu-check-compiled
+
+gpu-test:
 	$(GPU_PYTHON) -m pytest -q tests/test_cuda.py
-	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --device cuda --size full
+
+gpu-check-eager:
+	$(GPU_CHECK) --modes eager
+
+gpu-check-compiled:
+	$(GPU_CHECK) --modes compiled
 
 # Leave-one-manipulation-out on the sample generator: the README's recipes, every held-out
 # kind, two seeds (about an hour on 2 CPU cores; runs already finished under eval/ are kept).

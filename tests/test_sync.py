@@ -162,41 +162,6 @@ def test_track_kinds_need_the_frames_per_window():
         build_model("lips")
 
 
-def test_a_raw_video_scores_as_its_cached_twin_for_every_track_model(tmp_path, capsys):
-    """avcache-predict --video preprocesses the file as the cache was made (mouth crops
-    through JPEG, the same windows from its name): the P(fake) of the cached sample."""
-    from avcache.preprocess.run import main as preprocess_main
-    from avcache.train.predict import main as predict_main
-    from tests.media import talking_face
-
-    data = tmp_path / "data"
-    for folder in ("trainset", "valset", "testset"):
-        (data / folder).mkdir(parents=True)
-    for folder, names in (("trainset", ("a", "b")), ("valset", ("c", "d")), ("testset", ("e",))):
-        for i, name in enumerate(names):
-            talking_face(data / folder / f"{name}.mp4", seconds=1.2 + 0.2 * i)
-    (data / "train_label.txt").write_text("video_name,target\na.mp4,0\nb.mp4,1\n")
-    (data / "val_label.txt").write_text("video_name,target\nc.mp4,0\nd.mp4,1\n")
-    (data / "prediction.txt.csv").write_text("video_name,target\ne.mp4,\n")
-    cache = tmp_path / "cache"
-    assert preprocess_main(["--data", str(data), "--out", str(cache), "--quiet", "--jobs", "1",
-                            "faces.frames=0", "tracks.windows=1", "tracks.frames=16",
-                            "tracks.size=32"]) == 0  # fmt: skip
-    for kind in ("lips", "speech", "sync"):
-        run = tmp_path / kind
-        options = {**TRACKS, "model.kind": kind, "run.epochs": 1, "data.batch_size": 2}
-        assert train_main(["--cache", str(cache), "--out", str(run),
-                           *small_config(**options)]) == 0  # fmt: skip
-        listing = tmp_path / "list.csv"
-        listing.write_text("video_name,target\ne.mp4,\n")
-        assert predict_main(["--run", str(run), "--list", str(listing)]) == 0
-        cached = float((run / "submission.csv").read_text().splitlines()[1].split(",")[1])
-        capsys.readouterr()
-        assert predict_main(["--run", str(run), "--video", str(data / "testset" / "e.mp4")]) == 0
-        raw = float(capsys.readouterr().out.strip().rsplit("= ", 1)[1])
-        assert raw == pytest.approx(cached, abs=6e-5), kind  # printed to 4 places
-
-
 def sync_features(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Trunk features [B * W, T, C] as a talking head gives them: what stays put (a face, a
     voice) far larger than how each step moves."""
