@@ -188,3 +188,21 @@ def test_training_drops_a_partial_last_batch_unless_it_is_the_only_one():
     plan = LoaderPlan(batch_size=4, block_size=3, drop_last=True)
     assert [sum(map(len, batch)) for batch in epoch_batches([7, 3], plan, 0)] == [4, 4]
     assert [sum(map(len, batch)) for batch in epoch_batches([3], plan, 0)] == [3]
+
+
+@pytest.mark.parametrize(("kind", "on_gpu", "expected"), [
+    ("audio", False, 2), ("speech", False, 2), ("faces", True, 2), ("av", True, 2),
+    ("faces", False, 6), ("av", False, 6), ("lips", False, 6), ("sync", False, 6),
+])  # fmt: skip
+def test_auto_workers_are_many_where_the_workers_decode_jpeg(monkeypatch, kind, on_gpu,
+                                                             expected):  # fmt: skip
+    """On a 16-core GPU box: several decoding workers for JPEG faces left to the CPU and for
+    mouth crops (always decoded there), two to read what needs no decoding."""
+    from avcache.train.engine import auto_workers
+    from avcache.train.models import BRANCHES, MODELS
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
+    fields = tuple(BRANCHES[name].field for name in MODELS[kind])
+    assert auto_workers(fields, torch.device("cuda"), on_gpu) == expected
+    assert auto_workers(fields, torch.device("cpu"), on_gpu) == 1
+    assert auto_workers(fields, torch.device("cuda"), on_gpu, local_ranks=8) == 1

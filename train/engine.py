@@ -87,7 +87,7 @@ def start_device(name: str) -> tuple[Ranks, torch.device]:
     return ranks, device
 
 
-def auto_workers(kind: str, device: torch.device, faces_decoded_on_device: bool,
+def auto_workers(fields: tuple[str, ...], device: torch.device, faces_decoded_on_device: bool,
                  local_ranks: int = 1) -> int:  # fmt: skip
     """DataLoader workers for `data.workers: auto`: what the model's input needs, within this
     rank's share of the machine's cores less one for the training process itself.
@@ -96,14 +96,16 @@ def auto_workers(kind: str, device: torch.device, faces_decoded_on_device: bool,
     times what a GPU trains on, so mel needs little; a core decodes about 5,000 JPEG crops
     of 224 px a second and a GPU eats about 10,000, so faces decoded in the workers need
     several cores a GPU; faces left for the GPU to decode need only reading and checking
-    (6,500 samples/s a core). On a CPU, workers take cores from the step itself: one
-    keeps reading off the step's path.
+    (6,500 samples/s a core). Mouth crops (lips, sync) are JPEG decoded in the workers
+    too; the speech windows and the mel are read as they are. On a CPU, workers take cores
+    from the step itself: one keeps reading off the step's path.
     """
     cores = len(os.sched_getaffinity(0)) // max(local_ranks, 1)
     spare = max(cores - 1, 0)
     if device.type != "cuda":
         return min(1, spare)
-    needs_decoding = kind != "audio" and not faces_decoded_on_device
+    needs_decoding = schema.LIPS in fields or (schema.FACES in fields
+                                               and not faces_decoded_on_device)  # fmt: skip
     return min(6 if needs_decoding else 2, spare)
 
 
@@ -116,7 +118,7 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
     would pay their start and the first batches' wait every epoch."""
     stream = ShardStream(split_shards(cache, split), fields, loader_plan(config, train),
                          ranks.rank, ranks.world, jpeg_faces)  # fmt: skip
-    return stream, data_loader(stream, config, device, ranks, jpeg_faces)
+    return stream, data_loader(stream, fields, config, device, ranks, jpeg_faces)
 
 
 def make_mixed_loader(sources: list[Source], split: str, fields: tuple[str, ...],
@@ -127,7 +129,7 @@ def make_mixed_loader(sources: list[Source], split: str, fields: tuple[str, ...]
     stream = MixedStream(shards, [source.weight for source in sources], fields,
                          loader_plan(config, train=True), ranks.rank, ranks.world,
                          jpeg_faces)  # fmt: skip
-    return stream, data_loader(stream, config, device, ranks, jpeg_faces)
+    return stream, data_loader(stream, fields, config, device, ranks, jpeg_faces)
 
 
 def split_shards(cache: Cache, split: str) -> list:
@@ -152,11 +154,11 @@ def loader_plan(config: TrainConfig, train: bool) -> LoaderPlan:
     )
 
 
-def data_loader(stream: ShardStream, config: TrainConfig, device: torch.device, ranks: Ranks,
-                jpeg_faces: bool) -> DataLoader:  # fmt: skip
+def data_loader(stream: ShardStream, fields: tuple[str, ...], config: TrainConfig,
+                device: torch.device, ranks: Ranks, jpeg_faces: bool) -> DataLoader:  # fmt: skip
     workers = config.data.workers
     if workers == "auto":
-        workers = auto_workers(config.model.kind, device, jpeg_faces, ranks.local_world)
+        workers = auto_workers(fields, device, jpeg_faces, ranks.local_world)
     return DataLoader(
         stream,
         batch_size=None,
