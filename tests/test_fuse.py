@@ -5,6 +5,8 @@ finds both halves, which neither expert does alone."""
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from avcache.cache.writer import ShardWriter
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.fuse import combine, list_scores, logit
 from avcache.train.fuse import main as fuse_main
+from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.score import main as score_main
 from tests.toy import FRAMES, SIZE, small_config
@@ -108,3 +111,96 @@ def test_a_fusion_file_that_is_not_one_is_refused_in_one_line(tmp_path, capsys):
                       str(tmp_path / "s.csv")]) == 2  # fmt: skip
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "not a fusion written by avcache-fuse fit" in error
+
+
+# ------------------------------------------------- the formula, worked out by hand
+# fuse.py: P(fake) = sigmoid(bias + sum of weight_i * logit(p_i)), so the fused odds are
+# e^bias * (odds_1)^w_1 * (odds_2)^w_2 with odds = p / (1 - p). The expected values below
+# are written from that formula, never from fuse's own functions: a fusion that answers
+# P(real), or mixes up its experts, differs from them.
+
+
+def test_combine_gives_the_hand_worked_p_fake():
+    # Odds 4 (P 0.8), 1 (P 0.5) and 1/4 (P 0.2); weights 1 and 2; bias ln 3.
+    fusion = {"runs": ["a", "b"], "weights": [1.0, 2.0], "bias": math.log(3)}
+    experts = np.array([[0.5, 0.5], [0.8, 0.5], [0.5, 0.2], [0.2, 0.8], [0.8, 0.2]])
+    # fused odds: 3*1*1 = 3; 3*4*1 = 12; 3*1*(1/16) = 3/16; 3*(1/4)*16 = 12; 3*4*(1/16) = 3/4
+    expected = [3 / 4, 12 / 13, 3 / 19, 12 / 13, 3 / 7]  # P = odds / (1 + odds)
+    np.testing.assert_allclose(combine(fusion, logit(experts)), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("expert", [0, 1])
+def test_an_expert_saying_fake_raises_the_fused_p_fake(expert):
+    """With positive weights the fusion is monotone in each expert: one more sure of fake
+    (the other unchanged) moves the fused score towards fake, and a sure one carries it."""
+    fusion = {"runs": ["a", "b"], "weights": [0.7, 1.3], "bias": -0.2}
+    scores = np.full((9, 2), 0.4)
+    scores[:, expert] = np.linspace(0.01, 0.99, 9)  # from sure of real to sure of fake
+    fused = combine(fusion, logit(scores))
+    assert np.all(np.diff(fused) > 0), fused
+    assert fused[0] < 0.5 < fused[-1], fused
+
+
+def write_list(path: Path, split: str, count: int, labelled: bool = False) -> Path:
+    """A competition list of `split`'s toy videos; with their targets (i % 2) if labelled."""
+    rows = [f"{split}{i:03d}.mp4,{i % 2 if labelled else ''}\n" for i in range(count)]
+    path.write_text("video_name,target\n" + "".join(rows))
+    return path
+
+
+def read_submission(path: Path) -> dict[str, float]:
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return {name: float(value) for name, value in rows}
+
+
+def scored_auc(submission: Path, labels: Path, capsys) -> float:
+    """The AUC that avcache-score prints for a submission."""
+    capsys.readouterr()
+    assert score_main([str(submission), str(labels)]) == 0
+    printed = dict(item.split(" ") for item in capsys.readouterr().out.strip().split(", "))
+    return float(printed["auc"])
+
+
+def test_predict_applies_a_handwritten_fusion_by_its_formula(experts, tmp_path):
+    """Each expert's P(fake) from avcache-predict, the fusion's by hand from the formula."""
+    listing = write_list(tmp_path / "list.csv", "test", 16)
+    audio, faces = (expert_scores(run, listing, tmp_path / f"{run.name}.csv") for run in experts)
+    weights, bias = (0.8, 1.5), -0.3
+    fusion = tmp_path / "fused.json"
+    fusion.write_text(json.dumps({"runs": list(map(str, experts)), "weights": weights,
+                                  "bias": bias}))  # fmt: skip
+    out = tmp_path / "fused.csv"
+    assert fuse_main(["predict", str(fusion), "--list", str(listing), "--out", str(out)]) == 0
+    fused = read_submission(out)
+    assert list(fused) == list(audio)
+    for name, value in fused.items():
+        odds = math.exp(bias) * odds_of(audio[name]) ** 0.8 * odds_of(faces[name]) ** 1.5
+        # the experts' scores come rounded to 6 decimals: that moves the result ~1e-6
+        assert value == pytest.approx(odds / (1 + odds), abs=1e-5), name
+
+
+def odds_of(p_fake: float) -> float:
+    return p_fake / (1 - p_fake)
+
+
+def expert_scores(run: Path, listing: Path, out: Path) -> dict[str, float]:
+    """One expert's P(fake) of the listed videos, through avcache-predict."""
+    assert predict_main(["--run", str(run), "--list", str(listing), "--out", str(out)]) == 0
+    return read_submission(out)
+
+
+def test_fit_and_predict_agree_on_the_fused_auc(fusion, tmp_path, capsys):
+    """fit measures its fused AUC with scikit-learn's own probabilities; predict's
+    submission of the same split, scored by avcache-score, must show the same AUC (a
+    predict that answered P(real) would show 1 - AUC), and a high one on the test split."""
+    fitted = json.loads(fusion.read_text())["auc"]["fused"]
+    aucs = {}
+    for split, count in (("val", 24), ("test", 16)):
+        listing = write_list(tmp_path / f"{split}.csv", split, count)
+        labels = write_list(tmp_path / f"{split}-labels.csv", split, count, labelled=True)
+        out = tmp_path / f"{split}-fused.csv"
+        assert fuse_main(["predict", str(fusion), "--list", str(listing), "--out", str(out)]) == 0
+        aucs[split] = scored_auc(out, labels, capsys)
+    # 0.01: rounded to 6 decimals, two near-certain scores may tie (1/288 of the AUC a pair)
+    assert aucs["val"] == pytest.approx(fitted, abs=0.01), (aucs, fitted)
+    assert aucs["test"] > 0.9, aucs

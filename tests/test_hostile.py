@@ -15,12 +15,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from avcache.cache import open_cache, schema
@@ -42,7 +44,10 @@ from tests.hostile import CACHED, KINDS, STALL_FIFO, make_all, plain, stalls_ffm
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, FACE_SIZE = 2, 32
-LIMIT_S = 30  # per video in the hostile run
+# Per video in the hostile run: the default, far beyond what any kind takes, so that only a
+# hang reaches it (one that does is recorded as a timeout, and its kind's test fails); how
+# fast the kinds go is for benchmarks/, not for a test on a shared, loaded machine.
+LIMIT_S = 120
 PEAK_RSS_BOUND_MB = 1500  # per worker, Haar faces (MTCNN adds ~0.9 GB of torch)
 OPTIONS = [f"faces.frames={FRAMES}", f"faces.size={FACE_SIZE}", "faces.detector=haar"]
 
@@ -132,7 +137,9 @@ def outcomes(hostile) -> tuple[dict[str, schema.Sample], dict[str, object]]:
 def test_the_run_completes_within_bounds(hostile, outcomes):
     samples, failures = outcomes
     assert hostile.exit == 0, hostile.output[-3000:]
-    assert len(samples) + len(failures) == len(KINDS) >= 22
+    assert len(KINDS) >= 22
+    recorded = sorted([*samples, *failures])
+    assert recorded == sorted(kind.file for kind in KINDS.values()), "each kind ended once"
     assert len(samples) == sum(kind.outcome == CACHED for kind in KINDS.values())
     assert hostile.worker_mb < PEAK_RSS_BOUND_MB, f"peak RSS per worker {hostile.worker_mb:.0f} MB"
     print(
@@ -235,13 +242,40 @@ def test_a_stalled_ffmpeg_is_killed_at_the_deadline(tmp_path):
     stall = tmp_path / "stall.mp4"
     stalls_ffmpeg(stall)  # a file list avcache refuses, so ffmpeg is run on it here directly
     command = [ffmpeg_binary(), "-nostdin", "-i", f"file:{stall}", "-f", "null", "-"]
-    start = time.monotonic()
-    with pytest.raises(TimeLimitExceeded, match="stage decode"):
+    stopped = pytest.raises(TimeLimitExceeded, match=r"= 0\.5 s \(stopped in stage decode\)")
+    with unstalled_after(600, tmp_path / STALL_FIFO), stopped:
         run_ffmpeg(command, Deadline(0.5))
-    assert time.monotonic() - start < 5
+    assert not processes_naming(stall), "the stalled ffmpeg is gone"
     with pytest.raises(OSError) as error:
         os.close(os.open(tmp_path / STALL_FIFO, os.O_WRONLY | os.O_NONBLOCK))
-    assert error.value.errno == errno.ENXIO, "the stalled ffmpeg was killed"
+    assert error.value.errno == errno.ENXIO, "nothing is left reading the pipe"
+
+
+@contextlib.contextmanager
+def unstalled_after(seconds: float, fifo: Path) -> Iterator[None]:
+    """Only stops a hung test: if the deadline failed to kill ffmpeg, the pipe it waits on
+    is opened and closed after `seconds`, so that it reads an end of file and exits (and the
+    test fails, as ffmpeg ended without a timeout)."""
+
+    def release() -> None:
+        with contextlib.suppress(OSError):  # ENXIO: no reader left, nothing to release
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(seconds, release)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def processes_naming(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line names `path`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(path) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
 
 
 def test_the_frame_loop_checks_the_deadline(clip):

@@ -26,6 +26,7 @@ from avcache.cache.lock import FolderLock
 from avcache.cache.writer import ShardWriter
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.run import main as preprocess_main
+from avcache.train import run as train_run
 from avcache.train.config import TrainConfig
 from avcache.train.engine import BEST, LAST, METRICS
 from avcache.train.predict import FALLBACK
@@ -73,14 +74,27 @@ def one_line_error(capsys, program: str) -> str:
     ("data.val_split=nope", "data.val_split='nope': the cache"),
     ("model.frames=9", "model.frames=9: the cache"),
 ])  # fmt: skip
-def test_a_bad_setting_is_refused_before_anything_runs(toy, tmp_path, capsys, override,
-                                                       expected):  # fmt: skip
+def test_a_bad_setting_is_refused_before_anything_runs(toy, tmp_path, capsys, monkeypatch,
+                                                       override, expected):  # fmt: skip
     out = tmp_path / "run"
-    started = time.monotonic()
+    built = trainers_built(monkeypatch)
     assert train_main(["--cache", str(toy), "--out", str(out), *small_config(), override]) == 2
     assert expected in one_line_error(capsys, "avcache-train")
     assert not out.exists(), "nothing is written for a refused run"
-    assert time.monotonic() - started < 30  # no epoch was trained first
+    assert not built, "no model was built, so no epoch was trained first"
+
+
+def trainers_built(monkeypatch) -> list[tuple]:
+    """The Trainers that avcache-train builds from now on (each one refused): the model, and
+    every epoch, come after that build."""
+    built: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        built.append(args)
+        raise AssertionError("avcache-train built a Trainer for a run it should refuse")
+
+    monkeypatch.setattr(train_run, "Trainer", refuse)
+    return built
 
 
 def test_a_faces_model_on_a_mel_only_cache_is_refused(tmp_path, capsys):
