@@ -498,7 +498,8 @@ class Trainer:
 
     def state(self, resumable: bool = True) -> dict:
         """Everything a resume needs, or (not resumable: best.pt) what prediction needs: the
-        weights, without the optimiser's state that would double the file."""
+        weights, without the optimiser's state that would triple the file (AdamW keeps two
+        values a weight)."""
         progress = self.progress
         weights = {"model": self.model.state_dict(), "kind": self.config.model.kind,
                    "epoch": progress.epoch, "best_score": progress.best_score}  # fmt: skip

@@ -12,7 +12,8 @@ TPR_AT_FPR = 1e-3  # the competition's tie-break
 
 
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Where the false positive rate equals the false negative rate (interpolated)."""
+    """Where the false positive rate equals the false negative rate: the mean of the two at
+    the ROC point where they are closest (no interpolation between points)."""
     fnr = 1.0 - tpr
     index = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[index] + fnr[index]) / 2)
