@@ -3,6 +3,7 @@ and the page cache (read files in, evict them, see how much is resident)."""
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import importlib.metadata
 import mmap
@@ -19,6 +20,19 @@ import numpy as np
 
 PACKAGES = ("numpy", "h5py", "torch", "torchvision", "timm", "opencv-python-headless", "librosa",
             "soxr", "joblib", "simplejpeg", "facenet-pytorch", "moviepy")  # fmt: skip
+
+
+def parse_with_tiny(parser: argparse.ArgumentParser, argv: list[str] | None,
+                    tiny: dict[str, object]) -> argparse.Namespace:  # fmt: skip
+    """argv parsed with a `--tiny` flag that makes `tiny` the defaults (options given still
+    win): every phase on a handful of samples, so that a test can run the whole benchmark in
+    seconds (tests/test_benchmarks.py). It checks that the benchmark works; it measures nothing."""
+    sizes = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in tiny.items())
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"a check that it runs, timing nothing: {sizes}")  # fmt: skip
+    if parser.parse_known_args(argv)[0].tiny:
+        parser.set_defaults(**tiny)
+    return parser.parse_args(argv)
 
 
 def machine() -> dict:

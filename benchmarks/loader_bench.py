@@ -4,7 +4,7 @@ block-read ceiling, side by side in one run.
     python -m benchmarks.loader_bench [--samples 8192] [--shards 8] [--batch-size 256]
         [--block-sizes 16,32,64] [--faces-frames 8 --face-size 224 --av-samples 512
         --av-batch 32] [--baseline-samples 1024] [--passes 7] [--cold-passes 3]
-        [--train-steps 3 --train-batch 16] [--out DIR]
+        [--train-steps 3 --train-batch 16] [--open-shards 8] [--out DIR] [--tiny]
 
 It builds its own data (under --out/data, kept; or in a temp folder, removed at the end):
 - a mel-only cache (`faces.frames=0`): `--shards` shards of `--samples` in all, written with
@@ -36,6 +36,10 @@ samples/s and MB/s count the bytes of those tensors:
   before any loader opens the shards: HDF5 shares one open file, with the chunk-cache settings
   of its first opener, between every handle a process opens on it, and this read must go
   without the chunk cache, as ShardReader opens shards.
+- open_cache: a third cache of `--open-shards` mel-only shards of the preprocessor's default
+  shards.size (256), opened by `cache.reader.open_cache` (the index checked, every shard
+  opened and checked against it), files in the page cache: ms per shard, the price every
+  training, prediction or inspection start pays per shard (docs/hardening.md).
 All of them run in this process with one torch thread (see LOADER_THREADS).
 
 Warm: every file read once before the warm rounds. Cold: `posix_fadvise(DONTNEED)` on a
@@ -47,6 +51,7 @@ the median over rounds, and a ratio is given both as the ratio of medians and as
 the per-round ratios. Finally, a few CPU training steps of `build_model("audio")` fed by
 ShardStream through `train.augment.prepare` split a step into data wait, prepare and compute,
 in this process and through a DataLoader with 2 workers. Results go to loader_bench.json.
+`--tiny` runs every phase on a few samples: a check that the benchmark works, not a measurement.
 
 Settled questions, answered in docs/performance.md ("Settled questions"), no longer timed here: what
 HDF5's fletcher32 filter would cost the loader, (b) and (c) with HDF5's chunk cache off, the
@@ -85,6 +90,7 @@ from benchmarks.common import (
     machine_busy_seconds,
     median_seconds,
     own_cpu_seconds,
+    parse_with_tiny,
     read_all,
     resident_share,
 )
@@ -98,6 +104,10 @@ MB = 1e6
 # 10x slower than with one thread here (OpenMP threads waiting on busy cores), which would
 # flatter our ratios to (a) and (b).
 LOADER_THREADS = 1
+# --tiny: every phase runs on a few samples (a test of the benchmark, not a measurement).
+TINY = dict(samples=64, shards=2, batch_size=16, block_sizes="16", faces_frames=2, face_size=32,
+            av_samples=8, av_batch=4, baseline_samples=16, passes=1, cold_passes=1,
+            train_steps=1, train_batch=2, open_shards=2)  # fmt: skip
 TARGETS = {  # (group, figure) -> minimum: the project's performance budget
     ("mel", "ours / (c) ceiling, warm"): 0.40,
     ("mel", "ours / (a) baseline, warm"): 50.0,
@@ -128,14 +138,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--cold-passes", type=int, default=3, help="cold rounds (0: skip)")
     add("--train-steps", type=int, default=3, help="timed CPU training steps (0: skip)")
     add("--train-batch", type=int, default=16, help="batch size of the training steps")
+    add("--open-shards", type=int, default=8, help="shards to time open_cache on (0: skip)")
     add("--seed", type=int, default=0)
     add("--out", type=Path, help="folder for the JSON and the data (default: temp, data removed)")
-    args = parser.parse_args(argv)
+    args = parse_with_tiny(parser, argv, TINY)
     args.block_sizes = [int(v) for v in args.block_sizes.split(",") if v]
     if args.samples < args.shards or args.av_samples < 2 or not args.block_sizes:
         parser.error("need at least one sample per shard, two av samples and a block size")
     if min(args.passes, args.batch_size, args.av_batch, args.baseline_samples) < 1:
         parser.error("--passes, batch sizes and --baseline-samples must be positive")
+    if args.open_shards < 0:
+        parser.error("--open-shards must be 0 (skip) or more")
     return args
 
 
@@ -196,10 +209,21 @@ def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
         record = index.ShardRecord(path=rel, split="train", num_samples=num, sha256=digest)
         index.write_receipt(root, record)
         records.append(record)
-    config = {"bench": "loader_bench", "faces": faces}
-    payload = index.build_index(config, "loader-bench", records)
+    payload = index.build_index(cache_config(args, faces), "loader-bench", records)
     write_json_atomic(root / schema.INDEX_FILE, payload)
     return open_cache(root)
+
+
+def cache_config(args, faces: bool) -> dict:
+    """The preprocessing config the index records, as the preprocessor writes it (an object
+    of sections: the reader refuses anything else), with the faces the shards hold."""
+    from avcache.cache.config import to_dict
+    from avcache.preprocess.config import PreprocessConfig
+
+    config = to_dict(PreprocessConfig())
+    frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
+    config["faces"].update(frames=frames, size=size, codec="raw")  # ShardWriter's default
+    return config
 
 
 def write_jpegs(cache, folder: Path, count: int) -> tuple[list[Path], np.ndarray]:
@@ -611,6 +635,25 @@ def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
     return result
 
 
+def shard_open_timing(args, root: Path, repeats: int = 20) -> dict:
+    """What `open_cache` costs per shard (index schema, then every shard opened and checked
+    against it) on `--open-shards` mel-only shards of the preprocessor's default size, the
+    files in the page cache: the price every training, prediction or inspection start pays."""
+    from avcache.cache.reader import open_cache
+    from avcache.preprocess.config import ShardConfig
+
+    per_shard = ShardConfig().size
+    rng = np.random.default_rng(args.seed + 1)
+    write_cache(root, [per_shard] * args.open_shards, args, False, rng)
+    seconds = median_seconds(partial(open_cache, root), repeats)
+    return {
+        "shards": args.open_shards,
+        "samples_per_shard": per_shard,
+        "repeats": repeats,
+        "ms_per_shard": seconds * 1e3 / args.open_shards,
+    }
+
+
 # ---------------------------------------------------------------- profile and training
 
 
@@ -796,6 +839,10 @@ def print_report(results: dict) -> None:
         print(f"sum64 of one {name} block ({row['block']} samples, {row['mib']:.2f} MiB): "
               f"{row['sum64_ms']:.3f} ms ({row['sum64_gb_per_s']:.1f} GB/s) vs read_direct "
               f"{row['read_ms']:.3f} ms: {row['share_of_read']:.1%} of the read")  # fmt: skip
+    if opening := results.get("shard_open"):
+        print(f"open_cache: {opening['ms_per_shard']:.2f} ms per shard of "
+              f"{opening['samples_per_shard']} mel-only samples ({opening['shards']} shards, "
+              f"median of {opening['repeats']} opens, files in the page cache)")  # fmt: skip
     for row in results["training"]:
         print(
             f"\ntraining, {row['workers']} workers, batch {row['batch']}, {row['threads']} "
@@ -828,6 +875,8 @@ def run_all(args, root: Path) -> dict:
     data = build_data(args, root)
     results["data"] = describe_data(data)
     results["sum64"] = sum64_timing(args, data)  # before the loaders open the shards
+    if args.open_shards:
+        results["shard_open"] = shard_open_timing(args, root / "open-cache")
     loaders = mel_loaders(args, data) + av_loaders(args, data)
     every_file = sorted({p for loader in loaders for p in loader.files})
     results["eviction"] = check_eviction([e.path for e in data["mel"].shards])

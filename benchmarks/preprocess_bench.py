@@ -1,7 +1,8 @@
 """Preprocessing benchmark: the published FFDV baseline mel recipe against avcache, side by side.
 
     python -m benchmarks.preprocess_bench [--clips 24] [--repeats 3] [--api-repeats 2]
-                                          [--cli-repeats 1] [--out DIR] [--keep]
+                                          [--cli-repeats 1] [--facts-repeats 2] [--out DIR]
+                                          [--keep] [--tiny]
 
 The clips are the train split of a sample planned and rendered by the sample generator
 (avcache.sample: plan_sample, render_all) in the FFDV layout, each lengthened to 3-8 s (the
@@ -42,6 +43,13 @@ One run measures, on the same clips:
 4. peak RSS: VmHWM of every process of each cli run, sampled from /proc every 0.1 s, by role
    (main process, joblib worker, helper), cross-checked with os.wait4's ru_maxrss (the
    largest single process of the tree).
+5. the audit's per-video facts (`audit.facts`, on by default): every clip through
+   `preprocess.worker.process_video_file` with the default config, facts on and off in turn
+   (the order alternating by repeat), in this process on one thread as in a worker; CPU
+   seconds per video both ways (ffmpeg children included) and their per-clip difference.
+
+`--tiny` runs every phase on 4 clips, once, mel mode only: a check that the benchmark works,
+not a measurement.
 
 The benchmark installs what it needs for itself only: moviepy 1.0.3 (the baseline's), with
 `pip install moviepy==1.0.3 "decorator<5"` into this interpreter when it is missing, and
@@ -77,7 +85,7 @@ import numpy as np
 from avcache.sample.plan import SPLIT_DIRS, plan_sample
 from avcache.sample.render import render_all, write_lists, write_manifest
 from avcache.sample.sources import FPS, find_sources
-from benchmarks.common import load_average, machine, machine_busy_seconds
+from benchmarks.common import load_average, machine, machine_busy_seconds, parse_with_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
@@ -95,6 +103,9 @@ MODES = {
 FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
 BENCH_FRAMES = (75, 201)  # 3 to 8 s at 25 fps, drawn per clip
 RSS_INTERVAL = 0.1  # seconds between /proc samples of a cli run
+# --tiny: every phase once on the fewest clips, mel mode only (a test, not a measurement).
+TINY = {"clips": 4, "repeats": 1, "api_repeats": 1, "cli_repeats": 1, "profile_clips": 1,
+        "facts_repeats": 1, "modes": "mel"}  # fmt: skip
 MIB = 1024 * 1024
 
 
@@ -635,6 +646,39 @@ def warm_api(clip: Clip, overrides: list[str], jobs: int) -> list[int]:
     )
 
 
+def facts_cost(clips: list[Clip], repeats: int) -> dict:
+    """CPU seconds per video of the default config without and with the audit's facts,
+    paired clip by clip (turns alternating by repeat, one thread as in a worker): the
+    facts' cost is the median per-clip difference."""
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.faces import resolve_detector
+    from avcache.preprocess.worker import one_thread_per_worker, process_video_file
+
+    default = PreprocessConfig()
+    configs = {on: replace(default, audit=replace(default.audit, facts=on)) for on in (False, True)}
+    detector = resolve_detector(default.faces.detector)
+    cpu: dict[bool, dict[str, list[float]]] = {on: {} for on in configs}
+    with one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
+        process_video_file(clips[0].path, default)  # warm: imports, numba, detector model
+        for repeat in range(repeats):
+            order = (False, True) if repeat % 2 == 0 else (True, False)
+            for clip in clips:
+                for on in order:
+                    used = timed(process_video_file, clip.path, configs[on])[2]
+                    cpu[on].setdefault(clip.name, []).append(used)
+    per_clip = {on: [statistics.median(v) for v in by_clip.values()] for on, by_clip in cpu.items()}
+    differences = [on - off for off, on in zip(per_clip[False], per_clip[True], strict=True)]
+    return {
+        "detector": detector,
+        "clips": len(clips),
+        "repeats": repeats,
+        "cpu_s_per_video_without": statistics.fmean(per_clip[False]),
+        "cpu_s_per_video_with": statistics.fmean(per_clip[True]),
+        "ms_per_video_median": 1000 * statistics.median(differences),
+        "ms_per_video_mean": 1000 * statistics.fmean(differences),
+    }
+
+
 def derive(run: dict, jobs: int, videos: int) -> dict:
     run["videos_per_s"] = videos / run["wall_s"]
     run["s_per_video_per_core"] = run["wall_s"] * jobs / videos
@@ -760,6 +804,7 @@ def print_report(results: dict) -> None:
     )
     print_parity(results)
     print_profile(results.get("profile"))
+    print_facts(results.get("facts"))
     print_pipeline(results)
     print(f"load average: start {results['load_average_start']}, end {results['load_average_end']}")
     print("\n== ratios")
@@ -810,6 +855,19 @@ def print_profile(profile: dict | None) -> None:
     print("-- start-up cost of one process (`X -version`, median of 10):")
     for program, seconds in profile["process_start_s"].items():
         print(f"     {program:44} {seconds:8.4f} s")
+
+
+def print_facts(facts: dict | None) -> None:
+    if not facts:
+        return
+    print(
+        f"\n== audit facts (audit.facts), default config ({facts['detector']} faces), "
+        f"{facts['clips']} clips x {facts['repeats']} paired repeats, one thread, in process"
+    )
+    print(f"CPU s/video without {facts['cpu_s_per_video_without']:.4f}, with "
+          f"{facts['cpu_s_per_video_with']:.4f}: the facts cost "
+          f"{facts['ms_per_video_median']:.1f} ms a video (median of per-clip differences; "
+          f"mean {facts['ms_per_video_mean']:.1f})")  # fmt: skip
 
 
 def print_pipeline(results: dict) -> None:
@@ -873,6 +931,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile-clips", type=int, default=8, help="clips in the step profile (default 8)"
     )
     parser.add_argument(
+        "--facts-repeats", type=int, default=2, help="repeats of the audit facts' cost (0: skip)"
+    )
+    parser.add_argument(
         "--shard-size", type=int, default=0, help="shards.size of the runs (default: clips // 8)"
     )
     parser.add_argument(
@@ -882,9 +943,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"pipeline modes, default all: {', '.join(MODES)}")  # fmt: skip
     parser.add_argument("--out", type=Path, help="folder for the JSON (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the clips and caches")
-    args = parser.parse_args(argv)
+    args = parse_with_tiny(parser, argv, TINY)
     if args.clips < 4 or min(args.repeats, args.api_repeats, args.cli_repeats) < 1:
         parser.error("--clips must be at least 4, the repeats at least 1")
+    if args.facts_repeats < 0:
+        parser.error("--facts-repeats must be 0 (skip) or more")
     return args
 
 
@@ -928,6 +991,10 @@ def run_all(args: argparse.Namespace, scratch: Path) -> dict:
     results["profile"] = profile_steps(clips[: args.profile_clips], scratch)
     results["profile"]["process_start_s"] = spawn_costs()
     phase("mel")
+    if args.facts_repeats:
+        print("timing the audit facts ...", flush=True)
+        results["facts"] = facts_cost(clips, args.facts_repeats)
+        phase("facts")
     print("timing the preprocessor (api, warm) ...", flush=True)
     results["pipeline"] = bench_api(data, clips[0], scratch, args, shard, len(clips))
     phase("api")
