@@ -299,17 +299,25 @@ def stratified_auc(labels: np.ndarray, scores: np.ndarray, cue: np.ndarray,
 
 
 def load_kinds(path) -> dict[str, list[str]]:
-    """video name -> fake kinds, from a sample manifest (`clips`: name, kinds)."""
-    import json
+    """video name -> fake kinds, from a sample manifest (`clips`: name, kinds). It is read
+    like every file a user names (untrusted.load_json: a regular file, bounded, strict JSON)."""
     from pathlib import Path
 
-    try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {str(clip["name"]): [str(kind) for kind in clip.get("kinds", [])]
-                for clip in manifest["clips"]}  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a sample manifest with clips and their kinds "
-                         f"({type(error).__name__}: {error})") from None  # fmt: skip
+    from avcache.cache.untrusted import load_json
+
+    manifest = load_json(Path(path), "sample manifest", error=ValueError)
+    clips = manifest.get("clips") if isinstance(manifest, dict) else None
+    if not isinstance(clips, list) or not all(_is_clip(clip) for clip in clips):
+        raise ValueError(f"{path}: not a sample manifest: expected {{\"clips\": [{{\"name\": "
+                         "NAME, \"kinds\": [KIND, ...]}, ...]}")  # fmt: skip
+    return {clip["name"]: list(clip.get("kinds", [])) for clip in clips}
+
+
+def _is_clip(clip: object) -> bool:
+    """A manifest's clip: a name and a list of kinds, all strings."""
+    return (isinstance(clip, dict) and isinstance(clip.get("name"), str)
+            and isinstance(clip.get("kinds", []), list)
+            and all(isinstance(kind, str) for kind in clip.get("kinds", [])))  # fmt: skip
 
 
 def _interval(result: Result) -> str:

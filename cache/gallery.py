@@ -39,6 +39,7 @@ from avcache.cache.sheets import (
     wave_image,
     window_span,
 )
+from avcache.cache.untrusted import shown
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 128  # mel thumbnail side in pixels (half the mel); faces tile the same height
@@ -155,13 +156,14 @@ def _track_facts(shard) -> list[TrackFacts]:
 def read_predictions(path: Path) -> dict[str, float]:
     """video_name -> P(fake) from a `video_name,y_pred` CSV (what avcache-predict writes)."""
     scores = {}
-    for line, cells in read_rows(path, header=("video_name", "y_pred")):
+    for line, cells in read_rows(path, header=("video_name", "y_pred"), what="predictions"):
         try:
             score = float(cells[1])
         except (IndexError, ValueError):
             score = math.nan
         if not 0.0 <= score <= 1.0:  # NaN too: it would sort anywhere among the mistakes
-            raise LabelFileError(f"{path}:{line}: expected video_name,P(fake) in [0, 1]: {cells}")
+            raise LabelFileError(f"{path}:{line}: expected video_name,P(fake) in [0, 1]: "
+                                 f"{shown(cells)}")  # fmt: skip
         scores[cells[0].strip()] = score
     return scores
 
@@ -170,7 +172,7 @@ def read_truth(paths: list[Path]) -> dict[str, int]:
     """video_name -> target (1 fake, 0 real) from label files such as val_label.txt."""
     truth = {}
     for path in paths:
-        for line, cells in read_rows(path):
+        for line, cells in read_rows(path, what="label file"):
             target = cells[1].strip() if len(cells) > 1 else ""
             if target not in ("0", "1"):
                 raise LabelFileError(f"{path}:{line}: expected video_name,target (0 or 1)")

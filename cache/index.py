@@ -72,7 +72,8 @@ def read_receipt(root: Path, shard_rel_path: str) -> ShardRecord | None:
     if not (shard.is_file() and receipt.is_file()):
         return None
     try:
-        record = _record(mapping(load_json(receipt, "receipt"), str(receipt)), str(receipt))
+        payload = load_json(receipt, "receipt", root=root)  # a receipt linked out is not read
+        record = _record(mapping(payload, str(receipt)), str(receipt))
     except (CacheFormatError, OSError):
         return None
     return record if record.path == shard_rel_path else None

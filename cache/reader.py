@@ -983,7 +983,9 @@ def open_cache(path: Path | str, check_shards: bool = True) -> Cache:
             f"{index_path}: no cache index here; run avcache-preprocess to build the cache "
             "(an index is written only when a run finishes)"
         )
-    data = read_bounded(index_path, "cache index")
+    # inside its folder once symlinks are followed: an index.json linked out of the cache
+    # (to another cache, to any file) is never read
+    data = read_bounded(index_path, "cache index", root=index_path.parent)
     index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
     check_format(str(index_path), index.get("format"), index.get("version"))
     cache = Cache(index_path.parent, index, index_path)

@@ -5,8 +5,13 @@ Nothing in them is believed before it is checked, and every refusal is one
 CacheFormatError whose message names the file and says what to do:
 - a path they name stays inside their folder and is a regular file (a FIFO would
   block every reader, a device would never end);
-- JSON is bounded in size, strict (no NaN), and a depth that would overflow the
-  parser is refused rather than crashing;
+- every file a user names or a data set lists is read by one function, `read_bounded`:
+  under a root (a data set's label files, a cache's index) it must lie inside that root
+  once every symlink on its path is followed; anywhere, it must be a regular file, which is
+  checked before it is opened (nothing hangs on a FIFO or reads /dev/zero), and it is read
+  to a bounded size;
+- JSON is bounded in size, strict (no NaN, no number that overflows a float), and a depth
+  that would overflow the parser is refused rather than crashing;
 - an HDF5 dataset is used only when it is stored in the shard itself: a hard link
   to a contiguous or chunked dataset without external storage, not a virtual
   dataset, with no filter but HDF5's own checksum; its declared rows must be
@@ -18,7 +23,9 @@ CacheFormatError whose message names the file and says what to do:
 from __future__ import annotations
 
 import json
+import math
 import os
+import reprlib
 import stat
 from pathlib import Path
 
@@ -26,6 +33,9 @@ import h5py
 import numpy as np
 
 MAX_JSON_BYTES = 64 * 2**20  # an index of a million shards is ~150 MB; FFDV's is ~150 kB
+# A label file or a list: AV-Deepfake1M's training metadata.json, the largest published, is
+# a few hundred MB; FFDV's lists are a few MB.
+MAX_LIST_BYTES = 2**30
 REBUILD = "rebuild the cache with avcache-preprocess, or get a sound copy from a trusted source"
 # The only HDF5 filter a shard may carry: HDF5's per-chunk checksum (ShardWriter(fletcher32=True)).
 # Any other would be unexpected, and an unknown one makes HDF5 look for a plugin to load.
@@ -59,47 +69,131 @@ def inside(root: Path, relative: object, where: str) -> Path:
     return path
 
 
-def regular_file(path: Path, what: str = "file") -> os.stat_result:
-    """stat of `path`, refused unless it is a regular file (FileNotFoundError when absent)."""
+def regular_file(path: Path, what: str = "file", error: type[ValueError] = CacheFormatError,
+                 real: Path | None = None) -> os.stat_result:  # fmt: skip
+    """stat of `path` (of `real`, its resolved form, where known), refused unless it is a
+    regular file (FileNotFoundError when absent). Only stat: nothing is opened, so a FIFO or
+    a device is refused without side effects."""
     try:
-        info = os.stat(path)
+        info = os.stat(real or path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: {what} is missing") from None
-    except OSError as error:
-        raise CacheFormatError(f"{path}: cannot read the {what} ({error.strerror})") from None
+    except (OSError, ValueError) as failure:  # ValueError: a NUL in the name
+        reason = getattr(failure, "strerror", None) or failure
+        raise error(f"{path}: cannot read the {what} ({reason})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise CacheFormatError(
+        raise error(
             f"{path}: the {what} is not a regular file (a FIFO, device or folder would never "
             "be read to its end); avcache reads only regular files"
         )
     return info
 
 
+def within(root: Path, path: Path, what: str, error: type[ValueError] = CacheFormatError) -> Path:
+    """`path` with every symlink on it followed (each folder on the way and the file itself),
+    refused unless it lies inside `root` (resolved too: a root reached through a link is the
+    user's own choice). The check is made on names only: nothing is opened."""
+    try:
+        real_root, real = Path(root).resolve(), Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as failure:  # a loop (3.11), too long, a NUL
+        reason = getattr(failure, "strerror", None) or failure
+        raise error(f"{path}: the {what} cannot be resolved ({reason})") from None
+    if not real.is_relative_to(real_root):
+        raise error(
+            f"{path}: the {what} leads outside {root} (to {printable(real)}); avcache reads "
+            f"nothing outside the folder it is given"
+        )
+    return real
+
+
 def no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_bounded(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes."""
-    size = regular_file(path, what).st_size
-    if size > limit:
-        raise CacheFormatError(f"{path}: the {what} is {size} bytes, over the {limit} allowed")
-    return path.read_bytes()
+def finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one that overflows (1e400) is refused:
+    it would become infinity, which JSON cannot hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:24]}{'...' if len(text) > 24 else ''} overflows a "
+                         "float")  # fmt: skip
+    return value
 
 
-def parse_json(data: bytes, path: Path, what: str) -> object:
-    """One JSON document; NaN and Infinity are refused (JSON has no such numbers), and so
-    is nesting too deep to parse."""
+def read_bounded(path: Path, what: str, limit: int = MAX_JSON_BYTES, root: Path | None = None,
+                 error: type[ValueError] = CacheFormatError) -> bytes:  # fmt: skip
+    """The bytes of a regular file of at most `limit` bytes; with `root`, only one that lies
+    inside `root` once its symlinks are followed. FileNotFoundError when it is absent.
+
+    Every check is made before the file is opened (a FIFO, a device or a folder is never
+    opened, a link out of the root never followed); it is then opened without blocking (and,
+    under a root, without following a link), and what was opened must be the very file that
+    was checked, so one swapped in meanwhile is refused too. At most `limit` + 1 bytes are
+    read, so a file that grows (or a /proc file, whose size says 0) stays bounded."""
+    path = Path(path)
+    real = within(root, path, what, error) if root is not None else path
+    info = regular_file(path, what, error, real)
+    if info.st_size > limit:
+        raise error(f"{path}: the {what} is {info.st_size} bytes, over the {limit} allowed")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if root is not None:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=no_constant)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CacheFormatError(f"{path}: the {what} is not valid JSON ({error})") from None
+        descriptor = os.open(real, flags)
+    except OSError as failure:
+        raise error(f"{path}: cannot read the {what} ({failure.strerror})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        opened = os.fstat(descriptor)
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            raise error(f"{path}: the {what} was replaced while it was opened; try again")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: the {what} is over the {limit} bytes allowed")
+    return data
+
+
+def parse_json(data: bytes, path: Path, what: str, error: type[ValueError] = CacheFormatError,
+               hook=None) -> object:  # fmt: skip
+    """One JSON document; NaN, Infinity and numbers that overflow a float are refused (JSON
+    has no such numbers), and so is nesting too deep to parse. `hook`: json's
+    object_pairs_hook."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=no_constant,
+                          parse_float=finite_float, object_pairs_hook=hook)  # fmt: skip
     except RecursionError:
-        raise CacheFormatError(f"{path}: the {what} nests too deeply to be a {what}") from None
+        raise error(f"{path}: the {what} nests too deeply to be a {what}") from None
+    except (ValueError, UnicodeDecodeError) as failure:
+        raise error(f"{path}: the {what} is not valid JSON ({failure})") from None
 
 
-def load_json(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> object:
-    return parse_json(read_bounded(path, what, limit), path, what)
+def load_json(path: Path, what: str, limit: int = MAX_JSON_BYTES, root: Path | None = None,
+              error: type[ValueError] = CacheFormatError) -> object:  # fmt: skip
+    """A JSON file read by `read_bounded` (regular, bounded, inside `root` if given), parsed
+    by `parse_json`."""
+    return parse_json(read_bounded(path, what, limit, root, error), path, what, error)
+
+
+def finite_number(value: object, largest: float = math.inf) -> float | None:
+    """A JSON number (not a bool) as a float, None unless it is finite and at most `largest`
+    in size: an integer of 400 digits, which no float holds, is None too."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and abs(number) <= largest else None
+
+
+# How a value read from a user's file is shown in a message: a few levels, a few items, short
+# strings (a forged value may be nested hundreds deep or a megabyte long).
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 80, 80, 40
+
+
+def shown(value: object) -> str:
+    """A short, printable repr of `value`."""
+    return printable(_SHOWN.repr(value))
 
 
 def integer(value: object, where: str, minimum: int = 0, maximum: int | None = None) -> int:

@@ -11,14 +11,14 @@ column) raises at once. docs/datasets.md describes every layout.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from avcache.cache.labels import LabelFileError, read_rows, read_table
+from avcache.cache.labels import LabelFileError, read_json, read_rows, read_table
 from avcache.cache.schema import LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN, MAX_FAKE_SEGMENTS
+from avcache.cache.untrusted import finite_number, shown
 
 Segments = tuple[tuple[float, float], ...]
 
@@ -62,13 +62,15 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+LABEL_FILE = "label file"  # what a refusal calls it
+
 # FFDV: `video_name,target` with a header; a test list has no targets.
 FFDV_TARGETS = {"0": LABEL_REAL, "1": LABEL_FAKE}
 
 
 def read_ffdv(root: Path, path: Path, has_targets: bool) -> list[Row]:
     rows = []
-    for line, cells in read_rows(path):
+    for line, cells in read_rows(path, what=LABEL_FILE, root=root):
         row = Row(path, f"line {line}", cells[0].strip())
         if has_targets:
             target = cells[1].strip() if len(cells) > 1 else ""
@@ -83,13 +85,14 @@ def _unnamed(column: str) -> bool:
     return not column or column.startswith("Unnamed:")
 
 
-def _table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list]:
+def _table(root: Path, path: Path, required: tuple[str, ...]) -> tuple[list[str], list]:
     """A headed CSV whose header names every `required` column."""
-    header, rows = read_table(path)
+    header, rows = read_table(path, LABEL_FILE, root)
     missing = [name for name in required if name not in header]
     if missing:
+        names = shown(",".join(header)) if header else "nothing"
         raise LabelFileError(f"{path}: the header lacks the column(s) {', '.join(missing)} "
-                             f"(it names: {','.join(header) or 'nothing'})")  # fmt: skip
+                             f"(it names: {names})")  # fmt: skip
     return header, rows
 
 
@@ -113,7 +116,7 @@ NO_METHOD = ("", "-", "real")
 
 
 def read_fakeavceleb(root: Path, path: Path, has_targets: bool) -> list[Row]:
-    header, table = _table(path, ("type", "path"))
+    header, table = _table(root, path, ("type", "path"))
     rows = []
     for line, cells in table:
         fields = _fields(header, cells)
@@ -167,16 +170,10 @@ class Pairs(list):
     would keep only the last of them: a file listed twice would go unseen)."""
 
 
-def _json(path: Path, expected: type, what: str, hook: Callable | None = None) -> list | dict:
-    """The JSON document of a label file, refused unless it is a `what`."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"), object_pairs_hook=hook)
-    except OSError as error:
-        raise LabelFileError(f"{path}: cannot read ({error.strerror})") from error
-    except UnicodeDecodeError as error:
-        raise LabelFileError(f"{path}: not UTF-8 text ({error.reason})") from error
-    except json.JSONDecodeError as error:
-        raise LabelFileError(f"{path}: not valid JSON ({error})") from error
+def _json(root: Path, path: Path, expected: type, what: str,
+          hook: Callable | None = None) -> list | dict:  # fmt: skip
+    """The JSON document of a label file inside `root`, refused unless it is a `what`."""
+    data = read_json(path, LABEL_FILE, root, hook)
     if not isinstance(data, expected):
         raise LabelFileError(f"{path}: expected {what}, found a JSON {type(data).__name__}")
     return data
@@ -198,12 +195,12 @@ MODIFY_TYPES = {"real": "real", "visual_modified": "video", "audio_modified": "a
 
 
 def read_lavdf(root: Path, path: Path, has_targets: bool) -> list[Row]:
-    entries = _json(path, list, "a list of objects (LAV-DF's metadata.json)")
+    entries = _json(root, path, list, "a list of objects (LAV-DF's metadata.json)")
     return [_timed_row(path, i, entry, "fake_periods") for i, entry in enumerate(entries)]
 
 
 def read_av_deepfake1m(root: Path, path: Path, has_targets: bool) -> list[Row]:
-    entries = _json(path, list, "a list of objects (AV-Deepfake1M's <split>_metadata.json)")
+    entries = _json(root, path, list, "a list of objects (AV-Deepfake1M's <split>_metadata.json)")
     return [_timed_row(path, i, entry, "fake_segments") for i, entry in enumerate(entries)]
 
 
@@ -219,7 +216,7 @@ def _timed_row(path: Path, index: int, entry: object, segments_key: str) -> Row:
     segments, segments_problem = _segments(entry, segments_key)
     kind, kind_problem = _modified_kind(entry)
     fakes = entry.get("n_fakes", 0)
-    fakes_problem = None if _count(fakes) else f"n_fakes {fakes!r} is not a count"
+    fakes_problem = None if _count(fakes) else f"n_fakes {shown(fakes)} is not a count"
     row.problem = ("no 'file' string" if not isinstance(name, str) else None) or \
         segments_problem or kind_problem or fakes_problem  # fmt: skip
     if row.problem:
@@ -245,27 +242,25 @@ def _segments(entry: dict, key: str) -> tuple[Segments, str | None]:
         return (), f"{key} is not a list of at most {MAX_FAKE_SEGMENTS} [start, end] pairs"
     pairs = []
     for pair in value:
-        numbers = (
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(
-                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-                for x in pair
-            )
-        )
-        if not numbers or not 0 <= pair[0] <= pair[1]:
-            return (), f"{key} holds {pair!r}: not [start, end] seconds, 0 <= start <= end"
-        pairs.append((float(pair[0]), float(pair[1])))
+        # each a finite float: an integer of 400 digits would overflow one
+        start, end = (finite_number(x) for x in pair) if _pair(pair) else (None, None)
+        if start is None or end is None or not 0 <= start <= end:
+            return (), f"{key} holds {shown(pair)}: not [start, end] seconds, 0 <= start <= end"
+        pairs.append((start, end))
     return tuple(pairs), None
+
+
+def _pair(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2
 
 
 def _modified_kind(entry: dict) -> tuple[str, str | None]:
     """real, video, audio or audio+video, from modify_type or the two modify flags."""
     if "modify_type" in entry:
         value = entry["modify_type"]
-        if value in MODIFY_TYPES:
+        if isinstance(value, str) and value in MODIFY_TYPES:  # a list would not even hash
             return MODIFY_TYPES[value], None
-        return "", f"modify_type {value!r} is not one of {', '.join(MODIFY_TYPES)}"
+        return "", f"modify_type {shown(value)} is not one of {', '.join(MODIFY_TYPES)}"
     flags = (entry.get("modify_video"), entry.get("modify_audio"))
     if not all(isinstance(flag, bool) for flag in flags):
         return "", "needs modify_video and modify_audio (true or false), or modify_type"
@@ -279,7 +274,7 @@ DFDC_LABELS = {"FAKE": LABEL_FAKE, "REAL": LABEL_REAL}
 def read_dfdc(root: Path, path: Path, has_targets: bool) -> list[Row]:
     """Names are the files' paths from the data root (`dfdc_train_part_0/aaqaifqrwn.mp4`), so
     that every part can go into one split."""
-    entries = _json(path, Pairs, "an object of file name -> {label, split, original}", Pairs)
+    entries = _json(root, path, Pairs, "an object of file name -> {label, split, original}", Pairs)
     folder = PurePosixPath(path.relative_to(root).parent.as_posix())
     rows = []
     for index, (key, value) in enumerate(entries):
@@ -296,7 +291,7 @@ def read_dfdc(root: Path, path: Path, has_targets: bool) -> list[Row]:
             row.label = DFDC_LABELS[label.upper()]
             row.kind = label.lower()
         else:
-            row.problem = row.problem or f"label {label!r} is not FAKE or REAL"
+            row.problem = row.problem or f"label {shown(label)} is not FAKE or REAL"
         rows.append(row)
     return rows
 
@@ -306,7 +301,7 @@ CSV_LABELS = {"0": LABEL_REAL, "1": LABEL_FAKE, "real": LABEL_REAL, "fake": LABE
 
 
 def read_csv(root: Path, path: Path, has_targets: bool) -> list[Row]:
-    header, table = _table(path, ("path", "label") if has_targets else ("path",))
+    header, table = _table(root, path, ("path", "label") if has_targets else ("path",))
     rows = []
     for line, cells in table:
         fields = _fields(header, cells)
@@ -363,7 +358,9 @@ def label_paths(root: Path, labels: str) -> list[Path]:
         return [root / labels]
     if name_problem(labels):
         raise LabelFileError(f"{root / labels}: a pattern must stay inside the data root")
-    return sorted((path for path in root.glob(labels) if path.is_file()), key=_natural)
+    # every match, not only regular files: one that is not (a FIFO, a folder) or that leads
+    # out of the root is refused when it is read, never silently left out
+    return sorted(root.glob(labels), key=_natural)
 
 
 def _natural(path: Path) -> list:

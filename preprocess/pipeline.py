@@ -165,7 +165,8 @@ class Preprocessor:
         """Every listed video of every split whose list exists (bad rows raise first)."""
         videos = []
         for split, split_config in self.config.splits.items():
-            if not any(path.is_file() for path in label_paths(self.data, split_config.labels)):
+            # a list that exists in any form is read (a FIFO or folder is refused, not skipped)
+            if not any(path.exists() for path in label_paths(self.data, split_config.labels)):
                 log.info("split %s: no %s in %s, skipped", split, split_config.labels, self.data)
                 continue
             videos.extend(read_split(self.data, split, split_config))
@@ -299,7 +300,8 @@ class Preprocessor:
         if not index.is_file():
             return None
         try:
-            old_hash = mapping(load_json(index, "cache index"), str(index)).get("config_hash")
+            old = load_json(index, "cache index", root=self.out)  # not through a link out
+            old_hash = mapping(old, str(index)).get("config_hash")
         except CacheFormatError:
             old_hash = None
         if not (isinstance(old_hash, str) and re.fullmatch("[0-9a-f]{1,64}", old_hash)):

@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 
 from avcache.cache.atomic import write_json_atomic
 from avcache.cache.labels import LabelFileError, read_names
-from avcache.cache.untrusted import load_json, mapping, printable
+from avcache.cache.untrusted import finite_number, load_json, mapping, printable, shown
 from avcache.train.metrics import detection_metrics
 from avcache.train.predict import (
     FALLBACK,
@@ -92,21 +92,41 @@ def combine(fusion: dict, logits: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-value))
 
 
+MAX_WEIGHT = 1e6  # a fitted weight or bias is a few units (C=10 keeps them small)
+
+
 def read_fusion(path: Path) -> dict:
-    """A fit's JSON, each value of its type (it names runs to load: the user's own file)."""
+    """A fit's JSON, each value checked before use (the user's own file, but it may come
+    from elsewhere): runs are names of run folders, one weight per run and the bias finite
+    numbers of a sane size, so the fused P(fake) is always a number."""
     fusion = mapping(load_json(path, "fusion"), str(path))
-    runs, weights = fusion.get("runs"), fusion.get("weights")
-    if not (isinstance(runs, list) and isinstance(weights, list) and len(runs) == len(weights)
-            and all(isinstance(w, int | float) for w in weights)
-            and isinstance(fusion.get("bias"), int | float)):  # fmt: skip
-        raise ValueError(f"{path}: not a fusion written by avcache-fuse fit (runs, weights, "
-                         "bias)")  # fmt: skip
+    problem = fusion_problem(fusion)
+    if problem:
+        raise ValueError(f"{path}: {problem}; not a fusion written by avcache-fuse fit (runs, "
+                         "weights, bias)")  # fmt: skip
     return fusion
+
+
+def fusion_problem(fusion: dict) -> str | None:
+    """What is wrong with a fusion's runs, weights and bias, if anything."""
+    runs, weights, bias = fusion.get("runs"), fusion.get("weights"), fusion.get("bias")
+    if not isinstance(runs, list) or not runs:
+        return f"'runs' is {shown(runs)}, not a list of run folders"
+    for run in runs:
+        if not isinstance(run, str) or not run or "\0" in run:
+            return f"'runs' holds {shown(run)}, not the name of a run folder"
+    if not isinstance(weights, list) or len(weights) != len(runs):
+        return f"'weights' is {shown(weights)}, not one number per run ({len(runs)})"
+    for value in [*weights, bias]:
+        if finite_number(value, MAX_WEIGHT) is None:
+            return (f"'weights' and 'bias' must be finite numbers of at most {MAX_WEIGHT:g} in "
+                    f"size, found {shown(value)}")  # fmt: skip
+    return None
 
 
 def predict(fusion_path: Path, list_path: Path, out: Path) -> int:
     fusion = read_fusion(fusion_path)
-    names = read_names(list_path)
+    names = read_names(list_path, "list to predict")
     per_run = [list_scores(Path(run), names) for run in fusion["runs"]]
     scored = [name for name in names if all(name in scores for scores in per_run)]
     logits = np.stack([logit([scores[n] for n in scored]) for scores in per_run], 1) \

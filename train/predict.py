@@ -58,8 +58,9 @@ def splits_to_predict(cache: Cache, names: list[str], only: str | None) -> list[
 
 def predict_list(run: RunFolder, list_path: Path, out: Path, split: str | None,
                  max_fallback: float) -> int:  # fmt: skip
+    names = read_names(list_path, "list to predict")  # refused before the model is built
     trainer = run.trainer(best=True)
-    cache, names = trainer.cache, read_names(list_path)
+    cache = trainer.cache
     missing = [name for name in names if split not in cache.splits_holding(name)] if split \
         else [name for name in names if not cache.splits_holding(name)]  # fmt: skip
     if missing:  # before predicting: a list the cache does not hold is refused at once

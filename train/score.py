@@ -20,13 +20,13 @@ ERRORS_LISTED = 10  # bad rows named in one message
 
 
 def read_column(path: Path, header: str, parse: Callable[[str], float | None],
-                expected: str) -> dict[str, float]:  # fmt: skip
+                expected: str, what: str) -> dict[str, float]:  # fmt: skip
     """name -> parsed second column of a CSV with a header whose second name is `header`.
     Every bad row (a value `parse` refuses, a name given twice) is named as file:line."""
     values: dict[str, float] = {}
     first_line: dict[str, int] = {}
     problems = []
-    for line, cells in read_rows(path, header=("video_name", header)):
+    for line, cells in read_rows(path, header=("video_name", header), what=what):
         name, raw = cells[0].strip(), cells[1].strip() if len(cells) > 1 else ""
         value = parse(raw)
         if name in first_line:
@@ -56,8 +56,9 @@ def target(text: str) -> float | None:
 
 
 def score(submission: Path, labels: Path) -> dict[str, float]:
-    predicted = read_column(submission, "y_pred", probability, "a probability in [0, 1]")
-    truth = read_column(labels, "target", target, "0 (real) or 1 (fake)")
+    predicted = read_column(submission, "y_pred", probability, "a probability in [0, 1]",
+                            "submission")  # fmt: skip
+    truth = read_column(labels, "target", target, "0 (real) or 1 (fake)", "label file")
     missing = sorted(set(truth) - set(predicted))
     if missing:
         raise LabelFileError(f"{submission}: no prediction for {len(missing)} labelled videos, "
