@@ -13,6 +13,8 @@ the fastest CPU decoder measured (benchmarks/faces_bench.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import simplejpeg
 import xxhash
@@ -35,12 +37,17 @@ def encode_grey_crops(crops: np.ndarray, quality: int) -> list[bytes]:
             for crop in crops]  # fmt: skip
 
 
-def decode_grey_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray) -> None:
-    """Decode the grey crops of a block of samples into `out` [n, C, S, S] (C crops a
-    sample); a crop whose header does not say S x S raises ValueError."""
-    check_sizes(data, ends, before, out.shape[-1])
+def decode_grey_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray,
+                      crops: Sequence[int] | None = None) -> None:  # fmt: skip
+    """Decode the grey crops of a block of samples into `out` [n, C, S, S]: of each sample's
+    crops (`ends` [n, K]), those numbered `crops` (default all: C = K), the others left
+    undecoded. A crop whose header does not say S x S raises ValueError."""
+    every, count = crop_ranges(ends, before), ends.shape[1]
+    chosen = range(count) if crops is None else crops
+    ranges = [every[i * count + c] for i in range(out.shape[0]) for c in chosen]
+    check_ranges(data, ranges, out.shape[-1])
     slots = (out[i, c, ..., None] for i in range(out.shape[0]) for c in range(out.shape[1]))
-    for slot, (start, stop) in zip(slots, crop_ranges(ends, before), strict=True):
+    for slot, (start, stop) in zip(slots, ranges, strict=True):
         simplejpeg.decode_jpeg(data[start:stop], "GRAY", buffer=slot)
 
 
@@ -91,7 +98,12 @@ def crop_ranges(ends: np.ndarray, before: int) -> list[tuple[int, int]]:
 def check_sizes(data: np.ndarray, ends: np.ndarray, before: int, size: int) -> None:
     """Raise ValueError unless every crop's header says size x size: a crop of another size
     would not fill its slot (read from the header alone, microseconds a crop)."""
-    for start, stop in crop_ranges(ends, before):
+    check_ranges(data, crop_ranges(ends, before), size)
+
+
+def check_ranges(data: np.ndarray, ranges: list[tuple[int, int]], size: int) -> None:
+    """check_sizes for the crops at `ranges` of `data`."""
+    for start, stop in ranges:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data[start:stop])
         if (height, width) != (size, size):
             raise ValueError(f"a {width}x{height} crop where {size}x{size} is stored")

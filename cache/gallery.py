@@ -32,6 +32,7 @@ from avcache.cache.labels import LabelFileError, read_rows
 from avcache.cache.reader import Cache
 from avcache.cache.sheets import (
     COLORMAP,
+    DRAWN_WINDOWS,
     face_tile,
     label_name,
     spectrogram,
@@ -298,7 +299,7 @@ def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str,
     lut, sizes, layout = colour_lut(), {}, cache.tracks
     wanted = {entry.pick: entry for entry in entries}
     for pick, sample in tqdm(
-        cache.samples_at(list(wanted)),
+        cache.samples_at(list(wanted), windows=DRAWN_WINDOWS),
         total=len(wanted),
         desc="thumbnails",
         unit="sample",

@@ -207,7 +207,7 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
         raise UsageError(
             f"split {split!r} has no samples with label {args.label}, audio {args.audio}"
         )
-    samples = dict(cache.samples_at(picks))
+    samples = dict(cache.samples_at(picks, windows=sheets.DRAWN_WINDOWS))
     title = f"{cache.root} · split {split} · label {args.label} · {len(picks)} samples"
     chosen = [samples[pick] for pick in picks]
     figure = sheets.contact_sheet(chosen, cache.index, title, cache.tracks)

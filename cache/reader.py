@@ -41,7 +41,12 @@ from avcache.cache.untrusted import (
 
 _NONE = np.empty(0, np.int64)  # no damaged positions
 LABELS = (schema.LABEL_FAKE, schema.LABEL_REAL, schema.LABEL_UNKNOWN)
+STRING_COLUMNS = {schema.VIDEO_NAME, schema.FAKE_KIND, *schema.FACT_STRINGS}  # UTF-8 text
 DAMAGE_LISTED = 5  # damaged samples named in one message
+# Bytes of the samples Cache.samples_at holds at once: 64 mel-only samples take 4 MiB, while
+# one sample at the bounds (64 faces of 1024 px, 16 windows of 250 frames of 256 px) takes
+# 457 MiB, so the count of a block alone does not bound its memory.
+BLOCK_BYTES = 64 * 2**20
 
 
 class DamagedShardError(CacheFormatError):
@@ -159,19 +164,8 @@ class ShardReader:
             return None
         if self.version < 3:
             raise CacheFormatError(f"{path}: tracks in a version {self.version} shard: {REBUILD}")
-        bounds = {schema.ATTR_TRACK_FRAMES: schema.MAX_TRACK_FRAMES,
-                  schema.ATTR_TRACK_SIZE: schema.MAX_TRACK_SIZE,
-                  schema.ATTR_TRACK_AUDIO_RATE: 384000,
-                  schema.ATTR_TRACK_AUDIO_SAMPLES: schema.MAX_TRACK_AUDIO}  # fmt: skip
-        sizes = {name: integer(attribute(attrs, name, path), f"{path}: {name}", 1, most)
-                 for name, most in bounds.items()}  # fmt: skip
-        fps = attribute(attrs, schema.ATTR_TRACK_FPS, path)
-        if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 1000:
-            raise CacheFormatError(f"{path}: track_fps is {printable(repr(fps))}: {REBUILD}")
-        return schema.TrackLayout(windows, sizes[schema.ATTR_TRACK_FRAMES],
-                                  sizes[schema.ATTR_TRACK_SIZE], float(fps),
-                                  sizes[schema.ATTR_TRACK_AUDIO_RATE],
-                                  sizes[schema.ATTR_TRACK_AUDIO_SAMPLES])  # fmt: skip
+        values = {field: attribute(attrs, f"track_{field}", path) for field in TRACK_BOUNDS}
+        return bounded_tracks(windows, values, f"{path}: track_")
 
     def _has_facts(self, attrs) -> bool:
         """Whether the shard holds the per-video facts (audit.facts)."""
@@ -294,16 +288,21 @@ class ShardReader:
                 )
 
     def _check_track_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
-        """Window starts are seconds, real frames at most T, real audio a share."""
+        """Window starts are seconds inside the video (the writer draws them so that a window
+        fits: half a track frame of slack for the float32 duration), real frames at most T,
+        real audio a share."""
         start, frames, audio = (columns[name] for name in (schema.TRACK_START,
                                 schema.TRACK_FRAMES_REAL, schema.TRACK_AUDIO_REAL))  # fmt: skip
+        latest = columns[schema.DURATION].astype(np.float64)[:, None] + 0.5 / self.tracks.fps
+        inside = np.isfinite(start) & (start >= 0) & (start <= latest)
         checks = (
-            (~(np.isfinite(start) & (start >= 0)), start, "track start {}: not seconds"),
+            (~inside, start, "track start {}: not seconds within the video's duration"),
             ((frames < 0) | (frames > self.tracks.frames), frames, "real track frames {}"),
             (~((audio >= 0) & (audio <= 1)), audio, "real track audio {}: not a share"),
         )
-        for bad, values, what in checks:
-            self._refuse_first(bad.any(axis=1), names, values.min(axis=1), what)
+        for bad, values, what in checks:  # each sample's first bad value is named
+            first = values[np.arange(len(values)), bad.argmax(axis=1)]
+            self._refuse_first(bad.any(axis=1), names, first, what)
 
     def _refuse_first(self, bad: np.ndarray, names: np.ndarray, values: np.ndarray,
                       what: str) -> None:  # fmt: skip
@@ -324,6 +323,25 @@ class ShardReader:
                     f"{self.path}: its {what} is {printable(repr(found[what]))} but the "
                     f"cache's index says {printable(repr(value))}: {REBUILD}"
                 )
+        if entry.tracks_promised:
+            self.check_tracks(entry.tracks, "the cache's index says")
+
+    def check_tracks(self, expected: schema.TrackLayout | None, said: str) -> None:
+        """The shard's track layout is `expected` (None: no tracks): every shard of a cache is
+        read with one layout (a model, a sheet), so one of another is refused, naming the
+        field that differs."""
+        found = self.tracks
+        if found == expected:
+            return
+        if found is None or expected is None:
+            raise CacheFormatError(f"{self.path}: holds {_tracks_named(found)} but {said} "
+                                   f"{_tracks_named(expected)}: {ONE_LAYOUT}")  # fmt: skip
+        field = next(name for name in TRACK_FIELDS
+                     if getattr(found, name) != getattr(expected, name))  # fmt: skip
+        raise CacheFormatError(
+            f"{self.path}: its track {field} is {getattr(found, field)!r} but {said} "
+            f"{getattr(expected, field)!r}: {ONE_LAYOUT}"
+        )
 
     def __len__(self) -> int:
         return self.num_samples
@@ -427,9 +445,10 @@ class ShardReader:
                                          sums)  # fmt: skip
         return data, before, bad
 
-    def _read_lips_into(self, start: int, out: np.ndarray) -> None:
-        """Mouth crops of samples [start, start + len(out)) decoded into `out` [n, W, T, S, S],
-        each sample's bytes checked against its xxh3 and every header against S first."""
+    def _read_lips_into(self, start: int, out: np.ndarray, windows: range | None = None) -> None:
+        """Mouth crops of samples [start, start + len(out)) decoded into `out` [n, W', T, S, S]:
+        the `windows` of each (default all W), each sample's bytes checked against its xxh3
+        and every decoded crop's header against S first; the other windows stay undecoded."""
         if not self.tracks:
             raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
         stop = start + len(out)
@@ -439,24 +458,36 @@ class ShardReader:
             raise damaged_shard(self.path, schema.LIPS, f"sample {start + int(bad[0])} fails "
                                 f"its xxh3 ({schema.LIPS_XXH3})")  # fmt: skip
         flat = out.reshape(len(out), -1, *out.shape[-2:])
+        frames = self.tracks.frames
+        crops = None if windows is None else [w * frames + k for w in windows
+                                              for k in range(frames)]  # fmt: skip
         try:
-            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, flat)
+            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, flat, crops)
         except ValueError as error:
             raise damaged_shard(
                 self.path, schema.LIPS, f"a JPEG does not decode ({error})"
             ) from None
 
-    def read_tracks(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read_tracks(self, start: int, stop: int,
+                    windows: range | None = None) -> dict[str, np.ndarray]:  # fmt: skip
         """The aligned windows of samples [start, stop): `lips` uint8 [n, W, T, S, S]
         decoded (each sample's bytes checked against its xxh3 and every crop's header
-        against S first), `track_audio` int16 [n, W, L] checked, and the small columns."""
+        against S first), `track_audio` int16 [n, W, L] checked, and the small columns.
+        With `windows` (a range of window numbers), only those: W' of them decoded and kept
+        (a sheet draws one window of 16; the rest are read only for their checksums)."""
         if not self.tracks:
             raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
         stop = min(stop, self.num_samples)
-        lips = np.empty((max(stop - start, 0), *self.tracks.lips_shape()), np.uint8)
-        self._read_lips_into(start, lips)
+        kept = range(self.tracks.windows) if windows is None else windows
+        if kept.start < 0 or kept.stop > self.tracks.windows or kept.step < 1:
+            raise ValueError(f"windows {kept}: {self.path} holds {self.tracks.windows}")
+        shape = (len(kept), *self.tracks.lips_shape()[1:])
+        lips = np.empty((max(stop - start, 0), *shape), np.uint8)
+        self._read_lips_into(start, lips, windows)
         columns = {name: self.read(name, start, stop)
                    for name in (*schema.TRACK_META_FIELDS, schema.TRACK_AUDIO)}  # fmt: skip
+        if windows is not None:  # copies: the whole rows read for the checksums are let go
+            columns = {name: column[:, list(kept)] for name, column in columns.items()}
         return {schema.LIPS: lips, **columns}
 
     def read_facts(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -543,13 +574,33 @@ class ShardReader:
 
     def _fetch(self, name: str, where: slice | np.ndarray) -> np.ndarray:
         """One h5py read; one that HDF5 refuses (a bad chunk address, a failed fletcher32
-        checksum) is a damaged shard, named."""
+        checksum) is a damaged shard, named. Rows of no bytes (the faces of a mel-only cache)
+        are made, not read: h5py cannot select from a dataset of zero width."""
         dataset = self._datasets[name]
+        if 0 in dataset.shape[1:]:
+            rows = np.arange(dataset.shape[0])[where]
+            return np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
         try:
-            strings = name in (schema.VIDEO_NAME, schema.FAKE_KIND) or name in schema.FACT_STRINGS
-            return (dataset.asstr() if strings else dataset)[where]
+            rows = dataset[where]
         except OSError as error:
             raise damaged_shard(self.path, name, str(error)) from error
+        return self._decoded(name, rows, where) if name in STRING_COLUMNS else rows
+
+    def _decoded(self, name: str, raw: np.ndarray, where: slice | np.ndarray) -> np.ndarray:
+        """A text column's bytes as str (what h5py's asstr gives); bytes that are not UTF-8
+        (written by a forger or another tool) are refused, naming the sample."""
+        text = np.empty(raw.shape, object)
+        for i, value in enumerate(raw.flat):
+            try:
+                text.flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError as error:
+                position = int(np.arange(self.num_samples)[where][i])
+                raise CacheFormatError(
+                    f"{self.path}: {name!r} of sample {position} is not UTF-8 text "
+                    f"({printable(repr(value[:40]))}: {error.reason} at byte {error.start}): "
+                    f"{REBUILD}"
+                ) from None
+        return text
 
     def _check(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> None:
         bad = self._mismatches(name, rows, where)
@@ -581,6 +632,18 @@ class ShardReader:
             return (self.frames, self.face_size, self.face_size, 3)
         return self._datasets[name].shape[1:]
 
+    def sample_bytes(self, windows: range | None = None) -> int:
+        """Bytes one sample takes while it is read whole (sample): mel, faces decoded, every
+        window's audio (read for its checksum) and the `windows` decoded (default all)."""
+        faces = self.frames * self.face_size * self.face_size * 3
+        total = schema.MEL_SIZE * schema.MEL_SIZE + faces
+        if self.tracks:
+            layout = self.tracks
+            kept = layout.windows if windows is None else len(windows)
+            total += layout.windows * 2 * layout.audio_samples
+            total += kept * layout.frames * layout.size * layout.size
+        return total
+
     def dtype(self, name: str) -> np.dtype:
         encoded = self._encoded(name) or name == schema.LIPS
         return np.dtype(np.uint8) if encoded else self._datasets[name].dtype
@@ -589,20 +652,23 @@ class ShardReader:
     def video_names(self) -> list[str]:
         return list(self.read(schema.VIDEO_NAME))
 
-    def sample(self, position: int) -> schema.Sample:
-        """One whole sample (for inspection; training reads blocks)."""
+    def sample(self, position: int, windows: range | None = None) -> schema.Sample:
+        """One whole sample (for inspection; training reads blocks); with `windows`, only
+        those of its tracks (see read_tracks)."""
         values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
-        return schema.Sample(**values, tracks=self._tracks_at(position),
+        return schema.Sample(**values, tracks=self._tracks_at(position, windows),
                              facts=self._facts_at(position),
                              **self._labels_at(position))  # fmt: skip
 
-    def samples(self, positions: np.ndarray | list[int]) -> list[schema.Sample]:
-        """Whole samples at increasing positions, one h5py call per dataset (inspection)."""
+    def samples(self, positions: np.ndarray | list[int],
+                windows: range | None = None) -> list[schema.Sample]:  # fmt: skip
+        """Whole samples at increasing positions, one h5py call per dataset (inspection);
+        with `windows`, only those of their tracks."""
         columns = {name: self.take(name, positions) for name in _SAMPLE_FIELDS}
         return [
             schema.Sample(
                 **{name: column[i] for name, column in columns.items()},
-                tracks=self._tracks_at(int(positions[i])),
+                tracks=self._tracks_at(int(positions[i]), windows),
                 facts=self._facts_at(int(positions[i])),
                 **self._labels_at(int(positions[i])),
             )
@@ -624,12 +690,11 @@ class ShardReader:
             labels["fake_segments"] = self.read_fake_segments(position, position + 1)[0]
         return labels
 
-    def _tracks_at(self, position: int) -> schema.Tracks | None:
+    def _tracks_at(self, position: int, windows: range | None = None) -> schema.Tracks | None:
         if not self.tracks:
             return None
-        read = {
-            name: column[0] for name, column in self.read_tracks(position, position + 1).items()
-        }
+        read = self.read_tracks(position, position + 1, windows)
+        read = {name: column[0] for name, column in read.items()}
         return schema.Tracks(lips=read[schema.LIPS], lips_found=read[schema.LIPS_FOUND],
                              start=read[schema.TRACK_START],
                              frames_real=read[schema.TRACK_FRAMES_REAL],
@@ -662,6 +727,49 @@ def _first_sample(positions: np.ndarray, names: np.ndarray) -> str:
     return f"sample {int(positions[0])} ({printable(repr(names[positions[0]]))})"
 
 
+# TrackLayout field -> (least, most): what the preprocessor writes (schema's bounds).
+TRACK_BOUNDS = {
+    "frames": (1, schema.MAX_TRACK_FRAMES),
+    "size": (schema.MIN_TRACK_SIZE, schema.MAX_TRACK_SIZE),
+    "fps": schema.TRACK_FPS,
+    "audio_rate": schema.TRACK_AUDIO_RATES,
+    "audio_samples": (1, schema.MAX_TRACK_AUDIO),
+}
+
+
+def bounded_tracks(windows: int, values: dict[str, object], at: str) -> schema.TrackLayout:
+    """A track layout from untrusted `values` (by TrackLayout field; `at` + field names one
+    in a refusal), each within what the preprocessor writes, and a window's audio exactly
+    its frames' time at the audio rate, as the writer computes it (what it is when `values`
+    has no audio_samples: a config says none)."""
+    fps = values.get("fps")
+    least, most = TRACK_BOUNDS["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not least <= fps <= most:
+        raise CacheFormatError(f"{at}fps is {printable(repr(fps))}: expected a frame rate "
+                               f"from {least:g} to {most:g}: {REBUILD}")  # fmt: skip
+    frames, size, rate = (integer(values.get(field), f"{at}{field}", *TRACK_BOUNDS[field])
+                          for field in ("frames", "size", "audio_rate"))  # fmt: skip
+    expected = schema.window_audio_samples(frames, fps, rate)
+    samples = integer(values.get("audio_samples", expected), f"{at}audio_samples",
+                      *TRACK_BOUNDS["audio_samples"])  # fmt: skip
+    if samples != expected:
+        raise CacheFormatError(
+            f"{at}audio_samples is {samples}: {frames} frames at {fps:g} fps are {expected} "
+            f"samples at {rate} Hz, the only window avcache writes: {REBUILD}"
+        )
+    return schema.TrackLayout(windows, frames, size, float(fps), rate, samples)
+
+
+TRACK_FIELDS = ("windows", *TRACK_BOUNDS)
+ONE_LAYOUT = f"the shards of one cache share one track layout: {REBUILD}"
+
+
+def _tracks_named(layout: schema.TrackLayout | None) -> str:
+    if layout is None:
+        return "no tracks (tracks.windows=0)"
+    return f"tracks ({layout.windows} windows of {layout.frames} frames)"
+
+
 def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
     if expected == schema.STRING_DTYPE:
         return h5py.check_string_dtype(found) is not None
@@ -684,7 +792,7 @@ class ShardFacts:
 @dataclass(frozen=True)
 class ShardEntry:
     """A shard as the index lists it, with the face frames and size that the cache's config
-    promises (None where the index carries no faces config)."""
+    promises (None where the index carries no faces config) and its track layout."""
 
     path: Path
     split: str
@@ -692,6 +800,8 @@ class ShardEntry:
     sha256: str
     frames: int | None = None
     face_size: int | None = None
+    tracks_promised: bool = False  # whether the config says the track layout, `tracks`
+    tracks: schema.TrackLayout | None = None  # None: no tracks (tracks.windows=0)
 
     def open(self) -> ShardReader:
         """The shard, checked against this entry."""
@@ -728,20 +838,26 @@ class Cache:
     @cached_property
     def tracks(self) -> schema.TrackLayout | None:
         """The aligned tracks' layout (None: a cache made with tracks.windows=0), as the
-        first shard says: every shard of a cache has one config."""
+        config says (else the first shard): every shard is opened against it."""
         for entry in self.shards:
+            if entry.tracks_promised:
+                return entry.tracks
             with entry.open() as shard:
                 return shard.tracks
         return None
 
     def check_shards(self) -> None:
-        """Open every shard and check it against its entry (counts, split, faces) and the
-        others: the same samples under two entries (a copy of a shard) are refused."""
+        """Open every shard and check it against its entry (counts, split, faces, tracks) and
+        the others: the same samples under two entries (a copy of a shard) are refused, and
+        so are track layouts that differ where the config says none (an older index)."""
         seen: dict[str, ShardEntry] = {}
+        first: tuple[schema.TrackLayout | None, str] | None = None  # its tracks, who says
         for entry in self.shards:
             with entry.open() as shard:
                 digest = shard.meta_digest if len(shard) else None
                 self._facts[entry.path] = ShardFacts.of(shard)
+                first = first or (shard.tracks, f"{shard.path} (the cache's first shard) holds")
+                shard.check_tracks(*first)
             if digest in seen:
                 raise CacheFormatError(
                     f"{entry.path}: holds the same samples as {seen[digest].path} (a copy, "
@@ -830,19 +946,24 @@ class Cache:
                     yield shard.sample(position)
 
     def samples_at(
-        self, picks: list[tuple[int, int]], block: int = 64
+        self, picks: list[tuple[int, int]], block: int = 64, windows: range | None = None
     ) -> Iterator[tuple[tuple[int, int], schema.Sample]]:
         """(pick, sample) for (shard number, position) picks, in file order: each shard is
-        opened once and read in blocks (one h5py call per dataset), however many picks."""
+        opened once and read in blocks (one h5py call per dataset), however many picks. A
+        block holds at most `block` samples and BLOCK_BYTES of them (one sample at least);
+        with `windows`, only those of each sample's tracks are decoded (what a sheet draws)."""
         by_shard: dict[int, list[int]] = {}
         for number, position in sorted(set(picks)):
             by_shard.setdefault(number, []).append(position)
         for number, positions in by_shard.items():
             with self.shards[number].open() as shard:
-                for start in range(0, len(positions), block):
-                    chunk = positions[start : start + block]
-                    for position, sample in zip(chunk, shard.samples(chunk), strict=True):
+                step = max(1, min(block, BLOCK_BYTES // shard.sample_bytes(windows)))
+                for start in range(0, len(positions), step):
+                    chunk = positions[start : start + step]
+                    samples = shard.samples(chunk, windows)
+                    for position, sample in zip(chunk, samples, strict=True):
                         yield (number, position), sample
+                    del samples, sample  # before the next block is read, not after
 
     @cached_property
     def _locations(self) -> dict[str, list[tuple[int, int]]]:
@@ -896,6 +1017,7 @@ def shard_entries(root: Path, index: dict, where: Path) -> list[ShardEntry]:
     config = config_sections(index, where)
     known = _known_splits(index, config, where)
     frames, face_size = _faces_promised(config, where)
+    promised, tracks = _tracks_promised(config, where)
     entries: list[ShardEntry] = []
     by_path: dict[Path, int] = {}
     by_sha: dict[str, int] = {}
@@ -914,7 +1036,7 @@ def shard_entries(root: Path, index: dict, where: Path) -> list[ShardEntry]:
         _listed_once(at, path, by_path, "path", rows)
         _listed_once(at, sha256, by_sha, "sha256 (the same bytes)", rows)
         by_path[path], by_sha[sha256] = number, number
-        entries.append(ShardEntry(path, split, count, sha256, frames, face_size))
+        entries.append(ShardEntry(path, split, count, sha256, frames, face_size, promised, tracks))
     _check_split_totals(index, entries, where)
     return entries
 
@@ -955,6 +1077,21 @@ def _faces_promised(config: dict, where: Path) -> tuple[int | None, int | None]:
     frames = integer(faces["frames"], f"{where}: config.faces.frames", maximum=schema.MAX_FRAMES)
     size = integer(faces["size"], f"{where}: config.faces.size", maximum=schema.MAX_FACE_SIZE)
     return frames, size
+
+
+def _tracks_promised(config: dict, where: Path) -> tuple[bool, schema.TrackLayout | None]:
+    """(whether the config says the tracks' layout, that layout or None without tracks),
+    which every shard must hold; bounded like the shards' own. An index made before tracks
+    existed says nothing: its shards must then agree with each other (Cache.check_shards)."""
+    tracks = config.get("tracks")
+    if not isinstance(tracks, dict) or "windows" not in tracks:
+        return False, None
+    at = f"{where}: config.tracks."
+    windows = integer(tracks["windows"], f"{at}windows", maximum=schema.MAX_TRACK_WINDOWS)
+    if not windows:
+        return True, None
+    values = {field: tracks.get(field) for field in ("frames", "size", "fps", "audio_rate")}
+    return True, bounded_tracks(windows, values, at)
 
 
 def _check_split_totals(index: dict, entries: list[ShardEntry], where: Path) -> None:

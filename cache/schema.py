@@ -87,6 +87,14 @@ MAX_TRACK_WINDOWS = 16
 MAX_TRACK_FRAMES = 250
 MAX_TRACK_SIZE = 256
 MAX_TRACK_AUDIO = 48000 * 10  # samples of one window
+# What the preprocessor writes (preprocess/pipeline.py validate_tracks), and so all that a
+# reader accepts: a crop under 8 px, a rate outside these, or a window's audio of another
+# length than its frames' time at the audio rate (window_audio_samples) was never written.
+# An fps of 5e-324 would make a window last forever; 100 audio samples against 25 frames
+# would make the speech and the lips disagree on what a window is.
+MIN_TRACK_SIZE = 8
+TRACK_FPS = (1.0, 120.0)  # least, most
+TRACK_AUDIO_RATES = (8000, 48000)  # least, most
 
 STRING_DTYPE = h5py.string_dtype("utf-8")
 SUM_DTYPE = np.dtype("<u8")
@@ -260,6 +268,12 @@ ATTR_TRACK_SIZE = "track_size"
 ATTR_TRACK_AUDIO_RATE = "track_audio_rate"
 ATTR_TRACK_AUDIO_SAMPLES = "track_audio_samples"
 ATTR_LIPS_QUALITY = "lips_quality"
+
+
+def window_audio_samples(frames: int, fps: float, audio_rate: int) -> int:
+    """Audio samples of one window: T frames' worth at the audio rate (what the writer
+    stores, and the only length a reader accepts)."""
+    return round(frames * audio_rate / fps)
 
 
 @dataclass(frozen=True)

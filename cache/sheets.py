@@ -57,6 +57,9 @@ TRACK_NOTE_H, TRACK_GAP, TRACK_AXIS_H = 16, 2, 30
 PANEL_TRACK_HEIGHTS = (44, 36)  # spectrogram, waveform
 DETAIL_TRACK_HEIGHTS = (140, 90)
 TRACK_MIN_CELL = 12  # a panel widens so that a frame gets at least this many pixels
+# The windows a sheet panel and a gallery thumbnail draw: only these are decoded (one of up
+# to 16 windows of 250 frames of 256 px: 16 MiB a sample instead of 250 MiB).
+DRAWN_WINDOWS = range(1)
 DETAIL_MAX_CELL = 96
 SPEC_FFT_SECONDS = 0.032  # STFT frame: 512 samples at 16 kHz
 SPEC_TOP_DB = 80.0  # the spectrogram shows this many dB below the window's peak
@@ -440,7 +443,7 @@ def window_notes(
     (frames without a located mouth, repeated frames, missing audio)."""
     start, stop = window_span(tracks, layout, window)
     frames, real = tracks.lips.shape[1], int(tracks.frames_real[window])
-    values = dict(w=window + 1, n=tracks.lips.shape[0], start=start, stop=stop, frames=frames,
+    values = dict(w=window + 1, n=layout.windows, start=start, stop=stop, frames=frames,
                   fps=layout.fps, lost=int((~tracks.lips_found[window]).sum()),
                   repeated=frames - real, audio=100 * float(tracks.audio_real[window]))  # fmt: skip
     where, lost, repeated, audio = NOTE_WORDS[short]

@@ -108,6 +108,7 @@ def validate(config: PreprocessConfig) -> None:
 
 def validate_tracks(tracks: TracksConfig) -> None:
     """The tracks' sizes within what a cache may hold (the readers' bounds)."""
+    fps, rates = schema.TRACK_FPS, schema.TRACK_AUDIO_RATES
     rules = (
         (
             0 <= tracks.windows <= schema.MAX_TRACK_WINDOWS,
@@ -117,9 +118,12 @@ def validate_tracks(tracks: TracksConfig) -> None:
             1 <= tracks.frames <= schema.MAX_TRACK_FRAMES,
             f"tracks.frames 1 to {schema.MAX_TRACK_FRAMES}",
         ),
-        (8 <= tracks.size <= schema.MAX_TRACK_SIZE, f"tracks.size 8 to {schema.MAX_TRACK_SIZE}"),
-        (1 <= tracks.fps <= 120, "tracks.fps 1 to 120"),
-        (8000 <= tracks.audio_rate <= 48000, "tracks.audio_rate 8000 to 48000"),
+        (
+            schema.MIN_TRACK_SIZE <= tracks.size <= schema.MAX_TRACK_SIZE,
+            f"tracks.size {schema.MIN_TRACK_SIZE} to {schema.MAX_TRACK_SIZE}",
+        ),
+        (fps[0] <= tracks.fps <= fps[1], f"tracks.fps {fps[0]:g} to {fps[1]:g}"),
+        (rates[0] <= tracks.audio_rate <= rates[1], f"tracks.audio_rate {rates[0]} to {rates[1]}"),
         (64 <= tracks.frame_size <= 4096, "tracks.frame_size 64 to 4096"),
         (1 <= tracks.quality <= 100, "tracks.quality 1 to 100"),
         (track_audio_samples(tracks) <= schema.MAX_TRACK_AUDIO, "a window of at most 10 s"),

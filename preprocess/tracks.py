@@ -158,7 +158,7 @@ def track_layout(config: TracksConfig) -> schema.TrackLayout | None:
 
 def track_audio_samples(config: TracksConfig) -> int:
     """Audio samples of one window: T frames' worth at the track's rate."""
-    return round(config.frames * config.audio_rate / config.fps)
+    return schema.window_audio_samples(config.frames, config.fps, config.audio_rate)
 
 
 def video_tracks(

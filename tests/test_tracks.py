@@ -197,7 +197,14 @@ def test_track_audio_length_is_the_windows_frames_at_the_audio_rate():
         (schema.ATTR_TRACK_WINDOWS, 2**20, "track_windows is 1048576: over 16"),
         (schema.ATTR_TRACK_AUDIO_SAMPLES, 2**31, "over 480000"),
         (schema.ATTR_TRACK_FPS, "fast", "track_fps is 'fast'"),
-        (schema.ATTR_TRACK_SIZE, 0, "expected an integer >= 1"),
+        (schema.ATTR_TRACK_FPS, 5e-324, "track_fps is 5e-324: expected a frame rate from 1 "),
+        (schema.ATTR_TRACK_SIZE, 0, "expected an integer >= 8"),
+        (schema.ATTR_TRACK_AUDIO_RATE, 384000, "track_audio_rate is 384000: over 48000"),
+        (
+            schema.ATTR_TRACK_AUDIO_SAMPLES,
+            100,
+            "track_audio_samples is 100: 25 frames at 25 fps are 16000 samples at 16000 Hz",
+        ),
     ],
 )
 def test_forged_track_sizes_are_refused_before_anything_is_allocated(

@@ -14,6 +14,7 @@ from typing import Any
 
 from avcache.cache.config import LOCAL, SINCE_ADDED, ConfigError
 from avcache.cache.reader import Cache
+from avcache.cache.schema import TrackLayout
 
 # The model kinds (train/models.py MODELS, named here so that the config needs no torch),
 # and those that read the cache's aligned tracks.
@@ -239,3 +240,61 @@ def check_tracks_fit(config: TrainConfig, cache: Cache) -> None:
         raise ConfigError(f"model.kind={config.model.kind} reads aligned lips and speech, but "
                           f"the cache {cache.root} holds no tracks (tracks.windows=0): "
                           "preprocess again with tracks.windows=1 (or more)")  # fmt: skip
+    check_speech_fits(config, cache)
+    check_batch_fits(config, cache)
+
+
+# The shortest window the speech trunk takes (train/models.py SpeechTrunk: four strided
+# convolutions, each needing a whole kernel; a test holds the two to each other). The
+# preprocessor writes shorter ones (one frame at 50 fps or more, at 8 kHz).
+MIN_SPEECH_SAMPLES = 161
+
+
+def check_speech_fits(config: TrainConfig, cache: Cache) -> None:
+    layout, kind = cache.tracks, config.model.kind
+    if kind in SPEECH_KINDS and layout.audio_samples < MIN_SPEECH_SAMPLES:
+        raise ConfigError(
+            f"model.kind={kind} hears windows of {layout.audio_samples} audio samples in the "
+            f"cache {cache.root} ({layout.frames} frames at {layout.fps:g} fps, "
+            f"{layout.audio_rate} Hz): its speech encoder needs {MIN_SPEECH_SAMPLES} at least; "
+            "preprocess with more tracks.frames, or use model.kind=lips"
+        )
+
+
+# The most one batch's decoded tracks may take. The lips trunk's first convolution turns each
+# decoded byte into 64 float32 channels at half the side, 64 bytes, and its forward and
+# backward take 12-15 times that output (a ResNet18 on one window of 16 frames of 128 px or
+# 32 of 160 px, measured on the CPU): 64 MiB of crops is ~50 GiB of training memory, more
+# than most GPUs hold. The default (one window of 25 frames of 88 px, batch 64) decodes
+# 12 MiB. A constant, not a share of this machine's memory: a config is accepted or refused
+# alike on a laptop and on the GPU box it goes to.
+MAX_BATCH_TRACK_BYTES = 64 * 2**20
+LIPS_KINDS, SPEECH_KINDS = ("lips", "sync"), ("speech", "sync")
+
+
+def sample_track_bytes(kind: str, layout: TrackLayout) -> int:
+    """Bytes of one sample's tracks decoded for `kind`: its mouth crops (uint8 W x T x S x S)
+    and its audio (int16 W x L), each where the kind reads it."""
+    lips = layout.windows * layout.frames * layout.size**2 if kind in LIPS_KINDS else 0
+    return lips + (layout.windows * 2 * layout.audio_samples if kind in SPEECH_KINDS else 0)
+
+
+def check_batch_fits(config: TrainConfig, cache: Cache) -> None:
+    """One batch of the cache's tracks fits MAX_BATCH_TRACK_BYTES; refused before anything
+    is read, naming the layout and the fix, where a batch of it would ask for tens of GB."""
+    layout, kind, batch = cache.tracks, config.model.kind, config.data.batch_size
+    per_sample = sample_track_bytes(kind, layout)
+    if batch * per_sample <= MAX_BATCH_TRACK_BYTES:
+        return
+    most = MAX_BATCH_TRACK_BYTES // per_sample
+    fix = f"use data.batch_size={most} or less" if most else "even one sample is over it"
+    mib = 2**20
+    raise ConfigError(
+        f"data.batch_size={batch}: model.kind={kind} decodes {batch * per_sample / mib:.0f} "
+        f"MiB of tracks a batch from the cache {cache.root} ({layout.windows} windows of "
+        f"{layout.frames} frames of {layout.size} px, {layout.audio_samples} audio samples a "
+        f"window: {per_sample / mib:.1f} MiB a sample), over the "
+        f"{MAX_BATCH_TRACK_BYTES // mib} MiB a batch may hold (training the lips takes ~800 "
+        f"times their bytes): {fix}, or preprocess a cache with fewer tracks.windows, "
+        "tracks.frames or a smaller tracks.size"
+    )
