@@ -196,12 +196,17 @@ def unreadable_reason(path: Path, dump: str) -> str:
 
 
 def run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedProcess:
-    """Run ffmpeg within the time left; on expiry it is killed and TimeLimitExceeded raised."""
+    """Run ffmpeg within the time left; on expiry it is killed and TimeLimitExceeded raised.
+
+    ffmpeg runs in a session of its own: a terminal's Ctrl-C goes to the whole foreground
+    process group, and ffmpeg, which catches SIGINT and exits "normally", would turn the
+    user's interruption into a decoding failure recorded against the video (never retried).
+    The preprocessor stops its workers itself; an ffmpeg whose worker is gone ends at its
+    next write to the closed pipe."""
     deadline.check("decode")
     try:
-        return subprocess.run(
-            command, capture_output=True, stdin=subprocess.DEVNULL, timeout=deadline.remaining()
-        )
+        return subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=deadline.remaining(), start_new_session=True)  # fmt: skip
     except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped ffmpeg
         raise TimeLimitExceeded(deadline.seconds, "decode") from None
 

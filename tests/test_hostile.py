@@ -417,3 +417,15 @@ def test_audio_only_is_cached_when_faces_are_off(tmp_path):
     config = PreprocessConfig(faces=FacesConfig(frames=0))
     sample = process_video(Video("train", "speech.mp4", 1, tmp_path / "speech.mp4"), config, "none")
     assert sample.has_audio and sample.mel.std() > 20 and sample.faces.shape[0] == 0
+
+
+def test_ffmpeg_runs_apart_from_the_terminals_ctrl_c():
+    """A terminal's Ctrl-C reaches its whole foreground process group; ffmpeg catches it and
+    exits "normally", which would be recorded as the video's decoding failure. So every
+    ffmpeg runs in a session of its own (the preprocessor stops its workers itself)."""
+    from avcache.preprocess.media import NO_DEADLINE, run_ffmpeg
+
+    done = run_ffmpeg([sys.executable, "-c", "import os; print(os.getsid(0), os.getpgid(0))"],
+                      NO_DEADLINE)  # fmt: skip
+    session, group = (int(value) for value in done.stdout.split())
+    assert session != os.getsid(0) and group != os.getpgid(0)
