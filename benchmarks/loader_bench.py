@@ -638,19 +638,25 @@ def sum64_timing(args, data: dict, repeats: int = 200) -> dict:
 def shard_open_timing(args, root: Path, repeats: int = 20) -> dict:
     """What `open_cache` costs per shard (index schema, then every shard opened and checked
     against it) on `--open-shards` mel-only shards of the preprocessor's default size, the
-    files in the page cache: the price every training, prediction or inspection start pays."""
+    files in the page cache: the price every training, prediction or inspection start pays.
+    Beside it, what reading every sample's identity costs (cache/identity.py: each shard
+    opened once more, names, mel sums and durations read), which training pays again for the
+    shards of its train and val splits (train/mix.py check_held_out)."""
+    from avcache.cache.identity import shard_identities
     from avcache.cache.reader import open_cache
     from avcache.preprocess.config import ShardConfig
 
     per_shard = ShardConfig().size
     rng = np.random.default_rng(args.seed + 1)
-    write_cache(root, [per_shard] * args.open_shards, args, False, rng)
+    cache = write_cache(root, [per_shard] * args.open_shards, args, False, rng)
     seconds = median_seconds(partial(open_cache, root), repeats)
+    identities = median_seconds(lambda: [shard_identities(e) for e in cache.shards], repeats)
     return {
         "shards": args.open_shards,
         "samples_per_shard": per_shard,
         "repeats": repeats,
         "ms_per_shard": seconds * 1e3 / args.open_shards,
+        "identity_ms_per_shard": identities * 1e3 / args.open_shards,
     }
 
 
@@ -842,7 +848,9 @@ def print_report(results: dict) -> None:
     if opening := results.get("shard_open"):
         print(f"open_cache: {opening['ms_per_shard']:.2f} ms per shard of "
               f"{opening['samples_per_shard']} mel-only samples ({opening['shards']} shards, "
-              f"median of {opening['repeats']} opens, files in the page cache)")  # fmt: skip
+              f"median of {opening['repeats']} opens, files in the page cache); every "
+              f"sample's identity: {opening['identity_ms_per_shard']:.2f} ms a "
+              "shard")  # fmt: skip
     for row in results["training"]:
         print(
             f"\ntraining, {row['workers']} workers, batch {row['batch']}, {row['threads']} "

@@ -41,6 +41,39 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+# A config is a page of keys: a file larger than this is not one (a run's config.yaml is ~2 KB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class AliasError(yaml.YAMLError):
+    """A YAML alias (`*name`) in a config: refused, not expanded."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__()
+        self.mark = mark
+
+    def __str__(self) -> str:
+        return (f"line {self.mark.line + 1}: a YAML alias (*name) repeats another value; "
+                "avcache configs take none (a few KB of nested aliases expand to billions of "
+                "values when a config is checked): write the value out")  # fmt: skip
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing every alias: safe_load builds `*name` as a shared
+    reference, so nothing is expanded while loading, but checking the config (or printing a
+    refused value) walks each reference, and 9 levels of 9 aliases are 387 million values."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise AliasError(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """One YAML document as plain data (yaml.safe_load), aliases refused (AliasError)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects built
+
+
 def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()) -> T:
     """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides.
     A mistake is named where it was made: in the file, or in the override that made it."""
@@ -57,14 +90,23 @@ def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file: a regular file of at most MAX_CONFIG_BYTES, one YAML mapping without
+    aliases or nesting too deep to parse (run folders travel: theirs may be hostile)."""
     try:
         if path.exists() and not path.is_file():  # a FIFO would block the read forever
             raise ConfigError(f"{path}: not a regular file")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, over the "
+                              f"{MAX_CONFIG_BYTES} a config may take")  # fmt: skip
+        data = safe_yaml(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from error
+    except AliasError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    except RecursionError:
+        raise ConfigError(f"{path}: nests too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -78,7 +120,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), safe_yaml(raw)
+    except AliasError as error:
+        raise ConfigError(f"override {text!r}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
 

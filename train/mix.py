@@ -34,7 +34,9 @@ import numpy as np
 
 from avcache.cache import open_cache, schema
 from avcache.cache.config import ConfigError
+from avcache.cache.identity import Identity, shard_identities
 from avcache.cache.reader import Cache, ShardEntry
+from avcache.cache.untrusted import printable
 from avcache.train.config import TrainConfig
 from avcache.train.loader import Block, LoaderPlan, ShardStream, ordered_blocks
 from avcache.train.models import BRANCHES, MODELS
@@ -112,6 +114,48 @@ def check_sources_agree(sources: list[Source], kind: str) -> None:
                     f"({other.cache.root}) differ in {key}: {value} and {found.get(key)}; "
                     f"model.kind={kind} reads it from both: preprocess them alike"
                 )
+
+
+def check_held_out(sources: list[Source], train_split: str, val_split: str) -> None:
+    """Refuse a run that validates on a sample it trains on: any sample of a trained cache's
+    train split (weight above 0) found in any cache's val split (weight 0 included, the
+    same cache included), by identity (cache/identity.py: video name, mel sum64, duration),
+    so that a copy of a shard, a copy of a cache with its splits swapped, or one video
+    cached in two layouts is caught as surely as a shard listed twice. It opens each of
+    those shards once more and reads three small columns, no pixel."""
+    trained_on: dict[Identity, tuple[Source, ShardEntry]] = {}
+    for source in trained(sources):
+        for entry in source.cache.shards_of(train_split):
+            for identity in shard_identities(entry):
+                trained_on.setdefault(identity, (source, entry))
+    first, found, total = None, 0, 0
+    for source in sources:
+        for entry in source.cache.shards_of(val_split):
+            identities = shard_identities(entry)
+            hits = [identity for identity in identities if identity in trained_on]
+            if hits and first is None:
+                first = (source, entry, hits[0])
+            found, total = found + len(hits), total + len(identities)
+    if first is not None:
+        raise ConfigError(validated_on_training_data(first, trained_on, found, total,
+                                                     (train_split, val_split)))  # fmt: skip
+
+
+def validated_on_training_data(first: tuple[Source, ShardEntry, Identity],
+                               trained_on: dict[Identity, tuple[Source, ShardEntry]],
+                               found: int, total: int, splits: tuple[str, str]) -> str:  # fmt: skip
+    """The one line naming both shards, their caches and one video."""
+    source, entry, identity = first
+    owner, where = trained_on[identity]
+    video = printable(repr(identity[0]))
+    return (
+        f"{entry.path} (cache {source.name}, split {splits[1]}) holds {video}, which the run "
+        f"trains on in {where.path} (cache {owner.name}, split {splits[0]}): the same sample "
+        f"(its video name, mel image and duration); {found} of the {total} validation "
+        "samples are trained on, so val_auc would score what the model learnt: validate on "
+        "videos no trained cache's train split holds (drop the copy from data.caches, or "
+        "preprocess the splits apart)"
+    )
 
 
 def source_counts(totals: list[int], weights: list[float]) -> list[int]:

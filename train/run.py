@@ -27,7 +27,13 @@ from avcache.train.config import TrainConfig, check_cache_fits, validate
 from avcache.train.decode import check_decoding
 from avcache.train.engine import BEST, LAST, Trainer, joined, start_device
 from avcache.train.interrupt import Interrupts
-from avcache.train.mix import Source, check_sources_agree, open_sources, trained
+from avcache.train.mix import (
+    Source,
+    check_held_out,
+    check_sources_agree,
+    open_sources,
+    trained,
+)
 from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
@@ -133,11 +139,12 @@ def first_cache(args: argparse.Namespace, config: TrainConfig) -> Cache:
 
 
 def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
-    """Every cache holds what the config trains on, and a mix's caches agree on what the
-    model reads from them (train/mix.py)."""
+    """Every cache holds what the config trains on, a mix's caches agree on what the model
+    reads from them, and no validated sample is trained on, in any cache (train/mix.py)."""
     for source in sources:
         check_cache_fits(config, source.cache)
     check_sources_agree(sources, config.model.kind)
+    check_held_out(sources, config.data.train_split, config.data.val_split)
 
 
 def check_out(out: Path) -> None:
@@ -149,7 +156,9 @@ def check_out(out: Path) -> None:
 
 def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     """A new run (rank 0 writes its folder) or the run in --resume, from its last.pt; every
-    check that can be made is made before the first model is built."""
+    check that can be made is made before the first model is built, and the model (from the
+    weights model.pretrained and model.init name, checked as they load) before the run
+    folder is written: a refused run leaves --out as it was, for the corrected command."""
     if args.resume:
         run = RunFolder(args.resume)
         config = run.restoring(resume_config(run, args.overrides), run.path / LAST)
@@ -164,6 +173,7 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     for source in sources:
         check_decoding(config.data.decode, config.model.kind, source.cache,
                        (config.data.train_split, config.data.val_split), device)  # fmt: skip
+    trainer = Trainer(config, cache, out, device, sources)
     lock = lock_run(out, ranks)
     if not args.resume and ranks.main:
         RunFolder.create(out, config, cache)
@@ -171,7 +181,6 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
             log.warning("no pretrained weights given (--pretrained imagenet or PATH): training "
                         "from scratch")  # fmt: skip
     distributed.barrier()
-    trainer = Trainer(config, cache, out, device, sources)
     if args.resume and (out / LAST).is_file():
         trainer.load(out / LAST)
         log.info("resuming %s at epoch %d, after %d of its batches", out,

@@ -15,8 +15,9 @@ from avcache.cache.atomic import write_json_atomic
 from avcache.cache.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import load_json, mapping, text
-from avcache.train.config import TrainConfig
+from avcache.train.config import TrainConfig, validate
 from avcache.train.engine import BEST, LAST, Trainer
+from avcache.train.mix import Source
 
 CONFIG, CACHE = "config.yaml", "cache.json"
 # A model restored from a checkpoint needs none of the files that started its run.
@@ -32,7 +33,10 @@ class RunFolder:
             raise FileNotFoundError(
                 f"{self.path}: not a run folder (no {CONFIG}); see avcache-train"
             )
+        # Checked as avcache-train checks a config before a run: a value it would refuse (a
+        # batch of 0, a mel of 100,000 px) is refused here too, not met inside a model.
         self.config = load_config(TrainConfig, self.path / CONFIG)
+        validate(self.config, str(self.path / CONFIG))
         where = self.path / CACHE
         recorded = mapping(load_json(where, "run's cache record"), str(where))
         self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))
@@ -51,13 +55,17 @@ class RunFolder:
         return open_cache(self.cache_path, check_shards)
 
     def trainer(self, best: bool = False, check_shards: bool = True) -> Trainer:
-        """A Trainer restored from best.pt (weights only) or last.pt (everything); one that
-        reads no shard (scoring a raw video) need not open them all first."""
+        """A Trainer restored from best.pt (weights only, to predict) or last.pt (everything);
+        one that reads no shard (scoring a raw video) need not open them all first. A
+        predicting Trainer reads one cache, the run's or --cache's: the other caches of its
+        data.caches served training and validation only and are not opened."""
         checkpoint = self.path / (BEST if best else LAST)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")
         config = self.restoring(self.config, checkpoint)
-        trainer = Trainer(config, self.cache(check_shards), self.path)
+        cache = self.cache(check_shards)
+        sources = [Source(cache.root.name, 1.0, cache)] if best else None
+        trainer = Trainer(config, cache, self.path, sources=sources)
         trainer.load(checkpoint, weights_only_model=best)
         return trainer
 
