@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from avcache.cache.atomic import write_text_atomic
-from avcache.cache.untrusted import printable
+from avcache.cache.untrusted import printable, read_bounded
 
 T = TypeVar("T")
 
@@ -74,13 +74,15 @@ def safe_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects built
 
 
-def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()) -> T:
+def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = (),
+                root: Path | None = None) -> T:  # fmt: skip
     """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides.
-    A mistake is named where it was made: in the file, or in the override that made it."""
+    A mistake is named where it was made: in the file, or in the override that made it.
+    `root`: the folder the file must lie in once its links are followed (a run folder's)."""
     data: dict[str, Any] = {}
     where = str(path or "config")
     if path is not None:
-        data = _read_yaml(Path(path))
+        data = _read_yaml(Path(path), root)
         from_dict(cls, data, where)
     for override in overrides:
         key, value = parse_override(override)
@@ -89,16 +91,15 @@ def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = ()
     return from_dict(cls, data, where)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    """A config file: a regular file of at most MAX_CONFIG_BYTES, one YAML mapping without
-    aliases or nesting too deep to parse (run folders travel: theirs may be hostile)."""
+def _read_yaml(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """A config file: a regular file of at most MAX_CONFIG_BYTES (inside `root` if given),
+    one YAML mapping without aliases or nesting too deep to parse (run folders travel:
+    theirs may be hostile)."""
     try:
-        if path.exists() and not path.is_file():  # a FIFO would block the read forever
-            raise ConfigError(f"{path}: not a regular file")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes, over the "
-                              f"{MAX_CONFIG_BYTES} a config may take")  # fmt: skip
-        data = safe_yaml(path.read_text(encoding="utf-8"))
+        raw = read_bounded(path, "config", MAX_CONFIG_BYTES, root, error=ConfigError)
+        data = safe_yaml(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from error
     except AliasError as error:

@@ -315,6 +315,20 @@ def test_predict_refuses_a_list_that_is_no_list(run_folder, tmp_path, capsys, ki
     refused(capsys, "avcache-predict", promptly(predict_main, argv, path), expected)
 
 
+@pytest.mark.parametrize("record", ["config.yaml", "cache.json"])
+def test_a_run_folders_record_linked_out_of_it_is_refused_unread(run_folder, bait, tmp_path,
+                                                                 capsys, record):  # fmt: skip
+    """A run folder travels: its config and cache record are read only inside it."""
+    (run_folder / record).unlink()
+    (run_folder / record).symlink_to(bait)
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_name,target\na.mp4,\n")
+    argv = ["--run", str(run_folder), "--list", str(listing), "--out", str(tmp_path / "s.csv")]
+    with never_read(bait):
+        code = predict_main(argv)
+    refused(capsys, "avcache-predict", code, str(run_folder / record), "outside")
+
+
 def fusion_file(tmp_path: Path, runs: list | None = None, weights: object = (1.0,),
                 bias: object = 0.0) -> Path:  # fmt: skip
     run = tmp_path / "expert"

@@ -35,10 +35,12 @@ class RunFolder:
             )
         # Checked as avcache-train checks a config before a run: a value it would refuse (a
         # batch of 0, a mel of 100,000 px) is refused here too, not met inside a model.
-        self.config = load_config(TrainConfig, self.path / CONFIG)
+        # Its files are read only where they lie inside it: a link out of the folder is
+        # refused unread (the folder itself may be reached through a link).
+        self.config = load_config(TrainConfig, self.path / CONFIG, root=self.path)
         validate(self.config, str(self.path / CONFIG))
         where = self.path / CACHE
-        recorded = mapping(load_json(where, "run's cache record"), str(where))
+        recorded = mapping(load_json(where, "run's cache record", root=self.path), str(where))
         self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))
         self.cache_config = mapping(recorded.get("config", {}), f"{where}: 'config'")
 
