@@ -9,10 +9,13 @@ images), so only the refusal stops it. Its access time is set before the mtime: 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -932,6 +935,99 @@ def test_a_resume_without_a_checkpoint_refuses_the_weights_its_folder_names(
     assert error.count("\n") == 1 and f"{run / 'config.yaml'}: model.pretrained=" in error
     assert f"{run} holds no checkpoint yet" in error
     assert f"avcache-train --config {run / 'config.yaml'} --cache " in error
+
+
+# ---------------------------------------------------------------- files that are no checkpoint
+
+INFLATED = 2_400_000_000  # bytes the zip bomb's tensor storage declares
+# A fresh interpreter running one command's main(), then reporting its own peak RSS in MiB:
+# VmHWM, which starts anew at exec (getrusage's ru_maxrss would count the forking parent's).
+MEASURED_COMMAND = """
+import importlib, re, sys
+from pathlib import Path
+code = importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+status = Path("/proc/self/status").read_text()
+print("peak_mib", int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) // 1024)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory) -> Path:
+    """A checkpoint as torch.save writes it but for its one tensor's storage, which declares
+    2.4 GB of zeros, deflated (about 11 MB on disk): torch.load would allocate and inflate it
+    all (3 GB peak) before the weights' names could be checked. Written in chunks."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.pt"
+    numel = INFLATED // 4
+    small = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(7)}, "kind": "faces"}, small)
+    with zipfile.ZipFile(small) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED,
+                                                           compresslevel=1) as bomb:  # fmt: skip
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename.endswith("/data.pkl"):  # the storage's element count: 7 -> numel
+                data = data.replace(
+                    b"cpuq\x08K\x07t", b"cpuq\x08J" + struct.pack("<i", numel) + b"t"
+                )
+                assert struct.pack("<i", numel) in data
+            if not member.filename.endswith("/data/0"):
+                bomb.writestr(member.filename, data)
+                continue
+            chunk = bytes(1 << 24)
+            with bomb.open(member.filename, "w", force_zip64=True) as storage:
+                for start in range(0, INFLATED, len(chunk)):
+                    storage.write(chunk[: INFLATED - start])
+    assert path.stat().st_size < INFLATED / 100
+    return path
+
+
+def checkpoint_commands(trained, tmp_path: Path, checkpoint: Path) -> dict[str, tuple]:
+    """Each command that reads a checkpoint, given `checkpoint`'s bytes where it reads one:
+    (module, argv, the file it must name)."""
+    root, _ = trained
+    run = forged_run(trained, tmp_path, lambda s: s)
+    for name in ("last.pt", BEST):
+        (run / name).unlink()
+        os.link(checkpoint, run / name)  # the same bytes, without copying them
+    listing = tmp_path / "list.csv"
+    listing.write_text("video_name,target\ntest000.mp4,\n")
+    init = [
+        "--cache", str(root / "cache"), "--out", str(tmp_path / "new"), "--init",
+        str(checkpoint), *small_config(**{"run.epochs": 1}),
+    ]  # fmt: skip
+    return {
+        "init": ("avcache.train.run", init, checkpoint),
+        "resume": ("avcache.train.run", ["--resume", str(run)], run / "last.pt"),
+        "predict": ("avcache.train.predict", ["--run", str(run), "--list", str(listing)],
+                    run / BEST),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["init", "resume", "predict"])
+def test_a_zip_bomb_as_a_checkpoint_is_refused_before_it_inflates(trained, tmp_path, zip_bomb,
+                                                                  command):  # fmt: skip
+    module, argv, named = checkpoint_commands(trained, tmp_path, zip_bomb)[command]
+    done = subprocess.run([sys.executable, "-c", MEASURED_COMMAND, module, *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: {named}: refused to load: its members would inflate to 2,289 MiB" in (
+        done.stderr
+    )
+    peak = int(done.stdout.split("peak_mib")[-1])
+    assert peak < INFLATED / 2**20 / 2, f"peak RSS {peak} MiB"  # torch alone is ~0.8 GB
+
+
+@pytest.mark.parametrize("command", ["init", "resume", "predict"])
+def test_a_text_file_as_a_checkpoint_is_one_line(trained, tmp_path, command, capsys):
+    text = tmp_path / "notes.pt"
+    text.write_text("epoch 3: val_auc 0.91\n")
+    module, argv, named = checkpoint_commands(trained, tmp_path, text)[command]
+    main = train_main if module == "avcache.train.run" else predict_main
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert f"error: {named}: not a checkpoint: not a zip archive, the format torch.save" in error
 
 
 # ---------------------------------------------------------------- the preprocessor

@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -560,27 +561,79 @@ def scores_read_back(parts: list[tuple]) -> list[tuple]:
 
 
 NOT_OURS = "it is not a checkpoint written by avcache-train for this run"
+# What a checkpoint's members may declare, all together, before torch reads them: torch.save
+# stores every member uncompressed, so a checkpoint declares at most its own size, whatever
+# its size; twice that, and 16 MiB more for a small file, leaves room for one compressed
+# again, while a 2 MB zip declaring 2.4 GB is refused unread.
+CHECKPOINT_INFLATION = 2
+CHECKPOINT_SLACK = 16 << 20
 
 
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint's state on the host. The model's and optimiser's load_state_dict copy each
     tensor to its parameter's device; AdamW's `step` counts stay on the host, where the
     optimiser reads them (loaded onto the GPU, every step would read them back, two host
-    synchronisations per parameter)."""
-    regular_file(path, "checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path}: refused to load: torch.load(weights_only=True) found more than "
-            "tensors and plain data in it (pickled objects, which could run code when "
-            "loaded, or a damaged file); checkpoints written by avcache-train hold nothing else"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({printable(error)})") from None
+    synchronisations per parameter). The file is checked as a zip archive first
+    (`checked_archive`), and torch reads the very file that was checked."""
+    with open_checkpoint(path) as handle:
+        checked_archive(handle, path)
+        handle.seek(0)
+        try:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path}: refused to load: torch.load(weights_only=True) found more than "
+                "tensors and plain data in it (pickled objects, which could run code when "
+                "loaded, or a damaged file); checkpoints written by avcache-train hold nothing "
+                "else"
+            ) from error
+        except (RuntimeError, EOFError, OSError, LookupError) as error:
+            raise ValueError(f"{path}: not a readable checkpoint ({printable(error)})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a dict: {NOT_OURS}")
     return state
+
+
+def open_checkpoint(path: Path):
+    """The checkpoint opened for reading, refused unless it is a regular file (stat first: a
+    FIFO is never opened) and still the same file once opened."""
+    info = regular_file(path, "checkpoint")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the checkpoint ({error.strerror})") from None
+    handle = os.fdopen(descriptor, "rb")
+    opened = os.fstat(descriptor)
+    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+        handle.close()
+        raise ValueError(f"{path}: the checkpoint was replaced while it was opened; try again")
+    return handle
+
+
+def checked_archive(handle, path: Path) -> None:
+    """Refuse, before torch reads a byte of tensor data, a file that is not the zip archive
+    torch.save writes (a text file, an old or foreign format: torch would fail with an
+    IndexError or KeyError), one without its data.pkl record, and one whose members declare
+    more than CHECKPOINT_INFLATION times the file's size (a zip bomb: torch allocates what a
+    member declares). Only the archive's directory is read."""
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        with zipfile.ZipFile(handle) as archive:  # leaves `handle` open
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: not a checkpoint: not a zip archive, the format torch.save "
+                         f"writes ({printable(error)}); {NOT_OURS}") from None  # fmt: skip
+    if not any(member.filename.endswith("/data.pkl") for member in members):
+        raise ValueError(f"{path}: not a checkpoint: a zip archive without the data.pkl "
+                         f"record torch.save writes; {NOT_OURS}")  # fmt: skip
+    declared = sum(member.file_size for member in members)
+    bound = CHECKPOINT_INFLATION * size + CHECKPOINT_SLACK
+    if declared > bound:
+        raise ValueError(
+            f"{path}: refused to load: its members would inflate to {declared / 2**20:,.0f} MiB "
+            f"from a file of {size / 2**20:,.1f} MiB (at most {bound / 2**20:,.0f} MiB "
+            f"allowed); torch.save stores checkpoints uncompressed: {NOT_OURS}"
+        )
 
 
 def checked_weights(model: nn.Module, state: dict, path: Path) -> dict:
