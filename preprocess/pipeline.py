@@ -15,8 +15,11 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from multiprocessing import resource_tracker
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 
@@ -270,20 +273,34 @@ class Preprocessor:
         """Worker processes here; a queue carries per-video progress back."""
         # spawn, not fork: a forked server would inherit the cache lock and outlive a kill -9.
         manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-        manager.start(_leave_interrupts_to_the_main_process)
-        ticks = manager.Queue()
-        listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
-        listener.start()
+        listener = records = None
         try:
+            with _interrupts_deferred():  # the progress queue's server starts deaf to Ctrl-C
+                manager.start(_leave_interrupts_to_the_main_process)
+                ticks = manager.Queue()
+                listener = threading.Thread(target=_drain, args=(ticks, bar), daemon=True)
+                listener.start()
             # No memmapping: tasks carry plans, not arrays, and the folders joblib would
             # make for them in /dev/shm are only left for its resource tracker to report.
-            parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered",
-                                       max_nbytes=None)  # fmt: skip
-            return {record.path: record for record in parallel(self._tasks(todo, ticks))}
+            # The workers start deaf to Ctrl-C too (with --jobs 1 there are none: the tasks
+            # run here as they are dispatched, and a Ctrl-C is not put off).
+            with (
+                joblib.parallel_config("loky", initializer=_leave_interrupts_to_the_main_process),
+                _interrupts_deferred(jobs > 1),
+            ):
+                parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered",
+                                           max_nbytes=None)  # fmt: skip
+                records = parallel(self._tasks(todo, ticks))  # starts the workers
+            return {record.path: record for record in records}
+        except KeyboardInterrupt:
+            if records is not None:  # pressed before the first result: stop the workers
+                _stop_quietly(records)
+            raise
         finally:
-            ticks.put(None)
-            listener.join()
-            manager.shutdown()
+            if listener is not None:  # the server started (no Ctrl-C stops its start)
+                ticks.put(None)
+                listener.join()
+                manager.shutdown()
 
     def _run_on_dask(self, todo: list[ShardPlan], jobs: int, bar: tqdm) -> dict[str, ShardRecord]:
         """Tasks on a Dask cluster; progress moves a shard at a time (workers elsewhere
@@ -342,11 +359,47 @@ def _shard_task(job: ShardJob, ticks) -> ShardRecord:
 def _leave_interrupts_to_the_main_process() -> None:
     """A terminal's Ctrl-C reaches every process of its group. The main process answers it
     (it stops the workers and says so in one line); a worker process or the progress
-    queue's server would otherwise print a traceback of its own."""
+    queue's server would otherwise print a traceback of its own. Run first in each of them
+    (their initializer, and each task): SIGINT ignored, then let through the block they
+    were started under (`_interrupts_deferred`), which discards one pressed meanwhile."""
     if multiprocessing.current_process().name == "MainProcess":
         return  # a task run in this process (--jobs 1), or in a Dask worker's thread
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
+def _interrupts_deferred(defer: bool = True) -> Iterator[None]:
+    """Ctrl-C put off while this thread starts processes, and raised as KeyboardInterrupt
+    when they have started. SIGINT is blocked in this thread, and a child inherits the
+    block, so it cannot die with a traceback while it imports, before its initializer
+    ignores SIGINT (loky starts its resource tracker the same way); another thread of this
+    process may still receive it, so its handler only takes note meanwhile."""
+    if not defer or threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread hears SIGINT
+        return
+    # Python's resource tracker, started with the first spawned process, lifts such a block
+    # (it unblocks where it should restore): started first, it leaves this one alone.
+    resource_tracker.ensure_running()
+    pressed: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda number, frame: pressed.append(number))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one pending is handled here
+        signal.signal(signal.SIGINT, handler)
+    if pressed and callable(handler):
+        handler(signal.SIGINT, None)  # Python's own raises KeyboardInterrupt
+
+
+def _stop_quietly(records: Iterator) -> None:
+    """Stop joblib's workers through its generator of results, which, closed early, warns
+    of the tasks it cancelled: a Ctrl-C meant them to be."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records.close()
 
 
 def _drain(ticks, bar: tqdm) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -285,6 +286,65 @@ def test_a_checkpoint_that_would_unpickle_objects_is_refused(tmp_path):
     assert not marker.exists(), "nothing was unpickled"
     torch.save(trainer.state(), tmp_path / "good.pt")
     trainer.load(tmp_path / "good.pt")  # tensors and plain data load
+
+
+# What marks each helper process of a run in its command line: the progress queue's server
+# (a multiprocessing spawn) and joblib's loky workers.
+HELPERS = {"progress server": "multiprocessing.spawn", "workers": "loky.backend.popen_loky"}
+
+
+def wait_for_an_importing_helper(main: subprocess.Popen, mark: str) -> None:
+    """Until a helper process of the run whose command line holds `mark` is importing numpy
+    (its extension mapped): past Python's start, before any code of ours runs in it."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert main.poll() is None, main.communicate()
+        for child in psutil.Process(main.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                if (
+                    mark in " ".join(child.cmdline())
+                    and "_multiarray_umath" in Path(f"/proc/{child.pid}/maps").read_text()
+                ):
+                    return
+        time.sleep(0.002)
+    raise AssertionError(f"no process {mark!r} began importing")
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` still running a minute later (a zombie has ended)."""
+    _, left = psutil.wait_procs(processes, timeout=60)
+    running = []
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+    return running
+
+
+@pytest.mark.parametrize("helper", HELPERS)
+def test_ctrl_c_while_helpers_start_is_one_line_from_the_main_process(data, tmp_path, helper):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while the progress server or
+    the workers are still importing: they were started with SIGINT blocked and ignore it
+    from their first line, so the main process alone answers, in one line, exit 130, and
+    stops them (none is left)."""
+    process = subprocess.Popen(command(data, tmp_path / "cache", 2), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=hearing_ctrl_c)  # fmt: skip
+    wait_for_an_importing_helper(process, HELPERS[helper])
+    helpers = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.count("avcache-preprocess: interrupted;") == 1, err
+    left = still_running(helpers)
+    for stray in left:
+        stray.kill()
+    assert not left, f"left running: {left}"
 
 
 def many_clips(data: Path, folder: Path, copies: int) -> Path:
