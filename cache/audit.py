@@ -10,18 +10,27 @@ rate of each value) and scored on every split by ROC AUC with a bootstrap interv
 gradient-boosted classifier on all cues together is cross-validated within the training split
 and scored on the others. Where a sample manifest names each fake's kinds, the same per kind
 (its fakes against all reals). AUC 0.5: the cue says nothing; near 1: it gives the labels away.
+
+What cannot be measured says so instead of printing an AUC: a number unknown for every
+training video (clips without audio, no face found) or every video of a split; a classifier
+that could not learn (too few training videos of a class, or fits that make no split and
+predict one value for all). A codec value held by fewer than MIN_CATEGORY training videos
+counts as "other", and a number unknown for every training video of one class is scored by
+whether it is known.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from avcache.cache import schema
@@ -32,6 +41,19 @@ BOOTSTRAP = 500  # resamples for the 95% intervals
 MEL_QUIET = 32  # a mel column whose mean grey level is below this is silence (0..255)
 ALL_CUES = "all cues (classifier)"
 TRAIN = "train"
+MIN_CATEGORY = 5  # training videos a string value needs to be a category of its own
+MAX_CATEGORIES = 254  # kept values of a string cue; the classifier takes 255 with "other"
+MIN_PER_CLASS = 5  # real and fake training videos the classifier needs (one a fold)
+NOT_MEASURABLE = "not measurable"
+AUDIO_FACTS = ("fact_audio_seconds", "fact_lead_silence", "fact_trail_silence",
+               "fact_loudness_db", "fact_sample_rate", "fact_channels",
+               "fact_audio_bit_rate")  # fmt: skip
+# Why a cue is unknown (NaN) for a video, said where that leaves it not measurable.
+UNKNOWN_WHEN = {
+    **dict.fromkeys(AUDIO_FACTS, "no audio stream"),
+    **dict.fromkeys(("face_size", "face_x", "face_y"), "no face found on any frame"),
+    "face_share": "no face frames cached",
+}
 
 
 @dataclass
@@ -51,6 +73,25 @@ class CueTable:
             return np.asarray(values, np.float64)
         codes = {value: i for i, value in enumerate(sorted(set(values)))}
         return np.array([codes[value] for value in values], np.float64)
+
+    def encoded(self, name: str, train: np.ndarray) -> np.ndarray:
+        """A cue as the rules and the classifier take it: a number as it is (NaN: unknown), a
+        string as its category among the `train` rows (`category_codes`)."""
+        if name not in self.categorical:
+            return self.array(name)
+        return category_codes(self.columns[name], train)
+
+
+def category_codes(values: list, train: np.ndarray) -> np.ndarray:
+    """A string cue as codes 0..k-1 for its k most frequent values among the `train` rows
+    (each held by MIN_CATEGORY of them at least, MAX_CATEGORIES at most), and k, "other", for
+    every rarer or unseen value: a codec string of its own per video would otherwise give each
+    training video its own label back, and the classifier takes 255 categories at most."""
+    counts = Counter(value for value, fitted in zip(values, train, strict=True) if fitted)
+    frequent = sorted((-n, value) for value, n in counts.items() if n >= MIN_CATEGORY)
+    codes = {value: code for code, (_, value) in enumerate(frequent[:MAX_CATEGORIES])}
+    other = len(codes)
+    return np.array([codes.get(value, other) for value in values], np.float64)
 
 
 def mel_quiet(mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,22 +189,33 @@ def bootstrap_interval(labels: np.ndarray, scores: np.ndarray, rounds: int,
     return float(low), float(high)
 
 
-def rule_scores(values: np.ndarray, labels: np.ndarray, train: np.ndarray,
-                categorical: bool) -> tuple[np.ndarray, str]:  # fmt: skip
-    """A cue made a score by a rule fitted on the `train` rows, and the rule in words: a
-    number keeps or flips its direction (fakes higher or lower), unknown values ranked below
-    all others; a category scores the fake rate of its value among the training rows
-    (unseen: their overall rate)."""
+def rule_scores(values: np.ndarray, labels: np.ndarray, train: np.ndarray, categorical: bool,
+                why: str = "") -> tuple[np.ndarray | None, str, str]:  # fmt: skip
+    """A cue made a score by a rule fitted on the `train` rows, the rule in words and a note:
+    a number keeps or flips its direction (fakes higher or lower), unknown values ranked below
+    all others; a category (`category_codes`) scores the fake rate of its value among the
+    training rows (none there: their overall rate). A number unknown for every training video
+    of one class is scored by whether it is known, and so noted: its values cannot be
+    compared; unknown for all of them (`why`: what leaves it unknown), it gives no score."""
     if categorical:
         rate = labels[train].mean() if train.any() else 0.5
         table = {value: labels[train & (values == value)].mean()
                  for value in np.unique(values[train])}  # fmt: skip
-        return np.array([table.get(value, rate) for value in values]), "fake rate by value"
-    finite = values[np.isfinite(values)]
-    floor = finite.min() - 1 if finite.size else 0.0
-    scores = np.where(np.isfinite(values), values, floor)
+        return np.array([table.get(value, rate) for value in values]), "fake rate by value", ""
+    known = np.isfinite(values)
+    if not known[train].any():
+        return None, "", f"{NOT_MEASURABLE}: unknown for every training video ({why})"
+    present = [name for name, label in (("real", 0), ("fake", 1)) if (labels[train] == label).any()]
+    lacking = [name for name in present if not known[train & (labels == (name == "fake"))].any()]
+    if len(present) == 2 and lacking:  # fakes (or reals) without it score higher
+        scores = np.where(known, 0.0, 1.0) if lacking[0] == "fake" else np.where(known, 1.0, 0.0)
+        note = (f"unknown for every training {lacking[0]} ({why}): its values cannot be "
+                "compared, it is scored by whether it is known")  # fmt: skip
+        return scores, f"{lacking[0]}s lack it", note
+    floor = values[known].min() - 1
+    scores = np.where(known, values, floor)
     fitted = auc(labels[train], scores[train]) if train.any() else float("nan")
-    return (-scores, "fakes lower") if fitted < 0.5 else (scores, "fakes higher")
+    return (-scores, "fakes lower", "") if fitted < 0.5 else (scores, "fakes higher", "")
 
 
 @dataclass
@@ -177,6 +229,7 @@ class Result:
     reals: int
     fakes: int
     direction: str = ""  # for a number: whether fakes have the higher values
+    note: str = ""  # what to know: why it was not measured (AUC NaN), or how it was scored
 
     def as_dict(self) -> dict:
         return {key: (None if isinstance(value, float) and np.isnan(value) else value)
@@ -196,59 +249,141 @@ def groups(table: CueTable, kinds: dict[str, list[str]] | None) -> dict[str, np.
 
 def audit(table: CueTable, kinds: dict[str, list[str]] | None = None, rounds: int = BOOTSTRAP,
           seed: int = 0) -> list[Result]:  # fmt: skip
-    """Every cue alone and all together, per labelled split and per group (see `groups`)."""
+    """Every cue alone and all together, per labelled split and per group (see `groups`);
+    where one cannot be measured, a Result with NaN and a note that says why."""
     labels, splits = np.array(table.labels), np.array(table.splits)
     results = []
     for kind, members in groups(table, kinds).items():
         train = members & (splits == TRAIN)
         if not train.any():  # no training split: each split fits its own rule
             train = members
+        group = Group(kind, members, labels, splits, rounds, seed)
         for cue in table.columns:
-            values = table.array(cue)
-            scores, direction = rule_scores(values, labels, train, cue in table.categorical)
-            results += _scored(cue, kind, scores, labels, splits, members, rounds, seed, direction)
-        scores = classifier_scores(table, members, train, seed)
-        if scores is not None:
-            results += _scored(ALL_CUES, kind, scores, labels, splits, members, rounds, seed)
+            values = table.encoded(cue, train)
+            why = UNKNOWN_WHEN.get(cue, "not in the files' headers")
+            categorical = cue in table.categorical
+            scores, direction, note = rule_scores(values, labels, train, categorical, why)
+            notes = None if categorical else unknown_notes(values, members, splits, why)
+            results += group.scored(cue, scores, direction, note, notes)
+        scores, note, notes = classifier_scores(table, members, train, seed)
+        results += group.scored(ALL_CUES, scores, "", note, notes)
     return results
 
 
-def _scored(cue, kind, scores, labels, splits, members, rounds, seed, direction=""):
-    found = []
-    for split in dict.fromkeys(splits[members].tolist()):
+def unknown_notes(values: np.ndarray, members: np.ndarray, splits: np.ndarray,
+                  why: str) -> np.ndarray:  # fmt: skip
+    """Per row, why the cue is not measurable on its split: unknown for every member of it."""
+    notes = np.full(len(values), "", dtype=object)
+    for split in np.unique(splits[members]):
         rows = members & (splits == split)
-        y = labels[rows]
-        if y.min() == y.max():
+        if not np.isfinite(values[rows]).any():
+            notes[rows] = f"{NOT_MEASURABLE}: unknown for every {split} video ({why})"
+    return notes
+
+
+@dataclass
+class Group:
+    """A group's rows (see `groups`) and how its scores are judged."""
+
+    kind: str
+    members: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    rounds: int
+    seed: int
+
+    def scored(self, cue: str, scores: np.ndarray | None, direction: str = "", note: str = "",
+               notes: np.ndarray | None = None) -> list[Result]:  # fmt: skip
+        """The AUC of `scores` on each labelled split with both classes; where there are no
+        scores (`note` says why) or a split's rows carry a note (`notes`), a Result with NaN
+        and that note instead."""
+        found = []
+        for split in dict.fromkeys(self.splits[self.members].tolist()):
+            rows = self.members & (self.splits == split)
+            y = self.labels[rows]
+            if y.min() == y.max():
+                continue
+            counts = int((y == 0).sum()), int((y == 1).sum())
+            why = next((n for n in notes[rows] if n), "") if notes is not None else ""
+            if scores is None or why:
+                nan = float("nan")
+                found.append(Result(cue, split, self.kind, nan, nan, nan, *counts, direction,
+                                    note if scores is None else why))  # fmt: skip
+                continue
+            low, high = bootstrap_interval(y, scores[rows], self.rounds, self.seed)
+            found.append(Result(cue, split, self.kind, auc(y, scores[rows]), low, high, *counts,
+                                direction, note))  # fmt: skip
+        return found
+
+
+def classifier_features(table: CueTable,
+                        train: np.ndarray) -> tuple[np.ndarray, list[bool], list[str]]:  # fmt: skip
+    """Every cue measurable on the `train` rows as one column (a string cue as its category,
+    an unknown number below all known ones, as the rules rank it: no column is left without
+    a value, which the classifier cannot bin), whether each is a category, and the cues left
+    out (unknown for every training video)."""
+    columns, categorical, left_out = [], [], []
+    for cue in table.columns:
+        values = table.encoded(cue, train)
+        known = np.isfinite(values)
+        if not known[train].any():
+            left_out.append(cue)
             continue
-        low, high = bootstrap_interval(y, scores[rows], rounds, seed)
-        found.append(Result(cue, split, kind, auc(y, scores[rows]), low, high,
-                            int((y == 0).sum()), int((y == 1).sum()), direction))  # fmt: skip
-    return found
+        columns.append(np.where(known, values, values[known].min() - 1))
+        categorical.append(cue in table.categorical)
+    features = np.column_stack(columns) if columns else np.empty((len(table.names), 0))
+    return features, categorical, left_out
 
 
 def classifier_scores(table: CueTable, members: np.ndarray, train: np.ndarray,
-                      seed: int) -> np.ndarray | None:  # fmt: skip
-    """P(fake) from every cue together: out-of-fold (5-fold, stratified) on the training
-    rows, from a model fitted on all of them elsewhere; None where training has too few."""
+                      seed: int) -> tuple[np.ndarray | None, str, np.ndarray]:  # fmt: skip
+    """P(fake) from every measurable cue together: out-of-fold (5-fold, stratified) on the
+    training rows, from a model fitted on all of them elsewhere; a note (the cues left out,
+    or why there are no scores) and, per row, why it could not learn there: a fit that makes
+    no split (too few videos for its leaves) predicts one value for every video, and its
+    AUC of 0.5 would be no finding."""
     labels = np.array(table.labels)
+    notes = np.full(len(labels), "", dtype=object)
     counts = np.bincount(labels[train], minlength=2)
-    if counts.min() < 5:
-        return None
-    features = np.column_stack([table.array(cue) for cue in table.columns])
-    categorical = [cue in table.categorical for cue in table.columns]
+    features, categorical, left_out = classifier_features(table, train)
+    if counts.min() < MIN_PER_CLASS:
+        return None, (f"could not learn: {counts[0]} real and {counts[1]} fake training "
+                      f"videos, fewer than {MIN_PER_CLASS} of each"), notes  # fmt: skip
+    if not categorical:
+        return None, "could not learn: no cue is measurable on the training videos", notes
     model = HistGradientBoostingClassifier(max_depth=3, max_iter=50, random_state=seed,
                                            categorical_features=categorical)  # fmt: skip
     scores = np.full(len(labels), np.nan)
     folds = StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=seed)
+    rows, others = np.flatnonzero(train), members & ~train
+    stuck = 0
     # One OpenMP thread: on a few hundred rows, more only wait on each other (10x slower).
     with threadpool_limits(limits=1):
-        scores[train] = cross_val_predict(model, features[train], labels[train], cv=folds,
-                                          method="predict_proba")[:, 1]  # fmt: skip
-        others = members & ~train
+        for fit, held in folds.split(rows, labels[rows]):
+            scores[rows[held]], learned = fitted_scores(model, features, labels, rows[fit],
+                                                        rows[held])  # fmt: skip
+            stuck += not learned
         if others.any():
-            model.fit(features[train], labels[train])
-            scores[others] = model.predict_proba(features[others])[:, 1]
-    return scores
+            scores[others], learned = fitted_scores(model, features, labels, rows, others)
+            notes[others] = "" if learned else (
+                f"could not learn: fitted on the {len(rows)} training videos it predicts one "
+                f"value for every video (each leaf takes {model.min_samples_leaf})")  # fmt: skip
+    if stuck:
+        notes[rows] = (f"could not learn: {stuck} of its {folds.n_splits} fits on training "
+                       f"folds (about {len(rows) - len(rows) // folds.n_splits} videos each) "
+                       "predict one value for every video (each leaf takes "
+                       f"{model.min_samples_leaf})")  # fmt: skip
+    note = f"without {', '.join(left_out)} ({NOT_MEASURABLE} on training)" if left_out else ""
+    return scores, note, notes
+
+
+def fitted_scores(model, features: np.ndarray, labels: np.ndarray, fit: np.ndarray,
+                  rows: np.ndarray) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """P(fake) of `rows` from a copy of `model` fitted on the `fit` rows, and whether it
+    learned anything (its predictions on the rows it was fitted on vary)."""
+    fitted = clone(model).fit(features[fit], labels[fit])
+    learned = np.ptp(fitted.predict_proba(features[fit])[:, 1]) > 0
+    return fitted.predict_proba(features[rows])[:, 1], bool(learned)
 
 
 def strength(result: Result) -> float:
@@ -259,6 +394,18 @@ def strength(result: Result) -> float:
 def cue_strength(results: list[Result], cue: str, split: str) -> float:
     """A cue's strength on one split (0 where it was not scored there)."""
     return max((strength(r) for r in results if r.cue == cue and r.split == split), default=0.0)
+
+
+def measured(result: Result) -> bool:
+    """Whether the result is an AUC (not a note on why there is none)."""
+    return bool(np.isfinite(result.auc))
+
+
+def strongest(results: list[Result], split: str) -> Result | None:
+    """The strongest single cue measured on `split` (all videos), None where none is."""
+    single = [r for r in results if r.split == split and r.kind == "all" and r.cue != ALL_CUES
+              and measured(r)]  # fmt: skip
+    return max(single, key=strength, default=None)
 
 
 def judged_split(results: list[Result]) -> str:
@@ -321,6 +468,8 @@ def _is_clip(clip: object) -> bool:
 
 
 def _interval(result: Result) -> str:
+    if not measured(result):
+        return NOT_MEASURABLE
     return f"{result.auc:.3f} [{result.low:.2f}, {result.high:.2f}]"
 
 
@@ -332,7 +481,7 @@ def report_lines(results: list[Result], threshold: float = THRESHOLD) -> list[st
     splits = list(dict.fromkeys(result.split for result in overall))
     judged = judged_split(results)
     header = f"{'cue':<24}" + "".join(f"{split + ' AUC [95%]':>22}" for split in splits)
-    lines = [header + f"  {'rule':<18}strongest kind on {judged}"]
+    lines = [header + f"  {'rule':<20}strongest kind on {judged}"]
     by_cue = {}
     for result in overall:
         by_cue.setdefault(result.cue, {})[result.split] = result
@@ -343,11 +492,23 @@ def report_lines(results: list[Result], threshold: float = THRESHOLD) -> list[st
         kinds = [r for r in results if r.cue == cue and r.kind != "all" and r.split == judged]
         best = max(kinds, key=strength, default=None)
         kind = f"{best.kind} {best.auc:.3f}" if best else "-"
-        rule = next(iter(by_cue[cue].values())).direction or "model"
-        lines.append(f"{cue:<24}{cells}  {rule:<18}{kind}")
+        rule = next(iter(by_cue[cue].values())).direction or ("model" if cue == ALL_CUES else "-")
+        lines.append(f"{cue:<24}{cells}  {rule:<20}{kind}")
+    lines += note_lines(overall)
     for result in warnings_of(results, threshold):
         lines.append(warning_line(result))
     return lines
+
+
+def note_lines(overall: list[Result]) -> list[str]:
+    """One line per cue and note (why it was not measured, or how it was scored), naming
+    the splits it holds for."""
+    splits_of: dict[tuple[str, str], list[str]] = {}
+    for result in overall:
+        if result.note:
+            splits_of.setdefault((result.cue, result.note), []).append(result.split)
+    return [f"note: {cue} ({', '.join(splits)}): {note}"
+            for (cue, note), splits in splits_of.items()]  # fmt: skip
 
 
 def warning_line(result: Result) -> str:
@@ -360,15 +521,18 @@ def warning_line(result: Result) -> str:
 def summary_line(results: list[Result], threshold: float = THRESHOLD) -> str:
     """The one line to read: the strongest cue, the classifier and how many cues warn."""
     split = judged_split(results)
-    single = [r for r in results if r.split == split and r.kind == "all" and r.cue != ALL_CUES]
-    if not single:
+    if not any(r.split == split and r.kind == "all" for r in results):
         return "audit: no labelled split with both real and fake videos: nothing to measure"
-    best = max(single, key=strength)
+    best = strongest(results, split)
+    single = f"strongest cue {best.cue} AUC {_interval(best)}" if best else (
+        f"no single cue is measurable on {split} (see the notes)")  # fmt: skip
     model = next((r for r in results if r.split == split and r.kind == "all"
                   and r.cue == ALL_CUES), None)  # fmt: skip
-    together = f"; all cues together {_interval(model)}" if model else ""
+    together = ""
+    if model:  # a classifier that could not learn says so: its 0.5 would be no finding
+        together = f"; all cues together {_interval(model) if measured(model) else model.note}"
     verdict = warning_count(warnings_of(results, threshold), threshold)
-    return f"audit ({split}): strongest cue {best.cue} AUC {_interval(best)}{together}; {verdict}"
+    return f"audit ({split}): {single}{together}; {verdict}"
 
 
 def warning_count(warned: list[Result], threshold: float) -> str:
@@ -401,7 +565,7 @@ def plot(results: list[Result], path, threshold: float = THRESHOLD):
     figure, axes = plt.subplots(figsize=(8, 0.32 * len(cues) * len(splits) + 1.5))
     height = 0.8 / max(len(splits), 1)
     for i, split in enumerate(splits):
-        found = {r.cue: r for r in overall if r.split == split}
+        found = {r.cue: r for r in overall if r.split == split and measured(r)}
         y = np.arange(len(cues)) + i * height
         values = [found[c].auc if c in found else np.nan for c in cues]
         errors = [[found[c].auc - found[c].low if c in found else 0 for c in cues],

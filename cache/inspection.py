@@ -354,18 +354,17 @@ def model_question(table, results, predictions: Path) -> dict:
             and table.labels[i] >= 0 and name in scores]  # fmt: skip
     if not rows:
         raise UsageError(f"{predictions}: no prediction for a labelled video of split {split}")
-    single = [
-        r for r in results if r.split == split and r.kind == "all" and r.cue != audit.ALL_CUES
-    ]
-    cue = max(single, key=audit.strength).cue
+    best = audit.strongest(results, split)
     labels = np.array([table.labels[i] for i in rows])
     predicted = np.array([scores[table.names[i]] for i in rows])
-    matched = audit.stratified_auc(labels, predicted, table.array(cue)[rows])
     plain = audit.auc(labels, predicted)
-    line = (
-        f"model ({predictions.name}, {split}): AUC {plain:.3f}; on videos matched on "
-        f"{cue} (pairs within its quintiles) {matched:.3f}"
-    )
+    line = f"model ({predictions.name}, {split}): AUC {plain:.3f}"
+    cue, matched = (best.cue if best else None), None
+    if best:
+        matched = audit.stratified_auc(labels, predicted, table.array(cue)[rows])
+        line += f"; on videos matched on {cue} (pairs within its quintiles) {matched:.3f}"
+    else:
+        line += f"; no cue is measurable on {split} to match on"
     return {"split": split, "cue": cue, "auc": plain, "matched_auc": matched, "line": line}
 
 

@@ -4,6 +4,7 @@ silence; fakes with another frame rate) and without one."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.inspection import main as inspect_main
 from avcache.cache.writer import ShardWriter
 from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.run import main as preprocess_main
+from tests.media import ffmpeg, write_labels
 from tests.toy import FRAMES, SIZE, toy_sample
 
 KINDS = ("voice", "face")
@@ -34,9 +37,11 @@ def facts(rng: np.random.Generator, fake: bool, plant: str) -> dict[str, float |
     return values
 
 
-def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0) -> dict:
+def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0,
+                change=None) -> dict:  # fmt: skip
     """A cache with facts; returns the manifest's kinds (odd videos are fakes, of two kinds:
-    only the `voice` fakes carry the planted cue when plant ends in '-voice')."""
+    only the `voice` fakes carry the planted cue when plant ends in '-voice'). `change(sample,
+    split, i)` alters each sample before it is written."""
     rng = np.random.default_rng(seed)
     records, kinds = [], {}
     (root / "shards").mkdir(parents=True)
@@ -56,6 +61,8 @@ def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0)
                 sample.duration = np.float32(rng.uniform(3, 8))
                 if carries and planted == "mel":
                     sample.mel[:, :20] = 0  # a silent start, as the model sees it
+                if change is not None:
+                    change(sample, split, i)
                 writer.append(sample)
             records.append(ShardRecord(rel, split, *writer.close()))
     config = to_dict(PreprocessConfig())
@@ -206,3 +213,124 @@ def test_a_cache_without_facts_is_audited_on_what_it_holds(tmp_path, capsys):
     assert inspect_main([str(tmp_path / "toy"), "audit", "--bootstrap", "50"]) == 0
     out = capsys.readouterr().out
     assert "face_share" in out and "duration" in out and "fact_fps" not in out
+
+
+# ---------------------------------------------------------------- cues that cannot be measured
+
+
+def test_no_audio_or_face_in_training_is_said_to_be_not_measurable(tmp_path, capsys):
+    """Cached by avcache-preprocess: training clips without an audio stream and with no face
+    (a grey picture), validation clips with audio. The audio facts and face boxes are unknown
+    for every training video: reported as not measurable and why, not fitted; on 12 training
+    videos the classifier makes no split, and says it could not learn instead of 0.500."""
+    data = tmp_path / "data"
+    rows = {"train": [], "val": []}
+    for split, audio in (("train", False), ("val", True)):
+        folder = data / f"{split}set"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            first = folder / f"{split}{i}.mp4"
+            inputs = ["-f", "lavfi", "-i", f"color=c=gray:s=64x48:r=25:d={1 + i / 8}"]
+            if audio:
+                inputs += ["-f", "lavfi", "-i", f"sine=frequency={200 * (i + 1)}:d={1 + i / 8}"]
+            ffmpeg(*inputs, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-shortest", str(first))
+            for copy in range(3 if split == "train" else 2):
+                name = f"{split}{i}-{copy}.mp4"
+                os.link(first, folder / name)
+                rows[split].append((name, len(rows[split]) % 2))
+            first.unlink()
+        write_labels(data / f"{split}_label.txt", rows[split])
+    cache = tmp_path / "cache"
+    options = ["--quiet", "--jobs", "1", "faces.detector=haar", "faces.frames=2", "faces.size=32"]
+    assert preprocess_main(["--data", str(data), "--out", str(cache), *options]) == 0
+    capsys.readouterr()
+    report = tmp_path / "audit.json"
+    assert inspect_main([str(cache), "audit", "--bootstrap", "50", "--json", str(report),
+                         "-o", str(tmp_path / "audit.png")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    for cue in ("fact_lead_silence", "fact_sample_rate", "fact_audio_bit_rate"):
+        assert (f"note: {cue} (train, val): not measurable: unknown for every training video "
+                "(no audio stream)") in out, out  # fmt: skip
+    assert ("note: face_size (train, val): not measurable: unknown for every training video "
+            "(no face found on any frame)") in out  # fmt: skip
+    summary = out.splitlines()[-1]
+    assert summary.startswith("audit (val): strongest cue "), summary
+    assert "; all cues together could not learn: fitted on the 12 training videos it predicts " \
+        "one value for every video" in summary  # fmt: skip
+    results = json.loads(report.read_text())["results"]
+    silence = [r for r in results if r["cue"] == "fact_lead_silence"]
+    assert silence and all(r["auc"] is None and "no audio stream" in r["note"] for r in silence)
+    together = [r for r in results if r["cue"] == audit.ALL_CUES]
+    assert together and all(r["auc"] is None and "could not learn" in r["note"] for r in together)
+
+
+def no_audio_for_training_fakes(sample, split, i):
+    """A training fake without an audio stream: its audio facts unknown."""
+    if split == "train" and sample.label:
+        sample.has_audio = False
+        sample.facts |= dict.fromkeys(audit.AUDIO_FACTS, float("nan"))
+        sample.facts["fact_audio_codec"] = ""
+
+
+def test_a_cue_unknown_for_every_training_fake_is_scored_by_being_known(tmp_path, capsys):
+    """Its values cannot be compared, but that fakes lack it is a shortcut: it warns, noted."""
+    write_cache(tmp_path / "cache", "none", change=no_audio_for_training_fakes)
+    assert inspect_main([str(tmp_path / "cache"), "audit", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: fact_lead_silence (train, val): unknown for every training fake (no audio "
+        "stream): its values cannot be compared, it is scored by whether it is known"
+    ) in out
+    results = results_of(tmp_path / "cache")
+    lead = find(results, "fact_lead_silence", split="train")
+    assert lead.auc == 1.0 and lead.direction == "fakes lack it"
+    assert find(results, "has_audio", split="train").auc == 1.0  # as has_audio says
+    assert find(results, "fact_lead_silence").auc == pytest.approx(0.5, abs=0.15)  # val has audio
+
+
+@pytest.mark.parametrize("fakes", ["own strings", "vp9"])
+def test_a_codec_string_of_its_own_per_video_is_grouped_as_other(tmp_path, capsys, fakes):
+    """300 distinct codec strings (the classifier takes 255 categories): a value held by
+    fewer than 5 training videos is "other". Unique strings alone say nothing (not 1.0 on
+    training, where each would give its video's label back); fakes all in vp9 are found."""
+
+    def codec(sample, split, i):
+        own = f"lavc{i}-{split}"
+        sample.facts["fact_video_codec"] = "vp9" if fakes == "vp9" and sample.label else own
+
+    cache = tmp_path / "cache"
+    write_cache(cache, "none", splits=(("train", 300), ("val", 100)), change=codec)
+    assert inspect_main([str(cache), "audit", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    results = results_of(cache)
+    if fakes == "vp9":
+        assert find(results, "fact_video_codec").auc == 1.0
+        assert "WARNING: shortcut: fact_video_codec alone separates fakes" in out
+        assert find(results, audit.ALL_CUES).auc > 0.95
+    else:
+        assert find(results, "fact_video_codec", split="train").auc == 0.5
+        assert find(results, "fact_video_codec").auc == 0.5
+        assert audit.measured(find(results, audit.ALL_CUES))
+        assert "fact_video_codec" not in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("train, expected", [
+    (30, "all cues together could not learn: fitted on the 30 training videos it predicts one "
+         "value for every video (each leaf takes 20)"),
+    (8, "all cues together could not learn: 4 real and 4 fake training videos, fewer than 5 of "
+        "each"),
+])  # fmt: skip
+def test_a_classifier_that_cannot_learn_says_so(tmp_path, capsys, train, expected):
+    """On a small training split its scores do not vary: no 0.500 [0.50, 0.50] is printed as
+    if it were a finding; a cue planted in the frame rate is still named."""
+    write_cache(tmp_path / "cache", "fps", splits=(("train", train), ("val", 60)))
+    assert inspect_main([str(tmp_path / "cache"), "audit", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    summary = out.splitlines()[-1]
+    assert summary.startswith("audit (val): strongest cue fact_fps AUC 1.000"), summary
+    assert f"; {expected}; WARNING: 1 cue(s)" in summary, summary
+    row = next(line for line in out.splitlines() if line.startswith(audit.ALL_CUES))
+    assert row.count("not measurable") == 2 and "0.500" not in row, row
+    assert any(line.startswith(f"note: {audit.ALL_CUES} (") and "could not learn" in line
+               for line in out.splitlines())  # fmt: skip
