@@ -263,3 +263,22 @@ def test_either_sense_fusion_trains_and_predicts(toy_cache, tmp_path):
     assert not any(key.startswith("aux.") for key in state)  # its branch heads are the aux heads
     assert predict_main(["--run", str(run), "--video", str(
         talking_face(tmp_path / "clip.mp4", seconds=1.0))]) == 0  # fmt: skip
+
+
+def test_the_epoch_line_shows_a_slow_runs_throughput():
+    from avcache.train.engine import format_row
+
+    row = {"epoch": 1, "train_loss": 0.7, "val_loss": 0.69, "val_auc": 0.5, "val_ap": 0.5,
+           "val_eer": 0.5, "val_tpr@fpr=1e-3": 0.0, "val_accuracy": 0.5,
+           "train_samples_per_s": 0.4, "data_wait_share": 0.0}  # fmt: skip
+    assert "(0.4 samples/s" in format_row(row)
+    assert "(1,234 samples/s" in format_row({**row, "train_samples_per_s": 1234.4})
+
+
+def test_train_help_names_every_model_kind(capsys):
+    from avcache.train.models import MODELS
+
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    described = " ".join(capsys.readouterr().out.split())
+    assert f"model.kind: {', '.join(MODELS)}" in described

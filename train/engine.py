@@ -711,5 +711,12 @@ def format_row(row: dict) -> str:
         f"val loss {row['val_loss']:.4f}, "
         f"AUC {row['val_auc']:.4f}, AP {row['val_ap']:.4f}, EER {row['val_eer']:.4f}, "
         f"TPR@FPR=1e-3 {row['val_tpr@fpr=1e-3']:.4f}, acc {row['val_accuracy']:.4f} "
-        f"({row['train_samples_per_s']:.0f} samples/s, data wait {row['data_wait_share']:.0%})"
+        f"({throughput(row['train_samples_per_s'])} samples/s, "
+        f"data wait {row['data_wait_share']:.0%})"
     )
+
+
+def throughput(per_second: float) -> str:
+    """Samples a second as a person reads them: whole numbers where they are large, a
+    decimal where they are small (a CPU run's 0.4 is not "0")."""
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.1f}"

@@ -34,6 +34,7 @@ from avcache.train.mix import (
     open_sources,
     trained,
 )
+from avcache.train.models import MODELS
 from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
@@ -43,7 +44,8 @@ log = logging.getLogger("avcache.train")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="avcache-train",
-        description="Train a deepfake detector (timm ResNet18: audio, faces or av) on a cache.",
+        description="Train a deepfake detector (timm ResNet18 branches; model.kind: "
+        f"{', '.join(MODELS)}) on a cache.",
         epilog="Overrides: any config key as key.sub=value, before or after the options.\n"
         "The keys and their defaults (configs/train.yaml says what each does):\n"
         + key_listing(TrainConfig),
