@@ -85,8 +85,16 @@ class AuditConfig:
 @dataclass
 class LimitsConfig:
     seconds_per_video: float = 120.0  # wall-clock limit per video, then a timeout failure; 0: off
+    # The run stops before any video is read when more than this share of a split's listed
+    # files is missing (and more than one): a wrong data root or folder, not lost files.
+    # Below it, each missing file is a `resolve` failure. 1: never stop.
+    max_missing: float = field(default=0.05, metadata=SINCE_ADDED)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_missing <= 1:
+            raise ValueError(
+                f"limits.max_missing must be a share from 0 to 1, got {self.max_missing}"
+            )
         if self.seconds_per_video < 0:
             raise ValueError(
                 "limits.seconds_per_video must be >= 0 (0 = no limit), "

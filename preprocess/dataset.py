@@ -12,10 +12,14 @@ from avcache.cache.schema import LABEL_UNKNOWN, MAX_FAKE_KIND_CHARS
 from avcache.preprocess.config import SplitConfig
 from avcache.preprocess.layouts import Row, Segments, label_paths, layout_named, name_problem
 
-__all__ = ["LabelFileError", "ShardPlan", "Video", "name_problem", "plan_shards", "read_split",
-           "resolve_inside"]  # fmt: skip
+__all__ = ["LabelFileError", "MissingVideosError", "ShardPlan", "Video", "name_problem",
+           "plan_shards", "read_split", "resolve_inside"]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+
+class MissingVideosError(ValueError):
+    """Too many of a split's listed files are missing to be lost files: a wrong data root."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,11 @@ def resolve_inside(root: Path, folders: list[str], name: str) -> tuple[Path | No
     return None, None
 
 
-def read_split(root: Path, split: str, config: SplitConfig) -> list[Video]:
+def read_split(root: Path, split: str, config: SplitConfig,
+               max_missing: float = 1.0) -> list[Video]:  # fmt: skip
     """Every selected row of a split's label file(s) as a Video; raises LabelFileError
-    listing all bad rows.
+    listing all bad rows, and MissingVideosError when more than one listed file and more
+    than `max_missing` of them (a share) is missing: a wrong data root, not lost files.
 
     Two names for one file (`a.mp4` and `./a.mp4`, or a symlink beside its target) are
     duplicates too: the same video must not land twice in a split, maybe with two labels.
@@ -89,22 +95,29 @@ def read_split(root: Path, split: str, config: SplitConfig) -> list[Video]:
     if not paths:
         raise LabelFileError(f"{where}: no label file matches")
     rows = [row for path in paths for row in layout.read(root, path, config.has_targets)]
-    videos, problems, missing = _checked(root, split, config, _selected(rows, config.select, where))
+    chosen = _selected(rows, config.select, where, f"splits.{split}.select")
+    videos, problems, missing = _checked(root, split, config, chosen)
     if problems:
         raise LabelFileError(
             f"{where}: {len(problems)} bad {layout.unit}(s), nothing was cached:\n"
             + "\n".join(problems)
         )
+    _check_missing(root, split, config, (missing, len(videos)), max_missing)
     _warn_missing(missing, config.videos)
     return videos
 
 
-def _selected(rows: list[Row], select: dict[str, list[str]], where: Path) -> list[Row]:
+def _selected(rows: list[Row], select: dict[str, list[str]], where: Path, key_path: str
+              ) -> list[Row]:  # fmt: skip
     """The rows whose fields hold one of `select`'s values, and every row with a problem (a
-    wrong label file is refused whichever split reads it)."""
+    wrong label file is refused whichever split reads it). A value no entry holds, or values
+    that together choose no entry, are refused: an empty split would fail only at training."""
     for key in select:
         if rows and not any(key in row.fields for row in rows):
             raise LabelFileError(f"{where}: select names {key!r}, a field no entry has")
+    unmatched = [_unmatched(rows, key, values, where) for key, values in select.items()]
+    if any(unmatched):
+        raise LabelFileError(f"{key_path}: " + "; ".join(filter(None, unmatched)))
     chosen = []
     for row in rows:
         lacking = [key for key in select if key not in row.fields]
@@ -112,7 +125,23 @@ def _selected(rows: list[Row], select: dict[str, list[str]], where: Path) -> lis
             row.problem = f"has no {lacking[0]!r} to select by"
         if row.problem or all(row.fields[key] in values for key, values in select.items()):
             chosen.append(row)
+    if rows and select and not chosen:
+        wanted = ", ".join(f"{key}={','.join(values)}" for key, values in select.items())
+        raise LabelFileError(f"{key_path}: {wanted} together match no entry of {where}")
     return chosen
+
+
+def _unmatched(rows: list[Row], key: str, values: list[str], where: Path,
+               shown: int = 20) -> str | None:  # fmt: skip
+    """Why `values` of `key` are refused (some match no entry), or None."""
+    present = list(dict.fromkeys(row.fields[key] for row in rows if key in row.fields))
+    absent = [value for value in values if value not in present]
+    if not rows or not absent:
+        return None
+    listing = ", ".join(present[:shown])
+    if len(present) > shown:
+        listing += f", ... ({len(present)} values in all)"
+    return f"{key}={','.join(absent)} matches no entry of {where}; its {key} values are: {listing}"
 
 
 def _checked(root: Path, split: str, config: SplitConfig,
@@ -146,6 +175,25 @@ def _kind_problem(kind: str | None) -> str | None:
     if kind is not None and len(kind) > MAX_FAKE_KIND_CHARS:
         return f"a kind of {len(kind)} characters (at most {MAX_FAKE_KIND_CHARS})"
     return None
+
+
+def _check_missing(root: Path, split: str, config: SplitConfig, counts: tuple[list[str], int],
+                   max_missing: float) -> None:  # fmt: skip
+    """Refuse the split when its missing files are too many to be lost ones."""
+    missing, listed = counts
+    share = len(missing) / listed if listed else 0.0
+    if len(missing) <= 1 or share <= max_missing:
+        return
+    shown = ", ".join(row.removeprefix(f"{root}/") for row in missing[:3])
+    shown += ", ..." if len(missing) > 3 else ""
+    folders = ", ".join(f"{folder}/" for folder in config.videos)
+    raise MissingVideosError(
+        f"split {split}: {len(missing)} of {listed} listed videos ({share:.1%}) are not found "
+        f"in {folders} under {root} ({shown}): more than limits.max_missing={max_missing:g}, "
+        f"nothing was cached. Check --data and splits.{split}.videos, or raise "
+        "limits.max_missing (e.g. limits.max_missing=1) to cache the rest and record these "
+        "as failures"
+    )
 
 
 def _warn_missing(rows: list[str], folders: list[str]) -> None:

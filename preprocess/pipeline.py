@@ -44,7 +44,7 @@ from avcache.cache.untrusted import load_json, mapping
 from avcache.preprocess.audio import MEL_MODES, mel_settings
 from avcache.preprocess.cluster import dask_client
 from avcache.preprocess.config import PreprocessConfig, TracksConfig
-from avcache.preprocess.dataset import ShardPlan, Video, plan_shards, read_split
+from avcache.preprocess.dataset import MissingVideosError, ShardPlan, Video, plan_shards, read_split
 from avcache.preprocess.faces import resolve_detector
 from avcache.preprocess.layouts import label_paths, layout_named
 from avcache.preprocess.media import ffmpeg_binary
@@ -169,14 +169,22 @@ class Preprocessor:
         self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
 
     def read_videos(self) -> list[Video]:
-        """Every listed video of every split whose list exists (bad rows raise first)."""
-        videos = []
+        """Every listed video of every split whose list exists. Bad rows of any split raise
+        first, then a split missing more than limits.max_missing of its files."""
+        videos, refused = [], None
         for split, split_config in self.config.splits.items():
             # a list that exists in any form is read (a FIFO or folder is refused, not skipped)
             if not any(path.exists() for path in label_paths(self.data, split_config.labels)):
                 log.info("split %s: no %s in %s, skipped", split, split_config.labels, self.data)
                 continue
-            videos.extend(read_split(self.data, split, split_config))
+            try:
+                videos.extend(
+                    read_split(self.data, split, split_config, self.config.limits.max_missing)
+                )
+            except MissingVideosError as error:
+                refused = refused or error
+        if refused:
+            raise refused
         if not videos:
             raise FileNotFoundError(
                 f"{self.data}: none of the configured label files lists a video"
