@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ from avcache.train.fuse import combine, list_scores, logit
 from avcache.train.fuse import main as fuse_main
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
+from avcache.train.runs import RunFolder
 from avcache.train.score import main as score_main
+from tests.media import talking_face
 from tests.toy import FRAMES, SIZE, small_config
 
 
@@ -95,7 +98,7 @@ def test_fused_predictions_combine_the_experts_as_fitted(experts, fusion, tmp_pa
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     names = [f"test{i:03d}.mp4" for i in range(16)]
     assert [name for name, _ in rows] == names
-    per_expert = [list_scores(run, names) for run in experts]
+    per_expert = [list_scores(RunFolder(run), names) for run in experts]
     logits = np.stack([logit([scores[name] for name in names]) for scores in per_expert], 1)
     expected = combine(json.loads(fusion.read_text()), logits)
     np.testing.assert_allclose([float(value) for _, value in rows], expected, atol=2e-6)
@@ -204,3 +207,83 @@ def test_fit_and_predict_agree_on_the_fused_auc(fusion, tmp_path, capsys):
     # 0.01: rounded to 6 decimals, two near-certain scores may tie (1/288 of the AUC a pair)
     assert aucs["val"] == pytest.approx(fitted, abs=0.01), (aucs, fitted)
     assert aucs["test"] > 0.9, aucs
+
+
+# ------------------------------------------------- videos the experts never cached
+
+
+def test_a_list_the_caches_do_not_hold_is_refused_before_anything_is_written(
+    fusion, tmp_path, capsys
+):  # fmt: skip
+    """As avcache-predict refuses it: a submission made of fallbacks is worthless."""
+    listing = write_list(tmp_path / "new.csv", "new", 2)
+    out = tmp_path / "fused.csv"
+    capsys.readouterr()
+    assert fuse_main(["predict", str(fusion), "--list", str(listing), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert "2 of 2 listed videos (100.0%) have no cached features" in error
+    assert "over --max-fallback 0.01" in error and not out.exists()
+    # the same share allowed: written, every row the fallback, as avcache-predict writes it
+    argv = ["predict", str(fusion), "--list", str(listing), "--out", str(out)]
+    assert fuse_main([*argv, "--max-fallback", "1"]) == 0
+    assert read_submission(out) == {"new000.mp4": 0.5, "new001.mp4": 0.5}
+
+
+def test_a_raw_video_gets_the_fusion_of_each_experts_own_score(experts, tmp_path, capsys):
+    """--video: each expert's avcache-predict --video score, combined by the formula by hand."""
+    video = talking_face(tmp_path / "clip.mp4", seconds=1.0)
+    alone = []
+    for run in experts:
+        capsys.readouterr()
+        assert predict_main(["--run", str(run), "--video", str(video)]) == 0
+        alone.append(float(capsys.readouterr().out.strip().rsplit("= ", 1)[1]))
+    weights, bias = (0.8, 1.5), -0.3
+    fusion = tmp_path / "fused.json"
+    fusion.write_text(json.dumps({"runs": list(map(str, experts)), "weights": weights,
+                                  "bias": bias}))  # fmt: skip
+    assert fuse_main(["predict", str(fusion), "--video", str(video)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{video}: P(fake) = "), line
+    fused = float(line.rsplit("= ", 1)[1])
+    odds = math.exp(bias) * odds_of(alone[0]) ** 0.8 * odds_of(alone[1]) ** 1.5
+    expected = odds / (1 + odds)
+    # each score is printed to 4 places (off by 5e-5 at most); through the logit that moves
+    # the fused P(fake) by at most P(1 - P) * sum of w * 5e-5 / (p (1 - p)), plus its own 5e-5
+    moved = sum(w * 5e-5 / (p * (1 - p)) for w, p in zip(weights, alone, strict=True))
+    slack = expected * (1 - expected) * moved
+    assert fused == pytest.approx(expected, abs=5e-5 + slack + 1e-9), (alone, fused)
+
+
+def test_video_and_list_are_one_or_the_other(fusion, tmp_path):
+    listing = write_list(tmp_path / "list.csv", "test", 2)
+    argv = ["predict", str(fusion), "--list", str(listing), "--video", str(tmp_path / "a.mp4")]
+    with pytest.raises(SystemExit) as exit_:
+        fuse_main([*argv, "--out", str(tmp_path / "s.csv")])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        fuse_main(["predict", str(fusion), "--list", str(listing)])  # no --out
+    assert exit_.value.code == 2
+
+
+def test_cache_scores_another_cache_as_the_list_path_scores_the_experts_own(
+    cache, fusion, tmp_path
+):  # fmt: skip
+    """--cache: every expert reads the copy; with the experts' own cache out of reach (its
+    index moved away) the copy's scores are those of the list path on the original."""
+    listing = write_list(tmp_path / "list.csv", "test", 16)
+    own = tmp_path / "own.csv"
+    assert fuse_main(["predict", str(fusion), "--list", str(listing), "--out", str(own)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(cache, copy)
+    index = cache / schema.INDEX_FILE
+    index.rename(tmp_path / "away.json")
+    try:
+        argv = ["predict", str(fusion), "--list", str(listing), "--out"]
+        assert fuse_main([*argv, str(tmp_path / "lost.csv")]) == 2  # proves it is out of reach
+        out = tmp_path / "copy.csv"
+        assert fuse_main([*argv, str(out), "--cache", str(copy)]) == 0
+    finally:
+        (tmp_path / "away.json").rename(index)
+    assert read_submission(out) == read_submission(own)
+    assert len(read_submission(out)) == 16

@@ -2,16 +2,17 @@
 
     avcache-fuse fit RUN [RUN ...] --out fused.json [--split val]
     avcache-fuse predict fused.json --list DATA/prediction.txt.csv --out submission.csv
+    avcache-fuse predict fused.json --video clip.mp4
 
 Each run is an expert that keeps its own evidence (a mel model that hears a synthetic
 voice, a sync model that sees lips part from speech); one model trained on everything at
 once lets the easiest cue drown the others. `fit` scores a cached split with every expert
 and fits a logistic regression on their logits (stacking: each expert's score calibrated
-and weighed in one step, a handful of parameters); `predict` scores a list with every
-expert and combines them with those weights. The runs may read different caches (a mel
-cache and a tracks cache of the same videos): samples are matched by video name. Fit on
-a split the experts did not train on (`val`, the default), and for a held-out protocol
-on one without the held-out kind.
+and weighed in one step, a handful of parameters); `predict` scores a list (or one raw
+video) with every expert and combines them with those weights. The runs may read
+different caches (a mel cache and a tracks cache of the same videos): samples are matched
+by video name. Fit on a split the experts did not train on (`val`, the default), and for a
+held-out protocol on one without the held-out kind.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from avcache.cache.untrusted import finite_number, load_json, mapping, printable
 from avcache.train.metrics import detection_metrics
 from avcache.train.predict import (
     FALLBACK,
+    predict_video,
+    report_fallbacks,
+    share,
     splits_to_predict,
     submission_rows,
     write_submission,
@@ -124,26 +128,49 @@ def fusion_problem(fusion: dict) -> str | None:
     return None
 
 
-def predict(fusion_path: Path, list_path: Path, out: Path) -> int:
+def predict(fusion_path: Path, list_path: Path, out: Path, cache: Path | None,
+            max_fallback: float) -> int:  # fmt: skip
+    """Score a list with every expert (each on its own cache, or all on `cache`) and write
+    the fused submission; refused before any scoring when too many would get FALLBACK."""
     fusion = read_fusion(fusion_path)
     names = read_names(list_path, "list to predict")
-    per_run = [list_scores(Path(run), names) for run in fusion["runs"]]
+    experts = [RunFolder(Path(run), cache=cache) for run in fusion["runs"]]
+    check_fallbacks(experts, list_path, names, max_fallback)
+    per_run = [list_scores(expert, names) for expert in experts]
     scored = [name for name in names if all(name in scores for scores in per_run)]
     logits = np.stack([logit([scores[n] for n in scored]) for scores in per_run], 1) \
         if scored else np.empty((0, len(per_run)))  # fmt: skip
     values = dict(zip(scored, combine(fusion, logits).tolist(), strict=True))
     rows, missing = submission_rows(names, values)
-    if missing:
-        log.warning("%d listed videos are not scored by every expert and get %.1f", len(missing),
-                    FALLBACK)  # fmt: skip
     write_submission(out, rows)
     print(f"wrote {len(rows)} rows to {out} ({len(missing)} with the fallback {FALLBACK})")
     return 0
 
 
-def list_scores(run: Path, names: list[str]) -> dict[str, float]:
-    """P(fake) of the listed videos the run's cache holds, by that expert."""
-    trainer = RunFolder(run).trainer(best=True)
+def check_fallbacks(experts: list[RunFolder], list_path: Path, names: list[str],
+                    max_fallback: float) -> None:  # fmt: skip
+    """Refuse, as avcache-predict does, a list of which more than `max_fallback` has no
+    cached features in an expert's cache, or in one of them (a video that one expert cannot
+    score gets FALLBACK); warn about the rest."""
+    without: set[str] = set()
+    for expert in experts:
+        cache = expert.cache()
+        missing = [name for name in names if not cache.splits_holding(name)]
+        if missing:
+            report_fallbacks(cache, list_path, names, missing, max_fallback)
+        without.update(missing)
+    if len(without) / max(len(names), 1) > max_fallback:
+        raise ValueError(
+            f"{list_path}: {len(without)} of {len(names)} listed videos "
+            f"({len(without) / len(names):.1%}) lack cached features in one expert's cache or "
+            f"another, over --max-fallback {max_fallback:g}: do the experts' caches hold the "
+            "same videos?"
+        )
+
+
+def list_scores(run: RunFolder, names: list[str]) -> dict[str, float]:
+    """P(fake) of the listed videos the run's cache (or --cache) holds, by that expert."""
+    trainer = run.trainer(best=True)
     scores, wanted = {}, set(names)
     for split in splits_to_predict(trainer.cache, names, None):
         predicted, _, values = trainer.predict_split(split)
@@ -151,6 +178,15 @@ def list_scores(run: Path, names: list[str]) -> dict[str, float]:
             if name in wanted:
                 scores.setdefault(name, value)
     return scores
+
+
+def predict_one(fusion_path: Path, video: Path, cache: Path | None, ffmpeg: str | None) -> float:
+    """The fused P(fake) of one raw file: each expert preprocesses it as its cache was made
+    and scores it (avcache-predict --video), and the fusion combines their scores."""
+    fusion = read_fusion(fusion_path)
+    experts = [RunFolder(Path(run), cache=cache) for run in fusion["runs"]]
+    scores = [predict_video(expert, video, ffmpeg) for expert in experts]
+    return float(combine(fusion, logit(np.array([scores])))[0])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -167,9 +203,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fitting.add_argument("--split", default="val", help="cached split to fit on (default val)")
     scoring = commands.add_parser("predict", help="score a list with a fitted fusion")
     scoring.add_argument("fusion", type=Path, help="JSON written by avcache-fuse fit")
-    scoring.add_argument("--list", type=Path, required=True, help="list to predict")
-    scoring.add_argument("--out", type=Path, required=True, help="submission CSV")
-    return parser.parse_args(argv)
+    target = scoring.add_mutually_exclusive_group(required=True)
+    target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv")
+    target.add_argument("--video", type=Path, help="one raw video file: print its P(fake)")
+    scoring.add_argument("--out", type=Path, help="submission CSV (needed with --list)")
+    scoring.add_argument("--cache", type=Path, help="cache folder every expert scores "
+                         "(default: each expert's own)")  # fmt: skip
+    scoring.add_argument("--max-fallback", type=share, default=0.01, metavar="SHARE",
+                         help=f"largest share of the list that may get the fallback {FALLBACK} "
+                         "(videos without cached features) before the run is refused "
+                         "(default 0.01)")  # fmt: skip
+    scoring.add_argument("--ffmpeg", metavar="BINARY", help="--video: the ffmpeg to decode it "
+                         "with, auto (this installation's) or a path (default: auto; one that "
+                         "a run folder records is never run)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.command == "predict" and args.list and args.out is None:
+        scoring.error("--list needs --out, the submission CSV to write")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fusion of {len(args.runs)} experts on {fusion['samples']} {args.split} "
                   f"samples -> {args.out}; AUC {aucs}")  # fmt: skip
             return 0
-        return predict(args.fusion, args.list, args.out)
+        if args.video:
+            fused = predict_one(args.fusion, args.video, args.cache, args.ffmpeg)
+            print(f"{args.video}: P(fake) = {fused:.4f}")
+            return 0
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out}: is a folder; name the submission CSV to write")
+        return predict(args.fusion, args.list, args.out, args.cache, args.max_fallback)
     except (FileNotFoundError, LabelFileError, ValueError) as error:
         print(f"avcache-fuse: error: {printable(error)}", file=sys.stderr)
         return 2
