@@ -259,6 +259,21 @@ def test_ctrl_c_during_training_is_one_line_and_leaves_whole_files(toy, tmp_path
     assert done.stderr.count("avcache-train: interrupted; checkpoints in") == 1
     assert not list(out.glob("*.partial"))
     assert torch.load(out / LAST, weights_only=True)["epoch"] >= 1
+    assert (out / "curves.png").is_file()  # drawn each epoch, not only when a run ends
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    """An epoch long enough to be stopped inside (400 samples): no checkpoint is promised
+    whole, since there is none; the message says a resume starts again."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    write_toy_cache(cache, {"train": 400, "val": 8})
+    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(cache), "--out", str(out),
+               *small_config(**{"run.epochs": 1, "data.batch_size": 2})]  # fmt: skip
+    done = interrupt(command, out / "config.yaml", group=False)
+    assert done.returncode == 130, done.stderr
+    assert not (out / LAST).exists()
+    assert done.stderr.count("interrupted before the first checkpoint") == 1, done.stderr
+    assert "are whole" not in done.stderr
 
 
 # ---------------------------------------------------------------- prediction

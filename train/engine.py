@@ -234,6 +234,8 @@ class Trainer:
         self.progress = Progress()
         # Called after every batch: where a Ctrl-C is acted on (train/interrupt.py).
         self.between_batches: Callable[[], None] = lambda: None
+        # Called by rank 0 with the history after every epoch's checkpoint (the curves).
+        self.after_epoch: Callable[[list[dict]], None] = lambda history: None
 
     def _wrap_ddp(self) -> DistributedDataParallel | None:
         return distributed.data_parallel(self.model, self.device) if self.ranks.distributed \
@@ -492,6 +494,7 @@ class Trainer:
                 if improved:
                     self.save(self.out / BEST, resumable=False)
                 self.save(self.out / LAST)
+                self.after_epoch(self.progress.history)
                 write_metrics(self.out / METRICS, self.progress.history)
                 log.info(format_row(row))
         distributed.barrier()  # the other ranks may read the checkpoints next

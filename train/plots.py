@@ -30,9 +30,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
     panels = 3 if kinds else 2
     figure = Figure(figsize=(5 * panels, 4))
     loss_axis, auc_axis, *kind_axis = figure.subplots(1, panels)
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-    loss_axis.plot(epochs, [row["val_loss"] for row in history], "o-", label="validation")
-    loss_axis.set(xlabel="epoch", ylabel="binary cross-entropy", title="Loss")
+    # Training's loss is what the model optimises (auxiliary heads' and the sync model's
+    # contrastive terms included); validation's is the fused score's cross-entropy alone.
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-",
+                   label="train (as optimised, extra terms included)")  # fmt: skip
+    loss_axis.plot(epochs, [row["val_loss"] for row in history], "o-",
+                   label="validation (binary cross-entropy)")  # fmt: skip
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_axis.legend()
     auc_axis.plot(epochs, [row["val_auc"] for row in history], "o-", color="tab:green",
                   label="trained caches" if len(sources) > 1 else None)  # fmt: skip
@@ -47,7 +51,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
 
 
 def draw_series(axis, epochs: list[int], history: list[dict], keys: list[str], style: str) -> None:

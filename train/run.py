@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from avcache.cache import open_cache
-from avcache.cache.atomic import PARTIAL_SUFFIX
+from avcache.cache.atomic import PARTIAL_SUFFIX, atomic_path
 from avcache.cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
 from avcache.cache.lock import FolderBusyError, FolderLock
 from avcache.cache.reader import Cache, CacheFormatError
@@ -39,6 +39,7 @@ from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
 log = logging.getLogger("avcache.train")
+CURVES = "curves.png"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -187,6 +188,9 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
         trainer.load(out / LAST)
         log.info("resuming %s at epoch %d, after %d of its batches", out,
                  trainer.progress.epoch + 1, trainer.progress.batches_done)  # fmt: skip
+    elif args.resume:
+        log.warning("%s holds no checkpoint yet (it stopped before its first): training "
+                    "starts again at epoch 1", out)  # fmt: skip
     return trainer, lock
 
 
@@ -216,12 +220,18 @@ def finish_run(trainer: Trainer) -> None:
                              for source in trained(trainer.sources)])  # fmt: skip
     if not trainer.ranks.main:
         return
-    plot_curves(history, trainer.out / "curves.png")
+    write_curves(history, trainer.out)
     best = max(history, key=lambda row: row["val_auc"] if math.isfinite(row["val_auc"]) else -1)
     if len(set(labels.tolist())) == 2:
         plot_roc(labels, scores, best["val_auc"], trainer.out / "roc.png")
     print(f"best epoch {best['epoch']}: validation AUC {best['val_auc']:.4f}, "
           f"AP {best['val_ap']:.4f}, EER {best['val_eer']:.4f}; run in {trainer.out}")  # fmt: skip
+
+
+def write_curves(history: list[dict], out: Path) -> None:
+    """RUN/curves.png, redrawn after every epoch (a run stopped early keeps its curves)."""
+    with atomic_path(out / CURVES) as partial:
+        plot_curves(history, partial)
 
 
 def without_worker_traceback(error: Exception) -> str:
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer, lock = start_run(args)
             trainer.between_batches = interrupts.check
+            trainer.after_epoch = lambda history: write_curves(history, trainer.out)
             interrupts.check()
             trainer.fit()
             finish_run(trainer)
@@ -283,9 +294,14 @@ def interrupted(out: Path, lock: FolderLock | None) -> int:
     if lock is not None:  # the run's own partial files, nobody else's
         for partial in Path(out).glob(f"*{PARTIAL_SUFFIX}"):
             partial.unlink(missing_ok=True)
-    print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
-          f"temporary name, then renamed): continue with avcache-train --resume {out}",
-          file=sys.stderr)  # fmt: skip
+    if (Path(out) / LAST).is_file():
+        print(f"avcache-train: interrupted; checkpoints in {out} are whole (written under a "
+              f"temporary name, then renamed): continue with avcache-train --resume {out}",
+              file=sys.stderr)  # fmt: skip
+    else:
+        print(f"avcache-train: interrupted before the first checkpoint: {out} holds nothing "
+              f"to continue from; avcache-train --resume {out} starts it again at epoch 1",
+              file=sys.stderr)  # fmt: skip
     return 130
 
 
