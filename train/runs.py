@@ -8,18 +8,32 @@ user's command line or installation (cache/config.py local_values).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 
-from avcache.cache import open_cache
+from avcache.cache import open_cache, schema
 from avcache.cache.atomic import write_json_atomic
 from avcache.cache.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import load_json, mapping, text
 from avcache.train.config import TrainConfig, validate
 from avcache.train.engine import BEST, LAST, Trainer
-from avcache.train.mix import Source
+from avcache.train.mix import Source, model_fields
 
 CONFIG, CACHE = "config.yaml", "cache.json"
+# The preprocessing keys that make what each field a model reads holds (its shape, dtype
+# and recipe), in train/mix.py's names: a cache that differs from the run's in one of them
+# feeds the model inputs it was not trained on. The rest (shards.size, splits and their
+# labels, audit, limits, how faces are found) leave the inputs' form as trained.
+TRACK_LAYOUT = ("tracks.windows", "tracks.frames", "tracks.size", "tracks.fps",
+                "tracks.audio_rate")  # fmt: skip
+INPUT_KEYS: dict[str, tuple[str, ...]] = {
+    schema.MEL: ("audio.mode", "audio.trim_silence_db"),
+    schema.FACES: ("faces.frames", "faces.size", "faces.codec"),
+    schema.LIPS: TRACK_LAYOUT,
+    schema.TRACK_AUDIO: TRACK_LAYOUT,
+}
 # A model restored from a checkpoint needs none of the files that started its run.
 WEIGHTS_IN_CHECKPOINT = {"model.pretrained": None, "model.init": None}
 
@@ -43,6 +57,7 @@ class RunFolder:
         recorded = mapping(load_json(where, "run's cache record", root=self.path), str(where))
         self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))
         self.cache_config = mapping(recorded.get("config", {}), f"{where}: 'config'")
+        self.cache_hash = recorded.get("config_hash")
 
     @staticmethod
     def create(path: Path, config: TrainConfig, cache: Cache) -> RunFolder:
@@ -66,10 +81,34 @@ class RunFolder:
             raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")
         config = self.restoring(self.config, checkpoint)
         cache = self.cache(check_shards)
+        if best:
+            self.check_inputs(cache)
         sources = [Source(cache.root.name, 1.0, cache)] if best else None
         trainer = Trainer(config, cache, self.path, sources=sources)
         trainer.load(checkpoint, weights_only_model=best)
         return trainer
+
+    def check_inputs(self, cache: Cache) -> None:
+        """Refuse to predict on `cache` where its config differs from the one the run was
+        trained on in a key the model's inputs are made by (INPUT_KEYS): the model would
+        score inputs of another form without a word. An equal config hash is the same config;
+        a run that recorded no config (an old run folder) is not checked."""
+        if cache.config_hash == self.cache_hash or not self.cache_config:
+            return
+        where = str(self.path / CACHE)
+        trained = preprocess_values(self.cache_config, where)
+        found = preprocess_values(cache.config, str(cache.index_path))
+        keys = dict.fromkeys(key for field in model_fields(self.config.model.kind)
+                             for key in INPUT_KEYS[field])  # fmt: skip
+        differing = [key for key in keys if found(key) != trained(key)]
+        if differing:
+            key, fix = differing[0], " ".join(f"{key}={trained(key)}" for key in differing)
+            raise ConfigError(
+                f"{cache.root}: made with {key}={found(key)}, but {self.path} was trained on "
+                f"{key}={trained(key)} (model.kind={self.config.model.kind} reads it): "
+                f"preprocess the videos as the run's cache was: avcache-preprocess --config "
+                f"CONFIG --data DATA --out NEW {fix}"
+            )
 
     def restoring(self, config: TrainConfig, checkpoint: Path) -> TrainConfig:
         """This run's `config` for a model restored from `checkpoint`: the weights files that
@@ -84,15 +123,10 @@ class RunFolder:
     def preprocess_config(self, ffmpeg: str | None = None):
         """The preprocessing config the cache was made with (to score raw videos alike), with
         the user's `ffmpeg` (their --ffmpeg; None: the recorded one only if it is `auto`)."""
-        from avcache.preprocess.config import PreprocessConfig
         from avcache.preprocess.pipeline import validate
 
         where = str(self.path / CACHE)
-        config = {**self.cache_config}
-        # A cache made before faces.codec existed (format v1) stored raw crops.
-        faces = mapping(config.get("faces", {}), f"{where}: config.faces")
-        config["faces"] = {"codec": "raw", **faces}
-        recorded = from_dict(PreprocessConfig, config, where=where)
+        recorded = resolved(self.cache_config, where)
         try:
             validate(recorded)  # sizes within the preprocessor's limits, before any allocation
         except ValueError as error:
@@ -101,3 +135,21 @@ class RunFolder:
         fix = ("pass --ffmpeg auto to decode with this installation's ffmpeg, or --ffmpeg PATH "
                "to name one you trust")  # fmt: skip
         return local_values(recorded, where, given, fix)
+
+
+def resolved(config: dict, where: str):
+    """A cache's recorded preprocessing config as a PreprocessConfig, every key it omits at
+    its default."""
+    from avcache.preprocess.config import PreprocessConfig
+
+    config = {**config}
+    # A cache made before faces.codec existed (format v1) stored raw crops.
+    faces = mapping(config.get("faces", {}), f"{where}: config.faces")
+    config["faces"] = {"codec": "raw", **faces}
+    return from_dict(PreprocessConfig, config, where=where)
+
+
+def preprocess_values(config: dict, where: str) -> Callable[[str], object]:
+    """A lookup of a cache's recorded config by dotted key (faces.size)."""
+    values = resolved(config, where)
+    return lambda key: attrgetter(key)(values)
