@@ -106,7 +106,7 @@ def test_a_missing_package_is_named_in_one_line(tmp_path, monkeypatch, capsys):
 WITHOUT_MEDIA = """
 import importlib, importlib.abc, sys
 LACKING = {"librosa", "soxr", "ffmpeg", "imageio_ffmpeg", "moviepy", "mediapipe",
-           "facenet_pytorch", "skvideo", "av", "dask"}
+           "facenet_pytorch", "skvideo", "av", "dask", "matplotlib"}
 class Lacking(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in LACKING:

@@ -282,3 +282,28 @@ def test_train_help_names_every_model_kind(capsys):
         train_main(["--help"])
     described = " ".join(capsys.readouterr().out.split())
     assert f"model.kind: {', '.join(MODELS)}" in described
+
+
+WITHOUT_MATPLOTLIB = """
+import importlib.abc, sys
+class Lacking(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Lacking())
+from avcache.train.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_trains_where_matplotlib_is_missing(toy_cache, tmp_path):
+    """A GPU box's own image may lack matplotlib: the run trains, records its metrics and
+    says once that it draws no plots."""
+    run = tmp_path / "run"
+    args = ["--cache", str(toy_cache), "--out", str(run), *small_config(**{"run.epochs": 2})]
+    done = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("no plots (curves.png, roc.png)") == 1, done.stderr
+    assert len((run / METRICS).read_text().splitlines()) == 2
+    assert not (run / "curves.png").exists() and (run / BEST).is_file()

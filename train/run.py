@@ -9,6 +9,7 @@ torchrun --nproc_per_node N train/run.py ...   # the same, data-parallel over N 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import sys
@@ -35,7 +36,6 @@ from avcache.train.mix import (
     trained,
 )
 from avcache.train.models import MODELS
-from avcache.train.plots import plot_curves, plot_roc
 from avcache.train.runs import CONFIG, RunFolder
 
 log = logging.getLogger("avcache.train")
@@ -222,16 +222,32 @@ def finish_run(trainer: Trainer) -> None:
         return
     write_curves(history, trainer.out)
     best = max(history, key=lambda row: row["val_auc"] if math.isfinite(row["val_auc"]) else -1)
-    if len(set(labels.tolist())) == 2:
-        plot_roc(labels, scores, best["val_auc"], trainer.out / "roc.png")
+    plots = plotting()
+    if plots and len(set(labels.tolist())) == 2:
+        plots.plot_roc(labels, scores, best["val_auc"], trainer.out / "roc.png")
     print(f"best epoch {best['epoch']}: validation AUC {best['val_auc']:.4f}, "
           f"AP {best['val_ap']:.4f}, EER {best['val_eer']:.4f}; run in {trainer.out}")  # fmt: skip
 
 
 def write_curves(history: list[dict], out: Path) -> None:
     """RUN/curves.png, redrawn after every epoch (a run stopped early keeps its curves)."""
-    with atomic_path(out / CURVES) as partial:
-        plot_curves(history, partial)
+    plots = plotting()
+    if plots:
+        with atomic_path(out / CURVES) as partial:
+            plots.plot_curves(history, partial)
+
+
+@functools.cache
+def plotting():
+    """train/plots.py, imported where a plot is drawn; None, said once, where matplotlib is
+    missing (a GPU box's own image may lack it): the run trains and records its metrics."""
+    try:
+        from avcache.train import plots
+    except ImportError as error:
+        log.warning("no plots (curves.png, roc.png): %s; metrics.jsonl holds the figures "
+                    "(pip install matplotlib)", error)  # fmt: skip
+        return None
+    return plots
 
 
 def without_worker_traceback(error: Exception) -> str:
