@@ -284,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer, lock = start_run(args)
             trainer.between_batches = interrupts.check
-            trainer.after_epoch = lambda history: write_curves(history, trainer.out)
+            # Not a closure over `trainer`: that would be a reference cycle, and a trainer
+            # left for the interpreter's exit would tear its DDP process group down after
+            # destroy_process_group, where gloo's threads abort the process.
+            trainer.after_epoch = functools.partial(write_curves, out=trainer.out)
             interrupts.check()
             trainer.fit()
             finish_run(trainer)
