@@ -8,8 +8,10 @@ the model sees of the silence (the mel image's quiet leading and trailing column
 alone is turned into a rule on the training split (its direction, or for a codec the fake
 rate of each value) and scored on every split by ROC AUC with a bootstrap interval; a small
 gradient-boosted classifier on all cues together is cross-validated within the training split
-and scored on the others. Where a sample manifest names each fake's kinds, the same per kind
-(its fakes against all reals). AUC 0.5: the cue says nothing; near 1: it gives the labels away.
+and scored on the others. The same per kind of fake (its fakes against all reals), the kinds
+from the cache where its data set records them (LAV-DF, AV-Deepfake1M, FakeAVCeleb, a csv's
+kind column) or from a sample manifest, which names each fake's kinds. AUC 0.5: the cue says
+nothing; near 1: it gives the labels away.
 
 What cannot be measured says so instead of printing an AUC: a number unknown for every
 training video (clips without audio, no face found) or every video of a split; a classifier
@@ -63,6 +65,7 @@ class CueTable:
     names: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    kinds: list[tuple[str, ...]] = field(default_factory=list)  # a fake's kind, from the cache
     columns: dict[str, list] = field(default_factory=dict)
     categorical: set[str] = field(default_factory=set)  # string cues (codecs)
 
@@ -134,7 +137,9 @@ def read_cues(cache: Cache, mel: bool = True) -> CueTable:
             cues = _shard_cues(shard, mel)
             table.names += shard.video_names
             table.splits += [entry.split] * len(shard)
-            table.labels += shard.read(schema.LABEL).astype(int).tolist()
+            labels = shard.read(schema.LABEL).astype(int).tolist()
+            table.labels += labels
+            table.kinds += cached_kinds(shard, labels)
             for name, values in cues.items():
                 table.columns.setdefault(name, []).extend(np.asarray(values).tolist())
     table.categorical = {name for name in table.columns if name in schema.FACT_STRINGS}
@@ -143,6 +148,15 @@ def read_cues(cache: Cache, mel: bool = True) -> CueTable:
         name: values for name, values in table.columns.items() if len(values) == width
     }  # fmt: skip  (a cue only some shards hold)
     return table
+
+
+def cached_kinds(shard, labels: list[int]) -> list[tuple[str, ...]]:
+    """Each fake's kind as the shard records it (its data set's labels), none for a real
+    video (LAV-DF calls reals "real": not a kind of fake) or where the shard holds no kinds."""
+    if not shard.has_fake_kinds:
+        return [()] * len(labels)
+    return [(kind,) if label == schema.LABEL_FAKE and kind else ()
+            for kind, label in zip(shard.read_fake_kinds(), labels, strict=True)]  # fmt: skip
 
 
 def _shard_cues(shard, mel: bool) -> dict[str, np.ndarray]:
@@ -236,15 +250,50 @@ class Result:
                 for key, value in self.__dict__.items()}  # fmt: skip
 
 
+def row_kinds(table: CueTable, manifest: dict[str, list[str]] | None) -> list[tuple[str, ...]]:
+    """Each row's kinds of fake: the manifest's for a video it names, else the cache's."""
+    manifest = manifest or {}
+    return [tuple(manifest[name]) if name in manifest else cached
+            for name, cached in zip(table.names, _cached_kinds(table), strict=True)]  # fmt: skip
+
+
+def _cached_kinds(table: CueTable) -> list[tuple[str, ...]]:
+    return table.kinds or [()] * len(table.names)  # a table made by hand has no kinds
+
+
 def groups(table: CueTable, kinds: dict[str, list[str]] | None) -> dict[str, np.ndarray]:
-    """'all' and, with kinds, one group per fake kind: its fakes and every real video."""
+    """'all' and one group per fake kind (`row_kinds`): its fakes and every real video. A
+    kind that every fake has would repeat 'all' (DFDC's only kind is "fake"): left out."""
     labels = np.array(table.labels)
     known = labels >= 0
+    fakes = known & (labels == schema.LABEL_FAKE)
     found = {"all": known}
-    for kind in sorted({k for values in (kinds or {}).values() for k in values}):
-        has = np.array([kind in (kinds or {}).get(name, ()) for name in table.names])
+    per_row = row_kinds(table, kinds)
+    for kind in sorted({k for values in per_row for k in values}):
+        has = np.array([kind in values for values in per_row], dtype=bool)
+        if np.array_equal(has & fakes, fakes):
+            continue
         found[kind] = known & ((labels == 0) | has)
     return found
+
+
+def kinds_line(table: CueTable, manifest: dict[str, list[str]] | None,
+               source: str = "the manifest") -> str:  # fmt: skip
+    """Where the kinds scored apart come from and how many fakes each has ("" with none)."""
+    manifest = manifest or {}
+    per_row = row_kinds(table, manifest)
+    counts = Counter(kind for kinds, label in zip(per_row, table.labels, strict=True)
+                     if label == schema.LABEL_FAKE for kind in kinds)  # fmt: skip
+    if not counts:
+        return ""
+    named = sum(name in manifest for name in table.names)
+    rest = sum(bool(kinds) for name, kinds in zip(table.names, _cached_kinds(table), strict=True)
+               if name not in manifest)  # fmt: skip
+    origin = source if named else "the cache's labels"
+    if named and rest:
+        origin = f"{source} for the {named} videos it names, the cache's labels for {rest} more"
+    listed = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+    return f"kinds of fake (from {origin}): {listed}"
 
 
 def audit(table: CueTable, kinds: dict[str, list[str]] | None = None, rounds: int = BOOTSTRAP,
@@ -489,7 +538,8 @@ def report_lines(results: list[Result], threshold: float = THRESHOLD) -> list[st
     for cue in order:
         cells = "".join(f"{_interval(by_cue[cue][s]) if s in by_cue[cue] else '-':>22}"
                         for s in splits)  # fmt: skip
-        kinds = [r for r in results if r.cue == cue and r.kind != "all" and r.split == judged]
+        kinds = [r for r in results if r.cue == cue and r.kind != "all" and r.split == judged
+                 and measured(r)]  # fmt: skip
         best = max(kinds, key=strength, default=None)
         kind = f"{best.kind} {best.auc:.3f}" if best else "-"
         rule = next(iter(by_cue[cue].values())).direction or ("model" if cue == ALL_CUES else "-")

@@ -323,9 +323,11 @@ def run_audit(cache: Cache, args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     table = audit.read_cues(cache, mel=not args.no_mel)
     results = audit.audit(table, kinds, rounds=args.bootstrap, seed=args.seed)
-    lines = [] if args.brief else audit.report_lines(results, args.threshold)
+    kinds_line = audit.kinds_line(table, kinds, args.manifest.name if args.manifest else "")
+    lines = [] if args.brief else [kinds_line] * bool(kinds_line) + audit.report_lines(
+        results, args.threshold)  # fmt: skip
     report = {"cache": str(cache.root), "config_hash": cache.config_hash,
-              "threshold": args.threshold, "bootstrap": args.bootstrap,
+              "threshold": args.threshold, "bootstrap": args.bootstrap, "kinds": kinds_line,
               "results": [result.as_dict() for result in results]}  # fmt: skip
     if args.predictions is not None:
         model = model_question(table, results, args.predictions)
@@ -459,7 +461,9 @@ def _add_audit_args(audit: argparse.ArgumentParser) -> None:
     audit.add_argument(
         "--manifest",
         type=Path,
-        help="sample_manifest.json (avcache-sample): the AUC per fake kind too",
+        help="sample_manifest.json (avcache-sample): the AUC per fake kind too (a cache "
+        "of LAV-DF, AV-Deepfake1M, FakeAVCeleb, DFDC or a csv with kinds has its own; "
+        "the manifest's win for the videos it names)",
     )
     audit.add_argument(
         "--threshold",
