@@ -1,9 +1,11 @@
 """Typed configs from YAML plus dotted command-line overrides.
 
 Defaults live in the dataclasses (one line and one comment per key) and in the
-YAML files under configs/, which mirror them. Unknown keys are refused with a
-suggestion, values are checked against the field types, and the resolved
-config is a plain dict that is saved beside every output and hashed.
+YAML files under configs/, which mirror them and ship inside the package
+(avcache/configs/ once installed): `--config NAME` reads the shipped NAME.yaml.
+Unknown keys are refused with a suggestion, values are checked against the field
+types, and the resolved config is a plain dict that is saved beside every output
+and hashed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import textwrap
 import types
 import typing
@@ -39,6 +42,14 @@ SINCE_ADDED = {"omitted_at_default": True}
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+class MissingKeysError(ConfigError):
+    """An entry without the keys that have no default (a split without its labels)."""
+
+    def __init__(self, where: str, key: str, missing: list[str], needed: list[str]) -> None:
+        super().__init__(f"{_at(where, key)}: {', '.join(missing)} must be given")
+        self.key, self.needed = key, needed  # needed: every key without a default
 
 
 # A config is a page of keys: a file larger than this is not one (a run's config.yaml is ~2 KB).
@@ -74,20 +85,62 @@ def safe_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects built
 
 
+# The shipped configs: configs/ beside cache/ in a clone (and an editable install), mapped
+# to avcache/configs/ beside avcache/cache/ in a wheel (setup.cfg's package_dir).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """The names `--config` takes for the configs that ship with the package."""
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(path: Path | str) -> Path:
+    """The file `--config` names: a regular file as given, else the shipped config of that
+    name (`--config train_baseline`), so that a pip user, who has no configs/ folder, can
+    start from one. Neither: refused with the names there are."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return path
+        if path.name == str(path) and path.name in shipped_configs():
+            return SHIPPED_CONFIGS / f"{path.name}.yaml"
+        if path.exists():
+            return path  # a folder or a device: the reader refuses it by name
+    except OSError:
+        return path  # a folder on the way that cannot be read: so does the reader, by name
+    raise ConfigError(
+        f"{path}: no such config file; give a YAML file, the name of a shipped config "
+        f"({', '.join(shipped_configs())}), or none for the built-in defaults "
+        "(`--print-config > my.yaml` writes them to a file to edit)"
+    )
+
+
 def load_config(cls: type[T], path: Path | str | None, overrides: list[str] = (),
                 root: Path | None = None) -> T:  # fmt: skip
-    """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides.
-    A mistake is named where it was made: in the file, or in the override that made it.
-    `root`: the folder the file must lie in once its links are followed (a run folder's)."""
+    """Defaults of `cls`, updated by the YAML file at `path` (or the shipped config of that
+    name), then by `key.sub=value` overrides. An override of a key inside an entry that the
+    file or the defaults hold (splits.test.videos) updates that entry; a new entry of a
+    mapping (a split of its own) is given whole. A mistake is named where it was made: in
+    the file, or in the override that made it. `root`: the folder the file must lie in once
+    its links are followed (a run folder's); no shipped name is looked up under one."""
     data: dict[str, Any] = {}
     where = str(path or "config")
     if path is not None:
-        data = _read_yaml(Path(path), root)
+        path = Path(path) if root is not None else config_path(path)
+        where, data = str(path), _read_yaml(path, root)
         from_dict(cls, data, where)
+    if overrides:
+        data = with_defaults(cls, data)
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(data, key, value)
-        from_dict(cls, data, where=f"override {override}")  # what was before it was sound
+        try:
+            from_dict(cls, data, where=f"override {override}")  # what was before it was sound
+        except MissingKeysError as error:
+            whole = ", ".join(f"{name}: ..." for name in error.needed)
+            raise ConfigError(f"{error}; an entry that the config does not hold yet is given "
+                              f"whole: {error.key}={{{whole}}}") from None  # fmt: skip
     return from_dict(cls, data, where)
 
 
@@ -128,6 +181,33 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
 
 
+def with_defaults(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a checked file's mapping) with each key it leaves out holding its default, in
+    every section: an override then updates the entry it names (the defaults' splits.test)
+    instead of starting one that lacks the rest of its keys. A mapping the file gives (its
+    own splits) is kept whole: the file says which entries there are."""
+    hints = typing.get_type_hints(cls)
+    full = dict(data)
+    for field in dataclasses.fields(cls):
+        given, hint = data.get(field.name), hints[field.name]
+        if field.name not in data and _has_default(field):
+            full[field.name] = to_dict(_default(field))
+        elif dataclasses.is_dataclass(hint) and isinstance(given, dict):
+            full[field.name] = with_defaults(hint, given)
+    return full
+
+
+def _has_default(field: dataclasses.Field) -> bool:
+    return (field.default is not dataclasses.MISSING
+            or field.default_factory is not dataclasses.MISSING)  # fmt: skip
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = data
@@ -150,11 +230,10 @@ def from_dict(cls: type[T], data: Any, where: str, key: str = "") -> T:
         raise ConfigError(_unknown_key_message(_at(where, key), unknown[0], list(fields)))
     values = {name: _coerce(hints[name], value, where, _dotted(key, name))
               for name, value in data.items()}  # fmt: skip
-    required = [field.name for field in fields.values() if field.name not in values
-                and field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING]  # fmt: skip
-    if required:
-        raise ConfigError(f"{_at(where, key)}: {', '.join(required)} must be given")
+    needed = [field.name for field in fields.values() if not _has_default(field)]
+    missing = [name for name in needed if name not in values]
+    if missing:
+        raise MissingKeysError(where, key, missing, needed)
     return cls(**values)
 
 
@@ -205,11 +284,23 @@ def _coerce_optional(hint: Any, value: Any, where: str, key: str) -> Any:
 
 
 def _coerce_scalar(hint: type, value: Any, where: str, key: str) -> Any:
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return _finite(value, where, key)
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"{_at(where, key)}: expected {hint.__name__}, got {value!r}")
+
+
+def _finite(value: int | float, where: str, key: str) -> float:
+    """A float key's number; none means .inf or .nan (a comparison with NaN is always false,
+    so every range check would let it through to the workers)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{_at(where, key)}: expected a finite number, got {value!r}")
+    return number
 
 
 def local_keys(cls: type) -> list[str]:
@@ -265,9 +356,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 def _omitted(field: dataclasses.Field, value: Any) -> bool:
     if not field.metadata.get("omitted_at_default"):
         return False
-    if field.default is not dataclasses.MISSING:
-        return value == field.default
-    return field.default_factory is not dataclasses.MISSING and value == field.default_factory()
+    return _has_default(field) and value == _default(field)
 
 
 def config_hash(config: Any) -> str:

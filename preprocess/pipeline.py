@@ -129,7 +129,12 @@ def validate_tracks(tracks: TracksConfig) -> None:
         (rates[0] <= tracks.audio_rate <= rates[1], f"tracks.audio_rate {rates[0]} to {rates[1]}"),
         (64 <= tracks.frame_size <= 4096, "tracks.frame_size 64 to 4096"),
         (1 <= tracks.quality <= 100, "tracks.quality 1 to 100"),
-        (track_audio_samples(tracks) <= schema.MAX_TRACK_AUDIO, "a window of at most 10 s"),
+        # Only at a frame rate in range: the window's length divides by it.
+        (
+            not fps[0] <= tracks.fps <= fps[1]
+            or track_audio_samples(tracks) <= schema.MAX_TRACK_AUDIO,
+            "a window of at most 10 s",
+        ),
     )
     for holds, expected in rules:
         if not holds:

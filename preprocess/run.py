@@ -1,6 +1,6 @@
-"""avcache-preprocess: an FFDV-layout folder of videos -> a verified HDF5 cache.
+"""avcache-preprocess: a data set's folder of videos and label files -> a verified HDF5 cache.
 
-    avcache-preprocess --config configs/preprocess.yaml --data DATA --out CACHE [key=value ...]
+    avcache-preprocess [--config FILE_OR_NAME] --data DATA --out CACHE [key=value ...]
 
 One joblib task per shard of videos. Finished shards survive a crash: running
 the same command again redoes only the missing ones, and index.json, written
@@ -22,31 +22,51 @@ from avcache.cache.lock import FolderBusyError
 from avcache.cache.untrusted import printable
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import LabelFileError
+from avcache.preprocess.layouts import LAYOUTS
 from avcache.preprocess.pipeline import BACKENDS, Preprocessor, RunSummary, validate
 
 # A write refused for lack of room: a full disk, a file-size limit (ulimit -f), a quota.
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+# The overrides --help shows as an example (a test runs them as printed).
+OVERRIDE_EXAMPLE = ("faces.frames=4", "shards.size=64", "splits.test.videos=[valset]")
+
+LAYOUTS_HELP = (
+    "Data sets: FFDV's folders and label files by default. For another data set, each split\n"
+    "of splits: names its label file (labels), its video folders (videos) and its layout,\n"
+    f"one of {', '.join(LAYOUTS)};\n"
+    "select: {field: [values]} keeps only the entries whose field holds one of the values\n"
+    "(LAV-DF's dev split: select: {split: [dev]}). Write them in a config file\n"
+    "(--print-config > preprocess.yaml, then edit its splits), or override an entry:\n"
+    "splits.val.select.split=[dev]; a split the config does not hold is given whole.\n"
+    "docs/datasets.md has every layout's files and fields."
+)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="avcache-preprocess",
         description=(
-            "Cache mel images and face frames of an FFDV-layout folder of videos as HDF5 "
-            "shards. Re-running the same command resumes: finished shards are kept."
+            "Cache mel images and face frames of a data set's videos (FFDV's folders and label\n"
+            "files by default, or another data set's layout) as HDF5 shards. Re-running the\n"
+            "same command resumes: finished shards are kept."
         ),
         epilog=(
+            LAYOUTS_HELP + "\n\n"
             "Overrides: any config key as key.sub=value, before or after the options, e.g.\n"
-            "faces.frames=4 shards.size=64 splits.test.videos=[valset]. A changed config writes\n"
-            "a new set of shards. The keys and their defaults (configs/preprocess.yaml says\n"
-            "what each does):\n" + key_listing(PreprocessConfig)
+            f"{' '.join(OVERRIDE_EXAMPLE)}. A changed config writes a new\n"
+            "set of shards. The keys and their defaults (preprocess.yaml in configs/, installed\n"
+            "as avcache/configs/, says what each does; --print-config > preprocess.yaml writes\n"
+            "them to a file to edit):\n" + key_listing(PreprocessConfig)
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
         type=Path,
-        help="YAML config (default: built-in defaults, the same as configs/preprocess.yaml)",
+        help="YAML config, or the name of one shipped with the package (preprocess) "
+        "(default: the built-in defaults, the same as the shipped preprocess.yaml)",
     )
     parser.add_argument(
         "--data",
