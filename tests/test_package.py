@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+
+from avcache.cache.config import load_config, to_dict
+from avcache.preprocess.config import PreprocessConfig
+from avcache.train.config import TrainConfig
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +59,60 @@ def test_installing_into_an_environment_with_its_own_torch_keeps_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     installs = json.loads(report.read_text())["install"]
     assert [item["metadata"]["name"] for item in installs] == ["avcache"]
+
+
+# What a wheel is built from: the build files and the folders setup.cfg maps into avcache.
+SOURCES = ["setup.cfg", "pyproject.toml", "README.md", "avcache", "cache", "train", "preprocess",
+           "sample", "configs"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel pip builds offline, from a copy (a build writes build/ and *.egg-info
+    into the folder it builds)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+               "--no-index", "--quiet", "-w", str(root / "out"), str(source)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (built,) = (root / "out").glob("avcache-*.whl")
+    return built
+
+
+def test_the_wheel_ships_the_configs_and_they_are_the_defaults(wheel, tmp_path):
+    """A pip user has no configs/ folder: the wheel carries it as avcache/configs/, byte for
+    byte, and the shipped preprocess.yaml and train.yaml hold the built-in defaults."""
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {Path(name).name: archive.read(name) for name in archive.namelist()
+                   if name.startswith("avcache/configs/")}  # fmt: skip
+    assert shipped == {path.name: path.read_bytes() for path in (REPO / "configs").glob("*.yaml")}
+    for name, cls in (("preprocess.yaml", PreprocessConfig), ("train.yaml", TrainConfig)):
+        (tmp_path / name).write_bytes(shipped[name])
+        assert to_dict(load_config(cls, tmp_path / name)) == to_dict(cls())
+
+
+def test_an_installed_wheel_reads_a_shipped_config_by_name(wheel, tmp_path):
+    """Unpacked as pip installs it and imported ahead of this checkout, from a folder with
+    no configs/: `--config train_baseline` and `--config preprocess` are found."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    code = ("import avcache.cache.config as c, avcache.preprocess.run as p; print(c.__file__); "
+            "c.load_config(__import__('avcache.train.config').train.config.TrainConfig, "
+            "'train_baseline'); p.main(['--config', 'preprocess', '--print-config', "
+            "'splits.test.videos=[valset]'])")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, printed = done.stdout.split("\n", 1)
+    assert Path(where).is_relative_to(site)
+    assert yaml.safe_load(printed)["splits"]["test"]["videos"] == ["valset"]
