@@ -98,13 +98,24 @@ def read_split(root: Path, split: str, config: SplitConfig,
     chosen = _selected(rows, config.select, where, f"splits.{split}.select")
     videos, problems, missing = _checked(root, split, config, chosen)
     if problems:
-        raise LabelFileError(
-            f"{where}: {len(problems)} bad {layout.unit}(s), nothing was cached:\n"
-            + "\n".join(problems)
-        )
+        raise LabelFileError(bad_rows_message(where, layout.unit, problems))
     _check_missing(root, split, config, (missing, len(videos)), max_missing)
     _warn_missing(missing, config.videos)
     return videos
+
+
+# Bad rows a refusal lists; the count says how many more there are.
+ROWS_LISTED = 20
+
+
+def bad_rows_message(where: Path, unit: str, problems: list[str]) -> str:
+    """One line (a refusal is printed as one, newlines escaped): the count and the first
+    ROWS_LISTED bad rows, each with its place, name and reason, separated by `; `."""
+    listed = "; ".join(problems[:ROWS_LISTED])
+    more = len(problems) - ROWS_LISTED
+    if more > 0:
+        listed += f"; and {more} more"
+    return f"{where}: {len(problems)} bad {unit}(s), nothing was cached: {listed}"
 
 
 def _selected(rows: list[Row], select: dict[str, list[str]], where: Path, key_path: str
@@ -159,7 +170,7 @@ def _checked(root: Path, split: str, config: SplitConfig,
         if problem is None and resolved in files:
             problem = f"same file as {files[resolved].seen_from(row)}"
         if problem:
-            problems.append(f"  {row.where}: {row.name!r}: {problem}")
+            problems.append(f"{row.where}: {row.name!r}: {problem}")
             continue
         seen[row.name] = row
         if resolved is None:

@@ -11,6 +11,7 @@ column) raises at once. docs/datasets.md describes every layout.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from avcache.cache.schema import LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN, MAX_FAKE
 from avcache.cache.untrusted import finite_number, shown
 
 Segments = tuple[tuple[float, float], ...]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,7 +134,35 @@ def read_fakeavceleb(root: Path, path: Path, has_targets: bool) -> list[Row]:
             known = ", ".join(FAKEAVCELEB_TYPES)
             row.problem = row.problem or f"type {kind!r} is not one of {known}"
         rows.append(row)
-    return rows
+    return without_repeats(rows, path)
+
+
+def without_repeats(rows: list[Row], path: Path) -> list[Row]:
+    """The rows less each exact repeat of an earlier one (the same name, label, kind and
+    fields: the same video said twice), with one warning for the file. Public code that
+    reads FakeAVCeleb's meta_data.csv drops repeated rows; a name listed again with
+    anything else (another type, another field) is left in, and refused as a duplicate."""
+    kept: list[Row] = []
+    first: dict[str, Row] = {}
+    repeats: list[tuple[Row, Row]] = []
+    for row in rows:
+        earlier = first.get(row.name)
+        if earlier is not None and _same_video(earlier, row):
+            repeats.append((row, earlier))
+            continue
+        first.setdefault(row.name, row)
+        kept.append(row)
+    if repeats:
+        row, earlier = repeats[0]
+        log.warning("%s: %d row(s) that repeat an earlier row exactly were left out (the first: "
+                    "%s, a repeat of %s)", path, len(repeats), row.at, earlier.at)  # fmt: skip
+    return kept
+
+
+def _same_video(a: Row, b: Row) -> bool:
+    """Both sound and saying the same of one name (a row with a problem is always listed)."""
+    said = [(row.label, row.kind, row.segments, row.fields) for row in (a, b)]
+    return a.problem is None and b.problem is None and said[0] == said[1]
 
 
 def _fakeavceleb_name(header: list[str], cells: list[str]) -> tuple[str, str | None]:

@@ -160,9 +160,15 @@ def favc_text(
     drop_type: bool = False,
     again: bool = False,
 ) -> str:
+    """Two rows; `again`: the first row once more with another type and method in the same
+    folder (one file said to be two kinds of video)."""
     rows = list(layouts.FAKEAVCELEB_ROWS[:1])
     rows.append(("id00076", "-", "-", "rtvc", "B", kind, file))
-    lines = layouts.fakeavceleb_rows(rows + rows[:1] * again)
+    lines = layouts.fakeavceleb_rows(rows)
+    if again:
+        lines.append(
+            lines[1].replace(",real,A,RealVideo-RealAudio,", ",rtvc,B,RealVideo-FakeAudio,")
+        )
     if drop_type:
         lines[0] = lines[0].replace(",type,", ",kind,")
     return "\n".join(lines) + "\n"
@@ -182,7 +188,12 @@ REFUSED = [
         ":3: 'RealVideo-OddAudio/African/men/id00076/00109_fake.mp4': type 'RealVideo-OddAudio'",
     ),
     ("fakeavceleb", "meta_data.csv", favc_text(file="../../x.mp4"), ":3: "),
-    ("fakeavceleb", "meta_data.csv", favc_text(again=True), ":4: 'RealVideo-RealAudio"),
+    (
+        "fakeavceleb",
+        "meta_data.csv",
+        favc_text(again=True),
+        ":4: 'RealVideo-RealAudio/African/men/id00076/00109.mp4': duplicate of line 2",
+    ),
     ("lav-df", "metadata.json", lavdf_text(fake_periods="DROP"), "missing key 'fake_periods'"),
     ("lav-df", "metadata.json", lavdf_text(fake_periods=[[0.5, 0.2]]), "not [start, end]"),
     ("lav-df", "metadata.json", lavdf_text(modify_video=False), "modified modality is real"),
@@ -217,6 +228,49 @@ def test_a_wrong_label_file_is_refused_naming_it(tmp_path, layout, labels, text,
         read_split(tmp_path, "train", SplitConfig(labels, ["."], layout=layout))
     message = str(error.value)
     assert str(tmp_path / labels) in message and reason in message
+
+
+def test_fakeavceleb_rows_repeated_exactly_are_read_once_with_one_warning(tmp_path, caplog):
+    """Public code drops repeated rows of the released meta_data.csv: a repeat that says
+    the same of the same file is left out, once, with the count and the first repeat."""
+    lines = favc_text().splitlines()
+    (tmp_path / "meta_data.csv").write_text("\n".join([*lines, lines[1], lines[2], lines[1]]))
+    config = SplitConfig("meta_data.csv", ["."], layout="fakeavceleb")
+    with caplog.at_level("WARNING"):
+        videos = read_split(tmp_path, "all", config)
+    assert [video.name for video in videos] == [
+        "RealVideo-RealAudio/African/men/id00076/00109.mp4",
+        "RealVideo-FakeAudio/African/men/id00076/00109_fake.mp4",
+    ]
+    assert [video.label for video in videos] == [REAL, FAKE]
+    repeats = [record.getMessage() for record in caplog.records
+               if record.name == "avcache.preprocess.layouts"]  # fmt: skip
+    assert repeats == [f"{tmp_path / 'meta_data.csv'}: 3 row(s) that repeat an earlier row "
+                       "exactly were left out (the first: line 4, a repeat of line 2)"]  # fmt: skip
+
+
+def test_a_refusal_of_bad_rows_is_one_line(tmp_path, capsys):
+    """Its rows are separated by `; `: printed as one line, a newline would show as `\\n`."""
+    (tmp_path / "meta_data.csv").write_text(favc_text(again=True, kind="RealVideo-OddAudio"))
+    code = preprocess_main(["--data", str(tmp_path), "--out", str(tmp_path / "c"),
+                            "splits={all: {labels: meta_data.csv, videos: [.], "
+                            "layout: fakeavceleb}}"])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "\\n" not in error
+    assert "2 bad row(s), nothing was cached: " in error
+    assert ":3: 'RealVideo-OddAudio/African/men/id00076/00109_fake.mp4': type" in error
+    assert "; " + str(tmp_path / "meta_data.csv") + ":4: " in error
+
+
+def test_a_refusal_lists_the_first_bad_rows_and_counts_the_rest(tmp_path):
+    rows = "".join(f"v{i}.mp4,maybe\n" for i in range(25))
+    (tmp_path / "l.csv").write_text("path,label\n" + rows)
+    with pytest.raises(LabelFileError) as error:
+        read_split(tmp_path, "train", SplitConfig("l.csv", ["."], layout="csv"))
+    message = str(error.value)
+    assert "25 bad row(s)" in message and message.endswith("; and 5 more")
+    assert ":21: 'v19.mp4'" in message and "'v20.mp4'" not in message
 
 
 @pytest.mark.parametrize("text", [favc_text(file="../../x.mp4")])
