@@ -1,7 +1,7 @@
 """Build a small FFDV-layout sample data set from real media that ships in packages.
 
     avcache-sample OUT [--seed 0] [--train 200] [--val 60] [--test 60] [--lip-sync 0]
-                       [--jobs J]
+                       [--layout ffdv|lav-df] [--jobs J]
 
 The real FFDV data cannot be downloaded here, so demos and tests need a stand-in
 with the same layout (`trainset/`, `valset/`, `testset/`, `train_label.txt`,
@@ -31,7 +31,13 @@ so the same seed gives the same bytes on the same ffmpeg build. A finished sampl
 carries `sample_manifest.json` (written last); running again with the same
 arguments finds it and returns at once, so `make demo` can run twice.
 
+With `--layout lav-df` the same clips, byte for byte, are written in LAV-DF's published
+layout instead (`train/`, `dev/`, `test/` and one `metadata.json`), labelled with what the
+generator did: which of picture and sound it manipulated, and when (fake_periods: the
+whole clip, or the stretch a spliced synthetic voice replaced), the test split included.
+
 The generator lives beside the product, not inside it: sources.py (the real media),
 plan.py (each clip drawn from the seed), manipulations.py (what makes a clip fake),
-render.py (frames, audio, ffmpeg, the FFDV layout) and cli.py (avcache-sample).
+render.py (frames, audio, ffmpeg, the FFDV lists), layouts.py (FFDV's folders or LAV-DF's)
+and cli.py (avcache-sample).
 """

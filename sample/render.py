@@ -1,5 +1,5 @@
 """Rendering a clip (a moving camera, a jaw that follows the voice, the face edits),
-encoding it with ffmpeg, and the FFDV layout around the clips.
+encoding it with ffmpeg, the FFDV lists around the clips and the manifest.
 
 `talking_face_clip` films one real talking face from explicit parameters, outside any
 sample (the tests make their real-face media with it); `film`, the part that it shares
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +36,7 @@ from avcache.sample.manipulations import (
     speech_from,
 )
 from avcache.sample.plan import (
+    DEFAULT_LAYOUT,
     FACE_FRACTION,
     FORMAT_VERSION,
     HEADER,
@@ -58,6 +59,8 @@ from avcache.sample.sources import (
     load_portraits,
     run_tool,
 )
+
+Span = tuple[float, float]  # seconds from the start of a clip
 
 # --------------------------------------------------------------------------- video
 
@@ -217,7 +220,8 @@ def film(
     to `target` with `audio` (WORK_RATE mono) as its sound track; None: no track."""
     jaw = loudness(spoken, spec.frames)
     frames = render_video(spec, portrait, jaw, edits, rng, face_fraction)
-    wav = None if audio is None else scratch / f"{spec.name}.wav"
+    # a LAV-DF name holds its folder (train/000001.mp4); the scratch folder has none
+    wav = None if audio is None else scratch / f"{spec.name.replace('/', '_')}.wav"
     if wav is not None:
         write_wav(wav, audio)
     encode(spec, frames, wav, target)
@@ -229,12 +233,12 @@ def render_clip(
     spec: ClipSpec,
     portraits: dict[str, Portrait],
     speech: Sequence[Sequence[Path]],
-    out: Path,
+    target: Path,
     scratch: Path,
-) -> None:
+) -> dict[str, Span]:
     """Render one clip; any failure is re-raised as a SampleError that names the clip."""
     try:
-        build_clip(spec, portraits, speech, out, scratch)
+        return build_clip(spec, portraits, speech, target, scratch)
     except Exception as error:  # re-raised, not swallowed: the message gains the clip's name
         raise SampleError(f"clip {spec.split}/{spec.name}: {error}") from error
 
@@ -243,19 +247,23 @@ def build_clip(
     spec: ClipSpec,
     portraits: dict[str, Portrait],
     speech: Sequence[Sequence[Path]],
-    out: Path,
+    target: Path,
     scratch: Path,
-) -> None:
-    """Draw, manipulate and encode one clip; all randomness comes from spec.seed."""
+) -> dict[str, Span]:
+    """Draw, manipulate and encode one clip to `target`; all randomness comes from spec.seed.
+    Returns the span of the clip that each of its manipulations changed."""
     rng = np.random.default_rng(spec.seed)
-    said, audio = clip_tracks(spec, speech, rng)
+    said, audio, heard_spans = edited_tracks(spec, speech, rng)
     edits = [
         FACE_MANIPULATIONS[k](rng, portraits, spec.source)
         for k in spec.kinds
         if k in FACE_MANIPULATIONS
     ]
-    target = out / SPLIT_DIRS[spec.split] / spec.name
     film(spec, portraits[spec.source], said, audio, edits, rng, target, scratch)
+    # A face edit is drawn into every frame, a lip-sync drives the jaw from the first frame to
+    # the last and a desync moves the whole heard track: only a voice edit may change a part.
+    whole = (0.0, spec.frames / FPS)
+    return {kind: heard_spans.get(kind, whole) for kind in spec.kinds}
 
 
 def clip_tracks(
@@ -267,18 +275,39 @@ def clip_tracks(
     A desync plays another stretch of the same continuous speech than the face says, the
     lag apart: moving one track against the other instead would leave a gap of the lag's
     length at one end, a silence that gives the fake away without any lip reading."""
+    said, audio, _ = edited_tracks(spec, speech, rng)
+    return said, audio
+
+
+def edited_tracks(
+    spec: ClipSpec, speech: Sequence[Sequence[Path]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, dict[str, Span]]:
+    """clip_tracks, and the span of the heard track that each voice edit changed, measured
+    sample by sample (a tts_splice replaces about a second, not the clip)."""
     samples = spec.frames * WORK_RATE // FPS
     lag = desync_lag(rng) if DESYNC in spec.kinds else 0
     recording = real_speech(rng, speech, samples + abs(lag))
     said_from, heard_from = max(lag, 0), max(-lag, 0)
     spoken = recording[said_from : said_from + samples]
     said, audio = spoken, recording[heard_from : heard_from + samples]
+    spans = {}
     for kind in spec.kinds:
         if kind in VOICE_MANIPULATIONS:
-            audio = VOICE_MANIPULATIONS[kind](audio, rng)
+            edited = VOICE_MANIPULATIONS[kind](audio, rng)
+            spans[kind] = changed_span(audio, edited, kind)
+            audio = edited
         if kind in MOUTH_MANIPULATIONS:
             said = MOUTH_MANIPULATIONS[kind](spoken, rng, speech)
-    return said, audio
+    return said, audio, spans
+
+
+def changed_span(before: np.ndarray, after: np.ndarray, kind: str) -> Span:
+    """Seconds from the first to the end of the last sample that differ; a manipulation
+    that changed nothing would label a real clip fake, so it stops the sample."""
+    changed = np.flatnonzero(before != after)
+    if not len(changed):
+        raise SampleError(f"{kind} left the sound track as it was")
+    return int(changed[0]) / WORK_RATE, int(changed[-1] + 1) / WORK_RATE
 
 
 # --------------------------------------------------------------------------- one clip
@@ -340,14 +369,25 @@ def write_lists(out: Path, specs: list[ClipSpec]) -> None:
     (out / PREDICTION_FILE).write_text("\n".join([HEADER, *rows]) + "\n")
 
 
-def identity(seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> dict:
-    """What makes two samples the same: the format, the seed, the counts and the lip-sync
-    share (not --jobs). The share is recorded only when set, so that a sample made without
-    it keeps the manifest, and the bytes, it always had."""
+def identity(
+    seed: int, counts: dict[str, int], lip_sync: float = 0.0, layout: str = DEFAULT_LAYOUT
+) -> dict:
+    """What makes two samples the same: the format, the seed, the counts, the lip-sync
+    share and the layout (not --jobs). The share and the layout are recorded only when not
+    the default, so that a sample made without them keeps the manifest, and the bytes, it
+    always had."""
     made = {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
-    return (
-        {**made, "lip_sync": lip_sync, "lip_sync_version": LIP_SYNC_VERSION} if lip_sync else made
-    )
+    if lip_sync:
+        made |= {"lip_sync": lip_sync, "lip_sync_version": LIP_SYNC_VERSION}
+    if layout != DEFAULT_LAYOUT:
+        made |= {"layout": layout}
+    return made
+
+
+# The keys of a manifest that make its identity: these always, each group where its first
+# key is there.
+IDENTITY_KEYS = ("format", "seed", "counts")
+OPTIONAL_IDENTITY = {"lip_sync": ("lip_sync", "lip_sync_version"), "layout": ("layout",)}
 
 
 def existing_identity(out: Path) -> dict | None:
@@ -355,14 +395,12 @@ def existing_identity(out: Path) -> dict | None:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    found = {key: manifest.get(key) for key in ("format", "seed", "counts")}
-    if "lip_sync" not in manifest:
-        return found
-    return {
-        **found,
-        "lip_sync": manifest["lip_sync"],
-        "lip_sync_version": manifest.get("lip_sync_version"),
-    }
+    if not isinstance(manifest, dict):
+        return None
+    keys = [*IDENTITY_KEYS]
+    for trigger, group in OPTIONAL_IDENTITY.items():
+        keys += group if trigger in manifest else ()
+    return {key: manifest.get(key) for key in keys}
 
 
 def write_manifest(
@@ -372,34 +410,51 @@ def write_manifest(
     specs: list[ClipSpec],
     sources: Sources,
     lip_sync: float = 0.0,
+    layout: str = DEFAULT_LAYOUT,
 ) -> None:
     """The commit point, written last; also records what a reader of the sample may ask."""
     manifest = {
-        **identity(seed, counts, lip_sync),
+        **identity(seed, counts, lip_sync, layout),
         "speakers": len(sources.speech),  # 1 without codec2-examples: fewer real voices
         "clips": [asdict(spec) for spec in specs],
     }
     write_json_atomic(out / MANIFEST, manifest)
 
 
-def render_all(specs: list[ClipSpec], sources: Sources, out: Path, jobs: int) -> None:
-    """Render every clip on a thread pool (ffmpeg and OpenCV release the GIL); stop at a failure."""
+def ffdv_file(spec: ClipSpec) -> str:
+    """Where FFDV keeps a clip, relative to the data root: its split's folder, its name."""
+    return f"{SPLIT_DIRS[spec.split]}/{spec.name}"
+
+
+def render_all(
+    specs: list[ClipSpec],
+    sources: Sources,
+    out: Path,
+    jobs: int,
+    file_of: Callable[[ClipSpec], str] = ffdv_file,
+    folders: Iterable[str] = tuple(SPLIT_DIRS.values()),
+) -> dict[str, dict[str, Span]]:
+    """Render every clip to out/file_of(clip) on a thread pool (ffmpeg and OpenCV release the
+    GIL); stop at a failure. Returns, by clip name, the span each manipulation changed."""
     portraits = load_portraits(sources)
-    for folder in SPLIT_DIRS.values():
+    for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="avcache-sample-") as scratch,
         ThreadPoolExecutor(max_workers=jobs) as pool,
         tqdm(total=len(specs), desc="sample clips", unit="clip") as bar,
     ):
-        futures = [
-            pool.submit(render_clip, s, portraits, sources.speech, out, Path(scratch))
+        futures = {
+            s.name: pool.submit(
+                render_clip, s, portraits, sources.speech, out / file_of(s), Path(scratch)
+            )
             for s in specs
-        ]
-        for future in futures:
+        }
+        for future in futures.values():
             future.add_done_callback(lambda _: bar.update())
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        done, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in done:
             future.result()  # re-raises the first failure, naming the clip
+    return {name: future.result() for name, future in futures.items()}
