@@ -7,6 +7,9 @@ sheets' colour map) beside its K face crops, a red frame where no face was
 found; with aligned tracks (v3), the first window under them: its spectrogram,
 waveform and mouth frames over the same pixel columns (frame k in columns
 [k, k + 1) x cell), then a time axis in seconds from the video's start.
+Where the data set records them (LAV-DF, AV-Deepfake1M, FakeAVCeleb, ...), a
+card says the kind of fake and the fake segments in seconds, a band above the
+mel marks the segments over its columns, and the page filters by kind.
 Video names come from label files and may hold quotes, `<>&` or any
 Unicode: every one is HTML-escaped, and none is used as a file name.
 
@@ -31,10 +34,17 @@ from avcache.cache import schema
 from avcache.cache.labels import LabelFileError, read_rows
 from avcache.cache.reader import Cache
 from avcache.cache.sheets import (
+    BAND_H,
+    BAND_RGB,
     COLORMAP,
     DRAWN_WINDOWS,
+    SEGMENTS_SHOWN,
     face_tile,
     label_name,
+    mel_axes_of,
+    mel_seconds,
+    segment_spans,
+    segments_text,
     spectrogram,
     strip_image,
     wave_image,
@@ -86,6 +96,8 @@ class Entry:
     truth: int | None = None  # from a label file, else the cached label when known
     p_fake: float | None = None
     tracks: TrackFacts | None = None
+    kind: str | None = None  # the data set's kind of fake, where it records kinds
+    segments: np.ndarray | None = None  # float64 [k, 2] fake segments, seconds
 
     @property
     def pick(self) -> tuple[int, int]:
@@ -117,6 +129,9 @@ def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
             audio, found = shard.read(schema.HAS_AUDIO), shard.read(schema.FACE_FOUND)
             duration = shard.read(schema.DURATION)
             tracks = _track_facts(shard) if shard.tracks else [None] * len(names)
+            kinds = shard.read_fake_kinds() if shard.has_fake_kinds else [None] * len(names)
+            segments = (shard.read_fake_segments() if shard.has_fake_segments
+                        else [None] * len(names))  # fmt: skip
         known = {schema.LABEL_FAKE, schema.LABEL_REAL}
         entries.extend(
             Entry(
@@ -131,6 +146,8 @@ def catalog(cache: Cache, splits: list[str] | None = None) -> list[Entry]:
                 float(duration[i]),
                 truth=int(labels[i]) if int(labels[i]) in known else None,
                 tracks=tracks[i],
+                kind=kinds[i],
+                segments=segments[i],
             )
             for i in range(len(names))
         )
@@ -251,6 +268,18 @@ def thumbnail(sample: schema.Sample, lut: np.ndarray, size: int = THUMB_SIZE) ->
     return out
 
 
+def segment_band(spans: list[tuple[float, float]], extent: tuple[float, float],
+                 width: int) -> np.ndarray:  # fmt: skip
+    """RGB uint8 [BAND_H, width]: the fake segments (seconds) over the columns of a mel
+    thumbnail `width` px wide whose edges are the seconds `extent`, white elsewhere."""
+    band = np.full((BAND_H[True], width, 3), 255, np.uint8)
+    left, right = extent
+    for start, stop in spans:
+        first, last = ((np.array([start, stop]) - left) / (right - left) * width).round()
+        band[:, int(first) : max(int(last), int(first) + 1)] = BAND_RGB
+    return band
+
+
 def track_thumbnail(
     tracks: schema.Tracks, layout: schema.TrackLayout, lut: np.ndarray, width: int
 ) -> np.ndarray:
@@ -296,7 +325,7 @@ def _stack(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str, tuple[int, int]]:
     """One PNG per entry under out/thumbs/, read block-wise per shard; path -> (width, height)."""
     (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-    lut, sizes, layout = colour_lut(), {}, cache.tracks
+    lut, sizes, layout, axes = colour_lut(), {}, cache.tracks, mel_axes_of(cache.index)
     wanted = {entry.pick: entry for entry in entries}
     for pick, sample in tqdm(
         cache.samples_at(list(wanted), windows=DRAWN_WINDOWS),
@@ -306,6 +335,11 @@ def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str,
         leave=False,
     ):
         image = thumbnail(sample, lut)
+        seconds = mel_seconds(sample, cache.index)
+        if sample.fake_segments is not None and axes is not None and seconds:
+            spans = segment_spans(sample.fake_segments, seconds)
+            band = segment_band(spans, axes.time_extent(seconds), THUMB_SIZE)
+            image = _stack(band, image)
         if layout is not None and sample.tracks is not None:
             image = _stack(image, track_thumbnail(sample.tracks, layout, lut, image.shape[1]))
         path = wanted[pick].thumb
@@ -352,6 +386,11 @@ def card(entry: Entry, size: tuple[int, int], rank: int | None = None) -> str:
         tags.append('<span class="tag noaudio">no audio</span>')
     tags.append(f"faces {entry.faces_found}/{entry.frames}")
     tags.append(f"{entry.duration:.1f} s")
+    if entry.kind and entry.kind != label:  # LAV-DF's "real" for a real says nothing more
+        tags.append(f'<span class="kind">{html.escape(entry.kind)}</span>')
+    if entry.segments is not None and len(entry.segments):
+        text = segments_text(entry.segments, SEGMENTS_SHOWN[False])
+        tags.append(f'<span class="segments">{html.escape(text)}</span>')
     if entry.tracks is not None:
         tags.extend(entry.tracks.tags())
     if entry.p_fake is not None:
@@ -359,10 +398,11 @@ def card(entry: Entry, size: tuple[int, int], rank: int | None = None) -> str:
     if rank is not None:
         tags.insert(0, f'<span class="rank">#{rank}</span>')
     width, height = size
+    kind = "" if entry.kind is None else f' data-kind="{html.escape(entry.kind, quote=True)}"'
     return (
         f'<figure class="card" style="width:{width}px" '
         f'data-split="{html.escape(entry.split, quote=True)}" '
-        f'data-label="{label}" data-audio="{"yes" if entry.has_audio else "no"}">'
+        f'data-label="{label}" data-audio="{"yes" if entry.has_audio else "no"}"{kind}>'
         f'<img src="{entry.thumb}" width="{width}" height="{height}" alt="{name}">'
         f'<figcaption><div class="name" title="{name}">{name}</div>'
         f'<div class="tags">{" · ".join(tags)}</div></figcaption></figure>'
@@ -373,6 +413,15 @@ def _options(values: list[str]) -> str:
     return "".join(
         f'<option value="{html.escape(v, quote=True)}">{html.escape(v)}</option>' for v in values
     )
+
+
+def _kind_filter(selection: Selection) -> str:
+    """A filter by kind of fake where the data set records kinds ("" for FFDV)."""
+    kinds = sorted({e.kind for e in selection.samples + selection.mistakes if e.kind is not None})
+    if not kinds:
+        return ""
+    return (' <label>kind <select id="f-kind"><option value="">all</option>'
+            f"{_options(kinds)}</select></label>")  # fmt: skip
 
 
 def render_page(
@@ -392,7 +441,7 @@ def render_page(
         f"{_options(['fake', 'real', 'unknown'])}</select></label> <label>audio "
         '<select id="f-audio"><option value="">any</option><option value="yes">with audio'
         '</option><option value="no">without audio</option></select></label>'
-    )
+    ) + _kind_filter(selection)
     body = [
         f"<header><h1>avcache gallery <code>{html.escape(str(cache.root))}</code></h1>",
         f"<p>{shown} of {total} samples, config {html.escape(cache.config_hash)}</p>",
@@ -443,12 +492,15 @@ h1 { font-size: 18px; margin: 4px 0; } h2 { font-size: 16px; margin: 16px 0 6px;
 .tag { font-weight: bold; } .fake { color: #c0392b; } .real { color: #1e8449; }
 .unknown { color: #777; } .noaudio, .warn { color: #8a5a00; } .rank { font-weight: bold; }
 .p, .rank { color: #222; white-space: nowrap; }
+.kind { font-weight: bold; color: #222; } .segments { color: #0072b2; }
 [hidden] { display: none !important; }
 """
 
-# Filters: <select>s, also settable from the URL, e.g. index.html#split=val&label=fake.
+# Filters: the form's <select>s (kind only where the data set records kinds), also settable from
+# the URL, e.g. index.html#split=val&label=fake&kind=audio.
 SCRIPT = """
-const controls = { split: "f-split", label: "f-label", audio: "f-audio" };
+const controls = Object.fromEntries(Array.from(
+  document.querySelectorAll("#filters select"), (select) => [select.id.slice(2), select.id]));
 for (const [key, value] of new URLSearchParams(location.hash.slice(1))) {
   const select = document.getElementById(controls[key] || "");
   if (select) select.value = value;

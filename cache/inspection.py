@@ -244,6 +244,7 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
     meta = {
         "split": split,
         "label": f"{label_name(sample.label)} ({int(sample.label)})",
+        **_fake_meta(sample),
         "has audio": "yes" if sample.has_audio else "no (mel is all zeros)",
         "duration": f"{float(sample.duration):.2f} s",
         "faces found": f"{sum(found)} of {len(found)} frames",
@@ -257,17 +258,31 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
     return meta
 
 
+def _fake_meta(sample: schema.Sample) -> dict[str, str]:
+    """The data set's kind of fake and fake segments, where the cache records them."""
+    from avcache.cache.sheets import SEGMENTS_SHOWN, segments_text
+
+    meta = {} if sample.fake_kind is None else {"fake kind": sample.fake_kind or "-"}
+    if sample.fake_segments is not None:
+        meta["segments"] = segments_text(sample.fake_segments, SEGMENTS_SHOWN[False]) or "none"
+    return meta
+
+
 def _mel_mode_meta(index: dict) -> dict[str, str]:
     """The mel mode and how its axes were labelled."""
-    from avcache.cache.sheets import mel_axes_of
+    from avcache.cache.sheets import mel_axes_of, trimmed_db
 
     mode, axes = str(index.get("config", {}).get("audio", {}).get("mode", "?")), mel_axes_of(index)
     if axes is None:
         return {"mel mode": f"{mode} (unknown here: axes in pixels)"}
+    trim = trimmed_db(index)
+    trimmed = {"mel time": f"silence trimmed (audio.trim_silence_db={trim:g}): columns, "
+               "not seconds"} if trim else {}  # fmt: skip
     return {
         "mel mode": mode,
         "mel bins": f"{axes.n_mels}, Slaney mel scale over 0-{axes.rate // 2} Hz",
         "mel frames": f"hop {axes.hop} at {axes.rate} Hz, resized to 256",
+        **trimmed,
     }
 
 

@@ -8,7 +8,12 @@ size is known before it is drawn.
 The mel axes are labelled honestly: a cached mel image is the preprocessor's
 mel spectrogram (Slaney mel bins over 0..rate/2, one column per STFT frame of
 the whole clip) resized to 256 x 256, so rows map to hertz through the mel
-scale and columns to seconds through the clip's duration.
+scale and columns to seconds through the clip's duration (at most audio.max_seconds, what was
+decoded; in pixels where silence was trimmed before the image).
+
+Where the cache's data set records them (LAV-DF, AV-Deepfake1M, FakeAVCeleb, ...), each
+sample's kind of fake is written under its name and its fake segments in seconds, and the
+segments are a band over the mel image's time axis.
 
 A cache with aligned tracks (format v3) also gets, per window, its spectrogram and
 waveform above the strip of its mouth frames, on one time axis in seconds from the
@@ -44,9 +49,15 @@ LABEL_NAMES = {
 LABEL_COLOURS = {schema.LABEL_FAKE: "#c0392b", schema.LABEL_REAL: "#1e8449"}
 NO_FACE_RGB, NO_FACE_TEXT, NO_FACE_BORDER = (231, 76, 60), "#c0392b", 3
 HZ_TICKS = (100, 500, 1000, 2000, 4000, 8000)  # the small sheets drop 100: too close to 500
+# Fake segments: a band just above the mel's time axis (not over the image: it hides nothing),
+# in a colour the mel's colour map never takes; heights in pixels (sheet panel, one sample).
+BAND_COLOUR, BAND_RGB, BAND_GAP = "#00b4ff", (0, 180, 255), 2
+BAND_H = {True: 5, False: 8}
+SEGMENTS_SHOWN = {True: 2, False: 8}  # segments written out; the rest are counted
 
 # Sheet geometry in pixels: a panel per sample (header line, mel with its axes, K faces).
 PAD, TITLE_H, HEADER_H = 8, 36, 22
+CAPTION_H = 13  # a line under the name for the kind and segments, where a cache has them
 MEL_W, MEL_H, MEL_LEFT, MEL_BOTTOM = 150, 110, 46, 34
 FACE_GAP = 4
 PANEL_CELLS = 12  # columns of panels: about this many mel/face cells side by side
@@ -122,18 +133,82 @@ def mel_axes_of(index: dict) -> MelAxes | None:
     return MelAxes(**values)
 
 
+def mel_seconds(sample: schema.Sample, index: dict) -> float | None:
+    """Seconds of the video the mel image spans from its start: the clip's duration, at most
+    audio.max_seconds (what the preprocessor decoded); None where its columns are no seconds
+    of the video: no duration, or silence cut before the image (audio.trim_silence_db)."""
+    duration, most = float(sample.duration), _audio_setting(index, "max_seconds")
+    if trimmed_db(index) or duration <= 0:
+        return None
+    return min(duration, most) if most > 0 else duration
+
+
+def trimmed_db(index: dict) -> float:
+    """audio.trim_silence_db of the cache's config (0: the mel image was not trimmed)."""
+    return max(_audio_setting(index, "trim_silence_db"), 0.0)
+
+
+def _audio_setting(index: dict, key: str) -> float:
+    """A number of the config's audio section, 0 where absent or not a finite number (an
+    index from elsewhere)."""
+    audio = index.get("config", {}).get("audio", {})
+    value = audio.get(key) if isinstance(audio, dict) else None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) else 0.0
+
+
 def label_name(label: int) -> str:
     return LABEL_NAMES.get(int(label), str(int(label)))
 
 
-def draw_mel(ax: Axes, sample: schema.Sample, axes: MelAxes | None, *, small: bool) -> object:
-    """The mel image with time (s) and frequency (Hz) axes; pixels when the mode is unknown."""
+def segments_text(segments: np.ndarray | None, most: int | None = None) -> str:
+    """The segments in words: fake 1.20–2.05 s, or fake 0.10–0.30, 0.60–0.90 s (past `most`
+    of them, "+3 more"); empty where there are none."""
+    if segments is None or not len(segments):
+        return ""
+    shown = segments if most is None else segments[:most]
+    spans = ", ".join(f"{start:.2f}–{stop:.2f}" for start, stop in shown.tolist())
+    more = f" +{len(segments) - len(shown)} more" if len(segments) > len(shown) else ""
+    return f"fake {spans} s{more}"
+
+
+def kind_text(sample: schema.Sample) -> str:
+    """The data set's kind of fake, where it says more than the label ("" for LAV-DF's
+    "real" on a real video, DFDC's "fake" on a fake, or a cache without kinds)."""
+    kind = sample.fake_kind or ""
+    return "" if kind == label_name(sample.label) else kind
+
+
+def caption(sample: schema.Sample, most: int | None = None) -> str:
+    """The kind of fake and the fake segments in one line ("" where the cache has neither)."""
+    parts = (kind_text(sample), segments_text(sample.fake_segments, most))
+    return " · ".join(part for part in parts if part)
+
+
+def has_captions(samples: Sequence[schema.Sample]) -> bool:
+    """Whether the samples come from a data set that records kinds or segments (not FFDV)."""
+    return any(s.fake_kind is not None or s.fake_segments is not None for s in samples)
+
+
+def segment_spans(segments: np.ndarray | None, seconds: float | None) -> list[tuple[float, float]]:
+    """The fake segments as far as the mel image shows them: cut to [0, seconds]."""
+    if segments is None or seconds is None:
+        return []
+    cut = np.clip(np.asarray(segments, np.float64).reshape(-1, 2), 0.0, seconds)
+    return [(start, stop) for start, stop in cut.tolist() if stop > start]
+
+
+def draw_mel(ax: Axes, sample: schema.Sample, axes: MelAxes | None, *, small: bool,
+             seconds: float | None = None) -> object:  # fmt: skip
+    """The mel image with time (s) and frequency (Hz) axes, its first `seconds` of the video
+    across its columns (see mel_seconds), and the fake segments as a band above it; pixels
+    when the mode is unknown."""
     size, pad = schema.MEL_SIZE, 1 if small else 4
     extent = [-0.5, size - 0.5, -0.5, size - 0.5]
     ax.set_xlabel("column", labelpad=pad)
     ax.set_ylabel("row (unknown mel mode)" if axes is None else "Hz (mel)", labelpad=pad)
-    if axes is not None and float(sample.duration) > 0:  # no duration: no time axis
-        extent[:2] = axes.time_extent(float(sample.duration))
+    if axes is not None and seconds:  # no duration, or trimmed: no time axis
+        extent[:2] = axes.time_extent(seconds)
         ax.set_xlabel("time (s)", labelpad=pad)
     if axes is not None:
         ticks = HZ_TICKS[1:] if small else HZ_TICKS
@@ -150,10 +225,22 @@ def draw_mel(ax: Axes, sample: schema.Sample, axes: MelAxes | None, *, small: bo
         vmax=255,
         interpolation="nearest",
     )
+    if axes is not None and seconds:
+        draw_band(ax, segment_spans(sample.fake_segments, seconds), small=small)
+        ax.set_xlim(*extent[:2])
     ax.tick_params(labelsize=7 if small else 9, length=2 if small else 4, pad=1 if small else 3)
     ax.xaxis.label.set_size(7 if small else 10)
     ax.yaxis.label.set_size(7 if small else 10)
     return image
+
+
+def draw_band(ax: Axes, spans: list[tuple[float, float]], *, small: bool) -> None:
+    """Each span (seconds) as a band just above the axes, over the same time axis."""
+    height = ax.bbox.height  # pixels: the band's size is fixed, whatever the mel's
+    bottom = 1 + BAND_GAP / height
+    for start, stop in spans:
+        ax.axvspan(start, stop, bottom, bottom + BAND_H[small] / height, color=BAND_COLOUR,
+                   linewidth=0, clip_on=False)  # fmt: skip
 
 
 def _hz_text(hz: float) -> str:
@@ -192,15 +279,21 @@ def _new_figure(width: int, height: int) -> Figure:
 
 
 def sheet_layout(
-    count: int, frames: int, tracks: schema.TrackLayout | None = None
+    count: int, frames: int, tracks: schema.TrackLayout | None = None, captions: bool = False
 ) -> tuple[int, int, int, int]:
     """(columns, rows, width, height in pixels) of a contact sheet of `count` samples; with
-    `tracks`, each panel also shows its first window under the mel and faces."""
+    `tracks`, each panel also shows its first window under the mel and faces; with
+    `captions`, a line for the kind of fake and the segments under each name."""
     columns = max(1, min(count, PANEL_CELLS // (frames + 2)))
     rows = max(1, math.ceil(count / columns))
     width = 2 * PAD + columns * _panel_width(frames, tracks)
-    height = TITLE_H + rows * _panel_height(frames, tracks) + PAD
+    height = TITLE_H + rows * _panel_height(frames, tracks, captions) + PAD
     return columns, rows, width, height
+
+
+def _head(captions: bool) -> int:
+    """Pixels above a panel's mel: the name line, and the caption line where there is one."""
+    return HEADER_H + CAPTION_H * captions
 
 
 def _panel_width(frames: int, tracks: schema.TrackLayout | None = None) -> int:
@@ -210,15 +303,17 @@ def _panel_width(frames: int, tracks: schema.TrackLayout | None = None) -> int:
     return max(width, MEL_LEFT + tracks.frames * TRACK_MIN_CELL + 2 * PAD)
 
 
-def _panel_height(frames: int, tracks: schema.TrackLayout | None = None) -> int:
-    height = HEADER_H + MEL_H + MEL_BOTTOM
+def _panel_height(frames: int, tracks: schema.TrackLayout | None = None,
+                  captions: bool = False) -> int:  # fmt: skip
+    height = _head(captions) + MEL_H + MEL_BOTTOM
     return height if tracks is None else height + panel_track_box(0, 0, frames, tracks).height
 
 
-def panel_track_box(x: int, y: int, frames: int, tracks: schema.TrackLayout) -> TrackBox:
+def panel_track_box(x: int, y: int, frames: int, tracks: schema.TrackLayout,
+                    captions: bool = False) -> TrackBox:  # fmt: skip
     """Where a panel at (x, y) draws its first window: under the mel, as wide as it fits."""
     cell = (_panel_width(frames, tracks) - MEL_LEFT - 2 * PAD) // tracks.frames
-    return TrackBox(x + MEL_LEFT, y + HEADER_H + MEL_H + MEL_BOTTOM, cell, tracks.frames,
+    return TrackBox(x + MEL_LEFT, y + _head(captions) + MEL_H + MEL_BOTTOM, cell, tracks.frames,
                     *PANEL_TRACK_HEIGHTS)  # fmt: skip
 
 
@@ -228,42 +323,47 @@ def contact_sheet(
     title: str,
     tracks: schema.TrackLayout | None = None,
 ) -> Figure:
-    """A grid of samples: name and label, mel with labelled axes, then its K faces; with
-    the cache's `tracks` layout, each sample's first window under them."""
+    """A grid of samples: name and label (with the kind of fake and the fake segments where
+    the data set records them), mel with labelled axes, then its K faces; with the cache's
+    `tracks` layout, each sample's first window under them."""
     frames = samples[0].faces.shape[0] if samples else 0
-    columns, _, width, height = sheet_layout(len(samples), frames, tracks)
+    captions = has_captions(samples)
+    columns, _, width, height = sheet_layout(len(samples), frames, tracks, captions)
     fig = _new_figure(width, height)
     _text(fig, PAD, 10, title, fontsize=13)
-    axes = mel_axes_of(index)
     for number, sample in enumerate(samples):
         row, column = divmod(number, columns)
         x = PAD + column * _panel_width(frames, tracks)
-        y = TITLE_H + row * _panel_height(frames, tracks)
-        _draw_panel(fig, sample, axes, x, y, tracks)
+        y = TITLE_H + row * _panel_height(frames, tracks, captions)
+        _draw_panel(fig, sample, index, (x, y), tracks, captions)
     return fig
 
 
 def _draw_panel(
     fig: Figure,
     sample: schema.Sample,
-    axes: MelAxes | None,
-    x: int,
-    y: int,
+    index: dict,
+    at: tuple[int, int],
     tracks: schema.TrackLayout | None = None,
+    captions: bool = False,
 ) -> None:
-    frames = sample.faces.shape[0]
-    right = x + _panel_width(frames, tracks) - PAD
-    name = _shorten(str(sample.video_name), max(12, (_panel_width(frames, tracks) - PAD) // 7))
+    (x, y), frames, top = at, sample.faces.shape[0], at[1] + _head(captions)
+    width = _panel_width(frames, tracks)
+    name = _shorten(str(sample.video_name), max(12, (width - PAD) // 7))
     _text(fig, x + 4, y + 4, name, fontsize=8, family="monospace")
     tags = label_name(sample.label) + ("" if sample.has_audio else " · no audio")
     colour = LABEL_COLOURS.get(int(sample.label), "dimgray")
-    _text(fig, right, y + 4, tags, fontsize=8, ha="right", weight="bold", color=colour)
-    draw_mel(_add_axes(fig, x + MEL_LEFT, y + HEADER_H, MEL_W, MEL_H), sample, axes, small=True)
+    _text(fig, x + width - PAD, y + 4, tags, fontsize=8, ha="right", weight="bold", color=colour)
+    if captions:  # 7 pt: about 5 px a character
+        line = _shorten(caption(sample, SEGMENTS_SHOWN[True]), (width - PAD) // 5)
+        _text(fig, x + 4, y + HEADER_H - 4, line, fontsize=7, color=colour)
+    draw_mel(_add_axes(fig, x + MEL_LEFT, top, MEL_W, MEL_H), sample, mel_axes_of(index),
+             small=True, seconds=mel_seconds(sample, index))  # fmt: skip
     for k in range(frames):
         face_x = x + MEL_LEFT + MEL_W + PAD + k * (MEL_H + FACE_GAP)
-        place_face(fig, sample.faces[k], bool(sample.face_found[k]), face_x, y + HEADER_H, MEL_H)
+        place_face(fig, sample.faces[k], bool(sample.face_found[k]), face_x, top, MEL_H)
     if tracks is not None and sample.tracks is not None:
-        box = panel_track_box(x, y, frames, tracks)
+        box = panel_track_box(x, y, frames, tracks, captions)
         draw_window(fig, sample.tracks, tracks, 0, box, small=True)
 
 
@@ -290,7 +390,8 @@ def sample_figure(
     fig = _new_figure(DETAIL_W, height)
     _text(fig, PAD, 10, str(sample.video_name), fontsize=13, family="monospace")
     mel_ax = _add_axes(fig, DETAIL_LEFT, TITLE_H, DETAIL_MEL, DETAIL_MEL)
-    image = draw_mel(mel_ax, sample, mel_axes_of(index), small=False)
+    image = draw_mel(mel_ax, sample, mel_axes_of(index), small=False,
+                     seconds=mel_seconds(sample, index))  # fmt: skip
     bar_ax = _add_axes(fig, DETAIL_LEFT + DETAIL_MEL + 12, TITLE_H, 14, DETAIL_MEL)
     fig.colorbar(image, cax=bar_ax).set_label("grey level (dB re clip max, min-max scaled)")
     lines = "\n".join(f"{key:<11} {value}" for key, value in meta.items())

@@ -9,14 +9,20 @@ kind alone and says nothing of the `video` fakes.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from matplotlib import image as mpimg
 
-from avcache.cache import audit, open_cache
+from avcache.cache import audit, open_cache, schema, sheets
+from avcache.cache.gallery import THUMB_SIZE
 from avcache.cache.inspection import main as inspect_main
+from avcache.cache.inspection import sample_meta
 from avcache.preprocess.run import main as preprocess_main
 from tests import layouts
 from tests.toy import write_toy_cache
@@ -138,3 +144,151 @@ def test_a_kind_every_fake_has_is_not_scored_again():
     table.kinds[2] = ("other",)
     assert list(audit.groups(table, None)) == ["all", "fake", "other"]
     assert audit.groups(table, None)["fake"].tolist() == [True, True, False, True]
+
+
+# ---------------------------------------------------------------- sheets and the gallery
+
+
+def load_png(path: Path) -> np.ndarray:
+    """uint8 RGB pixels of a PNG."""
+    return (mpimg.imread(path)[..., :3] * 255).round().astype(np.uint8)
+
+
+def band_columns(pixels: np.ndarray, rows: slice) -> np.ndarray:
+    """Pixel columns where the band's colour fills all of `rows`."""
+    near = (np.abs(pixels[rows].astype(int) - sheets.BAND_RGB) <= 12).all(axis=-1)
+    return np.flatnonzero(near.all(axis=0))
+
+
+def expected_columns(cache, sample, left: int, width: int) -> set[int]:
+    """The columns of a mel `width` px wide at `left` whose centres lie inside a fake period
+    of the metadata (ENTRIES), up to the clip's end: the mel shows no more."""
+    periods = next(entry[2] for entry in ENTRIES if entry[0] == sample.video_name)
+    duration = float(sample.duration)
+    start, stop = sheets.mel_axes_of(cache.index).time_extent(duration)
+    centres = start + (np.arange(width) + 0.5) / width * (stop - start)
+    inside = np.zeros(width, bool)
+    for a, b in periods:
+        inside |= (centres >= a) & (centres <= min(b, duration))
+    return set((left + np.flatnonzero(inside)).tolist())
+
+
+def assert_band(found: np.ndarray, expected: set[int]) -> None:
+    """The band covers the segment's columns, give or take the pixel at either end."""
+    assert expected, "a segment the mel shows"
+    assert set(found.tolist()) <= {c + d for c in expected for d in (-1, 0, 1)}, found
+    assert len(set(found.tolist()) & expected) >= len(expected) - 2, (found, expected)
+
+
+def texts(figure) -> list[str]:
+    return [text.get_text() for text in figure.texts]
+
+
+def test_the_sheet_writes_each_kind_and_segment_and_bands_the_segments(lavdf, tmp_path):
+    cache = open_cache(lavdf)
+    out = tmp_path / "sheet.png"
+    assert inspect_main([str(lavdf), "sheet", "--split", "val", "-o", str(out)]) == 0
+    samples = list(cache.iter_samples("val"))
+    # one row of 6 panels 212 px wide (no faces), a caption line under each name
+    assert sheets.sheet_layout(6, 0, None, captions=True) == (6, 1, 16 + 6 * 212, 36 + 35 + 144 + 8)
+    pixels = load_png(out)
+    assert pixels.shape == (36 + 35 + 144 + 8, 16 + 6 * 212, 3)
+    top = sheets.TITLE_H + sheets.HEADER_H + sheets.CAPTION_H  # the mel's first row
+    rows = slice(top - sheets.BAND_GAP - sheets.BAND_H[True] + 1, top - sheets.BAND_GAP - 1)
+    for number, sample in enumerate(samples):
+        left = sheets.PAD + number * 212 + sheets.MEL_LEFT
+        found = band_columns(pixels[:, left - 4 : left + sheets.MEL_W + 4], rows) + left - 4
+        if sample.label == 0:
+            assert found.size == 0, sample.video_name
+        else:
+            assert_band(found, expected_columns(cache, sample, left, sheets.MEL_W))
+    assert band_columns(pixels, slice(top, top + sheets.MEL_H)).size == 0, "not over the mel"
+    written = texts(sheets.contact_sheet(samples, cache.index, "val"))
+    assert "video · fake 0.10–0.30, 0.60–0.80 s" in written
+    assert "audio · fake 1.20–2.50 s" in written, "the whole segment, though the band stops"
+    assert not any(text.startswith("real") and "·" in text for text in written)
+
+
+def test_one_video_says_its_kind_and_segments_and_bands_them(lavdf, tmp_path, capsys):
+    cache = open_cache(lavdf)
+    out = tmp_path / "one.png"
+    assert inspect_main([str(lavdf), "sheet", "--video", "dev/a0.mp4", "-o", str(out)]) == 0
+    entry, position = cache.locate("dev/a0.mp4")
+    sample = cache.sample("dev/a0.mp4")
+    meta = sample_meta(cache, sample, entry.path, position, entry.split)
+    assert (meta["fake kind"], meta["segments"]) == ("audio", "fake 0.40–0.90 s")
+    real = cache.sample("dev/r0.mp4")
+    assert sample_meta(cache, real, entry.path, 0, "val")["segments"] == "none"
+    pixels = load_png(out)
+    top, left = sheets.TITLE_H, sheets.DETAIL_LEFT
+    rows = slice(top - sheets.BAND_GAP - sheets.BAND_H[False] + 1, top - sheets.BAND_GAP - 1)
+    found = band_columns(pixels[:, : left + sheets.DETAIL_MEL + 4], rows)
+    assert_band(found, expected_columns(cache, sample, left, sheets.DETAIL_MEL))
+
+
+def test_the_gallery_says_each_kind_and_segment_and_filters_by_kind(lavdf, tmp_path):
+    out = tmp_path / "gallery"
+    assert inspect_main([str(lavdf), "gallery", "-o", str(out)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert ('<select id="f-kind"><option value="">all</option><option value="audio">audio'
+            '</option><option value="real">real</option><option value="video">video'
+            "</option></select>") in page  # fmt: skip
+    cards = page.split('<figure class="card"')[1:]
+    a1 = next(card for card in cards if 'alt="dev/a1.mp4"' in card)
+    assert 'data-kind="audio"' in a1 and '<span class="kind">audio</span>' in a1
+    assert '<span class="segments">fake 1.20–2.50 s</span>' in a1
+    r0 = next(card for card in cards if 'alt="dev/r0.mp4"' in card)
+    assert 'data-kind="real"' in r0 and 'class="kind"' not in r0 and "segments" not in r0
+    cache = open_cache(lavdf)
+    entry, position = cache.locate("dev/a0.mp4")
+    thumb = load_png(out / f"thumbs/{cache.shards.index(entry):05d}-{position:06d}.png")
+    height = sheets.BAND_H[True]
+    assert thumb.shape[0] == height + 2 + THUMB_SIZE, "a band above the mel"
+    found = band_columns(thumb, slice(0, height))
+    assert_band(found, expected_columns(cache, cache.sample("dev/a0.mp4"), 0, THUMB_SIZE))
+
+
+def test_an_ffdv_cache_looks_as_before(tmp_path):
+    write_toy_cache(tmp_path / "toy", {"val": 3})
+    sheet, gallery = tmp_path / "sheet.png", tmp_path / "gallery"
+    assert inspect_main([str(tmp_path / "toy"), "sheet", "-o", str(sheet)]) == 0
+    assert inspect_main([str(tmp_path / "toy"), "gallery", "-o", str(gallery)]) == 0
+    pixels = load_png(sheet)
+    assert pixels.shape == (210, 1336, 3), "no caption line"
+    assert band_columns(pixels, slice(0, None)).size == 0
+    cache = open_cache(tmp_path / "toy")
+    samples = list(cache.iter_samples("val"))
+    written = texts(sheets.contact_sheet(samples, cache.index, "val"))
+    assert not any("fake " in text or "·" in text for text in written), written
+    page = (gallery / "index.html").read_text(encoding="utf-8")
+    assert "f-kind" not in page and "data-kind" not in page and 'class="segments"' not in page
+    assert load_png(gallery / "thumbs/00000-000000.png").shape[0] == THUMB_SIZE
+
+
+def test_the_mel_spans_the_decoded_seconds_and_no_seconds_once_trimmed():
+    sample = schema.Sample("a.mp4", 1, np.zeros((256, 256), np.uint8),
+                           np.zeros((0, 8, 8, 3), np.uint8), True, np.zeros(0, bool),
+                           np.zeros((0, 4), np.float32), 900.0,
+                           fake_segments=np.array([[590.0, 700.0], [650.0, 660.0]]))  # fmt: skip
+    capped = {"config": {"audio": {"max_seconds": 600.0}}}
+    assert sheets.mel_seconds(sample, capped) == 600.0
+    assert sheets.segment_spans(sample.fake_segments, 600.0) == [(590.0, 600.0)]
+    trimmed = {"config": {"audio": {"max_seconds": 600.0, "trim_silence_db": 40.0}}}
+    assert sheets.mel_seconds(sample, trimmed) is None
+    assert sheets.mel_seconds(sample, {"config": {"audio": {"max_seconds": "x"}}}) == 900.0
+    assert sheets.segments_text(sample.fake_segments, 1) == "fake 590.00–700.00 s +1 more"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (make setup has it)")
+def test_the_browser_filters_the_gallery_by_kind(lavdf, tmp_path):
+    out = tmp_path / "gallery"
+    assert inspect_main([str(lavdf), "gallery", "-o", str(out)]) == 0
+    url = (out / "index.html").as_uri() + "#kind=audio&split=val"
+    run = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    cards = run.stdout.split('<figure class="card"')[1:]
+    shown = [re.search(r'alt="([^"]+)"', card)[1] for card in cards
+             if not re.match(r'[^>]*\shidden', card)]  # fmt: skip
+    assert len(cards) == 15 and shown == ["dev/a0.mp4", "dev/a1.mp4"]
