@@ -7,7 +7,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -68,22 +67,3 @@ def test_no_warning_where_a_detector_is_installed_or_none_is_needed(caplog):
     installed = any(importlib.util.find_spec(name) for name in ("mediapipe", "facenet_pytorch"))
     assert warn_without_detector(faces=True, tracks=False) is not installed
     assert (WARNING in caplog.text) is not installed
-
-
-def test_the_warning_names_the_makefiles_recipe():
-    """MEDIAPIPE_INSTALL is what `make setup` runs (less its venv path and -q), so CI tests
-    the lines the warning and the README give."""
-    makefile = [line.strip().replace("$(BIN)/", "").replace(" -q", "")
-                for line in (Path(__file__).parents[1] / "Makefile").read_text().splitlines()
-                if line.strip().startswith("$(BIN)/pip install")]  # fmt: skip
-    for line in MEDIAPIPE_INSTALL:
-        assert any(_specs(line) <= _specs(made) and _flags(line) == _flags(made)
-                   for made in makefile), line  # fmt: skip
-
-
-def _specs(line: str) -> set[str]:
-    return {word.strip('"') for word in line.split()[2:] if not word.startswith("-")}
-
-
-def _flags(line: str) -> set[str]:
-    return {word for word in line.split()[2:] if word.startswith("-")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import yaml
 
 from avcache.cache.config import load_config, to_dict
 from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.faces import MEDIAPIPE_INSTALL
 from avcache.train.config import TrainConfig
 
 BIN = Path(sys.executable).parent
@@ -116,3 +118,42 @@ def test_an_installed_wheel_reads_a_shipped_config_by_name(wheel, tmp_path):
     where, printed = done.stdout.split("\n", 1)
     assert Path(where).is_relative_to(site)
     assert yaml.safe_load(printed)["splits"]["test"]["videos"] == ["valset"]
+
+
+def makefile_pip_lines() -> list[str]:
+    """The Makefile's `pip install` lines as one types them: less the venv's path and -q."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    return [line.strip().replace("$(BIN)/", "").replace(" -q", "") for line in lines
+            if line.strip().startswith("$(BIN)/pip install")]  # fmt: skip
+
+
+def test_the_readmes_install_recipe_is_the_makefiles():
+    """`make setup` (and so CI) runs the Makefile's lines; the README's lines and the warning
+    without a detector (MEDIAPIPE_INSTALL) must install the same packages the same way."""
+    made = makefile_pip_lines()
+    readme = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    ours = "pip install ."  # avcache itself
+    recipe = [line for line in readme if line.startswith("pip install ") and ours not in line]
+    assert set(MEDIAPIPE_INSTALL) <= set(recipe)
+    mtcnn = "pip install --no-deps facenet-pytorch==2.6.0"  # in the README's text
+    assert mtcnn in " ".join(readme)
+    for line in [*recipe, mtcnn]:
+        assert any(_specs(line) <= _specs(one) and _flags(line) == _flags(one)
+                   for one in made), f"{line!r} is none of the Makefile's {made}"  # fmt: skip
+
+
+def test_no_extra_asks_for_what_cannot_resolve():
+    """facenet-pytorch pins torch<2.3 (avcache needs >=2.4): an extra holding it would make
+    `pip install avcache[...]` fail to resolve."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    extras = dict(setup["options.extras_require"])
+    assert "faces" not in extras and not any("facenet" in value for value in extras.values())
+
+
+def _specs(line: str) -> set[str]:
+    return {word.strip('"') for word in line.split()[2:] if not word.startswith("-")}
+
+
+def _flags(line: str) -> set[str]:
+    return {word for word in line.split()[2:] if word.startswith("-")}
