@@ -26,7 +26,7 @@ from avcache.cache.lock import FolderLock
 from avcache.cache.writer import ShardWriter
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.run import main as preprocess_main
-from avcache.train import run as train_run
+from avcache.train import engine
 from avcache.train.config import TrainConfig
 from avcache.train.engine import BEST, LAST, METRICS
 from avcache.train.predict import FALLBACK
@@ -93,8 +93,42 @@ def trainers_built(monkeypatch) -> list[tuple]:
         built.append(args)
         raise AssertionError("avcache-train built a Trainer for a run it should refuse")
 
-    monkeypatch.setattr(train_run, "Trainer", refuse)
+    monkeypatch.setattr(engine, "Trainer", refuse)
     return built
+
+
+# A command in a fresh interpreter: its exit status and whether it imported what builds a model.
+WITHOUT_A_MODEL = """
+import sys
+from avcache.train.run import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as done:  # --help
+    code = done.code
+print(code, sorted({"torch", "timm", "torchvision"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--help"], "key=value"),
+    (["--out", "RUN", "modle.kind=av"], "unknown key 'modle'; did you mean 'model'?"),
+    (["--out", "RUN", "--cache", "MISSING"], "/missing: no cache index here"),
+    (["--resume", "TOY"], "not a run folder (no config.yaml)"),
+    (["--out", "RUN", "--cache", "TOY", "data.val_split=nope"], "data.val_split='nope': the cache"),
+    (["--resume", "TRAINED", "optim.lr=1"], "a resumed run keeps its config"),
+])  # fmt: skip
+def test_help_and_a_mistake_that_needs_no_model_import_no_torch(toy, run, tmp_path, args,
+                                                               expected):  # fmt: skip
+    """Importing torch, timm and torchvision takes seconds: --help and these refusals are
+    answered before them (benchmarks/cli_bench.py times the commands)."""
+    places = {"RUN": tmp_path / "new", "MISSING": tmp_path / "missing", "TOY": toy, "TRAINED": run}
+    args = [str(places.get(arg, arg)) for arg in args]
+    done = subprocess.run([sys.executable, "-c", WITHOUT_A_MODEL, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    code = 0 if args == ["--help"] else 2
+    assert done.stdout.splitlines()[-1] == f"{code} []", done.stdout + done.stderr
+    assert expected in (done.stdout if code == 0 else done.stderr), done.stderr
+    assert not places["RUN"].exists()
 
 
 def test_a_faces_model_on_a_mel_only_cache_is_refused(tmp_path, capsys):
@@ -151,6 +185,15 @@ def test_help_lists_the_keys_and_print_config_round_trips(tmp_path, capsys):
     assert preprocess_main(["faces.frames=3", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["faces"]["frames"] == 3
     assert load_config(PreprocessConfig, None, ["faces.frames=3"]).faces.frames == 3
+
+
+def test_print_config_refuses_a_mistake_in_one_line(run, tmp_path, capsys):
+    assert train_main(["--print-config", "modle.kind=av"]) == 2
+    assert "override modle.kind=av: unknown key 'modle'" in one_line_error(capsys, "avcache-train")
+    assert train_main(["--print-config", "--resume", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run folder" in one_line_error(capsys, "avcache-train")
+    assert train_main(["--print-config", "--resume", str(run), "optim.lr=1"]) == 2
+    assert "a resumed run keeps its config" in one_line_error(capsys, "avcache-train")
 
 
 def test_overrides_may_come_between_options(toy, tmp_path):

@@ -17,13 +17,13 @@ import yaml
 
 from avcache.cache import schema
 from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
+from avcache.cache.config import config_hash, to_dict
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter, sha256_of
 from avcache.preprocess.config import PreprocessConfig
-from avcache.train.engine import BEST, LAST
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
+from avcache.train.runs import BEST, LAST, METRICS
 from tests.media import talking_face
 from tests.toy import FRAMES, SIZE, TRACK_LAYOUT, small_config, toy_sample, toy_tracks
 
@@ -40,9 +40,10 @@ def samples(prefix: str, count: int, seed: int) -> list[schema.Sample]:
 
 
 def write_cache(root: Path, splits: dict[str, list[schema.Sample]],
-                tracks: tuple[str, ...] = ()) -> Path:  # fmt: skip
+                tracks: tuple[str, ...] = (), mel_mode: str = "baseline") -> Path:  # fmt: skip
     """A cache of the given samples in shards of 12, as avcache-preprocess writes one; the
-    splits in `tracks` hold aligned tracks (format v3), the others none."""
+    splits in `tracks` hold aligned tracks (format v3), the others none; its config says
+    the mel images were made by `mel_mode` (audio.mode)."""
     (root / "shards").mkdir(parents=True)
     records = []
     for split, rows in splits.items():
@@ -57,16 +58,20 @@ def write_cache(root: Path, splits: dict[str, list[schema.Sample]],
                         sample = dataclasses.replace(sample, tracks=toy_tracks(bool(i % 2), rng))
                     writer.append(sample)
                 records.append(ShardRecord(rel, split, *writer.close()))
-    write_index(root, records, tracks=bool(tracks))
+    write_index(root, records, tracks=bool(tracks), mel_mode=mel_mode)
     return root
 
 
-def write_index(root: Path, records: list[ShardRecord], tracks: bool = False) -> None:
+def write_index(root: Path, records: list[ShardRecord], tracks: bool = False,
+                mel_mode: str = "baseline") -> None:  # fmt: skip
+    """index.json with the config and its hash, as avcache-preprocess records them."""
     config = to_dict(PreprocessConfig())
     config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    config["audio"]["mode"] = mel_mode
     if tracks:
         config["tracks"].update(windows=1, frames=TRACK_LAYOUT.frames, size=TRACK_LAYOUT.size)
-    write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
+    index = build_index(config, config_hash(config), records)
+    write_json_atomic(root / schema.INDEX_FILE, index)
 
 
 def copied_cache(root: Path, shards: list[tuple[Path, str]]) -> Path:
@@ -234,6 +239,28 @@ def test_a_refused_init_leaves_out_as_it_was(mixed_run, a, tmp_path, capsys):
     assert list(out.iterdir()) == [], "a refused run writes nothing in --out"
     assert train(out, "--cache", str(a), "--init", str(run / LAST)) == 0
     assert (out / BEST).is_file()
+
+
+def test_a_resume_on_its_cache_remade_with_another_config_is_refused(tmp_path, capsys):
+    """The run's cache re-made in its folder with another mel recipe (a new config hash): a
+    resume would train the model on inputs of another form. Re-made as it was, it resumes."""
+    videos = {"train": samples("r-train", 24, 11), "val": samples("r-val", 12, 12)}
+    cache = write_cache(tmp_path / "cache", videos)
+    run = tmp_path / "run"
+    assert train(run, "--cache", str(cache)) == 0
+    metrics = (run / METRICS).read_text()
+    capsys.readouterr()
+    shutil.rmtree(cache)
+    write_cache(cache, videos, mel_mode="padded")
+    assert train_main(["--resume", str(run)]) == 2
+    error = one_line_error(capsys, "avcache-train")
+    assert (f"{cache}: made with audio.mode=padded, but {run} was trained on "
+            "audio.mode=baseline (model.kind=audio reads it)") in error  # fmt: skip
+    assert f"--out {cache} audio.mode=baseline" in error and f"--cache {cache} --out NEW" in error
+    assert (run / METRICS).read_text() == metrics, "a refused resume leaves the run as it was"
+    shutil.rmtree(cache)
+    write_cache(cache, videos)
+    assert train_main(["--resume", str(run)]) == 0, capsys.readouterr().err
 
 
 def edited_run(run: Path, tmp_path: Path, text: str | None = None, **keys) -> Path:

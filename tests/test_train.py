@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from avcache.cache import open_cache, schema
 from avcache.train.augment import prepare
-from avcache.train.config import TRACK_KINDS, TrainConfig
+from avcache.train.config import MODEL_INPUTS, MODEL_KINDS, TRACK_KINDS, TrainConfig
 from avcache.train.engine import BEST, LAST, METRICS, Trainer
 from avcache.train.models import MODELS, build_model
 from avcache.train.predict import FALLBACK
@@ -56,6 +56,14 @@ def test_every_model_kind_trains_one_step(kind):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_the_config_names_what_each_model_kind_reads(kind):
+    """train/config.py names the kinds and their inputs without torch (for --help and the
+    checks of a cache against a run); the models built read exactly those."""
+    assert set(MODELS) == set(MODEL_KINDS)
+    assert build_model(kind, track_frames=5).fields == MODEL_INPUTS[kind]
 
 
 def test_unknown_model_kind_is_refused():

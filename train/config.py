@@ -12,13 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avcache.cache import schema
 from avcache.cache.config import LOCAL, SINCE_ADDED, ConfigError
 from avcache.cache.reader import Cache
 from avcache.cache.schema import TrackLayout
 
-# The model kinds (train/models.py MODELS, named here so that the config needs no torch),
-# and those that read the cache's aligned tracks.
-MODEL_KINDS = ("audio", "faces", "av", "lips", "speech", "sync")
+# The model kinds and the cache datasets each reads (train/models.py MODELS builds a branch
+# for each), named here so that the config, avcache-train --help and the checks of a cache
+# against a run need no torch; and the kinds that read the cache's aligned tracks.
+MODEL_INPUTS: dict[str, tuple[str, ...]] = {
+    "audio": (schema.MEL,),
+    "faces": (schema.FACES,),
+    "av": (schema.MEL, schema.FACES),
+    "lips": (schema.LIPS,),
+    "speech": (schema.TRACK_AUDIO,),
+    "sync": (schema.LIPS, schema.TRACK_AUDIO),
+}
+MODEL_KINDS = tuple(MODEL_INPUTS)
 TRACK_KINDS = ("lips", "speech", "sync")
 
 
@@ -108,7 +118,10 @@ class RunConfig:
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
-    threads: int = 0  # CPU threads for torch (0: torch's default)
+    # CPU threads for torch in each rank: about the cores the DataLoader workers leave, divided
+    # by the ranks; 1 on a shared or busy machine (2 ran 2-3x slower than 1 on a busy 2-core
+    # one). 0: torch's default, every core, which oversubscribes those the workers use.
+    threads: int = 0
     checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: epoch ends only)
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -26,39 +24,9 @@ from timm.utils import distribute_bn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from avcache.train.ranks import Ranks
+
 log = logging.getLogger("avcache.train")
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1  # ranks on this machine
-
-    @property
-    def main(self) -> bool:
-        """The rank that writes checkpoints, metrics and plots, and prints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def ranks_from_env() -> Ranks:
-    """This process's place in a torchrun job (one process alone without torchrun)."""
-    env = os.environ
-    world = int(env.get("WORLD_SIZE", 1))
-    return Ranks(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)),
-                 int(env.get("LOCAL_WORLD_SIZE", world)))  # fmt: skip
-
-
-def quiet_other_ranks(ranks: Ranks) -> None:
-    """Python warnings (deprecations, DDP's "grad strides" notice) once, from rank 0: the
-    other ranks would print the same lines again."""
-    if not ranks.main:
-        warnings.filterwarnings("ignore")
 
 
 def backend_for(device: torch.device, gpu_shared: bool = False) -> str:

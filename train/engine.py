@@ -53,14 +53,14 @@ from avcache.train.augment import (
 )
 from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces, decode_on_device
-from avcache.train.distributed import Ranks
 from avcache.train.loader import BATCH_INDEX, REAL, LoaderPlan, ShardStream
 from avcache.train.metrics import auc_by_kind, detection_metrics, log_loss
 from avcache.train.mix import MixedStream, Source, open_sources, trained
 from avcache.train.models import build_model
+from avcache.train.ranks import Ranks, ranks_from_env
+from avcache.train.runs import BEST, LAST, METRICS
 
 log = logging.getLogger("avcache.train")
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 # What a checkpoint holds besides weights and optimiser: Progress's fields and their types.
 PROGRESS_TYPES = {"epoch": int, "best_score": float, "history": list, "batches_done": int,
                   "loss_sum": float, "samples": int}  # fmt: skip
@@ -82,7 +82,7 @@ def start_device(name: str) -> tuple[Ranks, torch.device]:
     """This process's rank and device, with the process group joined under torchrun: done
     once per process, by whoever starts the run (avcache-train's start_run, or a Trainer
     built without a device)."""
-    ranks = distributed.ranks_from_env()
+    ranks = ranks_from_env()
     device = select_device(name, ranks.local_rank)
     distributed.start(ranks, device)
     return ranks, device
@@ -202,7 +202,7 @@ class Trainer:
         if device is None:
             self.ranks, self.device = start_device(config.run.device)
         else:
-            self.ranks, self.device = distributed.ranks_from_env(), device
+            self.ranks, self.device = ranks_from_env(), device
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed)

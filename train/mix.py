@@ -37,9 +37,8 @@ from avcache.cache.config import ConfigError
 from avcache.cache.identity import Identity, shard_identities
 from avcache.cache.reader import Cache, ShardEntry
 from avcache.cache.untrusted import printable
-from avcache.train.config import TrainConfig
+from avcache.train.config import MODEL_INPUTS, TrainConfig
 from avcache.train.loader import Block, LoaderPlan, ShardStream, ordered_blocks
-from avcache.train.models import BRANCHES, MODELS
 
 # The random stream of the merge, above any cache's own (cache i draws from stream i).
 MERGE_STREAM = 2**31 - 1
@@ -73,11 +72,6 @@ def trained(sources: list[Source]) -> list[Source]:
     return [source for source in sources if source.weight > 0]
 
 
-def model_fields(kind: str) -> tuple[str, ...]:
-    """The datasets a model kind reads (train/models.py), without building it."""
-    return tuple(BRANCHES[branch].field for branch in MODELS[kind])
-
-
 def model_inputs(cache: Cache, fields: tuple[str, ...]) -> dict[str, object]:
     """What a model reading `fields` finds in the cache, by the key that names it: shapes and
     dtypes of one sample, and the tracks' layout for the track kinds. Every shard of a
@@ -103,7 +97,7 @@ def check_sources_agree(sources: list[Source], kind: str) -> None:
     every cache's blocks at once), naming both caches and the key."""
     if len(sources) < 2:
         return
-    fields = model_fields(kind)
+    fields = MODEL_INPUTS[kind]
     first, expected = sources[0], model_inputs(sources[0].cache, fields)
     for other in sources[1:]:
         found = model_inputs(other.cache, fields)

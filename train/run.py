@@ -4,6 +4,10 @@ avcache-train --config configs/train.yaml --cache CACHE --out RUN [key=value ...
 avcache-train --out RUN data.caches=[A:3,B:1] [key=value ...]   # several caches, mixed by weight
 avcache-train --resume RUN            # continue from RUN/last.pt to the configured epochs
 torchrun --nproc_per_node N train/run.py ...   # the same, data-parallel over N processes
+
+torch, timm and torchvision take seconds to import, so they are imported inside the
+functions that build or run a model, after the config, the run folder and the cache have
+been checked: --help and a mistake that needs no model are answered in a fraction of that.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache
 from avcache.cache.atomic import PARTIAL_SUFFIX, atomic_path
@@ -23,20 +26,14 @@ from avcache.cache.config import ConfigError, key_listing, load_config, parse_ov
 from avcache.cache.lock import FolderBusyError, FolderLock
 from avcache.cache.reader import Cache, CacheFormatError
 from avcache.cache.untrusted import printable
-from avcache.train import distributed
-from avcache.train.config import TrainConfig, check_cache_fits, validate
-from avcache.train.decode import check_decoding
-from avcache.train.engine import BEST, LAST, Trainer, joined, start_device
+from avcache.train.config import MODEL_KINDS, TrainConfig, check_cache_fits, validate
 from avcache.train.interrupt import Interrupts
-from avcache.train.mix import (
-    Source,
-    check_held_out,
-    check_sources_agree,
-    open_sources,
-    trained,
-)
-from avcache.train.models import MODELS
-from avcache.train.runs import CONFIG, RunFolder
+from avcache.train.ranks import Ranks, quiet_other_ranks, ranks_from_env
+from avcache.train.runs import BEST, CONFIG, LAST, RunFolder
+
+if TYPE_CHECKING:
+    from avcache.train.engine import Trainer
+    from avcache.train.mix import Source
 
 log = logging.getLogger("avcache.train")
 CURVES = "curves.png"
@@ -46,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="avcache-train",
         description="Train a deepfake detector (timm ResNet18 branches; model.kind: "
-        f"{', '.join(MODELS)}) on a cache.",
+        f"{', '.join(MODEL_KINDS)}) on a cache.",
         epilog="Overrides: any config key as key.sub=value, before or after the options.\n"
         "The keys and their defaults (configs/train.yaml says what each does):\n"
         + key_listing(TrainConfig),
@@ -144,6 +141,8 @@ def first_cache(args: argparse.Namespace, config: TrainConfig) -> Cache:
 def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
     """Every cache holds what the config trains on, a mix's caches agree on what the model
     reads from them, and no validated sample is trained on, in any cache (train/mix.py)."""
+    from avcache.train.mix import check_held_out, check_sources_agree
+
     for source in sources:
         check_cache_fits(config, source.cache)
     check_sources_agree(sources, config.model.kind)
@@ -162,14 +161,37 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     check that can be made is made before the first model is built, and the model (from the
     weights model.pretrained and model.init name, checked as they load) before the run
     folder is written: a refused run leaves --out as it was, for the corrected command."""
+    config, cache, out = run_inputs(args)
+    return built_run(args, config, cache, out)
+
+
+def run_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Cache, Path]:
+    """The run's config, its (first) cache and its folder, checked without torch: a typo in
+    a key, a cache or run folder that is not one, a cache that lacks what the config trains
+    on, and a resume on its cache re-made with another config are refused at once."""
     if args.resume:
         run = RunFolder(args.resume)
         config = run.restoring(resume_config(run, args.overrides), run.path / LAST)
         cache, out = run.cache(), run.path
+        run.check_inputs(cache, resuming=True)
     else:
         check_out(args.out)
         config, out = new_run_config(args), args.out
         cache = first_cache(args, config)
+    check_cache_fits(config, cache)
+    return config, cache, out
+
+
+def built_run(args: argparse.Namespace, config: TrainConfig, cache: Cache,
+              out: Path) -> tuple[Trainer, FolderLock]:  # fmt: skip
+    """The checked inputs of start_run made a Trainer: its caches checked against each
+    other, the device chosen, the model built, the folder locked (and written for a new
+    run), the checkpoint loaded for a resume."""
+    from avcache.train import distributed
+    from avcache.train.decode import check_decoding
+    from avcache.train.engine import Trainer, start_device
+    from avcache.train.mix import open_sources
+
     sources = open_sources(config, cache)
     check_sources_fit(config, sources)
     ranks, device = start_device(config.run.device)
@@ -194,9 +216,13 @@ def start_run(args: argparse.Namespace) -> tuple[Trainer, FolderLock]:
     return trainer, lock
 
 
-def lock_run(out: Path, ranks: distributed.Ranks) -> FolderLock:
+def lock_run(out: Path, ranks: Ranks) -> FolderLock:
     """Rank 0 locks the run folder for the whole run; every rank learns if it could not
     (a run still writing there: another avcache-train, or ranks of a killed torchrun)."""
+    import torch
+
+    from avcache.train import distributed
+
     lock = FolderLock(out, "another avcache-train is using this run folder (a run, or ranks "
                       "of a killed torchrun still finishing); wait for it to end")  # fmt: skip
     error = None
@@ -213,6 +239,9 @@ def lock_run(out: Path, ranks: distributed.Ranks) -> FolderLock:
 
 def finish_run(trainer: Trainer) -> None:
     """Plots, and the best epoch's validation figures (every rank predicts, rank 0 writes)."""
+    from avcache.train.engine import joined
+    from avcache.train.mix import trained
+
     history = trainer.progress.history
     trainer.load(trainer.out / BEST, weights_only_model=True)
     split = trainer.config.data.val_split
@@ -274,14 +303,14 @@ USER_ERRORS = (ConfigError, CacheFormatError, FileNotFoundError, FolderBusyError
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ranks = distributed.ranks_from_env()
+    ranks = ranks_from_env()
     logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
-    distributed.quiet_other_ranks(ranks)
-    if args.print_config:
-        return print_config(args)
+    quiet_other_ranks(ranks)
     lock = None
     with Interrupts(deferred=not ranks.distributed) as interrupts:
         try:
+            if args.print_config:
+                return print_config(args)
             trainer, lock = start_run(args)
             trainer.between_batches = interrupts.check
             # Not a closure over `trainer`: that would be a reference cycle, and a trainer
@@ -304,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if lock is not None:
                 lock.release()
-            distributed.stop()
+            if ranks.distributed:  # only torchrun's ranks join a process group
+                from avcache.train import distributed
+
+                distributed.stop()
     return 0
 
 

@@ -11,21 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache, schema
 from avcache.cache.atomic import write_json_atomic
 from avcache.cache.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.cache.reader import Cache
 from avcache.cache.untrusted import load_json, mapping, text
-from avcache.train.config import TrainConfig, validate
-from avcache.train.engine import BEST, LAST, Trainer
-from avcache.train.mix import Source, model_fields
+from avcache.train.config import MODEL_INPUTS, TrainConfig, validate
+
+if TYPE_CHECKING:
+    from avcache.train.engine import Trainer
 
 CONFIG, CACHE = "config.yaml", "cache.json"
-# The preprocessing keys that make what each field a model reads holds (its shape, dtype
-# and recipe), in train/mix.py's names: a cache that differs from the run's in one of them
-# feeds the model inputs it was not trained on. The rest (shards.size, splits and their
-# labels, audit, limits, how faces are found) leave the inputs' form as trained.
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+# The preprocessing keys that make what each dataset a model reads (MODEL_INPUTS) holds
+# (its shape, dtype and recipe): a cache that differs from the run's in one of them feeds
+# the model inputs it was not trained on. The rest (shards.size, splits and their labels,
+# audit, limits, how faces are found) leave the inputs' form as trained.
 TRACK_LAYOUT = ("tracks.windows", "tracks.frames", "tracks.size", "tracks.fps",
                 "tracks.audio_rate")  # fmt: skip
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
@@ -76,6 +79,10 @@ class RunFolder:
         one that reads no shard (scoring a raw video) need not open them all first. A
         predicting Trainer reads one cache, the run's or --cache's: the other caches of its
         data.caches served training and validation only and are not opened."""
+        # torch and timm take seconds to import: a run folder is read and checked without them
+        from avcache.train.engine import Trainer
+        from avcache.train.mix import Source
+
         checkpoint = self.path / (BEST if best else LAST)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no checkpoint yet; train first")
@@ -88,27 +95,38 @@ class RunFolder:
         trainer.load(checkpoint, weights_only_model=best)
         return trainer
 
-    def check_inputs(self, cache: Cache) -> None:
-        """Refuse to predict on `cache` where its config differs from the one the run was
-        trained on in a key the model's inputs are made by (INPUT_KEYS): the model would
-        score inputs of another form without a word. An equal config hash is the same config;
-        a run that recorded no config (an old run folder) is not checked."""
+    def check_inputs(self, cache: Cache, resuming: bool = False) -> None:
+        """Refuse to predict on `cache`, or to resume on it (the run's own cache re-made in
+        its folder), where its config differs from the one the run was trained on in a key
+        the model's inputs are made by (INPUT_KEYS): the model would be fed inputs of another
+        form without a word. An equal config hash is the same config; a run that recorded no
+        config (an old run folder) is not checked."""
         if cache.config_hash == self.cache_hash or not self.cache_config:
             return
         where = str(self.path / CACHE)
         trained = preprocess_values(self.cache_config, where)
         found = preprocess_values(cache.config, str(cache.index_path))
-        keys = dict.fromkeys(key for field in model_fields(self.config.model.kind)
+        keys = dict.fromkeys(key for field in MODEL_INPUTS[self.config.model.kind]
                              for key in INPUT_KEYS[field])  # fmt: skip
         differing = [key for key in keys if found(key) != trained(key)]
         if differing:
-            key, fix = differing[0], " ".join(f"{key}={trained(key)}" for key in differing)
+            key, values = differing[0], " ".join(f"{key}={trained(key)}" for key in differing)
+            fix = self.resume_fix(cache, values) if resuming else (
+                "preprocess the videos as the run's cache was: avcache-preprocess --config "
+                f"CONFIG --data DATA --out NEW {values}")  # fmt: skip
             raise ConfigError(
                 f"{cache.root}: made with {key}={found(key)}, but {self.path} was trained on "
-                f"{key}={trained(key)} (model.kind={self.config.model.kind} reads it): "
-                f"preprocess the videos as the run's cache was: avcache-preprocess --config "
-                f"CONFIG --data DATA --out NEW {fix}"
+                f"{key}={trained(key)} (model.kind={self.config.model.kind} reads it): {fix}"
             )
+
+    def resume_fix(self, cache: Cache, values: str) -> str:
+        """What to do about a run whose cache was re-made with another config in its folder."""
+        return (
+            f"a resumed run goes on reading {cache.root}, so re-make it as it was "
+            f"(avcache-preprocess --config CONFIG --data DATA --out {cache.root} {values}), "
+            f"or train a new run on it: avcache-train --config {self.path / CONFIG} --cache "
+            f"{cache.root} --out NEW"
+        )
 
     def restoring(self, config: TrainConfig, checkpoint: Path) -> TrainConfig:
         """This run's `config` for a model restored from `checkpoint`: the weights files that
