@@ -18,7 +18,7 @@ import torch
 
 from avcache.cache import open_cache
 from avcache.preprocess.faces import resolve_detector
-from benchmarks import faces_bench, loader_bench, preprocess_bench, scaling_bench
+from benchmarks import cli_bench, faces_bench, loader_bench, preprocess_bench, scaling_bench
 
 NUMBER = r"(-?[0-9][0-9,]*\.?[0-9]*(?:e[+-]?[0-9]+)?)"
 
@@ -152,3 +152,16 @@ def test_scaling_bench_names_the_detector_it_runs_and_prints_its_ratios(tmp_path
     ranks = printed(rf"2 ranks / 1 rank = {NUMBER}x", out)
     assert len(jobs) == 2 and len(ranks) == 1
     assert all(math.isfinite(r) and r > 0 for r in jobs + ranks)
+
+
+def test_cli_bench_times_help_and_a_refused_mistake_of_every_console_script(capsys):
+    assert cli_bench.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    for script, (mistake, _) in cli_bench.MISTAKES.items():
+        for command in ("--help", mistake):
+            median, most, share = printed(rf"\| {script} \| {command} \| {NUMBER} \| "
+                                          rf"{NUMBER} \| {NUMBER} \|", out)  # fmt: skip
+            assert 0 < median <= most
+            assert share == pytest.approx(median / cli_bench.TARGET_S, abs=0.01)
+    assert printed(rf"\| \(python\) \| {cli_bench.HEAVY} \| {NUMBER} \|", out)[0] > 0
+    assert "over the target: " in out
