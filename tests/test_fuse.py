@@ -24,6 +24,7 @@ from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import RunFolder
 from avcache.train.score import main as score_main
+from tests.layouts import lavdf_entry
 from tests.media import talking_face
 from tests.toy import FRAMES, SIZE, small_config
 
@@ -287,3 +288,55 @@ def test_cache_scores_another_cache_as_the_list_path_scores_the_experts_own(
         (tmp_path / "away.json").rename(index)
     assert read_submission(out) == read_submission(own)
     assert len(read_submission(out)) == 16
+
+
+# ------------------------------------------------- lists of other layouts, several raw videos
+
+
+def test_a_lavdf_list_is_fused_as_its_ffdv_twin(fusion, tmp_path):
+    """--list metadata.json --layout lav-df --select split=test: the test entries' rows, in
+    the file's order, equal to those of the same names in FFDV's list."""
+    entries = [lavdf_entry(f"{split}{i:03d}.mp4", lavdf_split, [[0.1, 0.2]] if i % 2 else [],
+                           bool(i % 2), False)
+               for split, lavdf_split, count in (("val", "dev", 24), ("test", "test", 16))
+               for i in range(count)]  # fmt: skip
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps(entries))
+    lavdf, ffdv = tmp_path / "lavdf.csv", tmp_path / "ffdv.csv"
+    argv = ["predict", str(fusion), "--list", str(metadata), "--layout", "lav-df", "--select",
+            "split=test", "--out", str(lavdf)]  # fmt: skip
+    assert fuse_main(argv) == 0
+    listing = write_list(tmp_path / "list.csv", "test", 16)
+    assert fuse_main(["predict", str(fusion), "--list", str(listing), "--out", str(ffdv)]) == 0
+    assert lavdf.read_text() == ffdv.read_text()
+    assert list(read_submission(lavdf)) == [f"test{i:03d}.mp4" for i in range(16)]
+
+
+def test_raw_videos_of_a_folder_get_the_fusion_of_each_experts_score(experts, tmp_path,
+                                                                     capsys):  # fmt: skip
+    """--video FOLDER: every clip fused from the experts' own avcache-predict --video scores
+    (the experts read caches made alike: one preprocessing serves both); a file that is no
+    video is named, left out, and the exit status is 1."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, seconds in (("b.mp4", 1.0), ("a.mp4", 1.4)):
+        talking_face(folder / name, seconds=seconds)
+    (folder / "c.mp4").write_bytes(b"this is not a video\n" * 100)
+    alone = []
+    for run in experts:
+        out = tmp_path / f"{run.name}.csv"
+        assert predict_main(["--run", str(run), "--video", str(folder), "--out", str(out)]) == 1
+        alone.append(read_submission(out))
+    weights, bias = (0.8, 1.5), -0.3
+    fusion = tmp_path / "fused.json"
+    fusion.write_text(json.dumps({"runs": list(map(str, experts)), "weights": weights,
+                                  "bias": bias}))  # fmt: skip
+    out = tmp_path / "fused.csv"
+    capsys.readouterr()
+    assert fuse_main(["predict", str(fusion), "--video", str(folder), "--out", str(out)]) == 1
+    assert f"avcache-fuse: {folder / 'c.mp4'}: cannot be read (" in capsys.readouterr().err
+    fused = read_submission(out)
+    assert list(fused) == ["a.mp4", "b.mp4"]
+    for name, value in fused.items():
+        odds = math.exp(bias) * odds_of(alone[0][name]) ** 0.8 * odds_of(alone[1][name]) ** 1.5
+        assert value == pytest.approx(odds / (1 + odds), abs=1e-5), name  # six places each

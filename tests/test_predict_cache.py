@@ -16,7 +16,9 @@ from avcache.cache import schema
 from avcache.cache.atomic import write_json_atomic
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
+from avcache.train.score import main as score_main
 from tests import toy
+from tests.layouts import lavdf_entry
 from tests.toy import small_config, write_toy_cache, write_track_cache
 
 SPLITS = {"train": 24, "val": 8}
@@ -165,3 +167,42 @@ def test_tracks_of_another_layout_are_refused(sync_run, tmp_path, monkeypatch, c
     err = refusal(capsys)
     assert f"made with tracks.{key}={value}," in err
     assert f"trained on tracks.{key}={trained_value} (model.kind=sync" in err
+
+
+def lavdf_metadata(path: Path, splits: dict[str, tuple[str, int]]) -> Path:
+    """A LAV-DF metadata.json of the toy cache's videos: each cached split under its LAV-DF
+    split name, fakes (odd i, as toy.py makes them) alternately of the video and the audio."""
+    entries = []
+    for cached, (split, count) in splits.items():
+        for i in range(count):
+            video, audio = bool(i % 2) and i % 4 == 1, bool(i % 2) and i % 4 == 3
+            periods = [[0.1, 0.5]] if i % 2 else []
+            entries.append(lavdf_entry(f"{cached}{i:03d}.mp4", split, periods, video, audio))
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_a_lavdf_list_is_predicted_as_its_ffdv_twin_and_scored_from_itself(av_run, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """--list metadata.json --layout lav-df --select split=dev: a row for each dev entry, in
+    its order, scored as the same names in FFDV's list; the submission is then scored from the
+    same file. A split LAV-DF does not have is refused, in one line, before any model."""
+    metadata = lavdf_metadata(tmp_path / "metadata.json", {"train": ("train", 24),
+                                                           "val": ("dev", 8)})  # fmt: skip
+    lavdf, ffdv = tmp_path / "lavdf.csv", tmp_path / "ffdv.csv"
+    argv = ["--run", str(av_run), "--list", str(metadata), "--layout", "lav-df"]
+    assert predict_main([*argv, "--select", "split=dev", "--out", str(lavdf)]) == 0
+    assert predict(av_run, None, listing(tmp_path / "list.csv", "val", 8), ffdv) == 0
+    rows = lavdf.read_text().splitlines()
+    assert rows == ffdv.read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [f"val{i:03d}.mp4" for i in range(8)]
+    capsys.readouterr()
+    assert score_main([str(lavdf), str(metadata), "--layout", "lav-df", "--select",
+                       "split=dev"]) == 0  # fmt: skip
+    assert "auc by kind of fake, against all 4 reals: video " in capsys.readouterr().out
+    assert predict_main([*argv, "--select", "split=val", "--out", str(tmp_path / "x.csv")]) == 2
+    assert refusal(capsys) == (
+        f"avcache-predict: error: --select: split=val matches no entry of {metadata}; its "
+        "split values are: train, dev\n"
+    )
+    assert not (tmp_path / "x.csv").exists()

@@ -4,12 +4,16 @@ its name) and scores it: for every model kind, the P(fake) of its cached twin.""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from avcache.preprocess.run import main as preprocess_main
 from avcache.train.models import MODELS
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
+from avcache.train.runs import RunFolder
 from tests.media import talking_face
 from tests.toy import small_config
 
@@ -50,3 +54,96 @@ def test_a_raw_video_scores_as_its_cached_twin(cache, tmp_path, capsys, kind):
     assert predict_main(["--run", str(run), "--video", str(video)]) == 0
     raw = float(capsys.readouterr().out.strip().rsplit("= ", 1)[1])
     assert raw == pytest.approx(cached, abs=6e-5)  # printed to 4 places
+
+
+@pytest.fixture(scope="module")
+def av_run(cache, tmp_path_factory):
+    """A run of the faces-and-mel model on the clips, and its cached P(fake) of each of them."""
+    root = tmp_path_factory.mktemp("av")
+    options = {"model.kind": "av", "run.epochs": 1, "data.batch_size": 2, "model.mel_size": 64}
+    assert train_main(["--cache", str(cache / "cache"), "--out", str(root / "run"),
+                       *small_config(**options)]) == 0  # fmt: skip
+    names = [f"{name}.mp4" for names in CLIPS.values() for name in names]
+    listing = root / "list.csv"
+    listing.write_text("video_name,target\n" + "".join(f"{name},\n" for name in names))
+    assert predict_main(["--run", str(root / "run"), "--list", str(listing)]) == 0
+    return root / "run", read_scores(root / "run" / "submission.csv")
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows[0] == ["video_name", "y_pred"], rows[0]
+    return {name: float(value) for name, value in rows[1:]}
+
+
+def test_folders_globs_and_files_are_scored_by_one_model(cache, av_run, tmp_path, capsys,
+                                                         monkeypatch):  # fmt: skip
+    """Each video named by a folder (by its path from it), a file or a glob (as given) gets
+    its cached twin's score, from one model; a file that is no video is named on stderr, left
+    out, and the exit status says so."""
+    run, cached = av_run
+    data = cache / "data"
+    mixed = tmp_path / "mixed"
+    (mixed / "sub").mkdir(parents=True)
+    shutil.copyfile(data / "testset" / "e.mp4", mixed / "e.mp4")
+    broken = mixed / "sub" / "text.mp4"
+    broken.write_bytes(b"this is not a video\n" * 100)
+    (mixed / "notes.txt").write_text("not searched: not a video's suffix")
+    built = []
+    trainer = RunFolder.trainer
+    monkeypatch.setattr(RunFolder, "trainer", lambda *a, **k: built.append(1) or trainer(*a, **k))
+    out = tmp_path / "scores.csv"
+    folder, file = str(data / "trainset"), str(data / "valset" / "c.mp4")
+    pattern = f"{data}/valset/d*"
+    capsys.readouterr()
+    argv = ["--run", str(run), "--video", folder, file, pattern, str(mixed), "--out", str(out)]
+    assert predict_main(argv) == 1
+    assert len(built) == 1
+    error = capsys.readouterr().err
+    assert f"avcache-predict: {broken}: cannot be read (" in error
+    assert "1 of 6 videos could not be read" in error, error
+    scores = read_scores(out)
+    assert list(scores) == ["a.mp4", "b.mp4", file, f"{data}/valset/d.mp4", "e.mp4"]
+    for name, value in scores.items():
+        # the CSV's six places; the raw file's features are the cache's
+        assert value == pytest.approx(cached[Path(name).name], abs=2e-6), name
+
+
+def test_several_videos_are_printed_one_line_each(av_run, cache, capsys):
+    run, cached = av_run
+    videos = [cache / "data" / "valset" / "c.mp4", cache / "data" / "valset" / "d.mp4"]
+    capsys.readouterr()
+    assert predict_main(["--run", str(run), "--video", *map(str, videos)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.rsplit(": P(fake) = ", 1)[0] for line in lines] == list(map(str, videos))
+    for line, video in zip(lines, videos, strict=True):
+        assert float(line.rsplit("= ", 1)[1]) == pytest.approx(cached[video.name], abs=6e-5)
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("{tmp}", "{tmp}: a folder without videos (searched for .mp4, .m4v"),
+    ("{tmp}/*.mp4", "{tmp}/*.mp4: the pattern matches no file"),
+    ("{tmp}/clip.mp4", "{tmp}/clip.mp4: no such file or folder"),
+])  # fmt: skip
+def test_a_video_that_names_nothing_is_refused_before_the_model(av_run, tmp_path, capsys,
+                                                                monkeypatch, given,
+                                                                expected):  # fmt: skip
+    (tmp_path / "notes.txt").write_text("no video here")
+    built = []
+    monkeypatch.setattr(RunFolder, "trainer", lambda *a, **k: built.append(1))
+    argv = ["--run", str(av_run[0]), "--video", given.format(tmp=tmp_path)]
+    assert predict_main(argv) == 2 and not built
+    error = capsys.readouterr().err
+    assert error.startswith(f"avcache-predict: error: --video {expected.format(tmp=tmp_path)}")
+    assert error.count("\n") == 1, error
+
+
+def test_a_video_that_cannot_be_read_is_named_and_the_status_says_so(av_run, tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"this is not a video\n" * 100)
+    assert predict_main(["--run", str(av_run[0]), "--video", str(video)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"avcache-predict: {video}: cannot be "
+                                                          "read (")  # fmt: skip
+    assert captured.err.endswith("1 of 1 videos could not be read (named above) and have no "
+                                 "score\n")  # fmt: skip

@@ -2,17 +2,24 @@
 
     avcache-fuse fit RUN [RUN ...] --out fused.json [--split val]
     avcache-fuse predict fused.json --list DATA/prediction.txt.csv --out submission.csv
+    avcache-fuse predict fused.json --list DATA/metadata.json --layout lav-df \
+        --select split=test --out submission.csv
     avcache-fuse predict fused.json --video clip.mp4
+    avcache-fuse predict fused.json --video new_videos/ --out scores.csv
 
 Each run is an expert that keeps its own evidence (a mel model that hears a synthetic
 voice, a sync model that sees lips part from speech); one model trained on everything at
 once lets the easiest cue drown the others. `fit` scores a cached split with every expert
 and fits a logistic regression on their logits (stacking: each expert's score calibrated
-and weighed in one step, a handful of parameters); `predict` scores a list (or one raw
-video) with every expert and combines them with those weights. The runs may read
+and weighed in one step, a handful of parameters); `predict` scores a list (or raw
+videos) with every expert and combines them with those weights. The runs may read
 different caches (a mel cache and a tracks cache of the same videos): samples are matched
 by video name. Fit on a split the experts did not train on (`val`, the default), and for a
 held-out protocol on one without the held-out kind.
+
+--list and --video read what avcache-predict's do (any layout; files, folders and globs),
+with the same exit status: 1 where some video could not be read (each named on stderr, the
+others scored), 2 for a mistake in the command or its files.
 """
 
 from __future__ import annotations
@@ -23,19 +30,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from avcache.cache.atomic import write_json_atomic
-from avcache.cache.labels import LabelFileError, read_names
+from avcache.cache.labels import LabelFileError
 from avcache.cache.untrusted import finite_number, load_json, mapping, printable, shown
-from avcache.train.metrics import detection_metrics
+from avcache.train.lists import add_list_options, list_names, list_spec
 from avcache.train.predict import (
     FALLBACK,
-    predict_video,
+    VideoScorer,
+    checked_out,
+    preprocessed,
+    refuse_list_options,
     report_fallbacks,
+    score_videos,
+    scores_written,
     share,
     splits_to_predict,
     submission_rows,
+    videos_named,
     write_submission,
 )
 from avcache.train.runs import RunFolder
@@ -49,9 +61,9 @@ def logit(scores: np.ndarray) -> np.ndarray:
     return np.log(scores / (1 - scores))
 
 
-def expert_scores(run: Path, split: str) -> dict[str, tuple[float, float]]:
+def expert_scores(run: RunFolder, split: str) -> dict[str, tuple[float, float]]:
     """video name -> (label, P(fake)) of every cached sample of `split`, by one expert."""
-    trainer = RunFolder(run).trainer(best=True)
+    trainer = run.trainer(best=True)
     names, labels, scores = trainer.predict_split(split)
     return {name: (float(label), float(score))
             for name, label, score in zip(names, labels, scores, strict=True)}  # fmt: skip
@@ -71,7 +83,13 @@ def matched(per_run: list[dict[str, tuple[float, float]]]) -> tuple[list[str], n
 
 def fit(runs: list[Path], split: str) -> dict:
     """The fusion's weights, fitted on `split`, with each expert's AUC and the fused one."""
-    per_run = [expert_scores(run, split) for run in runs]
+    folders = [RunFolder(run) for run in runs]  # each checked before any model is built
+    # scikit-learn takes most of a second to import: not for --help, nor for a refusal
+    from sklearn.linear_model import LogisticRegression
+
+    from avcache.train.metrics import detection_metrics
+
+    per_run = [expert_scores(folder, split) for folder in folders]
     names, labels, logits = matched(per_run)
     if len(set(labels.tolist())) != 2:
         raise ValueError(f"split {split!r} must hold real and fake videos with their targets "
@@ -128,12 +146,11 @@ def fusion_problem(fusion: dict) -> str | None:
     return None
 
 
-def predict(fusion_path: Path, list_path: Path, out: Path, cache: Path | None,
+def predict(fusion: dict, list_path: Path, names: list[str], out: Path, cache: Path | None,
             max_fallback: float) -> int:  # fmt: skip
-    """Score a list with every expert (each on its own cache, or all on `cache`) and write
-    the fused submission; refused before any scoring when too many would get FALLBACK."""
-    fusion = read_fusion(fusion_path)
-    names = read_names(list_path, "list to predict")
+    """Score the listed videos with every expert (each on its own cache, or all on `cache`)
+    and write the fused submission; refused before any scoring when too many would get
+    FALLBACK."""
     experts = [RunFolder(Path(run), cache=cache) for run in fusion["runs"]]
     check_fallbacks(experts, list_path, names, max_fallback)
     per_run = [list_scores(expert, names) for expert in experts]
@@ -180,13 +197,34 @@ def list_scores(run: RunFolder, names: list[str]) -> dict[str, float]:
     return scores
 
 
-def predict_one(fusion_path: Path, video: Path, cache: Path | None, ffmpeg: str | None) -> float:
-    """The fused P(fake) of one raw file: each expert preprocesses it as its cache was made
-    and scores it (avcache-predict --video), and the fusion combines their scores."""
-    fusion = read_fusion(fusion_path)
+def predict_videos(fusion: dict, values: list[str], out: Path | None, cache: Path | None,
+                   ffmpeg: str | None) -> int:  # fmt: skip
+    """The fused P(fake) of raw files: each expert scores each file preprocessed as its
+    cache was made (avcache-predict --video), and the fusion combines their scores."""
     experts = [RunFolder(Path(run), cache=cache) for run in fusion["runs"]]
-    scores = [predict_video(expert, video, ffmpeg) for expert in experts]
-    return float(combine(fusion, logit(np.array([scores])))[0])
+    videos = videos_named(values)  # refused before any model is built
+    scorers = [VideoScorer(expert, ffmpeg) for expert in experts]
+    rows, failed = score_videos(videos, fused_scorer(fusion, scorers), "avcache-fuse",
+                                echo=out is None)  # fmt: skip
+    return scores_written(rows, failed, out, "avcache-fuse")
+
+
+def fused_scorer(fusion: dict, scorers: list[VideoScorer]):
+    """video -> fused P(fake). Experts whose caches were made alike share one preprocessing
+    of the video (it costs more than their models do)."""
+
+    def score(video: Path) -> float:
+        samples: list = []  # (config, sample) for each config met so far
+        values = []
+        for scorer in scorers:
+            sample = next((s for config, s in samples if config == scorer.config), None)
+            if sample is None:
+                sample = preprocessed(video, scorer.config)
+                samples.append((scorer.config, sample))
+            values.append(scorer.score(sample))
+        return float(combine(fusion, logit(np.array([values])))[0])
+
+    return score
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -201,12 +239,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fitting.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders")
     fitting.add_argument("--out", type=Path, required=True, help="the fusion's JSON")
     fitting.add_argument("--split", default="val", help="cached split to fit on (default val)")
-    scoring = commands.add_parser("predict", help="score a list with a fitted fusion")
+    scoring = commands.add_parser("predict", help="score a list or raw videos with a fitted "
+                                  "fusion")  # fmt: skip
     scoring.add_argument("fusion", type=Path, help="JSON written by avcache-fuse fit")
     target = scoring.add_mutually_exclusive_group(required=True)
-    target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv")
-    target.add_argument("--video", type=Path, help="one raw video file: print its P(fake)")
-    scoring.add_argument("--out", type=Path, help="submission CSV (needed with --list)")
+    target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv, "
+                        "or another layout's label file (--layout)")  # fmt: skip
+    target.add_argument("--video", nargs="+", metavar="VIDEO", help="raw video files, folders "
+                        "or glob patterns, as avcache-predict --video reads them: print each "
+                        "fused P(fake), or write them to --out")  # fmt: skip
+    scoring.add_argument("--out", type=Path, help="--list: the submission CSV (needed); "
+                         "--video: a CSV of video_name,y_pred (default: print)")  # fmt: skip
+    add_list_options(scoring, "--list")
     scoring.add_argument("--cache", type=Path, help="cache folder every expert scores "
                          "(default: each expert's own)")  # fmt: skip
     scoring.add_argument("--max-fallback", type=share, default=0.01, metavar="SHARE",
@@ -219,6 +263,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command == "predict" and args.list and args.out is None:
         scoring.error("--list needs --out, the submission CSV to write")
+    if args.command == "predict":
+        refuse_list_options(scoring, args)
     return args
 
 
@@ -234,13 +280,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fusion of {len(args.runs)} experts on {fusion['samples']} {args.split} "
                   f"samples -> {args.out}; AUC {aucs}")  # fmt: skip
             return 0
+        spec = list_spec(args)  # a wrong --layout or --select: refused before anything is read
+        fusion = read_fusion(args.fusion)
         if args.video:
-            fused = predict_one(args.fusion, args.video, args.cache, args.ffmpeg)
-            print(f"{args.video}: P(fake) = {fused:.4f}")
-            return 0
-        if args.out.is_dir():
-            raise ValueError(f"--out {args.out}: is a folder; name the submission CSV to write")
-        return predict(args.fusion, args.list, args.out, args.cache, args.max_fallback)
+            return predict_videos(fusion, args.video, checked_out(args.out), args.cache,
+                                  args.ffmpeg)  # fmt: skip
+        out = checked_out(args.out)
+        names = list_names(args.list, spec)  # refused before any expert is read
+        return predict(fusion, args.list, names, out, args.cache, args.max_fallback)
     except (FileNotFoundError, LabelFileError, ValueError) as error:
         print(f"avcache-fuse: error: {printable(error)}", file=sys.stderr)
         return 2

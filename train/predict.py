@@ -1,36 +1,56 @@
-"""avcache-predict: P(fake) for a competition list (submission CSV) or for one raw video.
+"""avcache-predict: P(fake) for a list of cached videos (submission CSV) or for raw videos.
 
     avcache-predict --run RUN --list DATA/prediction.txt.csv --out submission.csv
+    avcache-predict --run RUN --list DATA/metadata.json --layout lav-df --select split=test
     avcache-predict --run RUN --video clip.mp4
+    avcache-predict --run RUN --video new_videos/ more/*.mp4 --out scores.csv
 
-Every row of the list gets a row, in the list's order. Videos the cache does
-not hold (they failed preprocessing) get FALLBACK, and a warning names them.
+--list: every selected entry of the list gets a row, in the list's order, scored from the
+cache. Videos the cache does not hold (they failed preprocessing) get 0.5, and a
+warning names them. --video: each file (a folder's videos, a glob's matches) preprocessed
+as the run's cache was made, the model built once; a file that cannot be read is named on
+stderr and left out, the others scored.
+
+Exit status: 0 done; 1 some video could not be read (each named on stderr; the others are
+written); 2 a mistake in the command, the list, the run folder or the cache (one line).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import logging
+import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from avcache.cache import schema
 from avcache.cache.atomic import atomic_path
-from avcache.cache.codec import encode_crops, round_trip, round_trip_grey
-from avcache.cache.labels import LabelFileError, read_names
-from avcache.cache.reader import Cache
+from avcache.cache.labels import LabelFileError
 from avcache.cache.untrusted import printable
-from avcache.train.decode import decode_crops
-from avcache.train.engine import Trainer
+from avcache.train.lists import DEFAULT_LAYOUT, add_list_options, list_names, list_spec
 from avcache.train.runs import RunFolder
+
+if TYPE_CHECKING:  # torch and the engine load only once a model is built (seconds)
+    import numpy as np
+    import torch
+
+    from avcache.cache.reader import Cache
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.train.engine import Trainer
 
 log = logging.getLogger("avcache.predict")
 FALLBACK = 0.5  # P(fake) for a listed video without cached features: says "no idea"
+# What a folder given to --video is searched for (any case); a file named itself is taken
+# whatever its suffix.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg",
+                  ".mpeg", ".ts", ".3gp")  # fmt: skip
+GLOB_CHARACTERS = "*?["
+UNREADABLE = 1  # exit status: some video could not be read, the others were scored
 
 
 def submission_rows(names: list[str], scores: dict[str, float]) -> tuple[list, list[str]]:
@@ -56,9 +76,10 @@ def splits_to_predict(cache: Cache, names: list[str], only: str | None) -> list[
     return [split for split, _ in holding.most_common()]
 
 
-def predict_list(run: RunFolder, list_path: Path, out: Path, split: str | None,
-                 max_fallback: float) -> int:  # fmt: skip
-    names = read_names(list_path, "list to predict")  # refused before the model is built
+def predict_list(run: RunFolder, names: list[str], list_path: Path, out: Path,
+                 split: str | None, max_fallback: float) -> int:  # fmt: skip
+    """Score the listed videos from the cache (the run's or --cache) and write the
+    submission; refused before predicting when too many would get FALLBACK."""
     trainer = run.trainer(best=True)
     cache = trainer.cache
     missing = [name for name in names if split not in cache.splits_holding(name)] if split \
@@ -98,36 +119,62 @@ def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: l
                 FALLBACK, shown, more)  # fmt: skip
 
 
-@torch.no_grad()
-def predict_video(run: RunFolder, video: Path, ffmpeg: str | None = None) -> float:
-    """Preprocess one raw file in-process exactly as the cache was made (decoded by the user's
-    `ffmpeg`, never by one the run folder names), then score it."""
+class UnreadableVideo(ValueError):
+    """A raw video that could not be preprocessed: recorded, and the others scored."""
+
+
+class VideoScorer:
+    """A run's model, built once, scoring raw files each preprocessed in-process exactly as
+    the run's cache was made (decoded by the user's `ffmpeg`, never by one the run folder
+    names)."""
+
+    def __init__(self, run: RunFolder, ffmpeg: str | None = None) -> None:
+        self.config = run.preprocess_config(ffmpeg)  # refused before any model is built
+        self.trainer = run.trainer(best=True, check_shards=False)
+        self.trainer.model.eval()
+
+    def __call__(self, video: Path) -> float:
+        return self.score(preprocessed(video, self.config))
+
+    def score(self, sample: schema.Sample) -> float:
+        """P(fake) of a raw video preprocessed with this run's `config`."""
+        import torch
+
+        trainer, config = self.trainer, self.config
+        faces = torch.from_numpy(sample.faces)
+        if config.faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
+            faces = decoded_as_trained(trainer, sample.faces, config.faces.quality)
+        batch = {
+            schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
+            schema.FACES: faces[None].to(trainer.device),
+            schema.LABEL: torch.zeros(1, device=trainer.device),
+            **tracks_batch(sample, config.tracks.quality, trainer.device),
+        }
+        with torch.no_grad():
+            inputs, _ = trainer.model_inputs(batch, generator=None)
+            with trainer.autocast():  # as the run's own predictions were made (bf16 on CUDA)
+                return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
+
+
+def preprocessed(video: Path, config: PreprocessConfig) -> schema.Sample:
+    """One raw file through the preprocessor; UnreadableVideo naming it where it fails."""
     from avcache.preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
 
-    config = run.preprocess_config(ffmpeg)  # refused before any model is built
-    trainer = run.trainer(best=True, check_shards=False)
     try:
-        sample = process_video_file(video, config)
+        return process_video_file(video, config)
     except VideoFailed as failed:
-        raise ValueError(f"{video}: cannot be read ({failed.stage}: {failed.reason})") from None
-    faces = torch.from_numpy(sample.faces)
-    if config.faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
-        faces = decoded_as_trained(trainer, sample.faces, config.faces.quality)
-    batch = {
-        schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
-        schema.FACES: faces[None].to(trainer.device),
-        schema.LABEL: torch.zeros(1, device=trainer.device),
-        **tracks_batch(sample, config.tracks.quality, trainer.device),
-    }
-    trainer.model.eval()
-    inputs, _ = trainer.model_inputs(batch, generator=None)
-    with trainer.autocast():  # as the run's own predictions were made (bf16 on CUDA)
-        return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
+        raise UnreadableVideo(f"{video}: cannot be read ({failed.stage}: {failed.reason})") \
+            from None  # fmt: skip
 
 
 def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> torch.Tensor:
     """A raw video's crops JPEG-coded as the cache holds them, then decoded where its run
     decoded the cache's: nvJPEG's pixels and libjpeg-turbo's differ by a grey level or two."""
+    import torch
+
+    from avcache.cache.codec import encode_crops, round_trip
+    from avcache.train.decode import decode_crops
+
     if trainer.decodes_faces_here(trainer.config.data.train_split):
         return decode_crops(encode_crops(faces, quality), trainer.device)
     return torch.from_numpy(round_trip(faces, quality))
@@ -136,6 +183,10 @@ def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> tor
 def tracks_batch(sample: schema.Sample, quality: int, device: torch.device) -> dict:
     """A raw video's aligned windows as the cache holds them (its mouth crops through JPEG),
     for the models that read them; nothing where the cache has no tracks."""
+    import torch
+
+    from avcache.cache.codec import round_trip_grey
+
     if sample.tracks is None:
         return {}
     lips = round_trip_grey(sample.tracks.lips, quality)
@@ -150,13 +201,123 @@ def share(text: str) -> float:
     return value
 
 
+def videos_named(values: list[str]) -> list[tuple[Path, str]]:
+    """(file, name in the output) of every video the --video values name, in order: a file
+    as given, a folder's videos named by their path from it, a glob's matches as matched.
+    Two files of one name would make the CSV ambiguous: refused."""
+    videos: dict[str, Path] = {}
+    for value in values:
+        for path, name in videos_of(value):
+            if videos.setdefault(name, path) != path:
+                raise ValueError(f"--video: two videos are named {name} ({videos[name]} and "
+                                 f"{path}); give one of their folders at a time")  # fmt: skip
+    return [(path, name) for name, path in videos.items()]
+
+
+def videos_of(value: str) -> list[tuple[Path, str]]:
+    """The videos one --video value names; a value naming none is refused."""
+    path = Path(value)
+    if path.is_dir():
+        return folder_videos(path, value)
+    if path.exists():
+        return [(path, value)]  # whatever its suffix: the user named it
+    if not any(character in value for character in GLOB_CHARACTERS):
+        raise FileNotFoundError(f"--video {value}: no such file or folder")
+    matches = sorted(glob.glob(value, recursive=True))
+    if not matches:
+        raise FileNotFoundError(f"--video {value}: the pattern matches no file")
+    found = []
+    for match in map(Path, matches):
+        found += folder_videos(match, str(match)) if match.is_dir() else [(match, str(match))]
+    return found
+
+
+def folder_videos(folder: Path, value: str) -> list[tuple[Path, str]]:
+    """The videos at any depth below `folder` (by suffix), sorted by their path from it, which
+    names them: a data root's videos are named as its label files name them. Links to
+    folders are not followed (a loop would never end)."""
+    found = []
+    for parent, _, files in os.walk(folder):
+        for file in files:
+            if Path(file).suffix.lower() in VIDEO_SUFFIXES:
+                path = Path(parent) / file
+                found.append((path, path.relative_to(folder).as_posix()))
+    if not found:
+        raise FileNotFoundError(f"--video {value}: a folder without videos (searched for "
+                                f"{', '.join(VIDEO_SUFFIXES)} at any depth)")  # fmt: skip
+    return sorted(found, key=lambda video: video[1])
+
+
+def score_videos(videos: list[tuple[Path, str]], score: Callable[[Path], float], program: str,
+                 echo: bool) -> tuple[list[tuple[str, float]], int]:  # fmt: skip
+    """(name, P(fake)) of every video that could be read, in order, and how many could not:
+    each of those is named on stderr as it fails, and the rest are scored. With `echo`, each
+    score is printed as it comes. One progress bar (on a terminal) for several videos."""
+    from tqdm import tqdm
+
+    rows, failed = [], 0
+    bar = tqdm(videos, desc="videos", unit="video", disable=True if len(videos) < 2 else None)
+    for path, name in bar:
+        try:
+            value = score(path)
+        except UnreadableVideo as error:
+            failed += 1
+            tqdm.write(f"{program}: {printable(error)}; not scored", file=sys.stderr)
+            continue
+        rows.append((name, value))
+        if echo:
+            tqdm.write(f"{path}: P(fake) = {value:.4f}", file=sys.stdout)
+    return rows, failed
+
+
+def scores_written(rows: list[tuple[str, float]], failed: int, out: Path | None,
+                   program: str) -> int:  # fmt: skip
+    """Write the scores to `out` (a CSV as a submission is, so that avcache-score reads it)
+    where one is named; the exit status: UNREADABLE where a video could not be read."""
+    if out is not None:
+        write_submission(out, rows)
+        print(f"wrote {len(rows)} rows to {out}")
+    if failed:
+        total = len(rows) + failed
+        print(f"{program}: {failed} of {total} videos could not be read (named above) and have "
+              "no score", file=sys.stderr)  # fmt: skip
+        return UNREADABLE
+    return 0
+
+
+def predict_videos(run: RunFolder, values: list[str], out: Path | None,
+                   ffmpeg: str | None) -> int:  # fmt: skip
+    """--video: every named video scored by one model, printed or written to `out`."""
+    videos = videos_named(values)  # refused before the model is built
+    scorer = VideoScorer(run, ffmpeg)
+    rows, failed = score_videos(videos, scorer, "avcache-predict", echo=out is None)
+    return scores_written(rows, failed, out, "avcache-predict")
+
+
+def checked_out(out: Path | None) -> Path | None:
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; name the CSV to write")
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avcache-predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="avcache-predict",
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--run", type=Path, required=True, help="run folder made by avcache-train")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv")
-    target.add_argument("--video", type=Path, help="one raw video file: print its P(fake)")
-    parser.add_argument("--out", type=Path, help="submission CSV (default RUN/submission.csv)")
+    target.add_argument("--list", type=Path, help="list to predict, e.g. prediction.txt.csv, or "
+                        "another layout's label file (--layout)")  # fmt: skip
+    target.add_argument("--video", nargs="+", metavar="VIDEO", help="raw video files, folders "
+                        f"(their {', '.join(VIDEO_SUFFIXES[:4])}, ... files at any depth) or "
+                        "glob patterns: print each P(fake), or write them to --out")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="--list: the submission CSV (default "
+                        "RUN/submission.csv); --video: a CSV of video_name,y_pred, each name "
+                        "as given or its path from the folder given (default: print)")  # fmt: skip
+    add_list_options(parser, "--list")
     parser.add_argument("--split", help="look for the listed videos only in this cached split "
                         "(default: wherever the cache holds them)")  # fmt: skip
     parser.add_argument("--max-fallback", type=share, default=0.01, metavar="SHARE",
@@ -167,21 +328,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ffmpeg", metavar="BINARY", help="--video: the ffmpeg to decode it "
                         "with, auto (this installation's) or a path (default: auto; one that "
                         "the run folder records is never run)")  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_list_options(parser, args)
+    return args
+
+
+def refuse_list_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--layout, --select and --data describe a list: with --video they would be ignored."""
+    if args.video and (args.layout != DEFAULT_LAYOUT or args.select or args.data):
+        parser.error("--layout, --select and --data describe the --list; --video reads none")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        spec = list_spec(args)  # a wrong --layout or --select: refused before anything is read
         run = RunFolder(args.run, cache=args.cache)
         if args.video:
-            print(f"{args.video}: P(fake) = {predict_video(run, args.video, args.ffmpeg):.4f}")
-            return 0
-        out = args.out or args.run / "submission.csv"
-        if out.is_dir():
-            raise ValueError(f"--out {out}: is a folder; name the submission CSV to write")
-        return predict_list(run, args.list, out, args.split, args.max_fallback)
+            return predict_videos(run, args.video, checked_out(args.out), args.ffmpeg)
+        out = checked_out(args.out or args.run / "submission.csv")
+        names = list_names(args.list, spec)  # refused before the model is built
+        return predict_list(run, names, args.list, out, args.split, args.max_fallback)
     except (FileNotFoundError, LabelFileError, ValueError) as error:
         print(f"avcache-predict: error: {printable(error)}", file=sys.stderr)
         return 2
