@@ -4,6 +4,7 @@ its name) and scores it: for every model kind, the P(fake) of its cached twin.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from avcache.train.models import MODELS
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import RunFolder
+from avcache.train.score import main as score_main
+from tests.layouts import lavdf_entry
 from tests.media import talking_face
 from tests.toy import small_config
 
@@ -147,3 +150,24 @@ def test_a_video_that_cannot_be_read_is_named_and_the_status_says_so(av_run, tmp
                                                           "read (")  # fmt: skip
     assert captured.err.endswith("1 of 1 videos could not be read (named above) and have no "
                                  "score\n")  # fmt: skip
+
+
+def test_a_data_roots_raw_videos_are_named_as_its_label_file_names_them(cache, av_run,
+                                                                         tmp_path):  # fmt: skip
+    """--video DATA on a LAV-DF data root: the CSV names each file by its path from DATA, as
+    metadata.json does, so avcache-score reads it against that file, its test split alone."""
+    clips, root = cache / "data", tmp_path / "lavdf"
+    entries = []
+    for i, (clip, split, fake) in enumerate([("trainset/a.mp4", "train", False),
+                                             ("valset/c.mp4", "test", False),
+                                             ("valset/d.mp4", "test", True)]):  # fmt: skip
+        name = f"{split}/{i:06d}.mp4"
+        (root / split).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clips / clip, root / name)
+        entries.append(lavdf_entry(name, split, [[0.2, 0.6]] if fake else [], fake, False))
+    (root / "metadata.json").write_text(json.dumps(entries))
+    out = tmp_path / "raw.csv"
+    assert predict_main(["--run", str(av_run[0]), "--video", str(root), "--out", str(out)]) == 0
+    assert list(read_scores(out)) == ["test/000001.mp4", "test/000002.mp4", "train/000000.mp4"]
+    assert score_main([str(out), str(root / "metadata.json"), "--layout", "lav-df",
+                       "--select", "split=test"]) == 0  # fmt: skip
