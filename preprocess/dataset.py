@@ -95,7 +95,7 @@ def read_split(root: Path, split: str, config: SplitConfig,
     if not paths:
         raise LabelFileError(f"{where}: no label file matches")
     rows = [row for path in paths for row in layout.read(root, path, config.has_targets)]
-    chosen = _selected(rows, config.select, where, f"splits.{split}.select")
+    chosen = select_rows(rows, config.select, where, f"splits.{split}.select")
     videos, problems, missing = _checked(root, split, config, chosen)
     if problems:
         raise LabelFileError(bad_rows_message(where, layout.unit, problems))
@@ -118,7 +118,7 @@ def bad_rows_message(where: Path, unit: str, problems: list[str]) -> str:
     return f"{where}: {len(problems)} bad {unit}(s), nothing was cached: {listed}"
 
 
-def _selected(rows: list[Row], select: dict[str, list[str]], where: Path, key_path: str
+def select_rows(rows: list[Row], select: dict[str, list[str]], where: Path, key_path: str
               ) -> list[Row]:  # fmt: skip
     """The rows whose fields hold one of `select`'s values, and every row with a problem (a
     wrong label file is refused whichever split reads it). A value no entry holds, or values

@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +17,9 @@ from avcache.cache.config import load_config, to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.faces import MEDIAPIPE_INSTALL
 from avcache.train.config import TrainConfig
+from tests.install import REPO, build_wheel
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["avcache-preprocess", "avcache-sample", "avcache-train", "avcache-predict",
            "avcache-score", "avcache-inspect", "avcache-fuse"]  # fmt: skip
 
@@ -63,30 +62,9 @@ def test_installing_into_an_environment_with_its_own_torch_keeps_it(tmp_path):
     assert [item["metadata"]["name"] for item in installs] == ["avcache"]
 
 
-# What a wheel is built from: the build files and the folders setup.cfg maps into avcache.
-SOURCES = ["setup.cfg", "pyproject.toml", "README.md", "avcache", "cache", "train", "preprocess",
-           "sample", "configs"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel pip builds offline, from a copy (a build writes build/ and *.egg-info
-    into the folder it builds)."""
-    root = tmp_path_factory.mktemp("wheel")
-    source = root / "source"
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-        else:
-            source.mkdir(exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-               "--no-index", "--quiet", "-w", str(root / "out"), str(source)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (built,) = (root / "out").glob("avcache-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_wheel_ships_the_configs_and_they_are_the_defaults(wheel, tmp_path):

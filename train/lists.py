@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avcache.cache.labels import LabelFileError, read_names
-from avcache.preprocess.dataset import _selected
+from avcache.preprocess.dataset import select_rows
 from avcache.preprocess.layouts import LAYOUTS, Row, layout_named, name_problem
 
 DEFAULT_LAYOUT = "ffdv"
@@ -97,7 +97,7 @@ def read_entries(path: Path, spec: ListSpec, labelled: bool) -> list[Entry]:
         raise LabelFileError(f"{path}: not inside --data {spec.data}; give the data root that "
                              "holds it")  # fmt: skip
     rows = layout.read(root, file, has_targets)  # type: ignore[arg-type]
-    chosen = _selected(rows, spec.select, Path(path), "--select")
+    chosen = select_rows(rows, spec.select, Path(path), "--select")
     checked(chosen, Path(path), layout.unit)
     return [Entry(row.name, row.label, row.kind) for row in chosen]
 
