@@ -184,9 +184,9 @@ def run_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Cache, Path]:
 
 def built_run(args: argparse.Namespace, config: TrainConfig, cache: Cache,
               out: Path) -> tuple[Trainer, FolderLock]:  # fmt: skip
-    """The checked inputs of start_run made a Trainer: its caches checked against each
-    other, the device chosen, the model built, the folder locked (and written for a new
-    run), the checkpoint loaded for a resume."""
+    """A Trainer from run_inputs' checked inputs: the caches checked against each other,
+    the device chosen, the model built, the folder locked (and written for a new run), the
+    checkpoint loaded for a resume."""
     from avcache.train import distributed
     from avcache.train.decode import check_decoding
     from avcache.train.engine import Trainer, start_device
