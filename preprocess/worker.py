@@ -106,11 +106,15 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     )
 
 
-def process_video_file(path: Path, config: PreprocessConfig) -> schema.Sample:
-    """One raw file outside any data root, processed as the preprocessor would (label -1)."""
+def process_video_file(path: Path, config: PreprocessConfig, name: str | None = None
+                       ) -> schema.Sample:  # fmt: skip
+    """One raw file outside any data root, processed as the preprocessor would (label -1).
+    `name` (default: the file's name) is the video's name in a cache: the track windows are
+    drawn from it, so a file scores as its cached twin when named as the cache names it."""
     path = Path(path)
     detector = resolve_detector(config.faces.detector) if config.faces.frames else "none"
-    video = Video("video", path.name, schema.LABEL_UNKNOWN, path if path.is_file() else None)
+    video = Video("video", name or path.name, schema.LABEL_UNKNOWN,
+                  path if path.is_file() else None)  # fmt: skip
     if video.path is None:
         raise VideoFailed("resolve", f"{path}: no such file")
     return process_video(video, config, detector)

@@ -213,13 +213,13 @@ def fused_scorer(fusion: dict, scorers: list[VideoScorer]):
     """video -> fused P(fake). Experts whose caches were made alike share one preprocessing
     of the video (it costs more than their models do)."""
 
-    def score(video: Path) -> float:
+    def score(video: Path, name: str) -> float:
         samples: list = []  # (config, sample) for each config met so far
         values = []
         for scorer in scorers:
             sample = next((s for config, s in samples if config == scorer.config), None)
             if sample is None:
-                sample = preprocessed(video, scorer.config)
+                sample = preprocessed(video, scorer.config, name)
                 samples.append((scorer.config, sample))
             values.append(scorer.score(sample))
         return float(combine(fusion, logit(np.array([values])))[0])

@@ -133,8 +133,8 @@ class VideoScorer:
         self.trainer = run.trainer(best=True, check_shards=False)
         self.trainer.model.eval()
 
-    def __call__(self, video: Path) -> float:
-        return self.score(preprocessed(video, self.config))
+    def __call__(self, video: Path, name: str) -> float:
+        return self.score(preprocessed(video, self.config, name))
 
     def score(self, sample: schema.Sample) -> float:
         """P(fake) of a raw video preprocessed with this run's `config`."""
@@ -156,12 +156,13 @@ class VideoScorer:
                 return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
 
 
-def preprocessed(video: Path, config: PreprocessConfig) -> schema.Sample:
-    """One raw file through the preprocessor; UnreadableVideo naming it where it fails."""
+def preprocessed(video: Path, config: PreprocessConfig, name: str) -> schema.Sample:
+    """One raw file through the preprocessor, under the name the output gives it (its track
+    windows are drawn from it); UnreadableVideo naming it where it fails."""
     from avcache.preprocess.worker import VideoFailed, process_video_file  # the preprocessing half
 
     try:
-        return process_video_file(video, config)
+        return process_video_file(video, config, name)
     except VideoFailed as failed:
         raise UnreadableVideo(f"{video}: cannot be read ({failed.stage}: {failed.reason})") \
             from None  # fmt: skip
@@ -248,7 +249,7 @@ def folder_videos(folder: Path, value: str) -> list[tuple[Path, str]]:
     return sorted(found, key=lambda video: video[1])
 
 
-def score_videos(videos: list[tuple[Path, str]], score: Callable[[Path], float], program: str,
+def score_videos(videos: list[tuple[Path, str]], score: Callable[[Path, str], float], program: str,
                  echo: bool) -> tuple[list[tuple[str, float]], int]:  # fmt: skip
     """(name, P(fake)) of every video that could be read, in order, and how many could not:
     each of those is named on stderr as it fails, and the rest are scored. With `echo`, each
@@ -259,7 +260,7 @@ def score_videos(videos: list[tuple[Path, str]], score: Callable[[Path], float],
     bar = tqdm(videos, desc="videos", unit="video", disable=True if len(videos) < 2 else None)
     for path, name in bar:
         try:
-            value = score(path)
+            value = score(path, name)
         except UnreadableVideo as error:
             failed += 1
             tqdm.write(f"{program}: {printable(error)}; not scored", file=sys.stderr)
