@@ -45,12 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train a deepfake detector (timm ResNet18 branches; model.kind: "
         f"{', '.join(MODEL_KINDS)}) on a cache.",
         epilog="Overrides: any config key as key.sub=value, before or after the options.\n"
-        "The keys and their defaults (configs/train.yaml says what each does):\n"
+        "The keys and their defaults (train.yaml in configs/, installed as avcache/configs/,\n"
+        "says what each does; --print-config > train.yaml writes them to a file to edit):\n"
         + key_listing(TrainConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="YAML config (default: configs/train.yaml's "
-                        "values, built in)")  # fmt: skip
+    parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config by "
+                        "name: train, train_baseline (default: train's values, built in)")  # fmt: skip
     parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess "
                         "(or data.caches=[DIR:WEIGHT,...]: several, mixed by weight)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder to create")
