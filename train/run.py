@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config by "
-                        "name: train, train_baseline (default: train's values, built in)")  # fmt: skip
+                        "name: train, train_baseline (default: train's values)")  # fmt: skip
     parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess "
                         "(or data.caches=[DIR:WEIGHT,...]: several, mixed by weight)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder to create")
