@@ -1,0 +1,109 @@
+"""Caches kept as test fixtures, and how each was made: tests/fixtures/caches/NAME.tar.gz
+holds the cache that `avcache-preprocess --config tests/fixtures/CONFIG --data
+tests/fixtures/sample --jobs 1 OVERRIDES` wrote at the commit named below.
+
+The v1 and v2 caches come from the releases that wrote those formats (run from a checkout of
+that commit: `python -m preprocess.run ...` there). The v3 caches are the reference that this
+code's writer must still reproduce (tests/test_fixture_caches.py). Rebuild the current ones
+after a deliberate change to what a cache holds:
+
+    python -m tests.fixture_caches             # rewrites the v3 tarballs and weights.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE = FIXTURES / "sample"  # avcache-sample --layout lav-df --train 2 --val 2 --test 2
+WEIGHTS = FIXTURES / "weights.json"
+SMALL = ("faces.frames=2", "faces.size=32", "faces.detector=haar")
+TRACKS = ("tracks.windows=1", "tracks.frames=5", "tracks.size=16", "tracks.locator=facebox")
+
+
+@dataclass(frozen=True)
+class FixtureCache:
+    name: str
+    version: int
+    commit: str  # the commit whose code wrote it ("" : this code, rebuilt by main())
+    config: str  # under tests/fixtures/
+    overrides: tuple[str, ...]
+
+    @property
+    def tarball(self) -> Path:
+        return FIXTURES / "caches" / f"{self.name}.tar.gz"
+
+    def extract(self, into: Path) -> Path:
+        """The cache unpacked under `into`; its folder."""
+        with tarfile.open(self.tarball) as archive:
+            archive.extractall(into, filter="data")
+        return into / self.name
+
+    def make(self, out: Path) -> None:
+        """The cache as this code writes it, from the fixture sample."""
+        command = [sys.executable, "-m", "avcache.preprocess.run", "--config",
+                   str(FIXTURES / self.config), "--data", str(SAMPLE), "--out", str(out),
+                   "--jobs", "1", "--quiet", *self.overrides]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+CACHES = (
+    FixtureCache("v1-raw", 1, "eb0557d", "ffdv.yaml", SMALL),
+    FixtureCache("v2-jpeg", 2, "744c003", "ffdv.yaml", SMALL),
+    # Every optional part: JPEG faces, mouth tracks, audit facts, kinds and segments.
+    FixtureCache("v3-lavdf", 3, "", "lav-df.yaml", (*SMALL, *TRACKS)),
+    FixtureCache("v3-raw", 3, "", "ffdv.yaml", (*SMALL, "faces.codec=raw", "audit.facts=false")),
+)
+CURRENT = tuple(cache for cache in CACHES if not cache.commit)
+# Each model kind trained briefly on v3-lavdf (it holds every field): the weights' digest.
+KINDS = ("audio", "faces", "av", "lips", "speech", "sync")
+TRAINING = ["run.epochs=1", "data.batch_size=2", "model.mel_size=32", "run.threads=1",
+            "data.workers=0", "run.seed=0"]  # fmt: skip
+
+
+def train(cache: Path, kind: str, out: Path) -> None:
+    command = [sys.executable, "-m", "avcache.train.run", "--cache", str(cache), "--out",
+               str(out), f"model.kind={kind}", *TRAINING]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """sha256 over the model's tensors, by name, as stored (bit for bit)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        for cache in CURRENT:
+            cache.make(scratch / cache.name)
+            (scratch / cache.name / ".lock").unlink(missing_ok=True)
+            with tarfile.open(cache.tarball, "w:gz") as archive:
+                archive.add(scratch / cache.name, arcname=cache.name)
+        digests = {}
+        for kind in KINDS:
+            train(scratch / "v3-lavdf", kind, scratch / f"run-{kind}")
+            digests[kind] = weights_digest(scratch / f"run-{kind}" / "last.pt")
+        WEIGHTS.write_text(json.dumps(digests, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
