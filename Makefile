@@ -109,7 +109,7 @@ gpu-check-compiled:
 # Leave-one-manipulation-out on the sample generator: the README's recipes, every held-out
 # kind, two seeds (about an hour on 2 CPU cores; runs already finished under eval/ are kept).
 eval: setup
-	$(BIN)/python -m benchmarks.generalisation --out eval \
+	$(BIN)/python -m evaluation.generalisation --out eval \
 		--recipes "audio,faces,av,av + either-sense fusion"
 
 # The same protocol with the aligned-track models and lip-sync fakes beside the README's
@@ -117,22 +117,22 @@ eval: setup
 # cores, mostly lips and sync: run parts with --kinds/--recipes into the same folder). At the
 # protocol's 4 epochs; the sync model needs 8 at this size (make eval-sync): add --epochs 8.
 eval-tracks: setup
-	$(BIN)/python -m benchmarks.generalisation --out eval-tracks --lip-sync 0.2 --tracks \
+	$(BIN)/python -m evaluation.generalisation --out eval-tracks --lip-sync 0.2 --tracks \
 		--recipes "audio,faces,av,av + either-sense fusion,lips,speech,sync,sync + av_mismatch"
 
 # The README's sync table: the mel alone against the track models on held-out lip-sync and
 # desync fakes (300 train and 300 val clips, 30% of the fakes lip-synced, 8 epochs, two
 # seeds; about an hour on 2 CPU cores, most of it the sync and lips runs).
 eval-sync: setup
-	$(BIN)/python -m benchmarks.generalisation --out eval-sync --train 300 --val 300 \
+	$(BIN)/python -m evaluation.generalisation --out eval-sync --train 300 --val 300 \
 		--lip-sync 0.3 --tracks --kinds lip_sync,av_desync --epochs 8 \
 		--recipes "audio,sync + av_mismatch,sync,lips,speech"
 
 # Leave-one-data-set-out on three caches of the sample generator (seeds 0, 1, 2: the same
 # speakers and manipulations, so it exercises the protocol rather than a shift between data
-# sets); give real caches with `python -m benchmarks.cross_dataset --caches a=DIR,b=DIR,...`.
+# sets); give real caches with `python -m evaluation.cross_dataset --caches a=DIR,b=DIR,...`.
 eval-cross: setup
-	$(BIN)/python -m benchmarks.cross_dataset --out eval/cross-dataset --samples 0,1,2 --recipes audio,av
+	$(BIN)/python -m evaluation.cross_dataset --out eval/cross-dataset --samples 0,1,2 --recipes audio,av
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -47,9 +47,9 @@ from torch.utils.data import DataLoader
 from torchvision.io import decode_jpeg
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
 from avcache.train.loader import LoaderPlan, ShardStream
 from benchmarks.common import (
     evict,

@@ -144,7 +144,7 @@ def track_layout(size: Size) -> schema.TrackLayout:
 
 def cache_config(size: Size) -> dict:
     """The preprocessing config the index records: faces and tracks as the shards hold them."""
-    from avcache.cache.config import to_dict
+    from avcache.common.config import to_dict
     from avcache.preprocess.config import PreprocessConfig
 
     config = to_dict(PreprocessConfig())
@@ -158,9 +158,9 @@ def write_cache(root: Path, size: Size) -> float | None:
     """Spectrogram-like mel images, smooth faces and moving mouths, JPEG-coded as the default
     stores them; the seconds it took (None: the same cache was already there)."""
     from avcache.cache import schema
-    from avcache.cache.atomic import write_json_atomic
     from avcache.cache.index import ShardRecord, build_index
     from avcache.cache.writer import ShardWriter
+    from avcache.common.atomic import write_json_atomic
 
     config, index = cache_config(size), root / schema.INDEX_FILE
     as_stored = json.loads(json.dumps(config))  # tuples as lists

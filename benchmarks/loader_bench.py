@@ -198,8 +198,8 @@ def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> 
 def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
     """A committed cache (receipts, then index.json) of shards of the given sizes."""
     from avcache.cache import index, schema
-    from avcache.cache.atomic import write_json_atomic
     from avcache.cache.reader import open_cache
+    from avcache.common.atomic import write_json_atomic
 
     (root / schema.SHARDS_DIR).mkdir(parents=True)
     records = []
@@ -217,7 +217,7 @@ def write_cache(root: Path, sizes: list[int], args, faces: bool, rng):
 def cache_config(args, faces: bool) -> dict:
     """The preprocessing config the index records, as the preprocessor writes it (an object
     of sections: the reader refuses anything else), with the faces the shards hold."""
-    from avcache.cache.config import to_dict
+    from avcache.common.config import to_dict
     from avcache.preprocess.config import PreprocessConfig
 
     config = to_dict(PreprocessConfig())

@@ -600,7 +600,7 @@ def loky_workers() -> list[int]:
 
 def run_api(data: Path, out: Path, jobs: int, overrides: list[str]) -> dict:
     """One in-process Preprocessor run on warm workers: wall and /proc CPU of the tree."""
-    from avcache.cache.config import load_config
+    from avcache.common.config import load_config
     from avcache.preprocess.config import PreprocessConfig
     from avcache.preprocess.pipeline import Preprocessor
 
@@ -623,7 +623,7 @@ def run_api(data: Path, out: Path, jobs: int, overrides: list[str]) -> dict:
 def warm_worker(path: str, overrides: list[str]) -> int:
     """What a worker does on its first video (imports, numba, detector weights); returns its
     pid."""
-    from avcache.cache.config import load_config
+    from avcache.common.config import load_config
     from avcache.preprocess.config import PreprocessConfig
     from avcache.preprocess.worker import process_video_file
 

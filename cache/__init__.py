@@ -1,7 +1,7 @@
 """The on-disk cache format shared by the preprocessor and the trainer.
 
 In a notebook: `open_cache(path).sample(name)` is one video's Sample, its mel and
-faces numpy arrays; `avcache-inspect` (cache/inspection.py) draws sheets and a gallery.
+faces numpy arrays; `avcache-inspect` (inspection/cli.py) draws sheets and a gallery.
 """
 
 from avcache.cache.reader import Cache, ShardReader, open_cache

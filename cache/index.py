@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avcache.cache import schema
-from avcache.cache.atomic import atomic_path, write_json_atomic
-from avcache.cache.untrusted import (
+from avcache.common.atomic import atomic_path, write_json_atomic
+from avcache.common.untrusted import (
     CacheFormatError,
     integer,
     load_json,

@@ -23,7 +23,7 @@ import numpy as np
 from avcache.cache import codec as codecs
 from avcache.cache import schema
 from avcache.cache.index import Failure, read_failures, receipt_path
-from avcache.cache.untrusted import (
+from avcache.common.untrusted import (
     REBUILD,
     CacheFormatError,
     attribute,

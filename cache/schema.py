@@ -27,7 +27,6 @@ READABLE_VERSIONS = (1, 2, 3)
 INDEX_FILE = "index.json"
 CONFIG_FILE = "config.yaml"
 FAILURES_FILE = "failures.jsonl"
-LOCK_FILE = ".lock"
 SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".h5"
 RECEIPT_SUFFIX = ".json"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from avcache.cache.reader import Cache, CacheFormatError, ShardEntry, ShardReader
-from avcache.cache.untrusted import regular_file
 from avcache.cache.writer import sha256_of
+from avcache.common.untrusted import regular_file
 
 VERIFY_BYTES = 16 * 2**20  # bytes read per h5py call when checking sums: bounded memory
 

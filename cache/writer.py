@@ -1,7 +1,7 @@
 """ShardWriter: appends samples to one HDF5 shard, commits it atomically on close.
 
 The shard is written under a temporary name, hashed and only then published
-(cache/atomic.py), so a finished name always means a complete file. Samples
+(common/atomic.py), so a finished name always means a complete file. Samples
 are buffered in small blocks so memory stays bounded whatever the shard size.
 With every block of mel images and faces go their per-sample sums
 (`schema.sum64`), which every read checks.
@@ -21,7 +21,7 @@ import numpy as np
 
 from avcache.cache import codec as codecs
 from avcache.cache import schema
-from avcache.cache.atomic import partial_path, publish
+from avcache.common.atomic import partial_path, publish
 
 # Samples buffered before one block write; mel chunks hold this many samples (1 MiB).
 WRITE_BLOCK = 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avcache.cache.config import LOCAL, SINCE_ADDED
+from avcache.common.config import LOCAL, SINCE_ADDED
 
 
 @dataclass

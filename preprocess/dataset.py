@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from avcache.cache.labels import LabelFileError
 from avcache.cache.schema import LABEL_UNKNOWN, MAX_FAKE_KIND_CHARS
+from avcache.common.labels import LabelFileError
 from avcache.preprocess.config import SplitConfig
 from avcache.preprocess.layouts import Row, Segments, label_paths, layout_named, name_problem
 

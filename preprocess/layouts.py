@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from avcache.cache.labels import LabelFileError, read_json, read_rows, read_table
 from avcache.cache.schema import LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN, MAX_FAKE_SEGMENTS
-from avcache.cache.untrusted import finite_number, shown
+from avcache.common.labels import LabelFileError, read_json, read_rows, read_table
+from avcache.common.untrusted import finite_number, shown
 
 Segments = tuple[tuple[float, float], ...]
 

@@ -27,9 +27,7 @@ import joblib
 from tqdm import tqdm
 
 from avcache.cache import schema
-from avcache.cache.atomic import PARTIAL_SUFFIX
 from avcache.cache.codec import CODECS
-from avcache.cache.config import config_hash, dump_yaml, to_dict
 from avcache.cache.index import (
     Failure,
     ShardRecord,
@@ -38,9 +36,11 @@ from avcache.cache.index import (
     write_failures,
     write_json_atomic,
 )
-from avcache.cache.lock import FolderLock
 from avcache.cache.reader import CacheFormatError, ShardEntry
-from avcache.cache.untrusted import load_json, mapping
+from avcache.common.atomic import PARTIAL_SUFFIX
+from avcache.common.config import config_hash, dump_yaml, to_dict
+from avcache.common.lock import FolderLock
+from avcache.common.untrusted import load_json, mapping
 from avcache.preprocess.audio import MEL_MODES, mel_settings
 from avcache.preprocess.cluster import dask_client
 from avcache.preprocess.config import PreprocessConfig, TracksConfig

@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 from avcache.cache import schema
-from avcache.cache.config import ConfigError, key_listing, load_config, yaml_text
-from avcache.cache.lock import FolderBusyError
-from avcache.cache.untrusted import printable
+from avcache.common.config import ConfigError, key_listing, load_config, yaml_text
+from avcache.common.lock import FolderBusyError
+from avcache.common.untrusted import printable
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import LabelFileError
 from avcache.preprocess.layouts import LAYOUTS

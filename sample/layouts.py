@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from avcache.cache.atomic import write_json_atomic
+from avcache.common.atomic import write_json_atomic
 from avcache.sample.manipulations import (
     DESYNC,
     FACE_MANIPULATIONS,

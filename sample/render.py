@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avcache.cache.atomic import atomic_path, write_json_atomic
+from avcache.common.atomic import atomic_path, write_json_atomic
 from avcache.sample.manipulations import (
     DESYNC,
     FACE_MANIPULATIONS,

@@ -3,6 +3,7 @@ environment that already holds the user's own torch and the other dependencies."
 
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -10,19 +11,25 @@ import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What a wheel is built from: the build files and the folders setup.cfg maps into avcache.
-SOURCES = ["setup.cfg", "pyproject.toml", "README.md", "avcache", "cache", "train", "preprocess",
-           "sample", "configs"]  # fmt: skip
+BUILD_FILES = ("setup.cfg", "pyproject.toml", "README.md")
 # Distributions the user's own environment lacks: avcache itself and the face detectors,
 # which pip never installs for them (docs/dependencies.md).
 NOT_THEIRS = ("avcache", "__editable__", "mediapipe", "facenet_pytorch", "pip")
 
 
+def package_folders() -> list[str]:
+    """The folders setup.cfg maps into avcache (package_dir's values)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    lines = setup["options"]["package_dir"].strip().splitlines()
+    return [line.split("=")[1].strip() for line in lines]
+
+
 def build_wheel(root: Path) -> Path:
-    """The wheel pip builds offline, from a copy (a build writes build/ and *.egg-info
-    into the folder it builds)."""
+    """The wheel pip builds offline, from a copy of what it is built from (a build writes
+    build/ and *.egg-info into the folder it builds)."""
     source = root / "source"
-    for name in SOURCES:
+    for name in (*BUILD_FILES, *package_folders()):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, source / name,
                             ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip

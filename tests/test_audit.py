@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from avcache.cache import audit, open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
+from avcache.cache import open_cache, schema
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.inspection import main as inspect_main
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import to_dict
+from avcache.inspection import audit
+from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.run import main as preprocess_main
 from tests.media import ffmpeg, write_labels

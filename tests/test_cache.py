@@ -14,11 +14,11 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
 from avcache.cache.verify import verify_cache
 from avcache.cache.writer import WRITE_BLOCK, ShardWriter, sha256_of
+from avcache.common.atomic import write_json_atomic
 from avcache.train.engine import BEST, LAST
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.run import main as train_main

@@ -13,12 +13,12 @@ import pytest
 import simplejpeg
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
 from avcache.cache.codec import round_trip, xxh3
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.reader import DamagedShardError, ShardReader, open_cache
 from avcache.cache.verify import verify_cache
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
 from avcache.train.loader import LoaderPlan, ShardStream
 from tests.test_cache import make_sample
 
@@ -214,7 +214,7 @@ def test_a_forged_jpeg_with_matching_checksums_is_refused_not_decoded_wrong(tmp_
 
 
 def test_inspect_summarises_verifies_and_draws_a_jpeg_cache(tmp_path, capsys):
-    from avcache.cache.inspection import main as inspect_main
+    from avcache.inspection.cli import main as inspect_main
 
     write(tmp_path / "cache", ["jpeg", "raw"])
     root = tmp_path / "cache"

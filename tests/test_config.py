@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avcache.cache.config import (
+from avcache.common.config import (
     ConfigError,
     config_hash,
     load_config,

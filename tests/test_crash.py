@@ -21,11 +21,12 @@ import pytest
 import torch
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import PARTIAL_SUFFIX, write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.inspection import main as inspect_main
 from avcache.cache.verify import verify_cache
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import PARTIAL_SUFFIX, write_json_atomic
+from avcache.common.lock import LOCK_FILE
+from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.run import main as preprocess_main
 from avcache.train.config import TrainConfig
 from avcache.train.engine import BEST, LAST, Trainer
@@ -79,7 +80,7 @@ def tree(root: Path) -> dict[str, str]:
 
 def progress(out: Path) -> int:
     """How far a run has got: 0 not started, 1 the cache locked, 1 + n after n shard receipts."""
-    if not (out / schema.LOCK_FILE).exists():
+    if not (out / LOCK_FILE).exists():
         return 0
     return 1 + len(list(out.glob(f"shards/*/*{schema.RECEIPT_SUFFIX}")))
 

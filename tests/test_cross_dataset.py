@@ -7,8 +7,8 @@ import math
 
 import yaml
 
-from benchmarks.cross_dataset import main as cross_dataset_main
-from benchmarks.cross_dataset import mix_listing, parse_args
+from evaluation.cross_dataset import main as cross_dataset_main
+from evaluation.cross_dataset import mix_listing, parse_args
 
 
 def test_each_cache_is_held_out_in_turn_and_tabled(tmp_path):

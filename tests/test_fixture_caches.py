@@ -13,6 +13,7 @@ import pytest
 
 from avcache.cache import open_cache, schema
 from avcache.cache.verify import verify_cache
+from avcache.common.lock import LOCK_FILE
 from tests.fixture_caches import CACHES, CURRENT, KINDS, SAMPLE, WEIGHTS, train, weights_digest
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def folder_contents(root: Path) -> dict[str, object]:
     contents = {}
     for path in sorted(root.rglob("*")):
         relative = str(path.relative_to(root))
-        if path.is_dir() or path.name == schema.LOCK_FILE:
+        if path.is_dir() or path.name == LOCK_FILE:
             continue
         if path.suffix == schema.SHARD_SUFFIX:
             contents[relative] = h5_contents(path)

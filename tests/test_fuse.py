@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.fuse import combine, list_scores, logit
 from avcache.train.fuse import main as fuse_main

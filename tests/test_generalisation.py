@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from avcache.cache import open_cache
-from benchmarks.generalisation import (
+from evaluation.generalisation import (
     RECIPES,
     folds_of,
     needs_tracks,
@@ -22,7 +22,7 @@ from benchmarks.generalisation import (
     table,
     train_command,
 )
-from benchmarks.generalisation import main as generalisation_main
+from evaluation.generalisation import main as generalisation_main
 
 TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch"]
 REPO = Path(__file__).resolve().parents[1]

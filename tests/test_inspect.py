@@ -23,13 +23,13 @@ import pytest
 from matplotlib import image as mpimg
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.gallery import THUMB_SIZE, thumbnail
 from avcache.cache.index import Failure, ShardRecord, build_index, write_failures
-from avcache.cache.inspection import main
 from avcache.cache.reader import ShardReader
-from avcache.cache.sheets import LEGACY_AXES, mel_axes_of, sheet_layout
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.inspection.cli import main
+from avcache.inspection.gallery import THUMB_SIZE, thumbnail
+from avcache.inspection.sheets import LEGACY_AXES, mel_axes_of, sheet_layout
 
 FRAMES, SIZE = 2, 16
 WEIRD = 'a "quoted" <b>&amp; vidéo 視頻.mp4'  # names come from label files: anything goes
@@ -133,7 +133,7 @@ def test_summary_counts(small, capsys):
 
 
 def test_summary_bytes_per_modality_add_up(small):
-    from avcache.cache.inspection import split_stats
+    from avcache.inspection.cli import split_stats
 
     root, _ = small
     stats = split_stats(open_cache(root), "val")
@@ -145,7 +145,7 @@ def test_summary_bytes_per_modality_add_up(small):
 
 def test_module_entry_point_and_missing_cache(small, tmp_path):
     root, _ = small
-    run = subprocess.run([sys.executable, "-m", "avcache.cache.inspection",
+    run = subprocess.run([sys.executable, "-m", "avcache.inspection.cli",
                           str(root)], capture_output=True,
                          text=True, cwd=Path(__file__).parents[1])  # fmt: skip
     assert run.returncode == 0 and "train" in run.stdout

@@ -19,10 +19,11 @@ import pytest
 import yaml
 from matplotlib import image as mpimg
 
-from avcache.cache import audit, open_cache, schema, sheets
-from avcache.cache.gallery import THUMB_SIZE
-from avcache.cache.inspection import main as inspect_main
-from avcache.cache.inspection import sample_meta
+from avcache.cache import open_cache, schema
+from avcache.inspection import audit, sheets
+from avcache.inspection.cli import main as inspect_main
+from avcache.inspection.cli import sample_meta
+from avcache.inspection.gallery import THUMB_SIZE
 from avcache.preprocess.run import main as preprocess_main
 from tests import layouts
 from tests.toy import write_toy_cache

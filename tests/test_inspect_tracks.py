@@ -16,12 +16,13 @@ import pytest
 from matplotlib import image as mpimg
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
-from avcache.cache.gallery import GAP, SPEC_H, THUMB_SIZE, WAVE_H, track_thumbnail
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.inspection import main
-from avcache.cache.sheets import (
+from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import to_dict
+from avcache.inspection.cli import main
+from avcache.inspection.gallery import GAP, SPEC_H, THUMB_SIZE, WAVE_H, track_thumbnail
+from avcache.inspection.sheets import (
     NO_FACE_RGB,
     detail_track_boxes,
     panel_track_box,
@@ -29,7 +30,6 @@ from avcache.cache.sheets import (
     sheet_layout,
     window_notes,
 )
-from avcache.cache.writer import ShardWriter
 from avcache.preprocess.config import PreprocessConfig
 from tests.toy import write_toy_cache, write_track_cache
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from avcache.cache import open_cache, schema
-from avcache.cache.config import config_hash, load_config, to_dict
 from avcache.cache.reader import CacheFormatError, ShardReader
 from avcache.cache.verify import verify_cache
 from avcache.cache.writer import ShardWriter
+from avcache.common.config import config_hash, load_config, to_dict
 from avcache.preprocess.config import PreprocessConfig, SplitConfig
 from avcache.preprocess.dataset import LabelFileError, read_split
 from avcache.preprocess.run import main as preprocess_main

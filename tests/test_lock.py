@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 
-from avcache.cache.lock import FolderBusyError, FolderLock
+from avcache.common.lock import FolderBusyError, FolderLock
 
 # Holds the lock, forks a worker that outlives it (as DataLoader workers outlive a killed
 # run for a few seconds), prints the worker's pid, then waits to be killed.
 HOLDER = textwrap.dedent("""
     import multiprocessing, sys, time
-    from avcache.cache.lock import FolderLock
+    from avcache.common.lock import FolderLock
 
     lock = FolderLock(sys.argv[1], "held").acquire()
     worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))

@@ -19,11 +19,11 @@ import yaml
 from safetensors.torch import save_file
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import ConfigError, load_config
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.lock import FolderLock
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import ConfigError, load_config
+from avcache.common.lock import FolderLock
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.run import main as preprocess_main
 from avcache.train import engine

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.engine import LAST, METRICS
 from avcache.train.loader import REAL, LoaderPlan, ShardStream

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avcache.cache.config import load_config, to_dict
+from avcache.common.config import load_config, to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.faces import MEDIAPIPE_INSTALL
 from avcache.train.config import TrainConfig
@@ -85,7 +85,7 @@ def test_an_installed_wheel_reads_a_shipped_config_by_name(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
-    code = ("import avcache.cache.config as c, avcache.preprocess.run as p; print(c.__file__); "
+    code = ("import avcache.common.config as c, avcache.preprocess.run as p; print(c.__file__); "
             "c.load_config(__import__('avcache.train.config').train.config.TrainConfig, "
             "'train_baseline'); p.main(['--config', 'preprocess', '--print-config', "
             "'splits.test.videos=[valset]'])")  # fmt: skip

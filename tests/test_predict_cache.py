@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
+from avcache.common.atomic import write_json_atomic
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.score import main as score_main

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from avcache.cache import open_cache, schema
+from avcache.common.lock import LOCK_FILE
 from avcache.preprocess.run import main
 from tests.media import broken_files, face_without_audio, silent_clip, talking_face, write_labels
 
@@ -229,7 +230,7 @@ def test_a_killed_run_with_a_new_config_leaves_the_previous_cache(data, clean_ca
 def test_second_preprocessor_is_refused(data, tmp_path, capsys):
     out = tmp_path / "cache"
     out.mkdir()
-    with open(out / schema.LOCK_FILE, "a+") as lock:
+    with open(out / LOCK_FILE, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert preprocess(data, out) == 2
     assert "another avcache-preprocess is writing this cache" in capsys.readouterr().err

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import config_hash, to_dict
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter, sha256_of
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import config_hash, to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main

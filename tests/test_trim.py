@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avcache.cache.config import config_hash
+from avcache.common.config import config_hash
 from avcache.preprocess.audio import MEL_MODES, mel_image, trim_silence
 from avcache.preprocess.config import AudioConfig, PreprocessConfig
 from avcache.preprocess.media import ffmpeg_binary, read_audio
@@ -77,7 +77,7 @@ def test_the_audit_sees_the_silent_start_leave_the_mel_image_once_trimmed(tmp_pa
     file's facts); preprocessed with trimming, the mel image no longer shows it, while
     the facts still say what the files hold."""
     from avcache.cache import open_cache
-    from avcache.cache.audit import audit, cue_strength, read_cues
+    from avcache.inspection.audit import audit, cue_strength, read_cues
     from avcache.preprocess.run import main as preprocess_main
 
     data = tmp_path / "data"

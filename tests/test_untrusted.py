@@ -28,9 +28,9 @@ import yaml
 
 from avcache.cache import schema
 from avcache.cache.index import ShardRecord, read_failures, read_receipt, write_receipt
-from avcache.cache.inspection import main as inspect_main
 from avcache.cache.reader import CacheFormatError, ShardReader, open_cache
-from avcache.cache.untrusted import MAX_JSON_BYTES, printable
+from avcache.common.untrusted import MAX_JSON_BYTES, printable
+from avcache.inspection.cli import main as inspect_main
 from avcache.train.engine import BEST
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.predict import main as predict_main
@@ -48,9 +48,9 @@ COUNT = 20  # samples per shard
 
 def build(root: Path, splits: dict[str, int] | None = None, codec: str = "raw") -> Path:
     """A sound cache (real config, faces 2 x 8 px) with `splits` shard counts."""
-    from avcache.cache.atomic import write_json_atomic
     from avcache.cache.index import build_index
     from avcache.cache.writer import ShardWriter
+    from avcache.common.atomic import write_json_atomic
 
     config = {"splits": {"train": {}, "val": {}, "test": {}},
               "faces": {"frames": FRAMES, "size": SIZE}}  # fmt: skip
@@ -272,7 +272,7 @@ def test_a_fifo_is_refused_at_once(cache, target):
     commands = [[str(cache)], [str(cache), "sheet", "-o", str(cache.parent / "s.png")],
                 [str(cache), "verify"]]  # fmt: skip
     for argv in commands[:1] if target == "failures" else commands:  # only summary reads it
-        done = subprocess.run([sys.executable, "-m", "avcache.cache.inspection", *argv], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "avcache.inspection.cli", *argv], cwd=REPO,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode in (1, 2), done
         assert f"{path}: the" in done.stderr and "not a regular file" in done.stderr, done
@@ -821,7 +821,7 @@ def test_resume_refuses_a_checkpoint_with_forged_progress(trained, tmp_path, cap
 
 def test_the_keys_naming_a_program_or_a_file_are_the_local_ones():
     """Every config key that names a program or a file is marked LOCAL (a new one must be)."""
-    from avcache.cache.config import ConfigError, local_keys, local_values
+    from avcache.common.config import ConfigError, local_keys, local_values
     from avcache.preprocess.config import AudioConfig, PreprocessConfig
     from avcache.train.config import TrainConfig
 

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from avcache.cache import schema
-from avcache.cache.config import dump_yaml
 from avcache.cache.index import ShardRecord, read_receipt, write_receipt
-from avcache.cache.inspection import main as inspect_main
 from avcache.cache.reader import open_cache
+from avcache.common.config import dump_yaml
+from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.config import SplitConfig
 from avcache.preprocess.dataset import read_split
 from avcache.preprocess.run import main as preprocess_main

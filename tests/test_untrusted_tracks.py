@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import ConfigError, load_config, to_dict
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.inspection import main as inspect_main
 from avcache.cache.reader import BLOCK_BYTES, ShardReader
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import ConfigError, load_config, to_dict
+from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.config import (
     MAX_BATCH_TRACK_BYTES,
@@ -160,7 +160,7 @@ def refused_by_predict(run: Path, root: Path, tmp_path: Path, capsys) -> str:
 # water mark of the process that forked it across exec, here pytest's.)
 MEASURED_INSPECT = """
 import json, sys
-from avcache.cache.inspection import main
+from avcache.inspection.cli import main
 code = main(sys.argv[1:])
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"exit": code, "peak_mib": int(peak.split()[1]) / 1024}))

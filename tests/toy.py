@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from avcache.cache import schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import to_dict
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import to_dict
 from avcache.preprocess.config import PreprocessConfig
 from avcache.train.engine import METRICS
 

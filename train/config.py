@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from avcache.cache import schema
-from avcache.cache.config import LOCAL, SINCE_ADDED, ConfigError
 from avcache.cache.reader import Cache
 from avcache.cache.schema import TrackLayout
+from avcache.common.config import LOCAL, SINCE_ADDED, ConfigError
 
 # The model kinds and the cache datasets each reads (train/models.py MODELS builds a branch
 # for each), named here so that the config, avcache-train --help and the checks of a cache

@@ -40,9 +40,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avcache.cache import schema
-from avcache.cache.atomic import atomic_path, write_text_atomic
 from avcache.cache.reader import Cache
-from avcache.cache.untrusted import printable, regular_file
+from avcache.common.atomic import atomic_path, write_text_atomic
+from avcache.common.untrusted import printable, regular_file
 from avcache.train import distributed
 from avcache.train.augment import (
     batch_seed,

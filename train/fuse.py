@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.labels import LabelFileError
-from avcache.cache.untrusted import finite_number, load_json, mapping, printable, shown
+from avcache.common.atomic import write_json_atomic
+from avcache.common.labels import LabelFileError
+from avcache.common.untrusted import finite_number, load_json, mapping, printable, shown
 from avcache.train.lists import add_list_options, list_names, list_spec
 from avcache.train.predict import (
     FALLBACK,

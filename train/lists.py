@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avcache.cache.labels import LabelFileError, read_names
+from avcache.common.labels import LabelFileError, read_names
 from avcache.preprocess.dataset import select_rows
 from avcache.preprocess.layouts import LAYOUTS, Row, layout_named, name_problem
 

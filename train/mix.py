@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from avcache.cache import open_cache, schema
-from avcache.cache.config import ConfigError
 from avcache.cache.identity import Identity, shard_identities
 from avcache.cache.reader import Cache, ShardEntry
-from avcache.cache.untrusted import printable
+from avcache.common.config import ConfigError
+from avcache.common.untrusted import printable
 from avcache.train.config import MODEL_INPUTS, TrainConfig
 from avcache.train.loader import Block, LoaderPlan, ShardStream, ordered_blocks
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import schema
-from avcache.cache.atomic import atomic_path
-from avcache.cache.labels import LabelFileError
-from avcache.cache.untrusted import printable
+from avcache.common.atomic import atomic_path
+from avcache.common.labels import LabelFileError
+from avcache.common.untrusted import printable
 from avcache.train.lists import DEFAULT_LAYOUT, add_list_options, list_names, list_spec
 from avcache.train.runs import RunFolder
 

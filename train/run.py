@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache
-from avcache.cache.atomic import PARTIAL_SUFFIX, atomic_path
-from avcache.cache.config import ConfigError, key_listing, load_config, parse_override, yaml_text
-from avcache.cache.lock import FolderBusyError, FolderLock
 from avcache.cache.reader import Cache, CacheFormatError
-from avcache.cache.untrusted import printable
+from avcache.common.atomic import PARTIAL_SUFFIX, atomic_path
+from avcache.common.config import ConfigError, key_listing, load_config, parse_override, yaml_text
+from avcache.common.lock import FolderBusyError, FolderLock
+from avcache.common.untrusted import printable
 from avcache.train.config import MODEL_KINDS, TrainConfig, check_cache_fits, validate
 from avcache.train.interrupt import Interrupts
 from avcache.train.ranks import Ranks, quiet_other_ranks, ranks_from_env

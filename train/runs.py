@@ -3,7 +3,7 @@
 Run folders travel between people like caches, so what they record is believed only for
 what it computes (the model, the schedule, how the cache was made), never for which
 program to run or which file to read: those keys (LOCAL in the configs) come from the
-user's command line or installation (cache/config.py local_values).
+user's command line or installation (common/config.py local_values).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
-from avcache.cache.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.cache.reader import Cache
-from avcache.cache.untrusted import load_json, mapping, text
+from avcache.common.atomic import write_json_atomic
+from avcache.common.config import ConfigError, dump_yaml, from_dict, load_config, local_values
+from avcache.common.untrusted import load_json, mapping, text
 from avcache.train.config import MODEL_INPUTS, TrainConfig, validate
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avcache.cache.labels import LabelFileError, read_rows
-from avcache.cache.untrusted import printable
+from avcache.common.labels import LabelFileError, read_rows
+from avcache.common.untrusted import printable
 from avcache.train.lists import ListSpec, add_list_options, list_spec, read_entries
 
 ERRORS_LISTED = 10  # bad rows named in one message

@@ -499,7 +499,7 @@ def load_kinds(path) -> dict[str, list[str]]:
     like every file a user names (untrusted.load_json: a regular file, bounded, strict JSON)."""
     from pathlib import Path
 
-    from avcache.cache.untrusted import load_json
+    from avcache.common.untrusted import load_json
 
     manifest = load_json(Path(path), "sample manifest", error=ValueError)
     clips = manifest.get("clips") if isinstance(manifest, dict) else None

@@ -7,11 +7,13 @@ import os
 import weakref
 from pathlib import Path
 
-from avcache.cache import schema
-
 # Locks this process holds, for the fork hook below.
 _HELD: weakref.WeakSet[FolderLock] = weakref.WeakSet()
 _FORK_HOOK_REGISTERED = False
+
+
+# The lock file a cache folder and a run folder each hold while one process writes there.
+LOCK_FILE = ".lock"
 
 
 class FolderBusyError(RuntimeError):
@@ -43,7 +45,7 @@ class FolderLock:
     never leaves a stale lock."""
 
     def __init__(self, folder: Path, busy_message: str) -> None:
-        self.path = Path(folder) / schema.LOCK_FILE
+        self.path = Path(folder) / LOCK_FILE
         self.busy_message = busy_message
         self.handle = None
 

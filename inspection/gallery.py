@@ -31,9 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from avcache.cache import schema
-from avcache.cache.labels import LabelFileError, read_rows
 from avcache.cache.reader import Cache
-from avcache.cache.sheets import (
+from avcache.common.labels import LabelFileError, read_rows
+from avcache.common.untrusted import shown
+from avcache.inspection.sheets import (
     BAND_H,
     BAND_RGB,
     COLORMAP,
@@ -50,7 +51,6 @@ from avcache.cache.sheets import (
     wave_image,
     window_span,
 )
-from avcache.cache.untrusted import shown
 
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 128  # mel thumbnail side in pixels (half the mel); faces tile the same height

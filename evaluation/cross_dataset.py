@@ -1,9 +1,9 @@
 """Leave-one-data-set-out: how detectors trained on some data sets do on one they never saw.
 
-    python -m benchmarks.cross_dataset --out DIR --caches a=CACHE,b=CACHE[,c=CACHE]
+    python -m evaluation.cross_dataset --out DIR --caches a=CACHE,b=CACHE[,c=CACHE]
         [--mix equal|size] [--recipes audio,av] [--seeds 0,1] [--epochs 4]
         [--mel-size 64] [--frames 2] [--jobs 2]
-    python -m benchmarks.cross_dataset --out DIR --samples 0,1,2 [--train 120 --val 120]
+    python -m evaluation.cross_dataset --out DIR --samples 0,1,2 [--train 120 --val 120]
         [--preprocess key=value ...]    # caches made here from the sample generator
 
 For each held-out cache H, each recipe and each seed, one training run mixes the other
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from avcache.cache import open_cache, schema
 from avcache.train.engine import METRICS
-from benchmarks.generalisation import CACHE, COMMON, RECIPES, run_training, table
+from evaluation.generalisation import CACHE, COMMON, RECIPES, run_training, table
 
 REPO = Path(__file__).resolve().parents[1]
 MIXES = ("equal", "size")

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from avcache.cache.atomic import write_text_atomic
-from avcache.cache.untrusted import printable, read_bounded
+from avcache.common.atomic import write_text_atomic
+from avcache.common.untrusted import printable, read_bounded
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Leave-one-manipulation-out: how detectors hold up on a kind of fake they never saw.
 
-    python -m benchmarks.generalisation --out DIR [--train 300 --val 800] [--seeds 0,1]
+    python -m evaluation.generalisation --out DIR [--train 300 --val 800] [--seeds 0,1]
         [--epochs 4] [--mel-size 64] [--frames 2] [--jobs 2] [--recipes audio,faces,av,...]
         [--kinds face_paste,...] [--lip-sync SHARE] [--tracks]
 
@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avcache.cache import open_cache, schema
-from avcache.cache.atomic import write_json_atomic
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.atomic import write_json_atomic
 from avcache.train.config import TRACK_KINDS
 from avcache.train.engine import METRICS
 

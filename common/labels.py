@@ -2,7 +2,7 @@
 and the headed tables of other data sets (preprocess/layouts.py).
 
 Every label file, list, submission and prediction CSV the project reads comes through
-`read_file` (regular, bounded, inside the data root where there is one: cache/untrusted.py
+`read_file` (regular, bounded, inside the data root where there is one: common/untrusted.py
 `read_bounded`) and every CSV through `read_table`, so that whatever a file holds, it is
 refused in one LabelFileError naming the file (and its line) rather than a traceback.
 """
@@ -14,7 +14,7 @@ import csv
 import io
 from pathlib import Path
 
-from avcache.cache.untrusted import MAX_LIST_BYTES, parse_json, read_bounded
+from avcache.common.untrusted import MAX_LIST_BYTES, parse_json, read_bounded
 
 HEADER = ("video_name", "target")
 Rows = list[tuple[int, list[str]]]  # (line number, cells) of a CSV

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from avcache.cache import schema
-from avcache.cache.labels import LabelFileError
 from avcache.cache.reader import Cache, CacheFormatError, open_cache
-from avcache.cache.untrusted import printable
 from avcache.cache.verify import verify_cache
+from avcache.common.labels import LabelFileError
+from avcache.common.untrusted import printable
 
 LABELS = {"fake": schema.LABEL_FAKE, "real": schema.LABEL_REAL, "unknown": schema.LABEL_UNKNOWN}
 # Datasets counted as each modality's bytes on disk; the rest (names, labels, flags) is "other".
@@ -178,7 +178,7 @@ def pick_samples(
 ) -> list[tuple[int, int]]:
     """(shard number, position) of `count` samples of a split matching the filters: the first
     ones in cache order, or a random draw with `seed`. Reads only the small columns."""
-    from avcache.cache.gallery import catalog
+    from avcache.inspection.gallery import catalog
 
     entries = [
         entry
@@ -195,7 +195,7 @@ def pick_samples(
 def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
     if args.video is not None:
         return draw_one(cache, args)
-    from avcache.cache import sheets
+    from avcache.inspection import sheets
 
     split = args.split or cache.splits[0]
     if split not in cache.splits:
@@ -218,7 +218,7 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
 
 def draw_one(cache: Cache, args: argparse.Namespace) -> int:
     """`sheet --video NAME`: one sample in detail."""
-    from avcache.cache import sheets
+    from avcache.inspection import sheets
 
     try:
         entry, position = cache.locate(args.video, args.split)
@@ -237,7 +237,7 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
 
 def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, split: str) -> dict:
     """What the detail view prints beside the mel."""
-    from avcache.cache.sheets import label_name
+    from avcache.inspection.sheets import label_name
 
     found = [bool(flag) for flag in sample.face_found]
     boxes = [" ".join(f"{v:.0f}" for v in box) for box in sample.face_box]
@@ -260,7 +260,7 @@ def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, 
 
 def _fake_meta(sample: schema.Sample) -> dict[str, str]:
     """The data set's kind of fake and fake segments, where the cache records them."""
-    from avcache.cache.sheets import SEGMENTS_SHOWN, segments_text
+    from avcache.inspection.sheets import SEGMENTS_SHOWN, segments_text
 
     meta = {} if sample.fake_kind is None else {"fake kind": sample.fake_kind or "-"}
     if sample.fake_segments is not None:
@@ -270,7 +270,7 @@ def _fake_meta(sample: schema.Sample) -> dict[str, str]:
 
 def _mel_mode_meta(index: dict) -> dict[str, str]:
     """The mel mode and how its axes were labelled."""
-    from avcache.cache.sheets import mel_axes_of, trimmed_db
+    from avcache.inspection.sheets import mel_axes_of, trimmed_db
 
     mode, axes = str(index.get("config", {}).get("audio", {}).get("mode", "?")), mel_axes_of(index)
     if axes is None:
@@ -302,7 +302,7 @@ def _tracks_meta(layout: schema.TrackLayout | None, tracks: schema.Tracks | None
 
 
 def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
-    from avcache.cache.gallery import write_gallery
+    from avcache.inspection.gallery import write_gallery
 
     if args.labels and args.predictions is None:
         raise UsageError("--labels needs --predictions (the labels judge the predictions)")
@@ -330,7 +330,7 @@ def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
 
 def run_audit(cache: Cache, args: argparse.Namespace) -> int:
     """Each cue alone and all together against the labels; warnings, JSON, a plot."""
-    from avcache.cache import audit
+    from avcache.inspection import audit
 
     try:
         kinds = audit.load_kinds(args.manifest) if args.manifest else None
@@ -351,7 +351,7 @@ def run_audit(cache: Cache, args: argparse.Namespace) -> int:
     if args.output is not None:
         lines.append(f"plot: {audit.plot(results, args.output, args.threshold)}")
     if args.json is not None:
-        from avcache.cache.atomic import write_json_atomic
+        from avcache.common.atomic import write_json_atomic
 
         write_json_atomic(args.json, report)
         lines.append(f"json: {args.json}")
@@ -362,8 +362,8 @@ def run_audit(cache: Cache, args: argparse.Namespace) -> int:
 
 def model_question(table, results, predictions: Path) -> dict:
     """A model's AUC on the judged split, and on pairs matched on the strongest cue."""
-    from avcache.cache import audit
-    from avcache.cache.gallery import read_predictions
+    from avcache.inspection import audit
+    from avcache.inspection.gallery import read_predictions
 
     split = audit.judged_split(results)
     scores = read_predictions(predictions)
