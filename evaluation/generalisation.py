@@ -39,6 +39,7 @@ from pathlib import Path
 from avcache.cache import open_cache, schema
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
+from avcache.common.arguments import share
 from avcache.common.atomic import write_json_atomic
 from avcache.train.config import TRACK_KINDS
 from avcache.train.engine import METRICS
@@ -86,13 +87,6 @@ def needs_tracks(recipe: str) -> bool:
     """The recipe's model reads the aligned tracks (lips, speech, sync)."""
     _, overrides = RECIPES[recipe]
     return any(f"model.kind={kind}" in overrides for kind in TRACK_KINDS)
-
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

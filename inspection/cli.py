@@ -27,6 +27,7 @@ import numpy as np
 from avcache.cache import schema
 from avcache.cache.reader import Cache, CacheFormatError, open_cache
 from avcache.cache.verify import verify_cache
+from avcache.common.arguments import non_negative
 from avcache.common.labels import LabelFileError
 from avcache.common.untrusted import printable
 
@@ -428,14 +429,6 @@ def _sha256(text: str) -> str:
     return text
 
 
-def _count(text: str) -> int:
-    """A non-negative count for argparse (its error exits with status 2)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def _add_sheet_args(sheet: argparse.ArgumentParser) -> None:
     sheet.add_argument("--split", help="split to draw from (default: the first)")
     sheet.add_argument("--label", choices=[*LABELS, "any"], default="any")
@@ -445,7 +438,9 @@ def _add_sheet_args(sheet: argparse.ArgumentParser) -> None:
         default="any",
         help="only samples with (yes) or without (no) an audio stream",
     )
-    sheet.add_argument("-n", type=_count, default=16, help="samples on the sheet (default 16)")
+    sheet.add_argument(
+        "-n", type=non_negative, default=16, help="samples on the sheet (default 16)"
+    )
     sheet.add_argument("--seed", type=int, help="draw at random with this seed (default: first)")
     sheet.add_argument("--video", metavar="NAME", help="draw this one sample in detail")
     sheet.add_argument("-o", "--output", type=Path, default=Path("sheet.png"), help="PNG path")
@@ -458,7 +453,7 @@ def _add_gallery_args(gallery: argparse.ArgumentParser) -> None:
     gallery.add_argument(
         "-n",
         "--limit",
-        type=_count,
+        type=non_negative,
         default=200,
         help="samples per split, and mistakes, shown (default 200; 0: all)",
     )
@@ -488,7 +483,7 @@ def _add_audit_args(audit: argparse.ArgumentParser) -> None:
     )
     audit.add_argument(
         "--bootstrap",
-        type=_count,
+        type=non_negative,
         default=500,
         help="resamples for the 95%% intervals (default 500)",
     )

@@ -10,33 +10,13 @@ from pathlib import Path
 
 import cv2
 
+from avcache.common.arguments import non_negative, positive, share
 from avcache.sample.layouts import LAYOUTS, METADATA
 from avcache.sample.plan import DEFAULT_COUNTS, DEFAULT_LAYOUT, plan_sample
 from avcache.sample.render import existing_identity, identity, render_all, write_manifest
 from avcache.sample.sources import SampleError, find_sources
 
 # --------------------------------------------------------------------------- command line
-
-
-def non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
-    return value
 
 
 def available_cores() -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import schema
+from avcache.common.arguments import share
 from avcache.common.atomic import atomic_path
 from avcache.common.labels import LabelFileError
 from avcache.common.untrusted import printable
@@ -193,13 +194,6 @@ def tracks_batch(sample: schema.Sample, quality: int, device: torch.device) -> d
     lips = round_trip_grey(sample.tracks.lips, quality)
     return {schema.LIPS: torch.from_numpy(lips[None]).to(device),
             schema.TRACK_AUDIO: torch.from_numpy(sample.tracks.audio[None]).to(device)}  # fmt: skip
-
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
-    return value
 
 
 def videos_named(values: list[str]) -> list[tuple[Path, str]]:
