@@ -27,15 +27,13 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avcache.cache import open_cache, schema
 from avcache.train.engine import METRICS
-from evaluation.generalisation import CACHE, COMMON, RECIPES, run_training, table
+from evaluation.generalisation import CACHE, COMMON, RECIPES
+from evaluation.sweep import REPO, run_folder, run_training, sweep, table
 
-REPO = Path(__file__).resolve().parents[1]
 MIXES = ("equal", "size")
 
 
@@ -156,21 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     caches = args.caches if args.caches is not None else sample_caches(args)
     args.sizes = cache_sizes(caches)
-    runs = [(held_out, recipe, seed) for held_out in caches for recipe in args.recipes
-            for seed in args.seeds]  # fmt: skip
-    results: dict[str, dict[str, dict[str, float]]] = {recipe: {} for recipe in args.recipes}
-    writing = threading.Lock()
 
-    def run_one(task: tuple[str, str, int]) -> None:
-        held_out, recipe, seed = task
-        run = args.out / "runs" / f"without-{held_out}" / recipe.replace(" ", "_") / f"seed{seed}"
-        auc = train_once(caches, held_out, recipe, seed, args, run)
-        with writing:
-            results[recipe].setdefault(held_out, {})[f"seed {seed}"] = auc
-            write_results(args, caches, results)
+    def train(held_out: str, recipe: str, seed: int) -> float:
+        run = run_folder(args.out / "runs" / f"without-{held_out}", recipe, seed)
+        return train_once(caches, held_out, recipe, seed, args, run)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(run_one, runs))  # the first failure is raised here
+    results = sweep(list(caches), args.recipes, args.seeds, args.jobs, train,
+                    lambda results: write_results(args, caches, results))  # fmt: skip
     print(table(results, list(caches)))
     return 0
 

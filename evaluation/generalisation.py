@@ -27,13 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
-import statistics
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avcache.cache import open_cache, schema
@@ -43,8 +38,8 @@ from avcache.common.arguments import share
 from avcache.common.atomic import write_json_atomic
 from avcache.train.config import TRACK_KINDS
 from avcache.train.engine import METRICS
+from evaluation.sweep import REPO, run_folder, run_training, sweep, table
 
-REPO = Path(__file__).resolve().parents[1]
 # Recipe -> (config file, overrides). Every run also gets COMMON. A recipe whose model.kind
 # reads the aligned tracks (TRACK_KINDS) trains on folds of TRACKS_CACHE (needs_tracks).
 RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -212,18 +207,6 @@ def train_command(fold: Path, recipe: str, seed: int, args, run: Path) -> list[s
             f"model.frames={args.frames}"]  # fmt: skip
 
 
-def run_training(command: list[str], run: Path, what: str) -> None:
-    """Train in a process of its own into a fresh `run` (one cut short is started again),
-    then drop its checkpoints: ~90 MB each, and the tables need only metrics."""
-    if run.exists():
-        shutil.rmtree(run)
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"training {what} failed: {done.stderr[-2000:]}")
-    for checkpoint in run.glob("*.pt"):
-        checkpoint.unlink()
-
-
 def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     """The last epoch's validation (held-out) AUC of one run (kept when already there),
     trained in a process of its own."""
@@ -231,27 +214,6 @@ def train_once(fold: Path, recipe: str, seed: int, args, run: Path) -> float:
     if not metrics.exists() or len(metrics.read_text().splitlines()) < args.epochs:
         run_training(train_command(fold, recipe, seed, args, run), run, f"{recipe} on {fold}")
     return json.loads(metrics.read_text().splitlines()[-1])["val_auc"]
-
-
-def table(results: dict, kinds: list[str]) -> str:
-    """Markdown: recipe x held-out kind, mean (± half the range) over seeds, and the mean
-    and the worst over kinds (the README's table)."""
-    lines = ["| recipe | " + " | ".join(kinds) + " | mean | worst |",
-             "|---" * (len(kinds) + 3) + "|"]  # fmt: skip
-    for recipe, by_kind in results.items():
-        cells, means = [], []
-        for kind in kinds:
-            values = [v for v in by_kind.get(kind, {}).values() if math.isfinite(v)]
-            if not values:  # not run yet, or no held-out fake in this sample's val split
-                cells.append("—")
-                continue
-            mean = statistics.fmean(values)
-            means.append(mean)
-            spread = f" ±{(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else ""
-            cells.append(f"{mean:.2f}{spread}")
-        overall = f"{statistics.fmean(means):.3f} | {min(means):.3f}" if means else "— | —"
-        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {overall} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,21 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     held_out = args.kinds.split(",") if args.kinds else present
     folds = {name: {kind: write_fold(cache, clip_kinds, kind, args.out / name / kind)
                     for kind in held_out} for name, cache in caches.items()}  # fmt: skip
-    runs = [(kind, recipe, seed) for kind in held_out for recipe in args.recipes
-            for seed in args.seeds]  # fmt: skip
-    results: dict[str, dict[str, dict[str, float]]] = {recipe: {} for recipe in args.recipes}
-    writing = threading.Lock()
 
-    def run_one(task: tuple[str, str, int]) -> None:
-        kind, recipe, seed = task
-        run = args.out / "runs" / kind / recipe.replace(" ", "_") / f"seed{seed}"
-        auc = train_once(args.out / folds_of(recipe) / kind, recipe, seed, args, run)
-        with writing:
-            results[recipe].setdefault(kind, {})[f"seed {seed}"] = auc
-            write_results(args, folds, results, held_out)
+    def train(kind: str, recipe: str, seed: int) -> float:
+        run = run_folder(args.out / "runs" / kind, recipe, seed)
+        return train_once(args.out / folds_of(recipe) / kind, recipe, seed, args, run)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(run_one, runs))  # the first failure is raised here
+    results = sweep(held_out, args.recipes, args.seeds, args.jobs, train,
+                    lambda results: write_results(args, folds, results, held_out))  # fmt: skip
     print(table(results, held_out))
     return 0
 
