@@ -47,7 +47,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -325,20 +324,17 @@ def fed_steps(trainer, stream, loader, size: Size) -> tuple[Timing, float]:
 def syncs_per_step(trainer, stream, loader) -> float | None:
     """Host synchronisations CUDA counts in a step, over epoch 2's first batches (None off
     CUDA). nvJPEG's waits inside torchvision's decoder are not among them."""
+    from avcache.common.host_sync import host_syncs
+
     if trainer.device.type != "cuda":
         return None
     batches, _ = fresh_epoch(stream, loader, 2, SYNC_STEPS)
     batch_list = [next(batches) for _ in range(SYNC_STEPS)]
     sync(trainer.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for batch in batch_list:
-                trainer.train_step(batch, 0, True)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught) / SYNC_STEPS
+    with host_syncs() as syncs:
+        for batch in batch_list:
+            trainer.train_step(batch, 0, True)
+    return len(syncs) / SYNC_STEPS
 
 
 def measure(kind: str, decode: str, mode: str, cache_root: Path, args) -> dict:

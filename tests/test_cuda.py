@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from avcache.cache import schema
 from avcache.cache.codec import crop_ranges
 from avcache.cache.reader import open_cache
+from avcache.common.host_sync import host_syncs
 from avcache.train.augment import copy_stream, to_device
 from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces
@@ -157,15 +157,9 @@ def test_a_training_step_makes_the_host_wait_only_for_the_decoder(jpeg_cache, tm
     trainer.train_step(next(batches), 0, True)
     steps = [next(batches) for _ in range(3)]
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for batch in steps:
-                trainer.train_step(batch, 0, True)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    with host_syncs() as syncs:
+        for batch in steps:
+            trainer.train_step(batch, 0, True)
     assert len(syncs) <= (len(steps) if decode == "cuda" else 0), syncs
 
 

@@ -5,11 +5,14 @@ not asynchronous, a value read back into Python."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 from avcache.cache import open_cache
+from avcache.common.host_sync import host_syncs
 from avcache.train.config import TrainConfig
 from avcache.train.engine import Trainer, make_loader
 from tests.toy import write_toy_cache
@@ -65,3 +68,39 @@ def test_a_training_step_builds_no_tensor_from_python_and_reads_nothing_back(cac
         loss = trainer._backward(second, 0, True)
     assert watch.calls == []
     assert torch.isfinite(loss)
+
+
+# The counter test_cuda.py and benchmarks/gpu_check.py read (common/host_sync.py). CUDA's
+# debug mode needs a GPU: here a stand-in keeps the mode, and the block raises the warnings
+# CUDA would.
+SYNC_MESSAGE = "called a synchronizing CUDA operation"
+
+
+@pytest.fixture
+def debug_mode(monkeypatch):
+    """The debug mode as torch keeps it: 0 default, 1 warn, 2 error."""
+    mode = [0]
+
+    def set_mode(value: int | str) -> None:
+        mode[0] = {"default": 0, "warn": 1, "error": 2}.get(value, value)
+
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: mode[0])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_mode)
+    return mode
+
+
+def test_the_counter_keeps_each_synchronisation_and_nothing_else(debug_mode):
+    with host_syncs() as syncs:
+        assert debug_mode == [1]  # CUDA warns on each synchronisation inside the block
+        for _ in range(2):  # the same place twice: counted twice
+            warnings.warn(SYNC_MESSAGE, UserWarning, stacklevel=1)
+        warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+    assert syncs == [SYNC_MESSAGE, SYNC_MESSAGE]
+    assert debug_mode == [0]
+
+
+def test_the_counter_restores_the_mode_before_it_when_the_block_fails(debug_mode):
+    debug_mode[0] = 2  # "error", set by whoever called
+    with pytest.raises(RuntimeError), host_syncs():
+        raise RuntimeError("a failed step")
+    assert debug_mode == [2]
