@@ -2,7 +2,9 @@
 
 The packages live in the repository's top-level folders and are installed under this name
 (setup.cfg maps them), so that nothing collides with a user's own `cache` or `train`:
-avcache.preprocess (preprocess/), avcache.cache (cache/), avcache.train (train/).
+avcache.preprocess (preprocess/), avcache.cache (cache/: the shard format), avcache.common
+(common/: configs, untrusted input, atomic writes, locks, labels), avcache.inspection
+(inspection/: avcache-inspect), avcache.train (train/), avcache.sample (sample/).
 
 Run from a source checkout without installing (a GPU box with its own torch, where
 `python -m benchmarks.gpu_check` and `pytest tests/test_cuda.py` run from the repository's

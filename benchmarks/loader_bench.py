@@ -96,7 +96,7 @@ from benchmarks.common import (
 )
 
 RESULTS_FILE = "loader_bench.json"
-MEL_SIZE = 256  # cache format v1
+MEL_SIZE = 256  # the side of a cached mel image (cache/schema.py MEL_SIZE)
 GEN_BLOCK = 64  # samples generated at a time while writing (bounds memory)
 MB = 1e6
 # Loaders are timed with one torch thread, as in a DataLoader worker: with torch's default of one

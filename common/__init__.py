@@ -1,2 +1,4 @@
 """Tools every part of avcache shares: typed YAML configs with overrides, reading untrusted
-files, atomic writes, folder locks and label lists. They know nothing of the shard format."""
+files, atomic writes, folder locks, label lists and the command lines' number types; and,
+for the GPU checks alone (the one module here that imports torch), a count of the host's
+waits for the GPU. They know nothing of the shard format."""

@@ -85,8 +85,8 @@ def safe_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no Python objects built
 
 
-# The shipped configs: configs/ beside cache/ in a clone (and an editable install), mapped
-# to avcache/configs/ beside avcache/cache/ in a wheel (setup.cfg's package_dir).
+# The shipped configs: configs/ beside common/ in a clone (and an editable install), mapped
+# to avcache/configs/ beside avcache/common/ in a wheel (setup.cfg's package_dir).
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -35,7 +35,7 @@ def test_runs_go_jobs_at_a_time():
     """Three runs at once: each waits until three are running (fewer would time out), and
     a count of those running never passes three."""
     running, most = [0], [0]
-    lock, three = threading.Lock(), threading.Barrier(3, timeout=30)
+    lock, three = threading.Lock(), threading.Barrier(3, timeout=10)
 
     def train(part: str, recipe: str, seed: int) -> float:
         with lock:

@@ -34,7 +34,9 @@ TRACK_KINDS = ("lips", "speech", "sync")
 
 @dataclass
 class ModelConfig:
-    kind: str = "av"  # audio (mel), faces (face frames), av (both, fused); see train/models.py
+    # audio (mel), faces (face frames), av (both, fused); on a cache with tracks: lips (mouth
+    # frames), speech (the same instants' audio), sync (lips against speech); train/models.py
+    kind: str = "av"
     # The weights a new run starts from. LOCAL: files to read, so a resumed or scoring run never
     # reads them from its run folder (its checkpoint holds its weights).
     pretrained: str | None = field(default=None, metadata=LOCAL)  # imagenet (timm's), a file
@@ -107,7 +109,9 @@ class AugmentConfig:
     vflip: float = 0.0  # probability of flipping mel images upside down (the baseline does)
     time_mask: int = 24  # mel: width of one random time mask in columns (0: off)
     freq_mask: int = 16  # mel: height of one random frequency mask in rows (0: off)
-    av_mismatch: float = 0.0  # av: share of a batch given another video's faces, labelled fake
+    # Share of a batch whose senses are mismatched and labelled fake: av, another video's faces;
+    # sync, another clip's speech or its own shifted (train/augment.py)
+    av_mismatch: float = 0.0
 
 
 @dataclass
