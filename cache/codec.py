@@ -19,8 +19,6 @@ import numpy as np
 import simplejpeg
 import xxhash
 
-from avcache.cache import schema
-
 CODECS = ("raw", "jpeg")
 
 
@@ -42,13 +40,7 @@ def decode_grey_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.n
     """Decode the grey crops of a block of samples into `out` [n, C, S, S]: of each sample's
     crops (`ends` [n, K]), those numbered `crops` (default all: C = K), the others left
     undecoded. A crop whose header does not say S x S raises ValueError."""
-    every, count = crop_ranges(ends, before), ends.shape[1]
-    chosen = range(count) if crops is None else crops
-    ranges = [every[i * count + c] for i in range(out.shape[0]) for c in chosen]
-    check_ranges(data, ranges, out.shape[-1])
-    slots = (out[i, c, ..., None] for i in range(out.shape[0]) for c in range(out.shape[1]))
-    for slot, (start, stop) in zip(slots, ranges, strict=True):
-        simplejpeg.decode_jpeg(data[start:stop], "GRAY", buffer=slot)
+    _decode(data, crop_ranges(ends, before, crops), out[..., None], "GRAY")
 
 
 def round_trip_grey(crops: np.ndarray, quality: int) -> np.ndarray:
@@ -85,20 +77,28 @@ def sample_ranges(ends: np.ndarray, before: int) -> np.ndarray:
 def checksum_mismatches(data: np.ndarray, ranges: np.ndarray, sums: np.ndarray) -> np.ndarray:
     """Positions (0-based in the block) whose bytes differ from their stored xxh3."""
     found = np.array([xxh3(data[ranges[i] : ranges[i + 1]]) for i in range(len(sums))],
-                     dtype=schema.SUM_DTYPE)  # fmt: skip
+                     dtype=np.uint64)  # fmt: skip
     return np.flatnonzero(found != sums)
 
 
-def crop_ranges(ends: np.ndarray, before: int) -> list[tuple[int, int]]:
-    """(start, stop) of every crop of a block, in order, relative to its first byte."""
+def crop_ranges(ends: np.ndarray, before: int,
+                crops: Sequence[int] | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """(start, stop) of every crop of a block, in order, relative to its first byte; with
+    `crops`, of each sample only the crops of those numbers."""
     starts = np.concatenate([[before], ends.reshape(-1)[:-1]]) - before
-    return list(zip(starts.tolist(), (ends.reshape(-1) - before).tolist(), strict=True))
+    every = list(zip(starts.tolist(), (ends.reshape(-1) - before).tolist(), strict=True))
+    if crops is None:
+        return every
+    count = ends.shape[1]
+    return [every[i * count + c] for i in range(len(ends)) for c in crops]
 
 
-def check_sizes(data: np.ndarray, ends: np.ndarray, before: int, size: int) -> None:
-    """Raise ValueError unless every crop's header says size x size: a crop of another size
-    would not fill its slot (read from the header alone, microseconds a crop)."""
-    check_ranges(data, crop_ranges(ends, before), size)
+def check_sizes(data: np.ndarray, ends: np.ndarray, before: int, size: int,
+                crops: Sequence[int] | None = None) -> None:  # fmt: skip
+    """Raise ValueError unless every crop's header (of each sample, those numbered `crops`)
+    says size x size: a crop of another size would not fill its slot (read from the header
+    alone, microseconds a crop)."""
+    check_ranges(data, crop_ranges(ends, before, crops), size)
 
 
 def check_ranges(data: np.ndarray, ranges: list[tuple[int, int]], size: int) -> None:
@@ -109,10 +109,19 @@ def check_ranges(data: np.ndarray, ranges: list[tuple[int, int]], size: int) -> 
             raise ValueError(f"a {width}x{height} crop where {size}x{size} is stored")
 
 
-def decode_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray) -> None:
-    """Decode the crops of a block of samples into `out` [n, K, S, S, 3]; a crop whose
-    header does not say S x S RGB raises ValueError."""
-    check_sizes(data, ends, before, out.shape[2])
-    slots = (out[i, k] for i in range(out.shape[0]) for k in range(out.shape[1]))  # views
-    for slot, (start, stop) in zip(slots, crop_ranges(ends, before), strict=True):
-        simplejpeg.decode_jpeg(data[start:stop], "RGB", buffer=slot)
+def decode_block(data: np.ndarray, ends: np.ndarray, before: int, out: np.ndarray,
+                 crops: Sequence[int] | None = None) -> None:  # fmt: skip
+    """Decode the crops of a block of samples into `out` [n, C, S, S, 3] (of each sample's
+    crops, those numbered `crops`; default all); a crop whose header does not say S x S RGB
+    raises ValueError."""
+    _decode(data, crop_ranges(ends, before, crops), out, "RGB")
+
+
+def _decode(data: np.ndarray, ranges: list[tuple[int, int]], out: np.ndarray,
+            colour: str) -> None:  # fmt: skip
+    """Every crop at `ranges` into its slot of `out` [n, C, S, S, channels], in order, once
+    every header says S x S."""
+    check_ranges(data, ranges, out.shape[2])
+    slots = (out[i, c] for i in range(out.shape[0]) for c in range(out.shape[1]))  # views
+    for slot, (start, stop) in zip(slots, ranges, strict=True):
+        simplejpeg.decode_jpeg(data[start:stop], colour, buffer=slot)

@@ -1,10 +1,12 @@
 """Reading a cache: the index, its shards, and samples by position or by name.
 
 Mirrors cache/writer.py. Everything read from disk is checked before use: an
-unknown format or version is refused, and every dataset's dtype and shape must
-match the schema, so a damaged or foreign file fails with its name, not later
-inside a model. Every read of `mel` or `faces` is checked against the per-sample
-sums the writer stored (`schema.sum64`): damaged rows raise DamagedShardError,
+unknown format or version is refused, the shard's layout is built from its
+attributes (every size bounded) and every dataset of its columns must have the
+dtype and shape the schema says, so a damaged or foreign file fails with its
+name, not later inside a model. Each column is read by its encoding
+(cache/encodings.py), which checks every read of the big arrays against the
+per-sample checksums the writer stored: damaged rows raise DamagedShardError,
 naming the shard, the samples and the fix, and are never returned.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from avcache.cache import codec as codecs
 from avcache.cache import schema
+from avcache.cache.encodings import STRING_DTYPE, Array, Dataset, Encoding, JpegRegion, Where
 from avcache.cache.index import Failure, read_failures, receipt_path
 from avcache.common.untrusted import (
     REBUILD,
@@ -39,9 +42,6 @@ from avcache.common.untrusted import (
     text,
 )
 
-_NONE = np.empty(0, np.int64)  # no damaged positions
-LABELS = (schema.LABEL_FAKE, schema.LABEL_REAL, schema.LABEL_UNKNOWN)
-STRING_COLUMNS = {schema.VIDEO_NAME, schema.FAKE_KIND, *schema.FACT_STRINGS}  # UTF-8 text
 DAMAGE_LISTED = 5  # damaged samples named in one message
 # Bytes of the samples Cache.samples_at holds at once: 64 mel-only samples take 4 MiB, while
 # one sample at the bounds (64 faces of 1024 px, 16 windows of 250 frames of 256 px) takes
@@ -64,9 +64,8 @@ def damaged_shard(path: Path, name: str, reason: str) -> DamagedShardError:
     )
 
 
-def _missing(path: Path, name: str) -> str:
-    # The checksums are the only things added to v1 after its release.
-    if name in (*schema.CHECKSUMS.values(), schema.ATTR_META_SHA256):
+def _missing(path: Path, name: str, added: set[str]) -> str:
+    if name in added:  # added to v1 after its release: the checksums
         return (
             f"{path}: {name!r} is missing: the shard was written by an older avcache "
             "without checksums, so damage in it could not be detected; re-run the same "
@@ -116,44 +115,34 @@ class ShardReader:
         self.version = attribute(attrs, schema.ATTR_VERSION, path)
         check_format(str(path), attribute(attrs, schema.ATTR_FORMAT, path), self.version)
         self.split = text(attribute(attrs, schema.ATTR_SPLIT, path, ""), f"{path}: split")
-        # Bounded before any dataset's shape is computed from them, let alone allocated.
-        self.frames = integer(attribute(attrs, schema.ATTR_FRAMES, path), f"{path}: frames",
-                              maximum=schema.MAX_FRAMES)  # fmt: skip
-        self.face_size = integer(attribute(attrs, schema.ATTR_FACE_SIZE, path),
-                                 f"{path}: face_size", maximum=schema.MAX_FACE_SIZE)  # fmt: skip
-        self.codec = self._faces_codec(attrs)
-        self.tracks = self._track_layout(attrs)
-        self.has_facts = self._has_facts(attrs)
-        self.has_fake_kinds = self._flag(attrs, schema.ATTR_FAKE_KIND)
-        self.has_fake_segments = self._flag(attrs, schema.ATTR_FAKE_SEGMENTS)
-        self._datasets: dict[str, h5py.Dataset] = {}  # a name lookup costs ~0.1 ms per call
-        specs = schema.dataset_specs(self.frames, self.face_size, self.codec)
-        if self.tracks:
-            layout = self.tracks
-            specs |= schema.track_specs(layout.windows, layout.frames, layout.audio_samples)
-        specs |= schema.fact_specs(self.has_facts)
-        specs |= schema.label_specs(self.has_fake_kinds, self.has_fake_segments)
-        for name, spec in specs.items():
-            self._datasets[name] = self._dataset(name, *spec)
-        lengths = {dataset.shape[0] for dataset in self._datasets.values()}
-        if len(lengths) != 1:
-            raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
-        self.num_samples = lengths.pop()
-        if self.codec == "jpeg":
-            self._datasets[schema.FACES_JPEG] = self._dataset(schema.FACES_JPEG, np.uint8, ())
-        if self.tracks:
-            self._datasets[schema.LIPS_JPEG] = self._dataset(schema.LIPS_JPEG, np.uint8, ())
-        if self.has_fake_segments:
-            self._datasets[schema.FAKE_SEGMENTS] = self._dataset(schema.FAKE_SEGMENTS, "<f8", (2,))
+        self.layout = self._layout(attrs)
+        self.columns = {column.name: column for column in self.layout.columns()}
+        self._datasets = self._stored_datasets()  # a name lookup costs ~0.1 ms per call
         check_backed_by_file(self._datasets, self._file_size, self.path)
-        if self.codec == "jpeg":
-            self._jpeg_ends = self._crop_ends(schema.FACES_ENDS, schema.FACES_JPEG, self.frames)
-        if self.tracks:
-            crops = self.tracks.windows * self.tracks.frames
-            self._lips_ends = self._crop_ends(schema.LIPS_ENDS, schema.LIPS_JPEG, crops)
-        if self.has_fake_segments:
-            self._segment_ends = self._fake_segment_ends()
+        for column in self.columns.values():
+            column.encoding.open(self)
         self.meta_digest = self._check_meta(attribute(attrs, schema.ATTR_META_SHA256, path))
+
+    def _layout(self, attrs) -> schema.ShardLayout:
+        """What the attributes say the shard holds, each size bounded before any dataset's
+        shape is computed from it, let alone allocated."""
+        path = self.path
+        frames = integer(attribute(attrs, schema.ATTR_FRAMES, path), f"{path}: frames",
+                         maximum=schema.MAX_FRAMES)  # fmt: skip
+        face_size = integer(attribute(attrs, schema.ATTR_FACE_SIZE, path),
+                            f"{path}: face_size", maximum=schema.MAX_FACE_SIZE)  # fmt: skip
+        codec, tracks = self._faces_codec(attrs), self._track_layout(attrs)
+        flags = (self._flag(attrs, name) for name in
+                 (schema.ATTR_FACTS, schema.ATTR_FAKE_KIND, schema.ATTR_FAKE_SEGMENTS))  # fmt: skip
+        layout = schema.ShardLayout(frames, face_size, codec, None, tracks, None, *flags)
+        for part in layout.parts():
+            self._since(part)
+        return layout
+
+    def _since(self, part: schema.Part) -> None:
+        if self.version < part.since:
+            raise CacheFormatError(f"{self.path}: {part.name} in a version {self.version} "
+                                   f"shard: {REBUILD}")  # fmt: skip
 
     def _track_layout(self, attrs) -> schema.TrackLayout | None:
         """The shard's tracks (v3), each size bounded before anything is allocated for it."""
@@ -162,39 +151,14 @@ class ShardReader:
                           f"{path}: track_windows", maximum=schema.MAX_TRACK_WINDOWS)  # fmt: skip
         if not windows:
             return None
-        if self.version < 3:
-            raise CacheFormatError(f"{path}: tracks in a version {self.version} shard: {REBUILD}")
+        self._since(schema.TRACKS)
         values = {field: attribute(attrs, f"track_{field}", path) for field in TRACK_BOUNDS}
         return bounded_tracks(windows, values, f"{path}: track_")
 
-    def _has_facts(self, attrs) -> bool:
-        """Whether the shard holds the per-video facts (audit.facts)."""
-        flag = integer(attribute(attrs, schema.ATTR_FACTS, self.path, 0), f"{self.path}: facts",
-                       maximum=1)  # fmt: skip
-        return bool(flag)
-
     def _flag(self, attrs, name: str) -> bool:
-        """An optional 0/1 attribute saying the shard holds some optional datasets."""
+        """An optional 0/1 attribute saying the shard holds an optional part."""
         return bool(integer(attribute(attrs, name, self.path, 0), f"{self.path}: {name}",
                             maximum=1))  # fmt: skip
-
-    def _fake_segment_ends(self) -> np.ndarray:
-        """Each sample's end in FAKE_SEGMENTS [N]: they rise by at most MAX_FAKE_SEGMENTS a
-        sample and close the region exactly, so every sample's pairs lie inside it."""
-        ends = self._fetch(schema.FAKE_SEGMENTS_ENDS, np.s_[:]).astype(np.int64)
-        counts = np.diff(ends, prepend=0)
-        size = self._datasets[schema.FAKE_SEGMENTS].shape[0]
-        if (
-            np.any(counts < 0)
-            or np.any(counts > schema.MAX_FAKE_SEGMENTS)
-            or ((ends[-1] if ends.size else 0) != size)
-        ):
-            raise CacheFormatError(
-                f"{self.path}: {schema.FAKE_SEGMENTS_ENDS!r} does not cut "
-                f"{schema.FAKE_SEGMENTS!r} ({size} pairs) into at most "
-                f"{schema.MAX_FAKE_SEGMENTS} a sample: {REBUILD}"
-            )
-        return ends
 
     def _faces_codec(self, attrs) -> str:
         codec = text(attribute(attrs, schema.ATTR_FACES_CODEC, self.path, "raw"),
@@ -205,111 +169,65 @@ class ShardReader:
                                    f"one this avcache reads ({known})")  # fmt: skip
         return codec
 
-    def _crop_ends(self, ends_name: str, data_name: str, crops: int) -> np.ndarray:
-        """The crops' ends [N, crops]: they rise and close the data region exactly, so every
-        range read later lies inside it (8 bytes a crop, read once per open)."""
-        ends = self._fetch(ends_name, np.s_[:]).reshape(-1).astype(np.int64)
-        size = self._datasets[data_name].shape[0]
-        if (ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0))) or (
-            (ends[-1] if ends.size else 0) != size
-        ):
-            raise CacheFormatError(
-                f"{self.path}: {ends_name!r} does not cut {data_name!r} "
-                f"({size} bytes) into its crops: {REBUILD}"
-            )
-        return ends.reshape(self.num_samples, crops)
+    def _stored_datasets(self) -> dict[str, h5py.Dataset]:
+        """Every dataset of the columns, stored in this file, of its dtype and shape; those
+        of a row a sample agree on the sample count."""
+        stored, specs = {}, schema.file_order(self.columns.values())
+        added = {column.encoding.sums for column in self.columns.values() if column.since == 1}
+        for spec in (spec for spec in specs if spec.per_sample):
+            stored[spec.name] = self._dataset(spec, added)
+        lengths = {dataset.shape[0] for dataset in stored.values()}
+        if len(lengths) != 1:
+            raise CacheFormatError(f"{self.path}: datasets disagree on the sample count {lengths}")
+        self.num_samples = lengths.pop()
+        for spec in (spec for spec in specs if not spec.per_sample):
+            stored[spec.name] = self._dataset(spec, added)
+        return stored
 
-    def _dataset(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> h5py.Dataset:
-        """One schema dataset, stored in this file, of the schema's dtype and shape."""
-        dataset = stored_dataset(self._file, name, self.path)
+    def _dataset(self, spec: Dataset, added: set[str]) -> h5py.Dataset:
+        """One dataset of the schema, stored in this file, of the schema's dtype and shape."""
+        dataset = stored_dataset(self._file, spec.name, self.path)
         if dataset is None:
-            raise CacheFormatError(_missing(self.path, name))
-        if dataset.shape[1:] != shape or not _dtype_matches(dataset.dtype, dtype):
+            raise CacheFormatError(_missing(self.path, spec.name, added))
+        expected = np.dtype(spec.dtype)
+        if dataset.shape[1:] != spec.shape or not _dtype_matches(dataset.dtype, expected):
             raise CacheFormatError(
-                f"{self.path}: dataset {name!r} is {dataset.dtype}{list(dataset.shape)}, "
-                f"expected {dtype}[N, {', '.join(map(str, shape))}]"
+                f"{self.path}: dataset {spec.name!r} is {dataset.dtype}{list(dataset.shape)}, "
+                f"expected {expected}[N, {', '.join(map(str, spec.shape))}]"
             )
         return dataset
 
     def _check_meta(self, expected: object) -> str:
-        """Names, labels, flags, boxes and durations against the sha256 written with them."""
+        """The small columns (names, labels, flags, boxes, durations and the optional parts')
+        against the sha256 written with them, then their values."""
         if expected is None:
-            raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256))
-        fields = schema.META_FIELDS + (schema.TRACK_META_FIELDS if self.tracks else ())
-        fields += schema.FACT_FIELDS if self.has_facts else ()
-        fields += schema.label_fields(self.has_fake_kinds, self.has_fake_segments)
-        # FAKE_SEGMENTS has a row per pair, not per sample: read whole
-        columns = {name: self._fetch(name, np.s_[:]) if name == schema.FAKE_SEGMENTS
-                   else self.read(name) for name in fields}  # fmt: skip
-        digest = schema.meta_sha256(columns, fields)
+            raise CacheFormatError(_missing(self.path, schema.ATTR_META_SHA256,
+                                            {schema.ATTR_META_SHA256}))  # fmt: skip
+        table: dict[str, np.ndarray] = {}
+        for column in self.columns.values():
+            table |= column.encoding.whole(self) if column.meta else {}
+        digest = schema.meta_sha256(table, tuple(table))
         if digest != expected:
             names = ", ".join(schema.META_FIELDS)
             raise damaged_shard(self.path, names, "they do not match their sha256")
-        self._check_values(columns)
+        self._check_values(table)
         return digest
 
-    def _check_values(self, columns: dict[str, np.ndarray]) -> None:
-        """Labels are 1, 0 or -1 and durations finite seconds: values every reader computes
-        with (a label of 7 would train as a target, a duration of inf sizes a time axis).
-        Notes which samples have no target (-1): training refuses them, inspection shows them."""
-        labels, durations, names = (columns[name] for name in
-                                    (schema.LABEL, schema.DURATION, schema.VIDEO_NAME))  # fmt: skip
-        self._refuse_first(~np.isin(labels, LABELS), names, labels,
-                           "label {}: a label is 1 (fake), 0 (real) or -1 (unknown)")  # fmt: skip
-        self._refuse_first(~(np.isfinite(durations) & (durations >= 0)), names, durations,
-                           "duration {}: not a length in seconds")  # fmt: skip
-        if self.tracks:
-            self._check_track_values(columns, names)
-        for name in schema.FACT_NUMBERS if self.has_facts else ():
-            self._refuse_first(np.isinf(columns[name]), names, columns[name],
-                               f"{name} {{}}: not a number or NaN")  # fmt: skip
-        self._check_label_values(columns, names)
-        self.unknown_labels = np.flatnonzero(labels == schema.LABEL_UNKNOWN)
+    def _check_values(self, table: dict[str, np.ndarray]) -> None:
+        """Each column's values pass its check (a label of 7 would train as a target, a
+        duration of inf sizes a time axis). Notes which samples have no target (-1):
+        training refuses them, inspection shows them."""
+        names = table[schema.VIDEO_NAME]
+        for column in self.columns.values():
+            if column.check is None:
+                continue
+            bad, shown = column.check(table[column.name], table, self.layout)
+            positions, value = column.encoding.first_bad(bad, shown)
+            if positions.size:
+                raise CacheFormatError(f"{self.path}: {_first_sample(positions, names)} has "
+                                       f"{column.refusal.format(value)}: {REBUILD}")  # fmt: skip
+        self.unknown_labels = np.flatnonzero(table[schema.LABEL] == schema.LABEL_UNKNOWN)
         self.first_unknown = _first_sample(self.unknown_labels, names)
-
-    def _check_label_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
-        """Kinds are bounded strings; segments are [start, end] seconds, 0 <= start <= end."""
-        if self.has_fake_kinds:
-            kinds = columns[schema.FAKE_KIND]
-            long = np.array([len(kind) > schema.MAX_FAKE_KIND_CHARS for kind in kinds], bool)
-            self._refuse_first(long, names, np.array([len(kind) for kind in kinds]),
-                               "a fake kind of {} characters")  # fmt: skip
-        if self.has_fake_segments:
-            pairs = columns[schema.FAKE_SEGMENTS]
-            sound = (
-                np.isfinite(pairs).all(axis=1) & (pairs[:, 0] >= 0) & (pairs[:, 0] <= pairs[:, 1])
-            )
-            bad = np.flatnonzero(~sound)
-            if bad.size:
-                owner = np.searchsorted(self._segment_ends, bad[:1], side="right")
-                raise CacheFormatError(
-                    f"{self.path}: {_first_sample(owner, names)} has fake segment "
-                    f"{pairs[bad[0]].tolist()}: not [start, end] seconds: {REBUILD}"
-                )
-
-    def _check_track_values(self, columns: dict[str, np.ndarray], names: np.ndarray) -> None:
-        """Window starts are seconds inside the video (the writer draws them so that a window
-        fits: half a track frame of slack for the float32 duration), real frames at most T,
-        real audio a share."""
-        start, frames, audio = (columns[name] for name in (schema.TRACK_START,
-                                schema.TRACK_FRAMES_REAL, schema.TRACK_AUDIO_REAL))  # fmt: skip
-        latest = columns[schema.DURATION].astype(np.float64)[:, None] + 0.5 / self.tracks.fps
-        inside = np.isfinite(start) & (start >= 0) & (start <= latest)
-        checks = (
-            (~inside, start, "track start {}: not seconds within the video's duration"),
-            ((frames < 0) | (frames > self.tracks.frames), frames, "real track frames {}"),
-            (~((audio >= 0) & (audio <= 1)), audio, "real track audio {}: not a share"),
-        )
-        for bad, values, what in checks:  # each sample's first bad value is named
-            first = values[np.arange(len(values)), bad.argmax(axis=1)]
-            self._refuse_first(bad.any(axis=1), names, first, what)
-
-    def _refuse_first(self, bad: np.ndarray, names: np.ndarray, values: np.ndarray,
-                      what: str) -> None:  # fmt: skip
-        positions = np.flatnonzero(bad)
-        if positions.size:
-            raise CacheFormatError(f"{self.path}: {_first_sample(positions, names)} has "
-                                   f"{what.format(values[positions[0]])}: {REBUILD}")  # fmt: skip
 
     def _check_entry(self, entry: ShardEntry) -> None:
         """The shard holds what the index says it holds."""
@@ -343,59 +261,55 @@ class ShardReader:
             f"{getattr(expected, field)!r}: {ONE_LAYOUT}"
         )
 
+    # What the layout says, as earlier readers named it.
+    frames = property(lambda self: self.layout.frames)
+    face_size = property(lambda self: self.layout.face_size)
+    codec = property(lambda self: self.layout.codec)
+    tracks = property(lambda self: self.layout.tracks)
+    has_facts = property(lambda self: self.layout.facts)
+    has_fake_kinds = property(lambda self: self.layout.fake_kinds)
+    has_fake_segments = property(lambda self: self.layout.fake_segments)
+
     def __len__(self) -> int:
         return self.num_samples
 
+    def encoding(self, name: str) -> Encoding:
+        """How dataset `name` is read: its column's encoding, or rows as stored for the
+        other datasets (checksums, ends)."""
+        column = self.columns.get(name)
+        if column is not None:
+            return column.encoding
+        if name in self._datasets:
+            dataset = self._datasets[name]
+            return Array(name=name, dtype=dataset.dtype, shape=dataset.shape[1:])
+        why = schema.absent(name)
+        if why is None:
+            raise KeyError(name)
+        raise CacheFormatError(f"{self.path}: {why}")
+
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Samples [start, stop) of one dataset, in a single h5py call, checked (JPEG faces
+        """Samples [start, stop) of one column, in a single h5py call, checked (JPEG crops
         decoded)."""
-        where = np.s_[start : self.num_samples if stop is None else stop]
-        if self._encoded(name):
-            return self._read_jpeg(*where.indices(self.num_samples)[:2])
-        rows = self._fetch(name, where)
-        self._check(name, rows, where)
-        return rows
+        return self.encoding(name).read(self, start, stop)
 
     def read_into(self, name: str, start: int, out: np.ndarray) -> None:
         """Fill a preallocated array with samples [start, start + len(out)): no extra copy.
         Checked before it returns, so a batch built from it never holds damaged rows."""
-        if not out.size:
-            return
-        if name == schema.LIPS:
-            self._read_lips_into(start, out)
-            return
-        if self._encoded(name):
-            self._read_jpeg_into(start, out)
-            return
-        where = np.s_[start : start + len(out)]
-        try:
-            self._datasets[name].read_direct(out, where)
-        except OSError as error:
-            raise damaged_shard(self.path, name, str(error)) from error
-        self._check(name, out, where)
+        if out.size:
+            self.encoding(name).read_into(self, start, out)
 
     def take(self, name: str, positions: np.ndarray | list[int]) -> np.ndarray:
-        """Samples at increasing `positions` of one dataset, in one h5py call: a sparse pick
-        (a gallery's mistakes) reads only the chunks it needs, not the blocks between."""
+        """Samples at increasing `positions` of one column, in one h5py call where it can: a
+        sparse pick (a gallery's mistakes) reads only the chunks it needs."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
             return self.read(name, 0, 0)
-        if self._encoded(name):  # each sample's bytes are one range: read them one by one
-            return np.stack([self.read(name, p, p + 1)[0] for p in positions.tolist()])
-        rows = self._fetch(name, positions)
-        self._check(name, rows, positions)
-        return rows
+        return self.encoding(name).take(self, positions)
 
     def mismatches(self, name: str, start: int, stop: int) -> np.ndarray:
         """Positions in [start, stop) whose rows do not match their stored sums (verify lists
         every damaged sample where a read stops at the first)."""
-        if name == schema.LIPS:
-            return start + self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
-                                              self._lips_ends, start, stop)[2]  # fmt: skip
-        if self._encoded(name):
-            return start + self._jpeg_block(start, stop)[2]
-        where = np.s_[start:stop]
-        return self._mismatches(name, self._fetch(name, where), where)
+        return self.encoding(name).mismatches(self, start, stop)
 
     def describe_damage(self, name: str, positions: np.ndarray) -> str:
         """Which samples fail their checksums, by position and (when readable) video name."""
@@ -411,62 +325,9 @@ class ShardReader:
         one = len(positions) == 1
         return (
             f"{'sample' if one else 'samples'} {listed} of {self.num_samples} "
-            f"{'fails its' if one else 'fail their'} {name!r} checksum ({self._sums_of(name)})"
+            f"{'fails its' if one else 'fail their'} {name!r} checksum "
+            f"({self.encoding(name).sums})"
         )
-
-    def _sums_of(self, name: str) -> str:
-        if name == schema.LIPS:
-            return schema.LIPS_XXH3
-        if name in schema.TRACK_CHECKSUMS:
-            return schema.TRACK_CHECKSUMS[name]
-        return schema.FACES_XXH3 if self._encoded(name) else schema.CHECKSUMS[name]
-
-    def _encoded(self, name: str) -> bool:
-        return name == schema.FACES and self.codec == "jpeg"
-
-    def _jpeg_block(self, start: int, stop: int) -> tuple[np.ndarray, int, np.ndarray]:
-        """(bytes, offset of the first, block positions failing their xxh3) of the JPEG crops
-        of samples [start, stop): one h5py read of one contiguous range."""
-        if not self.frames:
-            return np.empty(0, np.uint8), 0, _NONE
-        return self._region_block(schema.FACES_JPEG, schema.FACES_XXH3, self._jpeg_ends,
-                                  start, stop)  # fmt: skip
-
-    def _region_block(self, data_name: str, sums_name: str, ends: np.ndarray, start: int,
-                      stop: int) -> tuple[np.ndarray, int, np.ndarray]:  # fmt: skip
-        """What _jpeg_block gives, for any flat data region (faces, lips)."""
-        stop = min(stop, self.num_samples)
-        if stop <= start:
-            return np.empty(0, np.uint8), 0, _NONE
-        before = int(ends[start - 1, -1]) if start else 0
-        data = self._fetch(data_name, np.s_[before : int(ends[stop - 1, -1])])
-        sums = self._stored_sums(sums_name)[start:stop]
-        bad = codecs.checksum_mismatches(data, codecs.sample_ranges(ends[start:stop], before),
-                                         sums)  # fmt: skip
-        return data, before, bad
-
-    def _read_lips_into(self, start: int, out: np.ndarray, windows: range | None = None) -> None:
-        """Mouth crops of samples [start, start + len(out)) decoded into `out` [n, W', T, S, S]:
-        the `windows` of each (default all W), each sample's bytes checked against its xxh3
-        and every decoded crop's header against S first; the other windows stay undecoded."""
-        if not self.tracks:
-            raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
-        stop = start + len(out)
-        data, before, bad = self._region_block(schema.LIPS_JPEG, schema.LIPS_XXH3,
-                                               self._lips_ends, start, stop)  # fmt: skip
-        if bad.size:
-            raise damaged_shard(self.path, schema.LIPS, f"sample {start + int(bad[0])} fails "
-                                f"its xxh3 ({schema.LIPS_XXH3})")  # fmt: skip
-        flat = out.reshape(len(out), -1, *out.shape[-2:])
-        frames = self.tracks.frames
-        crops = None if windows is None else [w * frames + k for w in windows
-                                              for k in range(frames)]  # fmt: skip
-        try:
-            codecs.decode_grey_block(data, self._lips_ends[start:stop], before, flat, crops)
-        except ValueError as error:
-            raise damaged_shard(
-                self.path, schema.LIPS, f"a JPEG does not decode ({error})"
-            ) from None
 
     def read_tracks(self, start: int, stop: int,
                     windows: range | None = None) -> dict[str, np.ndarray]:  # fmt: skip
@@ -475,178 +336,73 @@ class ShardReader:
         against S first), `track_audio` int16 [n, W, L] checked, and the small columns.
         With `windows` (a range of window numbers), only those: W' of them decoded and kept
         (a sheet draws one window of 16; the rest are read only for their checksums)."""
-        if not self.tracks:
-            raise CacheFormatError(f"{self.path}: holds no tracks (made with tracks.windows=0)")
-        stop = min(stop, self.num_samples)
-        kept = range(self.tracks.windows) if windows is None else windows
-        if kept.start < 0 or kept.stop > self.tracks.windows or kept.step < 1:
-            raise ValueError(f"windows {kept}: {self.path} holds {self.tracks.windows}")
-        shape = (len(kept), *self.tracks.lips_shape()[1:])
-        lips = np.empty((max(stop - start, 0), *shape), np.uint8)
-        self._read_lips_into(start, lips, windows)
-        columns = {name: self.read(name, start, stop)
-                   for name in (*schema.TRACK_META_FIELDS, schema.TRACK_AUDIO)}  # fmt: skip
-        if windows is not None:  # copies: the whole rows read for the checksums are let go
-            columns = {name: column[:, list(kept)] for name, column in columns.items()}
-        return {schema.LIPS: lips, **columns}
+        return self._read_part(schema.TRACKS, start, stop, self._windows(windows))
 
     def read_facts(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """The per-video facts of samples [start, stop) by schema name (float64, and str for
         the codecs); checked with the other small columns when the shard was opened."""
-        if not self.has_facts:
-            raise CacheFormatError(f"{self.path}: holds no facts (made with audit.facts=false)")
-        return {name: self.read(name, start, stop) for name in schema.FACT_FIELDS}
+        return self._read_part(schema.FACTS, start, stop)
 
     def read_fake_kinds(self, start: int = 0, stop: int | None = None) -> list[str]:
         """The data set's kind of fake of samples [start, stop); checked with the other small
         columns when the shard was opened."""
-        if not self.has_fake_kinds:
-            raise CacheFormatError(f"{self.path}: holds no fake kinds (its layout has none)")
         return list(self.read(schema.FAKE_KIND, start, stop))
 
     def read_fake_segments(self, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
         """Each sample's fake segments of samples [start, stop), float64 [k, 2] seconds (k = 0:
         none); one read of their contiguous range, bounded and checked at open."""
-        if not self.has_fake_segments:
-            raise CacheFormatError(f"{self.path}: holds no fake segments (its layout has none)")
+        return list(self.read(schema.FAKE_SEGMENTS, start, stop))
+
+    def _read_part(self, part: schema.Part, start: int, stop: int | None,
+                   select: range | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+        columns = [column for column in self.columns.values() if column.part is part]
+        if not columns:
+            raise CacheFormatError(f"{self.path}: holds no {part.name} ({part.absent})")
         stop = self.num_samples if stop is None else min(stop, self.num_samples)
-        if stop <= start:
-            return []
-        ends = self._segment_ends[start:stop]
-        first = int(self._segment_ends[start - 1]) if start else 0
-        pairs = self._fetch(schema.FAKE_SEGMENTS, np.s_[first : int(ends[-1])])
-        bounds = np.concatenate([[first], ends]) - first
-        return [pairs[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+        return {column.name: column.encoding.read(self, start, stop, select)
+                for column in columns}  # fmt: skip
+
+    def _windows(self, windows: range | None) -> range | None:
+        """`windows` checked against the shard's tracks (None: all of them)."""
+        layout = self.tracks
+        if windows is None or layout is None:
+            return windows
+        if windows.start < 0 or windows.stop > layout.windows or windows.step < 1:
+            raise ValueError(f"windows {windows}: {self.path} holds {layout.windows}")
+        return windows
 
     def read_jpeg(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The JPEG bytes of the face crops of samples [start, stop), undecoded (to decode on
         the training device), and each crop's end in them [n, K]: one contiguous read,
         checked against each sample's xxh3 and every crop's header against the face size."""
-        if not self._encoded(schema.FACES):
+        region = self.encoding(schema.FACES)
+        if not isinstance(region, JpegRegion):
             raise CacheFormatError(f"{self.path}: stores its faces raw, not as JPEG")
-        data, before = self._checked_jpeg_block(start, stop)
-        try:
-            codecs.check_sizes(data, self._jpeg_ends[start:stop], before, self.face_size)
-        except ValueError as error:
-            raise self._undecodable(error) from None
-        return data, self._jpeg_ends[start:stop].astype(np.int64) - before
-
-    def _read_jpeg(self, start: int, stop: int) -> np.ndarray:
-        """Faces of samples [start, stop) decoded into a new array, allocated only once every
-        crop's header says the shard's face size (a header is read in microseconds)."""
-        count = max(stop - start, 0)
-        if not self.frames or not count:
-            return np.empty((count, *self.sample_shape(schema.FACES)), np.uint8)
-        data, ends = self.read_jpeg(start, stop)
-        rows = np.empty((count, *self.sample_shape(schema.FACES)), np.uint8)
-        try:
-            codecs.decode_block(data, ends, 0, rows)
-        except ValueError as error:
-            raise self._undecodable(error) from None
-        return rows
-
-    def _read_jpeg_into(self, start: int, out: np.ndarray) -> None:
-        """Checked against each sample's xxh3, then decoded straight into `out`."""
-        data, before = self._checked_jpeg_block(start, start + len(out))
-        if not self.frames:
-            return
-        try:
-            codecs.decode_block(data, self._jpeg_ends[start : start + len(out)], before, out)
-        except ValueError as error:
-            raise self._undecodable(error) from None
-
-    def _checked_jpeg_block(self, start: int, stop: int) -> tuple[np.ndarray, int]:
-        data, before, bad = self._jpeg_block(start, stop)
-        if bad.size:
-            raise damaged_shard(self.path, schema.FACES,
-                                self.describe_damage(schema.FACES, start + bad))  # fmt: skip
-        return data, before
-
-    def _undecodable(self, error: ValueError) -> DamagedShardError:
-        # The checksums agree: the bytes were written so (by a forger), not damaged since.
-        return damaged_shard(self.path, schema.FACES, f"a JPEG does not decode ({error})")
-
-    def _stored_sums(self, checksum: str) -> np.ndarray:
-        stored = self._sum_columns.get(checksum)
-        if stored is None:
-            stored = self._sum_columns[checksum] = self._fetch(checksum, np.s_[:])
-        return stored
-
-    def _fetch(self, name: str, where: slice | np.ndarray) -> np.ndarray:
-        """One h5py read; one that HDF5 refuses (a bad chunk address, a failed fletcher32
-        checksum) is a damaged shard, named. Rows of no bytes (the faces of a mel-only cache)
-        are made, not read: h5py cannot select from a dataset of zero width."""
-        dataset = self._datasets[name]
-        if 0 in dataset.shape[1:]:
-            rows = np.arange(dataset.shape[0])[where]
-            return np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
-        try:
-            rows = dataset[where]
-        except OSError as error:
-            raise damaged_shard(self.path, name, str(error)) from error
-        return self._decoded(name, rows, where) if name in STRING_COLUMNS else rows
-
-    def _decoded(self, name: str, raw: np.ndarray, where: slice | np.ndarray) -> np.ndarray:
-        """A text column's bytes as str (what h5py's asstr gives); bytes that are not UTF-8
-        (written by a forger or another tool) are refused, naming the sample."""
-        text = np.empty(raw.shape, object)
-        for i, value in enumerate(raw.flat):
-            try:
-                text.flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            except UnicodeDecodeError as error:
-                position = int(np.arange(self.num_samples)[where][i])
-                raise CacheFormatError(
-                    f"{self.path}: {name!r} of sample {position} is not UTF-8 text "
-                    f"({printable(repr(value[:40]))}: {error.reason} at byte {error.start}): "
-                    f"{REBUILD}"
-                ) from None
-        return text
-
-    def _check(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> None:
-        bad = self._mismatches(name, rows, where)
-        if bad.size:
-            raise damaged_shard(self.path, name, self.describe_damage(name, bad))
-
-    def _mismatches(self, name: str, rows: np.ndarray, where: slice | np.ndarray) -> np.ndarray:
-        """Positions (selected by `where`) whose rows differ from their stored sums; none for
-        a dataset without sums."""
-        checksum = schema.CHECKSUMS.get(name) or schema.TRACK_CHECKSUMS.get(name)
-        if checksum is None or rows.size == 0:
-            return _NONE
-        differs = schema.sum64(rows) != self._stored_sums(checksum)[where]
-        if not differs.any():
-            return _NONE
-        return np.arange(self.num_samples)[where][np.flatnonzero(differs)]
+        data, before = region.checked_bytes(self, start, stop)
+        return data, region.cut[start:stop].astype(np.int64) - before
 
     def storage_bytes(self, name: str) -> int:
-        """Bytes that one dataset's data takes in the file (a cache's size per modality;
+        """Bytes that one column's data takes in the file (a cache's size per modality;
         JPEG faces: their data region, ends and checksums)."""
-        names = (schema.FACES_JPEG, schema.FACES_ENDS, schema.FACES_XXH3) \
-            if self._encoded(name) else (name,)  # fmt: skip
-        return sum(int(self._datasets[n].id.get_storage_size()) for n in names)
+        return self.encoding(name).storage_bytes(self)
 
     def sample_shape(self, name: str) -> tuple[int, ...]:
-        if name == schema.LIPS and self.tracks:
-            return self.tracks.lips_shape()
-        if self._encoded(name):
-            return (self.frames, self.face_size, self.face_size, 3)
-        return self._datasets[name].shape[1:]
-
-    def sample_bytes(self, windows: range | None = None) -> int:
-        """Bytes one sample takes while it is read whole (sample): mel, faces decoded, every
-        window's audio (read for its checksum) and the `windows` decoded (default all)."""
-        faces = self.frames * self.face_size * self.face_size * 3
-        total = schema.MEL_SIZE * schema.MEL_SIZE + faces
-        if self.tracks:
-            layout = self.tracks
-            kept = layout.windows if windows is None else len(windows)
-            total += layout.windows * 2 * layout.audio_samples
-            total += kept * layout.frames * layout.size * layout.size
-        return total
+        return tuple(self.encoding(name).shape)
 
     def dtype(self, name: str) -> np.dtype:
-        encoded = self._encoded(name) or name == schema.LIPS
-        return np.dtype(np.uint8) if encoded else self._datasets[name].dtype
+        return self.encoding(name).dtype
+
+    def sample_bytes(self, windows: range | None = None) -> int:
+        """Bytes one sample takes while it is read whole (sample): its big columns (those
+        with checksums: mel, faces decoded, every window's audio, read for its checksum)
+        and the tracks' `windows` decoded (default all)."""
+        return sum(column.encoding.row_bytes(windows if column.part.windowed else None)
+                   for column in self.columns.values() if column.encoding.sums)  # fmt: skip
+
+    @property
+    def checked_datasets(self) -> list[str]:
+        """The columns with per-sample checksums this shard holds (verify reads each)."""
+        return [name for name, column in self.columns.items() if column.encoding.sums]
 
     @cached_property
     def video_names(self) -> list[str]:
@@ -655,57 +411,47 @@ class ShardReader:
     def sample(self, position: int, windows: range | None = None) -> schema.Sample:
         """One whole sample (for inspection; training reads blocks); with `windows`, only
         those of its tracks (see read_tracks)."""
-        values = {name: self.read(name, position, position + 1)[0] for name in _SAMPLE_FIELDS}
-        return schema.Sample(**values, tracks=self._tracks_at(position, windows),
-                             facts=self._facts_at(position),
-                             **self._labels_at(position))  # fmt: skip
+        return self.samples([position], windows)[0]
 
     def samples(self, positions: np.ndarray | list[int],
                 windows: range | None = None) -> list[schema.Sample]:  # fmt: skip
-        """Whole samples at increasing positions, one h5py call per dataset (inspection);
-        with `windows`, only those of their tracks."""
-        columns = {name: self.take(name, positions) for name in _SAMPLE_FIELDS}
-        return [
-            schema.Sample(
-                **{name: column[i] for name, column in columns.items()},
-                tracks=self._tracks_at(int(positions[i]), windows),
-                facts=self._facts_at(int(positions[i])),
-                **self._labels_at(int(positions[i])),
-            )
-            for i in range(len(positions))
-        ]
+        """Whole samples at increasing positions, one h5py call per column where it can
+        (inspection); with `windows`, only those of their tracks."""
+        positions, select = np.asarray(positions, dtype=np.int64), self._windows(windows)
+        columns = list(self.columns.values())
+        if not positions.size:
+            return []
+        read = {column.name: column.encoding.take(self, positions, select if
+                                                  column.part.windowed else None)
+                for column in columns}  # fmt: skip
+        return [schema.sample_of({name: values[i] for name, values in read.items()}, columns)
+                for i in range(len(positions))]  # fmt: skip
 
-    def _facts_at(self, position: int) -> dict[str, float | str] | None:
-        if not self.has_facts:
-            return None
-        return {name: column[0].item() if isinstance(column[0], np.generic) else column[0]
-                for name, column in self.read_facts(position, position + 1).items()}  # fmt: skip
+    # What encodings read through (encodings.Stored).
+    def dataset(self, name: str) -> h5py.Dataset:
+        return self._datasets[name]
 
-    def _labels_at(self, position: int) -> dict[str, object]:
-        """The optional label fields of one Sample (only those this shard holds)."""
-        labels = {}
-        if self.has_fake_kinds:
-            labels["fake_kind"] = self.read_fake_kinds(position, position + 1)[0]
-        if self.has_fake_segments:
-            labels["fake_segments"] = self.read_fake_segments(position, position + 1)[0]
-        return labels
+    def fetch(self, name: str, where: Where) -> np.ndarray:
+        """One h5py read; one that HDF5 refuses (a bad chunk address, a failed fletcher32
+        checksum) is a damaged shard, named. Rows of no bytes (the faces of a mel-only cache)
+        are made, not read: h5py cannot select from a dataset of zero width."""
+        dataset = self._datasets[name]
+        if 0 in dataset.shape[1:]:
+            rows = np.arange(dataset.shape[0])[where]
+            return np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
+        try:
+            return dataset[where]
+        except OSError as error:
+            raise damaged_shard(self.path, name, str(error)) from error
 
-    def _tracks_at(self, position: int, windows: range | None = None) -> schema.Tracks | None:
-        if not self.tracks:
-            return None
-        read = self.read_tracks(position, position + 1, windows)
-        read = {name: column[0] for name, column in read.items()}
-        return schema.Tracks(lips=read[schema.LIPS], lips_found=read[schema.LIPS_FOUND],
-                             start=read[schema.TRACK_START],
-                             frames_real=read[schema.TRACK_FRAMES_REAL],
-                             audio=read[schema.TRACK_AUDIO],
-                             audio_real=read[schema.TRACK_AUDIO_REAL])  # fmt: skip
+    def stored_sums(self, name: str) -> np.ndarray:
+        stored = self._sum_columns.get(name)
+        if stored is None:
+            stored = self._sum_columns[name] = self.fetch(name, np.s_[:])
+        return stored
 
-    @property
-    def checked_datasets(self) -> list[str]:
-        """The datasets with per-sample checksums this shard holds (verify reads each)."""
-        names = [schema.MEL, schema.FACES]
-        return [*names, schema.TRACK_AUDIO, schema.LIPS] if self.tracks else names
+    def damaged(self, name: str, reason: str) -> DamagedShardError:
+        return damaged_shard(self.path, name, reason)
 
     def close(self) -> None:
         self._file.close()
@@ -715,9 +461,6 @@ class ShardReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-_SAMPLE_FIELDS = schema.Sample.stored_fields()
 
 
 def _first_sample(positions: np.ndarray, names: np.ndarray) -> str:
@@ -771,7 +514,7 @@ def _tracks_named(layout: schema.TrackLayout | None) -> str:
 
 
 def _dtype_matches(found: np.dtype, expected: np.dtype) -> bool:
-    if expected == schema.STRING_DTYPE:
+    if expected == STRING_DTYPE:
         return h5py.check_string_dtype(found) is not None
     return found == expected
 

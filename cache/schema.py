@@ -1,19 +1,36 @@
-"""The whole on-disk schema of cache format v1: names, dtypes, shapes, file names.
+"""The whole on-disk schema of the cache format: names, bounds, file names, and the table
+of a shard's columns (COLUMNS).
 
-Writer, reader, index and verifier import these constants; no dataset name is
-spelled anywhere else. The five core datasets are public and fixed for v1;
-the extras may grow. The checksum datasets (`CHECKSUMS`) are required: a shard
-without them is refused, so nothing is read unchecked.
+Writer, reader, index and verifier import these; no dataset name is spelled anywhere else.
+Each column of the table is one entry: its name, its storage encoding (cache/encodings.py)
+with its shape and dtype, the Sample field that holds its value, whether it is always there
+or in an optional part (since which format version), whether its shard's metadata sha256
+covers it, and the check its values pass when a shard is opened. A shard's layout
+(ShardLayout) says which parts it holds and their sizes; its columns are the table's entries
+of those parts. The checksum datasets are required: a shard without them is refused, so
+nothing is read unchecked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
-import h5py
 import numpy as np
+
+from avcache.cache.codec import CODECS
+from avcache.cache.encodings import (
+    Array,
+    Dataset,
+    Encoding,
+    GreyJpegRegion,
+    JpegRegion,
+    Ragged,
+    Strings,
+)
+from avcache.cache.encodings import sum64 as sum64  # the per-row checksum: part of the format
 
 FORMAT = "avcache"
 # The versioning rule: a new required dataset, or a changed meaning of one, is a new version;
@@ -33,6 +50,8 @@ RECEIPT_SUFFIX = ".json"
 
 
 MEL_SIZE = 256  # mel images are MEL_SIZE x MEL_SIZE, row 0 = lowest mel bin
+# Samples a writer buffers before one block write; a mel chunk holds as many (1 MiB).
+WRITE_BLOCK = 16
 # The largest faces a cache holds (faces.size, faces.frames): the preprocessor refuses more,
 # and readers refuse a shard or index declaring more before allocating anything for it (a
 # forged size would make every reader allocate terabytes). At both limits one sample's
@@ -42,8 +61,7 @@ MAX_FRAMES = 64
 
 LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN = 1, 0, -1
 
-# Core datasets of v1 (public, fixed): name -> (dtype, per-sample shape or None when it
-# depends on the faces config).
+# The core datasets, every shard's since v1 (the first five are the public contract).
 VIDEO_NAME = "video_name"
 LABEL = "label"
 MEL = "mel"
@@ -54,11 +72,10 @@ FACE_FOUND = "face_found"
 FACE_BOX = "face_box"
 DURATION = "duration"
 
-# Per-sample checksums (see sum64): the writer computes them, every read of the big arrays
-# checks them. They are not Sample fields.
+# Per-sample checksums (encodings.sum64): the writer computes them, every read of the big
+# arrays checks them. They are not Sample fields.
 MEL_SUM = "mel_sum64"
 FACES_SUM = "faces_sum64"
-CHECKSUMS = {MEL: MEL_SUM, FACES: FACES_SUM}  # checked dataset -> its sums dataset
 # v2, faces.codec jpeg (cache/codec.py): every crop's JPEG bytes in one flat uint8 dataset,
 # the end of each crop's bytes in it [N, K], and each sample's xxh3-64 of its bytes [N].
 FACES_JPEG = "faces_jpeg"
@@ -78,9 +95,6 @@ TRACK_FRAMES_REAL = "track_frames_real"  # int16 [N, W]: frames the clip had (ot
 TRACK_AUDIO = "track_audio"  # int16 [N, W, L]: mono audio of the window's instants
 TRACK_AUDIO_SUM = "track_audio_sum64"
 TRACK_AUDIO_REAL = "track_audio_real"  # float32 [N, W]: share of L from the audio stream
-TRACK_META_FIELDS = (LIPS_FOUND, TRACK_START, TRACK_FRAMES_REAL, TRACK_AUDIO_REAL)
-# The track's raw array and its sums (optional, as the tracks are).
-TRACK_CHECKSUMS = {TRACK_AUDIO: TRACK_AUDIO_SUM}
 # Bounds a reader checks before allocating (a forged attribute could declare anything).
 MAX_TRACK_WINDOWS = 16
 MAX_TRACK_FRAMES = 250
@@ -94,9 +108,6 @@ MAX_TRACK_AUDIO = 48000 * 10  # samples of one window
 MIN_TRACK_SIZE = 8
 TRACK_FPS = (1.0, 120.0)  # least, most
 TRACK_AUDIO_RATES = (8000, 48000)  # least, most
-
-STRING_DTYPE = h5py.string_dtype("utf-8")
-SUM_DTYPE = np.dtype("<u8")
 
 # Optional per-video facts (audit.facts): cheap measurements of the source file that have
 # nothing to do with a manipulation (durations, silence, loudness, stream parameters, codecs,
@@ -141,106 +152,20 @@ MAX_FAKE_SEGMENTS = 256  # segments of one sample (published sets have a handful
 MAX_FAKE_KIND_CHARS = 128
 
 
-def dataset_specs(
-    frames: int, face_size: int, codec: str = "raw"
-) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Per-sample dtype and shape of every dataset of N rows for a faces config (the flat
-    FACES_JPEG of a jpeg shard has no rows)."""
-    faces = {
-        "raw": {FACES: (np.dtype(np.uint8), (frames, face_size, face_size, 3))},
-        "jpeg": {FACES_ENDS: (np.dtype("<u8"), (frames,))},
-    }[codec]
-    sums = {"raw": {FACES_SUM: (SUM_DTYPE, ())}, "jpeg": {FACES_XXH3: (SUM_DTYPE, ())}}[codec]
-    return {
-        VIDEO_NAME: (STRING_DTYPE, ()),
-        LABEL: (np.dtype(np.int8), ()),
-        MEL: (np.dtype(np.uint8), (MEL_SIZE, MEL_SIZE)),
-        **faces,
-        HAS_AUDIO: (np.dtype(np.bool_), ()),
-        FACE_FOUND: (np.dtype(np.bool_), (frames,)),
-        FACE_BOX: (np.dtype(np.float32), (frames, 4)),
-        DURATION: (np.dtype(np.float32), ()),
-        MEL_SUM: (SUM_DTYPE, ()),
-        **sums,
-    }
-
-
-def track_specs(windows: int, frames: int,
-                audio_samples: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:  # fmt: skip
-    """Per-sample dtype and shape of the track datasets (none without windows)."""
-    if not windows:
-        return {}
-    return {
-        LIPS_ENDS: (np.dtype("<u8"), (windows * frames,)),
-        LIPS_XXH3: (SUM_DTYPE, ()),
-        LIPS_FOUND: (np.dtype(np.bool_), (windows, frames)),
-        TRACK_START: (np.dtype("<f8"), (windows,)),
-        TRACK_FRAMES_REAL: (np.dtype("<i2"), (windows,)),
-        TRACK_AUDIO: (np.dtype("<i2"), (windows, audio_samples)),
-        TRACK_AUDIO_SUM: (SUM_DTYPE, ()),
-        TRACK_AUDIO_REAL: (np.dtype("<f4"), (windows,)),
-    }
-
-
-def fact_specs(enabled: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Per-sample dtype and shape of the fact datasets (none when facts are off)."""
-    if not enabled:
-        return {}
-    numbers = {name: (np.dtype("<f8"), ()) for name in FACT_NUMBERS}
-    return numbers | {name: (STRING_DTYPE, ()) for name in FACT_STRINGS}
-
-
-def label_specs(kinds: bool, segments: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Per-sample dtype and shape of the optional label datasets of N rows (the flat
-    FAKE_SEGMENTS region has no rows)."""
-    specs = {FAKE_KIND: (STRING_DTYPE, ())} if kinds else {}
-    return specs | ({FAKE_SEGMENTS_ENDS: (np.dtype("<u8"), ())} if segments else {})
-
-
-def label_fields(kinds: bool, segments: bool) -> tuple[str, ...]:
-    """The optional label datasets a shard's metadata sha256 covers, in its order."""
-    return (FAKE_KIND,) * kinds + (FAKE_SEGMENTS_ENDS, FAKE_SEGMENTS) * segments
-
-
-def sum64(rows: np.ndarray) -> np.ndarray:
-    """Per row (first axis): the sum modulo 2**64 of the row's bytes read as little-endian
-    uint64 words, a row whose size is not a multiple of 8 padded with zero bytes.
-
-    Any change inside one 8-byte word changes the sum (one flipped byte always does), and
-    random damage goes unseen with probability 2**-64. Two changes that cancel, or words
-    swapped with each other, do not: it guards against storage damage, not an attacker
-    (the index's sha256 and `avcache-inspect CACHE verify` cover whole files). It costs one pass
-    over the bytes at memory speed (~0.03 ms per MiB in cache, ~0.08 ms from RAM), so every
-    batch can afford it.
-    """
-    rows = np.ascontiguousarray(rows)
-    count = rows.shape[0]
-    row_bytes = rows.nbytes // count if count else 0
-    flat = rows.reshape(-1).view(np.uint8).reshape(count, row_bytes)
-    whole = row_bytes - row_bytes % 8
-    # numpy integer arithmetic wraps around: that is the modulo.
-    sums = flat[:, :whole].view(SUM_DTYPE).sum(axis=1, dtype=np.uint64)
-    if whole < row_bytes:  # the tail's 1-7 bytes, zero-padded into one more word
-        tail = np.zeros((count, 8), np.uint8)
-        tail[:, : row_bytes - whole] = flat[:, whole:]
-        sums += tail.view(SUM_DTYPE)[:, 0]
-    return sums
-
-
-# The small per-sample columns (names, labels, flags, boxes, durations): a shard's
-# attribute ATTR_META_SHA256 holds their sha256, checked whenever a shard is opened. They
-# are a few bytes per sample, so reading them all at every open costs next to nothing.
+# The core's small per-sample columns (names, labels, flags, boxes, durations): a shard's
+# attribute ATTR_META_SHA256 holds their sha256 (with the other parts' small columns, those
+# of the table marked meta), checked whenever a shard is opened. They are a few bytes per
+# sample, so reading them all at every open costs next to nothing.
 META_FIELDS = (VIDEO_NAME, LABEL, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION)
 
 
-def meta_sha256(columns: dict[str, object], fields: tuple[str, ...] = META_FIELDS) -> str:
-    """sha256 of the META_FIELDS columns of a shard (names as a JSON list of str), then of
-    the track's small columns, the facts and the fake kinds and segments where the shard has
-    them."""
+def meta_sha256(columns: dict[str, np.ndarray], fields: tuple[str, ...] = META_FIELDS) -> str:
+    """sha256 of a shard's small columns, `fields` in order (ShardLayout.meta_datasets): the
+    bytes of each, text columns (object arrays) as a JSON list of str."""
     digest = hashlib.sha256()
     for name in fields:
         column = columns[name]
-        if name in (VIDEO_NAME, FAKE_KIND) or name in FACT_STRINGS:
+        if column.dtype.kind in "OSU":
             names = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column]
             digest.update(json.dumps(names).encode("utf-8"))
         else:
@@ -292,9 +217,6 @@ class TrackLayout:
                 ATTR_TRACK_AUDIO_RATE: self.audio_rate,
                 ATTR_TRACK_AUDIO_SAMPLES: self.audio_samples}  # fmt: skip
 
-    def lips_shape(self) -> tuple[int, int, int, int]:
-        return (self.windows, self.frames, self.size, self.size)
-
 
 @dataclass
 class Tracks:
@@ -306,12 +228,6 @@ class Tracks:
     frames_real: np.ndarray  # int16 [W]
     audio: np.ndarray  # int16 [W, L]: the same instants, mono
     audio_real: np.ndarray  # float32 [W]
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """The per-sample track datasets (but the crops' bytes), in schema names."""
-        return {LIPS_FOUND: self.lips_found, TRACK_START: self.start,
-                TRACK_FRAMES_REAL: self.frames_real, TRACK_AUDIO: self.audio,
-                TRACK_AUDIO_REAL: self.audio_real}  # fmt: skip
 
 
 @dataclass
@@ -334,14 +250,8 @@ class Sample:
     # float64 [k, 2]: the fake segments, [start, end] seconds, where its layout has them
     fake_segments: np.ndarray | None = None
 
-    @staticmethod
-    def stored_fields() -> list[str]:
-        """The fields stored as datasets of their own (all but the optional ones)."""
-        optional = ("tracks", "facts", "fake_kind", "fake_segments")
-        return [name for name in Sample.__dataclass_fields__ if name not in optional]
-
     def fields(self) -> dict[str, object]:
-        """Dataset name -> value, in schema order."""
+        """The core fields by dataset name, in schema order."""
         return {
             VIDEO_NAME: self.video_name,
             LABEL: self.label,
@@ -352,3 +262,275 @@ class Sample:
             FACE_BOX: self.face_box,
             DURATION: self.duration,
         }
+
+
+def sample_value(sample: Sample, field: str) -> object:
+    """The value a Sample holds at `field` ("mel", "tracks.audio", "facts.fact_fps"); None
+    where the sample lacks it."""
+    value: object = sample
+    for key in field.split("."):
+        value = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if value is None:
+            return None
+    return value
+
+
+def _plain(values: dict[str, object]) -> dict[str, object]:
+    return {key: v.item() if isinstance(v, np.generic) else v for key, v in values.items()}
+
+
+# How a Sample holds the columns of a group ("tracks.audio": Tracks.audio).
+GROUPS: dict[str, Callable[[dict[str, object]], object]] = {
+    "tracks": lambda values: Tracks(**values),
+    "facts": _plain,  # a dict of Python numbers and strings
+}
+
+
+def sample_of(values: dict[str, object], columns: list[Column]) -> Sample:
+    """The Sample of one video's column values (by column name)."""
+    fields: dict[str, object] = {}
+    groups: dict[str, dict[str, object]] = {}
+    for column in columns:
+        group, _, key = column.field.rpartition(".")
+        (groups.setdefault(group, {}) if group else fields)[key] = values[column.name]
+    return Sample(**fields, **{group: GROUPS[group](held) for group, held in groups.items()})
+
+
+@dataclass(frozen=True)
+class Part:
+    """Columns that a shard holds all together or not at all (CORE: every shard's)."""
+
+    name: str  # what refusals call it
+    since: int  # the format version that introduced it
+    absent: str = ""  # why a shard lacks it, in words
+    windowed: bool = False  # its columns are read window by window (Sample.tracks)
+
+
+CORE = Part("core", 1)
+RAW_FACES = Part("raw faces", 1, "stores its faces as JPEG")
+JPEG_FACES = Part("JPEG faces", 2, "stores its faces raw")
+TRACKS = Part("tracks", 3, "made with tracks.windows=0", windowed=True)
+FACTS = Part("facts", 3, "made with audit.facts=false")
+KINDS = Part("fake kinds", 3, "its layout has none")
+SEGMENTS = Part("fake segments", 3, "its layout has none")
+
+# A check of a column's values when its shard is opened: (its values, every small column by
+# dataset name, the shard's layout) -> (a flag per bad value, the value each shows).
+Check = Callable[[np.ndarray, dict[str, np.ndarray], "ShardLayout"], tuple[np.ndarray, np.ndarray]]
+
+
+def _labels(labels: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    return ~np.isin(labels, (LABEL_FAKE, LABEL_REAL, LABEL_UNKNOWN)), labels
+
+
+def _seconds(durations: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    return ~(np.isfinite(durations) & (durations >= 0)), durations
+
+
+def _window_starts(starts: np.ndarray, table: dict[str, np.ndarray],
+                   layout: ShardLayout) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Seconds inside the video: the writer draws them so that a window fits, with half a
+    track frame of slack for the float32 duration."""
+    latest = table[DURATION].astype(np.float64)[:, None] + 0.5 / layout.tracks.fps
+    return ~(np.isfinite(starts) & (starts >= 0) & (starts <= latest)), starts
+
+
+def _real_frames(frames: np.ndarray, _, layout: ShardLayout) -> tuple[np.ndarray, np.ndarray]:
+    return (frames < 0) | (frames > layout.tracks.frames), frames
+
+
+def _share(shares: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    return ~((shares >= 0) & (shares <= 1)), shares
+
+
+def _not_infinite(values: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    return np.isinf(values), values
+
+
+def _kind_length(kinds: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(kind) for kind in kinds], np.int64)
+    return lengths > MAX_FAKE_KIND_CHARS, lengths
+
+
+def segments_sound(pairs: np.ndarray) -> np.ndarray:
+    """Per [start, end] pair: finite seconds, 0 <= start <= end."""
+    return np.isfinite(pairs).all(axis=1) & (pairs[:, 0] >= 0) & (pairs[:, 0] <= pairs[:, 1])
+
+
+def _segments(pairs: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
+    return ~segments_sound(pairs), pairs
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, how it is stored (an encoding whose sizes may be named after
+    ShardLayout.dims), where a Sample holds its value (`field`, default its name), the part
+    that holds it, whether the metadata sha256 covers it, and the check its values pass
+    when a shard is opened (`refusal` names a bad value, {} the value)."""
+
+    name: str
+    encoding: Encoding
+    field: str = ""
+    part: Part = CORE
+    meta: bool = False
+    check: Check | None = None
+    refusal: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoding", replace(self.encoding, name=self.name))
+        object.__setattr__(self, "field", self.field or self.name)
+
+    @property
+    def since(self) -> int:
+        return self.part.since
+
+    def sized(self, dims: dict[str, int]) -> Column:
+        """The column of one shard: its encoding sized, with state of its own."""
+        return replace(self, encoding=self.encoding.sized(dims))
+
+
+def _track(name: str, field: str, encoding: Encoding, **more) -> Column:
+    return Column(name, encoding, f"tracks.{field}", TRACKS, **more)
+
+
+FACES_SHAPE = ("frames", "face_size", "face_size", 3)  # sizes named after ShardLayout.dims
+WINDOWS = ("windows", "track_frames")
+
+# Every column a shard may hold, in the order the writer writes them (one block of samples
+# column after column) and the reader checks their values. Adding a column is one entry
+# here (and the Sample field it fills).
+COLUMNS: tuple[Column, ...] = (
+    Column(VIDEO_NAME, Strings(what="video names"), meta=True),
+    Column(LABEL, Array(dtype="i1"), meta=True, check=_labels,
+           refusal="label {}: a label is 1 (fake), 0 (real) or -1 (unknown)"),
+    Column(MEL, Array(dtype="u1", shape=(MEL_SIZE, MEL_SIZE), sums=MEL_SUM,
+                            chunk_rows=WRITE_BLOCK)),
+    Column(FACES, Array(dtype="u1", shape=FACES_SHAPE, sums=FACES_SUM, chunk_rows=1),
+           part=RAW_FACES),
+    Column(FACES, JpegRegion(data=FACES_JPEG, ends=FACES_ENDS, sums=FACES_XXH3,
+                             crops=("frames",), side="face_size", quality="quality"),
+           part=JPEG_FACES),
+    Column(HAS_AUDIO, Array(dtype="?"), meta=True),
+    Column(FACE_FOUND, Array(dtype="?", shape=("frames",)), meta=True),
+    Column(FACE_BOX, Array(dtype="<f4", shape=("frames", 4)), meta=True),
+    Column(DURATION, Array(dtype="<f4"), meta=True, check=_seconds,
+           refusal="duration {}: not a length in seconds"),
+    _track(LIPS_FOUND, "lips_found", Array(dtype="?", shape=WINDOWS), meta=True),
+    _track(TRACK_START, "start", Array(dtype="<f8", shape=("windows",)), meta=True,
+           check=_window_starts,
+           refusal="track start {}: not seconds within the video's duration"),
+    _track(TRACK_FRAMES_REAL, "frames_real", Array(dtype="<i2", shape=("windows",)), meta=True,
+           check=_real_frames, refusal="real track frames {}"),
+    _track(TRACK_AUDIO, "audio", Array(dtype="<i2", shape=("windows", "audio_samples"),
+                                       sums=TRACK_AUDIO_SUM)),
+    _track(TRACK_AUDIO_REAL, "audio_real", Array(dtype="<f4", shape=("windows",)), meta=True,
+           check=_share, refusal="real track audio {}: not a share"),
+    _track(LIPS, "lips", GreyJpegRegion(data=LIPS_JPEG, ends=LIPS_ENDS, sums=LIPS_XXH3,
+                                        crops=WINDOWS, side="track_size",
+                                        quality="tracks_quality")),
+    *(Column(name, Array(dtype="<f8"), f"facts.{name}", FACTS, meta=True,
+             check=_not_infinite, refusal=f"{name} {{}}: not a number or NaN")
+      for name in FACT_NUMBERS),
+    *(Column(name, Strings(what="facts"), f"facts.{name}", FACTS, meta=True)
+      for name in FACT_STRINGS),
+    Column(FAKE_KIND, Strings(max_chars=MAX_FAKE_KIND_CHARS, what="fake kinds"), part=KINDS,
+           meta=True, check=_kind_length, refusal="a fake kind of {} characters"),
+    Column(FAKE_SEGMENTS, Ragged(ends=FAKE_SEGMENTS_ENDS, shape=(2,),
+                                 max_rows=MAX_FAKE_SEGMENTS, sound=segments_sound,
+                                 what="fake segments", unit="pairs",
+                                 expected="[start, end] pairs of seconds, 0 <= start <= end"),
+           part=SEGMENTS, meta=True, check=_segments,
+           refusal="fake segment {}: not [start, end] seconds"),
+)  # fmt: skip
+
+# The order a writer creates a shard's datasets in, and a reader checks them: it fixes where
+# HDF5 places each, so one input gives byte-identical shards from one release to the next.
+# Rows before regions; a dataset not listed here goes after those listed, in table order.
+FILE_ORDER = (
+    VIDEO_NAME, LABEL, MEL, FACES, FACES_ENDS, HAS_AUDIO, FACE_FOUND, FACE_BOX, DURATION,
+    MEL_SUM, FACES_SUM, FACES_XXH3, LIPS_ENDS, LIPS_XXH3, LIPS_FOUND, TRACK_START,
+    TRACK_FRAMES_REAL, TRACK_AUDIO, TRACK_AUDIO_SUM, TRACK_AUDIO_REAL, *FACT_FIELDS,
+    FAKE_KIND, FAKE_SEGMENTS_ENDS, FACES_JPEG, LIPS_JPEG, FAKE_SEGMENTS,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What a shard holds: its faces (frames, size and codec), its optional parts and their
+    sizes. The writer takes one; the reader builds one from a shard's attributes and checks
+    the shard against its columns (the table's entries of the parts it holds, sized)."""
+
+    frames: int
+    face_size: int
+    codec: str = "raw"  # faces.codec
+    quality: int | None = 90  # of JPEG faces (a writer's; None where read from a shard)
+    tracks: TrackLayout | None = None  # None (or 0 windows): no tracks
+    tracks_quality: int | None = 90  # of the mouth crops (as `quality`)
+    facts: bool = False  # audit.facts
+    fake_kinds: bool = False  # the data set's kinds of fake, where its layout has them
+    fake_segments: bool = False  # and its fake segments
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"faces codec {self.codec!r} unknown (known: {', '.join(CODECS)})")
+        if self.tracks is not None and not self.tracks.windows:
+            object.__setattr__(self, "tracks", None)
+
+    def parts(self) -> set[Part]:
+        held = {TRACKS: self.tracks is not None, FACTS: self.facts, KINDS: self.fake_kinds,
+                SEGMENTS: self.fake_segments}  # fmt: skip
+        faces = JPEG_FACES if self.codec == "jpeg" else RAW_FACES
+        return {CORE, faces} | {part for part, holds in held.items() if holds}
+
+    def dims(self) -> dict[str, int]:
+        """The sizes (and JPEG qualities) the table's encodings are sized with."""
+        dims = {"frames": self.frames, "face_size": self.face_size, "quality": self.quality}
+        if self.tracks:
+            dims |= {"windows": self.tracks.windows, "track_frames": self.tracks.frames,
+                     "track_size": self.tracks.size, "audio_samples": self.tracks.audio_samples,
+                     "tracks_quality": self.tracks_quality}  # fmt: skip
+        return dims
+
+    def columns(self) -> list[Column]:
+        """This layout's columns, in table order, each with an encoding of its own."""
+        parts, dims = self.parts(), self.dims()
+        return [column.sized(dims) for column in COLUMNS if column.part in parts]
+
+    def datasets(self) -> list[Dataset]:
+        """Every dataset of a shard of this layout, in file order."""
+        return file_order(self.columns())
+
+    def meta_datasets(self) -> tuple[str, ...]:
+        """The datasets its metadata sha256 covers, in its order."""
+        return meta_datasets(self.columns())
+
+    def attrs(self) -> dict[str, object]:
+        """The shard attributes that say this layout, in the order a writer stores them."""
+        attrs: dict[str, object] = {ATTR_FRAMES: self.frames, ATTR_FACE_SIZE: self.face_size,
+                                    ATTR_FACES_CODEC: self.codec}  # fmt: skip
+        if self.codec == "jpeg":
+            attrs[ATTR_FACES_QUALITY] = self.quality
+        if self.tracks:
+            attrs |= self.tracks.attrs() | {ATTR_LIPS_QUALITY: self.tracks_quality}
+        flags = {ATTR_FACTS: self.facts, ATTR_FAKE_KIND: self.fake_kinds,
+                 ATTR_FAKE_SEGMENTS: self.fake_segments}  # fmt: skip
+        return attrs | {name: 1 for name, held in flags.items() if held}
+
+
+def file_order(columns: Iterable[Column]) -> list[Dataset]:
+    """The columns' datasets in the order a shard holds them (FILE_ORDER)."""
+    datasets = [dataset for column in columns for dataset in column.encoding.datasets()]
+    listed = {name: number for number, name in enumerate(FILE_ORDER)}
+    return sorted(datasets, key=lambda d: (not d.per_sample, listed.get(d.name, len(listed))))
+
+
+def meta_datasets(columns: list[Column]) -> tuple[str, ...]:
+    """The datasets the metadata sha256 covers, in its order."""
+    return tuple(dataset.name for column in columns if column.meta
+                 for dataset in column.encoding.datasets())  # fmt: skip
+
+
+def absent(name: str) -> str | None:
+    """Why a shard without the column `name` lacks it (None: no column has that name)."""
+    parts = [column.part for column in COLUMNS if column.name == name]
+    return f"holds no {parts[0].name} ({parts[0].absent})" if parts else None

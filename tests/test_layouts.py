@@ -353,7 +353,7 @@ def test_a_forged_segment_with_a_matching_sha256_is_refused(tmp_path):
     write_labelled_shard(path, [np.array([[0.0, 0.5]]), np.array([[0.2, 0.4]])])
     with h5py.File(path, "r+") as handle:
         handle[schema.FAKE_SEGMENTS][1] = [0.4, np.inf]
-        fields = schema.META_FIELDS + schema.label_fields(True, True)
+        fields = schema.ShardLayout(0, 8, fake_kinds=True, fake_segments=True).meta_datasets()
         columns = {name: handle[name].asstr()[()] if name in (schema.VIDEO_NAME, schema.FAKE_KIND)
                    else handle[name][()] for name in fields}  # fmt: skip
         handle.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns, fields)

@@ -363,7 +363,7 @@ def test_a_window_starting_outside_its_video_is_refused(tmp_path, capsys, start)
     shard = root / "shards/train-00000.h5"
     with h5py.File(shard, "a") as handle:  # a forger rewrites the column and its sha256
         handle[schema.TRACK_START][1] = [start]
-        fields = schema.META_FIELDS + schema.TRACK_META_FIELDS
+        fields = schema.ShardLayout(FRAMES, SIZE, tracks=TOY).meta_datasets()
         columns = {name: handle[name][()] for name in fields}
         handle.attrs[schema.ATTR_META_SHA256] = schema.meta_sha256(columns, fields)
     resign(root)
