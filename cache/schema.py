@@ -31,6 +31,7 @@ from avcache.cache.encodings import (
     Strings,
 )
 from avcache.cache.encodings import sum64 as sum64  # the per-row checksum: part of the format
+from avcache.common.untrusted import REBUILD, CacheFormatError, integer, printable
 
 FORMAT = "avcache"
 # The versioning rule: a new required dataset, or a changed meaning of one, is a new version;
@@ -216,6 +217,39 @@ class TrackLayout:
                 ATTR_TRACK_SIZE: self.size, ATTR_TRACK_FPS: self.fps,
                 ATTR_TRACK_AUDIO_RATE: self.audio_rate,
                 ATTR_TRACK_AUDIO_SAMPLES: self.audio_samples}  # fmt: skip
+
+
+# TrackLayout field -> (least, most): what the preprocessor writes (the bounds above).
+TRACK_BOUNDS = {
+    "frames": (1, MAX_TRACK_FRAMES),
+    "size": (MIN_TRACK_SIZE, MAX_TRACK_SIZE),
+    "fps": TRACK_FPS,
+    "audio_rate": TRACK_AUDIO_RATES,
+    "audio_samples": (1, MAX_TRACK_AUDIO),
+}
+
+
+def bounded_tracks(windows: int, values: dict[str, object], at: str) -> TrackLayout:
+    """A track layout from untrusted `values` (by TrackLayout field; `at` + field names one
+    in a refusal), each within what the preprocessor writes, and a window's audio exactly
+    its frames' time at the audio rate, as the writer computes it (what it is when `values`
+    has no audio_samples: a config says none)."""
+    fps = values.get("fps")
+    least, most = TRACK_BOUNDS["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not least <= fps <= most:
+        raise CacheFormatError(f"{at}fps is {printable(repr(fps))}: expected a frame rate "
+                               f"from {least:g} to {most:g}: {REBUILD}")  # fmt: skip
+    frames, size, rate = (integer(values.get(field), f"{at}{field}", *TRACK_BOUNDS[field])
+                          for field in ("frames", "size", "audio_rate"))  # fmt: skip
+    expected = window_audio_samples(frames, fps, rate)
+    samples = integer(values.get("audio_samples", expected), f"{at}audio_samples",
+                      *TRACK_BOUNDS["audio_samples"])  # fmt: skip
+    if samples != expected:
+        raise CacheFormatError(
+            f"{at}audio_samples is {samples}: {frames} frames at {fps:g} fps are {expected} "
+            f"samples at {rate} Hz, the only window avcache writes: {REBUILD}"
+        )
+    return TrackLayout(windows, frames, size, float(fps), rate, samples)
 
 
 @dataclass
