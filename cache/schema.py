@@ -399,8 +399,9 @@ def _segments(pairs: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
 class Column:
     """One column: its name, how it is stored (an encoding whose sizes may be named after
     ShardLayout.dims), where a Sample holds its value (`field`, default its name), the part
-    that holds it, whether the metadata sha256 covers it, and the check its values pass
-    when a shard is opened (`refusal` names a bad value, {} the value)."""
+    that holds it, whether the metadata sha256 covers it, the check its values pass when a
+    shard is opened (`refusal` names a bad value, {} the value), and the format version
+    that added it (`added`, default its part's: shards of an older version lack it)."""
 
     name: str
     encoding: Encoding
@@ -409,6 +410,7 @@ class Column:
     meta: bool = False
     check: Check | None = None
     refusal: str = ""
+    added: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoding", replace(self.encoding, name=self.name))
@@ -416,7 +418,7 @@ class Column:
 
     @property
     def since(self) -> int:
-        return self.part.since
+        return self.added or self.part.since
 
     def sized(self, dims: dict[str, int]) -> Column:
         """The column of one shard: its encoding sized, with state of its own."""
@@ -525,10 +527,12 @@ class ShardLayout:
                      "tracks_quality": self.tracks_quality}  # fmt: skip
         return dims
 
-    def columns(self) -> list[Column]:
-        """This layout's columns, in table order, each with an encoding of its own."""
-        parts, dims = self.parts(), self.dims()
-        return [column.sized(dims) for column in COLUMNS if column.part in parts]
+    def columns(self, version: int | None = None) -> list[Column]:
+        """This layout's columns in a shard of `version` (default: this one's), in table
+        order, each with an encoding of its own."""
+        parts, dims, version = self.parts(), self.dims(), version or VERSION
+        return [column.sized(dims) for column in COLUMNS
+                if column.part in parts and column.since <= version]  # fmt: skip
 
     def datasets(self) -> list[Dataset]:
         """Every dataset of a shard of this layout, in file order."""

@@ -108,7 +108,7 @@ class ShardReader:
         check_format(str(path), attribute(attrs, schema.ATTR_FORMAT, path), self.version)
         self.split = text(attribute(attrs, schema.ATTR_SPLIT, path, ""), f"{path}: split")
         self.layout = self._layout(attrs)
-        self.columns = {column.name: column for column in self.layout.columns()}
+        self.columns = {column.name: column for column in self.layout.columns(self.version)}
         self._datasets = self._stored_datasets()  # a name lookup costs ~0.1 ms per call
         check_backed_by_file(self._datasets, self._file_size, self.path)
         for column in self.columns.values():

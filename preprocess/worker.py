@@ -153,25 +153,25 @@ class ShardJob:
     detector: str  # resolved (auto is decided once, in the main process)
 
 
+def shard_layout(config: PreprocessConfig, plan: ShardPlan) -> schema.ShardLayout:
+    """What a shard of `plan` holds: the config's faces, tracks and facts, and the kinds of
+    fake and segments where the plan's label layout has them."""
+    faces, tracks = config.faces, config.tracks
+    return schema.ShardLayout(frames=faces.frames, face_size=faces.size, codec=faces.codec,
+                              quality=faces.quality, tracks=track_layout(tracks),
+                              tracks_quality=tracks.quality, facts=config.audit.facts,
+                              fake_kinds=plan.has_kinds,
+                              fake_segments=plan.has_segments)  # fmt: skip
+
+
 def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None) -> ShardRecord:
     """Cache every video of the job's plan into one shard and its receipt; returns the
     receipt."""
     plan, config, detector = job.plan, job.config, job.detector
     failures = []
-    writer = ShardWriter(
-        job.root / job.rel_path,
-        split=plan.split,
-        frames=config.faces.frames,
-        face_size=config.faces.size,
-        attrs={schema.ATTR_CONFIG_HASH: job.config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()},
-        codec=config.faces.codec,
-        quality=config.faces.quality,
-        tracks=track_layout(config.tracks),
-        tracks_quality=config.tracks.quality,
-        facts=config.audit.facts,
-        fake_kinds=plan.has_kinds,
-        fake_segments=plan.has_segments,
-    )
+    attrs = {schema.ATTR_CONFIG_HASH: job.config_hash, schema.ATTR_PLAN_HASH: plan.plan_hash()}
+    writer = ShardWriter(job.root / job.rel_path, shard_layout(config, plan), split=plan.split,
+                         attrs=attrs)  # fmt: skip
     with writer, one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
         for video in plan.videos:
             try:

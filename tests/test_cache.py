@@ -14,6 +14,7 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from avcache.cache import schema
+from avcache.cache.encodings import Array
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
 from avcache.cache.verify import verify_cache
@@ -264,6 +265,41 @@ except OSError as error:
     assert result.stdout.split(None, 2) == [str(errno.EFBIG), str(tmp_path / "s.h5"),
                                             "File too large\n"]  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+def write_facts_shard(path: Path, extra: dict[str, float], count: int = 3) -> None:
+    """A shard with facts (every one the table has), `extra` added to each sample's."""
+    with ShardWriter(path, split="train", frames=FRAMES, face_size=SIZE, facts=True) as writer:
+        for i in range(count):
+            sample = make_sample(i)
+            sample.facts = {name: float(i) for name in schema.FACT_NUMBERS}
+            sample.facts |= {name: "h264" for name in schema.FACT_STRINGS} | extra
+            writer.append(sample)
+        writer.close()
+
+
+def test_a_new_column_is_one_entry_in_the_schema(tmp_path, monkeypatch):
+    """A hypothetical fact added to the table, and the format's version raised with it (the
+    versioning rule's new required dataset): written, under the metadata sha256, read back;
+    a shard of the version before still reads, without it."""
+    older, newer, width = tmp_path / "older.h5", tmp_path / "newer.h5", "fact_mouth_width"
+    write_facts_shard(older, {})
+    version = schema.VERSION + 1
+    entry = schema.Column(width, Array(dtype="<f8"), f"facts.{width}", schema.FACTS,
+                          meta=True, added=version)  # fmt: skip
+    monkeypatch.setattr(schema, "COLUMNS", (*schema.COLUMNS, entry))
+    monkeypatch.setattr(schema, "VERSION", version)
+    monkeypatch.setattr(schema, "READABLE_VERSIONS", (*schema.READABLE_VERSIONS, version))
+    write_facts_shard(newer, {width: 0.25})
+    with ShardReader(newer) as shard:
+        assert shard.version == version and shard.dtype(width) == np.float64
+        assert [sample.facts[width] for sample in shard.samples([0, 2])] == [0.25, 0.25]
+    with h5py.File(newer, "r+") as handle:
+        handle[width][1] = 0.5
+    with pytest.raises(DamagedShardError, match="do not match their sha256"):
+        ShardReader(newer)
+    with ShardReader(older) as shard:
+        assert shard.version == version - 1 and width not in shard.sample(0).facts
 
 
 # ---------------------------------------------------------------- per-sample checksums
