@@ -454,9 +454,10 @@ def plan_rows(kinds: list[str], modes: list[str], cuda: bool) -> list[tuple[str,
     """(kind, decode, mode) in the order they run: a mode's kinds, then on CUDA `av` with
     the GPU decoding and nvJPEG's rate, then the next mode. Decode is `-` for a kind that
     reads no faces."""
-    from avcache.train.models import MODELS
+    from avcache.cache import schema
+    from avcache.train.config import MODEL_INPUTS
 
-    rows = [(kind, "cpu" if "faces" in MODELS[kind] else "-", mode)
+    rows = [(kind, "cpu" if schema.FACES in MODEL_INPUTS[kind] else "-", mode)
             for mode in modes for kind in kinds]  # fmt: skip
     if cuda and "av" in kinds:
         rows[len(kinds) : len(kinds)] = [("av", "cuda", modes[0]), ("jpeg", "cuda", "-")]

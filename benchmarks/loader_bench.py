@@ -48,7 +48,7 @@ measured with mincore(2) as the pass starts; `echo 1 > /proc/sys/vm/drop_caches`
 (it empties the whole machine's page cache, so it is only checked, not used per pass).
 The machine is shared, so loaders take turns round by round (in a rotating order); a figure is
 the median over rounds, and a ratio is given both as the ratio of medians and as the median of
-the per-round ratios. Finally, a few CPU training steps of `build_model("audio")` fed by
+the per-round ratios. Finally, a few CPU training steps of the `audio` model fed by
 ShardStream through `train.augment.prepare` split a step into data wait, prepare and compute,
 in this process and through a DataLoader with 2 workers. Results go to loader_bench.json.
 `--tiny` runs every phase on a few samples: a check that the benchmark works, not a measurement.
@@ -689,11 +689,12 @@ def profile_stream(args, data: dict) -> dict:
 
 def train_steps(args, data: dict, workers: int) -> dict:
     """A few CPU steps of the audio model fed by ShardStream: data wait vs prepare vs compute."""
+    from avcache.train.config import ModelConfig
     from avcache.train.loader import LoaderPlan, ShardStream
     from avcache.train.models import build_model
 
     torch.manual_seed(args.seed)
-    model = build_model("audio")
+    model = build_model(ModelConfig(kind="audio"))
     plan = LoaderPlan(batch_size=args.train_batch, block_size=args.block_sizes[0], seed=args.seed)
     stream = ShardStream(data["mel"].shards, model.fields, plan)
     loader = (
@@ -724,7 +725,6 @@ def step_times(model: torch.nn.Module, batches, steps: int, seed: int) -> dict[s
     from avcache.train.config import AugmentConfig
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
     times: dict[str, list[float]] = {"fetch": [], "prepare": [], "compute": []}
     for _ in range(steps):
@@ -733,7 +733,7 @@ def step_times(model: torch.nn.Module, batches, steps: int, seed: int) -> dict[s
         t1 = time.perf_counter()
         inputs = prepare(batch, model.fields, AugmentConfig(), generator)
         t2 = time.perf_counter()
-        loss = loss_fn(model(inputs), batch[schema.LABEL].float())
+        _, loss = model(inputs, batch[schema.LABEL].float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

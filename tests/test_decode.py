@@ -149,7 +149,7 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
     """The trainer with faces left encoded by the workers and decoded where it runs (here by
     torchvision on the CPU, bit-exact with simplejpeg): the same weights as decoding in the
     workers. On CUDA the same path runs with nvJPEG (test_cuda.py)."""
-    from avcache.train import engine
+    from avcache.train import engine, loading
 
     write_toy_cache(tmp_path / "cache", {"train": 24, "val": 8}, codec="jpeg")
     args = ["--cache", str(tmp_path / "cache"), *small_config(**{"model.kind": "av"})]
@@ -160,7 +160,7 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
         decoded.append(JPEG_BYTES in batch)
         return decode_faces(batch, device)
 
-    monkeypatch.setattr(engine, "decode_on_device", lambda choice, device, codecs: True)
+    monkeypatch.setattr(loading, "decode_on_device", lambda choice, device, codecs: True)
     monkeypatch.setattr(engine, "decode_faces", decode_counted)
     assert train_main([*args, "--out", str(tmp_path / "device")]) == 0
     assert decoded and all(decoded)

@@ -14,7 +14,8 @@ from torch.overrides import TorchFunctionMode
 from avcache.cache import open_cache
 from avcache.common.host_sync import host_syncs
 from avcache.train.config import TrainConfig
-from avcache.train.engine import Trainer, make_loader
+from avcache.train.engine import Trainer
+from avcache.train.loading import make_loader
 from tests.toy import write_toy_cache
 
 READS_BACK = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy,

@@ -198,11 +198,11 @@ def test_auto_workers_are_many_where_the_workers_decode_jpeg(monkeypatch, kind, 
                                                              expected):  # fmt: skip
     """On a 16-core GPU box: several decoding workers for JPEG faces left to the CPU and for
     mouth crops (always decoded there), two to read what needs no decoding."""
-    from avcache.train.engine import auto_workers
-    from avcache.train.models import BRANCHES, MODELS
+    from avcache.train.config import MODEL_INPUTS
+    from avcache.train.loading import auto_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
-    fields = tuple(BRANCHES[name].field for name in MODELS[kind])
+    fields = MODEL_INPUTS[kind]
     assert auto_workers(fields, torch.device("cuda"), on_gpu) == expected
     assert auto_workers(fields, torch.device("cpu"), on_gpu) == 1
     assert auto_workers(fields, torch.device("cuda"), on_gpu, local_ranks=8) == 1

@@ -13,10 +13,12 @@ import torch
 
 from avcache.cache import open_cache, schema
 from avcache.train.augment import mismatch_speech
+from avcache.train.config import ModelConfig
 from avcache.train.engine import LAST, METRICS
 from avcache.train.models import (
     SyncDetector,
     build_model,
+    contrastive_loss,
     cross_similarity,
     moving_part,
     offset_similarity,
@@ -115,16 +117,15 @@ def test_sync_negatives_hear_another_clip_or_their_own_speech_late(cache):
 def test_the_sync_loss_wants_each_real_clip_nearest_its_own_speech():
     model = SyncDetector(None, TRACK_FRAMES, sync_weight=1.0)
     labels = torch.tensor([0.0, 0.0, 0.0, 1.0])
-    bce = torch.nn.BCEWithLogitsLoss()
-    output = torch.zeros(4, 5)  # [logit | lips of row i against the speech of clip j]
-    output[:, 1:] = 5.0 * torch.eye(4)  # every clip most similar to its own speech
-    matched = model.training_loss(output, labels, bce)
-    output[:3, 1:4] = 5.0 * torch.eye(3).roll(1, dims=1)  # the reals now match another's
-    crossed = model.training_loss(output, labels, bce)
+    logits = torch.zeros(4)
+    across = 5.0 * torch.eye(4)  # lips of row i against the speech of clip j: each its own
+    matched = model.loss(logits, across, labels)
+    across[:3, :3] = 5.0 * torch.eye(3).roll(1, dims=1)  # the reals now match another's
+    crossed = model.loss(logits, across, labels)
     assert crossed > matched + 4
-    output[3, 1:] = torch.tensor([9.0, 9.0, 9.0, -9.0])  # the fake's row: no lesson
-    output[:3, 4] = 9.0  # nor its speech, which may be a real clip's, swapped in
-    assert model.training_loss(output, labels, bce) == crossed
+    across[3] = torch.tensor([9.0, 9.0, 9.0, -9.0])  # the fake's row: no lesson
+    across[:3, 3] = 9.0  # nor its speech, which may be a real clip's, swapped in
+    assert model.loss(logits, across, labels) == crossed
 
 
 def test_embeddings_that_only_know_where_a_frame_sits_learn_nothing():
@@ -135,8 +136,7 @@ def test_embeddings_that_only_know_where_a_frame_sits_learn_nothing():
     position = torch.nn.functional.normalize(torch.randn(1, TRACK_FRAMES, 8), dim=-1)
     embeddings = position.expand(4, -1, -1)
     across = cross_similarity(embeddings, embeddings, batch=4)
-    output = torch.cat([torch.zeros(4, 1), model.temperature.detach() * across], dim=1)
-    contrastive = model.training_loss(output, torch.zeros(4), lambda *_: torch.tensor(0.0))
+    contrastive = contrastive_loss(model.temperature.detach() * across, torch.zeros(4))
     assert contrastive == pytest.approx(math.log(4), rel=1e-4)
 
 
@@ -159,7 +159,7 @@ def test_the_moving_part_drops_what_stays_put():
 
 def test_track_kinds_need_the_frames_per_window():
     with pytest.raises(ValueError, match="reads the cache's aligned tracks"):
-        build_model("lips")
+        build_model(ModelConfig(kind="lips"))
 
 
 def sync_features(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,12 +181,13 @@ def test_the_sync_evidence_is_computed_in_fp32_under_bf16_autocast(training):
     model = SyncDetector(None, TRACK_FRAMES).train(training)
     lips, speech = sync_features(seed=1)
     with torch.no_grad():
-        exact = model.compare(lips, speech, batch=4)
+        exact = torch.cat([part.flatten() for part in model.compare(lips, speech, batch=4)])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = model.compare(lips, speech, batch=4)
-            rounded = model._evidence(lips, speech, batch=4)  # the same steps left to autocast
-    assert mixed.dtype == torch.float32
-    torch.testing.assert_close(mixed, exact, rtol=1e-5, atol=1e-5)
+            logits, across = model.compare(lips, speech, batch=4)
+            # the same steps left to autocast
+            rounded = torch.cat([part.flatten() for part in model._evidence(lips, speech, 4)])
+    assert logits.dtype == across.dtype == torch.float32
+    torch.testing.assert_close(torch.cat([logits, across.flatten()]), exact, rtol=1e-5, atol=1e-5)
     assert (rounded.float() - exact).abs().max() > 1e-3  # what the check would catch
 
 

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from avcache.cache import open_cache, schema
 from avcache.train.augment import prepare
-from avcache.train.config import MODEL_INPUTS, MODEL_KINDS, TRACK_KINDS, TrainConfig
+from avcache.train.config import MODEL_INPUTS, MODEL_KINDS, ModelConfig, TrainConfig
 from avcache.train.engine import BEST, LAST, METRICS, Trainer
-from avcache.train.models import MODELS, build_model
+from avcache.train.models import MODELS, build_model, face_features, mel_features
 from avcache.train.predict import FALLBACK
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
@@ -42,20 +42,58 @@ def toy_cache(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kind", [kind for kind in MODELS if kind not in TRACK_KINDS])
-def test_every_model_kind_trains_one_step(kind):
-    torch.manual_seed(0)
-    model = build_model(kind)
-    batch = {
-        schema.MEL: torch.randint(0, 256, (2, 256, 256), dtype=torch.uint8),
-        schema.FACES: torch.randint(0, 256, (2, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8),
+def every_field(batch: int = 2) -> dict[str, torch.Tensor]:
+    """A uint8 batch of every field a model may read (mouths of 5 frames, 0.2 s of audio)."""
+    return {
+        schema.MEL: torch.randint(0, 256, (batch, 256, 256), dtype=torch.uint8),
+        schema.FACES: torch.randint(0, 256, (batch, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8),
+        schema.LIPS: torch.randint(0, 256, (batch, 1, 5, 16, 16), dtype=torch.uint8),
+        schema.TRACK_AUDIO: torch.randint(-3000, 3000, (batch, 1, 3200), dtype=torch.int16),
     }
-    logits = model(prepare(batch, model.fields))
-    assert logits.shape == (2,)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_every_model_kind_scores_one_logit_a_sample_and_trains_on_its_own_loss(kind):
+    """Whatever the kind and its options, and in either mode, forward gives one logit per
+    sample, and given the labels the model's own training loss, whose gradient reaches every
+    weight (the branch heads of aux_weight included)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, aux_weight=0.5, modality_dropout=0.5),
+                        track_frames=5)  # fmt: skip
+    inputs = prepare(every_field(), model.fields, mel_size=64)
+    labels = torch.tensor([0.0, 1.0])
+    for training in (False, True):
+        model.train(training)
+        logits, loss = model(inputs)
+        assert logits.shape == (2,) and loss is None
+        logits, loss = model(inputs, labels)
+        assert logits.shape == (2,) and loss.shape == () and torch.isfinite(loss)
     loss.backward()
-    assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_branch_heads_add_their_weighed_losses_to_the_fused_one():
+    """aux_weight: the fused verdict's loss plus aux_weight x each branch head's own."""
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(kind="av"))
+    torch.manual_seed(0)
+    with_heads = build_model(ModelConfig(kind="av", aux_weight=0.5))
+    for model in (plain, with_heads):
+        model.eval()  # no dropout: the two fused verdicts are equal
+    inputs = prepare(every_field(), plain.fields, mel_size=64)
+    labels = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        logits, fused = plain(inputs, labels)
+        same, total = with_heads(inputs, labels)
+        features = [mel_features(with_heads.branches["mel"], inputs),
+                    face_features(with_heads.branches["faces"], inputs)]  # fmt: skip
+        own = [
+            head(f).squeeze(1) for head, f in zip(with_heads.aux.values(), features, strict=True)
+        ]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.equal(logits, same)
+    torch.testing.assert_close(total, fused + 0.5 * sum(bce(o, labels) for o in own))
+    assert total > fused
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
@@ -63,12 +101,12 @@ def test_the_config_names_what_each_model_kind_reads(kind):
     """train/config.py names the kinds and their inputs without torch (for --help and the
     checks of a cache against a run); the models built read exactly those."""
     assert set(MODELS) == set(MODEL_KINDS)
-    assert build_model(kind, track_frames=5).fields == MODEL_INPUTS[kind]
+    assert build_model(ModelConfig(kind=kind), track_frames=5).fields == MODEL_INPUTS[kind]
 
 
 def test_unknown_model_kind_is_refused():
     with pytest.raises(ValueError, match=r"model\.kind 'video' unknown"):
-        build_model("video")
+        build_model(ModelConfig(kind="video"))
 
 
 def test_training_separates_a_separable_set(toy_cache, tmp_path):
@@ -129,12 +167,12 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     source = timm.create_model("resnet18", num_classes=1000)
     path = tmp_path / "resnet18.safetensors"
     save_file(source.state_dict(), path)
-    model = build_model("av", path)
+    model = build_model(ModelConfig(kind="av", pretrained=str(path)))
     faces, mel = model.branches["faces"], model.branches["mel"]
     assert torch.equal(faces.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert torch.allclose(mel.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")
-    from_pth = build_model("audio", tmp_path / "resnet18.pth")
+    from_pth = build_model(ModelConfig(kind="audio", pretrained=str(tmp_path / "resnet18.pth")))
     assert torch.equal(
         from_pth.branches["mel"].layer4[1].conv2.weight, source.layer4[1].conv2.weight
     )
@@ -142,7 +180,7 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
 
 def test_missing_weights_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such weights file"):
-        build_model("audio", tmp_path / "nope.pth")
+        build_model(ModelConfig(kind="audio", pretrained=str(tmp_path / "nope.pth")))
 
 
 def test_trainer_refuses_a_split_that_is_not_cached(toy_cache, tmp_path):
@@ -190,8 +228,9 @@ def test_imagenet_weights_come_through_timms_hub_cache(tmp_path):
     save_file(source.state_dict(), repo / "snapshots" / commit / "model.safetensors")
     torch.save(source.layer3[0].conv1.weight, tmp_path / "expected.pt")
     done = hub_run(tmp_path, (
-        "import torch; from train.models import build_model; "
-        "model = build_model('av', 'imagenet'); "
+        "import torch; from train.config import ModelConfig; "
+        "from train.models import build_model; "
+        "model = build_model(ModelConfig(kind='av', pretrained='imagenet')); "
         f"expected = torch.load({str(tmp_path / 'expected.pt')!r}); "
         "assert torch.equal(model.branches['faces'].layer3[0].conv1.weight, expected); "
         "assert torch.equal(model.branches['mel'].layer3[0].conv1.weight, expected); "
@@ -201,7 +240,9 @@ def test_imagenet_weights_come_through_timms_hub_cache(tmp_path):
 
 def test_imagenet_offline_and_uncached_names_the_way_out(tmp_path):
     done = hub_run(
-        tmp_path, "from train.models import build_model; build_model('audio', 'imagenet')"
+        tmp_path,
+        "from train.config import ModelConfig; from train.models import build_model; "
+        "build_model(ModelConfig(kind='audio', pretrained='imagenet'))",
     )
     assert done.returncode != 0
     error = done.stderr.strip().splitlines()[-1]

@@ -83,7 +83,7 @@ class DataConfig:
     block_size: int = 16  # samples per h5py read; a batch mixes batch_size / block_size blocks
     shard_group: int = 8  # shards whose blocks are shuffled together
     # DataLoader worker processes: auto (from this rank's cores and the model kind, see
-    # train/engine.py auto_workers), or a number (0: read in the training process)
+    # train/loading.py auto_workers), or a number (0: read in the training process)
     workers: int | str = "auto"
     prefetch: int = 4  # batches each worker keeps ready ahead of the step
     decode: str = "cpu"  # JPEG faces: cpu (in the workers), cuda (batched on the GPU), auto

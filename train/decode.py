@@ -26,10 +26,11 @@ from avcache.cache.reader import Cache, DamagedShardError
 from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, JPEG_FROM
 
 
-def check_decoding(choice: str, kind: str, cache: Cache, splits: tuple[str, ...],
+def check_decoding(choice: str, fields: tuple[str, ...], cache: Cache, splits: tuple[str, ...],
                    device: torch.device) -> None:  # fmt: skip
-    """Refuse `data.decode=cuda` where it cannot work, before a run folder is written."""
-    if kind != "audio":
+    """Refuse `data.decode=cuda` where it cannot work for a model reading `fields`, before a
+    run folder is written (a model that reads no faces decodes none)."""
+    if schema.FACES in fields:
         for split in splits:
             decode_on_device(choice, device, cache.face_codecs(split))
 

@@ -37,7 +37,7 @@ from avcache.cache.identity import Identity, shard_identities
 from avcache.cache.reader import Cache, ShardEntry
 from avcache.common.config import ConfigError
 from avcache.common.untrusted import printable
-from avcache.train.config import MODEL_INPUTS, TrainConfig
+from avcache.train.config import TrainConfig
 from avcache.train.loader import Block, LoaderPlan, ShardStream, ordered_blocks
 
 # The random stream of the merge, above any cache's own (cache i draws from stream i).
@@ -92,12 +92,12 @@ def model_inputs(cache: Cache, fields: tuple[str, ...]) -> dict[str, object]:
     return found
 
 
-def check_sources_agree(sources: list[Source], kind: str) -> None:
-    """Refuse a mix whose caches differ in what the model reads (batches are assembled from
-    every cache's blocks at once), naming both caches and the key."""
+def check_sources_agree(sources: list[Source], fields: tuple[str, ...], kind: str) -> None:
+    """Refuse a mix whose caches differ in what the model reads, its `fields` (batches are
+    assembled from every cache's blocks at once), naming both caches, the key and the
+    model's kind."""
     if len(sources) < 2:
         return
-    fields = MODEL_INPUTS[kind]
     first, expected = sources[0], model_inputs(sources[0].cache, fields)
     for other in sources[1:]:
         found = model_inputs(other.cache, fields)

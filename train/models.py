@@ -1,5 +1,10 @@
 """Detectors: a registry of model kinds built from timm ResNet18 branches; output: P(fake) logits.
 
+Every model is a `Model`: it names the cache fields it reads, gives one logit per sample in
+every mode, and computes its own training loss from the labels; the trainer, the loaders and
+predict ask it, never its kind's name. MODELS maps each kind to the builder that makes it
+from the model config.
+
 Pretrained weights come from timm's own hub path (`model.pretrained: imagenet`: the
 Hugging Face cache, filled from the hub when online) or from a local file through timm's
 `pretrained_cfg_overlay`; either way timm adapts conv1 to one channel for the mel and
@@ -18,10 +23,11 @@ from timm.models import load_state_dict
 from torch import nn
 
 from avcache.cache import schema
-from avcache.train.config import TRACK_KINDS
+from avcache.train.config import ModelConfig
 
 BACKBONE = "resnet18"
 IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path
+TRACK_INPUTS = (schema.LIPS, schema.TRACK_AUDIO)  # what the cache's aligned tracks hold
 
 
 def backbone(in_chans: int, pretrained: str | Path | None) -> nn.Module:
@@ -196,21 +202,32 @@ BRANCHES: dict[str, Branch] = {
         schema.TRACK_AUDIO, lambda _, steps: SpeechTrunk(steps), speech_features, _pooled_width
     ),
 }
-# Model kind -> the branches it fuses (`sync` is a model of its own, SyncDetector).
-MODELS: dict[str, tuple[str, ...]] = {
-    "audio": ("mel",),
-    "faces": ("faces",),
-    "av": ("mel", "faces"),
-    "lips": ("lips",),
-    "speech": ("speech",),
-    "sync": ("lips", "speech"),
-}
 
 
 FUSIONS = ("concat", "or")
 
 
-class Detector(nn.Module):
+class Model(nn.Module):
+    """A detector as the trainer, the loaders and predict know it, whatever its kind.
+
+    `fields`: the cache datasets it reads (train/config.py MODEL_INPUTS names them for the
+    checks that run without torch). `forward(inputs, labels=None)` gives (logits, loss):
+    P(fake) logits [B], one per sample in every mode, and, given the labels, the training
+    loss the model defines for itself (nanoGPT's model returns its loss so). The loss is
+    computed inside forward, which DistributedDataParallel and torch.compile wrap: what it
+    needs besides the logits (branch verdicts, cross-clip similarities) stays inside, and
+    the output keeps one shape whatever the kind, mode or options.
+    """
+
+    fields: tuple[str, ...] = ()
+
+
+def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of P(fake) logits, in fp32 (bf16 under autocast rounds them)."""
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+class Detector(Model):
     """ResNet18 branches and how their verdicts combine into one P(fake) logit.
 
     Fusion (av): `concat` feeds both branches' pooled features to one linear head. `or` gives
@@ -219,13 +236,13 @@ class Detector(nn.Module):
     the other nothing, so neither has to learn the other's cues, and each keeps what only it
     can tell (a synthetic voice stays the mel branch's to find).
     Options that keep both senses: `modality_dropout` zeroes one branch's features of a sample
-    at random while training; with `aux_heads` each branch also has its own head, trained on
-    its own (the trainer weighs their losses with model.aux_weight), so neither stops learning.
+    at random while training; with `aux_weight` each branch's own verdict (its own head, or
+    its `or` head) is trained too, its loss weighed by aux_weight, so neither stops learning.
     """
 
     def __init__(self, branches: tuple[str, ...], pretrained: str | Path | None,
-                 modality_dropout: float = 0.0, aux_heads: bool = False,
-                 fusion: str = "concat", track_frames: int = 0) -> None:  # fmt: skip
+                 track_frames: int = 0, modality_dropout: float = 0.0, aux_weight: float = 0.0,
+                 fusion: str = "concat") -> None:  # fmt: skip
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"model.fusion {fusion!r} unknown (known: {', '.join(FUSIONS)})")
@@ -241,28 +258,38 @@ class Detector(nn.Module):
         else:
             self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(sum(widths.values()), 1))
         self.modality_dropout = modality_dropout if len(branches) > 1 else 0.0
+        self.aux_weight = aux_weight if len(branches) > 1 else 0.0  # one branch: its verdict
         self.aux = None
-        if aux_heads and len(branches) > 1 and not self.either:
+        if self.aux_weight and not self.either:  # the `or` heads are the branches' verdicts
             self.aux = nn.ModuleDict({name: nn.Linear(width, 1)
                                       for name, width in widths.items()})  # fmt: skip
-        self.own_losses = aux_heads and len(branches) > 1  # training returns branch logits too
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits [B]; while training with aux heads, [B, 1 + branches] (the fused first)."""
+    def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(logits [B], the training loss given `labels`)."""
         features = [BRANCHES[name].features(branch, inputs)
                     for name, branch in self.branches.items()]  # fmt: skip
         if self.training and self.modality_dropout:
             features = drop_one_branch(features, self.modality_dropout)
-        if self.either:  # the branch heads are the branches' own verdicts
+        own = None  # [B, branches]: each branch's own verdict, where it has one
+        if self.either:
             own = torch.cat([h(f) for h, f in zip(self.head.values(), features, strict=True)], 1)
-            logits = either_fake(own)[:, None]
+            logits = either_fake(own)
         else:
-            logits = self.head(torch.cat(features, dim=1))
-        if not (self.training and self.own_losses):
-            return logits.squeeze(1)
-        if not self.either:
+            logits = self.head(torch.cat(features, dim=1)).squeeze(1)
+        if labels is None:
+            return logits, None
+        if self.aux is not None:
             own = torch.cat([h(f) for h, f in zip(self.aux.values(), features, strict=True)], 1)
-        return torch.cat([logits, own], dim=1)
+        return logits, self.loss(logits, own if self.aux_weight else None, labels)
+
+    def loss(self, logits: torch.Tensor, own: torch.Tensor | None,
+             labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The fused verdict's loss, plus aux_weight x each branch verdict's in `own`."""
+        if own is None:
+            return bce(logits, labels)
+        branch_losses = [bce(column, labels) for column in own.unbind(1)]
+        return bce(logits, labels) + self.aux_weight * sum(branch_losses)
 
 
 def either_fake(branch_logits: torch.Tensor) -> torch.Tensor:
@@ -282,7 +309,7 @@ def drop_one_branch(features: list[torch.Tensor], probability: float) -> list[to
     return [f * ~(dropped & (which == i))[:, None] for i, f in enumerate(features)]
 
 
-class SyncDetector(nn.Module):
+class SyncDetector(Model):
     """Do the lips move with the speech? SyncNet's question, asked over time.
 
     The lips and speech trunks give one embedding per track frame, centred over the window
@@ -295,22 +322,22 @@ class SyncDetector(nn.Module):
     evidence nearly unread, and a lip-sync fake shows nothing else. What a face or a voice
     alone gives away is the other experts' to find (`avcache-fuse` combines them).
 
-    While training, forward also returns every clip's lips against every clip's speech at
-    offset 0, and `training_loss` adds a contrastive term (model.sync_weight): each real
-    clip's lips must match its own speech better than the other real clips' speech. Only
-    other clips make honest negatives. The same clip's speech at another offset does not:
-    both trunks see where a frame sits in the window (their convolutions pad the edges),
-    and that alone makes every clip peak at offset 0 while learning nothing about sync.
+    Its training loss adds a contrastive term (model.sync_weight, `contrastive_loss`) over
+    every clip's lips against every clip's speech at offset 0: each real clip's lips must
+    match its own speech better than the other real clips' speech. Only other clips make
+    honest negatives. The same clip's speech at another offset does not: both trunks see
+    where a frame sits in the window (their convolutions pad the edges), and that alone
+    makes every clip peak at offset 0 while learning nothing about sync.
     """
 
     OFFSETS = 5  # K: frames either side (0.2 s at 25 fps: wider than any natural lag)
     EMBEDDING = 128
+    fields = (schema.LIPS, schema.TRACK_AUDIO)
 
     def __init__(self, pretrained: str | Path | None, track_frames: int,
                  sync_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         self.lips, self.speech = LipsTrunk(pretrained), SpeechTrunk(track_frames)
-        self.fields = (schema.LIPS, schema.TRACK_AUDIO)
         self.project_lips = nn.Linear(self.lips.num_features, self.EMBEDDING)
         self.project_speech = nn.Linear(self.speech.num_features, self.EMBEDDING)
         self.temperature = nn.Parameter(torch.tensor(10.0))  # SyncNet's margin, learnt
@@ -321,16 +348,19 @@ class SyncDetector(nn.Module):
     def offsets(self) -> int:
         return 2 * self.OFFSETS + 1
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits [B]; while training [B, 1 + B]: then each clip's lips against the speech
-        of every clip of the batch (scaled similarities, the diagonal its own)."""
+    def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(logits [B], the training loss given `labels`)."""
         lips, audio = inputs[schema.LIPS], inputs[schema.TRACK_AUDIO]
         lip_steps, speech_steps = self.lips(lips), self.speech(audio)  # [B * W, T, C]
-        return self.compare(lip_steps, speech_steps, lips.shape[0])
+        logits, across = self.compare(lip_steps, speech_steps, lips.shape[0])
+        return logits, None if labels is None else self.loss(logits, across, labels)
 
     def compare(self, lip_steps: torch.Tensor, speech_steps: torch.Tensor,
-                batch: int) -> torch.Tensor:  # fmt: skip
-        """The trunks' per-step features [B * W, T, C] -> forward's output, in fp32.
+                batch: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The trunks' per-step features [B * W, T, C] -> (logits [B], each clip's lips
+        against the speech of every clip of the batch [B, B]: scaled similarities, the
+        diagonal its own), in fp32.
 
         The evidence is small differences: each step's departure from its window's mean,
         then similarities that differ by a few hundredths between offsets. bf16 rounds them
@@ -340,7 +370,7 @@ class SyncDetector(nn.Module):
             return self._evidence(lip_steps.float(), speech_steps.float(), batch)
 
     def _evidence(self, lip_steps: torch.Tensor, speech_steps: torch.Tensor,
-                  batch: int) -> torch.Tensor:  # fmt: skip
+                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         lip_embedding = moving_part(self.project_lips(lip_steps))
         speech_embedding = moving_part(self.project_speech(speech_steps))
         similarity = offset_similarity(lip_embedding, speech_embedding, self.OFFSETS)
@@ -351,30 +381,35 @@ class SyncDetector(nn.Module):
         # [-1, 1]: a freshly initialised head's logits then move with the evidence at once.
         scaled = self.temperature * per_offset
         summary = torch.cat([scaled, self.temperature * peaks, scaled.softmax(dim=1)], dim=1)
-        logits = self.head(summary)
-        if not self.training:
-            return logits.squeeze(1)
+        logits = self.head(summary).squeeze(1)
         across = cross_similarity(lip_embedding, speech_embedding, batch)  # [B, B]
-        return torch.cat([logits, self.temperature * across], dim=1)
+        return logits, self.temperature * across
 
-    def training_loss(self, output: torch.Tensor, labels: torch.Tensor,
-                      loss_fn: Callable) -> torch.Tensor:  # fmt: skip
-        """Real/fake loss, plus sync_weight x cross-entropy that makes each real clip's lips
-        most similar to its own speech among the real clips' speech (a fake's speech may be
-        another clip's, or its own edited: it is no clean negative, nor a positive)."""
-        loss = loss_fn(output[:, 0], labels)
+    def loss(self, logits: torch.Tensor, across: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The real/fake loss, plus the contrastive term weighed by model.sync_weight."""
+        loss = bce(logits, labels)
         if not self.sync_weight:
             return loss
-        # Masks, not boolean indexing: the batch's count of reals never has to reach the
-        # host. A fake's speech is left out of every row but its own, a fake's row weighs
-        # nothing, and a lone real clip has only its own speech left: no lesson either.
-        real = labels < 0.5
-        across = output[:, 1:].float()
-        own = torch.eye(len(labels), dtype=torch.bool, device=output.device)
-        across = across.masked_fill(~real[None, :] & ~own, float("-inf"))
-        target = torch.arange(len(labels), device=output.device)
-        contrastive = nn.functional.cross_entropy(across, target, reduction="none")
-        return loss + self.sync_weight * (contrastive * real).sum() / real.sum().clamp_min(1)
+        return loss + contrastive_loss(across, labels, self.sync_weight)
+
+
+def contrastive_loss(across: torch.Tensor, labels: torch.Tensor,
+                     weight: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """`weight` x the cross-entropy that makes each real clip's lips most similar to its own
+    speech among the real clips' speech, averaged over the real clips; `across` [B, B]: the
+    lips of clip i against the speech of clip j. A fake's speech may be another clip's, or
+    its own edited: it is no clean negative, nor a positive."""
+    # Masks, not boolean indexing: the batch's count of reals never has to reach the host.
+    # A fake's speech is left out of every row but its own, a fake's row weighs nothing,
+    # and a lone real clip has only its own speech left: no lesson either.
+    real = labels < 0.5
+    across = across.float()
+    own = torch.eye(len(labels), dtype=torch.bool, device=across.device)
+    across = across.masked_fill(~real[None, :] & ~own, float("-inf"))
+    target = torch.arange(len(labels), device=across.device)
+    contrastive = nn.functional.cross_entropy(across, target, reduction="none")
+    return weight * (contrastive * real).sum() / real.sum().clamp_min(1)
 
 
 def moving_part(steps: torch.Tensor) -> torch.Tensor:
@@ -409,16 +444,44 @@ def cross_similarity(lips: torch.Tensor, speech: torch.Tensor, batch: int) -> to
     return torch.einsum("ise,jse->ij", lips, speech) / (windows * steps)
 
 
-def build_model(kind: str, pretrained: str | Path | None = None, modality_dropout: float = 0.0,
-                aux_heads: bool = False, fusion: str = "concat", track_frames: int = 0,
-                sync_weight: float = 1.0) -> nn.Module:  # fmt: skip
-    """A detector of `kind`; the track kinds need the cache's frames per window."""
-    if kind not in MODELS:
-        raise ValueError(f"model.kind {kind!r} unknown (known: {', '.join(MODELS)})")
-    if kind in TRACK_KINDS and track_frames < 1:
+def check_track_frames(kind: str, fields: tuple[str, ...], track_frames: int) -> None:
+    """A model that reads the cache's aligned tracks is built for their frames per window."""
+    if set(fields) & set(TRACK_INPUTS) and track_frames < 1:
         raise ValueError(f"model.kind={kind} reads the cache's aligned tracks: give their "
                          "frames per window (tracks.frames)")  # fmt: skip
-    if kind == "sync":
-        return SyncDetector(pretrained or None, track_frames, sync_weight)
-    return Detector(MODELS[kind], pretrained or None, modality_dropout, aux_heads, fusion,
-                    track_frames)  # fmt: skip
+
+
+def fused(*branches: str) -> Callable[[ModelConfig, int], Model]:
+    """The builder of a kind whose Detector fuses `branches`."""
+    fields = tuple(BRANCHES[name].field for name in branches)
+
+    def build(config: ModelConfig, track_frames: int) -> Model:
+        check_track_frames(config.kind, fields, track_frames)
+        return Detector(branches, config.pretrained or None, track_frames,
+                        config.modality_dropout, config.aux_weight, config.fusion)  # fmt: skip
+
+    return build
+
+
+def synced(config: ModelConfig, track_frames: int) -> Model:
+    """The builder of `sync`: lips against speech over time (SyncDetector)."""
+    check_track_frames(config.kind, SyncDetector.fields, track_frames)
+    return SyncDetector(config.pretrained or None, track_frames, config.sync_weight)
+
+
+# Model kind -> its builder, from the model config and the cache's track frames per window.
+MODELS: dict[str, Callable[[ModelConfig, int], Model]] = {
+    "audio": fused("mel"),
+    "faces": fused("faces"),
+    "av": fused("mel", "faces"),
+    "lips": fused("lips"),
+    "speech": fused("speech"),
+    "sync": synced,
+}
+
+
+def build_model(config: ModelConfig, track_frames: int = 0) -> Model:
+    """The detector of `config.kind`; the track kinds need the cache's frames per window."""
+    if config.kind not in MODELS:
+        raise ValueError(f"model.kind {config.kind!r} unknown (known: {', '.join(MODELS)})")
+    return MODELS[config.kind](config, track_frames)

@@ -151,10 +151,7 @@ class VideoScorer:
             schema.LABEL: torch.zeros(1, device=trainer.device),
             **tracks_batch(sample, config.tracks.quality, trainer.device),
         }
-        with torch.no_grad():
-            inputs, _ = trainer.model_inputs(batch, generator=None)
-            with trainer.autocast():  # as the run's own predictions were made (bf16 on CUDA)
-                return float(torch.sigmoid(trainer.evaluate_forward(inputs).float())[0])
+        return float(trainer.scores(batch)[0])  # as the run's own predictions were made
 
 
 def preprocessed(video: Path, config: PreprocessConfig, name: str) -> schema.Sample:

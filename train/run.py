@@ -26,7 +26,13 @@ from avcache.common.atomic import PARTIAL_SUFFIX, atomic_path
 from avcache.common.config import ConfigError, key_listing, load_config, parse_override, yaml_text
 from avcache.common.lock import FolderBusyError, FolderLock
 from avcache.common.untrusted import printable
-from avcache.train.config import MODEL_KINDS, TrainConfig, check_cache_fits, validate
+from avcache.train.config import (
+    MODEL_INPUTS,
+    MODEL_KINDS,
+    TrainConfig,
+    check_cache_fits,
+    validate,
+)
 from avcache.train.interrupt import Interrupts
 from avcache.train.ranks import Ranks, quiet_other_ranks, ranks_from_env
 from avcache.train.runs import BEST, CONFIG, LAST, RunFolder
@@ -146,7 +152,7 @@ def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
 
     for source in sources:
         check_cache_fits(config, source.cache)
-    check_sources_agree(sources, config.model.kind)
+    check_sources_agree(sources, MODEL_INPUTS[config.model.kind], config.model.kind)
     check_held_out(sources, config.data.train_split, config.data.val_split)
 
 
@@ -196,8 +202,8 @@ def built_run(args: argparse.Namespace, config: TrainConfig, cache: Cache,
     sources = open_sources(config, cache)
     check_sources_fit(config, sources)
     ranks, device = start_device(config.run.device)
-    for source in sources:
-        check_decoding(config.data.decode, config.model.kind, source.cache,
+    for source in sources:  # what the model will read, named before it is built
+        check_decoding(config.data.decode, MODEL_INPUTS[config.model.kind], source.cache,
                        (config.data.train_split, config.data.val_split), device)  # fmt: skip
     trainer = Trainer(config, cache, out, device, sources)
     lock = lock_run(out, ranks)
