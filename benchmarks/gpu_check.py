@@ -395,8 +395,9 @@ def jpeg_rates(cache_root: Path, size: Size, device: torch.device) -> dict:
 
     from avcache.cache import open_cache, schema
     from avcache.cache.codec import crop_ranges
+    from avcache.train.batches import JPEG_BYTES, JPEG_ENDS
     from avcache.train.decode import decode_faces
-    from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
+    from avcache.train.loader import LoaderPlan, ShardStream
 
     plan = LoaderPlan(batch_size=size.batch)
     stream = ShardStream(open_cache(cache_root).shards_of("train"), (schema.FACES,), plan,

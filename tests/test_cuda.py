@@ -20,10 +20,11 @@ from avcache.cache.codec import crop_ranges
 from avcache.cache.reader import open_cache
 from avcache.common.host_sync import host_syncs
 from avcache.train.augment import copy_stream, to_device
+from avcache.train.batches import JPEG_BYTES, JPEG_ENDS
 from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.decode import decode_faces
 from avcache.train.engine import LAST, METRICS, Trainer
-from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
+from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.models import MODELS
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main

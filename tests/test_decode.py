@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from avcache.cache import schema
-from avcache.cache.codec import encode_crops, round_trip
+from avcache.cache.codec import round_trip, round_trip_grey
 from avcache.cache.reader import DamagedShardError, open_cache
-from avcache.train.decode import decode_crops, decode_faces, decode_on_device
+from avcache.train.batches import JPEG_BYTES, JPEG_ENDS
+from avcache.train.decode import decode_faces, decode_on_device
 from avcache.train.engine import LAST
-from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, LoaderPlan, ShardStream
+from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from tests.test_codec import COUNT, FRAMES, SIZE, flip_in_sample, forge_first_crop, write
@@ -170,17 +171,46 @@ def test_the_trainers_device_path_trains_as_the_workers_path(tmp_path, monkeypat
         assert torch.equal(value, b[key]), key
 
 
-def test_decode_crops_gives_a_raw_videos_crops_as_the_cache_gives_them():
-    """avcache-predict --video decodes where its run decoded: on the CPU, the same pixels as
-    the cache's round trip through simplejpeg."""
-    rng = np.random.default_rng(0)
+def raw_sample(rng: np.random.Generator) -> schema.Sample:
+    """A raw video's sample as the preprocessor gives it: smooth faces, mouths, audio."""
     x = np.mgrid[0:48, 0:48][1]
     faces = np.stack([np.stack([(120 + 50 * np.sin(x / 7 + c + k)).astype(np.uint8)
                                 for c in range(3)], -1) for k in range(3)])  # fmt: skip
     faces = np.clip(faces + rng.integers(0, 8, faces.shape), 0, 255).astype(np.uint8)
-    got = decode_crops(encode_crops(faces, 90), CPU)
-    assert got.shape == (3, 48, 48, 3) and got.dtype == torch.uint8
-    assert torch.equal(got, torch.from_numpy(round_trip(faces, 90)))
+    lips = np.clip(100 + 40 * np.sin(x[None, None, :32, :32] / 5 + np.arange(5)[None, :, None,
+                   None]), 0, 255).astype(np.uint8)  # fmt: skip
+    tracks = schema.Tracks(lips, np.ones((1, 5), bool), np.zeros(1), np.full(1, 5, np.int16),
+                           rng.integers(-3000, 3000, (1, 3200)).astype(np.int16),
+                           np.ones(1, np.float32))  # fmt: skip
+    mel = rng.integers(0, 256, (schema.MEL_SIZE, schema.MEL_SIZE)).astype(np.uint8)
+    return schema.Sample("clip.mp4", -1, mel, faces, True, np.ones(3, bool),
+                         np.zeros((3, 4), np.float32), 1.0, tracks)  # fmt: skip
+
+
+@pytest.mark.parametrize("faces_on_device", [False, True])
+def test_a_raw_videos_batch_gives_what_its_cached_twin_gives(faces_on_device):
+    """avcache-predict --video batches a raw video as the loader batches its cached twin: the
+    model's fields alone, the faces through the cache's JPEG and decoded where the run decodes
+    them (in the workers, or left coded for the device: torchvision here, on the CPU), the
+    mouths through the cache's grey JPEG; the cache's round trip either way."""
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.train.batches import raw_batch
+
+    sample, config = raw_sample(np.random.default_rng(0)), PreprocessConfig()
+    config.faces.codec, config.faces.quality, config.tracks.quality = "jpeg", 90, 80
+    fields = (schema.MEL, schema.FACES, schema.LIPS, schema.TRACK_AUDIO)
+    batch = raw_batch(sample, fields, config, jpeg_faces=faces_on_device)
+    assert (JPEG_BYTES in batch, schema.FACES in batch) == (faces_on_device, not faces_on_device)
+    batch = decode_faces(batch, CPU)
+    assert sorted(batch) == sorted((*fields, schema.LABEL))
+    expected = {schema.MEL: sample.mel, schema.FACES: round_trip(sample.faces, 90),
+                schema.LIPS: round_trip_grey(sample.tracks.lips, 80),
+                schema.TRACK_AUDIO: sample.tracks.audio}  # fmt: skip
+    assert not np.array_equal(expected[schema.FACES], sample.faces)  # the codec did something
+    for field, values in expected.items():
+        assert torch.equal(batch[field], torch.from_numpy(values)[None]), field
+    mel_only = raw_batch(sample, (schema.MEL,), config, faces_on_device)
+    assert sorted(mel_only) == sorted((schema.MEL, schema.LABEL))
 
 
 def test_a_run_trained_on_gpu_decoded_faces_is_scored_on_a_cpu_with_a_warning(tmp_path, caplog):

@@ -4,7 +4,6 @@ metrics per cache and per kind of fake."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 from collections import Counter
@@ -249,8 +248,6 @@ def test_cache_and_data_caches_together_are_refused(small, tmp_path, capsys):
     assert "give --cache DIR or data.caches, not both" in capsys.readouterr().err
 
 
-@pytest.mark.skipif("fake_kinds" not in inspect.signature(ShardWriter).parameters,
-                    reason="this cache format records no kinds of fake")  # fmt: skip
 def test_kinds_are_scored_apart_and_a_weight_of_0_is_only_validated(small, tmp_path):
     kinds = write_source(tmp_path / "kinds", "k", {"train": 12, "val": 12}, seed=3, kinds=True)
     run = tmp_path / "run"

@@ -23,7 +23,7 @@ import torch
 from avcache.cache import schema
 from avcache.cache.codec import crop_ranges
 from avcache.cache.reader import Cache, DamagedShardError
-from avcache.train.loader import JPEG_BYTES, JPEG_ENDS, JPEG_FROM
+from avcache.train.batches import JPEG_BYTES, JPEG_ENDS, JPEG_FROM
 
 
 def check_decoding(choice: str, fields: tuple[str, ...], cache: Cache, splits: tuple[str, ...],
@@ -71,13 +71,6 @@ def decode_faces(batch: dict, device: torch.device) -> dict:
     faces = images.view(*ends.shape, *images.shape[1:]).permute(0, 1, 3, 4, 2)
     batch[schema.FACES] = faces.contiguous()
     return batch
-
-
-def decode_crops(encoded: list[bytes], device: torch.device) -> torch.Tensor:
-    """[N, S, S, 3] uint8 on `device` from N JPEG crops of one size, decoded as
-    decode_faces decodes a batch's (to score a raw video as its run was trained)."""
-    crops = [torch.frombuffer(bytearray(crop), dtype=torch.uint8) for crop in encoded]
-    return _decode(crops, device).permute(0, 2, 3, 1)
 
 
 def _decoding_error(crops: list[torch.Tensor], where: list[str], device: torch.device,

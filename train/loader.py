@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avcache.cache import schema
 from avcache.cache.reader import ShardEntry, ShardReader
+from avcache.train.batches import JpegFaces, batch_of
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
@@ -43,9 +44,6 @@ SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
 # Keys a batch carries besides its datasets: its global index in the epoch (which seeds
 # its augmentation) and whether it is real or a rank's padding.
 BATCH_INDEX, REAL = "batch_index", "real"
-# Faces left as JPEG for the training device to decode (train/decode.py): the crops'
-# bytes, one flat uint8 tensor; each crop's end in it [B, K]; where they were read.
-JPEG_BYTES, JPEG_ENDS, JPEG_FROM = "faces_jpeg", "faces_jpeg_ends", "faces_jpeg_from"
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class ShardStream(IterableDataset):
 
     Only `fields` are read: a mel-only model never touches `faces`. HDF5 files are
     opened lazily inside the process that iterates (each DataLoader worker). With
-    `jpeg_faces`, faces are read and checked but not decoded (JPEG_BYTES, JPEG_ENDS).
+    `jpeg_faces`, faces are read and checked but not decoded (train/batches.py JpegFaces).
     """
 
     def __init__(
@@ -190,15 +188,16 @@ class ShardStream(IterableDataset):
             yield {**batch, BATCH_INDEX: global_index, REAL: real}
 
     def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
-        batch = {}
+        """The blocks' samples as a batch (train/batches.py: the format every path shares)."""
+        columns, faces = {}, None
         for field in self.fields:
             if field == schema.FACES and self.jpeg_faces:
-                batch.update(self._read_jpeg(blocks))
+                faces = self._read_jpeg(blocks)
             else:
-                batch[field] = self._read_field(field, blocks)
-        return batch
+                columns[field] = self._read_field(field, blocks)
+        return batch_of(columns, faces)
 
-    def _read_jpeg(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
+    def _read_jpeg(self, blocks: list[Block]) -> JpegFaces:
         """The blocks' face crops as checked JPEG bytes, joined, with each crop's end."""
         parts, ends, offset = [], [], 0
         for block in blocks:
@@ -206,19 +205,15 @@ class ShardStream(IterableDataset):
             parts.append(data)
             ends.append(block_ends + offset)
             offset += len(data)
-        return {
-            JPEG_BYTES: torch.from_numpy(np.concatenate(parts)),
-            JPEG_ENDS: torch.from_numpy(np.concatenate(ends)),
-            JPEG_FROM: [f"{self.shards[b.shard].path} samples {b.start}-{b.stop - 1}"
-                        for b in blocks],
-        }  # fmt: skip
+        where = [f"{self.shards[b.shard].path} samples {b.start}-{b.stop - 1}" for b in blocks]
+        return JpegFaces(np.concatenate(parts), np.concatenate(ends), where)
 
-    def _read_field(self, field: str, blocks: list[Block]) -> torch.Tensor | list[str]:
+    def _read_field(self, field: str, blocks: list[Block]) -> np.ndarray | list[str]:
         if field == schema.VIDEO_NAME:
             return [n for b in blocks for n in self._column(b.shard, field)[b.start : b.stop]]
         if field in SMALL_FIELDS:
             parts = [self._column(b.shard, field)[b.start : b.stop] for b in blocks]
-            return torch.from_numpy(np.concatenate(parts))
+            return np.concatenate(parts)
         first = self._reader(blocks[0].shard)
         size = sum(len(block) for block in blocks)
         out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
@@ -230,7 +225,7 @@ class ShardStream(IterableDataset):
             target = out[position : position + len(block)]
             self._reader(block.shard).read_into(field, block.start, target)
             position += len(block)
-        return torch.from_numpy(out)
+        return out
 
     def _column(self, shard: int, field: str) -> np.ndarray:
         column = self._columns.get((shard, field))

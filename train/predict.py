@@ -36,13 +36,9 @@ from avcache.common.untrusted import printable
 from avcache.train.lists import DEFAULT_LAYOUT, add_list_options, list_names, list_spec
 from avcache.train.runs import RunFolder
 
-if TYPE_CHECKING:  # torch and the engine load only once a model is built (seconds)
-    import numpy as np
-    import torch
-
+if TYPE_CHECKING:  # the reader and the preprocessor load where they are used
     from avcache.cache.reader import Cache
     from avcache.preprocess.config import PreprocessConfig
-    from avcache.train.engine import Trainer
 
 log = logging.getLogger("avcache.predict")
 FALLBACK = 0.5  # P(fake) for a listed video without cached features: says "no idea"
@@ -127,31 +123,27 @@ class UnreadableVideo(ValueError):
 class VideoScorer:
     """A run's model, built once, scoring raw files each preprocessed in-process exactly as
     the run's cache was made (decoded by the user's `ffmpeg`, never by one the run folder
-    names)."""
+    names), and batched as the loader batches its cached twin (train/batches.py)."""
 
     def __init__(self, run: RunFolder, ffmpeg: str | None = None) -> None:
         self.config = run.preprocess_config(ffmpeg)  # refused before any model is built
         self.trainer = run.trainer(best=True, check_shards=False)
         self.trainer.model.eval()
+        # Where the run decoded its cache's JPEG faces, a raw video's are decoded too:
+        # nvJPEG's pixels and libjpeg-turbo's differ by a grey level or two.
+        trainer = self.trainer
+        self.jpeg_faces = self.config.faces.codec == "jpeg" and \
+            trainer.decodes_faces_here(trainer.config.data.train_split)  # fmt: skip
 
     def __call__(self, video: Path, name: str) -> float:
         return self.score(preprocessed(video, self.config, name))
 
     def score(self, sample: schema.Sample) -> float:
         """P(fake) of a raw video preprocessed with this run's `config`."""
-        import torch
+        from avcache.train.batches import raw_batch
 
-        trainer, config = self.trainer, self.config
-        faces = torch.from_numpy(sample.faces)
-        if config.faces.codec == "jpeg" and sample.faces.size:  # as the cache holds them
-            faces = decoded_as_trained(trainer, sample.faces, config.faces.quality)
-        batch = {
-            schema.MEL: torch.from_numpy(sample.mel[None]).to(trainer.device),
-            schema.FACES: faces[None].to(trainer.device),
-            schema.LABEL: torch.zeros(1, device=trainer.device),
-            **tracks_batch(sample, config.tracks.quality, trainer.device),
-        }
-        return float(trainer.scores(batch)[0])  # as the run's own predictions were made
+        batch = raw_batch(sample, self.trainer.fields, self.config, self.jpeg_faces)
+        return float(self.trainer.scores(batch)[0])  # as the run's own predictions were made
 
 
 def preprocessed(video: Path, config: PreprocessConfig, name: str) -> schema.Sample:
@@ -164,33 +156,6 @@ def preprocessed(video: Path, config: PreprocessConfig, name: str) -> schema.Sam
     except VideoFailed as failed:
         raise UnreadableVideo(f"{video}: cannot be read ({failed.stage}: {failed.reason})") \
             from None  # fmt: skip
-
-
-def decoded_as_trained(trainer: Trainer, faces: np.ndarray, quality: int) -> torch.Tensor:
-    """A raw video's crops JPEG-coded as the cache holds them, then decoded where its run
-    decoded the cache's: nvJPEG's pixels and libjpeg-turbo's differ by a grey level or two."""
-    import torch
-
-    from avcache.cache.codec import encode_crops, round_trip
-    from avcache.train.decode import decode_crops
-
-    if trainer.decodes_faces_here(trainer.config.data.train_split):
-        return decode_crops(encode_crops(faces, quality), trainer.device)
-    return torch.from_numpy(round_trip(faces, quality))
-
-
-def tracks_batch(sample: schema.Sample, quality: int, device: torch.device) -> dict:
-    """A raw video's aligned windows as the cache holds them (its mouth crops through JPEG),
-    for the models that read them; nothing where the cache has no tracks."""
-    import torch
-
-    from avcache.cache.codec import round_trip_grey
-
-    if sample.tracks is None:
-        return {}
-    lips = round_trip_grey(sample.tracks.lips, quality)
-    return {schema.LIPS: torch.from_numpy(lips[None]).to(device),
-            schema.TRACK_AUDIO: torch.from_numpy(sample.tracks.audio[None]).to(device)}  # fmt: skip
 
 
 def videos_named(values: list[str]) -> list[tuple[Path, str]]:
