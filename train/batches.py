@@ -69,6 +69,7 @@ def jpeg_of(sample: schema.Sample, config: PreprocessConfig) -> JpegFaces:
     """A raw video's face crops JPEG-coded as its cache codes them, left coded."""
     crops = encode_crops(sample.faces, config.faces.quality)
     ends = np.cumsum([len(crop) for crop in crops], dtype=np.int64).reshape(1, -1)
+    # A writable copy: bytes give a read-only array, which torch.from_numpy warns about.
     data = np.frombuffer(b"".join(crops), dtype=np.uint8).copy()
     return JpegFaces(data, ends, [f"{sample.video_name} (preprocessed here)"])
 
