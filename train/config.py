@@ -29,7 +29,9 @@ MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "sync": (schema.LIPS, schema.TRACK_AUDIO),
 }
 MODEL_KINDS = tuple(MODEL_INPUTS)
-TRACK_KINDS = ("lips", "speech", "sync")
+# The kinds that read the aligned tracks (the protocols cache tracks only for these).
+TRACK_KINDS = tuple(kind for kind, fields in MODEL_INPUTS.items() if schema.LIPS in fields
+                    or schema.TRACK_AUDIO in fields)  # fmt: skip
 
 
 @dataclass
@@ -218,11 +220,14 @@ def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
             raise ConfigError(f"data.{key}={split!r}: the cache {cache.root} holds no samples "
                               f"of it (its splits: {known})")  # fmt: skip
     check_targets(config, cache)
-    if config.model.kind in TRACK_KINDS:
+    fields = MODEL_INPUTS[config.model.kind]
+    if schema.LIPS in fields or schema.TRACK_AUDIO in fields:
         check_tracks_fit(config, cache)
-        return
-    if config.model.kind == "audio":
-        return
+    if schema.FACES in fields:
+        check_faces_fit(config, cache)
+
+
+def check_faces_fit(config: TrainConfig, cache: Cache) -> None:
     cached = cache.frames
     if not cached:
         raise ConfigError(f"model.kind={config.model.kind} needs faces, but the cache "
@@ -286,7 +291,8 @@ def check_speech_fits(config: TrainConfig, cache: Cache) -> None:
 # 12 MiB. A constant, not a share of this machine's memory: a config is accepted or refused
 # alike on a laptop and on the GPU box it goes to.
 MAX_BATCH_TRACK_BYTES = 64 * 2**20
-LIPS_KINDS, SPEECH_KINDS = ("lips", "sync"), ("speech", "sync")
+LIPS_KINDS = tuple(kind for kind, fields in MODEL_INPUTS.items() if schema.LIPS in fields)
+SPEECH_KINDS = tuple(kind for kind, fields in MODEL_INPUTS.items() if schema.TRACK_AUDIO in fields)
 
 
 def sample_track_bytes(kind: str, layout: TrackLayout) -> int:
