@@ -108,14 +108,15 @@ def read_split(root: Path, split: str, config: SplitConfig,
 ROWS_LISTED = 20
 
 
-def bad_rows_message(where: Path, unit: str, problems: list[str]) -> str:
+def bad_rows_message(where: Path, unit: str, problems: list[str],
+                     outcome: str = ", nothing was cached") -> str:  # fmt: skip
     """One line (a refusal is printed as one, newlines escaped): the count and the first
     ROWS_LISTED bad rows, each with its place, name and reason, separated by `; `."""
     listed = "; ".join(problems[:ROWS_LISTED])
     more = len(problems) - ROWS_LISTED
     if more > 0:
         listed += f"; and {more} more"
-    return f"{where}: {len(problems)} bad {unit}(s), nothing was cached: {listed}"
+    return f"{where}: {len(problems)} bad {unit}(s){outcome}: {listed}"
 
 
 def select_rows(rows: list[Row], select: dict[str, list[str]], where: Path, key_path: str

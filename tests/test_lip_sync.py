@@ -26,14 +26,6 @@ def args(out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sources() -> media_sources.Sources:
-    try:
-        return media_sources.find_sources()
-    except media_sources.SampleError as error:  # a machine without the apt packages
-        pytest.skip(str(error))
-
-
-@pytest.fixture(scope="module")
 def plain(tmp_path_factory, sources) -> Path:
     out = tmp_path_factory.mktemp("plain") / "data"
     assert cli.main(args(out)) == 0

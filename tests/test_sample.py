@@ -28,16 +28,6 @@ def tiny_args(out: Path, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sources() -> media_sources.Sources:
-    try:
-        return media_sources.find_sources()
-    except (
-        media_sources.SampleError
-    ) as error:  # a machine without the apt packages: say what is missing
-        pytest.skip(str(error))
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, sources) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "data"
     assert cli.main(tiny_args(out)) == 0

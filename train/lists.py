@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avcache.common.labels import LabelFileError, read_names
-from avcache.preprocess.dataset import select_rows
+from avcache.preprocess.dataset import bad_rows_message, select_rows
 from avcache.preprocess.layouts import LAYOUTS, Row, layout_named, name_problem
 
 DEFAULT_LAYOUT = "ffdv"
 # Layouts that name a video by its path from the data root, not as listed (dfdc: the part's
 # folder, then the file), so they need the root the cache was preprocessed from.
 NAMED_FROM_ROOT = ("dfdc",)
-PROBLEMS_LISTED = 10  # bad entries named in one refusal
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def read_entries(path: Path, spec: ListSpec, labelled: bool) -> list[Entry]:
 
 def checked(rows: list[Row], path: Path, unit: str) -> None:
     """Refuse the rows if any has a problem (its own, a name that is no relative path, or a
-    name listed twice), naming the first PROBLEMS_LISTED of them."""
+    name listed twice), in the preprocessor's one-line refusal."""
     problems, seen = [], {}
     for row in rows:
         problem = name_problem(row.name) or row.problem
@@ -115,10 +114,7 @@ def checked(rows: list[Row], path: Path, unit: str) -> None:
         else:
             seen[row.name] = row
     if problems:
-        more = len(problems) - PROBLEMS_LISTED
-        raise LabelFileError(f"{path}: {len(problems)} bad {unit}(s): "
-                             + "; ".join(problems[:PROBLEMS_LISTED])
-                             + (f"; and {more} more" if more > 0 else ""))  # fmt: skip
+        raise LabelFileError(bad_rows_message(path, unit, problems, outcome=""))
 
 
 def list_names(path: Path, spec: ListSpec, what: str = "list to predict") -> list[str]:
