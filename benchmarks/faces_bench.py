@@ -157,8 +157,11 @@ def write_av_cache(root: Path, crops: np.ndarray, samples: int, codec: str,
     records = []
     for number, start in enumerate(range(0, samples, shard_size)):
         rel = f"shards/train-{number:05d}.h5"
-        with ShardWriter(root / rel, split="train", frames=FRAMES, face_size=SIZE,
-                         codec=codec) as writer:  # fmt: skip
+        with ShardWriter(
+            root / rel,
+            schema.ShardLayout(frames=FRAMES, face_size=SIZE, codec=codec),
+            split="train",
+        ) as writer:
             for i in range(start, min(start + shard_size, samples)):
                 writer.append(schema.Sample(
                     f"v{i:07d}.mp4", i % 2, mel_of(i % 64), crops[i % len(crops)], True,

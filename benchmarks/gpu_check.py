@@ -171,8 +171,9 @@ def write_cache(root: Path, size: Size) -> float | None:
     for split, count in (("train", size.samples), ("val", size.batch)):
         for first in range(0, count, size.shard):
             rel = f"shards/{split}-{first // size.shard:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=size.frames, face_size=size.face,
-                             codec="jpeg", tracks=track_layout(size)) as writer:  # fmt: skip
+            layout = schema.ShardLayout(frames=size.frames, face_size=size.face, codec="jpeg",
+                                        tracks=track_layout(size))  # fmt: skip
+            with ShardWriter(root / rel, layout, split=split) as writer:
                 for i in range(first, min(first + size.shard, count)):
                     writer.append(samples.make(f"{split}{i:06d}.mp4", i))
                 records.append(ShardRecord(rel, split, *writer.close()))

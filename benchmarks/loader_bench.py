@@ -173,7 +173,7 @@ def write_shard(path: Path, number: int, count: int, args, faces: bool, rng) -> 
     from avcache.cache.writer import ShardWriter
 
     frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
-    writer = ShardWriter(path, split="train", frames=frames, face_size=size)
+    writer = ShardWriter(path, schema.ShardLayout(frames=frames, face_size=size), split="train")
     with writer:
         for start in range(0, count, GEN_BLOCK):
             n = min(GEN_BLOCK, count - start)

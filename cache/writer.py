@@ -31,16 +31,15 @@ def sha256_of(path: Path) -> str:
 
 
 class ShardWriter:
-    """Context manager that writes one shard of `layout` (or of the ShardLayout that the
-    keywords `layout_fields` make: frames, face_size, codec, ...); `close()` returns
+    """Context manager that writes one shard of `layout`; `close()` returns
     (num_samples, sha256)."""
 
-    def __init__(self, path: Path, layout: schema.ShardLayout | None = None, *, split: str,
-                 attrs: dict[str, str] | None = None, fletcher32: bool = False,
-                 **layout_fields) -> None:  # fmt: skip
+    def __init__(self, path: Path, layout: schema.ShardLayout, *, split: str,
+                 attrs: dict[str, str] | None = None,
+                 fletcher32: bool = False) -> None:  # fmt: skip
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
-        self.layout = layout or schema.ShardLayout(**layout_fields)
+        self.layout = layout
         self.columns = self.layout.columns()
         self.fletcher32 = fletcher32  # HDF5's per-chunk checksum, verified on every read
         self.num_samples = 0

@@ -187,8 +187,8 @@ def write_fold(cache_root: Path, kinds: dict[str, tuple[str, ...]], held_out: st
     for split, wanted in keep.items():
         rel = f"shards/{split}.h5"
         size = cache.config["faces"]["size"]
-        with ShardWriter(out / rel, split=split, frames=cache.frames, face_size=size,
-                         **tracks) as writer:  # fmt: skip
+        layout = schema.ShardLayout(frames=cache.frames, face_size=size, **tracks)
+        with ShardWriter(out / rel, layout, split=split) as writer:
             for sample in cache.iter_samples(split):
                 if wanted(sample.video_name):
                     writer.append(sample)

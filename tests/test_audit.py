@@ -48,8 +48,9 @@ def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0,
     (root / "shards").mkdir(parents=True)
     for split, count in splits:
         rel = f"shards/{split}-00000.h5"
-        with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
-                         facts=True) as writer:  # fmt: skip
+        with ShardWriter(
+            root / rel, schema.ShardLayout(frames=FRAMES, face_size=SIZE, facts=True), split=split
+        ) as writer:
             for i in range(count):
                 fake, name = bool(i % 2), f"{split}{i:03d}.mp4"
                 kind = KINDS[(i // 2) % 2] if fake else None

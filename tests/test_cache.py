@@ -51,8 +51,12 @@ def write_cache(root, counts: list[int], frames: int = FRAMES, fletcher32: bool 
         shard_samples = [make_sample(offset + j, frames, size) for j in range(count)]
         offset += count
         rel = f"shards/train-{number:05d}.h5"
-        with ShardWriter(root / rel, split="train", frames=frames, face_size=size,
-                         fletcher32=fletcher32) as writer:  # fmt: skip
+        with ShardWriter(
+            root / rel,
+            schema.ShardLayout(frames=frames, face_size=size),
+            split="train",
+            fletcher32=fletcher32,
+        ) as writer:
             for sample in shard_samples:
                 writer.append(sample)
             n, digest = writer.close()
@@ -176,7 +180,10 @@ def test_open_cache_without_index_explains(tmp_path):
 
 def test_writer_abort_leaves_nothing(tmp_path):
     path = tmp_path / "s.h5"
-    with pytest.raises(RuntimeError), ShardWriter(path, split="x", frames=1, face_size=4) as w:
+    with (
+        pytest.raises(RuntimeError),
+        ShardWriter(path, schema.ShardLayout(frames=1, face_size=4), split="x") as w,
+    ):
         w.append(make_sample(0, frames=1, size=4))
         raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
@@ -245,7 +252,7 @@ def test_a_full_disk_names_the_shard_and_leaves_nothing(tmp_path):
 import resource, signal, sys
 from pathlib import Path
 import numpy as np
-from avcache.cache.schema import Sample
+from avcache.cache.schema import Sample, ShardLayout
 from avcache.cache.writer import ShardWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
@@ -253,7 +260,7 @@ path = Path({str(tmp_path / "s.h5")!r})
 sample = Sample("v.mp4", 1, np.ones((256, 256), np.uint8), np.ones((1, 4, 4, 3), np.uint8),
                 True, np.ones(1, bool), np.zeros((1, 4), np.float32), 1.0)
 try:
-    with ShardWriter(path, split="x", frames=1, face_size=4) as writer:
+    with ShardWriter(path, ShardLayout(frames=1, face_size=4), split="x") as writer:
         for i in range(20):
             writer.append(sample)
         writer.close()
@@ -269,7 +276,9 @@ except OSError as error:
 
 def write_facts_shard(path: Path, extra: dict[str, float], count: int = 3) -> None:
     """A shard with facts (every one the table has), `extra` added to each sample's."""
-    with ShardWriter(path, split="train", frames=FRAMES, face_size=SIZE, facts=True) as writer:
+    with ShardWriter(
+        path, schema.ShardLayout(frames=FRAMES, face_size=SIZE, facts=True), split="train"
+    ) as writer:
         for i in range(count):
             sample = make_sample(i)
             sample.facts = {name: float(i) for name in schema.FACT_NUMBERS}

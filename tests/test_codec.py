@@ -51,8 +51,11 @@ def write(root: Path, codecs: list[str]) -> list:
     records, samples = [], []
     for number, codec in enumerate(codecs):
         rel = f"shards/train-{number:05d}.h5"
-        with ShardWriter(root / rel, split="train", frames=FRAMES, face_size=SIZE,
-                         codec=codec) as writer:  # fmt: skip
+        with ShardWriter(
+            root / rel,
+            schema.ShardLayout(frames=FRAMES, face_size=SIZE, codec=codec),
+            split="train",
+        ) as writer:
             for i in range(COUNT):
                 samples.append(sample(number * COUNT + i))
                 writer.append(samples[-1])

@@ -249,7 +249,9 @@ def test_training_on_a_damaged_checksummed_shard_stops_before_any_step(tmp_path,
     records = []
     for split, count in (("train", 16), ("val", 8)):
         rel = f"shards/{split}-00000.h5"
-        with ShardWriter(cache / rel, split=split, frames=2, face_size=32, fletcher32=True) as w:
+        with ShardWriter(
+            cache / rel, schema.ShardLayout(frames=2, face_size=32), split=split, fletcher32=True
+        ) as w:
             for i in range(count):
                 w.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
             records.append((rel, split, *w.close()))

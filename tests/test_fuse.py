@@ -49,7 +49,9 @@ def cache(tmp_path_factory):
     rng, records = np.random.default_rng(0), []
     for split, count in (("train", 48), ("val", 24), ("test", 16)):
         rel = f"shards/{split}.h5"
-        with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE) as writer:
+        with ShardWriter(
+            root / rel, schema.ShardLayout(frames=FRAMES, face_size=SIZE), split=split
+        ) as writer:
             for i in range(count):
                 writer.append(split_cue_sample(f"{split}{i:03d}.mp4", i, rng))
             records.append(ShardRecord(rel, split, *writer.close()))

@@ -79,7 +79,9 @@ def write_small_cache(root: Path) -> dict[str, schema.Sample]:
         for shard_number, rows in enumerate(shards):
             rel = f"shards/{split}-{shard_number:05d}.h5"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE) as writer:
+            with ShardWriter(
+                root / rel, schema.ShardLayout(frames=FRAMES, face_size=SIZE), split=split
+            ) as writer:
                 for row in rows:
                     samples[row[0]] = make_sample(number, *row)
                     writer.append(samples[row[0]])
@@ -222,7 +224,9 @@ def test_mel_only_cache(tmp_path, capsys):
     """A cache preprocessed without faces (K = 0) is summarised, drawn and browsed too."""
     root = tmp_path / "cache"
     (root / "shards").mkdir(parents=True)
-    with ShardWriter(root / "shards/a.h5", split="train", frames=0, face_size=SIZE) as writer:
+    with ShardWriter(
+        root / "shards/a.h5", schema.ShardLayout(frames=0, face_size=SIZE), split="train"
+    ) as writer:
         for number in range(3):
             sample = make_sample(number, f"m{number}.mp4", number % 2, True, (T, T))
             sample.faces, sample.face_found = sample.faces[:0], sample.face_found[:0]

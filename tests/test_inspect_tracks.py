@@ -72,8 +72,9 @@ def write_patterned_cache(root: Path) -> None:
     rng = np.random.default_rng(0)
     (root / "shards").mkdir(parents=True)
     rel = "shards/val-00000.h5"
-    with ShardWriter(root / rel, split="val", frames=FRAMES, face_size=SIZE,
-                     tracks=LAYOUT) as writer:  # fmt: skip
+    with ShardWriter(
+        root / rel, schema.ShardLayout(frames=FRAMES, face_size=SIZE, tracks=LAYOUT), split="val"
+    ) as writer:
         for number, name in enumerate(PATTERNS):
             sample = schema.Sample(name, number % 2, rng.integers(0, 255, (256, 256), np.uint8),
                                    np.full((FRAMES, SIZE, SIZE, 3), 90, np.uint8), True,

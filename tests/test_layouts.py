@@ -323,8 +323,11 @@ def test_an_unknown_layout_or_a_test_list_without_labels_is_refused(tmp_path, ov
 
 
 def write_labelled_shard(path: Path, segments: list[np.ndarray]) -> None:
-    writer = ShardWriter(path, split="train", frames=0, face_size=8, fake_kinds=True,
-                         fake_segments=True)  # fmt: skip
+    writer = ShardWriter(
+        path,
+        schema.ShardLayout(frames=0, face_size=8, fake_kinds=True, fake_segments=True),
+        split="train",
+    )
     with writer:
         for i, pairs in enumerate(segments):
             writer.append(schema.Sample(f"v{i}.mp4", 1, np.zeros((256, 256), np.uint8),

@@ -137,7 +137,9 @@ def test_a_faces_model_on_a_mel_only_cache_is_refused(tmp_path, capsys):
     records = []
     for split in ("train", "val"):
         rel = f"shards/{split}.h5"
-        with ShardWriter(cache / rel, split=split, frames=0, face_size=32) as writer:
+        with ShardWriter(
+            cache / rel, schema.ShardLayout(frames=0, face_size=32), split=split
+        ) as writer:
             for i in range(4):
                 sample = toy_sample(f"{split}{i}.mp4", bool(i % 2), np.random.default_rng(i))
                 sample.faces, sample.face_found = sample.faces[:0], sample.face_found[:0]

@@ -51,8 +51,9 @@ def write_source(root: Path, prefix: str, splits: dict[str, int], seed: int = 0,
     for split, count in splits.items():
         for number, start in enumerate(range(0, count, 12)):
             rel = f"shards/{split}-{number:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=frames, face_size=SIZE,
-                             **extra) as writer:  # fmt: skip
+            with ShardWriter(
+                root / rel, schema.ShardLayout(frames=frames, face_size=SIZE, **extra), split=split
+            ) as writer:
                 for i in range(start, min(start + 12, count)):
                     sample = with_frames(toy_sample(f"{prefix}-{split}{i:03d}.mp4", bool(i % 2),
                                                     rng), frames)  # fmt: skip

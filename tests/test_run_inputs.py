@@ -50,8 +50,11 @@ def write_cache(root: Path, splits: dict[str, list[schema.Sample]],
         for number, start in enumerate(range(0, len(rows), PER_SHARD)):
             rel = f"shards/{split}-{number:05d}.h5"
             layout = TRACK_LAYOUT if split in tracks else None
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
-                             tracks=layout) as writer:  # fmt: skip
+            with ShardWriter(
+                root / rel,
+                schema.ShardLayout(frames=FRAMES, face_size=SIZE, tracks=layout),
+                split=split,
+            ) as writer:
                 for i, sample in enumerate(rows[start : start + PER_SHARD]):
                     if layout:
                         rng = np.random.default_rng(start + i)

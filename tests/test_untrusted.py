@@ -59,8 +59,11 @@ def build(root: Path, splits: dict[str, int] | None = None, codec: str = "raw") 
     for split, shards in (splits or {"train": 2, "val": 1}).items():
         for shard in range(shards):
             rel = f"shards/{split}-{shard:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
-                             codec=codec) as writer:  # fmt: skip
+            with ShardWriter(
+                root / rel,
+                schema.ShardLayout(frames=FRAMES, face_size=SIZE, codec=codec),
+                split=split,
+            ) as writer:
                 for _ in range(COUNT):
                     sample = make_sample(number)
                     sample.label = number % 2  # train on 0/1 labels
@@ -352,7 +355,7 @@ def test_faces_larger_than_the_config_says_are_refused(cache, capsys):
     from avcache.cache.writer import ShardWriter
 
     shard = first_shard(cache)
-    with ShardWriter(shard, split="train", frames=16, face_size=64) as writer:
+    with ShardWriter(shard, schema.ShardLayout(frames=16, face_size=64), split="train") as writer:
         for number in range(COUNT):
             sample = make_sample(1000 + number)
             sample.faces = np.full((16, 64, 64, 3), number, np.uint8)

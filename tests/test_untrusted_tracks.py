@@ -68,8 +68,11 @@ def write_shard(path: Path, split: str, count: int, shape: schema.TrackLayout | 
     """`count` samples of `split` with tracks of `shape` (None: none), named from `first`."""
     rng = np.random.default_rng(first)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with ShardWriter(path, split=split, frames=frames, face_size=SIZE, tracks=shape,
-                     **options) as writer:  # fmt: skip
+    with ShardWriter(
+        path,
+        schema.ShardLayout(frames=frames, face_size=SIZE, tracks=shape, **options),
+        split=split,
+    ) as writer:
         for number in range(first, first + count):
             sample = schema.Sample(f"{split}{number:03d}.mp4", number % 2,
                                    rng.integers(0, 255, (256, 256), np.uint8),

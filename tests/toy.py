@@ -40,8 +40,11 @@ def write_toy_cache(root, splits: dict[str, int], seed: int = 0, codec: str = "r
     for split, count in splits.items():
         for number, start in enumerate(range(0, count, 12)):
             rel = f"shards/{split}-{number:05d}.h5"
-            with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
-                             codec=codec) as writer:  # fmt: skip
+            with ShardWriter(
+                root / rel,
+                schema.ShardLayout(frames=FRAMES, face_size=SIZE, codec=codec),
+                split=split,
+            ) as writer:
                 for i in range(start, min(start + 12, count)):
                     writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
                 n, digest = writer.close()
@@ -101,8 +104,11 @@ def write_track_cache(root, splits: dict[str, int], seed: int = 0) -> None:
     (root / "shards").mkdir(parents=True)
     for split, count in splits.items():
         rel = f"shards/{split}-00000.h5"
-        with ShardWriter(root / rel, split=split, frames=FRAMES, face_size=SIZE,
-                         tracks=TRACK_LAYOUT) as writer:  # fmt: skip
+        with ShardWriter(
+            root / rel,
+            schema.ShardLayout(frames=FRAMES, face_size=SIZE, tracks=TRACK_LAYOUT),
+            split=split,
+        ) as writer:
             for i in range(count):
                 sample = toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng)
                 sample.tracks = toy_tracks(bool(i % 2), rng)
