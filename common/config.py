@@ -19,6 +19,7 @@ import math
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,15 @@ LOCAL = {"names_a_file": True}
 # holds its default it is left out of the resolved config, so those keep their config hash
 # (and their saved config its bytes); any other value is written and hashed as usual.
 SINCE_ADDED = {"omitted_at_default": True}
+
+
+def omitted_where(unused: Callable[[Any], bool]) -> dict[str, Any]:
+    """Field metadata of a key added after caches were made with its section, whose default
+    does what those caches did not: it is left out of the resolved config where
+    `unused(section)` holds (its value then changes nothing those caches hold: the behaviour
+    they had, or a part that is off), so they keep their hash and saved config's bytes. A
+    reader of a recorded config takes its absence for that former behaviour."""
+    return {"omitted_where": unused}
 
 
 class ConfigError(ValueError):
@@ -341,11 +351,11 @@ def local_values(config: T, where: str, given: dict[str, Any], fix: str) -> T:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (for YAML/JSON and hashing); SINCE_ADDED keys at
-    their defaults are left out."""
+    their defaults and omitted_where keys where unused are left out."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {field.name: to_dict(getattr(config, field.name))
                 for field in dataclasses.fields(config)
-                if not _omitted(field, getattr(config, field.name))}  # fmt: skip
+                if not _omitted(field, config)}  # fmt: skip
     if isinstance(config, dict):
         return {key: to_dict(value) for key, value in config.items()}
     if isinstance(config, list | tuple):
@@ -353,10 +363,12 @@ def to_dict(config: Any) -> dict[str, Any]:
     return copy.deepcopy(config)
 
 
-def _omitted(field: dataclasses.Field, value: Any) -> bool:
+def _omitted(field: dataclasses.Field, section: Any) -> bool:
+    if "omitted_where" in field.metadata:
+        return field.metadata["omitted_where"](section)
     if not field.metadata.get("omitted_at_default"):
         return False
-    return _has_default(field) and value == _default(field)
+    return _has_default(field) and getattr(section, field.name) == _default(field)
 
 
 def config_hash(config: Any) -> str:

@@ -7,19 +7,25 @@ faces.py's detectors (the mouth sits at a fixed place in it), and the frame cent
 on which a locator finds nothing goes to the next one. The crop is then stabilised over the
 window: one side for all T frames (from the median mouth width) and a smoothed centre, so a
 still face gives still crops and a talking one does not jitter. Landmarks are found on a
-copy downscaled to DETECT_SIZE; the crop is cut from the full-resolution frame.
+copy downscaled to DETECT_SIZE; the crop is cut from the full-resolution frame. The locator
+may look at every k-th frame only (`locate_every`, tracks.locate_every): the mouths of the
+frames between are interpolated, and the stabilisation runs on all T frames as before.
 
 Cost per frame, measured on this 2-core machine while others used it (load 2.5-4; four
 runs, each the median of 5 rounds; 25-frame windows of a filmed talking face; 88 px crops):
 face mesh 6-9 ms at 480 x 480 and 8-12 ms at 1280 x 720 (downscaled to 480 x 270 first),
 of which its landmarks take 6-7 ms; the face-box fallback (BlazeFace) 3.5-6 ms; the MTCNN
-fallback 165-280 ms at 480 px; the frame centre alone (crop, resize, grey) 0.4-2 ms.
+fallback 165-280 ms at 480 px; the frame centre alone (crop, resize, grey) 0.4-2 ms. A
+25-frame window at 480 px costs 78-98 ms of CPU with the face mesh on every frame and 36-45 ms
+on every third (python -m benchmarks.mouth_bench, which also measures how far that moves the
+mouth).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,7 +70,9 @@ Locator = Callable[[list[np.ndarray]], list[Mouth | None]]
 @dataclass
 class MouthTrack:
     crops: np.ndarray  # uint8 [T, S, S] greyscale mouth crops
-    found: np.ndarray  # bool [T]: the locator found the mouth on that frame
+    # bool [T]: the locator found the mouth on that frame, or on the located frames on both
+    # sides of one it did not look at (fill_between)
+    found: np.ndarray
     boxes: np.ndarray  # float32 [T, 4]: the crop square (x0, y0, x1, y1), source pixels
     locator: str  # which locator produced it
 
@@ -223,30 +231,29 @@ def downscale(frame: np.ndarray, longest: int) -> tuple[np.ndarray, float]:
 # --------------------------------------------------------------------------- the track
 
 
-def stabilise(
-    mouths: list[Mouth | None], shape: tuple[int, int], margin: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One crop square per frame (float32 [T, 4]) and found (bool [T]).
+def stabilise(mouths: list[Mouth | None], shape: tuple[int, int], margin: float) -> np.ndarray:
+    """One crop square per frame (float32 [T, 4]).
 
     The side is the window's: margin x the median mouth width. Centres of frames without a
     mouth are interpolated from their neighbours (held at the window's ends); then all are
-    smoothed. Without any mouth: the centre square of CENTRE_SHARE of the shorter side.
+    smoothed; a mouth fill_between interpolated counts as one. Without any mouth: the centre
+    square of CENTRE_SHARE of the shorter side.
     """
-    found = np.array([mouth is not None for mouth in mouths])
+    known = np.array([mouth is not None for mouth in mouths])
     height, width = shape
-    if not found.any():
+    if not known.any():
         centres = np.tile((width / 2, height / 2), (len(mouths), 1))
         side = CENTRE_SHARE * min(height, width)
     else:
         seen = np.array([mouth for mouth in mouths if mouth is not None], np.float64)
         times = np.arange(len(mouths))
         centres = np.stack(
-            [np.interp(times, times[found], seen[:, axis]) for axis in (0, 1)], axis=1
+            [np.interp(times, times[known], seen[:, axis]) for axis in (0, 1)], axis=1
         )
         centres = smooth(centres, SMOOTH_FRAMES)
         side = margin * float(np.median(seen[:, 2]))
     half = max(round(side), 1) / 2  # whole pixels: every crop has the same scale
-    return np.hstack([centres - half, centres + half]).astype(np.float32), found
+    return np.hstack([centres - half, centres + half]).astype(np.float32)
 
 
 def smooth(values: np.ndarray, width: int) -> np.ndarray:
@@ -264,7 +271,7 @@ def _sliding(values: np.ndarray, width: int, reduce: Callable) -> np.ndarray:
     return reduce(np.lib.stride_tricks.sliding_window_view(padded, width, axis=0), axis=-1)
 
 
-def _check_frames(frames: list[np.ndarray], size: int, margin: float) -> None:
+def _check_frames(frames: list[np.ndarray], size: int, margin: float, every: int) -> None:
     if not frames:
         raise ValueError("mouth_track needs at least one frame")
     shape = frames[0].shape
@@ -274,6 +281,8 @@ def _check_frames(frames: list[np.ndarray], size: int, margin: float) -> None:
         raise ValueError("frames must be uint8")
     if size < 1 or margin <= 0:
         raise ValueError(f"size must be >= 1 and margin > 0 (got {size}, {margin})")
+    if every < 1:
+        raise ValueError(f"locate_every must be >= 1 (got {every})")
 
 
 def mouth_track(
@@ -283,22 +292,68 @@ def mouth_track(
     *,
     margin: float = MARGIN,
     detect_size: int = DETECT_SIZE,
+    locate_every: int = 1,
 ) -> MouthTrack:
     """Stabilised size x size grey mouth crops of a window of consecutive RGB frames.
 
     The locator (`auto`: the first available) is tried first; a window on which it finds no
-    mouth at all goes down the fallback order, ending at the frame centre.
+    mouth at all goes down the fallback order, ending at the frame centre. It looks at every
+    `locate_every`-th frame (0, k, 2k, ...) and the last; the frames between take the mouth
+    interpolated from the located frames on either side (see fill_between: such a frame is
+    `found` only where both of those were).
     """
-    _check_frames(frames, size, margin)
-    for name in fallbacks(resolve_locator(locator)):
-        mouths = locate_mouths(frames, name, detect_size)
-        if any(mouth is not None for mouth in mouths):
-            break
-    boxes, found = stabilise(mouths, frames[0].shape[:2], margin)
+    _check_frames(frames, size, margin, locate_every)
+    name, mouths, found = track_mouths(frames, locator, detect_size, locate_every)
+    boxes = stabilise(mouths, frames[0].shape[:2], margin)
     crops = np.stack(
         [mouth_crop(frame, box, size) for frame, box in zip(frames, boxes, strict=True)]
     )
     return MouthTrack(crops=crops, found=found, boxes=boxes, locator=name)
+
+
+def track_mouths(frames: list[np.ndarray], locator: str, detect_size: int = DETECT_SIZE,
+                 every: int = 1) -> tuple[str, list[Mouth | None], np.ndarray]:  # fmt: skip
+    """(the locator used, per frame the mouth before stabilisation, per frame found), the
+    locator looking at the frames located_frames names and down the fallback order."""
+    looked = located_frames(len(frames), every)
+    for name in fallbacks(resolve_locator(locator)):
+        seen = locate_mouths([frames[i] for i in looked], name, detect_size)
+        if any(mouth is not None for mouth in seen):
+            break
+    return (name, *fill_between(looked, seen, len(frames)))
+
+
+def located_frames(count: int, every: int) -> list[int]:
+    """The frames the locator looks at: 0, every, 2 x every, ... and always the last (the
+    frames after the last multiple would otherwise have no located frame on their right)."""
+    return sorted({*range(0, count, every), count - 1})
+
+
+def fill_between(looked: list[int], seen: list[Mouth | None],
+                 count: int) -> tuple[list[Mouth | None], np.ndarray]:  # fmt: skip
+    """Every frame's mouth and found, from the mouths `seen` on the frames `looked` (sorted,
+    the first and last among them).
+
+    A frame between two located ones takes their mouths interpolated linearly (centre and
+    width), or the one side's mouth where the other found none, or None where neither did.
+    It counts as found only where both sides were found: a mouth copied from one side is an
+    estimate on a frame nobody looked at, and `found` tells a model what was seen.
+    """
+    mouths: list[Mouth | None] = [None] * count
+    found = np.zeros(count, bool)
+    for (left, before), (right, after) in itertools.pairwise(zip(looked, seen, strict=True)):
+        for frame in range(left + 1, right):
+            mouths[frame] = _between(before, after, (frame - left) / (right - left))
+            found[frame] = before is not None and after is not None
+    for frame, mouth in zip(looked, seen, strict=True):
+        mouths[frame], found[frame] = mouth, mouth is not None
+    return mouths, found
+
+
+def _between(before: Mouth | None, after: Mouth | None, share: float) -> Mouth | None:
+    if before is None or after is None:
+        return after if before is None else before
+    return tuple(a + share * (b - a) for a, b in zip(before, after, strict=True))
 
 
 def mouth_crop(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:

@@ -122,6 +122,10 @@ def validate_tracks(tracks: TracksConfig) -> None:
             f"tracks.frames 1 to {schema.MAX_TRACK_FRAMES}",
         ),
         (
+            1 <= tracks.locate_every <= tracks.frames,
+            f"tracks.locate_every 1 to tracks.frames ({tracks.frames})",
+        ),
+        (
             schema.MIN_TRACK_SIZE <= tracks.size <= schema.MAX_TRACK_SIZE,
             f"tracks.size {schema.MIN_TRACK_SIZE} to {schema.MAX_TRACK_SIZE}",
         ),

@@ -182,7 +182,8 @@ def video_tracks(
     found = np.zeros((config.windows, config.frames), bool)
     for w in range(config.windows):
         deadline.check("tracks")
-        track = mouth_track(list(frames[w]), config.size, config.locator)
+        track = mouth_track(list(frames[w]), config.size, config.locator,
+                            locate_every=config.locate_every)  # fmt: skip
         crops[w], found[w] = track.crops, track.found
     return schema.Tracks(lips=crops, lips_found=found, start=windows.start_times(config.fps),
                          frames_real=frames_real, audio=audio, audio_real=audio_real)  # fmt: skip

@@ -25,6 +25,8 @@ BASELINE = "train_baseline.yaml"
 
 def test_shipped_yaml_equals_the_defaults():
     assert to_dict(load_config(PreprocessConfig, CONFIG)) == to_dict(PreprocessConfig())
+    # Every key, also those the resolved config leaves out at their defaults or where unused.
+    assert load_config(PreprocessConfig, CONFIG) == PreprocessConfig()
 
 
 def test_dotted_overrides_are_typed():

@@ -15,17 +15,24 @@ import cv2
 import numpy as np
 import pytest
 
-from avcache.preprocess.config import FacesConfig
+from avcache.cache import open_cache
+from avcache.common.config import config_hash, load_config, to_dict
+from avcache.preprocess.config import FacesConfig, PreprocessConfig, TracksConfig
 from avcache.preprocess.faces import detect_faces
 from avcache.preprocess.lips import (
     LOCATORS,
     MARGIN,
     fallbacks,
+    fill_between,
     locate_mouths,
+    located_frames,
     mouth_crop,
     mouth_track,
     resolve_locator,
+    stabilise,
 )
+from avcache.preprocess.pipeline import validate_tracks
+from avcache.preprocess.run import main as preprocess_main
 from avcache.sample.manipulations import MAX_JAW_DROP, open_mouth
 from avcache.sample.sources import (
     ASTRONAUT,
@@ -37,12 +44,17 @@ from avcache.sample.sources import (
     decode_video,
     package_file,
 )
+from avcache.train.runs import resolved
 from tests.media import talking_face
 
 pytest.importorskip("mediapipe")
 HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None
 FINDERS = [name for name in LOCATORS if name != "centre" and (HAS_MTCNN or name != "mtcnn")]
 DARK = 85  # grey level below which a crop pixel counts as the open mouth's gap
+# How far (px of a 480 px frame) the default tracks.locate_every may move a stabilised mouth
+# centre from the every-frame track on the carphone's first second: at most 2.1 px there,
+# and a 95th percentile of 3.1 px over all of its windows (python -m benchmarks.mouth_bench).
+LOCATED_EVERY_KTH_PX = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +250,108 @@ def test_the_face_mesh_writes_nothing_to_stderr():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "tracked\n" and done.stderr == ""
+
+
+# --------------------------------------------------------------------------- locate_every
+
+
+@pytest.fixture(scope="module")
+def carphone_480(carphone) -> list[np.ndarray]:
+    """The carphone's first second in the pixels of a track's 480 px frames."""
+    return [cv2.resize(f, (480, 392), interpolation=cv2.INTER_CUBIC) for f in carphone]
+
+
+def test_locating_every_frame_is_the_track_as_it_was(carphone):
+    """locate_every=1 (mouth_track's default): the locator on every frame, then stabilised."""
+    track = mouth_track(carphone, 88, locate_every=1)
+    mouths = locate_mouths(carphone, "facemesh")
+    boxes = stabilise(mouths, carphone[0].shape[:2], MARGIN)
+    assert track.boxes.tobytes() == boxes.tobytes()
+    assert track.found.tolist() == [mouth is not None for mouth in mouths]
+    crops = [mouth_crop(frame, box, 88) for frame, box in zip(carphone, boxes, strict=True)]
+    assert track.crops.tobytes() == np.stack(crops).tobytes()
+    assert mouth_track(carphone, 88).boxes.tobytes() == boxes.tobytes()
+
+
+def test_the_default_locate_every_stays_close_to_the_full_rate_track(carphone_480):
+    every = TracksConfig().locate_every
+    full = mouth_track(carphone_480, 88)
+    track = mouth_track(carphone_480, 88, locate_every=every)
+    assert every > 1 and track.locator == full.locator == "facemesh"
+    assert track.crops.shape == full.crops.shape and track.boxes.shape == full.boxes.shape
+    assert track.found.all()
+    apart = np.hypot(*(centres(track.boxes) - centres(full.boxes)).T)
+    assert apart.max() < LOCATED_EVERY_KTH_PX
+    sides = track.boxes[:, 2] - track.boxes[:, 0]
+    assert np.abs(sides - (full.boxes[0, 2] - full.boxes[0, 0])).max() <= 2  # whole pixels
+
+
+def test_the_locator_looks_at_every_kth_frame_and_the_last():
+    assert located_frames(25, 1) == list(range(25))
+    assert located_frames(25, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+    assert located_frames(25, 5) == [0, 5, 10, 15, 20, 24]
+    assert located_frames(5, 25) == [0, 4] and located_frames(1, 3) == [0]
+
+
+def test_frames_between_are_interpolated_and_found_only_between_found_frames():
+    looked = [0, 3, 6, 9]
+    seen = [(0.0, 30.0, 10.0), (3.0, 36.0, 13.0), None, None]
+    mouths, found = fill_between(looked, seen, 10)
+    assert mouths[1] == pytest.approx((1.0, 32.0, 11.0))
+    assert mouths[2] == pytest.approx((2.0, 34.0, 12.0))
+    assert mouths[4] == mouths[5] == (3.0, 36.0, 13.0)  # the side that found one
+    assert mouths[6:] == [None] * 4
+    assert found.tolist() == [True, True, True, True] + [False] * 6
+
+
+def test_a_frame_between_a_found_and_a_not_found_frame_is_not_found(astronaut):
+    frames = noisy(astronaut, 7)
+    frames[3] = noise_frame(astronaut.shape)  # located, and no face on it
+    track = mouth_track(frames, 64, "facemesh", locate_every=3)
+    assert track.found.tolist() == [True, False, False, False, False, False, True]
+    # The frames next to it still take the mouth found on their other side.
+    assert np.abs(centres(track.boxes) - ASTRONAUT_MOUTH[:2]).max() < 0.25 * ASTRONAUT_MOUTH[2]
+    full = mouth_track(frames, 64, "facemesh")
+    assert full.found.tolist() == [True, True, True, False, True, True, True]
+
+
+@pytest.mark.parametrize("every", [0, 26])
+def test_validation_refuses_locate_every_outside_one_to_frames(every, astronaut):
+    with pytest.raises(ValueError, match=r"tracks\.locate_every 1 to tracks\.frames \(25\)"):
+        validate_tracks(TracksConfig(windows=1, frames=25, locate_every=every))
+    for fits in (1, 25):
+        validate_tracks(TracksConfig(windows=1, frames=25, locate_every=fits))
+    if every < 1:
+        with pytest.raises(ValueError, match="locate_every must be >= 1"):
+            mouth_track([astronaut], 88, locate_every=every)
+
+
+def test_locate_every_is_hashed_only_where_it_changes_what_a_cache_holds():
+    """At 1 (what every cache made before the key did) and without tracks it is left out, so
+    those caches keep their hash; a recorded config without it was located on every frame."""
+    before = {"windows", "frames", "fps", "size", "locator", "frame_size", "audio_rate", "quality"}
+    every_frame = load_config(PreprocessConfig, None, ["tracks.windows=1", "tracks.locate_every=1"])
+    assert set(to_dict(every_frame)["tracks"]) == before
+    assert set(to_dict(PreprocessConfig())["tracks"]) == before
+    default = load_config(PreprocessConfig, None, ["tracks.windows=1"])
+    assert to_dict(default)["tracks"]["locate_every"] == TracksConfig().locate_every
+    assert config_hash(default) != config_hash(every_frame)
+    assert resolved(to_dict(every_frame), "index.json").tracks.locate_every == 1
+    assert resolved(to_dict(default), "index.json") == default
+
+
+def test_the_preprocessor_locates_the_mouth_as_tracks_locate_every_says(tmp_path):
+    root = tmp_path / "data"
+    (root / "trainset").mkdir(parents=True)
+    talking_face(root / "trainset" / "talk.mp4", seconds=1.2, size=192)
+    (root / "train_label.txt").write_text("video_name,target\ntalk.mp4,0\n")
+    lips = {}
+    for every in (1, 25):  # every frame, or the window's first and last alone
+        out = tmp_path / f"every-{every}"
+        assert preprocess_main(["--data", str(root), "--out", str(out), "--quiet", "--jobs", "1",
+                                "faces.frames=0", "audit.facts=false", "tracks.windows=1",
+                                f"tracks.locate_every={every}"]) == 0  # fmt: skip
+        lips[every] = next(open_cache(out).iter_samples("train")).tracks.lips
+    assert lips[1].shape == lips[25].shape == (1, 25, 88, 88)
+    difference = np.abs(lips[1].astype(int) - lips[25]).mean(axis=(2, 3))[0]
+    assert (difference > 0).any() and difference.mean() < 10  # the same mouth, placed otherwise

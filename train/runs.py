@@ -164,6 +164,10 @@ def resolved(config: dict, where: str):
     # A cache made before faces.codec existed (format v1) stored raw crops.
     faces = mapping(config.get("faces", {}), f"{where}: config.faces")
     config["faces"] = {"codec": "raw", **faces}
+    # One that does not say tracks.locate_every located the mouth on every frame: made before
+    # the key existed, at 1 or without tracks (where it is left out, config.omitted_where).
+    tracks = mapping(config.get("tracks", {}), f"{where}: config.tracks")
+    config["tracks"] = {"locate_every": 1, **tracks}
     return from_dict(PreprocessConfig, config, where=where)
 
 
