@@ -218,9 +218,9 @@ def cache_config(args, faces: bool) -> dict:
     """The preprocessing config the index records, as the preprocessor writes it (an object
     of sections: the reader refuses anything else), with the faces the shards hold."""
     from avcache.common.config import to_dict
-    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.config import PreprocessConfig, TracksConfig
 
-    config = to_dict(PreprocessConfig())
+    config = to_dict(PreprocessConfig(tracks=TracksConfig(windows=0)))  # the shards hold none
     frames, size = (args.faces_frames, args.face_size) if faces else (0, 0)
     config["faces"].update(frames=frames, size=size, codec="raw")  # ShardWriter's default
     return config

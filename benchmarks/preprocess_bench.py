@@ -91,21 +91,26 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIEPY_PIN = "1.0.3"
 RESULTS_FILE = "preprocess_bench.json"
 
-# Config overrides per pipeline mode: mel only, mel + 8 faces by each detector, and the
-# default with one aligned track window (25 mouth frames and their audio, format v3).
+# Config overrides per pipeline mode: mel only, mel + 8 faces by each detector (the default
+# before it cached tracks), and the shipped default (MediaPipe faces and track windows).
+NO_TRACKS = "tracks.windows=0"
 MODES = {
-    "mel": ["faces.frames=0"],
-    "mediapipe": ["faces.detector=mediapipe"],
-    "mtcnn": ["faces.detector=mtcnn"],
-    "haar": ["faces.detector=haar"],
-    "tracks": ["faces.detector=mediapipe", "tracks.windows=1"],
+    "mel": ["faces.frames=0", NO_TRACKS],
+    "mediapipe": ["faces.detector=mediapipe", NO_TRACKS],
+    "mtcnn": ["faces.detector=mtcnn", NO_TRACKS],
+    "haar": ["faces.detector=haar", NO_TRACKS],
+    "default": ["faces.detector=mediapipe"],
 }
+# The views phase: the shipped default against the same without tracks (the default before
+# tracks were cached), paired clip by clip, on the clips and on copies at these heights.
+VIEWS = {"before": [NO_TRACKS], "default": []}
+HEIGHTS = (360, 720)
 FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
 BENCH_FRAMES = (75, 201)  # 3 to 8 s at 25 fps, drawn per clip
 RSS_INTERVAL = 0.1  # seconds between /proc samples of a cli run
 # --tiny: every phase once on the fewest clips, mel mode only (a test, not a measurement).
 TINY = {"clips": 4, "repeats": 1, "api_repeats": 1, "cli_repeats": 1, "profile_clips": 1,
-        "facts_repeats": 1, "modes": "mel"}  # fmt: skip
+        "facts_repeats": 1, "views_repeats": 1, "heights": [], "modes": "mel"}  # fmt: skip
 MIB = 1024 * 1024
 
 
@@ -679,6 +684,72 @@ def facts_cost(clips: list[Clip], repeats: int) -> dict:
     }
 
 
+def scaled_copies(clips: list[Clip], folder: Path, height: int) -> list[Path]:
+    """Each clip re-encoded at `height` px high (H.264, its audio copied): the sample's real
+    media at the sizes of real data sets (FFDV's and AV-Deepfake1M's clips are 360-1080p)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / clip.path.name for clip in clips]
+    for clip, path in zip(clips, paths, strict=True):
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(clip.path), "-vf",
+                        f"scale=-2:{height}:flags=bicubic", "-c:v", "libx264", "-preset",
+                        "veryfast", "-crf", "20", "-c:a", "copy", str(path)],
+                       check=True)  # fmt: skip
+    return paths
+
+
+def views_cost(clips: list[Clip], scratch: Path, heights: list[int], repeats: int) -> dict:
+    """CPU seconds per video of the shipped default (faces and track windows) against the
+    same without tracks, paired clip by clip (turns alternating by repeat, one thread as in
+    a worker), on the clips and on copies `heights` px high; and where the default's time
+    goes, by step (worker.cpu_by_step)."""
+    from avcache.common.config import load_config
+    from avcache.preprocess.config import PreprocessConfig
+    from avcache.preprocess.faces import resolve_detector
+    from avcache.preprocess.worker import cpu_by_step, one_thread_per_worker, process_video_file
+
+    configs = {name: load_config(PreprocessConfig, None, o) for name, o in VIEWS.items()}
+    detector = resolve_detector(configs["default"].faces.detector)
+    sizes = {f"{min(c.height for c in clips)}-{max(c.height for c in clips)}p (as generated)":
+             [clip.path for clip in clips]}  # fmt: skip
+    for height in heights:
+        sizes[f"{height}p"] = scaled_copies(clips, scratch / f"scaled-{height}", height)
+    results = {"detector": detector, "clips": len(clips), "repeats": repeats, "sizes": {}}
+    with one_thread_per_worker(uses_torch=detector.startswith("mtcnn")):
+        process_video_file(clips[0].path, configs["default"])  # warm: imports, numba, models
+        for size, paths in sizes.items():
+            results["sizes"][size] = paired_views(paths, configs, repeats, cpu_by_step)
+    return results
+
+
+def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) -> dict:
+    """One size's paired CPU per video, its ratios and the default's steps."""
+    from avcache.preprocess.worker import process_video_file
+
+    cpu: dict[str, dict[Path, list[float]]] = {name: {} for name in configs}
+    steps: dict[str, float] = {}
+    for repeat in range(repeats):
+        order = list(configs) if repeat % 2 == 0 else list(reversed(configs))
+        for path in paths:
+            for name in order:
+                with cpu_by_step() as spent:
+                    used = timed(process_video_file, path, configs[name])[2]
+                cpu[name].setdefault(path, []).append(used)
+                if name == "default":
+                    for step, seconds in spent.items():
+                        steps[step] = steps.get(step, 0.0) + seconds / (repeats * len(paths))
+    per_clip = {name: [statistics.median(v) for v in by_clip.values()]
+                for name, by_clip in cpu.items()}  # fmt: skip
+    ratios = [new / old for old, new in zip(per_clip["before"], per_clip["default"], strict=True)]
+    return {
+        "cpu_s_per_video": {name: statistics.fmean(v) for name, v in per_clip.items()},
+        "ratio_of_means": statistics.fmean(per_clip["default"])
+        / statistics.fmean(per_clip["before"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "default_steps_s": dict(sorted(steps.items(), key=lambda item: -item[1])),
+    }
+
+
 def derive(run: dict, jobs: int, videos: int) -> dict:
     run["videos_per_s"] = videos / run["wall_s"]
     run["s_per_video_per_core"] = run["wall_s"] * jobs / videos
@@ -805,6 +876,7 @@ def print_report(results: dict) -> None:
     print_parity(results)
     print_profile(results.get("profile"))
     print_facts(results.get("facts"))
+    print_views(results.get("views"))
     print_pipeline(results)
     print(f"load average: start {results['load_average_start']}, end {results['load_average_end']}")
     print("\n== ratios")
@@ -870,6 +942,26 @@ def print_facts(facts: dict | None) -> None:
           f"mean {facts['ms_per_video_mean']:.1f})")  # fmt: skip
 
 
+def print_views(views: dict | None) -> None:
+    if not views:
+        return
+    print(
+        f"\n== the shipped default (faces and tracks) against the same without tracks, "
+        f"{views['detector']} faces, {views['clips']} clips x {views['repeats']} paired repeats, "
+        "one thread, in process"
+    )
+    print(f"{'clips':26} {'CPU s/vid before':>17} {'default':>9} {'ratio':>7} "
+          f"{'per clip: median':>17} {'range':>13}")  # fmt: skip
+    for size, row in views["sizes"].items():
+        cpu, low_high = row["cpu_s_per_video"], row["ratio_range"]
+        print(f"{size:26} {cpu['before']:17.4f} {cpu['default']:9.4f} "
+              f"{row['ratio_of_means']:7.2f} {row['ratio_median']:17.2f} "
+              f"{low_high[0]:6.2f}-{low_high[1]:.2f}")  # fmt: skip
+    for size, row in views["sizes"].items():
+        steps = ", ".join(f"{step} {1000 * s:.0f}" for step, s in row["default_steps_s"].items())
+        print(f"   default's steps, ms a video, {size}: {steps}")
+
+
 def print_pipeline(results: dict) -> None:
     n, shard = results["clips"]["count"], results["shard_size"]
     print(
@@ -912,6 +1004,17 @@ def print_pipeline(results: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def heights(text: str) -> list[int]:
+    """--heights: comma-separated even pixel heights, or '' for none."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated heights: {text!r}") from None
+    if any(value < 16 or value % 2 for value in values):
+        raise argparse.ArgumentTypeError(f"heights must be even and at least 16: {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.preprocess_bench",
@@ -934,6 +1037,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--facts-repeats", type=int, default=2, help="repeats of the audit facts' cost (0: skip)"
     )
     parser.add_argument(
+        "--views-repeats",
+        type=int,
+        default=2,
+        help="repeats of the default's paired cost with and without tracks (0: skip)",
+    )
+    parser.add_argument(
+        "--heights",
+        type=heights,
+        default=list(HEIGHTS),
+        help="the views phase also runs on the clips scaled to these heights (comma-separated;"
+        f" default {','.join(map(str, HEIGHTS))}; '' for none)",
+    )
+    parser.add_argument(
         "--shard-size", type=int, default=0, help="shards.size of the runs (default: clips // 8)"
     )
     parser.add_argument(
@@ -946,8 +1062,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_tiny(parser, argv, TINY)
     if args.clips < 4 or min(args.repeats, args.api_repeats, args.cli_repeats) < 1:
         parser.error("--clips must be at least 4, the repeats at least 1")
-    if args.facts_repeats < 0:
-        parser.error("--facts-repeats must be 0 (skip) or more")
+    if min(args.facts_repeats, args.views_repeats) < 0:
+        parser.error("--facts-repeats and --views-repeats must be 0 (skip) or more")
     return args
 
 
@@ -995,6 +1111,10 @@ def run_all(args: argparse.Namespace, scratch: Path) -> dict:
         print("timing the audit facts ...", flush=True)
         results["facts"] = facts_cost(clips, args.facts_repeats)
         phase("facts")
+    if args.views_repeats:
+        print("timing the default's views (tracks on and off, at each size) ...", flush=True)
+        results["views"] = views_cost(clips, scratch, args.heights, args.views_repeats)
+        phase("views")
     print("timing the preprocessor (api, warm) ...", flush=True)
     results["pipeline"] = bench_api(data, clips[0], scratch, args, shard, len(clips))
     phase("api")

@@ -152,9 +152,11 @@ class Encoding:
     def first_bad(self, bad: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, object]:
         """(samples with a bad value, the first one's first bad value) from a value check's
         `bad`, a flag per sample (more axes: per value of the sample)."""
-        if bad.ndim > 1:
-            flat = bad.reshape(len(bad), -1)
-            values = values.reshape(len(values), -1)[np.arange(len(values)), flat.argmax(axis=1)]
+        if bad.ndim > 1:  # (a shard of no samples too: its values reshape to [0, n])
+            per_sample = int(np.prod(bad.shape[1:]))
+            flat = bad.reshape(len(bad), per_sample)
+            values = values.reshape(len(values), per_sample)
+            values = values[np.arange(len(values)), flat.argmax(axis=1)]
             bad = flat.any(axis=1)
         positions = np.flatnonzero(bad)
         return positions, values[positions[0]] if positions.size else None

@@ -66,7 +66,10 @@ def _every_frame_or_no_tracks(tracks: TracksConfig) -> bool:
 class TracksConfig:
     """Time-aligned windows of mouth frames and speech (preprocess/tracks.py)."""
 
-    windows: int = 0  # W windows per video, placed from its name (0: no tracks)
+    # W windows per video, placed from its name (0: no tracks). One by default: the sync
+    # model's lip-sync figures were measured on one, and one costs the default's CPU about
+    # 1.2x (a second about doubles the mouth tracking again: docs/performance.md).
+    windows: int = 1
     frames: int = 25  # T contiguous frames per window, taken at `fps`
     fps: float = 25.0  # the track's frame rate: frame k is the source frame shown at k / fps
     size: int = 88  # mouth crops are size x size grey (LipForensics' 88 px)

@@ -362,22 +362,30 @@ def face_frames(
     deadline: Deadline = NO_DEADLINE,
 ) -> FaceFrames:
     """K face crops of a video; frames without a face get a centre crop and found=False."""
-    k, size = config.frames, config.size
-    result = FaceFrames(
-        faces=np.zeros((k, size, size, 3), dtype=np.uint8),
-        found=np.zeros(k, dtype=bool),
-        boxes=np.zeros((k, 4), dtype=np.float32),
-    )
-    if k == 0:
-        return result
+    if config.frames == 0:
+        return faces_from([], config, detector)
     if not info.has_video:
         # Black frames would pass for K decoded frames without a face: refuse instead.
         raise MediaError(
             "no video stream (audio only): no face frames to cache; "
             "faces.frames=0 caches the mel images of such files"
         )
-    frames = read_frames(path, info, k, deadline)
+    return faces_from(read_frames(path, info, config.frames, deadline), config, detector)
+
+
+def faces_from(frames: list[np.ndarray | None], config: FacesConfig,
+               detector: str) -> FaceFrames:  # fmt: skip
+    """The crops of K decoded frames (None: not decoded, a black crop); frames without a
+    face get a centre crop and found=False."""
+    k, size = config.frames, config.size
+    result = FaceFrames(
+        faces=np.zeros((k, size, size, 3), dtype=np.uint8),
+        found=np.zeros(k, dtype=bool),
+        boxes=np.zeros((k, 4), dtype=np.float32),
+    )
     decoded = [i for i, frame in enumerate(frames) if frame is not None]
+    if not decoded:
+        return result
     boxes = detect_faces([frames[i] for i in decoded], detector, config)
     for i, box in zip(decoded, boxes, strict=True):
         result.faces[i] = square_crop(frames[i], box, config.margin, size)

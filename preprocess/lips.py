@@ -192,9 +192,13 @@ def resolve_locator(name: str) -> str:
 
 
 def fallbacks(name: str) -> list[str]:
-    """The locators tried for a window, from `name` on, in registry order."""
+    """The locators tried for a window, from `name` on, in registry order; MTCNN only where
+    it is the one asked for (or the first installed): as the face mesh's fallback it would
+    import torch into every worker (~0.7 GB) and take 165-280 ms a frame, for a window on
+    which the mesh found no face at all (BlazeFace's box comes next, then the centre)."""
     order = list(LOCATORS)
-    return [locator for locator in order[order.index(name) :] if available(locator)]
+    return [locator for locator in order[order.index(name) :]
+            if available(locator) and (locator != "mtcnn" or locator == name)]  # fmt: skip
 
 
 def locate_mouths(

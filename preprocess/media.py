@@ -14,11 +14,14 @@ import functools
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ffmpeg
+import numpy as np
 
 
 class MediaError(RuntimeError):
@@ -79,6 +82,12 @@ class MediaInfo:
     audio_bit_rate: float = 0.0  # kb/s
     sample_rate: int = 0  # of the audio stream, Hz
     channels: int = 0
+    rotation: float = 0.0  # degrees the display matrix turns the video (ffmpeg applies it)
+
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the frames ffmpeg decodes: the stored size, turned as shown."""
+        turned = round(self.rotation / 90) % 2 == 1
+        return (self.height, self.width) if turned else (self.width, self.height)
 
 
 @functools.cache
@@ -102,6 +111,7 @@ def as_ffmpeg_url(path: Path) -> str:
     return f"file:{Path(path).resolve()}"
 
 
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
 _STREAM = re.compile(r"^  Stream #0:\d+\S*: (Video|Audio): (.*)$", re.MULTILINE)
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[ ,]")
@@ -158,6 +168,7 @@ def parse_info(dump: str) -> MediaInfo | None:
         height=int(size.group(2)) if size else 0,
         fps=float(fps.group(1)) if fps else 0.0,
         bit_rate=_number(_CONTAINER_BIT_RATE, dump),
+        rotation=_number(_ROTATION, dump),
         **_stream_facts(videos[0] if videos else "", audios[0] if audios else ""),
     )
 
@@ -211,23 +222,94 @@ def run_ffmpeg(command: list[str], deadline: Deadline) -> subprocess.CompletedPr
         raise TimeLimitExceeded(deadline.seconds, "decode") from None
 
 
-def allowed_input(path: Path, seconds: float):
+class FfmpegStream:
+    """ffmpeg with its stdout read as it comes, so that memory holds what the reader keeps,
+    not the whole output (decoded frames at full size). Started as run_ffmpeg starts it, in
+    a session of its own; killed when the video's time is up, which `finish` reports as
+    TimeLimitExceeded. Use: `with FfmpegStream(command, deadline) as stream: ... read ...`,
+    then `stream.finish()` for (return code, ffmpeg's messages)."""
+
+    def __init__(self, command: list[str], deadline: Deadline) -> None:
+        deadline.check("decode")
+        self.deadline, self.expired = deadline, False
+        # Never a pipe: one left unread blocks ffmpeg. Closed by __exit__.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=self._errors,
+                                        start_new_session=True)  # fmt: skip
+        left = deadline.remaining()
+        self._timer = None if left is None else threading.Timer(left, self._expire)
+        if self._timer:
+            self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.process.kill()
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes: fewer only at the end of the output."""
+        return self.process.stdout.read(size)
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for ffmpeg to end; (its return code, its messages)."""
+        returncode = self.process.wait()
+        if self.expired:
+            raise TimeLimitExceeded(self.deadline.seconds, "decode")
+        self._errors.seek(0)
+        return returncode, self._errors.read().decode("utf-8", errors="replace")
+
+    def __enter__(self) -> FfmpegStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer:
+            self._timer.cancel()
+        if self.process.poll() is None:  # left early (an error): stop it
+            self.process.kill()
+        self.process.stdout.close()
+        self.process.wait()
+        self._errors.close()
+
+
+def allowed_input(path: Path, seconds: float, **options):
     """ffmpeg's input of `path`: read for at most `seconds`, opened only as one of the
-    allowed containers, from a plain file (never a playlist or a URL it names)."""
+    allowed containers, from a plain file (never a playlist or a URL it names); `options`
+    are more input options (threads=1)."""
     return ffmpeg.input(as_ffmpeg_url(path), t=seconds, format_whitelist=FORMAT_WHITELIST,
-                        protocol_whitelist="file")  # fmt: skip
+                        protocol_whitelist="file", **options)  # fmt: skip
 
 
 def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
                deadline: Deadline = NO_DEADLINE) -> tuple[MediaInfo, bytes]:  # fmt: skip
     """(what the file holds, s16le PCM of its default audio stream; b'' without one)."""
-    command = (
-        allowed_input(path, max_seconds)
-        .output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate, ac=channels)
-        .global_args("-nostdin", "-hide_banner")
-        .compile(cmd=binary)
-    )
-    result = run_ffmpeg(command, deadline)
+    info, pcm, _ = read_audio_aligned(path, binary, rate, channels, max_seconds, 0, deadline)
+    return info, pcm
+
+
+def read_audio_aligned(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
+                       aligned_rate: int, deadline: Deadline = NO_DEADLINE,
+                       ) -> tuple[MediaInfo, bytes, np.ndarray]:  # fmt: skip
+    """read_audio's (info, PCM) and, from the same decode where `aligned_rate` is set, the
+    first audio stream mono int16 at that rate on the file's timeline (time 0 = the file's
+    first timestamp; a stream that starts later is padded with silence, as the tracks need:
+    preprocess/tracks.py); an empty array without audio or `aligned_rate`.
+
+    One process decodes the audio once for both (a second output, to a file: ffmpeg writes
+    its outputs in turn, so two pipes read one after the other could block it). The first
+    output's bytes are those of read_audio alone: the mel stays bit-exact."""
+    source = allowed_input(path, max_seconds)
+    mel = source.output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate, ac=channels)
+    with tempfile.TemporaryDirectory(prefix="avcache-audio-") as folder:
+        aligned_path = Path(folder) / "aligned.pcm"
+        outputs = [mel]
+        if aligned_rate:
+            aligned = source.audio.filter("aresample", aligned_rate, first_pts=0)
+            outputs.append(aligned.output(str(aligned_path), format="s16le", acodec="pcm_s16le",
+                                          ac=1))  # fmt: skip
+        command = (ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-hide_banner")
+                   .compile(cmd=binary))  # fmt: skip
+        result = run_ffmpeg(command, deadline)
+        aligned_pcm = _read_pcm(aligned_path)
     dump = result.stderr.decode("utf-8", errors="replace")
     info = parse_info(dump)
     if info is None:
@@ -236,4 +318,14 @@ def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: f
         raise MediaError("no audio or video stream")
     if result.returncode != 0 and info.has_audio:
         raise MediaError(f"audio cannot be decoded: {ffmpeg_reason(dump)}")
-    return info, result.stdout if info.has_audio else b""
+    if not info.has_audio:
+        return info, b"", np.zeros(0, np.int16)
+    return info, result.stdout, aligned_pcm
+
+
+def _read_pcm(path: Path) -> np.ndarray:
+    """s16le samples of a file ffmpeg wrote (none where it wrote nothing)."""
+    if not path.exists():
+        return np.zeros(0, np.int16)
+    data = path.read_bytes()
+    return np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.int16)

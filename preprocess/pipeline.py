@@ -121,9 +121,9 @@ def validate_tracks(tracks: TracksConfig) -> None:
             1 <= tracks.frames <= schema.MAX_TRACK_FRAMES,
             f"tracks.frames 1 to {schema.MAX_TRACK_FRAMES}",
         ),
-        (
-            1 <= tracks.locate_every <= tracks.frames,
-            f"tracks.locate_every 1 to tracks.frames ({tracks.frames})",
+        (  # past tracks.frames: the first and last frames alone (a 1-frame track: the one)
+            1 <= tracks.locate_every <= schema.MAX_TRACK_FRAMES,
+            f"tracks.locate_every 1 to {schema.MAX_TRACK_FRAMES}",
         ),
         (
             schema.MIN_TRACK_SIZE <= tracks.size <= schema.MAX_TRACK_SIZE,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import resource
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +25,18 @@ from avcache.cache.writer import ShardWriter
 from avcache.preprocess.audio import MEL_MODES, mel_image
 from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.dataset import ShardPlan, Video
-from avcache.preprocess.faces import face_frames, resolve_detector
+from avcache.preprocess.faces import FaceFrames, face_frames, faces_from, resolve_detector
 from avcache.preprocess.facts import video_facts
+from avcache.preprocess.frames import decode_frames
 from avcache.preprocess.media import (
     Deadline,
     MediaError,
+    MediaInfo,
     TimeLimitExceeded,
     ffmpeg_binary,
-    read_audio,
+    read_audio_aligned,
 )
-from avcache.preprocess.tracks import track_layout, video_tracks
+from avcache.preprocess.tracks import choose_windows, track_layout, video_tracks
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +52,39 @@ class VideoFailed(Exception):
 TIMEOUT_STAGE = "timeout"
 
 
+# Where a video's CPU goes, by step, while cpu_by_step() is open in this thread.
+_SPENT: ContextVar[dict[str, float] | None] = ContextVar("avcache_cpu_by_step", default=None)
+
+
+@contextlib.contextmanager
+def cpu_by_step() -> Iterator[dict[str, float]]:
+    """CPU seconds each step of process_video takes (by its function's name: read_audio_aligned,
+    mel_image, decode_frames, ...), summed while open: this process's and that of the ffmpeg
+    processes the step waited for (benchmarks/preprocess_bench.py: where a video's time
+    goes). Exact with one thread at work in the process, as in a preprocessing worker."""
+    spent: dict[str, float] = {}
+    token = _SPENT.set(spent)
+    try:
+        yield spent
+    finally:
+        _SPENT.reset(token)
+
+
+def _cpu_seconds() -> float:
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _stage(name: str, deadline: Deadline, function: Callable, *args):
     """Run one stage; any error it raises is recorded against the video, never swallowed.
 
     A stage that cannot be interrupted (the mel) is judged when it returns: a video
     past its limit fails even if that stage finished, so the limit means one thing.
     """
+    spent, start = _SPENT.get(), _cpu_seconds()
     try:
         result = function(*args)
         deadline.check(name)
@@ -64,6 +95,10 @@ def _stage(name: str, deadline: Deadline, function: Callable, *args):
         raise VideoFailed(name, str(error)) from None
     except Exception as error:  # librosa, OpenCV, torch: all of them are this video's failure
         raise VideoFailed(name, f"{type(error).__name__}: {error}") from None
+    finally:
+        if spent is not None:
+            step = function.__name__
+            spent[step] = spent.get(step, 0.0) + _cpu_seconds() - start
 
 
 def process_video(video: Video, config: PreprocessConfig, detector: str) -> schema.Sample:
@@ -74,20 +109,22 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     deadline = Deadline(config.limits.seconds_per_video)
     mode, audio = MEL_MODES[config.audio.mode], config.audio
     binary = ffmpeg_binary(audio.ffmpeg)
-    info, pcm = _stage("decode", deadline, read_audio, video.path, binary, mode.rate,
-                       mode.channels, audio.max_seconds, deadline)  # fmt: skip
+    aligned_rate = config.tracks.audio_rate if config.tracks.windows else 0
+    info, pcm, aligned = _stage("decode", deadline, read_audio_aligned, video.path, binary,
+                                mode.rate, mode.channels, audio.max_seconds, aligned_rate,
+                                deadline)  # fmt: skip
     mel = _stage("audio", deadline, mel_image, pcm, info, audio)
     facts = None
     if config.audit.facts:
         facts = _stage("facts", deadline, video_facts, video.path, pcm, info, mode.rate,
                        mode.channels, config.audit, deadline)  # fmt: skip
     del pcm  # up to audio.max_seconds of PCM: not kept while the frames are decoded
-    faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
-                   deadline)  # fmt: skip
-    tracks = None
     if config.tracks.windows:
-        tracks = _stage("tracks", deadline, video_tracks, video.path, binary, video.name, info,
-                        config.tracks, deadline)  # fmt: skip
+        faces, tracks = _faces_and_tracks(video, info, aligned, config, detector, deadline)
+    else:
+        faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
+                       deadline)  # fmt: skip
+        tracks = None
     return schema.Sample(
         video_name=video.name,
         label=video.label,
@@ -104,6 +141,26 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
         if video.segments is None
         else np.array(video.segments, np.float64).reshape(-1, 2),
     )
+
+
+def _faces_and_tracks(video: Video, info: MediaInfo, aligned_audio: np.ndarray,
+                      config: PreprocessConfig, detector: str,
+                      deadline: Deadline) -> tuple[FaceFrames, schema.Tracks]:  # fmt: skip
+    """The face crops and the track windows from one decode of the video (frames.py)."""
+    binary, tracks = ffmpeg_binary(config.audio.ffmpeg), config.tracks
+    if not info.has_video:
+        # Black frames would pass for decoded frames without a face or a mouth: refuse.
+        stage = "faces" if config.faces.frames else "tracks"
+        raise VideoFailed(stage, "no video stream (audio only): no face or mouth frames to "
+                          "cache; faces.frames=0 tracks.windows=0 cache the mel images of "
+                          "such files")  # fmt: skip
+    windows = choose_windows(video.name, info.duration, tracks)
+    decoded = _stage("faces", deadline, decode_frames, video.path, binary, info,
+                     config.faces.frames, windows, tracks, deadline)  # fmt: skip
+    faces = _stage("faces", deadline, faces_from, decoded.faces, config.faces, detector)
+    track = _stage("tracks", deadline, video_tracks, windows, decoded.windows,
+                   decoded.windows_real, aligned_audio, tracks, deadline)  # fmt: skip
+    return faces, track
 
 
 def process_video_file(path: Path, config: PreprocessConfig, name: str | None = None

@@ -28,6 +28,7 @@ SMALL = ("faces.frames=2", "faces.size=32", "faces.detector=haar")
 # made then; at 1 the key stays out of their config and hash).
 TRACKS = ("tracks.windows=1", "tracks.frames=5", "tracks.size=16", "tracks.locator=facebox",
           "tracks.locate_every=1")  # fmt: skip
+RAW = ("faces.codec=raw", "audit.facts=false", "tracks.windows=0")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class FixtureCache:
         return FIXTURES / "caches" / f"{self.name}.tar.gz"
 
     def extract(self, into: Path) -> Path:
-        """The cache unpacked under `into`; its folder."""
+        """The cache unpacked under `into`; its folder (the archive's one top folder)."""
         with tarfile.open(self.tarball) as archive:
             archive.extractall(into, filter="data")
-        return into / self.name
+            top = archive.getnames()[0].split("/")[0]
+        return into / top
 
     def make(self, out: Path) -> None:
         """The cache as this code writes it, from the fixture sample."""
@@ -60,9 +62,11 @@ class FixtureCache:
 CACHES = (
     FixtureCache("v1-raw", 1, "eb0557d", "ffdv.yaml", SMALL),
     FixtureCache("v2-jpeg", 2, "744c003", "ffdv.yaml", SMALL),
-    # Every optional part: JPEG faces, mouth tracks, audit facts, kinds and segments.
+    # Every optional part: JPEG faces, mouth tracks, audit facts, kinds and segments; as the
+    # release before one decode served the faces and the windows wrote it, and as this code does.
+    FixtureCache("v3-lavdf-e2e0269", 3, "e2e0269", "lav-df.yaml", (*SMALL, *TRACKS)),
     FixtureCache("v3-lavdf", 3, "", "lav-df.yaml", (*SMALL, *TRACKS)),
-    FixtureCache("v3-raw", 3, "", "ffdv.yaml", (*SMALL, "faces.codec=raw", "audit.facts=false")),
+    FixtureCache("v3-raw", 3, "", "ffdv.yaml", (*SMALL, *RAW)),
 )
 CURRENT = tuple(cache for cache in CACHES if not cache.commit)
 # Each model kind trained briefly on v3-lavdf (it holds every field): the weights' digest.

@@ -108,7 +108,12 @@ def test_preprocess_bench_compares_the_recipes_and_times_every_phase(tmp_path, c
     facts = results["facts"]
     assert facts["clips"] == clips and facts["cpu_s_per_video_with"] > 0
     assert facts["detector"] == resolve_detector("auto")
-    assert set(results["phase_seconds"]) == {"setup", "mel", "facts", "api", "cli"}
+    assert set(results["phase_seconds"]) == {"setup", "mel", "facts", "views", "api", "cli"}
+    (size,) = results["views"]["sizes"].values()  # --tiny: the clips as generated alone
+    assert size["cpu_s_per_video"]["default"] > 0 and size["cpu_s_per_video"]["before"] > 0
+    # the default caches tracks: its steps include the windows', which the other has not
+    assert {"decode_frames", "video_tracks", "read_audio_aligned"} <= set(size["default_steps_s"])
+    assert len(printed(rf"default's steps, ms a video, .*decode_frames {NUMBER}", out)) == 1
     for key in (
         "mel_in_process_wall",
         "cli_mel_jobs2_vs_jobs1_wall",

@@ -27,7 +27,13 @@ import pytest
 
 from avcache.cache import open_cache, schema
 from avcache.preprocess.audio import mel_image
-from avcache.preprocess.config import AudioConfig, FacesConfig, LimitsConfig, PreprocessConfig
+from avcache.preprocess.config import (
+    AudioConfig,
+    FacesConfig,
+    LimitsConfig,
+    PreprocessConfig,
+    TracksConfig,
+)
 from avcache.preprocess.dataset import Video
 from avcache.preprocess.faces import detect_faces, read_frames
 from avcache.preprocess.media import (
@@ -412,11 +418,15 @@ def test_frames_smaller_than_the_smallest_face_have_none(detector):
     assert detect_faces(frames, detector, FacesConfig(min_face_size=40)) == [None, None]
 
 
-def test_audio_only_is_cached_when_faces_are_off(tmp_path):
+def test_audio_only_is_cached_when_faces_and_tracks_are_off(tmp_path):
     KINDS["audio only"].make(tmp_path / "speech.mp4")
-    config = PreprocessConfig(faces=FacesConfig(frames=0))
-    sample = process_video(Video("train", "speech.mp4", 1, tmp_path / "speech.mp4"), config, "none")
+    video = Video("train", "speech.mp4", 1, tmp_path / "speech.mp4")
+    with pytest.raises(VideoFailed, match=r"tracks: .* faces.frames=0 tracks.windows=0"):
+        process_video(video, PreprocessConfig(faces=FacesConfig(frames=0)), "none")
+    config = PreprocessConfig(faces=FacesConfig(frames=0), tracks=TracksConfig(windows=0))
+    sample = process_video(video, config, "none")
     assert sample.has_audio and sample.mel.std() > 20 and sample.faces.shape[0] == 0
+    assert sample.tracks is None
 
 
 def test_ffmpeg_runs_apart_from_the_terminals_ctrl_c():

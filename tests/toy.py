@@ -15,7 +15,7 @@ from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.common.atomic import write_json_atomic
 from avcache.common.config import to_dict
-from avcache.preprocess.config import PreprocessConfig
+from avcache.preprocess.config import PreprocessConfig, TracksConfig
 from avcache.train.engine import METRICS
 
 FRAMES, SIZE = 2, 32
@@ -49,7 +49,7 @@ def write_toy_cache(root, splits: dict[str, int], seed: int = 0, codec: str = "r
                     writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
                 n, digest = writer.close()
             records.append(ShardRecord(rel, split, n, digest))
-    config = to_dict(PreprocessConfig())
+    config = to_dict(PreprocessConfig(tracks=TracksConfig(windows=0)))
     config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec=codec)
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
 
