@@ -70,7 +70,7 @@ CACHES = (
 )
 CURRENT = tuple(cache for cache in CACHES if not cache.commit)
 # Each model kind trained briefly on v3-lavdf (it holds every field): the weights' digest.
-KINDS = ("audio", "faces", "av", "lips", "speech", "sync")
+KINDS = ("audio", "faces", "av", "lips", "speech", "sync", "all")
 TRAINING = ["run.epochs=1", "data.batch_size=2", "model.mel_size=32", "run.threads=1",
             "data.workers=0", "run.seed=0"]  # fmt: skip
 

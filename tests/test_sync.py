@@ -1,6 +1,6 @@
-"""The models that read the aligned tracks (lips, speech, sync): they train and resume from a
-cache with tracks, their sync negatives are what they say, and the sync score's offsets
-point where the audio lags."""
+"""The models that read the aligned tracks (lips, speech, sync, and all: every view): they
+train and resume from a cache with tracks, their sync negatives are what they say, the sync
+score's offsets point where the audio lags, and every view's verdict counts in `all`'s."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from avcache.cache import open_cache, schema
-from avcache.train.augment import mismatch_speech
+from avcache.train.augment import MISMATCHED, mismatch_speech, prepare
 from avcache.train.config import ModelConfig
 from avcache.train.engine import LAST, METRICS
 from avcache.train.models import (
@@ -20,6 +20,7 @@ from avcache.train.models import (
     build_model,
     contrastive_loss,
     cross_similarity,
+    either_fake,
     moving_part,
     offset_similarity,
     overlap,
@@ -44,7 +45,7 @@ def cache(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kind", ["lips", "speech", "sync"])
+@pytest.mark.parametrize("kind", ["lips", "speech", "sync", "all"])
 def test_every_track_model_trains_and_validates(cache, tmp_path, kind):
     run = tmp_path / "run"
     options = {**TRACKS, "model.kind": kind, "run.epochs": 1, "augment.av_mismatch": 0.25}
@@ -55,10 +56,11 @@ def test_every_track_model_trains_and_validates(cache, tmp_path, kind):
     assert all(torch.isfinite(value).all() for value in state["model"].values())
 
 
-def test_a_killed_sync_run_resumes_to_where_an_uninterrupted_run_ends(cache, tmp_path):
+@pytest.mark.parametrize("kind", ["sync", "all"])
+def test_a_killed_track_run_resumes_to_where_an_uninterrupted_run_ends(cache, tmp_path, kind):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = [*small_config(**{**TRACKS, "model.kind": "sync", "augment.av_mismatch": 0.25}),
-            "--cache", str(cache)]  # fmt: skip
+    options = {**TRACKS, "model.kind": kind, "augment.av_mismatch": 0.25, "model.aux_weight": 0.5}
+    args = [*small_config(**options), "--cache", str(cache)]
     assert train_main([*args, "--out", str(straight)]) == 0
     kill_after_first_epoch([*args, "--out", str(killed)], killed)
     assert train_main(["--resume", str(killed)]) == 0
@@ -203,3 +205,64 @@ def test_the_sync_model_learns_lip_sync_on_the_toy_tracks(tmp_path):
                        *small_config(**options)]) == 0  # fmt: skip
     history = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     assert max(row["val_auc"] for row in history) > 0.75, history
+
+
+def every_view_inputs(batch: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    from tests.test_train import every_field
+
+    model = build_model(ModelConfig(kind="all"), track_frames=5)
+    return prepare(every_field(batch), model.fields, mel_size=64)
+
+
+def test_every_view_is_fake_when_any_view_finds_it_fake():
+    """all's P(fake) is either_fake of the mel's, the faces' and the sync's own verdicts:
+    never below any of them, near 1 when one view is sure, near 0 only when all are."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="all"), track_frames=5).eval()
+    inputs = every_view_inputs()
+    heads = [head[-1] for head in model.senses.head.values()] + [model.sync.head]
+    with torch.no_grad():
+        logits, _ = model(inputs)
+        sync = model.sync.evidence(inputs)[0]
+        own = torch.cat([model.senses.verdicts(inputs), sync[:, None]], dim=1)
+        torch.testing.assert_close(logits, either_fake(own))
+        assert (torch.sigmoid(logits)[:, None] >= torch.sigmoid(own) - 1e-6).all()
+        for view, head in enumerate(heads):
+            head.bias += 50.0  # this view alone is sure it is fake
+            assert (torch.sigmoid(model(inputs)[0]) > 0.99).all(), view
+            head.bias -= 50.0
+        for head in heads:
+            head.bias -= 50.0
+        assert (torch.sigmoid(model(inputs)[0]) < 0.01).all(), "every view sure it is real"
+
+
+def test_mismatched_speech_trains_only_the_views_that_can_tell():
+    """all's loss: the fused verdict's and the contrastive term, plus aux_weight x each view's
+    own; a sample whose speech was swapped (labelled fake) leaves out the mel's and the faces'
+    own terms: they hear and see a real video."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="all", aux_weight=0.5), track_frames=5).eval()
+    inputs = every_view_inputs()
+    labels = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    mismatched = torch.tensor([False, False, True, False])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    with torch.no_grad():
+        logits, plain = model(inputs, labels)
+        _, masked = model({**inputs, MISMATCHED: mismatched}, labels)
+        senses = model.senses.verdicts(inputs)
+        sync, across = model.sync.evidence(inputs)
+    base = bce(logits, labels) + contrastive_loss(across, labels)
+    views = sum(bce(column, labels) for column in senses.unbind(1)) + bce(sync, labels)
+    torch.testing.assert_close(plain, base + 0.5 * views)
+    kept = ~mismatched
+    seen = sum(bce(column[kept], labels[kept]) for column in senses.unbind(1)) + bce(sync, labels)
+    torch.testing.assert_close(masked, base + 0.5 * seen)
+
+
+def test_the_mismatches_a_model_learns_from_are_the_ones_its_views_can_see():
+    assert build_model(ModelConfig(kind="av")).mismatches == (schema.FACES,)
+    assert build_model(ModelConfig(kind="sync"), 5).mismatches == (schema.TRACK_AUDIO,)
+    # all: another video's faces beside a mel is a fake no single view of it can see
+    assert build_model(ModelConfig(kind="all"), 5).mismatches == (schema.TRACK_AUDIO,)
+    assert build_model(ModelConfig(kind="audio")).mismatches == ()

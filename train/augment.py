@@ -181,6 +181,11 @@ def prepare(
     return inputs
 
 
+# The inputs' entry saying which samples were mismatched (bool [B]), for a model whose views
+# cannot all see a mismatch (train/models.py EveryView).
+MISMATCHED = "mismatched"
+
+
 def mismatch_faces(inputs: dict, labels: torch.Tensor, share: float,
                    generator: torch.Generator) -> tuple[dict, torch.Tensor]:  # fmt: skip
     """Audio-visual mismatch: a `share` of the batch gets another video's faces beside its own
@@ -198,7 +203,7 @@ def mismatch_faces(inputs: dict, labels: torch.Tensor, share: float,
     faces, labels = faces.clone(), labels.clone()
     faces[chosen] = inputs[schema.FACES][donors]
     labels[chosen] = 1.0
-    return {**inputs, schema.FACES: faces}, labels
+    return {**inputs, schema.FACES: faces, MISMATCHED: marked(inputs, chosen, batch)}, labels
 
 
 def mismatch_speech(inputs: dict, labels: torch.Tensor, share: float,
@@ -226,4 +231,12 @@ def mismatch_speech(inputs: dict, labels: torch.Tensor, share: float,
     own = audio[shifted]
     heard[shifted] = own.gather(-1, positions[:, None, :].expand_as(own))
     labels[chosen] = 1.0
-    return {**inputs, schema.TRACK_AUDIO: heard}, labels
+    return {**inputs, schema.TRACK_AUDIO: heard, MISMATCHED: marked(inputs, chosen, batch)}, labels
+
+
+def marked(inputs: dict, chosen: torch.Tensor, batch: int) -> torch.Tensor:
+    """The batch's mismatched samples (bool [B]): those marked before, and `chosen`."""
+    mismatched = inputs.get(MISMATCHED)
+    if mismatched is None:
+        mismatched = torch.zeros(batch, dtype=torch.bool, device=chosen.device)
+    return mismatched.index_fill(0, chosen, True)

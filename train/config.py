@@ -27,6 +27,7 @@ MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "lips": (schema.LIPS,),
     "speech": (schema.TRACK_AUDIO,),
     "sync": (schema.LIPS, schema.TRACK_AUDIO),
+    "all": (schema.MEL, schema.FACES, schema.LIPS, schema.TRACK_AUDIO),
 }
 MODEL_KINDS = tuple(MODEL_INPUTS)
 # The kinds that read the aligned tracks (the protocols cache tracks only for these).
@@ -37,7 +38,8 @@ TRACK_KINDS = tuple(kind for kind, fields in MODEL_INPUTS.items() if schema.LIPS
 @dataclass
 class ModelConfig:
     # audio (mel), faces (face frames), av (both, fused); on a cache with tracks: lips (mouth
-    # frames), speech (the same instants' audio), sync (lips against speech); train/models.py
+    # frames), speech (the same instants' audio), sync (lips against speech), all (every view,
+    # each with its own verdict, either-sense); train/models.py
     kind: str = "av"
     # The weights a new run starts from. LOCAL: files to read, so a resumed or scoring run never
     # reads them from its run folder (its checkpoint holds its weights).

@@ -113,7 +113,7 @@ class Trainer:
         self.model = build_model(config.model, track_frames(cache)).to(self.device)
         if config.model.init:
             self._load_weights(Path(config.model.init))
-        self.fields = self.model.fields
+        self.fields, self.mismatches = self.model.fields, self.model.mismatches
         self.loaders = Loaders(config, cache, self.sources, self.fields, self.device, self.ranks)
         self._kinds: dict[tuple, list[str] | None] = {}  # (cache, split) -> its fake kinds
         if self._cuda:
@@ -169,11 +169,11 @@ class Trainer:
         model = self.config.model
         inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
         labels = batch[schema.LABEL].float()
-        if augment and augment.av_mismatch and schema.FACES in inputs and schema.MEL in inputs:
-            inputs, labels = mismatch_faces(inputs, labels, augment.av_mismatch, generator)
-        if augment and augment.av_mismatch and schema.LIPS in inputs and \
-                schema.TRACK_AUDIO in inputs:  # fmt: skip
-            inputs, labels = mismatch_speech(inputs, labels, augment.av_mismatch, generator)
+        share = augment.av_mismatch if augment else 0.0
+        if share and schema.FACES in self.mismatches:
+            inputs, labels = mismatch_faces(inputs, labels, share, generator)
+        if share and schema.TRACK_AUDIO in self.mismatches:
+            inputs, labels = mismatch_speech(inputs, labels, share, generator)
         if self._cuda and self.config.run.channels_last and schema.MEL in inputs:
             inputs[schema.MEL] = inputs[schema.MEL].contiguous(memory_format=torch.channels_last)
         return inputs, labels

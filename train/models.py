@@ -23,11 +23,15 @@ from timm.models import load_state_dict
 from torch import nn
 
 from avcache.cache import schema
+from avcache.train.augment import MISMATCHED
 from avcache.train.config import ModelConfig
 
 BACKBONE = "resnet18"
 IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path
 TRACK_INPUTS = (schema.LIPS, schema.TRACK_AUDIO)  # what the cache's aligned tracks hold
+# A mismatched pair (augment.av_mismatch) by the field replaced: what a model must read to
+# learn from it.
+PAIRS = {schema.FACES: (schema.MEL, schema.FACES), schema.TRACK_AUDIO: TRACK_INPUTS}
 
 
 def backbone(in_chans: int, pretrained: str | Path | None) -> nn.Module:
@@ -220,11 +224,20 @@ class Model(nn.Module):
     """
 
     fields: tuple[str, ...] = ()
+    # The mismatched pairs it learns from (augment.av_mismatch, train/augment.py): FACES,
+    # another video's faces beside a mel; TRACK_AUDIO, other speech than the lips say.
+    mismatches: tuple[str, ...] = ()
 
 
-def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of P(fake) logits, in fp32 (bf16 under autocast rounds them)."""
-    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+def bce(logits: torch.Tensor, labels: torch.Tensor,
+        weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Binary cross-entropy of P(fake) logits, in fp32 (bf16 under autocast rounds them);
+    with `weights` [B], their weighted mean (samples of weight 0 count for nothing)."""
+    if weights is None:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+    each = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels,
+                                                          reduction="none")  # fmt: skip
+    return (each * weights).sum() / weights.sum().clamp_min(1)
 
 
 class Detector(Model):
@@ -250,6 +263,8 @@ class Detector(Model):
             {name: BRANCHES[name].build(pretrained, track_frames) for name in branches}
         )
         self.fields = tuple(BRANCHES[name].field for name in branches)
+        self.mismatches = tuple(replaced for replaced, pair in PAIRS.items()
+                                if set(pair) <= set(self.fields))  # fmt: skip
         widths = {name: BRANCHES[name].width(branch) for name, branch in self.branches.items()}
         self.either = fusion == "or" and len(branches) > 1
         if self.either:  # one head per branch
@@ -267,13 +282,10 @@ class Detector(Model):
     def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """(logits [B], the training loss given `labels`)."""
-        features = [BRANCHES[name].features(branch, inputs)
-                    for name, branch in self.branches.items()]  # fmt: skip
-        if self.training and self.modality_dropout:
-            features = drop_one_branch(features, self.modality_dropout)
+        features = self._features(inputs)
         own = None  # [B, branches]: each branch's own verdict, where it has one
         if self.either:
-            own = torch.cat([h(f) for h, f in zip(self.head.values(), features, strict=True)], 1)
+            own = self._verdicts(features)
             logits = either_fake(own)
         else:
             logits = self.head(torch.cat(features, dim=1)).squeeze(1)
@@ -282,6 +294,20 @@ class Detector(Model):
         if self.aux is not None:
             own = torch.cat([h(f) for h, f in zip(self.aux.values(), features, strict=True)], 1)
         return logits, self.loss(logits, own if self.aux_weight else None, labels)
+
+    def verdicts(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each branch's own P(fake) logit [B, branches] (fusion `or`: its own head)."""
+        return self._verdicts(self._features(inputs))
+
+    def _features(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        features = [BRANCHES[name].features(branch, inputs)
+                    for name, branch in self.branches.items()]  # fmt: skip
+        if self.training and self.modality_dropout:
+            features = drop_one_branch(features, self.modality_dropout)
+        return features
+
+    def _verdicts(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([h(f) for h, f in zip(self.head.values(), features, strict=True)], 1)
 
     def loss(self, logits: torch.Tensor, own: torch.Tensor | None,
              labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -333,6 +359,7 @@ class SyncDetector(Model):
     OFFSETS = 5  # K: frames either side (0.2 s at 25 fps: wider than any natural lag)
     EMBEDDING = 128
     fields = (schema.LIPS, schema.TRACK_AUDIO)
+    mismatches = (schema.TRACK_AUDIO,)
 
     def __init__(self, pretrained: str | Path | None, track_frames: int,
                  sync_weight: float = 1.0) -> None:  # fmt: skip
@@ -351,10 +378,14 @@ class SyncDetector(Model):
     def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """(logits [B], the training loss given `labels`)."""
+        logits, across = self.evidence(inputs)
+        return logits, None if labels is None else self.loss(logits, across, labels)
+
+    def evidence(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B], each clip's lips against every clip's speech [B, B]): `compare`'s."""
         lips, audio = inputs[schema.LIPS], inputs[schema.TRACK_AUDIO]
         lip_steps, speech_steps = self.lips(lips), self.speech(audio)  # [B * W, T, C]
-        logits, across = self.compare(lip_steps, speech_steps, lips.shape[0])
-        return logits, None if labels is None else self.loss(logits, across, labels)
+        return self.compare(lip_steps, speech_steps, lips.shape[0])
 
     def compare(self, lip_steps: torch.Tensor, speech_steps: torch.Tensor,
                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -444,6 +475,49 @@ def cross_similarity(lips: torch.Tensor, speech: torch.Tensor, batch: int) -> to
     return torch.einsum("ise,jse->ij", lips, speech) / (windows * steps)
 
 
+class EveryView(Model):
+    """Every view of a video in one detector: the mel, the faces, and the lips against the
+    speech, each with a verdict of its own (the mel's and the faces' heads as Detector's
+    `or` fusion has them, and SyncDetector's evidence), the video fake when any view finds
+    it fake (either_fake). A fake that one view explains costs the others nothing, so each
+    keeps what only it can tell: a synthetic voice the mel's, a re-driven mouth the sync's.
+
+    Its training loss: the fused verdict's, model.aux_weight x each view's own verdict's,
+    and SyncDetector's contrastive term (model.sync_weight). Its mismatched pairs are
+    sync's (other speech than the lips say, augment.av_mismatch): fakes that only lips
+    against speech can tell, so the mel's and the faces' own verdicts are not trained on
+    them (they hear and see a real video)."""
+
+    mismatches = (schema.TRACK_AUDIO,)
+
+    def __init__(self, pretrained: str | Path | None, track_frames: int,
+                 aux_weight: float = 0.0, sync_weight: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        self.senses = Detector(("mel", "faces"), pretrained, track_frames, fusion="or")
+        self.sync = SyncDetector(pretrained, track_frames, sync_weight)
+        self.fields = (*self.senses.fields, *self.sync.fields)
+        self.aux_weight = aux_weight
+
+    def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(logits [B], the training loss given `labels`)."""
+        sync, across = self.sync.evidence(inputs)
+        own = torch.cat([self.senses.verdicts(inputs).float(), sync.float()[:, None]], dim=1)
+        logits = either_fake(own)  # [B], of own [B, views]: mel, faces, sync
+        if labels is None:
+            return logits, None
+        return logits, self.loss(logits, own, across, labels, inputs.get(MISMATCHED))
+
+    def loss(self, logits: torch.Tensor, own: torch.Tensor, across: torch.Tensor,
+             labels: torch.Tensor, mismatched: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+        loss = self.sync.loss(logits, across, labels)  # the fused verdict's and contrastive
+        if not self.aux_weight:
+            return loss
+        seen = torch.ones_like(labels) if mismatched is None else (~mismatched).float()
+        senses = [bce(column, labels, seen) for column in own[:, :-1].unbind(1)]
+        return loss + self.aux_weight * (sum(senses) + bce(own[:, -1], labels))
+
+
 def check_track_frames(kind: str, fields: tuple[str, ...], track_frames: int) -> None:
     """A model that reads the cache's aligned tracks is built for their frames per window."""
     if set(fields) & set(TRACK_INPUTS) and track_frames < 1:
@@ -469,6 +543,13 @@ def synced(config: ModelConfig, track_frames: int) -> Model:
     return SyncDetector(config.pretrained or None, track_frames, config.sync_weight)
 
 
+def every_view(config: ModelConfig, track_frames: int) -> Model:
+    """The builder of `all`: every view, each with its own verdict (EveryView)."""
+    check_track_frames(config.kind, TRACK_INPUTS, track_frames)
+    return EveryView(config.pretrained or None, track_frames, config.aux_weight,
+                     config.sync_weight)  # fmt: skip
+
+
 # Model kind -> its builder, from the model config and the cache's track frames per window.
 MODELS: dict[str, Callable[[ModelConfig, int], Model]] = {
     "audio": fused("mel"),
@@ -477,6 +558,7 @@ MODELS: dict[str, Callable[[ModelConfig, int], Model]] = {
     "lips": fused("lips"),
     "speech": fused("speech"),
     "sync": synced,
+    "all": every_view,
 }
 
 
