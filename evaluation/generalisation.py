@@ -14,10 +14,10 @@ fake clip's manipulations (sample_manifest.json):
 3. each recipe is trained on each fold for each seed, for a fixed number of epochs (mel
    resized to --mel-size, --frames of the 4 faces: small enough for a CPU); the figure is
    the val AUC of the last epoch, so nothing is chosen on the held-out fakes.
-With `--tracks`, the recipes that read the aligned tracks (lips, speech, sync) run too: the
-sample is cached a second time, with one window a video of mouth frames and the same
-instants' audio (DIR/cache-tracks, TRACKS_CACHE), and they train on folds of that cache
-(DIR/folds-tracks), the other recipes on DIR/cache as without it.
+With `--tracks`, the recipes that read the aligned tracks (lips, speech, sync, all) run too:
+the sample is cached with one window a video of mouth frames and the same instants' audio
+beside its mel and faces (DIR/cache-tracks, TRACKS_CACHE), and every recipe trains on folds
+of that cache (DIR/folds-tracks); without it, on DIR/cache (no tracks).
 Runs go `--jobs` at a time, each a training process of one thread (small batches use one
 core better than two threads do). The table (recipe x held-out kind, mean and spread over
 seeds) goes to DIR/table.md and DIR/generalisation.json, rewritten as runs finish.
@@ -36,12 +36,13 @@ from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.common.arguments import share
 from avcache.common.atomic import write_json_atomic
-from avcache.train.config import TRACK_KINDS
+from avcache.common.config import load_config
+from avcache.train.config import TRACK_KINDS, TrainConfig
 from avcache.train.engine import METRICS
 from evaluation.sweep import REPO, run_folder, run_training, sweep, table
 
 # Recipe -> (config file, overrides). Every run also gets COMMON. A recipe whose model.kind
-# reads the aligned tracks (TRACK_KINDS) trains on folds of TRACKS_CACHE (needs_tracks).
+# reads the aligned tracks (TRACK_KINDS, needs_tracks) needs --tracks.
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "audio (baseline recipe)": ("configs/train_baseline.yaml", []),
     "audio": ("configs/train.yaml", ["model.kind=audio"]),
@@ -62,26 +63,35 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # own shifted), labelled fake: the sync negatives the sample's own fakes rarely give.
     "sync + av_mismatch": ("configs/train.yaml", ["model.kind=sync",
                                                   "augment.av_mismatch=0.25"]),
+    # Every view in one model (the mel, the faces, lips against speech, either-sense).
+    "all": ("configs/train.yaml", ["model.kind=all"]),
+    "all + branch heads + mismatch": ("configs/train.yaml", ["model.kind=all",
+                                                             "model.aux_weight=0.5",
+                                                             "augment.av_mismatch=0.25"]),
+    # What avcache-train trains as shipped.
+    "default": ("configs/train.yaml", []),
 }  # fmt: skip
 COMMON = ["data.batch_size=16", "data.workers=0", "run.threads=1"]
-# The cache of every recipe but the track ones (as `make demo`, faces at 64 px, stored raw).
-CACHE = ["faces.frames=4", "faces.size=64", "faces.codec=raw"]
-# The track recipes' cache: mel and one window a video of 25 mouth frames (1 s at 25 fps,
-# room for the sync model's offsets of -5..5 frames) and that second's 16 kHz audio. No
-# faces: no track kind reads them, and finding them again would add a third to the
-# preprocessing. Mouth crops of 48 px instead of LipForensics' 88: a lips or sync model runs
-# a ResNet18 on each of the 25 frames of a clip, about 3x cheaper at 48 px on a CPU (2.5x
-# measured), as the mel is resized to 64 px for the same reason; the mouth's opening, what
-# the sample's lip-sync fakes change, is still many pixels tall.
-TRACKS_CACHE = ["faces.frames=0", "tracks.windows=1", "tracks.frames=25", "tracks.size=48"]
+# The cache without --tracks (as `make demo` made it before tracks were cached by default:
+# faces at 64 px, stored raw, no tracks).
+FACES = ["faces.frames=4", "faces.size=64", "faces.codec=raw"]
+CACHE = [*FACES, "tracks.windows=0"]
+# With --tracks, the one cache every recipe trains on: the same mel and faces, and one window
+# a video of 25 mouth frames (1 s at 25 fps, room for the sync model's offsets of -5..5
+# frames) and that second's 16 kHz audio. Mouth crops of 48 px instead of LipForensics' 88:
+# a lips or sync model runs a ResNet18 on each of the 25 frames of a clip, about 3x cheaper
+# at 48 px on a CPU (2.5x measured), as the mel is resized to 64 px for the same reason; the
+# mouth's opening, what the sample's lip-sync fakes change, is still many pixels tall.
+TRACKS_CACHE = [*FACES, "tracks.windows=1", "tracks.frames=25", "tracks.size=48"]
 # Folds folder -> the cache (in DIR) its folds are written from, and that cache's overrides.
 CACHES = {"folds": ("cache", CACHE), "folds-tracks": ("cache-tracks", TRACKS_CACHE)}
 
 
 def needs_tracks(recipe: str) -> bool:
-    """The recipe's model reads the aligned tracks (lips, speech, sync)."""
-    _, overrides = RECIPES[recipe]
-    return any(f"model.kind={kind}" in overrides for kind in TRACK_KINDS)
+    """The recipe's model reads the aligned tracks (lips, speech, sync, all), as its config
+    file and overrides make it."""
+    config, overrides = RECIPES[recipe]
+    return load_config(TrainConfig, REPO / config, overrides).model.kind in TRACK_KINDS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -130,15 +140,16 @@ def sample_command(args) -> list[str]:
             "--test", "0", *lip_sync]  # fmt: skip
 
 
-def folds_of(recipe: str) -> str:
-    """The folder (in DIR) of the folds a recipe trains on; CACHES names their cache."""
-    return "folds-tracks" if needs_tracks(recipe) else "folds"
+def folds_of(tracks: bool) -> str:
+    """The folder (in DIR) of the folds every recipe trains on; CACHES names their cache.
+    With --tracks, that of the cache with tracks: one cache, the same pixels for all."""
+    return "folds-tracks" if tracks else "folds"
 
 
 def preprocess_commands(args) -> dict[str, tuple[Path, list[str]]]:
     """Folds folder -> the cache its folds come from and the preprocessing that makes it,
     for the folds the recipes train on."""
-    wanted = {folds_of(recipe) for recipe in args.recipes}
+    wanted = {folds_of(args.tracks)}
     commands = {}
     for folds, (name, overrides) in CACHES.items():
         if folds in wanted:
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(kind: str, recipe: str, seed: int) -> float:
         run = run_folder(args.out / "runs" / kind, recipe, seed)
-        return train_once(args.out / folds_of(recipe) / kind, recipe, seed, args, run)
+        return train_once(args.out / folds_of(args.tracks) / kind, recipe, seed, args, run)
 
     results = sweep(held_out, args.recipes, args.seeds, args.jobs, train,
                     lambda results: write_results(args, folds, results, held_out))  # fmt: skip

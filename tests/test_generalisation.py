@@ -24,7 +24,8 @@ from evaluation.generalisation import (
 )
 from evaluation.generalisation import main as generalisation_main
 
-TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch"]
+TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch", "all",
+                 "all + branch heads + mismatch"]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,8 +76,8 @@ def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
 def test_the_track_recipes_are_listed_and_asked_for_with_tracks(tmp_path, capsys):
     assert set(TRACK_RECIPES) <= set(RECIPES)
     assert [name for name in RECIPES if needs_tracks(name)] == TRACK_RECIPES
-    assert {folds_of(name) for name in TRACK_RECIPES} == {"folds-tracks"}
-    assert {folds_of(name) for name in RECIPES if name not in TRACK_RECIPES} == {"folds"}
+    assert not needs_tracks("default"), "the shipped train.yaml trains av"
+    assert (folds_of(tracks=True), folds_of(tracks=False)) == ("folds-tracks", "folds")
     out = ["--out", str(tmp_path)]
     assert parse_args(out).recipes == [n for n in RECIPES if n not in TRACK_RECIPES]
     assert parse_args([*out, "--tracks"]).recipes == list(RECIPES)
@@ -90,15 +91,16 @@ def test_the_track_recipes_are_listed_and_asked_for_with_tracks(tmp_path, capsys
 
 
 def test_without_the_new_options_every_command_is_the_one_it_was(tmp_path):
-    """The eval folders built before the track recipes stay valid: same sample, same cache,
-    same training commands."""
+    """The eval folders built before the track recipes stay valid: same sample, same cache
+    (tracks.windows=0 now says what the default said then), same training commands."""
     args = parse_args(["--out", str(tmp_path), "--recipes", "audio,av"])
     data, cache = str(tmp_path / "data"), str(tmp_path / "cache")
     assert sample_command(args) == [sys.executable, "-m", "avcache.sample", data, "--seed", "0",
                                     "--train", "300", "--val", "800", "--test", "0"]  # fmt: skip
     assert preprocess_commands(args) == {"folds": (tmp_path / "cache", [
         sys.executable, "-m", "avcache.preprocess.run", "--data", data, "--out", cache,
-        "--quiet", "faces.frames=4", "faces.size=64", "faces.codec=raw"])}  # fmt: skip
+        "--quiet", "faces.frames=4", "faces.size=64", "faces.codec=raw",
+        "tracks.windows=0"])}  # fmt: skip
     command = train_command(tmp_path / "folds" / "face_blur", "av", 1, args, tmp_path / "run")
     assert command[:4] == [sys.executable, "-m", "avcache.train.run", "--config"]
     assert command[4].endswith("configs/train.yaml") and command[5:] == [
@@ -108,18 +110,16 @@ def test_without_the_new_options_every_command_is_the_one_it_was(tmp_path):
     ]  # fmt: skip
 
 
-def test_lip_sync_reaches_the_generator_and_tracks_only_the_track_recipes_cache(tmp_path):
+def test_with_tracks_every_recipe_trains_on_one_cache_of_every_view(tmp_path):
     args = parse_args(["--out", str(tmp_path), "--lip-sync", "0.25", "--tracks",
-                       "--recipes", "audio,sync + av_mismatch"])  # fmt: skip
+                       "--recipes", "audio,sync + av_mismatch,all"])  # fmt: skip
     assert sample_command(args)[-2:] == ["--lip-sync", "0.25"]
     caches = preprocess_commands(args)
-    assert set(caches) == {"folds", "folds-tracks"}
-    plain, tracked = caches["folds"][1], caches["folds-tracks"][1]
+    assert set(caches) == {"folds-tracks"}
+    tracked = caches["folds-tracks"][1]
     assert caches["folds-tracks"][0] == tmp_path / "cache-tracks"
-    assert not any(item.startswith("tracks.") for item in plain)
-    assert "tracks.windows=1" in tracked and tracked[tracked.index("--out") + 1].endswith(
-        "cache-tracks"
-    )
+    assert {"tracks.windows=1", "faces.frames=4"} <= set(tracked)
+    assert tracked[tracked.index("--out") + 1].endswith("cache-tracks")
     command = train_command(tmp_path / "f", "sync + av_mismatch", 0, args, tmp_path / "r")
     assert {"model.kind=sync", "augment.av_mismatch=0.25"} <= set(command)
     only_tracks = parse_args(["--out", str(tmp_path), "--tracks", "--recipes", "speech"])
@@ -138,7 +138,7 @@ def test_a_track_recipe_holds_lip_sync_out_and_scores_it(tmp_path):
     kinds = {clip["name"]: set(clip["kinds"]) for clip in manifest["clips"]}
     assert not (out / "cache").exists()  # no recipe without tracks: no cache without them
     cache = open_cache(out / "cache-tracks")
-    assert cache.tracks.windows == 1 and cache.tracks.frames == 25 and cache.frames == 0
+    assert cache.tracks.windows == 1 and cache.tracks.frames == 25 and cache.frames == 4
     fold_path = out / "folds-tracks" / "lip_sync"
     fold = open_cache(fold_path)
     assert fold.tracks == cache.tracks
