@@ -14,13 +14,11 @@ from avcache.cache import open_cache, schema
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.common.atomic import write_json_atomic
-from avcache.common.config import to_dict
 from avcache.inspection import audit
 from avcache.inspection.cli import main as inspect_main
-from avcache.preprocess.config import PreprocessConfig
 from avcache.preprocess.run import main as preprocess_main
 from tests.media import ffmpeg, write_labels
-from tests.toy import FRAMES, SIZE, toy_sample
+from tests.toy import FRAMES, SIZE, index_config, toy_sample
 
 KINDS = ("voice", "face")
 
@@ -67,8 +65,7 @@ def write_cache(root, plant: str, splits=(("train", 160), ("val", 160)), seed=0,
                     change(sample, split, i)
                 writer.append(sample)
             records.append(ShardRecord(rel, split, *writer.close()))
-    config = to_dict(PreprocessConfig())
-    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    config = index_config(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy-audit", records))
     return kinds
 

@@ -16,8 +16,6 @@ from avcache.cache import schema
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.common.atomic import write_json_atomic
-from avcache.common.config import to_dict
-from avcache.preprocess.config import PreprocessConfig
 from avcache.train.fuse import combine, list_scores, logit
 from avcache.train.fuse import main as fuse_main
 from avcache.train.predict import main as predict_main
@@ -26,7 +24,7 @@ from avcache.train.runs import RunFolder
 from avcache.train.score import main as score_main
 from tests.layouts import lavdf_entry
 from tests.media import talking_face
-from tests.toy import FRAMES, SIZE, small_config
+from tests.toy import FRAMES, SIZE, index_config, small_config
 
 
 def split_cue_sample(name: str, index: int, rng: np.random.Generator) -> schema.Sample:
@@ -55,8 +53,7 @@ def cache(tmp_path_factory):
             for i in range(count):
                 writer.append(split_cue_sample(f"{split}{i:03d}.mp4", i, rng))
             records.append(ShardRecord(rel, split, *writer.close()))
-    config = to_dict(PreprocessConfig())
-    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    config = index_config(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "split-cues", records))
     return root
 

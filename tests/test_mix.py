@@ -18,8 +18,6 @@ from avcache.cache import open_cache, schema
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter
 from avcache.common.atomic import write_json_atomic
-from avcache.common.config import to_dict
-from avcache.preprocess.config import PreprocessConfig
 from avcache.train.engine import LAST, METRICS
 from avcache.train.loader import REAL, LoaderPlan, ShardStream
 from avcache.train.metrics import auc_by_kind
@@ -27,7 +25,7 @@ from avcache.train.mix import MixedStream, source_counts
 from avcache.train.run import main as train_main
 from avcache.train.run import parse_args, start_run
 from tests.test_loader import global_order
-from tests.toy import FRAMES, SIZE, small_config, toy_sample
+from tests.toy import FRAMES, SIZE, index_config, small_config, toy_sample
 
 KINDS = ("face_swap", "voice_clone")  # the kinds of fake of a cache written with kinds
 
@@ -61,8 +59,7 @@ def write_source(root: Path, prefix: str, splits: dict[str, int], seed: int = 0,
                         sample.fake_kind = KINDS[(i // 2) % 2] if i % 2 else "real"
                     writer.append(sample)
                 records.append(ShardRecord(rel, split, *writer.close()))
-    config = to_dict(PreprocessConfig())
-    config["faces"].update(frames=frames, size=SIZE, detector="haar", codec="raw")
+    config = index_config(frames=frames, size=SIZE, detector="haar", codec="raw")
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
     return root
 

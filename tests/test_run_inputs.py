@@ -19,13 +19,20 @@ from avcache.cache import schema
 from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.writer import ShardWriter, sha256_of
 from avcache.common.atomic import write_json_atomic
-from avcache.common.config import config_hash, to_dict
-from avcache.preprocess.config import PreprocessConfig
+from avcache.common.config import config_hash
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import BEST, LAST, METRICS
 from tests.media import talking_face
-from tests.toy import FRAMES, SIZE, TRACK_LAYOUT, small_config, toy_sample, toy_tracks
+from tests.toy import (
+    FRAMES,
+    SIZE,
+    TRACK_LAYOUT,
+    index_config,
+    small_config,
+    toy_sample,
+    toy_tracks,
+)
 
 # Tiny runs: the mel alone at 32 px, batches of 4, one epoch.
 RUN = {"model.kind": "audio", "model.mel_size": 32, "data.batch_size": 4,
@@ -68,11 +75,10 @@ def write_cache(root: Path, splits: dict[str, list[schema.Sample]],
 def write_index(root: Path, records: list[ShardRecord], tracks: bool = False,
                 mel_mode: str = "baseline") -> None:  # fmt: skip
     """index.json with the config and its hash, as avcache-preprocess records them."""
-    config = to_dict(PreprocessConfig())
-    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec="raw")
+    held = {"windows": 1, "frames": TRACK_LAYOUT.frames, "size": TRACK_LAYOUT.size}
+    config = index_config(held if tracks else None, frames=FRAMES, size=SIZE, detector="haar",
+                          codec="raw")  # fmt: skip
     config["audio"]["mode"] = mel_mode
-    if tracks:
-        config["tracks"].update(windows=1, frames=TRACK_LAYOUT.frames, size=TRACK_LAYOUT.size)
     index = build_index(config, config_hash(config), records)
     write_json_atomic(root / schema.INDEX_FILE, index)
 

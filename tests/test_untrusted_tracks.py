@@ -24,9 +24,8 @@ from avcache.cache.index import ShardRecord, build_index
 from avcache.cache.reader import BLOCK_BYTES, ShardReader
 from avcache.cache.writer import ShardWriter
 from avcache.common.atomic import write_json_atomic
-from avcache.common.config import ConfigError, load_config, to_dict
+from avcache.common.config import ConfigError, load_config
 from avcache.inspection.cli import main as inspect_main
-from avcache.preprocess.config import PreprocessConfig
 from avcache.train.config import (
     MAX_BATCH_TRACK_BYTES,
     MIN_SPEECH_SAMPLES,
@@ -36,7 +35,7 @@ from avcache.train.config import (
 from avcache.train.models import SpeechTrunk
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
-from tests.toy import REPO, small_config, write_toy_cache
+from tests.toy import REPO, index_config, small_config, write_toy_cache
 
 FRAMES, SIZE = 2, 32  # faces
 DURATION = 2.0  # seconds, every sample
@@ -98,8 +97,7 @@ def write_cache(root: Path, shards: list[tuple[str, int, schema.TrackLayout | No
         records.append(ShardRecord(f"shards/{record.path}", split, record.num_samples,
                                    record.sha256))  # fmt: skip
         first += count
-    values = to_dict(PreprocessConfig())
-    values["faces"].update(frames=frames, size=SIZE)
+    values = index_config(frames=frames, size=SIZE)
     said = shards[0][2] if config == "first" else config
     if said == "none":
         del values["tracks"]
@@ -386,8 +384,7 @@ def test_text_that_is_not_utf8_is_refused_by_every_command(tmp_path, capsys, run
         for first, split in enumerate(("train", "val"))
     ]
     records = [ShardRecord(f"shards/{r.path}", r.split, r.num_samples, r.sha256) for r in records]
-    values = to_dict(PreprocessConfig())
-    values["faces"].update(frames=FRAMES, size=SIZE)
+    values = index_config(frames=FRAMES, size=SIZE)
     write_json_atomic(root / schema.INDEX_FILE, build_index(values, "text", records))
     shard = root / "shards/val.h5"
     with h5py.File(shard, "a") as handle:  # bytes another tool wrote, no UTF-8

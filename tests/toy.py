@@ -49,9 +49,17 @@ def write_toy_cache(root, splits: dict[str, int], seed: int = 0, codec: str = "r
                     writer.append(toy_sample(f"{split}{i:03d}.mp4", bool(i % 2), rng))
                 n, digest = writer.close()
             records.append(ShardRecord(rel, split, n, digest))
-    config = to_dict(PreprocessConfig(tracks=TracksConfig(windows=0)))
-    config["faces"].update(frames=FRAMES, size=SIZE, detector="haar", codec=codec)
+    config = index_config(frames=FRAMES, size=SIZE, detector="haar", codec=codec)
     write_json_atomic(root / schema.INDEX_FILE, build_index(config, "toy", records))
+
+
+def index_config(tracks: dict | None = None, **faces) -> dict:
+    """The preprocessing config an index records for shards written by hand: the defaults
+    with these `faces` values, and `tracks` where the shards hold tracks (else
+    tracks.windows=0: the default caches one window a video)."""
+    config = to_dict(PreprocessConfig(tracks=TracksConfig(**(tracks or {"windows": 0}))))
+    config["faces"].update(faces)
+    return config
 
 
 def small_config(**overrides) -> list[str]:
