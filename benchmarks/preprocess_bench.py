@@ -700,8 +700,8 @@ def scaled_copies(clips: list[Clip], folder: Path, height: int) -> list[Path]:
 def views_cost(clips: list[Clip], scratch: Path, heights: list[int], repeats: int) -> dict:
     """CPU seconds per video of the shipped default (faces and track windows) against the
     same without tracks, paired clip by clip (turns alternating by repeat, one thread as in
-    a worker), on the clips and on copies `heights` px high; and where the default's time
-    goes, by step (worker.cpu_by_step)."""
+    a worker), on the clips and on copies `heights` px high; and where each one's time goes,
+    by step (worker.cpu_by_step)."""
     from avcache.common.config import load_config
     from avcache.preprocess.config import PreprocessConfig
     from avcache.preprocess.faces import resolve_detector
@@ -722,11 +722,11 @@ def views_cost(clips: list[Clip], scratch: Path, heights: list[int], repeats: in
 
 
 def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) -> dict:
-    """One size's paired CPU per video, its ratios and the default's steps."""
+    """One size's paired CPU per video, its ratios and each config's steps."""
     from avcache.preprocess.worker import process_video_file
 
     cpu: dict[str, dict[Path, list[float]]] = {name: {} for name in configs}
-    steps: dict[str, float] = {}
+    steps: dict[str, dict[str, float]] = {name: {} for name in configs}
     for repeat in range(repeats):
         order = list(configs) if repeat % 2 == 0 else list(reversed(configs))
         for path in paths:
@@ -734,9 +734,9 @@ def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) ->
                 with cpu_by_step() as spent:
                     used = timed(process_video_file, path, configs[name])[2]
                 cpu[name].setdefault(path, []).append(used)
-                if name == "default":
-                    for step, seconds in spent.items():
-                        steps[step] = steps.get(step, 0.0) + seconds / (repeats * len(paths))
+                for step, seconds in spent.items():
+                    mean = seconds / (repeats * len(paths))
+                    steps[name][step] = steps[name].get(step, 0.0) + mean
     per_clip = {name: [statistics.median(v) for v in by_clip.values()]
                 for name, by_clip in cpu.items()}  # fmt: skip
     ratios = [new / old for old, new in zip(per_clip["before"], per_clip["default"], strict=True)]
@@ -746,8 +746,12 @@ def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) ->
         / statistics.fmean(per_clip["before"]),
         "ratio_median": statistics.median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
-        "default_steps_s": dict(sorted(steps.items(), key=lambda item: -item[1])),
+        "steps_s": {name: by_cost(by_step) for name, by_step in steps.items()},
     }
+
+
+def by_cost(steps: dict[str, float]) -> dict[str, float]:
+    return dict(sorted(steps.items(), key=lambda item: -item[1]))
 
 
 def derive(run: dict, jobs: int, videos: int) -> dict:
@@ -958,8 +962,9 @@ def print_views(views: dict | None) -> None:
               f"{row['ratio_of_means']:7.2f} {row['ratio_median']:17.2f} "
               f"{low_high[0]:6.2f}-{low_high[1]:.2f}")  # fmt: skip
     for size, row in views["sizes"].items():
-        steps = ", ".join(f"{step} {1000 * s:.0f}" for step, s in row["default_steps_s"].items())
-        print(f"   default's steps, ms a video, {size}: {steps}")
+        for name, by_step in row["steps_s"].items():
+            steps = ", ".join(f"{step} {1000 * s:.0f}" for step, s in by_step.items())
+            print(f"   {name}'s steps, ms a video, {size}: {steps}")
 
 
 def print_pipeline(results: dict) -> None:

@@ -112,7 +112,9 @@ def test_preprocess_bench_compares_the_recipes_and_times_every_phase(tmp_path, c
     (size,) = results["views"]["sizes"].values()  # --tiny: the clips as generated alone
     assert size["cpu_s_per_video"]["default"] > 0 and size["cpu_s_per_video"]["before"] > 0
     # the default caches tracks: its steps include the windows', which the other has not
-    assert {"decode_frames", "video_tracks", "read_audio_aligned"} <= set(size["default_steps_s"])
+    steps = size["steps_s"]
+    assert {"decode_frames", "video_tracks", "read_audio_aligned"} <= set(steps["default"])
+    assert "face_frames" in steps["before"] and "video_tracks" not in steps["before"]
     assert len(printed(rf"default's steps, ms a video, .*decode_frames {NUMBER}", out)) == 1
     for key in (
         "mel_in_process_wall",
