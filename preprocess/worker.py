@@ -84,7 +84,8 @@ def _stage(name: str, deadline: Deadline, function: Callable, *args):
     A stage that cannot be interrupted (the mel) is judged when it returns: a video
     past its limit fails even if that stage finished, so the limit means one thing.
     """
-    spent, start = _SPENT.get(), _cpu_seconds()
+    spent = _SPENT.get()
+    start = _cpu_seconds() if spent is not None else 0.0  # two system calls: only if asked
     try:
         result = function(*args)
         deadline.check(name)

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from avcache.preprocess.config import TracksConfig
@@ -24,6 +23,7 @@ from avcache.preprocess.media import (
 from avcache.preprocess.tracks import choose_windows
 from tests.hostile import mov_rotated
 from tests.media import ffmpeg, talking_face
+from tests.test_hostile import processes_naming
 
 TRACKS = TracksConfig(windows=2, frames=25, frame_size=96)
 FACES = 6
@@ -156,11 +156,3 @@ def test_a_limit_reached_during_the_decode_stops_it_and_leaves_no_ffmpeg(tmp_pat
     assert not processes_naming(long)
     frames = decode_frames(long, ffmpeg_binary(), info, FACES, windows, TRACKS, Deadline(60))
     assert len(frames.faces) == FACES, "a limit set, the frames read"
-
-
-def processes_naming(path: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(str(path) in part for part in process.info["cmdline"] or ()):
-            found.append(process)
-    return found
