@@ -135,7 +135,7 @@ eval-sync: setup
 # cores: runs already finished under eval-views/ are kept, so it goes on where it stopped.
 eval-views: setup
 	$(BIN)/python -m evaluation.generalisation --out eval-views --lip-sync 0.2 --tracks \
-		--epochs 8 --recipes "audio,faces,av,sync,all,all + branch heads + mismatch"
+		--epochs 8 --recipes "audio,faces,av,sync,all,all + branch heads + mismatch,default"
 
 # Leave-one-data-set-out on three caches of the sample generator (seeds 0, 1, 2: the same
 # speakers and manipulations, so it exercises the protocol rather than a shift between data

@@ -26,9 +26,12 @@ seeds) goes to DIR/table.md and DIR/generalisation.json, rewritten as runs finis
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
+import threading
+from collections import defaultdict
 from pathlib import Path
 
 from avcache.cache import open_cache, schema
@@ -87,11 +90,22 @@ TRACKS_CACHE = [*FACES, "tracks.windows=1", "tracks.frames=25", "tracks.size=48"
 CACHES = {"folds": ("cache", CACHE), "folds-tracks": ("cache-tracks", TRACKS_CACHE)}
 
 
-def needs_tracks(recipe: str) -> bool:
-    """The recipe's model reads the aligned tracks (lips, speech, sync, all), as its config
-    file and overrides make it."""
+@functools.cache
+def resolved(recipe: str) -> TrainConfig:
+    """The training config the recipe's config file and overrides make."""
     config, overrides = RECIPES[recipe]
-    return load_config(TrainConfig, REPO / config, overrides).model.kind in TRACK_KINDS
+    return load_config(TrainConfig, REPO / config, overrides)
+
+
+def needs_tracks(recipe: str) -> bool:
+    """The recipe's model reads the aligned tracks (lips, speech, sync, all)."""
+    return resolved(recipe).model.kind in TRACK_KINDS
+
+
+def twin(recipe: str) -> str:
+    """The first recipe that trains exactly what `recipe` trains: `default` is, by design, one
+    of the others, and its runs are that recipe's runs rather than hours spent again."""
+    return next(name for name in RECIPES if resolved(name) == resolved(recipe))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -236,9 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     folds = {name: {kind: write_fold(cache, clip_kinds, kind, args.out / name / kind)
                     for kind in held_out} for name, cache in caches.items()}  # fmt: skip
 
+    busy = defaultdict(threading.Lock)  # a run folder trained by one thread at a time
+
     def train(kind: str, recipe: str, seed: int) -> float:
-        run = run_folder(args.out / "runs" / kind, recipe, seed)
-        return train_once(args.out / folds_of(args.tracks) / kind, recipe, seed, args, run)
+        run = run_folder(args.out / "runs" / kind, twin(recipe), seed)
+        with busy[run]:
+            return train_once(args.out / folds_of(args.tracks) / kind, recipe, seed, args, run)
 
     results = sweep(held_out, args.recipes, args.seeds, args.jobs, train,
                     lambda results: write_results(args, folds, results, held_out))  # fmt: skip

@@ -21,6 +21,7 @@ from evaluation.generalisation import (
     sample_command,
     table,
     train_command,
+    twin,
 )
 from evaluation.generalisation import main as generalisation_main
 
@@ -88,6 +89,28 @@ def test_the_track_recipes_are_listed_and_asked_for_with_tracks(tmp_path, capsys
     )
     with pytest.raises(SystemExit):
         parse_args([*out, "--lip-sync", "1.5"])
+
+
+def test_default_reuses_the_runs_of_the_recipe_that_trains_the_same(tmp_path, monkeypatch):
+    """`default` is the shipped config: where another recipe trains exactly that, its runs are
+    the default's, and only one thread trains a run folder at a time."""
+    shipped = [name for name in RECIPES if name != "default" and twin(name) == twin("default")]
+    assert shipped, "the shipped train.yaml is one of the protocol's recipes"
+    assert twin("default") == shipped[0] != "default"
+    assert twin("audio") == "audio" and twin("sync") == "sync"
+    trained = []
+
+    def train_once(fold, recipe, seed, args, run):
+        trained.append((recipe, run.name, run.parent.name))
+        return 0.5
+
+    monkeypatch.setattr("evaluation.generalisation.train_once", train_once)
+    monkeypatch.setattr("evaluation.generalisation.build_sample",
+                        lambda args: ({}, {"a": ("face_blur",)}))  # fmt: skip
+    generalisation_main(["--out", str(tmp_path), "--tracks", "--seeds", "0",
+                         "--recipes", f"{shipped[0]},default,audio"])  # fmt: skip
+    folders = {recipe: folder for recipe, _, folder in trained}
+    assert folders["default"] == folders[shipped[0]] != folders["audio"]
 
 
 def test_without_the_new_options_every_command_is_the_one_it_was(tmp_path):
