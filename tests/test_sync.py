@@ -238,9 +238,9 @@ def test_every_view_is_fake_when_any_view_finds_it_fake():
 
 
 def test_mismatched_speech_trains_only_the_views_that_can_tell():
-    """all's loss: the fused verdict's and the contrastive term, plus aux_weight x each view's
-    own; a sample whose speech was swapped (labelled fake) leaves out the mel's and the faces'
-    own terms: they hear and see a real video."""
+    """all's loss: the sync model's on sync's verdict, the fused verdict's and aux_weight x
+    each sense's own; a sample whose speech was swapped (labelled fake) is left out of the
+    senses' terms: they hear and see a real video."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind="all", aux_weight=0.5), track_frames=5).eval()
     inputs = every_view_inputs()
@@ -252,12 +252,34 @@ def test_mismatched_speech_trains_only_the_views_that_can_tell():
         _, masked = model({**inputs, MISMATCHED: mismatched}, labels)
         senses = model.senses.verdicts(inputs)
         sync, across = model.sync.evidence(inputs)
-    base = bce(logits, labels) + contrastive_loss(across, labels)
-    views = sum(bce(column, labels) for column in senses.unbind(1)) + bce(sync, labels)
-    torch.testing.assert_close(plain, base + 0.5 * views)
+    synced = bce(sync, labels) + contrastive_loss(across, labels)
+    views = sum(bce(column, labels) for column in senses.unbind(1))
+    torch.testing.assert_close(plain, synced + bce(logits, labels) + 0.5 * views)
     kept = ~mismatched
-    seen = sum(bce(column[kept], labels[kept]) for column in senses.unbind(1)) + bce(sync, labels)
-    torch.testing.assert_close(masked, base + 0.5 * seen)
+    seen = sum(bce(column[kept], labels[kept]) for column in senses.unbind(1))
+    torch.testing.assert_close(masked, synced + bce(logits[kept], labels[kept]) + 0.5 * seen)
+
+
+def test_sync_in_every_view_learns_and_starts_as_the_sync_model():
+    """The lips against the speech get exactly the sync model's gradients (the fused verdict
+    trains only the senses), from exactly the sync model's initial weights of the seed."""
+    torch.manual_seed(3)
+    alone = build_model(ModelConfig(kind="sync"), track_frames=5)
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(kind="all", aux_weight=0.5), track_frames=5)
+    for (name, mine), theirs in zip(model.sync.state_dict().items(),
+                                    alone.state_dict().values(), strict=True):  # fmt: skip
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0, msg=name)
+    inputs, labels = every_view_inputs(), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    model.eval()  # running statistics, not the 4 samples': the same in both models
+    alone.eval()
+    model(inputs, labels)[1].backward()
+    alone(inputs, labels)[1].backward()
+    for (name, mine), theirs in zip(model.sync.named_parameters(), alone.parameters(),
+                                    strict=True):  # fmt: skip
+        torch.testing.assert_close(mine.grad, theirs.grad, msg=name)
+    heads = [head[-1] for head in model.senses.head.values()]  # the senses learn
+    assert all(head.weight.grad.abs().sum() > 0 for head in heads)
 
 
 def test_the_mismatches_a_model_learns_from_are_the_ones_its_views_can_see():
