@@ -75,23 +75,23 @@ def decode_frames(path: Path, binary: str, info: MediaInfo, face_count: int, win
     if any(number not in faces_rgb for number in faces_at):
         last_rgb = cv2.cvtColor(last, cv2.COLOR_YUV2RGB_I420)
         faces_rgb = {number: faces_rgb.get(number, last_rgb) for number in faces_at}
-    if len(windows_rgb) < len(in_windows):
-        windows_rgb[None] = shrunk_rgb(last, size, small)
-    frames, real = into_windows(windows_rgb, windows_at)
+    missing = shrunk_rgb(last, size, small) if len(windows_rgb) < len(in_windows) else None
+    frames, real = into_windows(windows_rgb, windows_at, missing)
     return DecodedFrames([faces_rgb[n] for n in faces_at], frames, real)
 
 
-def into_windows(decoded: dict, windows_at: list[range]) -> tuple[np.ndarray, np.ndarray]:
-    """The windows' frames [W, T, h, w, 3] from the frames by number (`decoded[None]`, the
-    clip's last, where it has none), and how many of each window the clip has [W]."""
-    sample = next(iter(decoded.values()))
-    out = np.empty((len(windows_at), len(windows_at[0]), *sample.shape), np.uint8)
+def into_windows(decoded: dict[int, np.ndarray], windows_at: list[range],
+                 missing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The windows' frames [W, T, h, w, 3] from the frames by number (`missing`, the clip's
+    last, where it has none), and how many of each window the clip has [W]."""
+    shape = next(iter(decoded.values()), missing).shape
+    out = np.empty((len(windows_at), len(windows_at[0]), *shape), np.uint8)
     real = np.zeros(len(windows_at), np.int16)
     for w, window in enumerate(windows_at):
         for k, number in enumerate(window):
             frame = decoded.get(number)
             real[w] += frame is not None
-            out[w, k] = decoded[None] if frame is None else frame
+            out[w, k] = missing if frame is None else frame
     return out, real
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from avcache.preprocess.media import ffmpeg_binary
 from tests.media import astronaut_png, ffmpeg, speech_wav
 
@@ -271,3 +273,12 @@ def make_all(folder: Path) -> dict[str, Path]:
         kind.make(folder / kind.file)
         files[name] = folder / kind.file
     return files
+
+
+def processes_naming(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line names `path`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(path) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found

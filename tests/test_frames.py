@@ -21,9 +21,8 @@ from avcache.preprocess.media import (
     read_audio_aligned,
 )
 from avcache.preprocess.tracks import choose_windows
-from tests.hostile import mov_rotated
+from tests.hostile import mov_rotated, processes_naming
 from tests.media import ffmpeg, talking_face
-from tests.test_hostile import processes_naming
 
 TRACKS = TracksConfig(windows=2, frames=25, frame_size=96)
 FACES = 6

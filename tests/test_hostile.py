@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from avcache.cache import open_cache, schema
@@ -46,7 +45,15 @@ from avcache.preprocess.media import (
 )
 from avcache.preprocess.run import main
 from avcache.preprocess.worker import VideoFailed, process_video
-from tests.hostile import CACHED, KINDS, STALL_FIFO, make_all, plain, stalls_ffmpeg
+from tests.hostile import (
+    CACHED,
+    KINDS,
+    STALL_FIFO,
+    make_all,
+    plain,
+    processes_naming,
+    stalls_ffmpeg,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, FACE_SIZE = 2, 32
@@ -273,15 +280,6 @@ def unstalled_after(seconds: float, fifo: Path) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
-
-
-def processes_naming(path: Path) -> list[psutil.Process]:
-    """Live processes whose command line names `path`."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(str(path) in part for part in process.info["cmdline"] or ()):
-            found.append(process)
-    return found
 
 
 def test_the_frame_loop_checks_the_deadline(clip):
