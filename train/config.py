@@ -131,6 +131,9 @@ class RunConfig:
     # one). 0: torch's default, every core, which oversubscribes those the workers use.
     threads: int = 0
     checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: epoch ends only)
+    # Write RUN/tensorboard (each epoch's metrics and ROC curve) where the tensorboard package
+    # is installed; train/board.py.
+    tensorboard: bool = True
 
 
 @dataclass

@@ -273,6 +273,28 @@ def write_curves(history: list[dict], out: Path) -> None:
             plots.plot_curves(history, partial)
 
 
+class EpochLogs:
+    """What rank 0 writes after each epoch's checkpoint: RUN/curves.png and, where
+    run.tensorboard and the package allow, the TensorBoard log (train/board.py). It holds no
+    trainer: a closure over one would be a reference cycle (see main)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        from avcache.train.board import open_board
+
+        self.out = trainer.out
+        wanted = trainer.config.run.tensorboard and trainer.ranks.main
+        self.board = open_board(self.out, wanted, trainer.progress.epoch, plotting())
+
+    def __call__(self, history: list[dict], labels, scores) -> None:
+        write_curves(history, self.out)
+        if self.board:
+            self.board.epoch(history[-1], labels, scores)
+
+    def close(self) -> None:
+        if self.board:
+            self.board.close()
+
+
 @functools.cache
 def plotting():
     """train/plots.py, imported where a plot is drawn; None, said once, where matplotlib is
@@ -313,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks = ranks_from_env()
     logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
     quiet_other_ranks(ranks)
-    lock = None
+    lock = logs = None
     with Interrupts(deferred=not ranks.distributed) as interrupts:
         try:
             if args.print_config:
@@ -323,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             # Not a closure over `trainer`: that would be a reference cycle, and a trainer
             # left for the interpreter's exit would tear its DDP process group down after
             # destroy_process_group, where gloo's threads abort the process.
-            trainer.after_epoch = functools.partial(write_curves, out=trainer.out)
+            trainer.after_epoch = logs = EpochLogs(trainer)
             interrupts.check()
             trainer.fit()
             finish_run(trainer)
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         finally:
+            if logs is not None:
+                logs.close()
             if lock is not None:
                 lock.release()
             if ranks.distributed:  # only torchrun's ranks join a process group
