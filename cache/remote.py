@@ -36,6 +36,7 @@ ETAG = ".etag"  # beside a fetched index: the ETag of the object it was fetched 
 SPACE_LOCK = ".space.lock"  # in the root: one process at a time counts and frees space
 INDEX_LOCK = ".index.lock"  # in a cache's folder: one process at a time fetches its index
 SHARDS = "shards"  # in a cache's folder: its downloaded shards, by their path in the cache
+SOURCE = "url"  # in a cache's folder: the URL it is the copy of
 CHUNK = 8 * 2**20  # bytes read from the store per request while a shard downloads
 LOCAL_SCHEMES = ("", "file", "local")
 
@@ -52,6 +53,12 @@ def is_remote(path: object) -> bool:
     """Whether a cache path names an object store (`scheme://...`) rather than a folder."""
     scheme, sep, _ = str(path).partition("://")
     return bool(sep) and scheme.lower() not in LOCAL_SCHEMES
+
+
+def location(text: str) -> Path | str:
+    """A cache argument as given: a URL stays text (a Path would fold its `//`), anything
+    else is a folder."""
+    return text.rstrip("/") if is_remote(text) else Path(text)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,53 @@ class Remote:
 
     def of(self, relative: str) -> str:
         return f"{self.url}/{relative}"
+
+
+# Where the local copies go and how large they may grow, unless a config or a flag says.
+ROOT_VARIABLE, LIMIT_VARIABLE = "AVCACHE_REMOTE_CACHE", "AVCACHE_REMOTE_CACHE_LIMIT"
+DEFAULT_LIMIT = "64G"
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: object) -> int:
+    """Bytes from `123`, `500M`, `64G`, `1.5T` (binary units; a trailing B or iB is allowed)."""
+    value = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in UNITS else (value, "")
+    try:
+        size = float(number) * UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (such as 500M, 64G or 1.5T)") from None
+    if not size > 0 or size == float("inf"):
+        raise ValueError(f"{text!r}: a size must be positive")
+    return int(size)
+
+
+def default_root() -> Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "avcache" / "remote"
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where the local copies of caches on object storage go (`root`, shared by all of
+    them), the bytes their shards may take there (`limit`) and an S3-compatible endpoint."""
+
+    root: Path
+    limit: int
+    endpoint: str | None = None
+
+    @staticmethod
+    def from_env(root: str | None = None, limit: str | int | None = None,
+                 endpoint: str | None = None) -> RemoteSettings:  # fmt: skip
+        """The given values, else AVCACHE_REMOTE_CACHE (default ~/.cache/avcache/remote) and
+        AVCACHE_REMOTE_CACHE_LIMIT (default 64G); the endpoint, else botocore's own
+        AWS_ENDPOINT_URL."""
+        root = root or os.environ.get(ROOT_VARIABLE) or default_root()
+        limit = limit or os.environ.get(LIMIT_VARIABLE) or DEFAULT_LIMIT
+        return RemoteSettings(Path(root).expanduser(), parse_size(limit), endpoint or None)
+
+    def store(self, url: str) -> ShardStore:
+        return ShardStore(Remote(url, self.endpoint), self.root, self.limit)
 
 
 def folder_for(root: Path, remote: Remote) -> Path:
@@ -161,7 +215,8 @@ class ShardStore:
     def fetch_index(self) -> Path:
         """The local copy of the cache's index.json, downloaded where it is missing or the
         store's object has changed since (its ETag); one process of the node at a time."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shard_root.mkdir(parents=True, exist_ok=True)
+        (self.folder / SOURCE).write_text(self.remote.url + "\n")  # for whoever looks inside
         local = self.folder / schema.INDEX_FILE
         with _locked(self.folder / INDEX_LOCK):
             self.fs.invalidate_cache(self.remote.of(schema.INDEX_FILE))
@@ -214,8 +269,17 @@ class ShardStore:
 
     # ----------------------------------------------------------------------------- shards
 
+    @property
+    def shard_root(self) -> Path:
+        """Where the shards go, each at its path in the cache."""
+        return self.folder / SHARDS
+
     def local(self, relative: str) -> Path:
-        return self.folder / SHARDS / relative
+        return self.shard_root / relative
+
+    def relative(self, path: Path) -> str:
+        """The path in the cache of a file under shard_root."""
+        return Path(path).relative_to(self.shard_root).as_posix()
 
     def acquire(self, relative: str, sha256: str, size: int | None = None) -> Held:
         """The shard `relative` (listed with `sha256`) as a local file, held: downloaded and
@@ -233,6 +297,12 @@ class ShardStore:
             self._download(relative, sha256, path, size)
         raise RemoteError(f"{self.remote.of(relative)}: evicted again each time it was "
                           "downloaded; raise data.remote_cache_limit")  # fmt: skip
+
+    def discard(self, relative: str) -> bool:
+        """Drop the local copy of a shard (unless a process holds it), so that the next
+        acquire downloads and checks the store's; whether it is gone."""
+        with _locked(self.root / SPACE_LOCK):
+            return _evict(self.local(relative)) > 0 or not self.local(relative).exists()
 
     def _download(self, relative: str, sha256: str, path: Path, size: int | None) -> None:
         """Download the shard to its partial file, check it and rename it; one process of

@@ -11,18 +11,21 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from avcache.cache import remote, schema
+from avcache.cache import open_cache, remote, schema
 from avcache.cache.remote import (
     PARTIAL,
     Remote,
     RemoteCacheFull,
     RemoteError,
+    RemoteSettings,
     ShardStore,
     is_remote,
 )
 from avcache.common.untrusted import CacheFormatError
+from avcache.inspection.cli import main as inspect_main
 from tests.objectstore import S3Server, credentials
 from tests.toy import REPO, write_toy_cache
 
@@ -220,3 +223,33 @@ def test_a_store_is_sent_to_a_worker_without_its_connection(server, url, toy, tm
     assert sent._fs is None and store._fs is not None
     with acquire(sent, shards(toy)[2]) as held:
         assert held.path == store.local(shards(toy)[2]["path"])
+
+
+def settings(server, tmp_path, limit=2**30) -> RemoteSettings:
+    return RemoteSettings(tmp_path / "local", limit, server.endpoint)
+
+
+def test_a_cache_on_s3_reads_as_its_local_twin(server, url, toy, tmp_path):
+    cache = open_cache(url, remote=settings(server, tmp_path))
+    local = open_cache(toy)
+    assert cache.location == url and cache.splits == local.splits
+    for ours, theirs in zip(cache.iter_samples(), local.iter_samples(), strict=True):
+        assert ours.video_name == theirs.video_name
+        assert np.array_equal(ours.mel, theirs.mel) and np.array_equal(ours.faces, theirs.faces)
+    assert cache.sample("val005.mp4").video_name == "val005.mp4"
+
+
+def test_inspect_names_the_url_and_verify_checks_the_stores_copies(
+        server, url, toy, tmp_path, capsys, monkeypatch):  # fmt: skip
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AVCACHE_REMOTE_CACHE", str(tmp_path / "local"))
+    assert inspect_main([url]) == 0
+    assert capsys.readouterr().out.startswith(f"cache {url} (format")
+    assert inspect_main([url, "verify"]) == 0
+    assert "verified 4 shards: 0 damaged" in capsys.readouterr().out
+    row = shards(toy)[1]
+    server.put(f"{url}/{row['path']}", b"not the shard")  # replaced after it was downloaded
+    assert inspect_main([url, "verify"]) == 1
+    out = "".join(capsys.readouterr())
+    assert f"{url}/{row['path']}: its sha256 is not the one the index lists" in out
+    assert "verified 4 shards: 1 damaged" in out
