@@ -67,6 +67,7 @@ class ShardEntry:
     tracks: schema.TrackLayout | None = None  # None: no tracks (tracks.windows=0)
     # A cache on object storage: where `path`'s shard is downloaded from (cache/remote.py).
     store: ShardStore | None = field(default=None, compare=False, repr=False)
+    size: int | None = field(default=None, compare=False)  # its bytes in the store
 
     @property
     def location(self) -> str:
@@ -80,7 +81,7 @@ class ShardEntry:
         against its sha256) where it is not here, and held while it is open."""
         if self.store is None:
             return ShardReader(self.path, self)
-        held = self.store.acquire(self.store.relative(self.path), self.sha256)
+        held = self.store.acquire(self.store.relative(self.path), self.sha256, self.size)
         try:
             return ShardReader(held.path, self, held=held)
         except BaseException:
@@ -110,6 +111,22 @@ class Cache:
     def location(self) -> str:
         """Where the cache is kept: its folder, or on object storage its URL."""
         return str(self.root) if self.store is None else self.store.remote.url
+
+    @property
+    def name(self) -> str:
+        """The last part of its location: the name its metrics go by by default."""
+        return self.root.name if self.store is None else self.location.rsplit("/", 1)[-1]
+
+    def lies_at(self, place: Path | str) -> bool:
+        """Whether `place` (a folder or a URL) names this cache."""
+        if self.store is not None or is_remote(place):
+            return str(place).rstrip("/") == self.location
+        return Path(place).resolve() == self.root.resolve()
+
+    @property
+    def recorded_location(self) -> str:
+        """What a run folder records: the resolved folder, or the URL."""
+        return str(self.root.resolve()) if self.store is None else self.location
 
     @property
     def frames(self) -> int:
@@ -438,7 +455,14 @@ def open_remote_cache(url: str, remote: RemoteSettings) -> Cache:
     index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
     check_format(str(index_path), index.get("format"), index.get("version"))
     cache = Cache(store.shard_root, index, index_path)
-    cache.shards = [replace(entry, store=store) for entry in cache.shards]
+    sizes = store.sizes()
+    for entry in cache.shards:
+        if store.relative(entry.path) not in sizes:
+            url = store.remote.of(store.relative(entry.path))
+            raise FileNotFoundError(f"{url}: listed in the index, missing from the store: "
+                                    f"{REBUILD}")  # fmt: skip
+    cache.shards = [replace(entry, store=store, size=sizes[store.relative(entry.path)])
+                    for entry in cache.shards]  # fmt: skip
     cache.store = store
     cache.index_sha256 = hashlib.sha256(data).hexdigest()
     return cache

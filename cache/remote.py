@@ -38,6 +38,8 @@ INDEX_LOCK = ".index.lock"  # in a cache's folder: one process at a time fetches
 SHARDS = "shards"  # in a cache's folder: its downloaded shards, by their path in the cache
 SOURCE = "url"  # in a cache's folder: the URL it is the copy of
 CHUNK = 8 * 2**20  # bytes read from the store per request while a shard downloads
+ROOM_WAIT = 30.0  # seconds a download waits for held shards to be let go, before refusing
+ROOM_POLL = 0.25
 LOCAL_SCHEMES = ("", "file", "local")
 
 
@@ -199,15 +201,17 @@ class ShardStore:
     def __init__(self, remote: Remote, root: Path, limit: int) -> None:
         self.remote, self.root, self.limit = remote, Path(root), int(limit)
         self.folder = folder_for(self.root, remote)
-        self._fs = None  # made in the process that reads: a filesystem is not sent to workers
+        # Made in the process that reads, for it alone: a filesystem is neither sent to a
+        # worker nor used after a fork (s3fs's event loop is not fork-safe).
+        self._fs, self._fs_pid = None, 0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None}
+        return {**self.__dict__, "_fs": None, "_fs_pid": 0}
 
     @property
     def fs(self):
-        if self._fs is None:
-            self._fs = self.remote.filesystem()
+        if self._fs is None or self._fs_pid != os.getpid():
+            self._fs, self._fs_pid = self.remote.filesystem(), os.getpid()
         return self._fs
 
     # ----------------------------------------------------------------------- small files
@@ -233,6 +237,17 @@ class ShardStore:
             self._download_small(schema.INDEX_FILE, local)
             tag_file.write_text(tag)
         return local
+
+    def sizes(self) -> dict[str, int]:
+        """Every object's bytes under the cache's URL by its path in the cache (one listing)."""
+        try:
+            self.fs.invalidate_cache(self.remote.url)  # listed afresh, not from an earlier listing
+            found = self.fs.find(self.remote.url, detail=True)
+        except Exception as error:  # any backend's
+            raise RemoteError(f"{self.remote.url}: cannot be listed ({printable(error)})") from None
+        base = self.fs._strip_protocol(self.remote.url).rstrip("/") + "/"
+        return {name.removeprefix(base): int(info.get("size") or 0)
+                for name, info in found.items() if name.startswith(base)}  # fmt: skip
 
     def fetch_file(self, relative: str, missing_ok: bool = True) -> Path | None:
         """A small file of the cache (its failures) fetched into the folder each time it is
@@ -331,6 +346,7 @@ class ShardStore:
     def _copy_checked(self, relative: str, sha256: str, descriptor: int, size: int) -> None:
         url, digest, done = self.remote.of(relative), hashlib.sha256(), 0
         try:
+            self.fs.invalidate_cache(url)  # the object as it is now, not as first listed
             with self.fs.open(url, "rb", block_size=CHUNK) as source:
                 while chunk := source.read(CHUNK):
                     os.pwrite(descriptor, chunk, done)
@@ -353,22 +369,29 @@ class ShardStore:
 
     def _reserve(self, size: int, descriptor: int, partial: Path, relative: str) -> None:
         """Take `size` bytes for the partial file, freeing the least recently used shards
-        that nobody holds until they fit within the limit; refused, naming what is needed,
-        where the held ones leave no room. One process at a time counts and takes."""
+        that nobody holds until they fit within the limit. Holds are brief (a worker closes
+        its shards when its pass ends; a killed run's workers exit within seconds), so where
+        the held ones leave no room it waits up to ROOM_WAIT seconds for some, then refuses,
+        naming what is needed. One process at a time counts and takes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / SPACE_LOCK):
-            shards, taken = local_shards(self.root, besides=partial)
-            for path in shards:
+        deadline = time.monotonic() + ROOM_WAIT
+        while True:
+            with _locked(self.root / SPACE_LOCK):
+                shards, taken = local_shards(self.root, besides=partial)
+                for path in shards:
+                    if taken + size <= self.limit:
+                        break
+                    taken -= _evict(path)
                 if taken + size <= self.limit:
-                    break
-                taken -= _evict(path)
-            if taken + size > self.limit:
+                    os.posix_fallocate(descriptor, 0, max(size, 1))  # counted from now on
+                    return
+            if time.monotonic() > deadline:
                 raise RemoteCacheFull(
                     f"{self.remote.of(relative)}: {size} bytes do not fit within "
                     f"data.remote_cache_limit={self.limit} beside the {taken} bytes of shards "
                     f"held or being downloaded on this node: it needs at least {taken + size}"
                 )
-            os.posix_fallocate(descriptor, 0, max(size, 1))  # counted as taken from now on
+            time.sleep(ROOM_POLL)
 
 
 def local_shards(root: Path, besides: Path | None = None) -> tuple[list[Path], int]:

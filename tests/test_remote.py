@@ -10,9 +10,11 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
+import torch
 
 from avcache.cache import open_cache, remote, schema
 from avcache.cache.remote import (
@@ -26,8 +28,10 @@ from avcache.cache.remote import (
 )
 from avcache.common.untrusted import CacheFormatError
 from avcache.inspection.cli import main as inspect_main
+from avcache.train.engine import LAST
+from avcache.train.run import main as train_main
 from tests.objectstore import S3Server, credentials
-from tests.toy import REPO, write_toy_cache
+from tests.toy import REPO, kill_after_first_epoch, small_config, write_toy_cache
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,12 @@ def server():
         s3 = S3Server()
         yield s3
         s3.stop()
+
+
+@pytest.fixture(autouse=True)
+def brief_wait(monkeypatch):
+    """A download waits this long for held shards to be let go before it refuses."""
+    monkeypatch.setattr(remote, "ROOM_WAIT", 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +131,7 @@ def test_held_shards_are_never_evicted_and_a_limit_too_small_is_refused(server, 
                        r"within data.remote_cache_limit=\d+ .* it needs at least \d+"):  # fmt: skip
         acquire(store, c)
     assert held_a.path.exists() and held_b.path.exists() and leftovers(store) == []
-    held_a.close()
+    threading.Timer(0.3, held_a.close).start()  # let go while c waits for room
     with acquire(store, c):
         assert not held_a.path.exists() and held_b.path.exists()
     held_b.close()
@@ -253,3 +263,40 @@ def test_inspect_names_the_url_and_verify_checks_the_stores_copies(
     out = "".join(capsys.readouterr())
     assert f"{url}/{row['path']}: its sha256 is not the one the index lists" in out
     assert "verified 4 shards: 1 damaged" in out
+
+
+def remote_options(server, tmp_path, limit="1G") -> list[str]:
+    return [f"data.remote_cache={tmp_path / 'local'}", f"data.remote_cache_limit={limit}",
+            f"data.remote_endpoint={server.endpoint}"]  # fmt: skip
+
+
+def test_a_run_from_s3_trains_the_same_weights_as_from_its_local_twin_and_resumes(
+        server, url, toy, tmp_path):  # fmt: skip
+    """The same batches bit for bit: the order is the index's, wherever the shards lie. The
+    limit is the least a run reading one shard at a time accepts, three of the four shards:
+    shards are evicted and downloaded again as the epochs go."""
+    options = small_config(**{"data.workers": 1, "data.shard_group": 1})
+    size = max((toy / row["path"]).stat().st_size for row in shards(toy))
+    local, remote_run, killed = tmp_path / "local-run", tmp_path / "remote-run", tmp_path / "k"
+    assert train_main(["--cache", str(toy), "--out", str(local), *options]) == 0
+    remote = [*options, *remote_options(server, tmp_path, str(3 * size))]
+    assert train_main(["--cache", url, "--out", str(remote_run), *remote]) == 0
+    kill_after_first_epoch(["--cache", url, "--out", str(killed), *remote], killed)
+    assert train_main(["--resume", str(killed)]) == 0
+    a = torch.load(local / LAST, weights_only=True)["model"]
+    for run in (remote_run, killed):
+        b = torch.load(run / LAST, weights_only=True)["model"]
+        assert all(torch.equal(value, b[key]) for key, value in a.items()), run
+    assert json.loads((remote_run / "cache.json").read_text())["path"] == url
+    assert not list((tmp_path / "local").rglob(f"*{PARTIAL}"))
+
+
+def test_a_limit_below_what_a_run_keeps_open_is_refused_with_the_size_it_needs(
+        server, url, toy, tmp_path, capsys):  # fmt: skip
+    run = tmp_path / "run"
+    args = ["--cache", url, "--out", str(run), *small_config(**{"data.shard_group": 2}),
+            *remote_options(server, tmp_path, "1K")]  # fmt: skip
+    assert train_main(args) == 2
+    error = capsys.readouterr().err
+    assert "data.remote_cache_limit=1024 bytes is too small for s3://" in error
+    assert "groups of data.shard_group=2" in error and "at least" in error

@@ -337,7 +337,7 @@ class Trainer:
             kinds = cache.fake_kinds(self.config.data.val_split)
             if kinds is not None and len(kinds) != count:
                 log.warning("%s: %d fake kinds for %d val samples: per-kind AUC left out",
-                            cache.root, len(kinds), count)  # fmt: skip
+                            cache.location, len(kinds), count)  # fmt: skip
                 kinds = None
             self._kinds[key] = kinds
         return self._kinds[key]

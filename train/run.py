@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache
 from avcache.cache.reader import Cache, CacheFormatError
+from avcache.cache.remote import is_remote, location
 from avcache.common.atomic import PARTIAL_SUFFIX, atomic_path
 from avcache.common.config import ConfigError, key_listing, load_config, parse_override, yaml_text
 from avcache.common.lock import FolderBusyError, FolderLock
@@ -31,6 +32,7 @@ from avcache.train.config import (
     MODEL_KINDS,
     TrainConfig,
     check_cache_fits,
+    remote_settings,
     validate,
 )
 from avcache.train.interrupt import Interrupts
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config by "
                         "name: train, train_baseline (default: train's values)")  # fmt: skip
-    parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess "
+    parser.add_argument("--cache", type=location, help="cache folder made by avcache-preprocess "
                         "(or data.caches=[DIR:WEIGHT,...]: several, mixed by weight)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder to create")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN "
@@ -90,6 +92,9 @@ RESUMABLE = (
     "run.device",
     "run.compile",
     "run.checkpoint_every",
+    "data.remote_cache",
+    "data.remote_cache_limit",
+    "data.remote_endpoint",
 )
 
 
@@ -130,7 +135,8 @@ def new_run_config(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config, args.overrides)
     validate(config, str(args.config or "config"))
     for source in config.data.caches:
-        source.path = str(Path(source.path).resolve())
+        if not is_remote(source.path):
+            source.path = str(Path(source.path).resolve())
     return config
 
 
@@ -142,7 +148,8 @@ def first_cache(args: argparse.Namespace, config: TrainConfig) -> Cache:
                           "...] lists every cache, the first included)")  # fmt: skip
     if not args.cache and not config.data.caches:
         raise ConfigError("give --cache DIR (or data.caches=[DIR:WEIGHT,...]) for a new run")
-    return open_cache(args.cache or config.data.caches[0].path)
+    return open_cache(args.cache or config.data.caches[0].path,
+                      remote=remote_settings(config.data))  # fmt: skip
 
 
 def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
