@@ -431,13 +431,9 @@ def open_cache(path: Path | str, check_shards: bool = True,
             f"{index_path}: no cache index here; run avcache-preprocess to build the cache "
             "(an index is written only when a run finishes)"
         )
-    # inside its folder once symlinks are followed: an index.json linked out of the cache
-    # (to another cache, to any file) is never read
-    data = read_bounded(index_path, "cache index", root=index_path.parent)
-    index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
-    check_format(str(index_path), index.get("format"), index.get("version"))
+    index, digest = _read_index(index_path)
     cache = Cache(index_path.parent, index, index_path)
-    cache.index_sha256 = hashlib.sha256(data).hexdigest()  # of the very bytes parsed
+    cache.index_sha256 = digest
     if check_shards:
         cache.check_shards()
     return cache
@@ -451,18 +447,27 @@ def open_remote_cache(url: str, remote: RemoteSettings) -> Cache:
     of a shard under two entries is refused by the index's sha256 column alone."""
     store = remote.store(url)
     index_path = store.fetch_index()
+    index, digest = _read_index(index_path)
+    cache = Cache(store.shard_root, index, index_path)
+    cache.index_sha256 = digest
+    sizes = store.sizes()
+    shards = []
+    for entry in cache.shards:
+        relative = store.relative(entry.path)
+        if relative not in sizes:
+            raise FileNotFoundError(f"{store.remote.of(relative)}: listed in the index, missing "
+                                    f"from the store: {REBUILD}")  # fmt: skip
+        shards.append(replace(entry, store=store, size=sizes[relative]))
+    cache.shards, cache.store = shards, store
+    return cache
+
+
+def _read_index(index_path: Path) -> tuple[dict, str]:
+    """(the index, the sha256 of the very bytes parsed) of an index.json,
+    refused where it is not one this version reads. It must lie inside its folder once
+    symlinks are followed: an index.json linked out of the cache (to another cache, to any
+    file) is never read."""
     data = read_bounded(index_path, "cache index", root=index_path.parent)
     index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
     check_format(str(index_path), index.get("format"), index.get("version"))
-    cache = Cache(store.shard_root, index, index_path)
-    sizes = store.sizes()
-    for entry in cache.shards:
-        if store.relative(entry.path) not in sizes:
-            url = store.remote.of(store.relative(entry.path))
-            raise FileNotFoundError(f"{url}: listed in the index, missing from the store: "
-                                    f"{REBUILD}")  # fmt: skip
-    cache.shards = [replace(entry, store=store, size=sizes[store.relative(entry.path)])
-                    for entry in cache.shards]  # fmt: skip
-    cache.store = store
-    cache.index_sha256 = hashlib.sha256(data).hexdigest()
-    return cache
+    return index, hashlib.sha256(data).hexdigest()

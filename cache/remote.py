@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,10 +186,11 @@ def _same_file(descriptor: int, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, flags: int = fcntl.LOCK_EX) -> Iterator[int]:
+def _locked(path: Path) -> Iterator[int]:
+    """An exclusive flock on the lock file `path` (made where missing) while inside."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, flags)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield descriptor
     finally:
         os.close(descriptor)
@@ -249,16 +251,14 @@ class ShardStore:
         return {name.removeprefix(base): int(info.get("size") or 0)
                 for name, info in found.items() if name.startswith(base)}  # fmt: skip
 
-    def fetch_file(self, relative: str, missing_ok: bool = True) -> Path | None:
+    def fetch_file(self, relative: str) -> Path | None:
         """A small file of the cache (its failures) fetched into the folder each time it is
-        asked for; None where the store has none and `missing_ok`."""
+        asked for; None where the store has none."""
         local = self.folder / relative
         try:
             self._info(relative, "no such file")
         except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise
+            return None
         local.parent.mkdir(parents=True, exist_ok=True)
         self._download_small(relative, local)
         return local
@@ -398,25 +398,20 @@ def local_shards(root: Path, besides: Path | None = None) -> tuple[list[Path], i
     """The whole shards downloaded under `root` (every cache's), least recently used first,
     and the bytes they and the downloads under way take (a download's full size is reserved
     when it starts)."""
-    shards, taken = [], 0
+    used, taken = [], 0
     for path in Path(root).glob(f"*/{SHARDS}/**/*"):
-        if path == besides or not path.is_file():
+        if path == besides or path.name.endswith(DOWNLOADING):
             continue
-        if path.name.endswith(DOWNLOADING):
+        try:
+            status = path.stat()  # once: another process may evict it meanwhile
+        except FileNotFoundError:
             continue
-        with contextlib.suppress(FileNotFoundError):
-            taken += path.stat().st_size
-            if not path.name.endswith(PARTIAL):
-                shards.append(path)
-    shards.sort(key=_mtime)
-    return shards, taken
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+        if not stat.S_ISREG(status.st_mode):
+            continue
+        taken += status.st_size
+        if not path.name.endswith(PARTIAL):
+            used.append((status.st_mtime_ns, path))
+    return [path for _, path in sorted(used)], taken
 
 
 def _evict(path: Path) -> int:

@@ -35,7 +35,7 @@ def _verify_remote_shard(entry: ShardEntry) -> str | None:
     except FileNotFoundError:
         return "missing from the store"
     except CacheFormatError as error:  # its message names the shard: once is enough
-        return str(error).split(": ", 1)[-1]
+        return str(error).removeprefix(f"{entry.location}: ")
 
 
 def _verify_shard(entry: ShardEntry) -> str | None:

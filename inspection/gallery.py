@@ -463,7 +463,7 @@ def render_page(
         '<section id="samples"><h2>Samples <span class="count"></span></h2>'
         f'<div class="grid">{cards}</div></section>'
     )
-    title = html.escape(f"avcache gallery: {cache.location.rstrip('/').rsplit('/', 1)[-1]}")
+    title = html.escape(f"avcache gallery: {cache.name}")
     return PAGE.format(title=title, style=STYLE, body="\n".join(body), script=SCRIPT)
 
 

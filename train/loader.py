@@ -39,9 +39,6 @@ from avcache.train.batches import JpegFaces, batch_of
 from avcache.train.config import REMOTE_OPEN_GROUPS
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
-# Per worker, for shards on object storage: an open shard is held in the bounded local folder
-# (cache/remote.py), so a worker keeps open only what its batches read at once
-# (train/config.py REMOTE_OPEN_GROUPS shard groups).
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
 # costs as much as a 1 MiB one.
 SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
@@ -142,8 +139,11 @@ class ShardStream(IterableDataset):
         # the copy of this stream they were started with, and read these at every epoch.
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
-        remote = any(entry.store is not None for entry in self.shards)
-        self.open_limit = REMOTE_OPEN_GROUPS * plan.shard_group if remote else MAX_OPEN_SHARDS
+        # On object storage an open shard is held in the bounded local folder
+        # (cache/remote.py): a worker keeps open only the shard groups its batches read at
+        # once, and lets them go when its pass ends.
+        self.remote = any(entry.store is not None for entry in self.shards)
+        self.open_limit = REMOTE_OPEN_GROUPS * plan.shard_group if self.remote else MAX_OPEN_SHARDS
         self._columns: dict[tuple[int, str], np.ndarray] = {}
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -196,7 +196,7 @@ class ShardStream(IterableDataset):
                 )
                 yield {**batch, BATCH_INDEX: global_index, REAL: real}
         finally:
-            if self.open_limit < MAX_OPEN_SHARDS:  # shards on object storage: let them go
+            if self.remote:
                 self.close()
 
     def close(self) -> None:
