@@ -18,7 +18,7 @@ import numpy as np
 
 from avcache.cache import schema
 from avcache.cache.index import Failure, read_failures
-from avcache.cache.remote import RemoteSettings, ShardStore, is_remote
+from avcache.cache.remote import Held, RemoteSettings, ShardStore, is_remote
 from avcache.cache.shard import DamagedShardError as DamagedShardError
 from avcache.cache.shard import ShardReader, check_format
 from avcache.common.untrusted import (
@@ -76,12 +76,19 @@ class ShardEntry:
             return str(self.path)
         return self.store.remote.of(self.store.relative(self.path))
 
+    def hold(self) -> Held:
+        """A shard on object storage as a local file, downloaded and checked where it is not
+        here, and held (never evicted) until the hold is closed."""
+        if self.store is None:
+            raise ValueError(f"{self.path}: a local shard; only a remote one is held")
+        return self.store.acquire(self.store.relative(self.path), self.sha256, self.size)
+
     def open(self) -> ShardReader:
         """The shard, checked against this entry; on object storage, downloaded (and checked
         against its sha256) where it is not here, and held while it is open."""
         if self.store is None:
             return ShardReader(self.path, self)
-        held = self.store.acquire(self.store.relative(self.path), self.sha256, self.size)
+        held = self.hold()
         try:
             return ShardReader(held.path, self, held=held)
         except BaseException:

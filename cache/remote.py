@@ -23,8 +23,9 @@ import fcntl
 import hashlib
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,6 +393,76 @@ class ShardStore:
                     f"held or being downloaded on this node: it needs at least {taken + size}"
                 )
             time.sleep(ROOM_POLL)
+
+
+class FetchAhead:
+    """The shards a pass will open, fetched on a thread of its own up to `ahead` shards
+    before the reader, so that a download overlaps the reading of the shards before it.
+
+    `fetches` are the pass's shards in the order it first opens them, each as a call that
+    downloads it where needed and holds it (ShardStore.acquire). A shard is held from the
+    moment it is fetched until the reader has opened it (`opened`), so no eviction takes it
+    in between. A fetch that fails is left for the reader's own, which reports the failure
+    by the shard's name where the pass reaches it: fetching ahead changes when a shard is
+    downloaded, never what is read or which error is raised.
+    """
+
+    def __init__(self, fetches: Sequence[Callable[[], Held]], ahead: int) -> None:
+        self._fetches, self._ahead = list(fetches), max(int(ahead), 0)
+        self._held: dict[int, Held] = {}
+        self._reached = 0  # shards the reader has opened, in pass order
+        self._stopped = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="avcache-fetch-ahead",
+                                        daemon=True)  # fmt: skip
+
+    def start(self) -> FetchAhead:
+        if self._ahead and self._fetches:
+            self._thread.start()
+        return self
+
+    def opened(self, position: int) -> None:
+        """The reader has opened the pass's shard number `position` (and so every one before
+        it): their holds are let go, and fetching moves on."""
+        with self._changed:
+            self._reached = max(self._reached, position + 1)
+            for done in [p for p in self._held if p < self._reached]:
+                self._held.pop(done).close()
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stop fetching and let every hold go; a fetch under way finishes on its own and
+        lets its shard go."""
+        with self._changed:
+            self._stopped = True
+            while self._held:
+                self._held.popitem()[1].close()
+            self._changed.notify_all()
+
+    @property
+    def held(self) -> list[int]:
+        """The positions fetched and not yet opened by the reader."""
+        with self._changed:
+            return sorted(self._held)
+
+    def _run(self) -> None:
+        for position, fetch in enumerate(self._fetches):
+            with self._changed:
+                while not self._stopped and position >= self._reached + self._ahead:
+                    self._changed.wait()
+                if self._stopped:
+                    return
+                if position < self._reached:  # the reader got there first
+                    continue
+            try:
+                held = fetch()
+            except Exception:  # the reader's own fetch reports it, by the shard's name
+                return
+            with self._changed:
+                if self._stopped or position < self._reached:
+                    held.close()
+                else:
+                    self._held[position] = held
 
 
 def local_shards(root: Path, besides: Path | None = None) -> tuple[list[Path], int]:

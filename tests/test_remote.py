@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 from avcache.cache import open_cache, remote, schema
 from avcache.cache.remote import (
     PARTIAL,
+    FetchAhead,
     Remote,
     RemoteCacheFull,
     RemoteError,
@@ -28,7 +30,9 @@ from avcache.cache.remote import (
 )
 from avcache.common.untrusted import CacheFormatError
 from avcache.inspection.cli import main as inspect_main
+from avcache.train.config import TrainConfig, remote_fetch_ahead
 from avcache.train.engine import LAST
+from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.run import main as train_main
 from tests.objectstore import S3Server, credentials
 from tests.toy import REPO, kill_after_first_epoch, small_config, write_toy_cache
@@ -235,6 +239,58 @@ def test_a_store_is_sent_to_a_worker_without_its_connection(server, url, toy, tm
         assert held.path == store.local(shards(toy)[2]["path"])
 
 
+def eventually(condition, seconds=20.0) -> bool:
+    """Whether `condition()` holds within `seconds` (a thread of the code under test works
+    towards it meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_fetching_ahead_downloads_and_holds_the_next_shards_until_the_reader_opens_them(
+        server, url, toy, tmp_path):  # fmt: skip
+    rows = shards(toy)
+    store = store_of(server, url, tmp_path)
+    fetches = [lambda row=row: acquire(store, row) for row in rows]
+    ahead = FetchAhead(fetches, ahead=2).start()
+    try:
+        assert eventually(lambda: ahead.held == [0, 1])
+        time.sleep(0.2)  # time to go further, were it wrong
+        assert not store.local(rows[2]["path"]).exists(), "only two ahead of the reader"
+        ahead.opened(0)
+        assert eventually(lambda: ahead.held == [1, 2])
+        assert remote._evict(store.local(rows[2]["path"])) == 0, "a fetched shard is held"
+        assert remote._evict(store.local(rows[0]["path"])) > 0, "an opened one is the reader's"
+    finally:
+        ahead.close()
+    assert ahead.held == [] and remote._evict(store.local(rows[2]["path"])) > 0
+
+
+def test_a_stream_from_s3_has_its_next_shard_before_it_reads_it_and_a_damaged_one_is_named(
+        server, url, toy, tmp_path):  # fmt: skip
+    """One shard a batch: while the first batch is read, the next shards come down; the one
+    damaged in the bucket is refused by its URL when the stream reaches it, not before."""
+    damaged = shards(toy)[2]
+    data = bytearray((toy / damaged["path"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    server.put(f"{url}/{damaged['path']}", bytes(data))
+    cache = open_cache(url, remote=settings(server, tmp_path))
+    plan = LoaderPlan(batch_size=12, shard_group=1, shuffle=False)
+    stream = ShardStream(cache.shards_of("train"), (schema.MEL,), plan, fetch_ahead=2)
+    batches = iter(stream)
+    first = next(batches)
+    assert first[schema.MEL].shape[0] == 12
+    second = cache.shards_of("train")[1]
+    assert eventually(lambda: second.path.exists()), "fetched while the first batch was used"
+    next(batches)
+    with pytest.raises(CacheFormatError, match=rf"{url}/{damaged['path']}: its sha256"):
+        next(batches)
+    assert not list((tmp_path / "local").rglob(f"*{PARTIAL}"))
+
+
 def settings(server, tmp_path, limit=2**30) -> RemoteSettings:
     return RemoteSettings(tmp_path / "local", limit, server.endpoint)
 
@@ -273,8 +329,9 @@ def remote_options(server, tmp_path, limit="1G") -> list[str]:
 def test_a_run_from_s3_trains_the_same_weights_as_from_its_local_twin_and_resumes(
         server, url, toy, tmp_path):  # fmt: skip
     """The same batches bit for bit: the order is the index's, wherever the shards lie. The
-    limit is the least a run reading one shard at a time accepts, three of the four shards:
-    shards are evicted and downloaded again as the epochs go."""
+    limit is three of the four shards: the two groups of one shard a run keeps open and one
+    fetched ahead (fewer than data.remote_fetch_ahead asks for), so shards are evicted and
+    downloaded again as the epochs go."""
     options = small_config(**{"data.workers": 1, "data.shard_group": 1})
     size = max((toy / row["path"]).stat().st_size for row in shards(toy))
     local, remote_run, killed = tmp_path / "local-run", tmp_path / "remote-run", tmp_path / "k"
@@ -300,3 +357,15 @@ def test_a_limit_below_what_a_run_keeps_open_is_refused_with_the_size_it_needs(
     error = capsys.readouterr().err
     assert "data.remote_cache_limit=1024 bytes is too small for s3://" in error
     assert "groups of data.shard_group=2" in error and "at least" in error
+
+
+def test_fetching_ahead_asks_no_more_room_than_the_limit_leaves(server, url, toy, tmp_path):
+    config = TrainConfig()
+    config.data.shard_group = 1
+    size = max((toy / row["path"]).stat().st_size for row in shards(toy))
+    tight = open_cache(url, remote=settings(server, tmp_path, limit=3 * size))
+    roomy = open_cache(url, remote=settings(server, tmp_path, limit=2**30))
+    assert config.data.remote_fetch_ahead == 8
+    assert remote_fetch_ahead(config, tight) == 1, "two groups of one open, one ahead"
+    assert remote_fetch_ahead(config, roomy) == 8
+    assert remote_fetch_ahead(config, open_cache(toy)) == 0

@@ -99,6 +99,9 @@ class DataConfig:
     remote_cache: str | None = field(default=None, metadata=SINCE_ADDED)
     remote_cache_limit: int | str | None = field(default=None, metadata=SINCE_ADDED)
     remote_endpoint: str | None = field(default=None, metadata=SINCE_ADDED)
+    # Shards a worker downloads before it needs them, in the order it will read them, so that
+    # downloads overlap reading (fewer where data.remote_cache_limit leaves no room for them).
+    remote_fetch_ahead: int = field(default=8, metadata=SINCE_ADDED)
 
     def __post_init__(self) -> None:
         self.caches = [CacheSource.parse(c) if isinstance(c, str) else c for c in self.caches]
@@ -173,6 +176,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.prefetch", lambda v: v >= 1, "at least 1"),
     ("data.decode", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     ("data.remote_cache_limit", _is_size, "a size such as 500M, 64G or 1.5T, or null"),
+    ("data.remote_fetch_ahead", lambda v: type(v) is int and v >= 0, "0 (none) or more"),
     ("optim.name", lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),
@@ -249,7 +253,7 @@ def check_remote_room(config: TrainConfig, cache: Cache) -> None:
     being downloaded, each as large as its largest."""
     if cache.store is None:
         return
-    largest = max((entry.size or 0 for entry in cache.shards), default=0)
+    largest = largest_shard(cache)
     needed = (REMOTE_OPEN_GROUPS * config.data.shard_group + 1) * largest
     if needed > cache.store.limit:
         raise ConfigError(
@@ -258,6 +262,21 @@ def check_remote_room(config: TrainConfig, cache: Cache) -> None:
             f"{config.data.shard_group} of its shards open and downloads one more, up to "
             f"{largest} bytes each: at least {needed} bytes (or a smaller data.shard_group)"
         )
+
+
+def largest_shard(cache: Cache) -> int:
+    return max((entry.size or 0 for entry in cache.shards), default=0)
+
+
+def remote_fetch_ahead(config: TrainConfig, cache: Cache) -> int:
+    """Shards a worker may fetch ahead from `cache`: data.remote_fetch_ahead, as many as the
+    local folder's limit leaves room for beside the groups held open (check_remote_room made
+    sure of room for one: the shard being downloaded)."""
+    if cache.store is None:
+        return 0
+    room = cache.store.limit // max(largest_shard(cache), 1)
+    spare = room - REMOTE_OPEN_GROUPS * config.data.shard_group
+    return max(min(config.data.remote_fetch_ahead, spare), 0)
 
 
 def check_cache_fits(config: TrainConfig, cache: Cache) -> None:

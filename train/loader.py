@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avcache.cache import schema
 from avcache.cache.reader import ShardEntry, ShardReader
+from avcache.cache.remote import FetchAhead
 from avcache.train.batches import JpegFaces, batch_of
 from avcache.train.config import REMOTE_OPEN_GROUPS
 
@@ -129,6 +130,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world: int = 1,
         jpeg_faces: bool = False,
+        fetch_ahead: int = 0,
     ) -> None:
         self.shards = list(shards)  # each opened against its entry: counts, split, faces
         self.sizes = [entry.num_samples for entry in shards]
@@ -141,9 +143,13 @@ class ShardStream(IterableDataset):
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         # On object storage an open shard is held in the bounded local folder
         # (cache/remote.py): a worker keeps open only the shard groups its batches read at
-        # once, and lets them go when its pass ends.
+        # once, and lets them go when its pass ends; it downloads up to `fetch_ahead` shards
+        # before it needs them, in the order it will open them.
         self.remote = any(entry.store is not None for entry in self.shards)
         self.open_limit = REMOTE_OPEN_GROUPS * plan.shard_group if self.remote else MAX_OPEN_SHARDS
+        self.fetch_ahead = fetch_ahead
+        self._fetching: FetchAhead | None = None
+        self._first_opened: dict[int, int] = {}  # shard -> its place in the pass's opening order
         self._columns: dict[tuple[int, str], np.ndarray] = {}
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -185,11 +191,15 @@ class ShardStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         batches = self.global_batches()
         first = self.start // self.world
+        mine = [
+            (local * self.world + self.rank)
+            for local in range(first, self._per_rank(batches))
+            if (local - first) % workers == worker_id
+        ]
+        if self.remote:
+            self._fetch_ahead_of([batches[g % len(batches)] for g in mine])
         try:
-            for local in range(first, self._per_rank(batches)):
-                if (local - first) % workers != worker_id:
-                    continue
-                global_index = local * self.world + self.rank
+            for global_index in mine:
                 real = global_index < len(batches)
                 batch = self.read_batch(
                     batches[global_index if real else global_index % len(batches)]
@@ -199,9 +209,20 @@ class ShardStream(IterableDataset):
             if self.remote:
                 self.close()
 
+    def _fetch_ahead_of(self, batches: list[list[Block]]) -> None:
+        """Start fetching this pass's shards ahead of their reading, in the order it first
+        opens them (cache/remote.py FetchAhead)."""
+        order = list(dict.fromkeys(block.shard for batch in batches for block in batch))
+        self._first_opened = {shard: place for place, shard in enumerate(order)}
+        fetches = [self.shards[shard].hold for shard in order]
+        self._fetching = FetchAhead(fetches, self.fetch_ahead).start()
+
     def close(self) -> None:
         """Close the shards this process has open (each holds its shard in a remote cache's
-        bounded folder); they are opened again when next read."""
+        bounded folder), and stop fetching ahead; they are opened again when next read."""
+        if self._fetching is not None:
+            self._fetching.close()
+            self._fetching = None
         while self._readers:
             self._readers.popitem()[1].close()
 
@@ -257,6 +278,8 @@ class ShardStream(IterableDataset):
             if len(self._readers) >= self.open_limit:
                 self._readers.popitem(last=False)[1].close()
             reader = self._readers[shard] = self.shards[shard].open()
+            if self._fetching is not None and shard in self._first_opened:
+                self._fetching.opened(self._first_opened[shard])
         self._readers.move_to_end(shard)
         return reader
 
@@ -264,4 +287,5 @@ class ShardStream(IterableDataset):
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()  # open HDF5 handles never cross a process boundary
         state["_columns"] = {}
+        state["_fetching"] = None  # nor does a fetching thread
         return state

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache
-from avcache.train.config import TrainConfig
+from avcache.train.config import TrainConfig, remote_fetch_ahead
 from avcache.train.decode import decode_on_device
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.mix import MixedStream, Source, trained
@@ -51,7 +51,8 @@ def make_loader(cache: Cache, split: str, fields: tuple[str, ...], config: Train
     persist across epochs (ShardStream.set_epoch reaches them): a fresh set per epoch
     would pay their start and the first batches' wait every epoch."""
     stream = ShardStream(split_shards(cache, split), fields, loader_plan(config, train),
-                         ranks.rank, ranks.world, jpeg_faces)  # fmt: skip
+                         ranks.rank, ranks.world, jpeg_faces,
+                         fetch_ahead=fetch_ahead(config, [cache]))  # fmt: skip
     return stream, data_loader(stream, fields, config, device, ranks, jpeg_faces)
 
 
@@ -62,8 +63,16 @@ def make_mixed_loader(sources: list[Source], split: str, fields: tuple[str, ...]
     shards = [split_shards(source.cache, split) for source in sources]
     stream = MixedStream(shards, [source.weight for source in sources], fields,
                          loader_plan(config, train=True), ranks.rank, ranks.world,
-                         jpeg_faces)  # fmt: skip
+                         jpeg_faces,
+                         fetch_ahead=fetch_ahead(config, [s.cache for s in sources]))  # fmt: skip
     return stream, data_loader(stream, fields, config, device, ranks, jpeg_faces)
+
+
+def fetch_ahead(config: TrainConfig, caches: list[Cache]) -> int:
+    """Shards a worker fetches ahead from object storage: what the tightest remote cache's
+    local folder leaves room for (none for local caches)."""
+    remote = [cache for cache in caches if cache.store is not None]
+    return min((remote_fetch_ahead(config, cache) for cache in remote), default=0)
 
 
 def split_shards(cache: Cache, split: str) -> list:

@@ -213,9 +213,9 @@ class MixedStream(ShardStream):
 
     def __init__(self, shards: list[list[ShardEntry]], weights: list[float],
                  fields: tuple[str, ...], plan: LoaderPlan, rank: int = 0, world: int = 1,
-                 jpeg_faces: bool = False) -> None:  # fmt: skip
+                 jpeg_faces: bool = False, fetch_ahead: int = 0) -> None:  # fmt: skip
         flat = [entry for entries in shards for entry in entries]
-        super().__init__(flat, fields, plan, rank, world, jpeg_faces)
+        super().__init__(flat, fields, plan, rank, world, jpeg_faces, fetch_ahead)
         self.source_sizes = [[entry.num_samples for entry in entries] for entries in shards]
         self.counts = source_counts([sum(sizes) for sizes in self.source_sizes], weights)
         # shard number -> its cache's number, for whoever counts samples by cache

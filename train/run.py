@@ -95,6 +95,7 @@ RESUMABLE = (
     "data.remote_cache",
     "data.remote_cache_limit",
     "data.remote_endpoint",
+    "data.remote_fetch_ahead",
 )
 
 
