@@ -18,7 +18,14 @@ import torch
 
 from avcache.cache import open_cache
 from avcache.preprocess.faces import resolve_detector
-from benchmarks import cli_bench, faces_bench, loader_bench, preprocess_bench, scaling_bench
+from benchmarks import (
+    cli_bench,
+    faces_bench,
+    loader_bench,
+    preprocess_bench,
+    remote_bench,
+    scaling_bench,
+)
 
 NUMBER = r"(-?[0-9][0-9,]*\.?[0-9]*(?:e[+-]?[0-9]+)?)"
 
@@ -172,3 +179,15 @@ def test_cli_bench_times_help_and_a_refused_mistake_of_every_console_script(caps
             assert share == pytest.approx(median / cli_bench.TARGET_S, abs=0.01)
     assert printed(rf"\| \(python\) \| {cli_bench.HEAVY} \| {NUMBER} \|", out)[0] > 0
     assert "over the target: " in out
+
+
+def test_remote_bench_times_every_loader_against_the_local_one_at_every_step(tmp_path, capsys):
+    assert remote_bench.main(["--tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "remote_bench.json").read_text())
+    assert list(results["passes"]) == ["step 0 ms", "step 5 ms"]
+    for rows in results["passes"].values():
+        assert list(rows) == list(remote_bench.LOADERS)
+        assert all(row["samples_per_s"] > 0 for row in rows.values())
+        assert rows["local"]["to_local"] == 1.0
+    assert "s3 cold, fetched ahead" in out and "x local" in out
