@@ -45,15 +45,19 @@ class ShardRecord:
     sha256: str
     plan_hash: str = ""
     failures: list[Failure] = field(default_factory=list)
+    # What the first checks of a run need of the shard (cache/reader.py ShardFacts), so that
+    # they need not open it: a cache on object storage would download every shard for them.
+    facts: dict | None = None
 
     def index_entry(self) -> dict:
         """The public index fields of this shard."""
-        return {
+        entry = {
             "path": self.path,
             "split": self.split,
             "num_samples": self.num_samples,
             "sha256": self.sha256,
         }
+        return entry if self.facts is None else {**entry, "facts": self.facts}
 
 
 def receipt_path(shard_path: Path) -> Path:
@@ -90,6 +94,7 @@ def _record(payload: dict, where: str) -> ShardRecord:
         sha256=text(payload.get("sha256"), f"{where}: sha256"),
         plan_hash=text(payload.get("plan_hash", ""), f"{where}: plan_hash"),
         failures=[failure_of(item, where) for item in failures],
+        facts=mapping(payload["facts"], f"{where}: facts") if "facts" in payload else None,
     )
 
 

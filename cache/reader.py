@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from avcache.cache import schema
+from avcache.cache.codec import CODECS
 from avcache.cache.index import Failure, read_failures
 from avcache.cache.remote import Held, RemoteSettings, ShardStore, is_remote
 from avcache.cache.shard import DamagedShardError as DamagedShardError
@@ -41,7 +42,8 @@ BLOCK_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class ShardFacts:
-    """What a cache keeps of each shard it has opened, so that no check opens it twice."""
+    """What the first checks of a run need of each shard, so that none opens it twice: from
+    the index where it lists them (avcache-preprocess does), else from the shard, opened."""
 
     codec: str  # how it stores its faces
     unknown: int  # samples without a target (label -1)
@@ -50,6 +52,20 @@ class ShardFacts:
     @staticmethod
     def of(shard: ShardReader) -> ShardFacts:
         return ShardFacts(shard.codec, int(shard.unknown_labels.size), shard.first_unknown)
+
+    def to_index(self) -> dict:
+        return {"codec": self.codec, "unknown": self.unknown, "first_unknown": self.first_unknown}
+
+    @staticmethod
+    def from_index(row: object, at: str, num_samples: int) -> ShardFacts:
+        row = mapping(row, at)
+        codec = text(row.get("codec"), f"{at}.codec")
+        unknown = integer(row.get("unknown"), f"{at}.unknown")
+        first = text(row.get("first_unknown"), f"{at}.first_unknown")
+        if codec not in CODECS or not 0 <= unknown <= num_samples or bool(first) != bool(unknown):
+            raise CacheFormatError(f"{at}: not facts of a shard of {num_samples} samples "
+                                   f"({printable(repr(row))}): {REBUILD}")  # fmt: skip
+        return ShardFacts(codec, unknown, printable(first))
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class ShardEntry:
     face_size: int | None = None
     tracks_promised: bool = False  # whether the config says the track layout, `tracks`
     tracks: schema.TrackLayout | None = None  # None: no tracks (tracks.windows=0)
+    facts: ShardFacts | None = field(default=None, compare=False)  # as the index lists them
     # A cache on object storage: where `path`'s shard is downloaded from (cache/remote.py).
     store: ShardStore | None = field(default=None, compare=False, repr=False)
     size: int | None = field(default=None, compare=False)  # its bytes in the store
@@ -165,7 +182,7 @@ class Cache:
         for entry in self.shards:
             with entry.open() as shard:
                 digest = shard.meta_digest if len(shard) else None
-                self._facts[entry.path] = ShardFacts.of(shard)
+                self._facts[entry.path] = _checked_facts(entry, shard)
                 first = first or (shard.tracks, f"{shard.path} (the cache's first shard) holds")
                 shard.check_tracks(*first)
             if digest in seen:
@@ -177,10 +194,12 @@ class Cache:
             seen[digest or f"empty {entry.path}"] = entry
 
     def _facts_of(self, entry: ShardEntry) -> ShardFacts:
-        if entry.path not in self._facts:
+        """The shard's facts: as opened already, else as the index lists them, else opened."""
+        known = self._facts.get(entry.path) or entry.facts
+        if known is None:
             with entry.open() as shard:
-                self._facts[entry.path] = ShardFacts.of(shard)
-        return self._facts[entry.path]
+                known = self._facts[entry.path] = ShardFacts.of(shard)
+        return known
 
     def face_codecs(self, split: str) -> set[str]:
         """How the split's shards store their faces: raw, jpeg (a v1 shard is raw)."""
@@ -349,9 +368,22 @@ def shard_entries(root: Path, index: dict, where: Path) -> list[ShardEntry]:
         _listed_once(at, path, by_path, "path", rows)
         _listed_once(at, sha256, by_sha, "sha256 (the same bytes)", rows)
         by_path[path], by_sha[sha256] = number, number
-        entries.append(ShardEntry(path, split, count, sha256, frames, face_size, promised, tracks))
+        facts = (
+            ShardFacts.from_index(row["facts"], f"{at}.facts", count) if "facts" in row else None
+        )
+        entries.append(ShardEntry(path, split, count, sha256, frames, face_size, promised, tracks,
+                                  facts=facts))  # fmt: skip
     _check_split_totals(index, entries, where)
     return entries
+
+
+def _checked_facts(entry: ShardEntry, shard: ShardReader) -> ShardFacts:
+    """The shard's facts, which the index's (where it lists them) must equal."""
+    facts = ShardFacts.of(shard)
+    if entry.facts is not None and entry.facts != facts:
+        raise CacheFormatError(f"{entry.path}: the index lists facts of it ({entry.facts}) that "
+                               f"are not the shard's ({facts}): {REBUILD}")  # fmt: skip
+    return facts
 
 
 def _listed_once(at: str, key: object, seen: dict, what: str, rows: list) -> None:

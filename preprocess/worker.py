@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from avcache.cache import schema
 from avcache.cache.index import Failure, ShardRecord, write_receipt
+from avcache.cache.reader import ShardFacts, ShardReader
 from avcache.cache.writer import ShardWriter
 from avcache.preprocess.audio import MEL_MODES, mel_image
 from avcache.preprocess.config import PreprocessConfig
@@ -238,6 +239,9 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] = lambda n: None)
                 failures.append(Failure(plan.split, video.name, failed.stage, failed.reason))
             progress(1)
         num_samples, digest = writer.close()
-    record = ShardRecord(job.rel_path, plan.split, num_samples, digest, plan.plan_hash(), failures)
+    with ShardReader(job.root / job.rel_path) as shard:  # just written: in the page cache
+        facts = ShardFacts.of(shard).to_index()
+    record = ShardRecord(job.rel_path, plan.split, num_samples, digest, plan.plan_hash(), failures,
+                         facts)  # fmt: skip
     write_receipt(job.root, record)
     return record

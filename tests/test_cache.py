@@ -16,7 +16,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from avcache.cache import schema
 from avcache.cache.encodings import Array
 from avcache.cache.index import ShardRecord, build_index
-from avcache.cache.reader import CacheFormatError, DamagedShardError, ShardReader, open_cache
+from avcache.cache.reader import (
+    CacheFormatError,
+    DamagedShardError,
+    ShardFacts,
+    ShardReader,
+    open_cache,
+)
 from avcache.cache.verify import verify_cache
 from avcache.cache.writer import WRITE_BLOCK, ShardWriter, sha256_of
 from avcache.common.atomic import write_json_atomic
@@ -151,6 +157,41 @@ def test_index_paths_may_not_leave_the_cache(tmp_path):
     index["shards"][0]["path"] = "../../etc/passwd"
     (tmp_path / schema.INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(CacheFormatError, match="leaves the cache"):
+        open_cache(tmp_path)
+
+
+def list_facts(root: Path, change: dict | None = None) -> None:
+    """Rewrite the index listing each shard's facts as avcache-preprocess does, the first
+    shard's `change`d."""
+    index = json.loads((root / schema.INDEX_FILE).read_text())
+    for row in index["shards"]:
+        with ShardReader(root / row["path"]) as shard:
+            row["facts"] = ShardFacts.of(shard).to_index()
+    index["shards"][0]["facts"].update(change or {})
+    write_json_atomic(root / schema.INDEX_FILE, index)
+
+
+def test_the_first_checks_read_a_shards_facts_from_the_index_without_opening_it(tmp_path):
+    write_cache(tmp_path, [6, 5])
+    expected = open_cache(tmp_path).without_target("train")
+    assert expected[0] == 4 and "sample 0" in expected[1], "every third sample has no label"
+    list_facts(tmp_path)
+    cache = open_cache(tmp_path, check_shards=False)
+    for entry in cache.shards:
+        entry.path.unlink()  # a shard opened now would be a FileNotFoundError
+    assert cache.without_target("train") == expected
+    assert cache.face_codecs("train") == {"raw"}
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"unknown": 1, "first_unknown": "sample 3 ('x')"}, "the index lists facts of it"),
+    ({"codec": "png"}, r"shards\[0\].facts: not facts of a shard of 6 samples"),
+    ({"unknown": 2, "first_unknown": ""}, r"shards\[0\].facts: not facts of a shard"),
+])  # fmt: skip
+def test_facts_the_shard_does_not_hold_or_no_shard_could_are_refused(tmp_path, change, says):
+    write_cache(tmp_path, [6, 5])
+    list_facts(tmp_path, change)
+    with pytest.raises(CacheFormatError, match=says):
         open_cache(tmp_path)
 
 

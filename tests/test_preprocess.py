@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from avcache.cache import open_cache, schema
+from avcache.cache.reader import ShardFacts, ShardReader
 from avcache.common.lock import LOCK_FILE
 from avcache.preprocess.run import main
 from tests.media import broken_files, face_without_audio, silent_clip, talking_face, write_labels
@@ -95,6 +96,17 @@ def test_exact_shard_counts_per_split(clean_cache):
         f"{split}-{n:05d}.h5" for split, count in [("test", 1), ("train", 4), ("val", 1)]
         for n in range(count)
     ]  # fmt: skip
+
+
+def test_the_index_lists_each_shards_facts_as_the_shard_holds_them(clean_cache):
+    """What a run's first checks need (faces codec, samples without a target), so that they
+    open no shard: on object storage each open is a download."""
+    rows = json.loads((clean_cache / schema.INDEX_FILE).read_text())["shards"]
+    for row in rows:
+        with ShardReader(clean_cache / row["path"]) as shard:
+            assert row["facts"] == ShardFacts.of(shard).to_index()
+    unknown = {row["split"]: row["facts"]["unknown"] for row in rows}
+    assert unknown["test"] > 0 and unknown["train"] == 0, "the test split has no labels"
 
 
 def test_every_broken_video_is_recorded(clean_cache):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,11 +31,12 @@ from avcache.cache.remote import (
 )
 from avcache.common.untrusted import CacheFormatError
 from avcache.inspection.cli import main as inspect_main
-from avcache.train.config import TrainConfig, remote_fetch_ahead
+from avcache.train.config import TrainConfig, check_cache_fits, remote_fetch_ahead
 from avcache.train.engine import LAST
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.run import main as train_main
 from tests.objectstore import S3Server, credentials
+from tests.test_cache import list_facts
 from tests.toy import REPO, kill_after_first_epoch, small_config, write_toy_cache
 
 
@@ -369,3 +371,19 @@ def test_fetching_ahead_asks_no_more_room_than_the_limit_leaves(server, url, toy
     assert remote_fetch_ahead(config, tight) == 1, "two groups of one open, one ahead"
     assert remote_fetch_ahead(config, roomy) == 8
     assert remote_fetch_ahead(config, open_cache(toy)) == 0
+
+
+def test_a_runs_first_checks_download_no_shard_where_the_index_lists_their_facts(
+        server, toy, tmp_path):  # fmt: skip
+    """avcache-preprocess lists each shard's faces codec and samples without a target in the
+    index (tests/test_preprocess.py): the checks a run makes before it trains read those."""
+    folder = tmp_path / "toy"
+    shutil.copytree(toy, folder)
+    list_facts(folder)
+    url = server.upload_folder(folder, server.new_bucket(), "toy")
+    cache = open_cache(url, remote=settings(server, tmp_path))
+    config = TrainConfig()
+    config.model.kind = "faces"
+    check_cache_fits(config, cache)
+    assert cache.face_codecs("train") == {"raw"} and cache.without_target("val") == (0, "")
+    assert not [p for p in cache.store.shard_root.rglob("*") if p.is_file()]
