@@ -71,9 +71,16 @@ def write_receipt(root: Path, record: ShardRecord) -> None:
 def read_receipt(root: Path, shard_rel_path: str) -> ShardRecord | None:
     """The receipt of a finished shard, or None if the shard is not finished (or its
     receipt is damaged or does not describe this very shard: then the shard is redone)."""
-    shard = root / shard_rel_path
-    receipt = receipt_path(shard)
-    if not (shard.is_file() and receipt.is_file()):
+    if not (root / shard_rel_path).is_file():
+        return None
+    return receipt_of(root, shard_rel_path)
+
+
+def receipt_of(root: Path, shard_rel_path: str) -> ShardRecord | None:
+    """The receipt of the shard at `shard_rel_path`, wherever the shard itself is (None where
+    there is none, or it is damaged or describes another shard)."""
+    receipt = receipt_path(root / shard_rel_path)
+    if not receipt.is_file():
         return None
     try:
         payload = load_json(receipt, "receipt", root=root)  # a receipt linked out is not read

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -393,6 +394,93 @@ class ShardStore:
                     f"held or being downloaded on this node: it needs at least {taken + size}"
                 )
             time.sleep(ROOM_POLL)
+
+
+STAGE = "stage"  # in a cache's folder: where avcache-preprocess --out URL writes first
+
+
+class Publisher:
+    """A cache written to object storage from a local staging folder (avcache-preprocess
+    --out URL). A shard is written and committed locally as for a local cache, then uploaded,
+    its receipt after it, and its local copy deleted, so the folder holds only the shards
+    under way; index.json goes up last and stays the commit point. An object appears whole
+    or not at all, so a receipt in the store means its shard is there whole: a run after a
+    kill takes those shards as finished without downloading them."""
+
+    def __init__(self, remote: Remote, root: Path) -> None:
+        self.remote = remote
+        self.stage = folder_for(Path(root), remote) / STAGE
+        self._fs, self._fs_pid = None, 0
+
+    @property
+    def fs(self):
+        if self._fs is None or self._fs_pid != os.getpid():
+            self._fs, self._fs_pid = self.remote.filesystem(), os.getpid()
+        return self._fs
+
+    def fetch_receipts(self, shard_dir: str) -> set[str]:
+        """The shards under `shard_dir` that the store holds with their receipts: each
+        receipt is downloaded into the staging folder; their paths in the cache."""
+        names = self._listing(shard_dir)
+        done = set()
+        for name in sorted(names):
+            shard = name.removesuffix(schema.RECEIPT_SUFFIX) + schema.SHARD_SUFFIX
+            if name.endswith(schema.RECEIPT_SUFFIX) and shard in names:
+                (self.stage / name).parent.mkdir(parents=True, exist_ok=True)
+                self._get(name, self.stage / name)
+                done.add(shard)
+        return done
+
+    def config_hash(self) -> str | None:
+        """The config hash of the index in the store (None: it holds none), as text."""
+        try:
+            data = self.fs.cat_file(self.remote.of(schema.INDEX_FILE))
+        except FileNotFoundError:
+            return None
+        except Exception as error:
+            raise RemoteError(f"{self.remote.of(schema.INDEX_FILE)}: cannot be read "
+                              f"({printable(error)})") from None  # fmt: skip
+        try:
+            found = json.loads(data).get("config_hash")
+        except (ValueError, AttributeError, RecursionError):
+            found = None
+        return found if isinstance(found, str) else "unreadable"
+
+    def put(self, relative: str) -> None:
+        """Upload the staging folder's file `relative` to its place in the store."""
+        local, url = self.stage / relative, self.remote.of(relative)
+        try:
+            self.fs.put_file(str(local), url)
+        except Exception as error:
+            raise RemoteError(f"{url}: upload of {local} failed ({printable(error)}); run the "
+                              "same command again to go on") from None  # fmt: skip
+
+    def keep_index_as(self, relative: str) -> None:
+        """The store's index.json copied to `relative` (an index made with another config)."""
+        try:
+            self.fs.copy(self.remote.of(schema.INDEX_FILE), self.remote.of(relative))
+        except Exception as error:
+            raise RemoteError(f"{self.remote.of(schema.INDEX_FILE)}: cannot be kept as "
+                              f"{relative} ({printable(error)})") from None  # fmt: skip
+
+    def _listing(self, folder: str) -> set[str]:
+        url = self.remote.of(folder)
+        try:
+            self.fs.invalidate_cache(url)
+            found = self.fs.find(url)
+        except FileNotFoundError:
+            return set()
+        except Exception as error:
+            raise RemoteError(f"{url}: cannot be listed ({printable(error)})") from None
+        base = self.fs._strip_protocol(self.remote.url).rstrip("/") + "/"
+        return {name.removeprefix(base) for name in found if name.startswith(base)}
+
+    def _get(self, relative: str, local: Path) -> None:
+        try:
+            self.fs.get_file(self.remote.of(relative), str(local))
+        except Exception as error:
+            raise RemoteError(f"{self.remote.of(relative)}: download failed "
+                              f"({printable(error)})") from None  # fmt: skip
 
 
 class FetchAhead:

@@ -33,10 +33,13 @@ from avcache.cache.index import (
     ShardRecord,
     build_index,
     read_receipt,
+    receipt_of,
+    receipt_path,
     write_failures,
     write_json_atomic,
 )
 from avcache.cache.reader import CacheFormatError, ShardEntry
+from avcache.cache.remote import Publisher
 from avcache.common.atomic import PARTIAL_SUFFIX
 from avcache.common.config import config_hash, dump_yaml, to_dict
 from avcache.common.lock import FolderLock
@@ -159,10 +162,12 @@ def with_resolved_detector(config: PreprocessConfig) -> PreprocessConfig:
 
 
 class Preprocessor:
-    """One run over a data root into a cache folder."""
+    """One run over a data root into a cache folder; with a `publisher`, into its staging
+    folder and from there to object storage (cache/remote.py Publisher)."""
 
     def __init__(self, config: PreprocessConfig, data: Path, out: Path, jobs: int = -1,
-                 backend: str = "loky", scheduler: str | None = None) -> None:  # fmt: skip
+                 backend: str = "loky", scheduler: str | None = None,
+                 publisher: Publisher | None = None) -> None:  # fmt: skip
         validate(config)
         if not data.is_dir():
             raise FileNotFoundError(f"{data}: data root is not a folder")
@@ -179,6 +184,13 @@ class Preprocessor:
         self.detector = config.faces.detector if config.faces.frames else "none"
         self.ffmpeg = ffmpeg_binary(config.audio.ffmpeg)  # fail here, not in every worker
         self.shard_dir = f"{schema.SHARDS_DIR}/{self.hash}"
+        self.publisher = publisher
+        self._published: set[str] = set()  # shards the store holds with their receipts
+
+    @property
+    def destination(self) -> str:
+        """Where the cache goes: its folder, or its URL."""
+        return str(self.out) if self.publisher is None else self.publisher.remote.url
 
     def read_videos(self) -> list[Video]:
         """Every listed video of every split whose list exists. Bad rows of any split raise
@@ -215,9 +227,14 @@ class Preprocessor:
 
     def finished(self, plan: ShardPlan) -> ShardRecord | None:
         """The receipt of a shard an earlier run finished for this very plan, if the shard
-        is there and this avcache can read it (else it is written again)."""
+        is there and this avcache can read it (else it is written again). On object storage,
+        one the store holds with its receipt; one finished here but not uploaded (a run
+        killed in between) is uploaded now."""
+        if self.shard_path(plan) in self._published:
+            record = receipt_of(self.out, self.shard_path(plan))
+            return record if _made_by(record, plan) else None
         record = read_receipt(self.out, self.shard_path(plan))
-        if record is None or record.plan_hash != plan.plan_hash() or record.split != plan.split:
+        if not _made_by(record, plan):
             return None
         entry = ShardEntry(
             self.out / record.path,
@@ -231,6 +248,16 @@ class Preprocessor:
             entry.open().close()  # checks format, schema, storage, counts and faces
         except (CacheFormatError, FileNotFoundError):
             return None
+        return self._arrived(record)
+
+    def _arrived(self, record: ShardRecord) -> ShardRecord:
+        """A finished shard; on object storage uploaded, its receipt after it, and its local
+        copy deleted."""
+        if self.publisher is not None:
+            self.publisher.put(record.path)
+            self.publisher.put(receipt_path(Path(record.path)).as_posix())
+            (self.out / record.path).unlink()
+            self._published.add(record.path)
         return record
 
     def run(self, progress: bool = True) -> RunSummary:
@@ -243,6 +270,8 @@ class Preprocessor:
             (self.out / self.shard_dir).mkdir(parents=True, exist_ok=True)
             _remove_partials(self.out)  # of a commit that was killed
             _remove_partials(self.out / self.shard_dir)
+            if self.publisher is not None:
+                self._published = self.publisher.fetch_receipts(self.shard_dir)
             try:
                 summary = self._run_plans(plans, progress)
             except KeyboardInterrupt:  # finished shards stay; unfinished ones go
@@ -311,7 +340,7 @@ class Preprocessor:
                 parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered",
                                            max_nbytes=None)  # fmt: skip
                 records = parallel(self._tasks(todo, ticks))  # starts the workers
-            return {record.path: record for record in records}
+            return {record.path: self._arrived(record) for record in records}
         except KeyboardInterrupt:
             if records is not None:  # pressed before the first result: stop the workers
                 _stop_quietly(records)
@@ -331,20 +360,15 @@ class Preprocessor:
         with client as dask, joblib.parallel_config("dask", client=dask):
             parallel = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")
             for record in parallel(self._tasks(todo, ticks=None)):
-                records[record.path] = record
+                records[record.path] = self._arrived(record)
                 bar.update(sizes[record.path])
         return records
 
     def _previous_config_hash(self) -> str | None:
-        """The config hash of the index already in the folder (None: there is none)."""
-        index = self.out / schema.INDEX_FILE
-        if not index.is_file():
+        """The config hash of the index already there (None: there is none)."""
+        old_hash = self._stored_config_hash()
+        if old_hash is None:
             return None
-        try:
-            old = load_json(index, "cache index", root=self.out)  # not through a link out
-            old_hash = mapping(old, str(index)).get("config_hash")
-        except CacheFormatError:
-            old_hash = None
         if not (isinstance(old_hash, str) and re.fullmatch("[0-9a-f]{1,64}", old_hash)):
             old_hash = "unreadable"  # it names a file: nothing but a hash may go there
         if old_hash != self.hash:
@@ -358,17 +382,47 @@ class Preprocessor:
             )
         return old_hash
 
+    def _stored_config_hash(self) -> str | None:
+        """The config hash the index there names, "unreadable" where it names none, None
+        where there is no index."""
+        if self.publisher is not None:
+            return self.publisher.config_hash()
+        index = self.out / schema.INDEX_FILE
+        if not index.is_file():
+            return None
+        try:
+            old = load_json(index, "cache index", root=self.out)  # not through a link out
+            found = mapping(old, str(index)).get("config_hash")
+        except CacheFormatError:
+            found = None
+        return found if isinstance(found, str) else "unreadable"
+
     def _commit(self, records: list[ShardRecord], previous_hash: str | None) -> None:
         """Failures and config first, the index last: it is the commit point. An index made
         with another config is kept under its own hash (nothing mixes), and only now, so a
-        run that fails leaves the previous cache usable."""
+        run that fails leaves the previous cache usable. On object storage, the same files
+        in the same order are uploaded from the staging folder."""
         write_failures(self.out / schema.FAILURES_FILE, records)
         dump_yaml(self.config, self.out / schema.CONFIG_FILE)
         index = self.out / schema.INDEX_FILE
-        if previous_hash not in (None, self.hash):
-            os.replace(index, self.out / f"index.{previous_hash}.json")
+        kept = f"index.{previous_hash}.json" if previous_hash not in (None, self.hash) else None
+        if kept and self.publisher is None:
+            os.replace(index, self.out / kept)
         mel = mel_settings(self.config.audio.mode)
         write_json_atomic(index, build_index(to_dict(self.config), self.hash, records, mel))
+        if self.publisher is not None:
+            self.publisher.put(schema.FAILURES_FILE)
+            self.publisher.put(schema.CONFIG_FILE)
+            if kept:
+                self.publisher.keep_index_as(kept)
+            self.publisher.put(schema.INDEX_FILE)
+
+
+def _made_by(record: ShardRecord | None, plan: ShardPlan) -> bool:
+    """Whether `record` is the receipt of a shard of this very plan."""
+    return (
+        record is not None and record.plan_hash == plan.plan_hash() and record.split == plan.split
+    )
 
 
 def _shard_task(job: ShardJob, ticks) -> ShardRecord:

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from avcache.cache import schema
+from avcache.cache.remote import Publisher, Remote, RemoteError, RemoteSettings, is_remote, location
 from avcache.common.config import ConfigError, key_listing, load_config, yaml_text
 from avcache.common.lock import FolderBusyError
 from avcache.common.untrusted import printable
@@ -73,7 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="data root holding the label files and video folders (required)",
     )
-    parser.add_argument("--out", type=Path, help="cache folder to write (required)")
+    parser.add_argument(
+        "--out",
+        type=location,
+        help="cache folder to write (required), or a URL on object storage (s3://bucket/prefix: "
+        "shards are written under AVCACHE_REMOTE_CACHE first, each uploaded when finished, "
+        "index.json last; docs/scaling.md)",
+    )
     parser.add_argument(
         "--jobs", type=int, default=-1, help="worker processes (default -1: all cores)"
     )
@@ -106,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def print_summary(summary: RunSummary, out: Path) -> None:
+def print_summary(summary: RunSummary, out: str) -> None:
     failed = summary.failures
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
     print(
@@ -116,7 +123,7 @@ def print_summary(summary: RunSummary, out: Path) -> None:
     )
     if failed:
         stages = ", ".join(f"{stage}: {n}" for stage, n in Counter(f.stage for f in failed).items())
-        print(f"failures by stage: {stages}; details in {out / schema.FAILURES_FILE}")
+        print(f"failures by stage: {stages}; details in {out}/{schema.FAILURES_FILE}")
         for failure in failed[:5]:
             line = f"  {failure.split}/{failure.video_name}: {failure.stage}: {failure.error}"
             print(printable(line))
@@ -132,34 +139,46 @@ def disk_full_message(error: OSError, out: Path) -> str:
     )
 
 
+def destination(out: Path | str) -> tuple[Path, Publisher | None]:
+    """The folder the shards are written to, and for a URL what uploads them from it."""
+    if is_remote(out):
+        publisher = Publisher(Remote(out), RemoteSettings.from_env().root)
+        return publisher.stage, publisher
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; name the cache folder")
+    return out, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = args.out
     try:
         config = load_config(PreprocessConfig, args.config, args.overrides)
         if args.print_config:
             validate(config)
             print(yaml_text(config), end="")
             return 0
-        if args.out.exists() and not args.out.is_dir():
-            raise ValueError(f"--out {args.out}: is a file, not a folder; name the cache folder")
+        folder, publisher = destination(args.out)
         backend = "dask" if args.scheduler else args.backend
-        preprocessor = Preprocessor(config, args.data, args.out, args.jobs, backend, args.scheduler)
+        preprocessor = Preprocessor(config, args.data, folder, args.jobs, backend, args.scheduler,
+                                    publisher)  # fmt: skip
         summary = preprocessor.run(progress=not args.quiet)
-    except (ConfigError, LabelFileError, FolderBusyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, LabelFileError, FolderBusyError, ValueError, FileNotFoundError,
+            RemoteError) as error:  # fmt: skip
         print(f"avcache-preprocess: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         if error.errno not in DISK_FULL:
             raise
-        print(disk_full_message(error, args.out), file=sys.stderr)
+        print(disk_full_message(error, folder), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"avcache-preprocess: interrupted; finished shards in {args.out} are kept and "
               "unfinished ones removed: run the same command again to go on",
               file=sys.stderr)  # fmt: skip
         return 130
-    print_summary(summary, args.out)
+    print_summary(summary, preprocessor.destination)
     return 1 if summary.cached == 0 or (args.strict and summary.failures) else 0
 
 

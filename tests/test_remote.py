@@ -31,10 +31,12 @@ from avcache.cache.remote import (
 )
 from avcache.common.untrusted import CacheFormatError
 from avcache.inspection.cli import main as inspect_main
+from avcache.preprocess.run import main as preprocess_main
 from avcache.train.config import TrainConfig, check_cache_fits, remote_fetch_ahead
 from avcache.train.engine import LAST
 from avcache.train.loader import LoaderPlan, ShardStream
 from avcache.train.run import main as train_main
+from tests.media import talking_face, write_labels
 from tests.objectstore import S3Server, credentials
 from tests.test_cache import list_facts
 from tests.toy import REPO, kill_after_first_epoch, small_config, write_toy_cache
@@ -387,3 +389,61 @@ def test_a_runs_first_checks_download_no_shard_where_the_index_lists_their_facts
     check_cache_fits(config, cache)
     assert cache.face_codecs("train") == {"raw"} and cache.without_target("val") == (0, "")
     assert not [p for p in cache.store.shard_root.rglob("*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """An FFDV-layout folder of four short clips: three to train on, one to validate."""
+    root = tmp_path_factory.mktemp("ffdv")
+    for folder in ("trainset", "valset"):
+        (root / folder).mkdir()
+    for i in range(3):
+        talking_face(root / "trainset" / f"t{i}.mp4", seconds=1.0)
+    talking_face(root / "valset" / "v0.mp4", seconds=1.0)
+    write_labels(root / "train_label.txt", [(f"t{i}.mp4", i % 2) for i in range(3)])
+    write_labels(root / "val_label.txt", [("v0.mp4", 1)])
+    return root
+
+
+def preprocess_to(videos, out) -> list[str]:
+    return ["--data", str(videos), "--out", str(out), "--jobs", "1", "--quiet",
+            "shards.size=1", "faces.frames=2", "faces.size=32", "faces.detector=haar",
+            "tracks.windows=0"]  # fmt: skip
+
+
+def stored(server, url: str, relative: str) -> bytes:
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return server.client().get_object(Bucket=bucket, Key=f"{prefix}/{relative}")["Body"].read()
+
+
+def delete(server, url: str, relative: str) -> None:
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    server.client().delete_object(Bucket=bucket, Key=f"{prefix}/{relative}")
+
+
+def test_preprocessing_to_s3_writes_the_local_cache_and_resumes_from_the_stores_receipts(
+        server, videos, tmp_path, monkeypatch, capsys):  # fmt: skip
+    """The same index, byte for byte, as a local run's: shards uploaded as they finish, the
+    index last, nothing left in the staging folder. A run killed before its index (here:
+    the index and one shard taken from the bucket) is run again: the shards the bucket holds
+    with their receipts are kept, the missing one is made again, and the index goes up."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AVCACHE_REMOTE_CACHE", str(tmp_path / "local"))
+    local = tmp_path / "cache"
+    assert preprocess_main(preprocess_to(videos, local)) == 0
+    url = f"s3://{server.new_bucket()}/caches/ffdv"
+    assert preprocess_main(preprocess_to(videos, url)) == 0
+    assert capsys.readouterr().out.strip().endswith(f"-> {url}")
+    index = (local / schema.INDEX_FILE).read_bytes()
+    assert stored(server, url, schema.INDEX_FILE) == index
+    assert not list((tmp_path / "local").rglob("*.h5")), "uploaded shards leave the stage"
+    cache = open_cache(url, remote=settings(server, tmp_path))
+    ours = {sample.video_name: sample for sample in cache.iter_samples()}
+    for sample in open_cache(local).iter_samples():
+        assert np.array_equal(ours[sample.video_name].faces, sample.faces)
+
+    for relative in (schema.INDEX_FILE, json.loads(index)["shards"][1]["path"]):
+        delete(server, url, relative)
+    assert preprocess_main(preprocess_to(videos, url)) == 0
+    assert "1 processed this run at" in capsys.readouterr().out
+    assert stored(server, url, schema.INDEX_FILE) == index
