@@ -50,6 +50,11 @@ class RemoteError(OSError):
     """The store could not be read (no such bucket, connection refused, cut short)."""
 
 
+class RemoteSettingsError(ValueError):
+    """How the local copies of remote caches are to be kept is malformed (an environment
+    variable's value)."""
+
+
 class RemoteCacheFull(ValueError):
     """The local folder's limit cannot fit a shard beside the shards that are held."""
 
@@ -134,8 +139,14 @@ class RemoteSettings:
         AVCACHE_REMOTE_CACHE_LIMIT (default 64G); the endpoint, else botocore's own
         AWS_ENDPOINT_URL."""
         root = root or os.environ.get(ROOT_VARIABLE) or default_root()
-        limit = limit or os.environ.get(LIMIT_VARIABLE) or DEFAULT_LIMIT
-        return RemoteSettings(Path(root).expanduser(), parse_size(limit), endpoint or None)
+        if limit:
+            size = parse_size(limit)
+        else:
+            try:
+                size = parse_size(os.environ.get(LIMIT_VARIABLE) or DEFAULT_LIMIT)
+            except ValueError as error:
+                raise RemoteSettingsError(f"{LIMIT_VARIABLE}: {error}") from None
+        return RemoteSettings(Path(root).expanduser(), size, endpoint or None)
 
     def store(self, url: str) -> ShardStore:
         return ShardStore(Remote(url, self.endpoint), self.root, self.limit)

@@ -26,7 +26,7 @@ import numpy as np
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache, CacheFormatError, open_cache
-from avcache.cache.remote import RemoteCacheFull, location
+from avcache.cache.remote import RemoteCacheFull, RemoteSettingsError, location
 from avcache.cache.verify import verify_cache
 from avcache.common.arguments import non_negative
 from avcache.common.labels import LabelFileError
@@ -516,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         # verify checks each shard itself, to list every problem rather than stop at one
         cache = open_cache(args.cache, check_shards=args.command != "verify")
         status = COMMANDS[args.command](cache, args)
-    except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError,
-            RemoteCacheFull) as error:  # fmt: skip
+    except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError, RemoteCacheFull,
+            RemoteSettingsError) as error:  # fmt: skip
         print(f"avcache-inspect: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # an output that cannot be written

@@ -34,7 +34,9 @@ from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.run import main as preprocess_main
 from avcache.train.config import TrainConfig, check_cache_fits, remote_fetch_ahead
 from avcache.train.engine import LAST
+from avcache.train.fuse import main as fuse_main
 from avcache.train.loader import LoaderPlan, ShardStream
+from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from tests.media import talking_face, write_labels
 from tests.objectstore import S3Server, credentials
@@ -447,3 +449,31 @@ def test_preprocessing_to_s3_writes_the_local_cache_and_resumes_from_the_stores_
     assert preprocess_main(preprocess_to(videos, url)) == 0
     assert "1 processed this run at" in capsys.readouterr().out
     assert stored(server, url, schema.INDEX_FILE) == index
+
+
+def test_predict_and_fuse_score_a_cache_on_s3_as_its_local_twin(
+        server, url, toy, tmp_path, monkeypatch):  # fmt: skip
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AVCACHE_REMOTE_CACHE", str(tmp_path / "local"))
+    run, listed = tmp_path / "run", tmp_path / "prediction.txt.csv"
+    assert train_main(["--cache", str(toy), "--out", str(run),
+                       *small_config(**{"run.epochs": 1})]) == 0  # fmt: skip
+    write_labels(listed, [(f"val{i:03d}.mp4", "") for i in range(12)])
+    scores = {}
+    for where, extra in (("local", []), ("s3", ["--cache", url])):
+        scores[where] = tmp_path / f"{where}.csv"
+        assert predict_main(["--run", str(run), "--list", str(listed),
+                             "--out", str(scores[where]), *extra]) == 0  # fmt: skip
+        scores[f"fused {where}"] = tmp_path / f"fused-{where}.csv"
+        assert fuse_main(["fit", str(run), "--out", str(tmp_path / "fused.json")]) == 0
+        assert fuse_main(["predict", str(tmp_path / "fused.json"), "--list", str(listed),
+                          "--out", str(scores[f"fused {where}"]), *extra]) == 0  # fmt: skip
+    assert scores["local"].read_text() == scores["s3"].read_text()
+    assert scores["fused local"].read_text() == scores["fused s3"].read_text()
+    assert scores["s3"].read_text().count("\n") == 13
+
+
+def test_a_malformed_local_limit_in_the_environment_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("AVCACHE_REMOTE_CACHE_LIMIT", "lots")
+    assert inspect_main(["s3://bucket/cache"]) == 2
+    assert "AVCACHE_REMOTE_CACHE_LIMIT: 'lots' is not a size" in capsys.readouterr().err

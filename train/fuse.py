@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcache.cache.remote import location
 from avcache.common.atomic import write_json_atomic
 from avcache.common.labels import LabelFileError
 from avcache.common.untrusted import finite_number, load_json, mapping, printable, shown
@@ -146,7 +147,7 @@ def fusion_problem(fusion: dict) -> str | None:
     return None
 
 
-def predict(fusion: dict, list_path: Path, names: list[str], out: Path, cache: Path | None,
+def predict(fusion: dict, list_path: Path, names: list[str], out: Path, cache: Path | str | None,
             max_fallback: float) -> int:  # fmt: skip
     """Score the listed videos with every expert (each on its own cache, or all on `cache`)
     and write the fused submission; refused before any scoring when too many would get
@@ -197,7 +198,7 @@ def list_scores(run: RunFolder, names: list[str]) -> dict[str, float]:
     return scores
 
 
-def predict_videos(fusion: dict, values: list[str], out: Path | None, cache: Path | None,
+def predict_videos(fusion: dict, values: list[str], out: Path | None, cache: Path | str | None,
                    ffmpeg: str | None) -> int:  # fmt: skip
     """The fused P(fake) of raw files: each expert scores each file preprocessed as its
     cache was made (avcache-predict --video), and the fusion combines their scores."""
@@ -251,8 +252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scoring.add_argument("--out", type=Path, help="--list: the submission CSV (needed); "
                          "--video: a CSV of video_name,y_pred (default: print)")  # fmt: skip
     add_list_options(scoring, "--list")
-    scoring.add_argument("--cache", type=Path, help="cache folder every expert scores "
-                         "(default: each expert's own)")  # fmt: skip
+    scoring.add_argument("--cache", type=location, help="cache folder or s3:// URL every "
+                         "expert scores (default: each expert's own)")  # fmt: skip
     scoring.add_argument("--max-fallback", type=share, default=0.01, metavar="SHARE",
                          help=f"largest share of the list that may get the fallback {FALLBACK} "
                          "(videos without cached features) before the run is refused "
