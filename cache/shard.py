@@ -84,8 +84,10 @@ class ShardReader:
     count, split and (where the cache's config names them) face frames and size.
     """
 
-    def __init__(self, path: Path | str, entry: ShardEntry | None = None) -> None:
+    def __init__(self, path: Path | str, entry: ShardEntry | None = None, held=None) -> None:
+        """`held`: a remote shard's hold (cache/remote.py Held), released at close."""
         self.path = Path(path)
+        self._held = held
         self._sum_columns: dict[str, np.ndarray] = {}  # read once per shard, 8 bytes a sample
         self._file_size = regular_file(self.path, "shard").st_size
         try:
@@ -447,6 +449,8 @@ class ShardReader:
 
     def close(self) -> None:
         self._file.close()
+        if self._held is not None:
+            self._held.close()
 
     def __enter__(self) -> ShardReader:
         return self

@@ -19,10 +19,23 @@ def verify_cache(cache: Cache) -> list[str]:
     """Problems found, one line each naming the shard; empty when the cache is sound."""
     problems = []
     for entry in cache.shards:
-        problem = _verify_shard(entry)
+        problem = _verify_remote_shard(entry) if entry.store else _verify_shard(entry)
         if problem:
-            problems.append(f"{entry.path}: {problem}")
+            problems.append(f"{entry.location}: {problem}")
     return problems
+
+
+def _verify_remote_shard(entry: ShardEntry) -> str | None:
+    """A shard on object storage: downloaded afresh (the store's copy is the one checked;
+    its sha256 on the way), then read."""
+    entry.store.discard(entry.store.relative(entry.path))
+    try:
+        with entry.open() as shard:
+            return "; ".join(_damaged_samples(shard)) or None
+    except FileNotFoundError:
+        return "missing from the store"
+    except CacheFormatError as error:  # its message names the shard: once is enough
+        return str(error).split(": ", 1)[-1]
 
 
 def _verify_shard(entry: ShardEntry) -> str | None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache, CacheFormatError, open_cache
+from avcache.cache.remote import RemoteCacheFull, location
 from avcache.cache.verify import verify_cache
 from avcache.common.arguments import non_negative
 from avcache.common.labels import LabelFileError
@@ -148,7 +149,7 @@ def _flatten(values: object, prefix: str = "") -> list[tuple[str, object]]:
 
 def summary_lines(cache: Cache) -> list[str]:
     """The summary: one table row per split, then failures and the config."""
-    lines = [f"cache {cache.root} (format v{schema.VERSION}, config {cache.config_hash})"]
+    lines = [f"cache {cache.location} (format v{schema.VERSION}, config {cache.config_hash})"]
     lines.append(SUMMARY_HEADER)
     lines.extend(_split_row(split, split_stats(cache, split)) for split in cache.splits)
     return lines + failure_lines(cache) + config_lines(cache.config)
@@ -200,7 +201,9 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
 
     split = args.split or cache.splits[0]
     if split not in cache.splits:
-        raise UsageError(f"no split {split!r} in {cache.root} (splits: {', '.join(cache.splits)})")
+        raise UsageError(
+            f"no split {split!r} in {cache.location} (splits: {', '.join(cache.splits)})"
+        )
     if args.n == 0:
         raise UsageError("-n 0: a sheet needs at least one sample")
     picks = pick_samples(cache, split, args.label, args.audio, args.n, args.seed)
@@ -209,7 +212,7 @@ def run_sheet(cache: Cache, args: argparse.Namespace) -> int:
             f"split {split!r} has no samples with label {args.label}, audio {args.audio}"
         )
     samples = dict(cache.samples_at(picks, windows=sheets.DRAWN_WINDOWS))
-    title = f"{cache.root} · split {split} · label {args.label} · {len(picks)} samples"
+    title = f"{cache.location} · split {split} · label {args.label} · {len(picks)} samples"
     chosen = [samples[pick] for pick in picks]
     figure = sheets.contact_sheet(chosen, cache.index, title, cache.tracks)
     path = sheets.save(figure, args.output, args.palette)
@@ -309,7 +312,7 @@ def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
         raise UsageError("--labels needs --predictions (the labels judge the predictions)")
     unknown = sorted(set(args.split or []) - set(cache.splits))
     if unknown:
-        raise UsageError(f"no split {', '.join(unknown)} in {cache.root}")
+        raise UsageError(f"no split {', '.join(unknown)} in {cache.location}")
     selection = write_gallery(
         cache,
         args.output,
@@ -342,7 +345,7 @@ def run_audit(cache: Cache, args: argparse.Namespace) -> int:
     kinds_line = audit.kinds_line(table, kinds, args.manifest.name if args.manifest else "")
     lines = [] if args.brief else [kinds_line] * bool(kinds_line) + audit.report_lines(
         results, args.threshold)  # fmt: skip
-    report = {"cache": str(cache.root), "config_hash": cache.config_hash,
+    report = {"cache": cache.location, "config_hash": cache.config_hash,
               "threshold": args.threshold, "bootstrap": args.bootstrap, "kinds": kinds_line,
               "results": [result.as_dict() for result in results]}  # fmt: skip
     if args.predictions is not None:
@@ -403,7 +406,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=doc[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("cache", type=Path, help="cache folder (holding index.json)")
+    parser.add_argument("cache", type=location, help="cache folder (holding index.json), or "
+                        "a cache on object storage: s3://bucket/prefix (its shards are "
+                        "downloaded into AVCACHE_REMOTE_CACHE, default ~/.cache/avcache/remote, "
+                        "up to AVCACHE_REMOTE_CACHE_LIMIT, default 64G)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("summary", help="per-split counts, sizes, failures, config (default)")
     verify = commands.add_parser("verify", help="recompute sha256s, check schema and counts")
@@ -510,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         # verify checks each shard itself, to list every problem rather than stop at one
         cache = open_cache(args.cache, check_shards=args.command != "verify")
         status = COMMANDS[args.command](cache, args)
-    except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError) as error:
+    except (FileNotFoundError, CacheFormatError, LabelFileError, UsageError,
+            RemoteCacheFull) as error:  # fmt: skip
         print(f"avcache-inspect: error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # an output that cannot be written

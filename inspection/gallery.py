@@ -443,7 +443,7 @@ def render_page(
         '</option><option value="no">without audio</option></select></label>'
     ) + _kind_filter(selection)
     body = [
-        f"<header><h1>avcache gallery <code>{html.escape(str(cache.root))}</code></h1>",
+        f"<header><h1>avcache gallery <code>{html.escape(cache.location)}</code></h1>",
         f"<p>{shown} of {total} samples, config {html.escape(cache.config_hash)}</p>",
         f"<ul class='notes'>{notes}</ul>" if notes else "",
         f'<form id="filters">{filters}</form></header>',
@@ -463,7 +463,7 @@ def render_page(
         '<section id="samples"><h2>Samples <span class="count"></span></h2>'
         f'<div class="grid">{cards}</div></section>'
     )
-    title = html.escape(f"avcache gallery: {cache.root.name}")
+    title = html.escape(f"avcache gallery: {cache.location.rstrip('/').rsplit('/', 1)[-1]}")
     return PAGE.format(title=title, style=STYLE, body="\n".join(body), script=SCRIPT)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -768,9 +769,7 @@ def forged_run(trained, tmp_path, change) -> Path:
     """A copy of the trained run whose best.pt is what `change(state)` returns."""
     _, run = trained
     copy = tmp_path / "run"
-    copy.mkdir()
-    for item in run.iterdir():
-        (copy / item.name).write_bytes(item.read_bytes())
+    shutil.copytree(run, copy)
     state = torch.load(run / BEST, weights_only=True)
     torch.save(change(state), copy / BEST)
     return copy

@@ -14,6 +14,7 @@ from typing import Any
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache
+from avcache.cache.remote import RemoteSettings, parse_size
 from avcache.cache.schema import TrackLayout
 from avcache.common.config import LOCAL, SINCE_ADDED, ConfigError
 
@@ -92,6 +93,13 @@ class DataConfig:
     workers: int | str = "auto"
     prefetch: int = 4  # batches each worker keeps ready ahead of the step
     decode: str = "cpu"  # JPEG faces: cpu (in the workers), cuda (batched on the GPU), auto
+    # Caches on object storage (s3://bucket/prefix as --cache or in data.caches; cache/remote.py):
+    # the local folder their shards are downloaded into (null: AVCACHE_REMOTE_CACHE, else
+    # ~/.cache/avcache/remote), the bytes they may take there (null: AVCACHE_REMOTE_CACHE_LIMIT,
+    # else 64G), and an S3-compatible store's endpoint (null: AWS_ENDPOINT_URL, else AWS).
+    remote_cache: str | None = field(default=None, metadata=SINCE_ADDED)
+    remote_cache_limit: int | str | None = field(default=None, metadata=SINCE_ADDED)
+    remote_endpoint: str | None = field(default=None, metadata=SINCE_ADDED)
 
     def __post_init__(self) -> None:
         self.caches = [CacheSource.parse(c) if isinstance(c, str) else c for c in self.caches]
@@ -132,6 +140,9 @@ class RunConfig:
     # one). 0: torch's default, every core, which oversubscribes those the workers use.
     threads: int = 0
     checkpoint_every: int = 0  # optimiser steps between mid-epoch checkpoints (0: epoch ends only)
+    # Write RUN/tensorboard (each epoch's metrics and ROC curve) where the tensorboard package
+    # is installed; train/board.py.
+    tensorboard: bool = True
 
 
 @dataclass
@@ -141,6 +152,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def _is_size(value: object) -> bool:
+    try:
+        return value is None or parse_size(value) > 0
+    except ValueError:
+        return False
 
 
 # (key, test, what it must be): every value a run needs, checked before anything is built.
@@ -155,6 +173,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.workers", lambda v: v == "auto" or (type(v) is int and v >= 0), "auto or 0 or more"),
     ("data.prefetch", lambda v: v >= 1, "at least 1"),
     ("data.decode", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    ("data.remote_cache_limit", _is_size, "a size such as 500M, 64G or 1.5T, or null"),
     ("optim.name", lambda v: v in ("adam", "adamw", "sgd"), "adam, adamw or sgd"),
     ("optim.lr", lambda v: 0 < v < math.inf, "a positive number"),
     ("optim.weight_decay", lambda v: 0 <= v < math.inf, "0 or more"),
@@ -175,6 +194,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("run.threads", lambda v: v >= 0, "0 (torch's default) or more"),
     ("run.checkpoint_every", lambda v: v >= 0, "0 (epoch ends only) or more"),
 ]
+
+
+def remote_settings(data: DataConfig) -> RemoteSettings:
+    """How caches on object storage are read (cache/remote.py): data.remote_*, else their
+    environment variables and defaults."""
+    return RemoteSettings.from_env(data.remote_cache, data.remote_cache_limit,
+                                   data.remote_endpoint)  # fmt: skip
 
 
 def validate(config: TrainConfig, where: str = "config") -> None:
@@ -213,14 +239,37 @@ def check_sources(sources: list[CacheSource], where: str) -> None:
                           "folders' names): give each a name: of its own")  # fmt: skip
 
 
+# Shard groups (data.shard_group) a DataLoader worker keeps open at once from a cache on
+# object storage (train/loader.py): the one it reads and the next, which a batch may reach.
+REMOTE_OPEN_GROUPS = 2
+
+
+def check_remote_room(config: TrainConfig, cache: Cache) -> None:
+    """A cache on object storage: its local folder's limit holds the shards a node keeps open
+    at once (the workers and ranks read the same groups, and share their copies) and one
+    being downloaded, each as large as its largest."""
+    if cache.store is None:
+        return
+    largest = max((entry.size or 0 for entry in cache.shards), default=0)
+    needed = (REMOTE_OPEN_GROUPS * config.data.shard_group + 1) * largest
+    if needed > cache.store.limit:
+        raise ConfigError(
+            f"data.remote_cache_limit={cache.store.limit} bytes is too small for {cache.location}: "
+            f"a node keeps {REMOTE_OPEN_GROUPS} groups of data.shard_group="
+            f"{config.data.shard_group} of its shards open and downloads one more, up to "
+            f"{largest} bytes each: at least {needed} bytes (or a smaller data.shard_group)"
+        )
+
+
 def check_cache_fits(config: TrainConfig, cache: Cache) -> None:
     """The cache holds what this config trains on: both splits, and the face frames the
-    model needs (a mel-only cache has none)."""
+    model needs (a mel-only cache has none); on object storage, room for its shards."""
+    check_remote_room(config, cache)
     for key in ("train_split", "val_split"):
         split = getattr(config.data, key)
         if cache.num_samples(split) == 0:
             known = ", ".join(cache.splits) or "none"
-            raise ConfigError(f"data.{key}={split!r}: the cache {cache.root} holds no samples "
+            raise ConfigError(f"data.{key}={split!r}: the cache {cache.location} holds no samples "
                               f"of it (its splits: {known})")  # fmt: skip
     check_targets(config, cache)
     fields = MODEL_INPUTS[config.model.kind]
@@ -234,10 +283,10 @@ def check_faces_fit(config: TrainConfig, cache: Cache) -> None:
     cached = cache.frames
     if not cached:
         raise ConfigError(f"model.kind={config.model.kind} needs faces, but the cache "
-                          f"{cache.root} holds mel images only (faces.frames=0): use "
+                          f"{cache.location} holds mel images only (faces.frames=0): use "
                           "model.kind=audio, or preprocess again with faces")  # fmt: skip
     if config.model.frames is not None and config.model.frames > cached:
-        raise ConfigError(f"model.frames={config.model.frames}: the cache {cache.root} holds "
+        raise ConfigError(f"model.frames={config.model.frames}: the cache {cache.location} holds "
                           f"{cached} face frames per video; use model.frames={cached} or "
                           "fewer")  # fmt: skip
 
@@ -255,7 +304,7 @@ def check_targets(config: TrainConfig, cache: Cache) -> None:
             raise ConfigError(
                 f"{first} has no target (label -1, unknown; {count} of the {total} samples of "
                 f"split {split!r} have none): data.{key} must name a split whose every sample "
-                f"is labelled 0 (real) or 1 (fake) (in {cache.root}: "
+                f"is labelled 0 (real) or 1 (fake) (in {cache.location}: "
                 f"{', '.join(usable) or 'none'})"
             )
 
@@ -263,7 +312,7 @@ def check_targets(config: TrainConfig, cache: Cache) -> None:
 def check_tracks_fit(config: TrainConfig, cache: Cache) -> None:
     if cache.tracks is None:
         raise ConfigError(f"model.kind={config.model.kind} reads aligned lips and speech, but "
-                          f"the cache {cache.root} holds no tracks (tracks.windows=0): "
+                          f"the cache {cache.location} holds no tracks (tracks.windows=0): "
                           "preprocess again with tracks.windows=1 (or more)")  # fmt: skip
     check_speech_fits(config, cache)
     check_batch_fits(config, cache)
@@ -280,7 +329,7 @@ def check_speech_fits(config: TrainConfig, cache: Cache) -> None:
     if kind in SPEECH_KINDS and layout.audio_samples < MIN_SPEECH_SAMPLES:
         raise ConfigError(
             f"model.kind={kind} hears windows of {layout.audio_samples} audio samples in the "
-            f"cache {cache.root} ({layout.frames} frames at {layout.fps:g} fps, "
+            f"cache {cache.location} ({layout.frames} frames at {layout.fps:g} fps, "
             f"{layout.audio_rate} Hz): its speech encoder needs {MIN_SPEECH_SAMPLES} at least; "
             "preprocess with more tracks.frames, or use model.kind=lips"
         )
@@ -317,7 +366,7 @@ def check_batch_fits(config: TrainConfig, cache: Cache) -> None:
     mib = 2**20
     raise ConfigError(
         f"data.batch_size={batch}: model.kind={kind} decodes {batch * per_sample / mib:.0f} "
-        f"MiB of tracks a batch from the cache {cache.root} ({layout.windows} windows of "
+        f"MiB of tracks a batch from the cache {cache.location} ({layout.windows} windows of "
         f"{layout.frames} frames of {layout.size} px, {layout.audio_samples} audio samples a "
         f"window: {per_sample / mib:.1f} MiB a sample), over the "
         f"{MAX_BATCH_TRACK_BYTES // mib} MiB a batch may hold (training the lips takes ~800 "

@@ -131,8 +131,12 @@ class Trainer:
         self.progress = Progress()
         # Called after every batch: where a Ctrl-C is acted on (train/interrupt.py).
         self.between_batches: Callable[[], None] = lambda: None
-        # Called by rank 0 with the history after every epoch's checkpoint (the curves).
-        self.after_epoch: Callable[[list[dict]], None] = lambda history: None
+        # Called by rank 0 after every epoch's checkpoint with the history and that epoch's
+        # validation labels and scores (the trained caches'): the curves, TensorBoard.
+        self.after_epoch: Callable[[list[dict], np.ndarray, np.ndarray], None] = (
+            lambda history, labels, scores: None
+        )
+        self.validated = (np.zeros(0), np.zeros(0))  # the last validate()'s labels and scores
 
     def _wrap_ddp(self) -> DistributedDataParallel | None:
         return distributed.data_parallel(self.model, self.device) if self.ranks.distributed \
@@ -313,6 +317,7 @@ class Trainer:
         the cache records them (val_auc/NAME/KIND: its reals against that kind's fakes)."""
         scored = self.validation_scores()
         labels, scores = joined([item for item in scored if item[0].weight > 0])
+        self.validated = labels, scores
         row = {
             "val_loss": log_loss(labels, scores),
             **{f"val_{k}": v for k, v in detection_metrics(labels, scores).items()},
@@ -332,7 +337,7 @@ class Trainer:
             kinds = cache.fake_kinds(self.config.data.val_split)
             if kinds is not None and len(kinds) != count:
                 log.warning("%s: %d fake kinds for %d val samples: per-kind AUC left out",
-                            cache.root, len(kinds), count)  # fmt: skip
+                            cache.location, len(kinds), count)  # fmt: skip
                 kinds = None
             self._kinds[key] = kinds
         return self._kinds[key]
@@ -354,7 +359,7 @@ class Trainer:
                 if improved:
                     self.save(self.out / BEST, resumable=False)
                 self.save(self.out / LAST)
-                self.after_epoch(self.progress.history)
+                self.after_epoch(self.progress.history, *self.validated)
                 write_metrics(self.out / METRICS, self.progress.history)
                 log.info(format_row(row))
         distributed.barrier()  # the other ranks may read the checkpoints next

@@ -36,8 +36,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 from avcache.cache import schema
 from avcache.cache.reader import ShardEntry, ShardReader
 from avcache.train.batches import JpegFaces, batch_of
+from avcache.train.config import REMOTE_OPEN_GROUPS
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
+# Per worker, for shards on object storage: an open shard is held in the bounded local folder
+# (cache/remote.py), so a worker keeps open only what its batches read at once
+# (train/config.py REMOTE_OPEN_GROUPS shard groups).
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
 # costs as much as a 1 MiB one.
 SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
@@ -138,6 +142,8 @@ class ShardStream(IterableDataset):
         # the copy of this stream they were started with, and read these at every epoch.
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
+        remote = any(entry.store is not None for entry in self.shards)
+        self.open_limit = REMOTE_OPEN_GROUPS * plan.shard_group if remote else MAX_OPEN_SHARDS
         self._columns: dict[tuple[int, str], np.ndarray] = {}
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -179,13 +185,25 @@ class ShardStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         batches = self.global_batches()
         first = self.start // self.world
-        for local in range(first, self._per_rank(batches)):
-            if (local - first) % workers != worker_id:
-                continue
-            global_index = local * self.world + self.rank
-            real = global_index < len(batches)
-            batch = self.read_batch(batches[global_index if real else global_index % len(batches)])
-            yield {**batch, BATCH_INDEX: global_index, REAL: real}
+        try:
+            for local in range(first, self._per_rank(batches)):
+                if (local - first) % workers != worker_id:
+                    continue
+                global_index = local * self.world + self.rank
+                real = global_index < len(batches)
+                batch = self.read_batch(
+                    batches[global_index if real else global_index % len(batches)]
+                )
+                yield {**batch, BATCH_INDEX: global_index, REAL: real}
+        finally:
+            if self.open_limit < MAX_OPEN_SHARDS:  # shards on object storage: let them go
+                self.close()
+
+    def close(self) -> None:
+        """Close the shards this process has open (each holds its shard in a remote cache's
+        bounded folder); they are opened again when next read."""
+        while self._readers:
+            self._readers.popitem()[1].close()
 
     def read_batch(self, blocks: list[Block]) -> dict[str, torch.Tensor | list[str]]:
         """The blocks' samples as a batch (train/batches.py: the format every path shares)."""
@@ -236,7 +254,7 @@ class ShardStream(IterableDataset):
     def _reader(self, shard: int) -> ShardReader:
         reader = self._readers.get(shard)
         if reader is None:
-            if len(self._readers) >= MAX_OPEN_SHARDS:
+            if len(self._readers) >= self.open_limit:
                 self._readers.popitem(last=False)[1].close()
             reader = self._readers[shard] = self.shards[shard].open()
         self._readers.move_to_end(shard)

@@ -69,7 +69,7 @@ def make_mixed_loader(sources: list[Source], split: str, fields: tuple[str, ...]
 def split_shards(cache: Cache, split: str) -> list:
     shards = cache.shards_of(split)
     if not shards or not any(entry.num_samples for entry in shards):
-        raise ValueError(f"{cache.root}: split {split!r} has no cached samples "
+        raise ValueError(f"{cache.location}: split {split!r} has no cached samples "
                          f"(splits: {', '.join(cache.splits) or 'none'})")  # fmt: skip
     return shards
 

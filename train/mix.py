@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from avcache.cache.identity import Identity, shard_identities
 from avcache.cache.reader import Cache, ShardEntry
 from avcache.common.config import ConfigError
 from avcache.common.untrusted import printable
-from avcache.train.config import TrainConfig
+from avcache.train.config import TrainConfig, remote_settings
 from avcache.train.loader import Block, LoaderPlan, ShardStream, ordered_blocks
 
 # The random stream of the merge, above any cache's own (cache i draws from stream i).
@@ -59,11 +58,12 @@ def open_sources(config: TrainConfig, cache: Cache | None) -> list[Source]:
     opened as --cache opens one (open_cache: its index, shards and the cache-level trust
     rules); `cache` is reused where an entry names its folder."""
     if not config.data.caches:
-        return [] if cache is None else [Source(cache.root.name, 1.0, cache)]
-    sources = []
+        return [] if cache is None else [Source(cache.name, 1.0, cache)]
+    sources, remote = [], remote_settings(config.data)
     for entry in config.data.caches:
-        same = cache is not None and Path(entry.path).resolve() == cache.root.resolve()
-        sources.append(Source(entry.label, entry.weight, cache if same else open_cache(entry.path)))
+        same = cache is not None and cache.lies_at(entry.path)
+        opened = cache if same else open_cache(entry.path, remote=remote)
+        sources.append(Source(entry.label, entry.weight, opened))
     return sources
 
 
@@ -104,8 +104,8 @@ def check_sources_agree(sources: list[Source], fields: tuple[str, ...], kind: st
         for key, value in expected.items():
             if found.get(key) != value:
                 raise ConfigError(
-                    f"data.caches: {first.name} ({first.cache.root}) and {other.name} "
-                    f"({other.cache.root}) differ in {key}: {value} and {found.get(key)}; "
+                    f"data.caches: {first.name} ({first.cache.location}) and {other.name} "
+                    f"({other.cache.location}) differ in {key}: {value} and {found.get(key)}; "
                     f"model.kind={kind} reads it from both: preprocess them alike"
                 )
 

@@ -62,6 +62,11 @@ def draw_series(axis, epochs: list[int], history: list[dict], keys: list[str], s
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, auc: float, path: Path) -> None:
+    roc_figure(labels, scores, auc).savefig(path, dpi=100)
+
+
+def roc_figure(labels: np.ndarray, scores: np.ndarray, auc: float) -> Figure:
+    """The ROC curve of validation scores (both classes present), AUC in the legend."""
     fpr, tpr, _ = roc_curve(labels, scores)
     figure = Figure(figsize=(5, 5))
     axis = figure.subplots()
@@ -71,4 +76,4 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, auc: float, path: Path) -> 
     axis.legend(loc="lower right")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure

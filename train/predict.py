@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import schema
+from avcache.cache.remote import location
 from avcache.common.arguments import share
 from avcache.common.atomic import atomic_path
 from avcache.common.labels import LabelFileError
@@ -108,7 +109,7 @@ def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: l
         failed = sum(name in reasons for name in missing)
         raise ValueError(
             f"{list_path}: {len(missing)} of {len(names)} listed videos ({share:.1%}) have no "
-            f"cached features in {cache.root} ({failed} failed preprocessing, the rest were "
+            f"cached features in {cache.location} ({failed} failed preprocessing, the rest were "
             f"never cached), over --max-fallback {max_fallback:g}: is it the list the cache was "
             f"made from (the preprocessing config's splits.*.labels)? e.g. {shown}{more}"
         )
@@ -281,7 +282,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"largest share of the list that may get the fallback {FALLBACK} "
                         "(videos without cached features) before the run is refused "
                         "(default 0.01)")  # fmt: skip
-    parser.add_argument("--cache", type=Path, help="cache folder (default: the run's)")
+    parser.add_argument(
+        "--cache", type=location, help="cache folder or s3:// URL (default: the run's)"
+    )
     parser.add_argument("--ffmpeg", metavar="BINARY", help="--video: the ffmpeg to decode it "
                         "with, auto (this installation's) or a path (default: auto; one that "
                         "the run folder records is never run)")  # fmt: skip

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache
 from avcache.cache.reader import Cache, CacheFormatError
+from avcache.cache.remote import is_remote, location
 from avcache.common.atomic import PARTIAL_SUFFIX, atomic_path
 from avcache.common.config import ConfigError, key_listing, load_config, parse_override, yaml_text
 from avcache.common.lock import FolderBusyError, FolderLock
@@ -31,6 +32,7 @@ from avcache.train.config import (
     MODEL_KINDS,
     TrainConfig,
     check_cache_fits,
+    remote_settings,
     validate,
 )
 from avcache.train.interrupt import Interrupts
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, help="YAML config file, or a shipped config by "
                         "name: train, train_baseline (default: train's values)")  # fmt: skip
-    parser.add_argument("--cache", type=Path, help="cache folder made by avcache-preprocess "
+    parser.add_argument("--cache", type=location, help="cache folder made by avcache-preprocess "
                         "(or data.caches=[DIR:WEIGHT,...]: several, mixed by weight)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder to create")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN "
@@ -90,6 +92,9 @@ RESUMABLE = (
     "run.device",
     "run.compile",
     "run.checkpoint_every",
+    "data.remote_cache",
+    "data.remote_cache_limit",
+    "data.remote_endpoint",
 )
 
 
@@ -130,7 +135,8 @@ def new_run_config(args: argparse.Namespace) -> TrainConfig:
     config = load_config(TrainConfig, args.config, args.overrides)
     validate(config, str(args.config or "config"))
     for source in config.data.caches:
-        source.path = str(Path(source.path).resolve())
+        if not is_remote(source.path):
+            source.path = str(Path(source.path).resolve())
     return config
 
 
@@ -142,7 +148,8 @@ def first_cache(args: argparse.Namespace, config: TrainConfig) -> Cache:
                           "...] lists every cache, the first included)")  # fmt: skip
     if not args.cache and not config.data.caches:
         raise ConfigError("give --cache DIR (or data.caches=[DIR:WEIGHT,...]) for a new run")
-    return open_cache(args.cache or config.data.caches[0].path)
+    return open_cache(args.cache or config.data.caches[0].path,
+                      remote=remote_settings(config.data))  # fmt: skip
 
 
 def check_sources_fit(config: TrainConfig, sources: list[Source]) -> None:
@@ -273,6 +280,28 @@ def write_curves(history: list[dict], out: Path) -> None:
             plots.plot_curves(history, partial)
 
 
+class EpochLogs:
+    """What rank 0 writes after each epoch's checkpoint: RUN/curves.png and, where
+    run.tensorboard and the package allow, the TensorBoard log (train/board.py). It holds no
+    trainer: a closure over one would be a reference cycle (see main)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        from avcache.train.board import open_board
+
+        self.out = trainer.out
+        wanted = trainer.config.run.tensorboard and trainer.ranks.main
+        self.board = open_board(self.out, wanted, trainer.progress.epoch, plotting())
+
+    def __call__(self, history: list[dict], labels, scores) -> None:
+        write_curves(history, self.out)
+        if self.board:
+            self.board.epoch(history[-1], labels, scores)
+
+    def close(self) -> None:
+        if self.board:
+            self.board.close()
+
+
 @functools.cache
 def plotting():
     """train/plots.py, imported where a plot is drawn; None, said once, where matplotlib is
@@ -313,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks = ranks_from_env()
     logging.basicConfig(level=logging.INFO if ranks.main else logging.WARNING, format="%(message)s")
     quiet_other_ranks(ranks)
-    lock = None
+    lock = logs = None
     with Interrupts(deferred=not ranks.distributed) as interrupts:
         try:
             if args.print_config:
@@ -323,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             # Not a closure over `trainer`: that would be a reference cycle, and a trainer
             # left for the interpreter's exit would tear its DDP process group down after
             # destroy_process_group, where gloo's threads abort the process.
-            trainer.after_epoch = functools.partial(write_curves, out=trainer.out)
+            trainer.after_epoch = logs = EpochLogs(trainer)
             interrupts.check()
             trainer.fit()
             finish_run(trainer)
@@ -338,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         finally:
+            if logs is not None:
+                logs.close()
             if lock is not None:
                 lock.release()
             if ranks.distributed:  # only torchrun's ranks join a process group

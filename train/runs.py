@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from avcache.cache import open_cache, schema
 from avcache.cache.reader import Cache
+from avcache.cache.remote import location
 from avcache.common.atomic import write_json_atomic
 from avcache.common.config import ConfigError, dump_yaml, from_dict, load_config, local_values
 from avcache.common.untrusted import load_json, mapping, text
-from avcache.train.config import MODEL_INPUTS, TrainConfig, validate
+from avcache.train.config import MODEL_INPUTS, TrainConfig, remote_settings, validate
 
 if TYPE_CHECKING:
     from avcache.train.engine import Trainer
@@ -58,7 +59,7 @@ class RunFolder:
         validate(self.config, str(self.path / CONFIG))
         where = self.path / CACHE
         recorded = mapping(load_json(where, "run's cache record", root=self.path), str(where))
-        self.cache_path = Path(cache or text(recorded.get("path"), f"{where}: 'path'"))
+        self.cache_path = location(str(cache or text(recorded.get("path"), f"{where}: 'path'")))
         self.cache_config = mapping(recorded.get("config", {}), f"{where}: 'config'")
         self.cache_hash = recorded.get("config_hash")
 
@@ -66,13 +67,13 @@ class RunFolder:
     def create(path: Path, config: TrainConfig, cache: Cache) -> RunFolder:
         path.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, path / CONFIG)
-        record = {"path": str(cache.root.resolve()), "config_hash": cache.config_hash,
+        record = {"path": cache.recorded_location, "config_hash": cache.config_hash,
                   "config": cache.config}  # fmt: skip
         write_json_atomic(path / CACHE, record)
         return RunFolder(path)
 
     def cache(self, check_shards: bool = True) -> Cache:
-        return open_cache(self.cache_path, check_shards)
+        return open_cache(self.cache_path, check_shards, remote_settings(self.config.data))
 
     def trainer(self, best: bool = False, check_shards: bool = True) -> Trainer:
         """A Trainer restored from best.pt (weights only, to predict) or last.pt (everything);
@@ -90,7 +91,7 @@ class RunFolder:
         cache = self.cache(check_shards)
         if best:
             self.check_inputs(cache)
-        sources = [Source(cache.root.name, 1.0, cache)] if best else None
+        sources = [Source(cache.name, 1.0, cache)] if best else None
         trainer = Trainer(config, cache, self.path, sources=sources)
         trainer.load(checkpoint, weights_only_model=best)
         return trainer
@@ -115,17 +116,17 @@ class RunFolder:
                 "preprocess the videos as the run's cache was: avcache-preprocess --config "
                 f"CONFIG --data DATA --out NEW {values}")  # fmt: skip
             raise ConfigError(
-                f"{cache.root}: made with {key}={found(key)}, but {self.path} was trained on "
+                f"{cache.location}: made with {key}={found(key)}, but {self.path} was trained on "
                 f"{key}={trained(key)} (model.kind={self.config.model.kind} reads it): {fix}"
             )
 
     def resume_fix(self, cache: Cache, values: str) -> str:
         """What to do about a run whose cache was re-made with another config in its folder."""
         return (
-            f"a resumed run goes on reading {cache.root}, so re-make it as it was "
-            f"(avcache-preprocess --config CONFIG --data DATA --out {cache.root} {values}), "
+            f"a resumed run goes on reading {cache.location}, so re-make it as it was "
+            f"(avcache-preprocess --config CONFIG --data DATA --out {cache.location} {values}), "
             f"or train a new run on it: avcache-train --config {self.path / CONFIG} --cache "
-            f"{cache.root} --out NEW"
+            f"{cache.location} --out NEW"
         )
 
     def restoring(self, config: TrainConfig, checkpoint: Path) -> TrainConfig:
