@@ -26,7 +26,7 @@ from evaluation.generalisation import (
 from evaluation.generalisation import main as generalisation_main
 
 TRACK_RECIPES = ["lips", "speech", "sync", "sync + av_mismatch", "all",
-                 "all + branch heads + mismatch"]  # fmt: skip
+                 "all + branch heads + mismatch", "default"]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +77,7 @@ def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
 def test_the_track_recipes_are_listed_and_asked_for_with_tracks(tmp_path, capsys):
     assert set(TRACK_RECIPES) <= set(RECIPES)
     assert [name for name in RECIPES if needs_tracks(name)] == TRACK_RECIPES
-    assert not needs_tracks("default"), "the shipped train.yaml trains av"
+    assert twin("default") == "all", "the shipped train.yaml trains every view"
     assert (folds_of(tracks=True), folds_of(tracks=False)) == ("folds-tracks", "folds")
     out = ["--out", str(tmp_path)]
     assert parse_args(out).recipes == [n for n in RECIPES if n not in TRACK_RECIPES]

@@ -38,10 +38,11 @@ TRACK_KINDS = tuple(kind for kind, fields in MODEL_INPUTS.items() if schema.LIPS
 
 @dataclass
 class ModelConfig:
-    # audio (mel), faces (face frames), av (both, fused); on a cache with tracks: lips (mouth
-    # frames), speech (the same instants' audio), sync (lips against speech), all (every view,
-    # each with its own verdict, either-sense); train/models.py
-    kind: str = "av"
+    # all (the default: the mel, the faces and lips against speech, each with its own verdict,
+    # either-sense; needs a cache with tracks); audio (mel), faces (face frames), av (both,
+    # fused); lips (mouth frames), speech (the same instants' audio), sync (lips against
+    # speech); train/models.py. Chosen on held-out kinds of fake: docs/generalisation.md
+    kind: str = "all"
     # The weights a new run starts from. LOCAL: files to read, so a resumed or scoring run never
     # reads them from its run folder (its checkpoint holds its weights).
     pretrained: str | None = field(default=None, metadata=LOCAL)  # imagenet (timm's), a file
