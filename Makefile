@@ -39,8 +39,9 @@ $(STAMP): setup.cfg pyproject.toml | system-packages
 	$(BIN)/pip install -q absl-py attrs flatbuffers "protobuf>=4.25.3,<5"
 	touch $(STAMP)
 
-# The main job on the sample data: cache it, train the fused audio + faces model on the CPU
-# (faces cached small and mel resized to 128 so that it takes minutes), predict, score.
+# The main job on the sample data: cache it, train the shipped detector (every view: the mel,
+# the faces and the lips against the speech) on the CPU (faces and mouths cached small, mel
+# resized to 128, so that it takes minutes), predict, score.
 demo: setup
 	$(BIN)/avcache-sample $(DEMO)/data --jobs $(JOBS)
 	$(BIN)/avcache-preprocess --config configs/preprocess.yaml --data $(DEMO)/data \
