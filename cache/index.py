@@ -101,8 +101,14 @@ def _record(payload: dict, where: str) -> ShardRecord:
         sha256=text(payload.get("sha256"), f"{where}: sha256"),
         plan_hash=text(payload.get("plan_hash", ""), f"{where}: plan_hash"),
         failures=[failure_of(item, where) for item in failures],
-        facts=mapping(payload["facts"], f"{where}: facts") if "facts" in payload else None,
+        facts=_facts(payload.get("facts"), where),
     )
+
+
+def _facts(facts: object, where: str) -> dict | None:
+    """A receipt's facts of its shard (cache/reader.py ShardFacts checks their fields where the
+    index is read); None where it has none (written before receipts had them)."""
+    return None if facts is None else mapping(facts, f"{where}: facts")
 
 
 def failure_of(item: object, where: str) -> Failure:

@@ -177,7 +177,7 @@ def test_help_lists_the_keys_and_print_config_round_trips(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     help_text = capsys.readouterr().out
-    assert "optim.accumulate=1" in help_text and "model.kind=av" in help_text
+    assert "optim.accumulate=1" in help_text and "model.kind=all" in help_text
     assert train_main(["--print-config", "run.epochs=3", "--config",
                        str(REPO / "configs/train_baseline.yaml")]) == 0  # fmt: skip
     printed = tmp_path / "printed.yaml"
