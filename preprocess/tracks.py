@@ -12,7 +12,8 @@ from one timeline, the one ffmpeg gives a file (time 0 = its first timestamp):
   with silence an audio stream that starts after time 0 (instead of shifting it earlier),
   by the same ffmpeg process and decode as the mel's audio (media.read_audio_aligned);
 - a window's start is drawn from the video's name (the same windows whatever the worker,
-  machine or run), inside the frames the clip has.
+  machine or run), inside the frames the clip has, and over the fake segments where the
+  video's are known.
 What could not be aligned is recorded, never hidden: frames a short clip lacks repeat its
 last frame and are counted out of `frames_real`; audio that ends early (or is absent) is
 zero and counted out of `audio_real`.
@@ -21,6 +22,7 @@ zero and counted out of `audio_real`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,14 +48,36 @@ def name_seed(video_name: str) -> int:
     return int.from_bytes(hashlib.sha256(video_name.encode("utf-8")).digest()[:8], "little")
 
 
-def choose_windows(video_name: str, duration: float, config: TracksConfig) -> Windows:
+def choose_windows(video_name: str, duration: float, config: TracksConfig,
+                   segments: Sequence[tuple[float, float]] | None = None) -> Windows:  # fmt: skip
     """W window starts drawn from the name, each window inside the clip where it fits,
-    sorted; a clip shorter than a window gets windows at its start."""
+    sorted; a clip shorter than a window gets windows at its start. Where the video's fake
+    segments are known (LAV-DF, AV-Deepfake1M: a few words of a real clip), the windows are
+    drawn over them, one segment after another, so that a fake's window holds its fake: a
+    window drawn anywhere would miss two words of a ten-second clip and still say fake."""
     available = max(int(np.floor(duration * config.fps + 1e-6)), 1)
     room = max(available - config.frames, 0)
     rng = np.random.default_rng(name_seed(video_name))
-    starts = np.sort(rng.integers(0, room + 1, config.windows))
-    return Windows(starts.astype(np.int64), available)
+    ranges = [r for r in (_overlapping_starts(s, available, config) for s in segments or ()) if r]
+    if not ranges:
+        starts = rng.integers(0, room + 1, config.windows)
+    else:
+        first = int(rng.integers(len(ranges)))
+        starts = [rng.integers(*ranges[(first + w) % len(ranges)]) for w in range(config.windows)]
+    return Windows(np.sort(np.asarray(starts, np.int64)), available)
+
+
+def _overlapping_starts(segment: tuple[float, float], available: int,
+                        config: TracksConfig) -> tuple[int, int] | None:  # fmt: skip
+    """[low, high): the starts of windows inside the clip that share at least half a window
+    with the segment (the part of it inside the clip), or the whole of a shorter one; None
+    where the segment lies past the clip's end."""
+    room = max(available - config.frames, 0)
+    first, last = (min(max(t * config.fps, 0.0), available) for t in segment)  # track frames
+    need = min(last - first, config.frames / 2)
+    low = max(int(np.ceil(first + need - config.frames)), 0)
+    high = min(int(np.floor(last - need)), room)
+    return (low, high + 1) if low <= high and need > 0 else None
 
 
 def window_audio(aligned: np.ndarray, windows: Windows, config: TracksConfig,

@@ -156,7 +156,7 @@ def _faces_and_tracks(video: Video, info: MediaInfo, aligned_audio: np.ndarray,
         raise VideoFailed(stage, "no video stream (audio only): no face or mouth frames to "
                           "cache; faces.frames=0 tracks.windows=0 cache the mel images of "
                           "such files")  # fmt: skip
-    windows = choose_windows(video.name, info.duration, tracks)
+    windows = choose_windows(video.name, info.duration, tracks, video.segments)
     decoded = _stage("faces", deadline, decode_frames, video.path, binary, info,
                      config.faces.frames, windows, tracks, deadline)  # fmt: skip
     faces = _stage("faces", deadline, faces_from, decoded.faces, config.faces, detector)

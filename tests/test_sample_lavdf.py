@@ -5,6 +5,7 @@ that reads it."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import textwrap
@@ -208,6 +209,7 @@ def test_preprocess_reads_it_with_the_config_of_the_help(lavdf, tmp_path):
                             "faces.size=64"])  # fmt: skip
     assert code == 0
     cache = open_cache(out)
+    window = cache.config["tracks"]["frames"] / cache.config["tracks"]["fps"]  # seconds
     entries = metadata(lavdf)
     for split, theirs in {"train": "train", "val": "dev", "test": "test"}.items():
         listed = [e for e in entries if e["split"] == theirs]
@@ -220,6 +222,46 @@ def test_preprocess_reads_it_with_the_config_of_the_help(lavdf, tmp_path):
         segments = cache.fake_segments(split)
         assert [s.tolist() for s in segments] == [e["fake_periods"] for e in listed]
         assert cache.source_of(split) == "lav-df"
+        for sample, periods in zip(samples, segments, strict=True):
+            for start in sample.tracks.start:  # a fake's window holds its fake
+                assert not len(periods) or max(holds(start, window, p) for p in periods) >= 0
+    assert any(p[0] > 0 for e in entries for p in e["fake_periods"]), "a partial fake"
+
+
+def test_the_windows_of_partial_fakes_hold_their_fake_words(lavdf, tmp_path):
+    """LAV-DF's fakes replace a few words: every fake here says a third of a second of its
+    clip is fake, somewhere in it, and its track window must hold that third (a window
+    drawn from the name alone misses most of them)."""
+    data = tmp_path / "data"
+    shutil.copytree(lavdf, data)
+    entries = metadata(data)
+    for number, entry in enumerate(entries):
+        if entry["n_fakes"]:
+            start = (number * 0.37) % (entry["duration"] - 0.4)
+            entry["fake_periods"] = [[round(start, 3), round(start + 0.33, 3)]]
+    (data / "metadata.json").write_text(json.dumps(entries))
+    config = tmp_path / "lav-df.yaml"
+    config.write_text(help_config())
+    out = tmp_path / "cache"
+    assert preprocess_main(["--config", str(config), "--data", str(data), "--out", str(out),
+                            "--jobs", "1", "--quiet", "faces.frames=0"]) == 0  # fmt: skip
+    cache = open_cache(out)
+    window = cache.config["tracks"]["frames"] / cache.config["tracks"]["fps"]
+    checked = 0
+    for split in cache.splits:
+        for sample, periods in zip(cache.iter_samples(split), cache.fake_segments(split),
+                                   strict=True):  # fmt: skip
+            for start in sample.tracks.start:
+                assert not len(periods) or holds(start, window, periods[0]) >= 0, sample.video_name
+                checked += len(periods)
+    assert checked >= 5
+
+
+def holds(start: float, length: float, period) -> float:
+    """How much more of the period the window [start, start + length) holds than half a
+    window (or the whole period, where shorter): 0 or more where it holds enough."""
+    inside = min(start + length, period[1]) - max(start, period[0])
+    return inside - min(period[1] - period[0], length / 2) + 1e-6
 
 
 # --------------------------------------------------------------------------- reruns

@@ -218,3 +218,32 @@ def test_forged_track_sizes_are_refused_before_anything_is_allocated(
     entry = open_cache(copy, check_shards=False).shards_of("train")[0]
     with pytest.raises(CacheFormatError, match=message):
         entry.open()
+
+
+def overlap(start: float, length: float, segment) -> float:
+    return min(start + length, segment[1]) - max(start, segment[0])
+
+
+def test_a_fakes_windows_lie_over_its_fake_segments_and_a_reals_where_its_name_puts_them():
+    """A few words faked in a ten-second clip: each window shares at least half a window with
+    a segment (or the whole of a shorter one), the segments taken in turn; without segments,
+    or with none inside the clip, the windows are where the name alone puts them."""
+    config = TracksConfig(windows=3, frames=25, fps=25.0)
+    rng = np.random.default_rng(0)
+    for number in range(300):
+        name, duration = f"clip {number}.mp4", float(rng.uniform(2, 12))
+        ends = np.sort(rng.uniform(0, duration, (int(rng.integers(1, 4)), 2)), axis=1)
+        segments = [(float(a), float(max(b, a + 0.04))) for a, b in ends]
+        windows = choose_windows(name, duration, config, segments)
+        assert np.all(windows.starts >= 0) and np.all(windows.starts + 25 <= windows.available)
+        for start in windows.start_times(config.fps):
+            best = max(overlap(start, 1.0, s) - min(s[1] - s[0], 0.5) for s in segments)
+            assert best >= -1e-9, (name, start, segments)
+        if len(segments) >= 3:  # each of three segments gets a window of its own
+            for segment in segments:
+                assert any(overlap(t, 1.0, segment) > 0 for t in windows.start_times(25.0))
+        named = choose_windows(name, duration, config)
+        assert np.array_equal(choose_windows(name, duration, config, []).starts, named.starts)
+        past_the_end = [(duration + 1, duration + 2)]
+        assert np.array_equal(choose_windows(name, duration, config, past_the_end).starts,
+                              named.starts)  # fmt: skip
