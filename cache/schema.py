@@ -363,9 +363,12 @@ def _seconds(durations: np.ndarray, *_) -> tuple[np.ndarray, np.ndarray]:
 
 def _window_starts(starts: np.ndarray, table: dict[str, np.ndarray],
                    layout: ShardLayout) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Seconds inside the video: the writer draws them so that a window fits, with half a
-    track frame of slack for the float32 duration."""
-    latest = table[DURATION].astype(np.float64)[:, None] + 0.5 / layout.tracks.fps
+    """Seconds inside the video (the writer draws them so that a window fits, with half a
+    track frame of slack for the float32 duration), or, for windows tiling the clip from its
+    start (tracks.placement: tile), where the tiling puts them past its end."""
+    track = layout.tracks
+    tiled = (track.windows - 1) * track.frames / track.fps
+    latest = np.maximum(table[DURATION].astype(np.float64), tiled)[:, None] + 0.5 / track.fps
     return ~(np.isfinite(starts) & (starts >= 0) & (starts <= latest)), starts
 
 
@@ -454,7 +457,7 @@ COLUMNS: tuple[Column, ...] = (
     _track(LIPS_FOUND, "lips_found", Array(dtype="?", shape=WINDOWS), meta=True),
     _track(TRACK_START, "start", Array(dtype="<f8", shape=("windows",)), meta=True,
            check=_window_starts,
-           refusal="track start {}: not seconds within the video's duration"),
+           refusal="track start {}: not seconds within the video's duration or its tiling"),
     _track(TRACK_FRAMES_REAL, "frames_real", Array(dtype="<i2", shape=("windows",)), meta=True,
            check=_real_frames, refusal="real track frames {}"),
     _track(TRACK_AUDIO, "audio", Array(dtype="<i2", shape=("windows", "audio_samples"),

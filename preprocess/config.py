@@ -62,6 +62,10 @@ def _every_frame_or_no_tracks(tracks: TracksConfig) -> bool:
     return tracks.locate_every == 1 or not tracks.windows
 
 
+def _placed_by_name(tracks: TracksConfig) -> bool:
+    return tracks.placement == "name"
+
+
 @dataclass
 class TracksConfig:
     """Time-aligned windows of mouth frames and speech (preprocess/tracks.py)."""
@@ -70,6 +74,12 @@ class TracksConfig:
     # model's lip-sync figures were measured on one, and one costs the default's CPU about
     # 1.2x (a second about doubles the mouth tracking again: docs/performance.md).
     windows: int = 1
+    # Where the windows lie: name (drawn from the video's name, over its fake segments where
+    # its layout gives them) or tile (one after another from the clip's start, so W windows
+    # cover W x frames / fps seconds of every clip: what a model that says where a video is
+    # fake reads; windows past a clip's end hold nothing and say so). Left out of the hash at
+    # name (what caches made before it did).
+    placement: str = field(default="name", metadata=omitted_where(_placed_by_name))
     frames: int = 25  # T contiguous frames per window, taken at `fps`
     fps: float = 25.0  # the track's frame rate: frame k is the source frame shown at k / fps
     size: int = 88  # mouth crops are size x size grey (LipForensics' 88 px)

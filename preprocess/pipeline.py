@@ -51,7 +51,7 @@ from avcache.preprocess.dataset import MissingVideosError, ShardPlan, Video, pla
 from avcache.preprocess.faces import resolve_detector, warn_without_detector
 from avcache.preprocess.layouts import label_paths, layout_named
 from avcache.preprocess.media import ffmpeg_binary
-from avcache.preprocess.tracks import track_audio_samples
+from avcache.preprocess.tracks import PLACEMENTS, track_audio_samples
 from avcache.preprocess.worker import ShardJob, write_shard
 
 log = logging.getLogger("avcache.preprocess")
@@ -135,6 +135,7 @@ def validate_tracks(tracks: TracksConfig) -> None:
         (fps[0] <= tracks.fps <= fps[1], f"tracks.fps {fps[0]:g} to {fps[1]:g}"),
         (rates[0] <= tracks.audio_rate <= rates[1], f"tracks.audio_rate {rates[0]} to {rates[1]}"),
         (64 <= tracks.frame_size <= 4096, "tracks.frame_size 64 to 4096"),
+        (tracks.placement in PLACEMENTS, f"tracks.placement {' or '.join(PLACEMENTS)}"),
         (1 <= tracks.quality <= 100, "tracks.quality 1 to 100"),
         # Only at a frame rate in range: the window's length divides by it.
         (

@@ -48,14 +48,20 @@ def name_seed(video_name: str) -> int:
     return int.from_bytes(hashlib.sha256(video_name.encode("utf-8")).digest()[:8], "little")
 
 
+PLACEMENTS = ("name", "tile")  # tracks.placement
+
+
 def choose_windows(video_name: str, duration: float, config: TracksConfig,
                    segments: Sequence[tuple[float, float]] | None = None) -> Windows:  # fmt: skip
-    """W window starts drawn from the name, each window inside the clip where it fits,
-    sorted; a clip shorter than a window gets windows at its start. Where the video's fake
-    segments are known (LAV-DF, AV-Deepfake1M: a few words of a real clip), the windows are
-    drawn over them, one segment after another, so that a fake's window holds its fake: a
-    window drawn anywhere would miss two words of a ten-second clip and still say fake."""
+    """W window starts, sorted. Tiled (`tracks.placement: tile`): one after another from the
+    clip's start. By name: drawn from the name, each window inside the clip where it fits;
+    a clip shorter than a window gets windows at its start. Where the video's fake segments
+    are known (LAV-DF, AV-Deepfake1M: a few words of a real clip), the windows are drawn over
+    them, one segment after another, so that a fake's window holds its fake: a window drawn
+    anywhere would miss two words of a ten-second clip and still say fake."""
     available = max(int(np.floor(duration * config.fps + 1e-6)), 1)
+    if config.placement == "tile":
+        return Windows(np.arange(config.windows, dtype=np.int64) * config.frames, available)
     room = max(available - config.frames, 0)
     rng = np.random.default_rng(name_seed(video_name))
     ranges = [r for r in (_overlapping_starts(s, available, config) for s in segments or ()) if r]
@@ -121,6 +127,9 @@ def video_tracks(windows: Windows, frames: np.ndarray, frames_real: np.ndarray,
     found = np.zeros((config.windows, config.frames), bool)
     for w in range(config.windows):
         deadline.check("tracks")
+        if not frames_real[w]:  # past the clip's end (tiled): nothing to look for
+            crops[w] = 0
+            continue
         track = mouth_track(list(frames[w]), config.size, config.locator,
                             locate_every=config.locate_every)  # fmt: skip
         crops[w], found[w] = track.crops, track.found

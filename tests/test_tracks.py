@@ -247,3 +247,37 @@ def test_a_fakes_windows_lie_over_its_fake_segments_and_a_reals_where_its_name_p
         past_the_end = [(duration + 1, duration + 2)]
         assert np.array_equal(choose_windows(name, duration, config, past_the_end).starts,
                               named.starts)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiled(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiled") / "cache"
+    code = preprocess_main(["--data", str(data), "--out", str(out), "--quiet", "--jobs", "1",
+                            "faces.frames=0", "tracks.windows=4",
+                            "tracks.placement=tile"])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_tiled_windows_cover_the_clip_aligned_and_say_where_it_ends(tiled):
+    """Four windows of a second from the start of 3-second clips: the first three hold the
+    clip, flashes and clicks within a frame; the fourth lies past its end and says so."""
+    for name in ("flash25.mp4", "flash30.mp4", "late audio.mp4"):
+        tracks = samples(tiled)[name].tracks
+        np.testing.assert_allclose(tracks.start, [0.0, 1.0, 2.0, 3.0])
+        assert tracks.frames_real.tolist() == [25, 25, 25, 0]
+        assert not tracks.lips_found[3].any() and not tracks.lips[3].any()
+        assert tracks.audio_real[3] < 0.1  # at most the audio stream's own tail (AAC pads it)
+        for window in range(3):
+            bright, clicks = flashes_and_clicks(tracks, window)
+            heard = [click for click in clicks if -0.5 <= click < 25]
+            assert len(heard) == len(bright) >= 2, (name, window, bright, clicks)
+            for frame, click in zip(bright, heard, strict=True):
+                assert abs(frame - click) <= 1.0, (name, window, bright, clicks)
+    assert open_cache(tiled).config["tracks"]["placement"] == "tile"
+
+
+def test_a_placement_other_than_name_or_tile_is_refused(data, tmp_path, capsys):
+    code = preprocess_main(["--data", str(data), "--out", str(tmp_path / "c"), "--quiet",
+                            "tracks.placement=random"])  # fmt: skip
+    assert code == 2 and "tracks.placement name or tile" in capsys.readouterr().err
