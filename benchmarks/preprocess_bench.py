@@ -102,8 +102,12 @@ MODES = {
     "default": ["faces.detector=mediapipe"],
 }
 # The views phase: the shipped default against the same without tracks (the default before
-# tracks were cached), paired clip by clip, on the clips and on copies at these heights.
-VIEWS = {"before": [NO_TRACKS], "default": []}
+# tracks were cached), paired clip by clip, on the clips and on copies at these heights; and
+# dense tracks (windows tiling the clip from its start, for localisation), whose cost is told
+# per second of video they cover.
+DENSE_WINDOWS = 8
+VIEWS = {"before": [NO_TRACKS], "default": [],
+         "dense": ["tracks.placement=tile", f"tracks.windows={DENSE_WINDOWS}"]}  # fmt: skip
 HEIGHTS = (360, 720)
 FFDV_VIDEOS = 322_000  # FFDV phase 1: train, val and test
 BENCH_FRAMES = (75, 201)  # 3 to 8 s at 25 fps, drawn per clip
@@ -727,25 +731,35 @@ def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) ->
 
     cpu: dict[str, dict[Path, list[float]]] = {name: {} for name in configs}
     steps: dict[str, dict[str, float]] = {name: {} for name in configs}
+    covered: dict[Path, float] = {}  # seconds of each clip the dense windows hold
     for repeat in range(repeats):
         order = list(configs) if repeat % 2 == 0 else list(reversed(configs))
         for path in paths:
             for name in order:
                 with cpu_by_step() as spent:
-                    used = timed(process_video_file, path, configs[name])[2]
+                    sample, _, used = timed(process_video_file, path, configs[name])
                 cpu[name].setdefault(path, []).append(used)
+                covered[path] = min(float(sample.duration), DENSE_WINDOWS * 1.0)
                 for step, seconds in spent.items():
                     mean = seconds / (repeats * len(paths))
                     steps[name][step] = steps[name].get(step, 0.0) + mean
     per_clip = {name: [statistics.median(v) for v in by_clip.values()]
                 for name, by_clip in cpu.items()}  # fmt: skip
     ratios = [new / old for old, new in zip(per_clip["before"], per_clip["default"], strict=True)]
+    seconds = list(covered.values())
+    dense_extra = [(dense - old) / second for old, dense, second
+                   in zip(per_clip["before"], per_clip["dense"], seconds, strict=True)]  # fmt: skip
     return {
         "cpu_s_per_video": {name: statistics.fmean(v) for name, v in per_clip.items()},
         "ratio_of_means": statistics.fmean(per_clip["default"])
         / statistics.fmean(per_clip["before"]),
         "ratio_median": statistics.median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
+        "dense_ratio_of_means": statistics.fmean(per_clip["dense"])
+        / statistics.fmean(per_clip["before"]),
+        # CPU the dense windows add to the video's, per second of it they cover
+        "dense_cpu_s_per_second": statistics.fmean(dense_extra),
+        "dense_seconds_per_video": statistics.fmean(seconds),
         "steps_s": {name: by_cost(by_step) for name, by_step in steps.items()},
     }
 
@@ -961,6 +975,13 @@ def print_views(views: dict | None) -> None:
         print(f"{size:26} {cpu['before']:17.4f} {cpu['default']:9.4f} "
               f"{row['ratio_of_means']:7.2f} {row['ratio_median']:17.2f} "
               f"{low_high[0]:6.2f}-{low_high[1]:.2f}")  # fmt: skip
+    print(f"dense tracks ({DENSE_WINDOWS} windows tiling the clip from its start; each clip's "
+          "covered seconds are its length up to 8 s):")  # fmt: skip
+    for size, row in views["sizes"].items():
+        cpu = row["cpu_s_per_video"]
+        print(f"{size:26} {cpu['dense']:17.4f} CPU s/vid, {row['dense_ratio_of_means']:.2f}x "
+              f"before, {1000 * row['dense_cpu_s_per_second']:.0f} ms added a second of video "
+              f"({row['dense_seconds_per_video']:.1f} s covered a video)")  # fmt: skip
     for size, row in views["sizes"].items():
         for name, by_step in row["steps_s"].items():
             steps = ", ".join(f"{step} {1000 * s:.0f}" for step, s in by_step.items())

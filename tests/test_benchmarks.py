@@ -118,6 +118,8 @@ def test_preprocess_bench_compares_the_recipes_and_times_every_phase(tmp_path, c
     assert set(results["phase_seconds"]) == {"setup", "mel", "facts", "views", "api", "cli"}
     (size,) = results["views"]["sizes"].values()  # --tiny: the clips as generated alone
     assert size["cpu_s_per_video"]["default"] > 0 and size["cpu_s_per_video"]["before"] > 0
+    assert size["dense_seconds_per_video"] > 0 and "dense_cpu_s_per_second" in size
+    assert len(printed(rf"{NUMBER} ms added a second of video", out)) == 1
     # the default caches tracks: its steps include the windows', which the other has not
     steps = size["steps_s"]
     assert {"decode_frames", "video_tracks", "read_audio_aligned"} <= set(steps["default"])
