@@ -85,11 +85,12 @@ def test_per_split_kinds_and_sources(replicas, cache):
 
 def hash_without_layouts(config: PreprocessConfig) -> str:
     """The config hash as it was computed before splits had a layout and a selection, and
-    before limits.max_missing and tracks.locate_every."""
+    before limits.max_missing, tracks.locate_every and tracks.placement."""
     plain = dataclasses.asdict(config)
     for split in plain["splits"].values():
         del split["layout"], split["select"]
     del plain["limits"]["max_missing"], plain["tracks"]["locate_every"]
+    del plain["tracks"]["placement"]
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
