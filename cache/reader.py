@@ -489,7 +489,7 @@ def open_remote_cache(url: str, remote: RemoteSettings) -> Cache:
     index, digest = _read_index(index_path)
     cache = Cache(store.shard_root, index, index_path)
     cache.index_sha256 = digest
-    sizes = store.sizes()
+    sizes = store.listing()
     shards = []
     for entry in cache.shards:
         relative = store.relative(entry.path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import stat
 import threading
@@ -209,13 +208,12 @@ def _locked(path: Path) -> Iterator[int]:
         os.close(descriptor)
 
 
-class ShardStore:
-    """The local copies of one remote cache's files, in its folder under `root`; `limit`
-    bounds the bytes of every shard under `root` (all its caches together)."""
+class StoreFiles:
+    """One remote cache's files as this process reaches them: its filesystem, listings,
+    and small files downloaded whole."""
 
-    def __init__(self, remote: Remote, root: Path, limit: int) -> None:
-        self.remote, self.root, self.limit = remote, Path(root), int(limit)
-        self.folder = folder_for(self.root, remote)
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
         # Made in the process that reads, for it alone: a filesystem is neither sent to a
         # worker nor used after a fork (s3fs's event loop is not fork-safe).
         self._fs, self._fs_pid = None, 0
@@ -229,52 +227,20 @@ class ShardStore:
             self._fs, self._fs_pid = self.remote.filesystem(), os.getpid()
         return self._fs
 
-    # ----------------------------------------------------------------------- small files
-
-    def fetch_index(self) -> Path:
-        """The local copy of the cache's index.json, downloaded where it is missing or the
-        store's object has changed since (its ETag); one process of the node at a time."""
-        self.shard_root.mkdir(parents=True, exist_ok=True)
-        (self.folder / SOURCE).write_text(self.remote.url + "\n")  # for whoever looks inside
-        local = self.folder / schema.INDEX_FILE
-        with _locked(self.folder / INDEX_LOCK):
-            self.fs.invalidate_cache(self.remote.of(schema.INDEX_FILE))
-            info = self._info(schema.INDEX_FILE, "no cache index there (an index is written "
-                              "only when avcache-preprocess finishes)")  # fmt: skip
-            if info["size"] > MAX_JSON_BYTES:
-                url = self.remote.of(schema.INDEX_FILE)
-                raise CacheFormatError(f"{url}: {info['size']} bytes, more than an index may "
-                                       f"hold: {REBUILD}")  # fmt: skip
-            tag = _tag(info)
-            tag_file = local.with_name(local.name + ETAG)
-            if local.is_file() and tag_file.is_file() and tag_file.read_text() == tag:
-                return local
-            self._download_small(schema.INDEX_FILE, local)
-            tag_file.write_text(tag)
-        return local
-
-    def sizes(self) -> dict[str, int]:
-        """Every object's bytes under the cache's URL by its path in the cache (one listing)."""
+    def listing(self, folder: str = "") -> dict[str, int]:
+        """Every object's bytes under the cache's URL (or its `folder`) by its path in the
+        cache (one listing, afresh)."""
+        url = self.remote.of(folder) if folder else self.remote.url
         try:
-            self.fs.invalidate_cache(self.remote.url)  # listed afresh, not from an earlier listing
-            found = self.fs.find(self.remote.url, detail=True)
+            self.fs.invalidate_cache(url)  # listed afresh, not from an earlier listing
+            found = self.fs.find(url, detail=True)
+        except FileNotFoundError:
+            return {}
         except Exception as error:  # any backend's
-            raise RemoteError(f"{self.remote.url}: cannot be listed ({printable(error)})") from None
+            raise RemoteError(f"{url}: cannot be listed ({printable(error)})") from None
         base = self.fs._strip_protocol(self.remote.url).rstrip("/") + "/"
         return {name.removeprefix(base): int(info.get("size") or 0)
                 for name, info in found.items() if name.startswith(base)}  # fmt: skip
-
-    def fetch_file(self, relative: str) -> Path | None:
-        """A small file of the cache (its failures) fetched into the folder each time it is
-        asked for; None where the store has none."""
-        local = self.folder / relative
-        try:
-            self._info(relative, "no such file")
-        except FileNotFoundError:
-            return None
-        local.parent.mkdir(parents=True, exist_ok=True)
-        self._download_small(relative, local)
-        return local
 
     def _info(self, relative: str, missing: str) -> dict:
         try:
@@ -285,7 +251,19 @@ class ShardStore:
             raise RemoteError(f"{self.remote.of(relative)}: cannot be read "
                               f"({printable(error)})") from None  # fmt: skip
 
+    def _index_info(self) -> dict:
+        """The store's index.json's info, refused where it is larger than an index may be."""
+        self.fs.invalidate_cache(self.remote.of(schema.INDEX_FILE))
+        info = self._info(schema.INDEX_FILE, "no cache index there (an index is written "
+                          "only when avcache-preprocess finishes)")  # fmt: skip
+        if info["size"] > MAX_JSON_BYTES:
+            raise CacheFormatError(f"{self.remote.of(schema.INDEX_FILE)}: {info['size']} bytes, "
+                                   f"more than an index may hold: {REBUILD}")  # fmt: skip
+        return info
+
     def _download_small(self, relative: str, local: Path) -> None:
+        """The file `relative` downloaded whole to `local` (a partial file, then renamed)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f"{local.name}{PARTIAL}-{os.getpid()}")
         try:
             self.fs.get_file(self.remote.of(relative), str(partial))
@@ -294,6 +272,44 @@ class ShardStore:
             partial.unlink(missing_ok=True)
             raise RemoteError(f"{self.remote.of(relative)}: download failed "
                               f"({printable(error)})") from None  # fmt: skip
+
+
+class ShardStore(StoreFiles):
+    """The local copies of one remote cache's files, in its folder under `root`; `limit`
+    bounds the bytes of every shard under `root` (all its caches together)."""
+
+    def __init__(self, remote: Remote, root: Path, limit: int) -> None:
+        super().__init__(remote)
+        self.root, self.limit = Path(root), int(limit)
+        self.folder = folder_for(self.root, remote)
+
+    # ----------------------------------------------------------------------- small files
+
+    def fetch_index(self) -> Path:
+        """The local copy of the cache's index.json, downloaded where it is missing or the
+        store's object has changed since (its ETag); one process of the node at a time."""
+        self.shard_root.mkdir(parents=True, exist_ok=True)
+        (self.folder / SOURCE).write_text(self.remote.url + "\n")  # for whoever looks inside
+        local = self.folder / schema.INDEX_FILE
+        with _locked(self.folder / INDEX_LOCK):
+            tag = _tag(self._index_info())
+            tag_file = local.with_name(local.name + ETAG)
+            if local.is_file() and tag_file.is_file() and tag_file.read_text() == tag:
+                return local
+            self._download_small(schema.INDEX_FILE, local)
+            tag_file.write_text(tag)
+        return local
+
+    def fetch_file(self, relative: str) -> Path | None:
+        """A small file of the cache (its failures) fetched into the folder each time it is
+        asked for; None where the store has none."""
+        local = self.folder / relative
+        try:
+            self._info(relative, "no such file")
+        except FileNotFoundError:
+            return None
+        self._download_small(relative, local)
+        return local
 
     # ----------------------------------------------------------------------------- shards
 
@@ -410,52 +426,36 @@ class ShardStore:
 STAGE = "stage"  # in a cache's folder: where avcache-preprocess --out URL writes first
 
 
-class Publisher:
+class Publisher(StoreFiles):
     """A cache written to object storage from a local staging folder (avcache-preprocess
-    --out URL). A shard is written and committed locally as for a local cache, then uploaded,
-    its receipt after it, and its local copy deleted, so the folder holds only the shards
-    under way; index.json goes up last and stays the commit point. An object appears whole
-    or not at all, so a receipt in the store means its shard is there whole: a run after a
-    kill takes those shards as finished without downloading them."""
+    --out URL). The stage mirrors the store's index and receipts, so the preprocessor finds
+    what is finished there as in a local folder. A shard is written and committed locally,
+    then uploaded, its receipt after it, and its local copy deleted, so the folder holds only
+    the shards under way; index.json goes up last and stays the commit point. An object
+    appears whole or not at all, so a receipt in the store means its shard is there whole: a
+    run after a kill takes those shards as finished without downloading them."""
 
     def __init__(self, remote: Remote, root: Path) -> None:
-        self.remote = remote
+        super().__init__(remote)
         self.stage = folder_for(Path(root), remote) / STAGE
-        self._fs, self._fs_pid = None, 0
 
-    @property
-    def fs(self):
-        if self._fs is None or self._fs_pid != os.getpid():
-            self._fs, self._fs_pid = self.remote.filesystem(), os.getpid()
-        return self._fs
-
-    def fetch_receipts(self, shard_dir: str) -> set[str]:
-        """The shards under `shard_dir` that the store holds with their receipts: each
-        receipt is downloaded into the staging folder; their paths in the cache."""
-        names = self._listing(shard_dir)
+    def mirror(self, shard_dir: str) -> set[str]:
+        """The store's index.json (none where it has none) and the receipts of the shards it
+        holds under `shard_dir`, downloaded into the stage; those shards' paths."""
+        index = self.stage / schema.INDEX_FILE
+        try:
+            self._index_info()
+            self._download_small(schema.INDEX_FILE, index)
+        except FileNotFoundError:
+            index.unlink(missing_ok=True)
+        names = self.listing(shard_dir)
         done = set()
         for name in sorted(names):
             shard = name.removesuffix(schema.RECEIPT_SUFFIX) + schema.SHARD_SUFFIX
             if name.endswith(schema.RECEIPT_SUFFIX) and shard in names:
-                (self.stage / name).parent.mkdir(parents=True, exist_ok=True)
-                self._get(name, self.stage / name)
+                self._download_small(name, self.stage / name)
                 done.add(shard)
         return done
-
-    def config_hash(self) -> str | None:
-        """The config hash of the index in the store (None: it holds none), as text."""
-        try:
-            data = self.fs.cat_file(self.remote.of(schema.INDEX_FILE))
-        except FileNotFoundError:
-            return None
-        except Exception as error:
-            raise RemoteError(f"{self.remote.of(schema.INDEX_FILE)}: cannot be read "
-                              f"({printable(error)})") from None  # fmt: skip
-        try:
-            found = json.loads(data).get("config_hash")
-        except (ValueError, AttributeError, RecursionError):
-            found = None
-        return found if isinstance(found, str) else "unreadable"
 
     def put(self, relative: str) -> None:
         """Upload the staging folder's file `relative` to its place in the store."""
@@ -465,33 +465,6 @@ class Publisher:
         except Exception as error:
             raise RemoteError(f"{url}: upload of {local} failed ({printable(error)}); run the "
                               "same command again to go on") from None  # fmt: skip
-
-    def keep_index_as(self, relative: str) -> None:
-        """The store's index.json copied to `relative` (an index made with another config)."""
-        try:
-            self.fs.copy(self.remote.of(schema.INDEX_FILE), self.remote.of(relative))
-        except Exception as error:
-            raise RemoteError(f"{self.remote.of(schema.INDEX_FILE)}: cannot be kept as "
-                              f"{relative} ({printable(error)})") from None  # fmt: skip
-
-    def _listing(self, folder: str) -> set[str]:
-        url = self.remote.of(folder)
-        try:
-            self.fs.invalidate_cache(url)
-            found = self.fs.find(url)
-        except FileNotFoundError:
-            return set()
-        except Exception as error:
-            raise RemoteError(f"{url}: cannot be listed ({printable(error)})") from None
-        base = self.fs._strip_protocol(self.remote.url).rstrip("/") + "/"
-        return {name.removeprefix(base) for name in found if name.startswith(base)}
-
-    def _get(self, relative: str, local: Path) -> None:
-        try:
-            self.fs.get_file(self.remote.of(relative), str(local))
-        except Exception as error:
-            raise RemoteError(f"{self.remote.of(relative)}: download failed "
-                              f"({printable(error)})") from None  # fmt: skip
 
 
 class FetchAhead:

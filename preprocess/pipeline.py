@@ -267,12 +267,12 @@ class Preprocessor:
         busy = "another avcache-preprocess is writing this cache; wait for it to finish or " \
             "choose another --out"  # fmt: skip
         with FolderLock(self.out, busy):
+            if self.publisher is not None:  # the stage: as the store holds it
+                self._published = self.publisher.mirror(self.shard_dir)
             previous = self._previous_config_hash()
             (self.out / self.shard_dir).mkdir(parents=True, exist_ok=True)
             _remove_partials(self.out)  # of a commit that was killed
             _remove_partials(self.out / self.shard_dir)
-            if self.publisher is not None:
-                self._published = self.publisher.fetch_receipts(self.shard_dir)
             try:
                 summary = self._run_plans(plans, progress)
             except KeyboardInterrupt:  # finished shards stay; unfinished ones go
@@ -386,8 +386,6 @@ class Preprocessor:
     def _stored_config_hash(self) -> str | None:
         """The config hash the index there names, "unreadable" where it names none, None
         where there is no index."""
-        if self.publisher is not None:
-            return self.publisher.config_hash()
         index = self.out / schema.INDEX_FILE
         if not index.is_file():
             return None
@@ -407,16 +405,14 @@ class Preprocessor:
         dump_yaml(self.config, self.out / schema.CONFIG_FILE)
         index = self.out / schema.INDEX_FILE
         kept = f"index.{previous_hash}.json" if previous_hash not in (None, self.hash) else None
-        if kept and self.publisher is None:
+        if kept:
             os.replace(index, self.out / kept)
         mel = mel_settings(self.config.audio.mode)
         write_json_atomic(index, build_index(to_dict(self.config), self.hash, records, mel))
         if self.publisher is not None:
-            self.publisher.put(schema.FAILURES_FILE)
-            self.publisher.put(schema.CONFIG_FILE)
-            if kept:
-                self.publisher.keep_index_as(kept)
-            self.publisher.put(schema.INDEX_FILE)
+            for name in (schema.FAILURES_FILE, schema.CONFIG_FILE, kept, schema.INDEX_FILE):
+                if name:
+                    self.publisher.put(name)
 
 
 def _made_by(record: ShardRecord | None, plan: ShardPlan) -> bool:
