@@ -41,10 +41,10 @@ again into a finished sample made with the same arguments does nothing and exits
 (train/000000.mp4, ...: numbered across the sample) and {METADATA}, a list with one entry
 per clip: file, split (train, dev, test), n_fakes, fake_periods ([[start, end], ...]
 seconds: what the generator changed, the whole clip or, for a synthetic voice spliced into
-the speech, that stretch), duration, original (null), modify_video (a face edit, a
-lip-sync), modify_audio (a synthetic voice, a desync), video_frames, audio_channels and
-audio_frames. The test split is labelled too. sample_manifest.json names each clip's
-manipulations (its split as planned: val for dev).
+the speech or words replaced (--partial), those stretches), duration, original (null),
+modify_video (a face edit, a lip-sync, lips re-driven), modify_audio (a synthetic voice,
+a desync), video_frames, audio_channels and audio_frames. The test split is labelled too.
+sample_manifest.json names each clip's manipulations (its split as planned: val for dev).
 Cache it with avcache-preprocess --config CONFIG --data OUT --out CACHE, CONFIG holding:
 {LAVDF_CONFIG}
 """
@@ -82,6 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sample as always)",
     )
     parser.add_argument(
+        "--partial",
+        type=share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the fakes (on average) that are partial fakes instead, LAV-DF style: "
+        "one to three words of the real speech replaced by a synthetic voice, the lips "
+        "re-driven by the new words in half of them (manifest kinds word_tts, word_lips); "
+        "the fake words' periods are in --layout lav-df's metadata.json. Every clip is then "
+        "4 to 6 s long (default 0: none, clips of 2 to 3.2 s)",
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         default=DEFAULT_LAYOUT,
@@ -110,6 +121,7 @@ def check_out(out: Path, made: dict) -> int | None:
         return 0
     lip = f", lip-sync share {made['lip_sync']}" if "lip_sync" in made else ""
     layout = f", layout {made['layout']}" if "layout" in made else ""
+    layout += f", partial share {made['partial']}" if "partial" in made else ""
     print(
         f"error: {out} is not empty and is not a finished sample made with seed {made['seed']}, "
         f"counts {made['counts']}{lip}{layout}; choose another folder or delete it",
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {split: getattr(args, split) for split in DEFAULT_COUNTS}
     out: Path = args.out
     layout = LAYOUTS[args.layout]
-    stop = check_out(out, identity(args.seed, counts, args.lip_sync, args.layout))
+    stop = check_out(out, identity(args.seed, counts, args.lip_sync, args.layout, args.partial))
     if stop is not None:
         return stop
     started = time.monotonic()
@@ -131,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)  # the thread pool is the parallelism; nested pools only thrash
     try:
         sources = find_sources()
-        specs = layout.rename(plan_sample(args.seed, counts, args.lip_sync))
+        specs = layout.rename(plan_sample(args.seed, counts, args.lip_sync, args.partial))
         out.mkdir(parents=True, exist_ok=True)
         folders = layout.folders.values()
         changes = render_all(specs, sources, out, args.jobs, layout.file_of, folders)
@@ -143,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cv2.setNumThreads(cv_threads)
     layout.write_labels(out, specs, changes)
-    write_manifest(out, args.seed, counts, specs, sources, args.lip_sync, args.layout)
+    write_manifest(out, args.seed, counts, specs, sources, args.lip_sync, args.layout, args.partial)
     fakes = sum(spec.label for spec in specs)
     print(f"wrote {len(specs)} clips ({fakes} fake) to {out} in {time.monotonic() - started:.1f} s")
     return 0

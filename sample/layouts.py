@@ -18,13 +18,13 @@ from avcache.sample.manipulations import (
     DESYNC,
     FACE_MANIPULATIONS,
     MOUTH_MANIPULATIONS,
-    VOICE_MANIPULATIONS,
+    SOUND_EDITS,
 )
 from avcache.sample.plan import SPLIT_DIRS, ClipSpec
 from avcache.sample.render import Span, ffdv_file, write_lists
 from avcache.sample.sources import FPS
 
-Changes = dict[str, dict[str, Span]]  # clip name -> manipulation -> the span it changed
+Changes = dict[str, dict[str, list[Span]]]  # clip name -> manipulation -> the spans it changed
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ VIDEO, AUDIO = "video", "audio"
 MODALITY = {
     **dict.fromkeys(FACE_MANIPULATIONS, VIDEO),
     **dict.fromkeys(MOUTH_MANIPULATIONS, VIDEO),
-    **dict.fromkeys(VOICE_MANIPULATIONS, AUDIO),
+    **dict.fromkeys(SOUND_EDITS, AUDIO),
     DESYNC: AUDIO,
 }
 
@@ -85,9 +85,9 @@ def merged(spans: Iterable[Span]) -> list[list[float]]:
     return periods
 
 
-def lavdf_entry(spec: ClipSpec, changed: dict[str, Span]) -> dict:
+def lavdf_entry(spec: ClipSpec, changed: dict[str, list[Span]]) -> dict:
     """One clip as LAV-DF's metadata lists a video, from what the generator did to it."""
-    periods = merged(changed.values())
+    periods = merged(span for spans in changed.values() for span in spans)
     modified = {MODALITY[kind] for kind in spec.kinds}
     return {
         "file": spec.name,

@@ -163,6 +163,63 @@ def tts_splice(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+# LAV-DF's partial fakes: a few words of a real clip's speech replaced by a synthetic voice
+# saying others, the lips re-driven to say them too (its "audio+video" fakes) or left as
+# they were (its "audio" fakes, whose lips now say what is not heard). Only those stretches
+# are fake: the rest of the clip is the real recording, sample for sample.
+WORD_TTS = "word_tts"
+WORD_LIPS = "word_lips"
+WORD_SECONDS = (0.25, 0.5)  # one spoken word
+WORDS = (1, 3)  # words replaced in a clip, least and most
+WORD_GAP_SECONDS = 0.2  # real speech left between two replaced words, at least
+WORD_EDGE_SECONDS = 0.3  # and before the first and after the last
+WORD_FADE = WORK_RATE // 200  # 5 ms cross-fades: no click marks a seam
+
+
+def word_spans(rng: np.random.Generator, samples: int) -> list[tuple[int, int]]:
+    """One to three word-long [start, end) sample ranges, sorted, apart from each other and
+    from the clip's ends (fewer where a short clip has no room for more)."""
+    gap, edge = int(WORD_GAP_SECONDS * WORK_RATE), int(WORD_EDGE_SECONDS * WORK_RATE)
+    lengths = [int(rng.uniform(*WORD_SECONDS) * WORK_RATE)
+               for _ in range(int(rng.integers(WORDS[0], WORDS[1] + 1)))]  # fmt: skip
+    while len(lengths) > 1 and sum(lengths) + gap * (len(lengths) - 1) > samples - 2 * edge:
+        lengths.pop()
+    slack = max(samples - 2 * edge - sum(lengths) - gap * (len(lengths) - 1), 0)
+    # Where the slack goes: before the first word, between words, after the last.
+    shares = rng.dirichlet(np.ones(len(lengths) + 1)) * slack
+    spans, position = [], edge
+    for length, before in zip(lengths, shares[:-1], strict=True):
+        start = position + int(before)
+        spans.append((start, start + length))
+        position = start + length + gap
+    return spans
+
+
+def synthetic_word(rng: np.random.Generator, samples: int) -> np.ndarray:
+    """`samples` of a synthetic voice from its first sound on (a replaced word is heard as
+    a word, not as the pause before one), at a unit peak."""
+    phrase = next(synthetic_phrases(rng))
+    sounding = np.flatnonzero(np.abs(phrase) > 0.05 * (np.abs(phrase).max() or 1.0))
+    start = int(sounding[0]) if len(sounding) else 0
+    piece = np.resize(phrase[start:], samples)  # repeated in the rare phrase too short
+    return piece / (np.abs(piece).max() or 1.0)
+
+
+def word_tts(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One to three words of the speech replaced by a synthetic voice at the speech's level
+    (cross-faded in and out, over the room noise), the rest untouched."""
+    out = audio.copy()
+    level = float(np.abs(audio).max()) or 1.0
+    fade = np.linspace(0.0, 1.0, WORD_FADE, dtype=np.float32)
+    for start, end in word_spans(rng, len(audio)):
+        word = synthetic_word(rng, end - start) * level * rng.uniform(0.6, 0.9)
+        weight = np.ones(end - start, np.float32)
+        weight[:WORD_FADE], weight[-WORD_FADE:] = fade, fade[::-1]
+        mixed = weight * (word + room_noise(rng, end - start)) + (1 - weight) * audio[start:end]
+        out[start:end] = mixed.astype(np.float32)
+    return out
+
+
 DESYNC = "av_desync"
 DESYNC_SECONDS = (0.3, 0.8)  # how far the audio moves against the picture, either way
 
@@ -173,7 +230,10 @@ def desync_lag(rng: np.random.Generator) -> int:
 
 
 AudioEdit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# The voice edits a fake recipe draws from (sample/plan.py); the partial fakes' own
+# (--partial) stay out of it, so that the recipes draw what they always drew.
 VOICE_MANIPULATIONS: dict[str, AudioEdit] = {"tts_voice": tts_voice, "tts_splice": tts_splice}
+SOUND_EDITS: dict[str, AudioEdit] = {**VOICE_MANIPULATIONS, WORD_TTS: word_tts}
 AUDIO_KINDS = (*VOICE_MANIPULATIONS, DESYNC)  # the desync is made where the tracks are drawn
 
 
@@ -221,9 +281,25 @@ def lip_sync(
     return best
 
 
-# A mouth edit returns the track the mouth is driven by, given the track that is heard.
-MouthEdit = Callable[[np.ndarray, np.random.Generator, Sequence[Sequence[Path]]], np.ndarray]
-MOUTH_MANIPULATIONS: dict[str, MouthEdit] = {LIP_SYNC: lip_sync}
+def word_lips(spoken: np.ndarray, heard: np.ndarray, rng: np.random.Generator,
+              speech: Sequence[Sequence[Path]]) -> np.ndarray:  # fmt: skip
+    """The mouth re-driven by what is heard: where a voice edit replaced words, the lips say
+    the new words (LAV-DF's audio+video fakes); elsewhere what is heard is what was said."""
+    return heard
+
+
+# A mouth edit returns the track the mouth is driven by, given what the face said and the
+# track that is heard (after the voice edits).
+MouthEdit = Callable[
+    [np.ndarray, np.ndarray, np.random.Generator, Sequence[Sequence[Path]]], np.ndarray
+]
+MOUTH_MANIPULATIONS: dict[str, MouthEdit] = {
+    LIP_SYNC: lambda spoken, heard, rng, speech: lip_sync(spoken, rng, speech),
+    WORD_LIPS: word_lips,
+}
+# The mouth edits that change only a part of the clip: their spans are measured where the
+# driving track differs (a lip-sync re-drives the whole clip).
+PARTIAL_MOUTH = (WORD_LIPS,)
 
 
 # --------------------------------------------------------------------------- face edits

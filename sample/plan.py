@@ -8,7 +8,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from avcache.sample.manipulations import DESYNC, FACE_MANIPULATIONS, LIP_SYNC, VOICE_MANIPULATIONS
+from avcache.sample.manipulations import (
+    DESYNC,
+    FACE_MANIPULATIONS,
+    LIP_SYNC,
+    VOICE_MANIPULATIONS,
+    WORD_LIPS,
+    WORD_TTS,
+)
 from avcache.sample.sources import SELF_TALKING, choose_source
 
 # Bump when the same arguments would produce a different sample (2: a desync moves the
@@ -44,6 +51,14 @@ DESYNC_PROBABILITY = 0.25  # added on top of a recipe, never alone: alone it is 
 LIP_SYNC_STREAM = 1
 # Bump when the same --lip-sync share would make another sample (2: no talking head).
 LIP_SYNC_VERSION = 2
+# Partial fakes (opt-in, --partial): LAV-DF's few words of a real clip, from a generator of
+# their own too. Every clip of such a sample, real or fake, is 4 to 6 s long (LAV-DF's are
+# a few seconds to twenty; words replaced in a 2 s clip would be most of it), so that a
+# clip's length says nothing about what was done to it.
+PARTIAL_STREAM = 2
+PARTIAL_VERSION = 1
+PARTIAL_FRAMES = (100, 150)
+PARTIAL_LIPS = 0.5  # share of partial fakes whose lips are re-driven by the new words
 
 
 # --------------------------------------------------------------------------- planning
@@ -94,13 +109,32 @@ def as_lip_sync(spec: ClipSpec, share: float) -> ClipSpec:
     say, so with it a real clip would show the mismatch a lip-sync fake is made of."""
     rng = np.random.default_rng([spec.seed, LIP_SYNC_STREAM])
     chosen = spec.label and rng.random() < share
-    source = spec.source
+    return replace(spec, source=still_face(spec.source, rng),
+                   kinds=(LIP_SYNC,) if chosen else spec.kinds)  # fmt: skip
+
+
+def still_face(source: str, rng: np.random.Generator) -> str:
+    """`source`, or another drawn among the still faces where it was filmed talking."""
     while source in SELF_TALKING:
         source = choose_source(rng)
-    return replace(spec, source=source, kinds=(LIP_SYNC,) if chosen else spec.kinds)
+    return source
 
 
-def plan_clip(seed: int, split: str, index: int, label: int, lip_sync: float = 0.0) -> ClipSpec:
+def as_partial(spec: ClipSpec, share: float) -> ClipSpec:
+    """With probability `share`, a fake becomes a partial fake instead of its recipe: one to
+    three of its words replaced by a synthetic voice (word_tts), its lips re-driven by them
+    in PARTIAL_LIPS of them (word_lips). Every clip gets a length drawn from PARTIAL_FRAMES
+    and a still face (as as_lip_sync's: a face filmed talking says its own words)."""
+    rng = np.random.default_rng([spec.seed, PARTIAL_STREAM])
+    chosen = spec.label and rng.random() < share
+    kinds = ((WORD_TTS, WORD_LIPS) if rng.random() < PARTIAL_LIPS else (WORD_TTS,)) \
+        if chosen else spec.kinds  # fmt: skip
+    frames = int(rng.integers(PARTIAL_FRAMES[0], PARTIAL_FRAMES[1] + 1))
+    return replace(spec, source=still_face(spec.source, rng), kinds=kinds, frames=frames)
+
+
+def plan_clip(seed: int, split: str, index: int, label: int, lip_sync: float = 0.0,
+              partial: float = 0.0) -> ClipSpec:  # fmt: skip
     # Each clip has its own generator, so its content does not depend on the other counts.
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     width, height = FRAME_SIZES[rng.integers(len(FRAME_SIZES))]
@@ -118,16 +152,20 @@ def plan_clip(seed: int, split: str, index: int, label: int, lip_sync: float = 0
         crf=int(rng.integers(CRF_RANGE[0], CRF_RANGE[1] + 1)),
         seed=int(rng.integers(2**62)),
     )
-    return as_lip_sync(spec, lip_sync) if lip_sync else spec
+    spec = as_lip_sync(spec, lip_sync) if lip_sync else spec
+    return as_partial(spec, partial) if partial else spec
 
 
-def plan_sample(seed: int, counts: dict[str, int], lip_sync: float = 0.0) -> list[ClipSpec]:
+def plan_sample(seed: int, counts: dict[str, int], lip_sync: float = 0.0,
+                partial: float = 0.0) -> list[ClipSpec]:  # fmt: skip
     """All clips of all splits; exactly count // 2 fakes per split, in shuffled order.
-    `lip_sync`: the share of fakes (on average) made lip-sync fakes; 0 leaves the plan as
-    it always was."""
+    `lip_sync`, `partial`: the shares of fakes (on average) made lip-sync fakes and partial
+    fakes (a partial fake drawn over a lip-sync one replaces it); 0 leaves the plan as it
+    always was."""
     specs = []
     for split, count in counts.items():
         fakes = np.arange(count) < count // 2
         labels = np.random.default_rng([seed, SPLIT_IDS[split]]).permutation(fakes)
-        specs += [plan_clip(seed, split, i, int(fake), lip_sync) for i, fake in enumerate(labels)]
+        specs += [plan_clip(seed, split, i, int(fake), lip_sync, partial)
+                  for i, fake in enumerate(labels)]  # fmt: skip
     return specs

@@ -26,7 +26,8 @@ from avcache.sample.manipulations import (
     FACE_MANIPULATIONS,
     MAX_JAW_DROP,
     MOUTH_MANIPULATIONS,
-    VOICE_MANIPULATIONS,
+    PARTIAL_MOUTH,
+    SOUND_EDITS,
     FaceEdit,
     desync_lag,
     loudness,
@@ -43,6 +44,7 @@ from avcache.sample.plan import (
     LABEL_FILES,
     LIP_SYNC_VERSION,
     MANIFEST,
+    PARTIAL_VERSION,
     PREDICTION_FILE,
     SPLIT_DIRS,
     X264_PRESET,
@@ -235,7 +237,7 @@ def render_clip(
     speech: Sequence[Sequence[Path]],
     target: Path,
     scratch: Path,
-) -> dict[str, Span]:
+) -> dict[str, list[Span]]:
     """Render one clip; any failure is re-raised as a SampleError that names the clip."""
     try:
         return build_clip(spec, portraits, speech, target, scratch)
@@ -249,11 +251,11 @@ def build_clip(
     speech: Sequence[Sequence[Path]],
     target: Path,
     scratch: Path,
-) -> dict[str, Span]:
+) -> dict[str, list[Span]]:
     """Draw, manipulate and encode one clip to `target`; all randomness comes from spec.seed.
-    Returns the span of the clip that each of its manipulations changed."""
+    Returns the spans of the clip that each of its manipulations changed."""
     rng = np.random.default_rng(spec.seed)
-    said, audio, heard_spans = edited_tracks(spec, speech, rng)
+    said, audio, measured = edited_tracks(spec, speech, rng)
     edits = [
         FACE_MANIPULATIONS[k](rng, portraits, spec.source)
         for k in spec.kinds
@@ -261,9 +263,10 @@ def build_clip(
     ]
     film(spec, portraits[spec.source], said, audio, edits, rng, target, scratch)
     # A face edit is drawn into every frame, a lip-sync drives the jaw from the first frame to
-    # the last and a desync moves the whole heard track: only a voice edit may change a part.
-    whole = (0.0, spec.frames / FPS)
-    return {kind: heard_spans.get(kind, whole) for kind in spec.kinds}
+    # the last and a desync moves the whole heard track: the clip, whole. The voice edits
+    # and the partial mouth edits are measured.
+    whole = [(0.0, spec.frames / FPS)]
+    return {kind: measured.get(kind, whole) for kind in spec.kinds}
 
 
 def clip_tracks(
@@ -281,9 +284,10 @@ def clip_tracks(
 
 def edited_tracks(
     spec: ClipSpec, speech: Sequence[Sequence[Path]], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, dict[str, Span]]:
-    """clip_tracks, and the span of the heard track that each voice edit changed, measured
-    sample by sample (a tts_splice replaces about a second, not the clip)."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[Span]]]:
+    """clip_tracks, and the spans that each voice edit changed in the heard track and each
+    partial mouth edit in the track that drives the mouth, measured sample by sample (a
+    tts_splice replaces about a second, a word_tts a few words, not the clip)."""
     samples = spec.frames * WORK_RATE // FPS
     lag = desync_lag(rng) if DESYNC in spec.kinds else 0
     recording = real_speech(rng, speech, samples + abs(lag))
@@ -292,22 +296,32 @@ def edited_tracks(
     said, audio = spoken, recording[heard_from : heard_from + samples]
     spans = {}
     for kind in spec.kinds:
-        if kind in VOICE_MANIPULATIONS:
-            edited = VOICE_MANIPULATIONS[kind](audio, rng)
-            spans[kind] = changed_span(audio, edited, kind)
+        if kind in SOUND_EDITS:
+            edited = SOUND_EDITS[kind](audio, rng)
+            spans[kind] = changed_spans(audio, edited, kind)
             audio = edited
         if kind in MOUTH_MANIPULATIONS:
-            said = MOUTH_MANIPULATIONS[kind](spoken, rng, speech)
+            said = MOUTH_MANIPULATIONS[kind](spoken, audio, rng, speech)
+            if kind in PARTIAL_MOUTH:
+                spans[kind] = changed_spans(spoken, said, kind)
     return said, audio, spans
 
 
-def changed_span(before: np.ndarray, after: np.ndarray, kind: str) -> Span:
-    """Seconds from the first to the end of the last sample that differ; a manipulation
-    that changed nothing would label a real clip fake, so it stops the sample."""
+# Unchanged stretches shorter than this inside an edit are part of it (a sample of the new
+# voice may equal the old by chance); replaced words stand further apart (WORD_GAP_SECONDS).
+SPAN_JOIN_SECONDS = 0.1
+
+
+def changed_spans(before: np.ndarray, after: np.ndarray, kind: str) -> list[Span]:
+    """Seconds from the start to the end of each stretch of samples that differ; a
+    manipulation that changed nothing would label a real clip fake, so it stops the sample."""
     changed = np.flatnonzero(before != after)
     if not len(changed):
         raise SampleError(f"{kind} left the sound track as it was")
-    return int(changed[0]) / WORK_RATE, int(changed[-1] + 1) / WORK_RATE
+    breaks = np.flatnonzero(np.diff(changed) > SPAN_JOIN_SECONDS * WORK_RATE)
+    starts = changed[np.r_[0, breaks + 1]]
+    ends = changed[np.r_[breaks, len(changed) - 1]] + 1
+    return [(int(a) / WORK_RATE, int(b) / WORK_RATE) for a, b in zip(starts, ends, strict=True)]
 
 
 # --------------------------------------------------------------------------- one clip
@@ -370,15 +384,21 @@ def write_lists(out: Path, specs: list[ClipSpec]) -> None:
 
 
 def identity(
-    seed: int, counts: dict[str, int], lip_sync: float = 0.0, layout: str = DEFAULT_LAYOUT
+    seed: int,
+    counts: dict[str, int],
+    lip_sync: float = 0.0,
+    layout: str = DEFAULT_LAYOUT,
+    partial: float = 0.0,
 ) -> dict:
-    """What makes two samples the same: the format, the seed, the counts, the lip-sync
-    share and the layout (not --jobs). The share and the layout are recorded only when not
-    the default, so that a sample made without them keeps the manifest, and the bytes, it
-    always had."""
+    """What makes two samples the same: the format, the seed, the counts, the lip-sync and
+    partial shares and the layout (not --jobs). The shares and the layout are recorded only
+    when not the default, so that a sample made without them keeps the manifest, and the
+    bytes, it always had."""
     made = {"format": FORMAT_VERSION, "seed": seed, "counts": counts}
     if lip_sync:
         made |= {"lip_sync": lip_sync, "lip_sync_version": LIP_SYNC_VERSION}
+    if partial:
+        made |= {"partial": partial, "partial_version": PARTIAL_VERSION}
     if layout != DEFAULT_LAYOUT:
         made |= {"layout": layout}
     return made
@@ -387,7 +407,11 @@ def identity(
 # The keys of a manifest that make its identity: these always, each group where its first
 # key is there.
 IDENTITY_KEYS = ("format", "seed", "counts")
-OPTIONAL_IDENTITY = {"lip_sync": ("lip_sync", "lip_sync_version"), "layout": ("layout",)}
+OPTIONAL_IDENTITY = {
+    "lip_sync": ("lip_sync", "lip_sync_version"),
+    "layout": ("layout",),
+    "partial": ("partial", "partial_version"),
+}
 
 
 def existing_identity(out: Path) -> dict | None:
@@ -411,10 +435,11 @@ def write_manifest(
     sources: Sources,
     lip_sync: float = 0.0,
     layout: str = DEFAULT_LAYOUT,
+    partial: float = 0.0,
 ) -> None:
     """The commit point, written last; also records what a reader of the sample may ask."""
     manifest = {
-        **identity(seed, counts, lip_sync, layout),
+        **identity(seed, counts, lip_sync, layout, partial),
         "speakers": len(sources.speech),  # 1 without codec2-examples: fewer real voices
         "clips": [asdict(spec) for spec in specs],
     }
@@ -433,9 +458,9 @@ def render_all(
     jobs: int,
     file_of: Callable[[ClipSpec], str] = ffdv_file,
     folders: Iterable[str] = tuple(SPLIT_DIRS.values()),
-) -> dict[str, dict[str, Span]]:
+) -> dict[str, dict[str, list[Span]]]:
     """Render every clip to out/file_of(clip) on a thread pool (ffmpeg and OpenCV release the
-    GIL); stop at a failure. Returns, by clip name, the span each manipulation changed."""
+    GIL); stop at a failure. Returns, by clip name, the spans each manipulation changed."""
     portraits = load_portraits(sources)
     for folder in folders:
         (out / folder).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ that reads it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -28,8 +29,8 @@ LAVDF_KEYS = ["file", "n_fakes", "fake_periods", "duration", "original", "modify
               "modify_audio", "split", "video_frames", "audio_channels",
               "audio_frames"]  # fmt: skip
 # What each manipulation changes, spelled out here rather than taken from the code under test.
-CHANGES_PICTURE = {"face_paste", "face_blur", "face_warp", "lip_sync"}
-CHANGES_SOUND = {"tts_voice", "tts_splice", "av_desync"}
+CHANGES_PICTURE = {"face_paste", "face_blur", "face_warp", "lip_sync", "word_lips"}
+CHANGES_SOUND = {"tts_voice", "tts_splice", "av_desync", "word_tts"}
 
 
 def args(out: Path, *extra: str) -> list[str]:
@@ -112,7 +113,7 @@ def test_frames_and_audio_frames_are_the_files(lavdf):
 
 def test_every_manipulation_has_its_modality():
     known = {*manipulations.FACE_MANIPULATIONS, *manipulations.MOUTH_MANIPULATIONS,
-             *manipulations.AUDIO_KINDS}  # fmt: skip
+             *manipulations.SOUND_EDITS, manipulations.DESYNC}  # fmt: skip
     assert known == CHANGES_PICTURE | CHANGES_SOUND  # a new kind must be placed here too
     # a desync never comes alone, so the clips below cannot tell where it is placed
     expected = {**dict.fromkeys(CHANGES_PICTURE, "video"), **dict.fromkeys(CHANGES_SOUND, "audio")}
@@ -176,6 +177,76 @@ def test_a_splice_period_is_where_the_sound_differs(lavdf, sources):
     assert (level[near] ** 2).sum() > 99 * (level[~near] ** 2).sum()
     assert level[(time >= start) & (time < start + 0.1)].max() > 1e-3  # it starts changed
     assert level[(time >= end - 0.1) & (time < end)].max() > 1e-3  # and ends changed
+
+
+# --------------------------------------------------------------------------- partial fakes
+
+PARTIAL = {"train": 8, "val": 2, "test": 2}
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory, sources) -> Path:
+    out = tmp_path_factory.mktemp("partial") / "data"
+    counts = [f"--{split}={count}" for split, count in PARTIAL.items()]
+    assert cli.main([str(out), *counts, "--jobs=2", "--layout=lav-df", "--partial=1"]) == 0
+    return out
+
+
+def test_partial_fakes_replace_one_to_three_words(partial):
+    """Every fake of --partial 1 has one to three fake periods of a word's length, apart
+    from each other and from the clip's ends; the sound is changed in each, the picture
+    where the lips were re-driven; every clip, real or fake, is 4 to 6 s long."""
+    kinds = kinds_by_file(partial)
+    entries = metadata(partial)
+    assert {tuple(kinds[e["file"]]) for e in entries if e["n_fakes"]} <= {
+        ("word_tts",), ("word_tts", "word_lips")}  # fmt: skip
+    assert sum(e["n_fakes"] > 0 for e in entries) == sum(n // 2 for n in PARTIAL.values())
+    for entry in entries:
+        assert 4.0 <= entry["duration"] <= 6.0
+        periods = entry["fake_periods"]
+        if not entry["n_fakes"]:
+            assert periods == [] and not entry["modify_audio"] and not entry["modify_video"]
+            continue
+        assert 1 <= len(periods) == entry["n_fakes"] <= 3
+        assert entry["modify_audio"]
+        assert entry["modify_video"] == ("word_lips" in kinds[entry["file"]])
+        assert periods[0][0] >= 0.3 - 1e-3 and periods[-1][1] <= entry["duration"] - 0.3 + 1e-3
+        for start, end in periods:
+            assert 0.25 - 1e-3 <= end - start <= 0.5 + 1e-3
+        for before, after in itertools.pairwise(periods):
+            assert after[0] - before[1] >= 0.2 - 1e-3
+
+
+def video_frames(path: Path) -> np.ndarray:
+    command = ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "gray",
+               "-"]  # fmt: skip
+    width, height = (probe(path)["streams"][0][key] for key in ("width", "height"))
+    raw = subprocess.run(command, capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width).astype(np.float32)
+
+
+def test_re_driven_lips_move_only_over_the_replaced_words(partial, sources):
+    """The same clip filmed with the words replaced, once with its lips re-driven and once
+    not: the sound is the same, and the pictures differ only over the fake periods (give or
+    take the jaw's smoothing, a frame)."""
+    clip = next(c for c in manifest(partial)["clips"] if c["kinds"] == ["word_tts", "word_lips"])
+    entry = next(e for e in metadata(partial) if e["file"] == clip["name"])
+    heard_only = plan.ClipSpec(**{**clip, "kinds": ("word_tts",)})
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(scratch) / "heard_only.mp4"
+        spans = render.build_clip(heard_only, media_sources.load_portraits(sources),
+                                  sources.speech, target, Path(scratch))  # fmt: skip
+        assert [list(span) for span in spans["word_tts"]] == entry["fake_periods"]
+        np.testing.assert_array_equal(decoded(target), decoded(partial / clip["name"]))
+        change = np.abs(video_frames(target) - video_frames(partial / clip["name"]))
+    per_frame = change.reshape(len(change), -1).max(axis=1)
+    times = (np.arange(len(per_frame)) + 0.5) / 25
+    near = np.zeros(len(times), bool)
+    for start, end in entry["fake_periods"]:
+        near |= (times > start - 0.1) & (times < end + 0.1)
+    assert per_frame[near].max() > 20  # the mouth says the new words
+    # Elsewhere the frames are the same picture (the encoder's drift aside).
+    assert change[~near].mean() < 0.5
 
 
 # --------------------------------------------------------------------------- preprocessing
