@@ -96,6 +96,9 @@ TRACK_FRAMES_REAL = "track_frames_real"  # int16 [N, W]: frames the clip had (ot
 TRACK_AUDIO = "track_audio"  # int16 [N, W, L]: mono audio of the window's instants
 TRACK_AUDIO_SUM = "track_audio_sum64"
 TRACK_AUDIO_REAL = "track_audio_real"  # float32 [N, W]: share of L from the audio stream
+# Not stored: float32 [W, T], whether each track frame's instant is fake, derived by readers
+# from the label and the fake segments (cache/timeline.py); what a localisation learns from.
+FRAME_FAKE = "frame_fake"
 # Bounds a reader checks before allocating (a forged attribute could declare anything).
 MAX_TRACK_WINDOWS = 16
 MAX_TRACK_FRAMES = 250

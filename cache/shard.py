@@ -23,6 +23,7 @@ from avcache.cache import codec as codecs
 from avcache.cache import schema
 from avcache.cache.encodings import STRING_DTYPE, Array, Dataset, Encoding, JpegRegion, Where
 from avcache.cache.index import receipt_path
+from avcache.cache.timeline import frame_fake
 from avcache.common.untrusted import (
     REBUILD,
     CacheFormatError,
@@ -346,6 +347,22 @@ class ShardReader:
         """Each sample's fake segments of samples [start, stop), float64 [k, 2] seconds (k = 0:
         none); one read of their contiguous range, bounded and checked at open."""
         return list(self.read(schema.FAKE_SEGMENTS, start, stop))
+
+    def read_frame_fake(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 [n, W, T]: whether each track frame of samples [start, stop) is fake, from
+        their labels, window starts and fake segments (cache/timeline.py); not stored."""
+        layout = self.tracks
+        if layout is None:
+            raise CacheFormatError(f"{self.path}: holds no {schema.TRACKS.name} "
+                                   f"({schema.TRACKS.absent}): no frame has a time")  # fmt: skip
+        starts = self.read(schema.TRACK_START, start, stop)
+        labels = self.read(schema.LABEL, start, stop)
+        segments = self.read_fake_segments(start, stop) if self.has_fake_segments else None
+        return np.stack([
+            frame_fake(starts[i], layout.frames, layout.fps, int(labels[i]),
+                       None if segments is None else segments[i])
+            for i in range(len(labels))
+        ]) if len(labels) else np.zeros((0, layout.windows, layout.frames), np.float32)  # fmt: skip
 
     def _read_part(self, part: schema.Part, start: int, stop: int | None,
                    select: range | None = None) -> dict[str, np.ndarray]:  # fmt: skip

@@ -178,7 +178,15 @@ def prepare(
         inputs[schema.LIPS] = prepare_lips(batch[schema.LIPS], config, generator)
     if schema.TRACK_AUDIO in fields:
         inputs[schema.TRACK_AUDIO] = prepare_track_audio(batch[schema.TRACK_AUDIO])
+    for field in AS_READ:
+        if field in fields and field in batch:
+            inputs[field] = batch[field]
     return inputs
+
+
+# What a model reads as the cache gives it: where each window's frames end, each window's
+# start, and each frame's target (read only for training).
+AS_READ = (schema.TRACK_FRAMES_REAL, schema.TRACK_START, schema.FRAME_FAKE)
 
 
 # The inputs' entry saying which samples were mismatched (bool [B]), for a model whose views

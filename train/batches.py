@@ -88,4 +88,6 @@ AS_CACHED = {
     schema.FACES: cached_faces,
     schema.LIPS: lambda sample, config: round_trip_grey(sample.tracks.lips, config.tracks.quality),
     schema.TRACK_AUDIO: lambda sample, config: sample.tracks.audio,
+    schema.TRACK_FRAMES_REAL: lambda sample, config: sample.tracks.frames_real,
+    schema.TRACK_START: lambda sample, config: sample.tracks.start,
 }

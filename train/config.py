@@ -29,6 +29,7 @@ MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "speech": (schema.TRACK_AUDIO,),
     "sync": (schema.LIPS, schema.TRACK_AUDIO),
     "all": (schema.MEL, schema.FACES, schema.LIPS, schema.TRACK_AUDIO),
+    "locate": (schema.LIPS, schema.TRACK_AUDIO, schema.TRACK_FRAMES_REAL),
 }
 MODEL_KINDS = tuple(MODEL_INPUTS)
 # The kinds that read the aligned tracks (the protocols cache tracks only for these).
@@ -41,7 +42,8 @@ class ModelConfig:
     # all (the default: the mel, the faces and lips against speech, each with its own verdict,
     # either-sense; needs a cache with tracks); audio (mel), faces (face frames), av (both,
     # fused); lips (mouth frames), speech (the same instants' audio), sync (lips against
-    # speech); train/models.py. Chosen on held-out kinds of fake: docs/generalisation.md
+    # speech); train/models.py. Chosen on held-out kinds of fake: docs/generalisation.md.
+    # locate: a score for every track frame, where in the clip it is fake (train/locate.py)
     kind: str = "all"
     # The weights a new run starts from. LOCAL: files to read, so a resumed or scoring run never
     # reads them from its run folder (its checkpoint holds its weights).

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache
+from avcache.cache.timeline import frame_times
 from avcache.common.atomic import write_text_atomic
 from avcache.train import distributed
 from avcache.train.augment import (
@@ -62,6 +64,7 @@ from avcache.train.mix import Source, open_sources
 from avcache.train.models import build_model
 from avcache.train.ranks import Ranks, ranks_from_env
 from avcache.train.runs import BEST, LAST, METRICS
+from avcache.train.segments import Video, localisation_metrics, proposals
 
 log = logging.getLogger("avcache.train")
 
@@ -114,7 +117,9 @@ class Trainer:
         if config.model.init:
             self._load_weights(Path(config.model.init))
         self.fields, self.mismatches = self.model.fields, self.model.mismatches
-        self.loaders = Loaders(config, cache, self.sources, self.fields, self.device, self.ranks)
+        self.targets = self.model.targets  # read for training only
+        self.loaders = Loaders(config, cache, self.sources, (*self.fields, *self.targets),
+                               self.device, self.ranks)  # fmt: skip
         self._kinds: dict[tuple, list[str] | None] = {}  # (cache, split) -> its fake kinds
         if self._cuda:
             # Training batches all have one shape (the last partial one is dropped), so
@@ -171,7 +176,8 @@ class Trainer:
         """Model inputs and labels of a batch on the device (evaluation: no generator)."""
         augment = self.config.augment if generator else None
         model = self.config.model
-        inputs = prepare(batch, self.fields, augment, generator, model.frames, model.mel_size)
+        inputs = prepare(batch, (*self.fields, *self.targets, *LOCATING), augment, generator,
+                         model.frames, model.mel_size)  # fmt: skip
         labels = batch[schema.LABEL].float()
         share = augment.av_mismatch if augment else 0.0
         if share and schema.FACES in self.mismatches:
@@ -302,6 +308,51 @@ class Trainer:
             logits, _ = self.evaluate_forward(inputs)
             return torch.sigmoid(logits.float())
 
+    @torch.no_grad()
+    def localise_split(self, split: str, cache: Cache | None = None) -> Localised:
+        """Every cached sample of a split (of the run's cache, or of `cache`) in index order:
+        its name, label, P(fake) and proposals (train/segments.py) from its track frames'
+        scores (the model's step_logits). Under torchrun each rank scores its share and
+        every rank gets the whole."""
+        cache = cache or self.cache
+        layout = cache.tracks
+        fields = (*self.fields, schema.VIDEO_NAME, *LOCATING)
+        stream, loader = self._loader(split, fields, train=False, cache=cache)
+        self.model.eval()
+        parts = []
+        bar = tqdm(loader, total=len(stream), desc=f"localise {split}", leave=False,
+                   disable=not self.ranks.main)  # fmt: skip
+        for batch in bar:
+            if not batch[REAL]:
+                continue
+            inputs, _ = self._inputs(batch, generator=None)
+            with self.autocast():
+                steps = self.model.step_logits(inputs, layout.frames)
+            held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames)
+            frame_scores = torch.sigmoid(steps.float()).cpu().numpy()
+            times = frame_times(batch[schema.TRACK_START].numpy(), layout.frames, layout.fps)
+            for i, name in enumerate(batch[schema.VIDEO_NAME]):
+                mine = held[i]
+                scores = frame_scores[i][mine]
+                found = proposals(scores, times[i].reshape(-1)[mine], 1 / layout.fps)
+                parts.append((batch[BATCH_INDEX], i, name, float(batch[schema.LABEL][i]),
+                              float(scores.max(initial=0.0)), found))  # fmt: skip
+            self.between_batches()
+        parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
+                       key=lambda part: part[:2])  # fmt: skip
+        return Localised([p[2] for p in parts], np.array([p[3] for p in parts]),
+                         np.array([p[4] for p in parts]), [p[5] for p in parts])  # fmt: skip
+
+    def localisation_row(self, split: str, source: Source) -> dict[str, float]:
+        """AUC and the localisation metrics (val_ap@0.5, ..., val_ar@5, val_score: the
+        challenge's) of a cache's split, where the model scores frames and the cache knows
+        its fakes' segments."""
+        localised = self.localise_split(split, source.cache)
+        truths = source.cache.fake_segments(split)
+        videos = [Video.of(found, truth) for found, truth in
+                  zip(localised.proposals, truths, strict=True)]  # fmt: skip
+        return {f"val_{key}": value for key, value in localisation_metrics(videos).items()}
+
     def validation_scores(self) -> list[tuple[Source, np.ndarray, np.ndarray]]:
         """(source, labels, P(fake)) of every cache's val split, in the caches' order."""
         split = self.config.data.val_split
@@ -322,6 +373,8 @@ class Trainer:
             "val_loss": log_loss(labels, scores),
             **{f"val_{k}": v for k, v in detection_metrics(labels, scores).items()},
         }
+        if self.model.localises:
+            row |= self._localisation_metrics()
         for source, source_labels, source_scores in scored:
             row[f"val_auc/{source.name}"] = detection_metrics(source_labels, source_scores)["auc"]
             kinds = self._fake_kinds(source.cache, len(source_labels))
@@ -329,6 +382,15 @@ class Trainer:
                 by_kind = auc_by_kind(source_labels, source_scores, kinds)
                 row |= {f"val_auc/{source.name}/{kind}": auc for kind, auc in by_kind.items()}
         return row
+
+    def _localisation_metrics(self) -> dict[str, float]:
+        """The localisation metrics of the trained caches' val splits that know their
+        fakes' segments (the first such cache's, where several do)."""
+        split = self.config.data.val_split
+        for source in self.sources:
+            if source.weight > 0 and source.cache.fake_segments(split) is not None:
+                return self.localisation_row(split, source)
+        return {}
 
     def _fake_kinds(self, cache: Cache, count: int) -> list[str] | None:
         """Each val sample's kind of fake in index order, where the cache records kinds."""
@@ -390,6 +452,27 @@ class Trainer:
             return
         self.progress = restore(path, self.model, self.config.model.kind, self.optimizer,
                                 self.scheduler)  # fmt: skip
+
+
+# What localising reads beside the model's inputs: where each window starts and ends.
+LOCATING = (schema.TRACK_START, schema.TRACK_FRAMES_REAL)
+
+
+@dataclass(frozen=True)
+class Localised:
+    """A split's samples in index order: names, labels, P(fake) (the most confident held
+    frame's) and each one's proposals (float [M, 3]: confidence, start, end seconds)."""
+
+    names: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    proposals: list[np.ndarray]
+
+
+def frames_held(frames_real: torch.Tensor, frames: int) -> np.ndarray:
+    """bool [B, W * T] on the host: the track frames each clip has (of [B, W] counts)."""
+    held = np.arange(frames) < frames_real.numpy()[..., None]
+    return held.reshape(len(held), -1)
 
 
 def joined(scored: list[tuple[Source, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,8 @@ MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
 # Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
 # costs as much as a 1 MiB one.
 SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
+# What a reader derives from the columns a shard stores, by field: samples [start, stop).
+DERIVED_FIELDS = {schema.FRAME_FAKE: ShardReader.read_frame_fake}
 # Keys a batch carries besides its datasets: its global index in the epoch (which seeds
 # its augmentation) and whether it is real or a rank's padding.
 BATCH_INDEX, REAL = "batch_index", "real"
@@ -253,6 +255,9 @@ class ShardStream(IterableDataset):
         if field in SMALL_FIELDS:
             parts = [self._column(b.shard, field)[b.start : b.stop] for b in blocks]
             return np.concatenate(parts)
+        if field in DERIVED_FIELDS:
+            derive = DERIVED_FIELDS[field]
+            return np.concatenate([derive(self._reader(b.shard), b.start, b.stop) for b in blocks])
         first = self._reader(blocks[0].shard)
         size = sum(len(block) for block in blocks)
         out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))

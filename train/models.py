@@ -29,6 +29,8 @@ from avcache.train.config import ModelConfig
 BACKBONE = "resnet18"
 IMAGENET = "imagenet"  # model.pretrained: timm's own ImageNet weights, through its hub path
 TRACK_INPUTS = (schema.LIPS, schema.TRACK_AUDIO)  # what the cache's aligned tracks hold
+# What a model may read of a clip's windows and nothing else (one value a window each).
+WINDOW_INPUTS = (*TRACK_INPUTS, schema.TRACK_FRAMES_REAL)
 # A mismatched pair (augment.av_mismatch) by the field replaced: what a model must read to
 # learn from it.
 PAIRS = {schema.FACES: (schema.MEL, schema.FACES), schema.TRACK_AUDIO: TRACK_INPUTS}
@@ -224,9 +226,29 @@ class Model(nn.Module):
     """
 
     fields: tuple[str, ...] = ()
+    # What its training loss reads beside `fields` (never needed to score): FRAME_FAKE, each
+    # track frame's target (cache/timeline.py), for a model that sees windows of a clip.
+    targets: tuple[str, ...] = ()
     # The mismatched pairs it learns from (augment.av_mismatch, train/augment.py): FACES,
     # another video's faces beside a mel; TRACK_AUDIO, other speech than the lips say.
     mismatches: tuple[str, ...] = ()
+    # Whether it scores every track frame itself (train/locate.py); a model that reads a
+    # clip only through its windows scores each window alone (step_logits).
+    localises: bool = False
+
+    def step_logits(self, inputs: dict[str, torch.Tensor], frames: int) -> torch.Tensor:
+        """Each track frame's P(fake) logit [B, W * T] (T = `frames`): here each window
+        scored alone, as a clip of one window, its score given to each of its frames (the
+        window classifier's localisation). A model that reads more of a video than its
+        windows (a mel, faces) has none."""
+        if not set(self.fields) <= set(WINDOW_INPUTS):
+            raise ValueError(f"a model reading {', '.join(self.fields)} scores whole videos, "
+                             "not frames: train model.kind=locate, or one that reads the "
+                             "tracks alone (sync, lips, speech)")  # fmt: skip
+        batch, windows = inputs[self.fields[0]].shape[:2]
+        alone = {field: inputs[field].flatten(0, 1).unsqueeze(1) for field in self.fields}
+        logits, _ = self(alone)
+        return logits.view(batch, windows).repeat_interleave(frames, dim=1)
 
 
 def bce(logits: torch.Tensor, labels: torch.Tensor,
@@ -263,6 +285,8 @@ class Detector(Model):
             {name: BRANCHES[name].build(pretrained, track_frames) for name in branches}
         )
         self.fields = tuple(BRANCHES[name].field for name in branches)
+        self.sees_windows = set(self.fields) <= set(TRACK_INPUTS)  # the lips, the speech
+        self.targets = (schema.FRAME_FAKE,) if self.sees_windows else ()
         self.mismatches = tuple(replaced for replaced, pair in PAIRS.items()
                                 if set(pair) <= set(self.fields))  # fmt: skip
         widths = {name: BRANCHES[name].width(branch) for name, branch in self.branches.items()}
@@ -291,6 +315,8 @@ class Detector(Model):
             logits = self.head(torch.cat(features, dim=1)).squeeze(1)
         if labels is None:
             return logits, None
+        if self.sees_windows:
+            labels = windows_label(inputs, labels)
         if self.aux is not None:
             own = torch.cat([h(f) for h, f in zip(self.aux.values(), features, strict=True)], 1)
         return logits, self.loss(logits, own if self.aux_weight else None, labels)
@@ -316,6 +342,23 @@ class Detector(Model):
             return bce(logits, labels)
         branch_losses = [bce(column, labels) for column in own.unbind(1)]
         return bce(logits, labels) + self.aux_weight * sum(branch_losses)
+
+
+def windows_label(inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The labels of a model that sees a clip only through its windows: fake where one of
+    them holds a fake frame (FRAME_FAKE, where the batch has it: a LAV-DF fake whose windows
+    all miss its fake words is, to them, a real clip), `labels` where the batch has no frame
+    targets or augmentation mismatched the sample (it made the sample fake)."""
+    fake = inputs.get(schema.FRAME_FAKE)
+    if fake is None:
+        return labels
+    frames_real = inputs.get(schema.TRACK_FRAMES_REAL)
+    if frames_real is not None:  # only the frames the clip has
+        frames = torch.arange(fake.shape[-1], device=fake.device)
+        fake = fake * (frames < frames_real[..., None].to(frames.dtype))
+    held = fake.flatten(1).amax(dim=1).to(labels.dtype)
+    mismatched = inputs.get(MISMATCHED)
+    return held if mismatched is None else torch.where(mismatched, labels, held)
 
 
 def either_fake(branch_logits: torch.Tensor) -> torch.Tensor:
@@ -359,6 +402,7 @@ class SyncDetector(Model):
     OFFSETS = 5  # K: frames either side (0.2 s at 25 fps: wider than any natural lag)
     EMBEDDING = 128
     fields = (schema.LIPS, schema.TRACK_AUDIO)
+    targets = (schema.FRAME_FAKE,)
     mismatches = (schema.TRACK_AUDIO,)
 
     def __init__(self, pretrained: str | Path | None, track_frames: int,
@@ -379,7 +423,9 @@ class SyncDetector(Model):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """(logits [B], the training loss given `labels`)."""
         logits, across = self.evidence(inputs)
-        return logits, None if labels is None else self.loss(logits, across, labels)
+        if labels is None:
+            return logits, None
+        return logits, self.loss(logits, across, windows_label(inputs, labels))
 
     def evidence(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B], each clip's lips against every clip's speech [B, B]): `compare`'s."""
@@ -489,6 +535,7 @@ class EveryView(Model):
     (other speech than the lips say, augment.av_mismatch): the mel's and the faces' terms
     leave them out (they hear and see a real video)."""
 
+    targets = (schema.FRAME_FAKE,)
     mismatches = (schema.TRACK_AUDIO,)
 
     def __init__(self, pretrained: str | Path | None, track_frames: int,
@@ -511,16 +558,19 @@ class EveryView(Model):
         logits = either_fake(own)  # [B], of own [B, views]: mel, faces, sync
         if labels is None:
             return logits, None
-        return logits, self.loss(own, across, labels, inputs.get(MISMATCHED))
+        return logits, self.loss(own, across, labels, inputs.get(MISMATCHED),
+                                 windows_label(inputs, labels))  # fmt: skip
 
     def loss(self, own: torch.Tensor, across: torch.Tensor, labels: torch.Tensor,
-             mismatched: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-        """The sync model's loss on sync's verdict (own[:, -1]); the fused verdict's, with
+             mismatched: torch.Tensor | None,
+             held: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """The sync model's loss on sync's verdict (own[:, -1]) against `held` (whether its
+        windows hold a fake frame; `labels` where not given); the fused verdict's, with
         sync's detached, and aux_weight x each sense's own, on the samples the senses can
         see (not `mismatched`)."""
         seen = torch.ones_like(labels) if mismatched is None else (~mismatched).float()
         sync_fixed = torch.cat([own[:, :-1], own[:, -1:].detach()], dim=1)
-        loss = self.sync.loss(own[:, -1], across, labels)
+        loss = self.sync.loss(own[:, -1], across, labels if held is None else held)
         loss = loss + bce(either_fake(sync_fixed), labels, seen)
         if not self.aux_weight:
             return loss
@@ -560,6 +610,15 @@ def every_view(config: ModelConfig, track_frames: int) -> Model:
                      config.sync_weight)  # fmt: skip
 
 
+def locating(config: ModelConfig, track_frames: int) -> Model:
+    """The builder of `locate`: a score for every track frame (train/locate.py, which builds
+    on this module's trunks)."""
+    from avcache.train.locate import Locator
+
+    check_track_frames(config.kind, TRACK_INPUTS, track_frames)
+    return Locator(config.pretrained or None, track_frames, config.sync_weight)
+
+
 # Model kind -> its builder, from the model config and the cache's track frames per window.
 MODELS: dict[str, Callable[[ModelConfig, int], Model]] = {
     "audio": fused("mel"),
@@ -569,6 +628,7 @@ MODELS: dict[str, Callable[[ModelConfig, int], Model]] = {
     "speech": fused("speech"),
     "sync": synced,
     "all": every_view,
+    "locate": locating,
 }
 
 

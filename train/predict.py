@@ -4,6 +4,8 @@
     avcache-predict --run RUN --list DATA/metadata.json --layout lav-df --select split=test
     avcache-predict --run RUN --video clip.mp4
     avcache-predict --run RUN --video new_videos/ more/*.mp4 --out scores.csv
+    avcache-predict --run RUN --list DATA/metadata.json --layout lav-df --select split=test \
+        --segments segments.json
 
 --list: every selected entry of the list gets a row, in the list's order, scored from the
 cache. Videos the cache does not hold (they failed preprocessing) get 0.5, and a
@@ -25,13 +27,14 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avcache.cache import schema
 from avcache.cache.remote import location
 from avcache.common.arguments import share
-from avcache.common.atomic import atomic_path
+from avcache.common.atomic import atomic_path, write_json_atomic
 from avcache.common.labels import LabelFileError
 from avcache.common.untrusted import printable
 from avcache.train.lists import DEFAULT_LAYOUT, add_list_options, list_names, list_spec
@@ -75,9 +78,11 @@ def splits_to_predict(cache: Cache, names: list[str], only: str | None) -> list[
 
 
 def predict_list(run: RunFolder, names: list[str], list_path: Path, out: Path,
-                 split: str | None, max_fallback: float) -> int:  # fmt: skip
+                 split: str | None, max_fallback: float,
+                 segments: SegmentsOut | None = None) -> int:  # fmt: skip
     """Score the listed videos from the cache (the run's or --cache) and write the
-    submission; refused before predicting when too many would get FALLBACK."""
+    submission, and with `segments` their fake segments; refused before predicting when too
+    many would get FALLBACK."""
     trainer = run.trainer(best=True)
     cache = trainer.cache
     missing = [name for name in names if split not in cache.splits_holding(name)] if split \
@@ -92,7 +97,42 @@ def predict_list(run: RunFolder, names: list[str], list_path: Path, out: Path,
     rows, _ = submission_rows(names, scores)
     write_submission(out, rows)
     print(f"wrote {len(rows)} rows to {out} ({len(missing)} with the fallback {FALLBACK})")
+    if segments is not None:
+        found: dict[str, list] = {}
+        for cached_split in splits_to_predict(cache, names, split):
+            localised = trainer.localise_split(cached_split)
+            for name, proposals in zip(localised.names, localised.proposals, strict=True):
+                found.setdefault(name, proposals)
+        write_segments(segments, {name: found.get(name, []) for name in names})
     return 0
+
+
+def written(proposal, unit: float) -> list[float]:
+    """[confidence, start, end] as JSON numbers, the times in `unit`s of a second."""
+    confidence, start, end = (float(value) for value in proposal)
+    return [round(confidence, 6), round(start * unit, 6), round(end * unit, 6)]
+
+
+# --segments-format -> how a proposal's start and end are written: AV-Deepfake1M's
+# evaluation reads seconds; LAV-DF's divides them by 25 (its frames at 25 fps).
+SEGMENT_UNITS = {"av-deepfake1m": 1.0, "lav-df": 25.0}
+
+
+@dataclass(frozen=True)
+class SegmentsOut:
+    path: Path
+    format: str  # a key of SEGMENT_UNITS
+
+
+def write_segments(out: SegmentsOut, proposals: dict[str, object]) -> None:
+    """The localisation JSON both benchmarks' evaluations read: each video's name -> its
+    proposals [[confidence, start, end], ...], most confident first (a video without cached
+    tracks: none)."""
+    unit = SEGMENT_UNITS[out.format]
+    listing = {name: [written(row, unit) for row in rows] for name, rows in proposals.items()}
+    out.path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.path, listing)
+    print(f"wrote the fake segments of {len(listing)} videos to {out.path} ({out.format})")
 
 
 def report_fallbacks(cache: Cache, list_path: Path, names: list[str], missing: list[str],
@@ -285,6 +325,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cache", type=location, help="cache folder or s3:// URL (default: the run's)"
     )
+    parser.add_argument("--segments", type=Path, metavar="JSON", help="--list: also write "
+                        "where each video is fake, {video: [[confidence, start, end], ...]}, "
+                        "from its track frames' scores (model.kind=locate; a sync, lips or "
+                        "speech model scores each window alone)")  # fmt: skip
+    parser.add_argument("--segments-format", choices=SEGMENT_UNITS, default="av-deepfake1m",
+                        help="av-deepfake1m (default): start and end in seconds, as its "
+                        "evaluation reads them; lav-df: in frames at 25 fps, as LAV-DF's "
+                        "evaluate.py reads them")  # fmt: skip
     parser.add_argument("--ffmpeg", metavar="BINARY", help="--video: the ffmpeg to decode it "
                         "with, auto (this installation's) or a path (default: auto; one that "
                         "the run folder records is never run)")  # fmt: skip
@@ -297,6 +345,8 @@ def refuse_list_options(parser: argparse.ArgumentParser, args: argparse.Namespac
     """--layout, --select and --data describe a list: with --video they would be ignored."""
     if args.video and (args.layout != DEFAULT_LAYOUT or args.select or args.data):
         parser.error("--layout, --select and --data describe the --list; --video reads none")
+    if args.video and args.segments:
+        parser.error("--segments: with --list (the videos' cached tracks)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             return predict_videos(run, args.video, checked_out(args.out), args.ffmpeg)
         out = checked_out(args.out or args.run / "submission.csv")
         names = list_names(args.list, spec)  # refused before the model is built
-        return predict_list(run, names, args.list, out, args.split, args.max_fallback)
+        segments = SegmentsOut(checked_out(args.segments), args.segments_format) \
+            if args.segments else None  # fmt: skip
+        return predict_list(run, names, args.list, out, args.split, args.max_fallback,
+                            segments)  # fmt: skip
     except (FileNotFoundError, LabelFileError, ValueError) as error:
         print(f"avcache-predict: error: {printable(error)}", file=sys.stderr)
         return 2

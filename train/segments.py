@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -114,3 +115,54 @@ def localisation_metrics(videos: Sequence[Video]) -> dict[str, float]:
     ars = sum(metrics[f"ar@{n}"] for n in AR_PROPOSALS)
     metrics["score"] = aps / 8 + ars / 10
     return metrics
+
+
+# Thresholds on a frame's P(fake) whose runs of frames above become proposals: several, so
+# that a segment found faintly or strongly is proposed either way (AR@N asks for many).
+PROPOSAL_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MAX_PROPOSALS = 100  # a video's, at most (AR@50 counts the first 50)
+NMS_IOU = 0.7  # a proposal overlapping a better one by more is dropped
+
+
+def proposals(scores: np.ndarray, times: np.ndarray, frame: float,
+              most: int = MAX_PROPOSALS, overlap: float = NMS_IOU) -> np.ndarray:  # fmt: skip
+    """A video's proposals [M, 3] (confidence, start, end; ranked) from its frames' P(fake)
+    `scores` [S] at the instants `times` [S] (seconds, each frame standing for the `frame`
+    seconds around it): every run of consecutive frames above each of PROPOSAL_THRESHOLDS,
+    its confidence the mean score inside it, ranked by confidence, those overlapping one
+    ranked higher by an IoU above `overlap` dropped (non-maximum suppression)."""
+    order = np.argsort(times, kind="stable")
+    scores, times = np.asarray(scores, np.float64)[order], np.asarray(times, np.float64)[order]
+    # Frames more than a frame and a half apart are not consecutive (a gap between windows).
+    apart = np.flatnonzero(np.diff(times) > 1.5 * frame) + 1
+    found = [run for threshold in PROPOSAL_THRESHOLDS
+             for run in runs_above(scores, threshold, apart)]  # fmt: skip
+    if not found:
+        return np.zeros((0, 3))
+    candidates = np.array([(scores[a:b].mean(), times[a] - frame / 2, times[b - 1] + frame / 2)
+                           for a, b in sorted(set(found))])  # fmt: skip
+    return suppressed(candidates[np.argsort(-candidates[:, 0], kind="stable")], most, overlap)
+
+
+def runs_above(scores: np.ndarray, threshold: float, breaks: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive scores above `threshold`, cut at `breaks`."""
+    above = np.concatenate([[False], scores > threshold, [False]]).astype(np.int8)
+    edges = np.diff(above)
+    runs = list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+    cut = []
+    for start, end in runs:
+        inside = [b for b in breaks.tolist() if start < b < end]
+        bounds = [start, *inside, end]
+        cut += [(int(a), int(b)) for a, b in pairwise(bounds)]
+    return cut
+
+
+def suppressed(ranked: np.ndarray, most: int, overlap: float) -> np.ndarray:
+    """The ranked proposals [M, 3] left after non-maximum suppression, at most `most`."""
+    kept: list[int] = []
+    for i in range(len(ranked)):
+        if len(kept) == most:
+            break
+        if not kept or iou(ranked[i : i + 1, 1:], ranked[kept, 1:]).max() <= overlap:
+            kept.append(i)
+    return ranked[kept]

@@ -1,0 +1,202 @@
+"""Where in a clip it is fake: each track frame's target from the fake segments, the
+proposals made from frame scores, the localisation model's frames in time order, and the
+window readers' labels from what their windows hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avcache.cache import schema
+from avcache.cache.timeline import frame_fake, frame_times
+from avcache.train.augment import MISMATCHED
+from avcache.train.config import ModelConfig
+from avcache.train.locate import Locator, frame_targets, frames_held
+from avcache.train.models import bce, build_model, contrastive_loss, windows_label
+from avcache.train.segments import Video, localisation_metrics, proposals
+
+# --------------------------------------------------------------------------- frame targets
+
+
+def test_a_frame_is_fake_where_its_instant_lies_in_a_fake_segment():
+    """Two windows of 4 frames at 10 fps starting at 0 s and 1 s: frame t of a window stands
+    for start + (t + 0.5) / 10 s, i.e. 0.05, 0.15, 0.25, 0.35 and 1.05, ..., 1.35."""
+    starts, segments = np.array([0.0, 1.0]), np.array([[0.1, 0.3], [1.3, 2.0]])
+    np.testing.assert_allclose(frame_times(starts, 4, 10.0)[1], [1.05, 1.15, 1.25, 1.35])
+    fake = frame_fake(starts, 4, 10.0, schema.LABEL_FAKE, segments)
+    np.testing.assert_array_equal(fake, [[0, 1, 1, 0], [0, 0, 0, 1]])
+    assert fake.dtype == np.float32
+
+
+def test_a_fake_without_segments_is_fake_everywhere_and_a_real_clip_nowhere():
+    starts = np.array([0.0, 2.0])
+    assert (frame_fake(starts, 3, 25.0, schema.LABEL_FAKE, None) == 1).all()
+    assert (frame_fake(starts, 3, 25.0, schema.LABEL_FAKE, np.zeros((0, 2))) == 1).all()
+    assert (frame_fake(starts, 3, 25.0, schema.LABEL_REAL, np.array([[0.0, 9.0]])) == 0).all()
+    assert (frame_fake(starts, 3, 25.0, schema.LABEL_UNKNOWN, None) == -1).all()
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+def test_a_run_of_confident_frames_is_the_first_proposal():
+    """Frames of 0.04 s at 25 fps, confident from frame 10 to 19: the best proposal is that
+    run's span (0.38 to 0.78 s), and it scores AP@0.95 = 1 against the true segment."""
+    times = (np.arange(50) + 0.5) / 25
+    scores = np.full(50, 0.02)
+    scores[10:20] = 0.95
+    found = proposals(scores, times, 1 / 25)
+    np.testing.assert_allclose(found[0], [0.95, 0.4, 0.8])
+    assert (np.diff(found[:, 0]) <= 0).all()  # ranked by confidence
+    truths = [[0.4, 0.8]]
+    metrics = localisation_metrics([Video.of(found, truths), Video.of(found[:0], [])])
+    assert metrics["ar@5"] == 1.0
+
+
+def test_frames_apart_in_time_are_never_one_segment():
+    """Two windows far apart on the clip's timeline, both confident: two proposals, not one
+    spanning the gap between them."""
+    times = np.concatenate([(np.arange(5) + 0.5) / 25, 3.0 + (np.arange(5) + 0.5) / 25])
+    found = proposals(np.full(10, 0.9), times, 1 / 25)
+    spans = sorted(map(tuple, found[:, 1:].round(6).tolist()))
+    assert spans == [(0.0, 0.2), (3.0, 3.2)]
+
+
+def test_near_duplicates_are_suppressed():
+    """A plateau with a slightly weaker shoulder: at thresholds under and over the shoulder
+    the runs overlap by far more than NMS allows, so one of them stays."""
+    times = (np.arange(40) + 0.5) / 25
+    scores = np.zeros(40)
+    scores[10:30] = 0.9
+    scores[29] = 0.75  # a run one frame shorter above 0.8: IoU 0.95 with the whole run
+    found = proposals(scores, times, 1 / 25)
+    assert len(found) == 1
+
+
+# --------------------------------------------------------------------------- the model
+
+WINDOWS, FRAMES, SIZE, RATE = 4, 25, 16, 16000
+
+
+def locate_inputs(batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        schema.LIPS: torch.randn(batch, WINDOWS, FRAMES, 1, SIZE, SIZE, generator=generator),
+        schema.TRACK_AUDIO: torch.randn(batch, WINDOWS, RATE, generator=generator) * 0.1,
+        schema.TRACK_FRAMES_REAL: torch.full((batch, WINDOWS), FRAMES, dtype=torch.int16),
+    }
+
+
+@pytest.fixture(scope="module")
+def locator() -> Locator:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="locate"), FRAMES)
+    assert isinstance(model, Locator)
+    return model.eval()
+
+
+def test_each_frame_is_scored_in_time_order(locator):
+    """The frames' scores run window after window: another sound in window 2 changes the
+    scores of window 2's frames and of those its temporal reach touches (14 frames either
+    side), never those of window 0 nor of the first ten of window 1."""
+    inputs = locate_inputs()
+    with torch.no_grad():
+        before = locator.step_logits(inputs)
+        inputs[schema.TRACK_AUDIO][:, 2] = torch.randn(2, RATE) * 0.1
+        after = locator.step_logits(inputs)
+    assert before.shape == (2, WINDOWS * FRAMES)
+    changed = (before - after).abs().amax(dim=0) > 1e-5
+    assert changed[2 * FRAMES : 3 * FRAMES].all()
+    assert not changed[: 2 * FRAMES - 15].any()
+
+
+def test_a_video_is_as_fake_as_its_most_confident_held_frame(locator):
+    inputs = locate_inputs()
+    inputs[schema.TRACK_FRAMES_REAL][1, 3] = 0  # past the second clip's end
+    with torch.no_grad():
+        logits, _ = locator(inputs)
+        steps = locator.step_logits(inputs)
+    held = frames_held(inputs)
+    assert not held[1, 3 * FRAMES :].any() and held[0].all()
+    expected = [steps[i][held[i]].max() for i in range(2)]
+    torch.testing.assert_close(logits, torch.stack(expected))
+
+
+def test_the_loss_reads_each_frames_target_and_only_the_held_frames(locator):
+    """The frames' loss is over their targets, not the video's label: a fake whose first
+    window alone holds its fake frames gets another loss than one fake at every frame, and
+    a frame past the clip's end counts for nothing."""
+    inputs, labels = locate_inputs(), torch.tensor([0.0, 1.0])
+    fake = torch.zeros(2, WINDOWS, FRAMES)
+    fake[1, 0] = 1.0
+    locator.train()
+    torch.manual_seed(1)
+    partial = locator({**inputs, schema.FRAME_FAKE: fake}, labels)[1]
+    torch.manual_seed(1)
+    whole = locator(inputs, labels)[1]  # no frame targets: the label at every frame
+    assert not torch.isclose(partial, whole)
+    shortened = {**inputs, schema.FRAME_FAKE: fake.clone()}
+    shortened[schema.TRACK_FRAMES_REAL] = inputs[schema.TRACK_FRAMES_REAL].clone()
+    shortened[schema.TRACK_FRAMES_REAL][1, 3] = 0
+    flipped = {**shortened, schema.FRAME_FAKE: fake.clone()}
+    flipped[schema.FRAME_FAKE][1, 3] = 1.0  # a target on frames the clip does not have
+    torch.manual_seed(1)
+    kept = locator(shortened, labels)[1]
+    torch.manual_seed(1)
+    ignored = locator(flipped, labels)[1]
+    locator.eval()
+    torch.testing.assert_close(kept, ignored)
+
+
+def test_every_frame_of_a_mismatched_sample_is_fake():
+    inputs = locate_inputs()
+    inputs[schema.FRAME_FAKE] = torch.zeros(2, WINDOWS, FRAMES)
+    inputs[MISMATCHED] = torch.tensor([False, True])
+    targets = frame_targets(inputs, torch.tensor([0.0, 1.0]))
+    assert (targets[0] == 0).all() and (targets[1] == 1).all()
+
+
+# --------------------------------------------------------------------------- window labels
+
+
+def test_a_window_reader_learns_a_fake_whose_windows_miss_its_fake_as_real():
+    """A sync model sees a clip only through its windows: a fake whose windows hold no fake
+    frame is, to it, real, and it trains as on a real clip; a window holding one fake frame
+    makes it fake; augmentation's mismatches stay fake."""
+    fake = torch.zeros(3, 2, 5)
+    fake[1, 1, 4] = 1.0
+    labels = torch.tensor([1.0, 1.0, 0.0])
+    held = windows_label({schema.FRAME_FAKE: fake}, labels)
+    torch.testing.assert_close(held, torch.tensor([0.0, 1.0, 0.0]))
+    mismatched = torch.tensor([False, False, True])
+    held = windows_label({schema.FRAME_FAKE: fake, MISMATCHED: mismatched},
+                         torch.tensor([1.0, 1.0, 1.0]))  # fmt: skip
+    torch.testing.assert_close(held, torch.tensor([0.0, 1.0, 1.0]))
+    torch.manual_seed(0)
+    sync = build_model(ModelConfig(kind="sync"), FRAMES).train()
+    inputs = {key: value for key, value in locate_inputs(3).items()
+              if key in sync.fields}  # fmt: skip
+    torch.manual_seed(2)
+    missed = sync({**inputs, schema.FRAME_FAKE: torch.zeros(3, WINDOWS, FRAMES)},
+                  torch.tensor([1.0, 0.0, 1.0]))[1]  # fmt: skip
+    torch.manual_seed(2)
+    logits, across = sync.evidence(inputs)
+    as_real = bce(logits, torch.zeros(3)) + contrastive_loss(across, torch.zeros(3))
+    torch.testing.assert_close(missed, as_real)
+
+
+def test_a_window_classifier_gives_each_frame_its_windows_score():
+    """The baseline's localisation: a sync model scores each window alone (a clip of one
+    window), and each frame of a window gets that window's score."""
+    torch.manual_seed(0)
+    sync = build_model(ModelConfig(kind="sync"), FRAMES).eval()
+    inputs = {key: value for key, value in locate_inputs().items() if key in sync.fields}
+    with torch.no_grad():
+        steps = sync.step_logits(inputs, FRAMES)
+        alone = sync({key: value[:, 2:3] for key, value in inputs.items()})[0]
+    assert steps.shape == (2, WINDOWS * FRAMES)
+    torch.testing.assert_close(steps[:, 2 * FRAMES : 3 * FRAMES], alone[:, None].expand(2, FRAMES))
+    every_view = build_model(ModelConfig(kind="all"), FRAMES)
+    with pytest.raises(ValueError, match="scores whole videos"):
+        every_view.step_logits(inputs, FRAMES)
