@@ -4,17 +4,31 @@ window readers' labels from what their windows hold."""
 
 from __future__ import annotations
 
+import json
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from avcache.cache import schema
+from avcache.cache import open_cache, schema
 from avcache.cache.timeline import frame_fake, frame_times
+from avcache.preprocess.run import main as preprocess_main
+from avcache.sample.cli import LAVDF_CONFIG
+from avcache.sample.cli import main as sample_main
 from avcache.train.augment import MISMATCHED
-from avcache.train.config import ModelConfig
+from avcache.train.config import ModelConfig, TrainConfig
+from avcache.train.engine import LAST, METRICS
+from avcache.train.loader import ShardStream
+from avcache.train.loading import loader_plan, split_shards
 from avcache.train.locate import Locator, frame_targets, frames_held
 from avcache.train.models import bce, build_model, contrastive_loss, windows_label
+from avcache.train.predict import main as predict_main
+from avcache.train.run import main as train_main
+from avcache.train.runs import RunFolder
 from avcache.train.segments import Video, localisation_metrics, proposals
+from tests.toy import kill_after_first_epoch, small_config
 
 # --------------------------------------------------------------------------- frame targets
 
@@ -200,3 +214,100 @@ def test_a_window_classifier_gives_each_frame_its_windows_score():
     every_view = build_model(ModelConfig(kind="all"), FRAMES)
     with pytest.raises(ValueError, match="scores whole videos"):
         every_view.step_logits(inputs, FRAMES)
+
+
+# --------------------------------------------------------------------------- on real clips
+
+PARTIAL_SAMPLE = {"train": 8, "val": 4, "test": 4}
+# Tracks tiling the sample's 4-6 s clips cheaply: 3 windows of 10 frames at 5 fps, 16 px.
+TILED = ["faces.frames=0", "tracks.placement=tile", "tracks.windows=3", "tracks.frames=10",
+         "tracks.fps=5", "tracks.size=16"]  # fmt: skip
+LOCATE = {"model.kind": "locate", "data.batch_size": 4, "data.block_size": 2, "run.epochs": 2,
+          "augment.av_mismatch": 0.25}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory, sources) -> Path:
+    """A LAV-DF-layout sample of partial fakes (a few words each), its tracks tiling each
+    clip: the cache's folder, beside the data's."""
+    root = tmp_path_factory.mktemp("partial")
+    counts = [f"--{split}={count}" for split, count in PARTIAL_SAMPLE.items()]
+    data = root / "data"
+    assert sample_main([str(data), *counts, "--jobs=2", "--partial=1", "--layout=lav-df"]) == 0
+    config = root / "lav-df.yaml"
+    config.write_text(textwrap.dedent(LAVDF_CONFIG))
+    out = root / "cache"
+    assert preprocess_main(["--config", str(config), "--data", str(data), "--out", str(out),
+                            "--jobs", "1", "--quiet", *TILED]) == 0  # fmt: skip
+    return out
+
+
+def test_the_loader_gives_each_frame_its_target_from_the_metadata(partial):
+    """The frames' targets a run reads are the metadata's fake periods placed on the tiles:
+    a partial fake has real and fake frames both."""
+    cache = open_cache(partial)
+    periods = {e["file"]: e["fake_periods"] for e in json.loads(
+        (partial.parent / "data" / "metadata.json").read_text())}  # fmt: skip
+    stream = ShardStream(
+        split_shards(cache, "train"),
+        (schema.FRAME_FAKE, schema.VIDEO_NAME, schema.TRACK_START, schema.LABEL),
+        loader_plan(TrainConfig(), False),
+    )
+    mixed = 0
+    for batch in stream:
+        for i, name in enumerate(batch[schema.VIDEO_NAME]):
+            truth = np.array(periods[name]).reshape(-1, 2)
+            expected = frame_fake(batch[schema.TRACK_START][i].numpy(), 10, 5.0,
+                                  int(batch[schema.LABEL][i]), truth)  # fmt: skip
+            np.testing.assert_array_equal(batch[schema.FRAME_FAKE][i].numpy(), expected)
+            mixed += bool(expected.min() == 0 and expected.max() == 1)
+    assert mixed >= 2
+
+
+def test_locate_trains_with_localisation_metrics_and_resumes_exactly(partial, tmp_path):
+    """Every epoch's metrics hold the benchmarks' figures on the val split; a run killed
+    after its first epoch resumes to the weights of one never stopped."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*small_config(**LOCATE), "--cache", str(partial)]
+    assert train_main([*args, "--out", str(straight)]) == 0
+    rows = [json.loads(line) for line in (straight / METRICS).read_text().splitlines()]
+    for row in rows:
+        for key in ("val_ap@0.5", "val_ap@0.95", "val_ar@50", "val_ar@5", "val_score"):
+            assert 0 <= row[key] <= 1, key
+        assert 0 <= row["val_auc"] <= 1
+    kill_after_first_epoch([*args, "--out", str(killed)], killed)
+    assert train_main(["--resume", str(killed)]) == 0
+    a = torch.load(straight / LAST, weights_only=True)["model"]
+    b = torch.load(killed / LAST, weights_only=True)["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp_path):
+    """avcache-predict --segments: every listed video, its proposals ranked, inside the clip,
+    the same as the run's own localisation of the split; LAV-DF's format in frames at 25
+    fps."""
+    run = tmp_path / "run"
+    assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
+                       "--out", str(run)]) == 0  # fmt: skip
+    metadata = partial.parent / "data" / "metadata.json"
+    listed = [e for e in json.loads(metadata.read_text()) if e["split"] == "test"]
+    written = {}
+    for form in ("av-deepfake1m", "lav-df"):
+        out = tmp_path / f"{form}.json"
+        assert predict_main(["--run", str(run), "--list", str(metadata), "--layout", "lav-df",
+                             "--select", "split=test", "--out", str(tmp_path / "s.csv"),
+                             "--segments", str(out), "--segments-format", form]) == 0  # fmt: skip
+        written[form] = json.loads(out.read_text())
+    seconds = written["av-deepfake1m"]
+    assert list(seconds) == [e["file"] for e in listed]
+    localised = RunFolder(run).trainer(best=True).localise_split("test")
+    for entry, name in zip(listed, localised.names, strict=True):
+        assert entry["file"] == name
+    for entry, found in zip(listed, localised.proposals, strict=True):
+        rows = np.array(seconds[entry["file"]]).reshape(-1, 3)
+        np.testing.assert_allclose(rows, found, atol=1e-6)
+        assert (np.diff(rows[:, 0]) <= 0).all() and (rows[:, 1] < rows[:, 2]).all()
+        assert (rows[:, 1] >= 0).all() and (rows[:, 2] <= entry["duration"] + 0.2 + 1e-6).all()
+        frames = np.array(written["lav-df"][entry["file"]]).reshape(-1, 3)
+        np.testing.assert_allclose(frames[:, 1:], rows[:, 1:] * 25, atol=1e-4)

@@ -525,11 +525,15 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 def format_row(row: dict) -> str:
+    located = ""
+    if "val_score" in row:  # a model that localises, on a cache that knows the segments
+        located = (f", segments AP@0.5 {row['val_ap@0.5']:.4f}, AR@10 {row['val_ar@10']:.4f}, "
+                   f"score {row['val_score']:.4f}")  # fmt: skip
     return (
         f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
         f"val loss {row['val_loss']:.4f}, "
         f"AUC {row['val_auc']:.4f}, AP {row['val_ap']:.4f}, EER {row['val_eer']:.4f}, "
-        f"TPR@FPR=1e-3 {row['val_tpr@fpr=1e-3']:.4f}, acc {row['val_accuracy']:.4f} "
+        f"TPR@FPR=1e-3 {row['val_tpr@fpr=1e-3']:.4f}, acc {row['val_accuracy']:.4f}{located} "
         f"({throughput(row['train_samples_per_s'])} samples/s, "
         f"data wait {row['data_wait_share']:.0%})"
     )
