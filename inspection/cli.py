@@ -233,10 +233,29 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
     with entry.open() as shard:
         sample = shard.sample(position)
     meta = sample_meta(cache, sample, entry.path, position, entry.split)
-    figure = sheets.sample_figure(sample, cache.index, meta, cache.tracks)
+    scores = None if args.run is None else frame_scores(args.run, cache, sample)
+    figure = sheets.sample_figure(sample, cache.index, meta, cache.tracks, scores)
     path = sheets.save(figure, args.output, args.palette)
     print(f"sheet: {path} ({args.video} from {entry.split})")
     return 0
+
+
+def frame_scores(run: Path, cache: Cache, sample: schema.Sample):
+    """The run's P(fake) of each of the sample's track frames [W * T] (Trainer.frame_scores:
+    a locate model's own, another track model's window by window)."""
+    from avcache.train.batches import cached_batch
+    from avcache.train.engine import LOCATING
+    from avcache.train.runs import RunFolder
+
+    if cache.tracks is None or sample.tracks is None:
+        raise UsageError(f"--run: {cache.location} holds no tracks: no frame to score")
+    try:
+        trainer = RunFolder(run, cache=location(cache.location)).trainer(best=True)
+        trainer.model.eval()
+        batch = cached_batch(sample, (*trainer.fields, *LOCATING))
+        return trainer.frame_scores(batch, cache.tracks.frames)[0]
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--run {run}: {error}") from None
 
 
 def sample_meta(cache: Cache, sample: schema.Sample, path: Path, position: int, split: str) -> dict:
@@ -449,6 +468,9 @@ def _add_sheet_args(sheet: argparse.ArgumentParser) -> None:
     )
     sheet.add_argument("--seed", type=int, help="draw at random with this seed (default: first)")
     sheet.add_argument("--video", metavar="NAME", help="draw this one sample in detail")
+    sheet.add_argument("--run", type=Path, metavar="RUN", help="--video: under each track "
+                       "window, the P(fake) of each of its frames by RUN's model (locate, or a "
+                       "sync, lips or speech model window by window)")  # fmt: skip
     sheet.add_argument("-o", "--output", type=Path, default=Path("sheet.png"), help="PNG path")
     sheet.add_argument("--palette", action="store_true", help="256 colours: ~3x smaller file")
 

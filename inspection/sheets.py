@@ -67,6 +67,8 @@ PANEL_CELLS = 12  # columns of panels: about this many mel/face cells side by si
 TRACK_NOTE_H, TRACK_GAP, TRACK_AXIS_H = 16, 2, 30
 PANEL_TRACK_HEIGHTS = (44, 36)  # spectrogram, waveform
 DETAIL_TRACK_HEIGHTS = (140, 90)
+DETAIL_SCORES_H = 70  # the frames' P(fake) under a window's strip (sheet --video --run)
+FAKE_SHADE = {"color": "#d62728", "alpha": 0.18, "lw": 0}  # a true fake segment
 TRACK_MIN_CELL = 12  # a panel widens so that a frame gets at least this many pixels
 # The windows a sheet panel and a gallery thumbnail draw: only these are decoded (one of up
 # to 16 windows of 250 frames of 256 px: 16 MiB a sample instead of 250 MiB).
@@ -381,11 +383,14 @@ def sample_figure(
     index: dict,
     meta: dict[str, str],
     tracks: schema.TrackLayout | None = None,
+    frame_scores: np.ndarray | None = None,
 ) -> Figure:
     """One sample in detail: full-size mel with a colour map, all faces, its metadata; with
-    the cache's `tracks` layout, every window of the sample under them."""
+    the cache's `tracks` layout, every window of the sample under them, its fake segments
+    (where the cache knows them) shaded, and with `frame_scores` [W * T] (a run's P(fake)
+    of each track frame) a row of them under each window's strip."""
     frames, tile = sample.faces.shape[0], _detail_tile(sample)
-    boxes = detail_track_boxes(sample, tracks)
+    boxes = detail_track_boxes(sample, tracks, scored=frame_scores is not None)
     height = boxes[-1].y + boxes[-1].height + PAD if boxes else _detail_faces_bottom(sample)
     fig = _new_figure(DETAIL_W, height)
     _text(fig, PAD, 10, str(sample.video_name), fontsize=13, family="monospace")
@@ -404,8 +409,12 @@ def sample_figure(
         caption = f"frame {k}" + ("" if found else ": no face")
         _text(fig, x + tile / 2, face_y - 4, caption, ha="center", va="bottom",
               color="black" if found else NO_FACE_TEXT)  # fmt: skip
+    segments = sample.fake_segments if sample.fake_segments is not None else np.zeros((0, 2))
     for window, box in enumerate(boxes):
-        draw_window(fig, sample.tracks, tracks, window, box, small=False)
+        scores = None if frame_scores is None else \
+            frame_scores[window * tracks.frames : (window + 1) * tracks.frames]  # fmt: skip
+        draw_window(fig, sample.tracks, tracks, window, box, small=False, segments=segments,
+                    scores=scores)  # fmt: skip
     return fig
 
 
@@ -420,15 +429,18 @@ def _detail_faces_bottom(sample: schema.Sample) -> int:
     return TITLE_H + DETAIL_MEL + 60 + (_detail_tile(sample) + 40 if frames else 0)
 
 
-def detail_track_boxes(sample: schema.Sample, tracks: schema.TrackLayout | None) -> list[TrackBox]:
+def detail_track_boxes(sample: schema.Sample, tracks: schema.TrackLayout | None,
+                       scored: bool = False) -> list[TrackBox]:  # fmt: skip
     """Where `sample_figure` draws each of the sample's windows (none without tracks): one
-    under the other, below the faces, up to DETAIL_MAX_CELL px per frame."""
+    under the other, below the faces, up to DETAIL_MAX_CELL px per frame; `scored`, with a
+    row of the frames' P(fake) under each."""
     if tracks is None or sample.tracks is None:
         return []
     cell = min(DETAIL_MAX_CELL, (DETAIL_W - DETAIL_LEFT - 2 * PAD) // tracks.frames)
     boxes, y = [], _detail_faces_bottom(sample)
     for _ in range(sample.tracks.lips.shape[0]):
-        boxes.append(TrackBox(DETAIL_LEFT, y, cell, tracks.frames, *DETAIL_TRACK_HEIGHTS))
+        boxes.append(TrackBox(DETAIL_LEFT, y, cell, tracks.frames, *DETAIL_TRACK_HEIGHTS,
+                              scores_h=DETAIL_SCORES_H if scored else 0))  # fmt: skip
         y += boxes[-1].height + PAD
     return boxes
 
@@ -447,6 +459,7 @@ class TrackBox:
     frames: int
     spec_h: int
     wave_h: int
+    scores_h: int = 0  # a row of each frame's P(fake) under the strip (0: none)
 
     @property
     def width(self) -> int:
@@ -466,8 +479,15 @@ class TrackBox:
         return x, y + height + TRACK_GAP, width, self.cell
 
     @property
+    def scores(self) -> tuple[int, int, int, int]:
+        x, y, width, height = self.strip
+        return x, y + height + TRACK_GAP, width, self.scores_h
+
+    @property
     def height(self) -> int:
-        return TRACK_NOTE_H + self.spec_h + self.wave_h + 2 * TRACK_GAP + self.cell + TRACK_AXIS_H
+        scores = self.scores_h + TRACK_GAP if self.scores_h else 0
+        return (TRACK_NOTE_H + self.spec_h + self.wave_h + 2 * TRACK_GAP + self.cell + scores
+                + TRACK_AXIS_H)  # fmt: skip
 
 
 def spectrogram(audio: np.ndarray, rate: int, columns: int) -> np.ndarray:
@@ -560,28 +580,59 @@ def draw_window(
     box: TrackBox,
     *,
     small: bool,
+    segments: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
 ) -> None:
-    """One window at `box`: spectrogram, waveform and mouth strip on one time axis."""
+    """One window at `box`: spectrogram, waveform and mouth strip on one time axis, the
+    true fake `segments` [k, 2] (seconds) shaded on each, and a row of the frames' P(fake)
+    `scores` [T] under the strip where the box has room for it."""
     span, notes = window_span(tracks, layout, window), window_notes(tracks, layout, window, small)
     colour = "black" if len(notes) == 1 else NO_FACE_TEXT
     _text(fig, box.x, box.y + 2, " · ".join(notes), fontsize=7 if small else 9, color=colour)
     audio, size = tracks.audio[window], 6 if small else 8
     draw = _spec_wave_pixels if small else _spec_wave_axes
-    draw(fig, audio, float(tracks.audio_real[window]), layout, span, box)
+    drawn = draw(fig, audio, float(tracks.audio_real[window]), layout, span, box)
     strip_ax = _add_axes(fig, *box.strip)
     strip_ax.imshow(strip_image(tracks, window, box.cell), extent=(*span, 0, 1), aspect="auto",
                     interpolation="nearest")  # fmt: skip
     strip_ax.set_yticks([])
     strip_ax.set_xticks(span[0] + np.arange(tracks.lips.shape[1] + 1) / layout.fps, minor=True)
-    strip_ax.set_xlabel("time (s) from the video's start", fontsize=size + 1, labelpad=1)
     strip_ax.set_xlim(*span)
     strip_ax.tick_params(labelsize=size, length=2 if small else 4, pad=1)
+    bottom = strip_ax
+    if scores is not None and box.scores_h:
+        strip_ax.tick_params(labelbottom=False)
+        bottom = _add_axes(fig, *box.scores)
+        draw_frame_scores(bottom, scores, span[0], layout.fps)
+        bottom.set_xlim(*span)
+        bottom.tick_params(labelsize=size, length=4, pad=1)
+    bottom.set_xlabel("time (s) from the video's start", fontsize=size + 1, labelpad=1)
+    if segments is not None:
+        for ax in {*drawn, strip_ax, bottom}:
+            shade_segments(ax, segments, span)
+
+
+def draw_frame_scores(ax, scores: np.ndarray, start: float, fps: float) -> None:
+    """Each frame's P(fake) as a step over its frame period, 0.5 dashed."""
+    edges = start + np.arange(len(scores) + 1) / fps
+    ax.stairs(scores, edges, color="black", lw=1.2)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0, 0.5, 1])
+    ax.set_ylabel("P(fake)", fontsize=8, labelpad=1)
+
+
+def shade_segments(ax, segments: np.ndarray, span: tuple[float, float]) -> None:
+    """The true fake segments that reach into the window's `span`, shaded."""
+    for start, end in segments:
+        if end > span[0] and start < span[1]:
+            ax.axvspan(max(start, span[0]), min(end, span[1]), **FAKE_SHADE)
 
 
 def _spec_wave_axes(fig: Figure, audio: np.ndarray, real: float, layout: schema.TrackLayout,
-                    span: tuple[float, float], box: TrackBox) -> None:  # fmt: skip
+                    span: tuple[float, float], box: TrackBox) -> list:  # fmt: skip
     """The one-sample figure's spectrogram and waveform: axes with hertz and sample values,
-    their time axis the strip's (the same limits over the same pixel columns)."""
+    their time axis the strip's (the same limits over the same pixel columns); the axes."""
     spec_ax = _add_axes(fig, *box.spec)
     spec_ax.imshow(spectrogram(audio, layout.audio_rate, box.width), origin="lower",
                    extent=(*span, 0, layout.audio_rate / 2), aspect="auto", cmap=COLORMAP,
@@ -594,12 +645,14 @@ def _spec_wave_axes(fig: Figure, audio: np.ndarray, real: float, layout: schema.
     for ax in (spec_ax, wave_ax):
         ax.set_xlim(*span)
         ax.tick_params(labelsize=8, length=4, pad=1, labelbottom=False)
+    return [spec_ax, wave_ax]
 
 
 def _spec_wave_pixels(fig: Figure, audio: np.ndarray, real: float, layout: schema.TrackLayout,
-                      span: tuple[float, float], box: TrackBox) -> None:  # fmt: skip
+                      span: tuple[float, float], box: TrackBox) -> list:  # fmt: skip
     """A sheet panel's spectrogram and waveform as pixels over the strip's columns (two more
-    axes per panel would triple a sheet's drawing time), their scales written at the left."""
+    axes per panel would triple a sheet's drawing time), their scales written at the left;
+    no axes."""
     from matplotlib import colormaps
 
     spec = spectrogram(audio, layout.audio_rate, box.width)
@@ -612,6 +665,7 @@ def _spec_wave_pixels(fig: Figure, audio: np.ndarray, real: float, layout: schem
     for (x, y, _, height), top, bottom in labels:
         _text(fig, x - 3, y, top, fontsize=6, ha="right")
         _text(fig, x - 3, y + height, bottom, fontsize=6, ha="right", va="bottom")
+    return []
 
 
 def _place(fig: Figure, image: np.ndarray, x: int, y: int) -> None:

@@ -14,6 +14,8 @@ import torch
 
 from avcache.cache import open_cache, schema
 from avcache.cache.timeline import frame_fake, frame_times
+from avcache.inspection.cli import frame_scores
+from avcache.inspection.cli import main as inspect_main
 from avcache.preprocess.run import main as preprocess_main
 from avcache.sample.cli import LAVDF_CONFIG
 from avcache.sample.cli import main as sample_main
@@ -311,3 +313,26 @@ def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp
         assert (rows[:, 1] >= 0).all() and (rows[:, 2] <= entry["duration"] + 0.2 + 1e-6).all()
         frames = np.array(written["lav-df"][entry["file"]]).reshape(-1, 3)
         np.testing.assert_allclose(frames[:, 1:], rows[:, 1:] * 25, atol=1e-4)
+
+
+def test_the_sheet_of_a_partial_fake_draws_its_frames_scores(partial, tmp_path, capsys):
+    """sheet --video --run: a window's frames' P(fake) under its strip, from the run, the
+    true segments shaded; the scores drawn are the run's for that sample."""
+    run = tmp_path / "run"
+    assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
+                       "--out", str(run)]) == 0  # fmt: skip
+    cache = open_cache(partial)
+    name = next(s.video_name for s in cache.iter_samples("test") if s.label == 1)
+    out = tmp_path / "sheet.png"
+    assert inspect_main([str(partial), "sheet", "--video", name, "--run", str(run), "-o",
+                         str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 0 and "sheet:" in capsys.readouterr().out
+    sample = next(s for s in cache.iter_samples("test") if s.video_name == name)
+    scores = frame_scores(run, cache, sample)
+    localised = RunFolder(run).trainer(best=True).localise_split("test")
+    held = np.arange(10) < sample.tracks.frames_real[:, None]
+    expected = localised.scores[localised.names.index(name)]
+    assert scores.shape == (30,) and np.isclose(scores[held.reshape(-1)].max(), expected)
+    assert inspect_main([str(partial), "sheet", "--video", name, "--run", str(tmp_path / "no"),
+                         "-o", str(out)]) == 2  # fmt: skip
+    assert "--run" in capsys.readouterr().err

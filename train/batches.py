@@ -91,3 +91,29 @@ AS_CACHED = {
     schema.TRACK_FRAMES_REAL: lambda sample, config: sample.tracks.frames_real,
     schema.TRACK_START: lambda sample, config: sample.tracks.start,
 }
+
+
+# Dataset -> a sample's values of it as a reader gives them: a sample read from a cache is
+# already decoded as the loader decodes it.
+SAMPLE_VALUES = {
+    schema.MEL: lambda sample: sample.mel,
+    schema.FACES: lambda sample: sample.faces,
+    schema.LIPS: lambda sample: sample.tracks.lips,
+    schema.TRACK_AUDIO: lambda sample: sample.tracks.audio,
+    schema.TRACK_FRAMES_REAL: lambda sample: sample.tracks.frames_real,
+    schema.TRACK_START: lambda sample: sample.tracks.start,
+}
+
+
+def cached_batch(
+    sample: schema.Sample, fields: tuple[str, ...]
+) -> dict[str, torch.Tensor | list[str]]:
+    """A cached `sample` (read from its shard) as a batch of one, as the loader would give
+    it: its values of `fields`, its label and name."""
+    columns: dict[str, np.ndarray | list[str]] = {
+        schema.LABEL: np.array([sample.label], np.int8),
+        schema.VIDEO_NAME: [sample.video_name],
+    }
+    for field in fields:
+        columns[field] = np.ascontiguousarray(SAMPLE_VALUES[field](sample))[None]
+    return batch_of(columns)

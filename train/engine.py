@@ -309,6 +309,15 @@ class Trainer:
             return torch.sigmoid(logits.float())
 
     @torch.no_grad()
+    def frame_scores(self, batch: dict, frames: int | None = None) -> np.ndarray:
+        """Each track frame's P(fake) [B, W * T] of a batch, on the host (the model's
+        step_logits; T = `frames`, the run cache's frames per window by default)."""
+        inputs, _ = self._inputs(batch, generator=None)
+        with self.autocast():
+            steps = self.model.step_logits(inputs, frames or track_frames(self.cache))
+        return torch.sigmoid(steps.float()).cpu().numpy()
+
+    @torch.no_grad()
     def localise_split(self, split: str, cache: Cache | None = None) -> Localised:
         """Every cached sample of a split (of the run's cache, or of `cache`) in index order:
         its name, label, P(fake) and proposals (train/segments.py) from its track frames'
@@ -325,11 +334,8 @@ class Trainer:
         for batch in bar:
             if not batch[REAL]:
                 continue
-            inputs, _ = self._inputs(batch, generator=None)
-            with self.autocast():
-                steps = self.model.step_logits(inputs, layout.frames)
+            frame_scores = self.frame_scores(batch, layout.frames)
             held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames)
-            frame_scores = torch.sigmoid(steps.float()).cpu().numpy()
             times = frame_times(batch[schema.TRACK_START].numpy(), layout.frames, layout.fps)
             for i, name in enumerate(batch[schema.VIDEO_NAME]):
                 mine = held[i]
