@@ -6,7 +6,7 @@ partial fakes.
 1. `avcache-sample --partial 1 --layout lav-df`: every fake a real clip with one to three
    words replaced by a synthetic voice, the lips re-driven by them or not; the fake words'
    periods in metadata.json (the test split's included);
-2. one cache of tracks tiling each clip (LOCALISATION_CACHE), read as LAV-DF's layout;
+2. one cache of tracks tiling each clip, read as LAV-DF's layout (configs/localise.yaml);
 3. each recipe trained on the train split for each seed, for a fixed number of epochs;
 4. each run's last weights localise the test split (clips no run has seen): AP@IoU, AR@N
    and the challenge's score (train/segments.py), and the video AUC.
@@ -34,18 +34,10 @@ from pathlib import Path
 from avcache.evaluation.sweep import REPO, run_folder
 
 SAMPLE = {"train": 300, "val": 60, "test": 100}
-# Tracks that tile a clip of the sample (4 to 6 s): 3 windows of 25 frames at 12.5 fps, 6 s.
-# Half the sync model's 25 fps: a ResNet18 runs on every mouth frame of the clip, 75 of
-# them, and 12.5 frames a second still put a replaced word (0.25 to 0.5 s) on 3 to 6
-# frames; mouths of 40 px for the same reason (docs/generalisation.md uses 48 on one second).
-LOCALISATION_CACHE = ["faces.frames=0", "tracks.placement=tile", "tracks.windows=3",
-                      "tracks.frames=25", "tracks.fps=12.5", "tracks.size=40"]  # fmt: skip
-SPLITS = """\
-splits:
-  train: {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [train]}}
-  val:   {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [dev]}}
-  test:  {layout: lav-df, labels: metadata.json, videos: [.], select: {split: [test]}}
-"""
+# The shipped localisation config (configs/localise.yaml: tracks tiling each clip, 2 s
+# windows of 25 frames at 12.5 fps, 40 px mouths), with the 3 windows that cover the
+# sample's clips of 4 to 6 s.
+LOCALISATION_CACHE = ["tracks.windows=3"]
 RECIPES = {"locate": ["model.kind=locate"], "window classifier": ["model.kind=sync"]}
 COMMON = ["data.batch_size=16", "data.workers=0", "run.threads=1"]
 SCORED = "test.json"  # in a run folder: its figures on the test split
@@ -80,9 +72,7 @@ def build_cache(out: Path) -> Path:
     counts = [f"--{split}={count}" for split, count in SAMPLE.items()]
     run_step([sys.executable, "-m", "avcache.sample", str(out / "data"), *counts,
               "--partial=1", "--layout=lav-df"], "the sample")  # fmt: skip
-    config = out / "preprocess.yaml"
-    config.write_text(SPLITS)
-    run_step([sys.executable, "-m", "avcache.preprocess.run", "--config", str(config),
+    run_step([sys.executable, "-m", "avcache.preprocess.run", "--config", "localise",
               "--data", str(out / "data"), "--out", str(out / "cache"), "--quiet",
               *LOCALISATION_CACHE], "preprocessing")  # fmt: skip
     return out / "cache"
@@ -175,7 +165,8 @@ def write_results(args, results: dict) -> None:
     (args.out / "table.md").write_text(table(results) + "\n")
     (args.out / "localisation.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "sample": SAMPLE,
-         "cache": LOCALISATION_CACHE, "results": results}, indent=1))  # fmt: skip
+         "cache": ["--config localise", *LOCALISATION_CACHE], "results": results},
+        indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
