@@ -288,7 +288,7 @@ def test_locate_trains_with_localisation_metrics_and_resumes_exactly(partial, tm
 def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp_path):
     """avcache-predict --segments: every listed video, its proposals ranked, inside the clip,
     the same as the run's own localisation of the split; LAV-DF's format in frames at 25
-    fps."""
+    fps; the raw files (--video) get the proposals of their cached twins."""
     run = tmp_path / "run"
     assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
                        "--out", str(run)]) == 0  # fmt: skip
@@ -313,6 +313,17 @@ def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp
         assert (rows[:, 1] >= 0).all() and (rows[:, 2] <= entry["duration"] + 0.2 + 1e-6).all()
         frames = np.array(written["lav-df"][entry["file"]]).reshape(-1, 3)
         np.testing.assert_allclose(frames[:, 1:], rows[:, 1:] * 25, atol=1e-4)
+    # The raw files, preprocessed in-process: the segments of their cached twins.
+    data = partial.parent / "data"
+    raw = tmp_path / "raw.json"
+    files = [str(data / entry["file"]) for entry in listed]
+    assert predict_main(["--run", str(run), "--video", *files, "--out", str(tmp_path / "raw.csv"),
+                         "--segments", str(raw)]) == 0  # fmt: skip
+    from_files = json.loads(raw.read_text())
+    for entry in listed:
+        twin = np.array(seconds[entry["file"]]).reshape(-1, 3)
+        found = np.array(from_files[str(data / entry["file"])]).reshape(-1, 3)
+        np.testing.assert_allclose(found, twin, atol=1e-4)
 
 
 def test_the_sheet_of_a_partial_fake_draws_its_frames_scores(partial, tmp_path, capsys):

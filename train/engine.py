@@ -317,6 +317,20 @@ class Trainer:
             steps = self.model.step_logits(inputs, frames or track_frames(self.cache))
         return torch.sigmoid(steps.float()).cpu().numpy()
 
+    def clips_localised(self, batch: dict, layout: schema.TrackLayout
+                        ) -> list[tuple[float, np.ndarray]]:  # fmt: skip
+        """Each clip of a batch (holding LOCATING's fields) as (P(fake): its most confident
+        held frame's, its proposals [M, 3] from its held frames' scores)."""
+        frame_scores = self.frame_scores(batch, layout.frames)
+        held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames)
+        times = frame_times(batch[schema.TRACK_START].numpy(), layout.frames, layout.fps)
+        clips = []
+        for scores, mine, instants in zip(frame_scores, held, times, strict=True):
+            scores = scores[mine]
+            found = proposals(scores, instants.reshape(-1)[mine], 1 / layout.fps)
+            clips.append((float(scores.max(initial=0.0)), found))
+        return clips
+
     @torch.no_grad()
     def localise_split(self, split: str, cache: Cache | None = None) -> Localised:
         """Every cached sample of a split (of the run's cache, or of `cache`) in index order:
@@ -334,15 +348,9 @@ class Trainer:
         for batch in bar:
             if not batch[REAL]:
                 continue
-            frame_scores = self.frame_scores(batch, layout.frames)
-            held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames)
-            times = frame_times(batch[schema.TRACK_START].numpy(), layout.frames, layout.fps)
-            for i, name in enumerate(batch[schema.VIDEO_NAME]):
-                mine = held[i]
-                scores = frame_scores[i][mine]
-                found = proposals(scores, times[i].reshape(-1)[mine], 1 / layout.fps)
-                parts.append((batch[BATCH_INDEX], i, name, float(batch[schema.LABEL][i]),
-                              float(scores.max(initial=0.0)), found))  # fmt: skip
+            for i, (score, found) in enumerate(self.clips_localised(batch, layout)):
+                parts.append((batch[BATCH_INDEX], i, batch[schema.VIDEO_NAME][i],
+                              float(batch[schema.LABEL][i]), score, found))  # fmt: skip
             self.between_batches()
         parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
                        key=lambda part: part[:2])  # fmt: skip

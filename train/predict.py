@@ -6,12 +6,15 @@
     avcache-predict --run RUN --video new_videos/ more/*.mp4 --out scores.csv
     avcache-predict --run RUN --list DATA/metadata.json --layout lav-df --select split=test \
         --segments segments.json
+    avcache-predict --run RUN --video clip.mp4 --segments segments.json
 
 --list: every selected entry of the list gets a row, in the list's order, scored from the
 cache. Videos the cache does not hold (they failed preprocessing) get 0.5, and a
 warning names them. --video: each file (a folder's videos, a glob's matches) preprocessed
 as the run's cache was made, the model built once; a file that cannot be read is named on
-stderr and left out, the others scored.
+stderr and left out, the others scored. --segments: also where each video is fake (its
+proposals from its track frames' scores), as the AV-Deepfake1M or LAV-DF evaluation reads
+them.
 
 Exit status: 0 done; 1 some video could not be read (each named on stderr; the others are
 written); 2 a mistake in the command, the list, the run folder or the cache (one line).
@@ -176,8 +179,25 @@ class VideoScorer:
         self.jpeg_faces = self.config.faces.codec == "jpeg" and \
             trainer.decodes_faces_here(trainer.config.data.train_split)  # fmt: skip
 
+        # --segments: each video's proposals from its track frames' scores, by name.
+        self.segments: dict[str, object] | None = None
+
     def __call__(self, video: Path, name: str) -> float:
-        return self.score(preprocessed(video, self.config, name))
+        sample = preprocessed(video, self.config, name)
+        if self.segments is not None:
+            self.segments[name] = self.localised(sample)
+        return self.score(sample)
+
+    def localised(self, sample: schema.Sample):
+        """The proposals of a raw video preprocessed with this run's `config`, as its cached
+        twin's would be made (Trainer.clips_localised)."""
+        from avcache.train.batches import raw_batch
+        from avcache.train.engine import LOCATING
+
+        fields = (*self.trainer.fields, *LOCATING)
+        batch = raw_batch(sample, fields, self.config, self.jpeg_faces)
+        layout = self.trainer.cache.tracks
+        return self.trainer.clips_localised(batch, layout)[0][1]
 
     def score(self, sample: schema.Sample) -> float:
         """P(fake) of a raw video preprocessed with this run's `config`."""
@@ -284,11 +304,16 @@ def scores_written(rows: list[tuple[str, float]], failed: int, out: Path | None,
 
 
 def predict_videos(run: RunFolder, values: list[str], out: Path | None,
-                   ffmpeg: str | None) -> int:  # fmt: skip
-    """--video: every named video scored by one model, printed or written to `out`."""
+                   ffmpeg: str | None, segments: SegmentsOut | None = None) -> int:  # fmt: skip
+    """--video: every named video scored by one model, printed or written to `out`, and with
+    `segments` the fake segments of each video that could be read."""
     videos = videos_named(values)  # refused before the model is built
     scorer = VideoScorer(run, ffmpeg)
+    if segments is not None:
+        scorer.segments = {}
     rows, failed = score_videos(videos, scorer, "avcache-predict", echo=out is None)
+    if segments is not None:
+        write_segments(segments, scorer.segments)
     return scores_written(rows, failed, out, "avcache-predict")
 
 
@@ -325,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cache", type=location, help="cache folder or s3:// URL (default: the run's)"
     )
-    parser.add_argument("--segments", type=Path, metavar="JSON", help="--list: also write "
+    parser.add_argument("--segments", type=Path, metavar="JSON", help="also write "
                         "where each video is fake, {video: [[confidence, start, end], ...]}, "
                         "from its track frames' scores (model.kind=locate; a sync, lips or "
                         "speech model scores each window alone)")  # fmt: skip
@@ -345,8 +370,6 @@ def refuse_list_options(parser: argparse.ArgumentParser, args: argparse.Namespac
     """--layout, --select and --data describe a list: with --video they would be ignored."""
     if args.video and (args.layout != DEFAULT_LAYOUT or args.select or args.data):
         parser.error("--layout, --select and --data describe the --list; --video reads none")
-    if args.video and args.segments:
-        parser.error("--segments: with --list (the videos' cached tracks)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,12 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = list_spec(args)  # a wrong --layout or --select: refused before anything is read
         run = RunFolder(args.run, cache=args.cache)
-        if args.video:
-            return predict_videos(run, args.video, checked_out(args.out), args.ffmpeg)
-        out = checked_out(args.out or args.run / "submission.csv")
-        names = list_names(args.list, spec)  # refused before the model is built
         segments = SegmentsOut(checked_out(args.segments), args.segments_format) \
             if args.segments else None  # fmt: skip
+        if args.video:
+            return predict_videos(run, args.video, checked_out(args.out), args.ffmpeg,
+                                  segments)  # fmt: skip
+        out = checked_out(args.out or args.run / "submission.csv")
+        names = list_names(args.list, spec)  # refused before the model is built
         return predict_list(run, names, args.list, out, args.split, args.max_fallback,
                             segments)  # fmt: skip
     except (FileNotFoundError, LabelFileError, ValueError) as error:
