@@ -339,6 +339,7 @@ def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
         splits=args.split,
         predictions=args.predictions,
         labels=args.labels or [],
+        segments=args.segments,
     )
     counts = Counter(entry.split for entry in selection.samples)
     print(
@@ -486,6 +487,9 @@ def _add_gallery_args(gallery: argparse.ArgumentParser) -> None:
         help="samples per split, and mistakes, shown (default 200; 0: all)",
     )
     gallery.add_argument("--predictions", type=Path, help="video_name,y_pred CSV to judge")
+    gallery.add_argument("--segments", type=Path, metavar="JSON", help="predicted segments "
+                         "(avcache-predict --segments, seconds): the surest three under the "
+                         "true ones, darker the surer")  # fmt: skip
     gallery.add_argument(
         "--labels",
         type=Path,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from avcache.cache import schema
 from avcache.cache.reader import Cache
-from avcache.common.labels import LabelFileError, read_rows
+from avcache.common.labels import LabelFileError, read_json, read_rows
 from avcache.common.untrusted import shown
 from avcache.inspection.sheets import (
     BAND_H,
@@ -95,6 +95,7 @@ class Entry:
     duration: float
     truth: int | None = None  # from a label file, else the cached label when known
     p_fake: float | None = None
+    found: np.ndarray | None = None  # float [M, 3] predicted segments (confidence, start, end)
     tracks: TrackFacts | None = None
     kind: str | None = None  # the data set's kind of fake, where it records kinds
     segments: np.ndarray | None = None  # float64 [k, 2] fake segments, seconds
@@ -184,6 +185,59 @@ def read_predictions(path: Path) -> dict[str, float]:
                                  f"{shown(cells)}")  # fmt: skip
         scores[cells[0].strip()] = score
     return scores
+
+
+# Predicted segments drawn on a thumbnail: the most confident ones, at least this sure.
+FOUND_SHOWN, FOUND_LEAST = 3, 0.5
+FOUND_RGB = (31, 119, 180)
+
+
+def read_found(path: Path) -> dict[str, np.ndarray]:
+    """video_name -> its proposals [M, 3] (confidence, start, end seconds) from the JSON
+    avcache-predict --segments writes (its default, AV-Deepfake1M's format); anything else
+    is refused naming the file and the video."""
+    listing = read_json(path, "segments")
+    if not isinstance(listing, dict):
+        raise LabelFileError(f"{path}: expected {{video: [[confidence, start, end], ...]}}")
+    found = {}
+    for name, rows in listing.items():
+        array = proposal_rows(rows)
+        if array is None:
+            raise LabelFileError(f"{path}: {shown(name)}: expected a list of [confidence, "
+                                 "start, end] with start <= end (seconds)")  # fmt: skip
+        found[str(name)] = array
+    return found
+
+
+def proposal_rows(rows: object) -> np.ndarray | None:
+    """[M, 3] of a JSON list of [confidence, start, end] numbers, finite, start <= end; None
+    where it is not one."""
+
+    def number(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    if not isinstance(rows, list) or not all(isinstance(row, list) and len(row) == 3 and
+                                             all(map(number, row)) for row in rows):  # fmt: skip
+        return None
+    array = np.array(rows, np.float64).reshape(-1, 3)
+    if not np.isfinite(array).all() or (array[:, 1] > array[:, 2]).any():
+        return None
+    return array
+
+
+def found_band(found: np.ndarray, extent: tuple[float, float], width: int) -> np.ndarray:
+    """RGB uint8 [BAND_H, width]: the most confident predicted segments (FOUND_SHOWN, each at
+    least FOUND_LEAST sure), the surer the darker, over the columns of a mel thumbnail."""
+    band = np.full((BAND_H[True], width, 3), 255, np.uint8)
+    left, right = extent
+    sure = found[found[:, 0] >= FOUND_LEAST]
+    for confidence, start, stop in sure[np.argsort(-sure[:, 0], kind="stable")][:FOUND_SHOWN]:
+        edges = (np.clip([start, stop], left, right) - left) / (right - left) * width
+        first, last = edges.round()
+        weight = min(max(float(confidence), 0.0), 1.0)
+        colour = np.round(255 - weight * (255 - np.array(FOUND_RGB))).astype(np.uint8)
+        band[:, int(first) : max(int(last), int(first) + 1)] = colour
+    return band
 
 
 def read_truth(paths: list[Path]) -> dict[str, int]:
@@ -336,6 +390,9 @@ def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str,
     ):
         image = thumbnail(sample, lut)
         seconds = mel_seconds(sample, cache.index)
+        found = wanted[pick].found
+        if found is not None and axes is not None and seconds:
+            image = _stack(found_band(found, axes.time_extent(seconds), THUMB_SIZE), image)
         if sample.fake_segments is not None and axes is not None and seconds:
             spans = segment_spans(sample.fake_segments, seconds)
             band = segment_band(spans, axes.time_extent(seconds), THUMB_SIZE)
@@ -357,12 +414,19 @@ def write_gallery(
     splits: list[str] | None = None,
     predictions: Path | None = None,
     labels: Sequence[Path] = (),
+    segments: Path | None = None,
 ) -> Selection:
-    """Thumbnails and index.html under `out`; returns what was shown and what was capped."""
+    """Thumbnails and index.html under `out`; returns what was shown and what was capped.
+    With `segments` (avcache-predict --segments' JSON), each thumbnail shows the predicted
+    segments under the true ones."""
     entries, scores = catalog(cache, splits), {}
     if predictions is not None:
         scores = read_predictions(predictions)
         attach_predictions(entries, scores, read_truth(list(labels)))
+    if segments is not None:
+        found = read_found(segments)
+        for entry in entries:
+            entry.found = found.get(entry.name)
     selection = select(entries, limit)
     unmatched = len(set(scores) - {entry.name for entry in entries})
     if unmatched:
@@ -395,6 +459,10 @@ def card(entry: Entry, size: tuple[int, int], rank: int | None = None) -> str:
         tags.extend(entry.tracks.tags())
     if entry.p_fake is not None:
         tags.append(f'<span class="p">P(fake) {entry.p_fake:.3f}</span>')
+    if entry.found is not None and len(entry.found):
+        confidence, start, stop = entry.found[np.argmax(entry.found[:, 0])]
+        tags.append(f'<span class="found">found {start:.2f}–{stop:.2f} s '
+                    f"({confidence:.2f})</span>")  # fmt: skip
     if rank is not None:
         tags.insert(0, f'<span class="rank">#{rank}</span>')
     width, height = size

@@ -8,6 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from avcache.cache import open_cache, schema
 from avcache.cache.timeline import frame_fake, frame_times
 from avcache.inspection.cli import frame_scores
 from avcache.inspection.cli import main as inspect_main
+from avcache.inspection.sheets import BAND_H
 from avcache.preprocess.run import main as preprocess_main
 from avcache.sample.cli import LAVDF_CONFIG
 from avcache.sample.cli import main as sample_main
@@ -285,13 +287,20 @@ def test_locate_trains_with_localisation_metrics_and_resumes_exactly(partial, tm
         assert torch.equal(value, b[key]), key
 
 
-def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp_path):
+@pytest.fixture(scope="module")
+def located(partial, tmp_path_factory) -> Path:
+    """A locate run of one epoch on the partial fakes."""
+    run = tmp_path_factory.mktemp("located") / "run"
+    assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
+                       "--out", str(run)]) == 0  # fmt: skip
+    return run
+
+
+def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, located, tmp_path):
     """avcache-predict --segments: every listed video, its proposals ranked, inside the clip,
     the same as the run's own localisation of the split; LAV-DF's format in frames at 25
     fps; the raw files (--video) get the proposals of their cached twins."""
-    run = tmp_path / "run"
-    assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
-                       "--out", str(run)]) == 0  # fmt: skip
+    run = located
     metadata = partial.parent / "data" / "metadata.json"
     listed = [e for e in json.loads(metadata.read_text()) if e["split"] == "test"]
     written = {}
@@ -326,12 +335,11 @@ def test_predict_writes_each_listed_videos_segments_in_both_formats(partial, tmp
         np.testing.assert_allclose(found, twin, atol=1e-4)
 
 
-def test_the_sheet_of_a_partial_fake_draws_its_frames_scores(partial, tmp_path, capsys):
+def test_the_sheet_of_a_partial_fake_draws_its_frames_scores(partial, located, tmp_path,
+                                                              capsys):  # fmt: skip
     """sheet --video --run: a window's frames' P(fake) under its strip, from the run, the
     true segments shaded; the scores drawn are the run's for that sample."""
-    run = tmp_path / "run"
-    assert train_main([*small_config(**{**LOCATE, "run.epochs": 1}), "--cache", str(partial),
-                       "--out", str(run)]) == 0  # fmt: skip
+    run = located
     cache = open_cache(partial)
     name = next(s.video_name for s in cache.iter_samples("test") if s.label == 1)
     out = tmp_path / "sheet.png"
@@ -347,3 +355,31 @@ def test_the_sheet_of_a_partial_fake_draws_its_frames_scores(partial, tmp_path, 
     assert inspect_main([str(partial), "sheet", "--video", name, "--run", str(tmp_path / "no"),
                          "-o", str(out)]) == 2  # fmt: skip
     assert "--run" in capsys.readouterr().err
+
+
+def test_the_gallery_shows_predicted_segments_over_the_true_ones(partial, located, tmp_path,
+                                                                  capsys):  # fmt: skip
+    metadata = partial.parent / "data" / "metadata.json"
+    found = tmp_path / "found.json"
+    assert predict_main(["--run", str(located), "--list", str(metadata), "--layout", "lav-df",
+                         "--select", "split=test", "--out", str(tmp_path / "s.csv"),
+                         "--segments", str(found)]) == 0  # fmt: skip
+    plain, shown = tmp_path / "plain", tmp_path / "shown"
+    assert inspect_main([str(partial), "gallery", "-o", str(plain), "--split", "test"]) == 0
+    assert inspect_main([str(partial), "gallery", "-o", str(shown), "--split", "test",
+                         "--segments", str(found)]) == 0  # fmt: skip
+    page = (shown / "index.html").read_text()
+    surest = {name: max(rows, key=lambda row: row[0])
+              for name, rows in json.loads(found.read_text()).items() if rows}  # fmt: skip
+    for name, (confidence, start, stop) in surest.items():
+        assert f"found {start:.2f}–{stop:.2f} s ({confidence:.2f})" in page, name
+    assert "found " not in (plain / "index.html").read_text()
+    thumbs = sorted((shown / "thumbs").iterdir())
+    taller = [cv2.imread(str(t)).shape[0] - cv2.imread(str(plain / "thumbs" / t.name)).shape[0]
+              for t in thumbs]  # fmt: skip
+    assert set(taller) == {BAND_H[True] + 2}  # one band more over every mel
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"test/000012.mp4": [[0.9, 2.0, 1.0]]}))
+    assert inspect_main([str(partial), "gallery", "-o", str(tmp_path / "no"), "--segments",
+                         str(broken)]) == 2  # fmt: skip
+    assert "broken.json" in capsys.readouterr().err
