@@ -26,8 +26,8 @@ from avcache.train.config import ModelConfig, TrainConfig
 from avcache.train.engine import LAST, METRICS
 from avcache.train.loader import ShardStream
 from avcache.train.loading import loader_plan, split_shards
-from avcache.train.locate import Locator, frame_targets, frames_held
-from avcache.train.models import bce, build_model, contrastive_loss, windows_label
+from avcache.train.locate import Locator, frame_targets
+from avcache.train.models import bce, build_model, contrastive_loss, frames_held, windows_label
 from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import RunFolder
@@ -135,7 +135,7 @@ def test_a_video_is_as_fake_as_its_most_confident_held_frame(locator):
     with torch.no_grad():
         logits, _ = locator(inputs)
         steps = locator.step_logits(inputs)
-    held = frames_held(inputs)
+    held = frames_held(inputs[schema.TRACK_FRAMES_REAL], FRAMES).flatten(1)
     assert not held[1, 3 * FRAMES :].any() and held[0].all()
     expected = [steps[i][held[i]].max() for i in range(2)]
     torch.testing.assert_close(logits, torch.stack(expected))

@@ -61,7 +61,7 @@ from avcache.train.loader import BATCH_INDEX, REAL, ShardStream
 from avcache.train.loading import Loaders
 from avcache.train.metrics import auc_by_kind, detection_metrics, log_loss
 from avcache.train.mix import Source, open_sources
-from avcache.train.models import build_model
+from avcache.train.models import build_model, frames_held
 from avcache.train.ranks import Ranks, ranks_from_env
 from avcache.train.runs import BEST, LAST, METRICS
 from avcache.train.segments import Video, localisation_metrics, proposals
@@ -322,7 +322,7 @@ class Trainer:
         """Each clip of a batch (holding LOCATING's fields) as (P(fake): its most confident
         held frame's, its proposals [M, 3] from its held frames' scores)."""
         frame_scores = self.frame_scores(batch, layout.frames)
-        held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames)
+        held = frames_held(batch[schema.TRACK_FRAMES_REAL], layout.frames).flatten(1).numpy()
         times = frame_times(batch[schema.TRACK_START].numpy(), layout.frames, layout.fps)
         clips = []
         for scores, mine, instants in zip(frame_scores, held, times, strict=True):
@@ -481,12 +481,6 @@ class Localised:
     labels: np.ndarray
     scores: np.ndarray
     proposals: list[np.ndarray]
-
-
-def frames_held(frames_real: torch.Tensor, frames: int) -> np.ndarray:
-    """bool [B, W * T] on the host: the track frames each clip has (of [B, W] counts)."""
-    held = np.arange(frames) < frames_real.numpy()[..., None]
-    return held.reshape(len(held), -1)
 
 
 def joined(scored: list[tuple[Source, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

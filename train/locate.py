@@ -34,6 +34,7 @@ from avcache.train.models import (
     bce,
     contrastive_loss,
     cross_similarity,
+    frames_held,
     moving_part,
     offset_similarity,
     windows_label,
@@ -72,7 +73,8 @@ class Locator(Model):
         """(the video's logits [B]: its most confident frame's, the training loss given
         `labels`)."""
         steps, across = self._steps(inputs)
-        valid = frames_held(inputs)
+        valid = frames_held(inputs[schema.TRACK_FRAMES_REAL], inputs[schema.LIPS].shape[2])
+        valid = valid.flatten(1)  # [B, W * T], as the frames' scores
         logits = steps.masked_fill(~valid, float("-inf")).amax(dim=1)
         if labels is None:
             return logits, None
@@ -117,14 +119,6 @@ class Locator(Model):
         if self.sync_weight:
             loss = loss + contrastive_loss(across, held, self.sync_weight)
         return loss
-
-
-def frames_held(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """bool [B, W * T]: the frames the clip has (past its end a tiled window repeats its last
-    frame, or has none)."""
-    lips, held = inputs[schema.LIPS], inputs[schema.TRACK_FRAMES_REAL]
-    frames = torch.arange(lips.shape[2], device=lips.device)
-    return (frames < held[..., None].to(frames.dtype)).flatten(1)
 
 
 def frame_targets(inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

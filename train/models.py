@@ -354,11 +354,17 @@ def windows_label(inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torc
         return labels
     frames_real = inputs.get(schema.TRACK_FRAMES_REAL)
     if frames_real is not None:  # only the frames the clip has
-        frames = torch.arange(fake.shape[-1], device=fake.device)
-        fake = fake * (frames < frames_real[..., None].to(frames.dtype))
+        fake = fake * frames_held(frames_real, fake.shape[-1])
     held = fake.flatten(1).amax(dim=1).to(labels.dtype)
     mismatched = inputs.get(MISMATCHED)
     return held if mismatched is None else torch.where(mismatched, labels, held)
+
+
+def frames_held(frames_real: torch.Tensor, frames: int) -> torch.Tensor:
+    """bool [B, W, T]: the track frames each clip has, from its windows' counts [B, W] (past
+    its end a tiled window has none; a short clip's last window repeats its last frame)."""
+    steps = torch.arange(frames, device=frames_real.device)
+    return steps < frames_real[..., None].to(steps.dtype)
 
 
 def either_fake(branch_logits: torch.Tensor) -> torch.Tensor:
