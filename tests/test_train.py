@@ -43,12 +43,14 @@ def toy_cache(tmp_path_factory):
 
 
 def every_field(batch: int = 2) -> dict[str, torch.Tensor]:
-    """A uint8 batch of every field a model may read (mouths of 5 frames, 0.2 s of audio)."""
+    """A batch of every field a model may read, as the cache gives it (mouths of 5 frames,
+    0.2 s of audio, all 5 frames in the clip)."""
     return {
         schema.MEL: torch.randint(0, 256, (batch, 256, 256), dtype=torch.uint8),
         schema.FACES: torch.randint(0, 256, (batch, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8),
         schema.LIPS: torch.randint(0, 256, (batch, 1, 5, 16, 16), dtype=torch.uint8),
         schema.TRACK_AUDIO: torch.randint(-3000, 3000, (batch, 1, 3200), dtype=torch.int16),
+        schema.TRACK_FRAMES_REAL: torch.full((batch, 1), 5, dtype=torch.int16),
     }
 
 
