@@ -42,7 +42,7 @@ def test_every_kind_is_measured_and_a_second_part_adds_its_rows(tmp_path):
         *((kind, "compiled", 1) for kind in MODELS)]  # fmt: skip
     decodes = {row["kind"]: row["decode"] for row in rows}
     assert decodes == {"audio": "-", "faces": "cpu", "av": "cpu", "lips": "-", "speech": "-",
-                       "sync": "-", "all": "cpu"}  # fmt: skip
+                       "sync": "-", "all": "cpu", "locate": "-"}  # fmt: skip
     for row in rows[: len(MODELS)]:
         assert "skipped" not in row and row["device"] == "cpu" and row["workers"] == 1
         assert all(math.isfinite(row[key]) and row[key] > 0 for key in RATES)
