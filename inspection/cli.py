@@ -241,19 +241,22 @@ def draw_one(cache: Cache, args: argparse.Namespace) -> int:
 
 
 def frame_scores(run: Path, cache: Cache, sample: schema.Sample):
-    """The run's P(fake) of each of the sample's track frames [W * T] (Trainer.frame_scores:
-    a locate model's own, another track model's window by window)."""
-    from avcache.train.batches import cached_batch
-    from avcache.train.engine import LOCATING
-    from avcache.train.runs import RunFolder
-
-    if cache.tracks is None or sample.tracks is None:
+    """The run's P(fake) of each of the sample's track frames [W * T] (inspection/frames.py)."""
+    if sample.tracks is None:
         raise UsageError(f"--run: {cache.location} holds no tracks: no frame to score")
+    scorer = scorer_of(run, cache)
     try:
-        trainer = RunFolder(run, cache=location(cache.location)).trainer(best=True)
-        trainer.model.eval()
-        batch = cached_batch(sample, (*trainer.fields, *LOCATING))
-        return trainer.frame_scores(batch, cache.tracks.frames)[0]
+        return scorer(sample)
+    except ValueError as error:  # a model that scores whole videos only
+        raise UsageError(f"--run {run}: {error}") from None
+
+
+def scorer_of(run: Path, cache: Cache):
+    """The run's FrameScorer on `cache`; a run that cannot score it is a usage error."""
+    from avcache.inspection.frames import FrameScorer
+
+    try:
+        return FrameScorer(run, cache)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"--run {run}: {error}") from None
 
@@ -340,6 +343,7 @@ def run_gallery(cache: Cache, args: argparse.Namespace) -> int:
         predictions=args.predictions,
         labels=args.labels or [],
         segments=args.segments,
+        scorer=None if args.run is None else scorer_of(args.run, cache),
     )
     counts = Counter(entry.split for entry in selection.samples)
     print(
@@ -490,6 +494,9 @@ def _add_gallery_args(gallery: argparse.ArgumentParser) -> None:
     gallery.add_argument("--segments", type=Path, metavar="JSON", help="predicted segments "
                          "(avcache-predict --segments, seconds): the surest three under the "
                          "true ones, darker the surer")  # fmt: skip
+    gallery.add_argument("--run", type=Path, metavar="RUN", help="each shown sample's track "
+                         "frames scored by RUN's model (locate; sync, lips or speech window "
+                         "by window): a band over its mel, the surer fake the redder")  # fmt: skip
     gallery.add_argument(
         "--labels",
         type=Path,

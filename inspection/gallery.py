@@ -240,6 +240,28 @@ def found_band(found: np.ndarray, extent: tuple[float, float], width: int) -> np
     return band
 
 
+SCORE_RGB = (214, 39, 40)  # a frame sure to be fake; white: sure to be real
+
+
+def score_band(times: np.ndarray, scores: np.ndarray, frame: float,
+               extent: tuple[float, float], width: int) -> np.ndarray:  # fmt: skip
+    """RGB uint8 [BAND_H, width]: each column the P(fake) of the track frame whose period
+    (`frame` seconds around its instant in `times`) holds the column's instant, white to
+    SCORE_RGB; white where no frame does."""
+    band = np.full((BAND_H[True], width, 3), 255, np.uint8)
+    left, right = extent
+    instants = left + (np.arange(width) + 0.5) * (right - left) / width
+    if not len(times):
+        return band
+    nearest = np.clip(np.searchsorted(times, instants), 1, len(times) - 1)
+    nearest -= (instants - times[nearest - 1]) < (times[nearest] - instants)
+    covered = np.abs(times[nearest] - instants) <= frame / 2 + 1e-9
+    weight = np.clip(scores[nearest], 0.0, 1.0)[:, None]
+    colours = np.round(255 - weight * (255 - np.array(SCORE_RGB))).astype(np.uint8)
+    band[:, covered] = colours[covered]
+    return band
+
+
 def read_truth(paths: list[Path]) -> dict[str, int]:
     """video_name -> target (1 fake, 0 real) from label files such as val_label.txt."""
     truth = {}
@@ -376,8 +398,11 @@ def _stack(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str, tuple[int, int]]:
-    """One PNG per entry under out/thumbs/, read block-wise per shard; path -> (width, height)."""
+def write_thumbnails(cache: Cache, entries: list[Entry], out: Path,
+                     scorer=None) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """One PNG per entry under out/thumbs/, read block-wise per shard; path -> (width, height).
+    With `scorer` (inspection/frames.py FrameScorer), a band of its frame scores over the
+    mel."""
     (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     lut, sizes, layout, axes = colour_lut(), {}, cache.tracks, mel_axes_of(cache.index)
     wanted = {entry.pick: entry for entry in entries}
@@ -390,6 +415,11 @@ def write_thumbnails(cache: Cache, entries: list[Entry], out: Path) -> dict[str,
     ):
         image = thumbnail(sample, lut)
         seconds = mel_seconds(sample, cache.index)
+        if scorer is not None and sample.tracks is not None and axes is not None and seconds:
+            times, scores = scorer.held(sample)
+            band = score_band(times, scores, 1 / layout.fps, axes.time_extent(seconds),
+                              THUMB_SIZE)  # fmt: skip
+            image = _stack(band, image)
         found = wanted[pick].found
         if found is not None and axes is not None and seconds:
             image = _stack(found_band(found, axes.time_extent(seconds), THUMB_SIZE), image)
@@ -415,10 +445,12 @@ def write_gallery(
     predictions: Path | None = None,
     labels: Sequence[Path] = (),
     segments: Path | None = None,
+    scorer=None,
 ) -> Selection:
     """Thumbnails and index.html under `out`; returns what was shown and what was capped.
     With `segments` (avcache-predict --segments' JSON), each thumbnail shows the predicted
-    segments under the true ones."""
+    segments under the true ones; with `scorer` (a run's FrameScorer), each frame's P(fake)
+    under those."""
     entries, scores = catalog(cache, splits), {}
     if predictions is not None:
         scores = read_predictions(predictions)
@@ -431,7 +463,7 @@ def write_gallery(
     unmatched = len(set(scores) - {entry.name for entry in entries})
     if unmatched:
         selection.notes.append(f"{unmatched} predicted videos are not in the samples listed")
-    sizes = write_thumbnails(cache, selection.samples + selection.mistakes, Path(out))
+    sizes = write_thumbnails(cache, selection.samples + selection.mistakes, Path(out), scorer)
     judged = None
     if predictions is not None:
         sources = [Path(path).name for path in labels] + ["the cached labels"]

@@ -17,6 +17,7 @@ from avcache.cache import open_cache, schema
 from avcache.cache.timeline import frame_fake, frame_times
 from avcache.inspection.cli import frame_scores
 from avcache.inspection.cli import main as inspect_main
+from avcache.inspection.gallery import SCORE_RGB, score_band
 from avcache.inspection.sheets import BAND_H
 from avcache.preprocess.run import main as preprocess_main
 from avcache.sample.cli import LAVDF_CONFIG
@@ -378,8 +379,30 @@ def test_the_gallery_shows_predicted_segments_over_the_true_ones(partial, locate
     taller = [cv2.imread(str(t)).shape[0] - cv2.imread(str(plain / "thumbs" / t.name)).shape[0]
               for t in thumbs]  # fmt: skip
     assert set(taller) == {BAND_H[True] + 2}  # one band more over every mel
+    scored = tmp_path / "scored"
+    assert inspect_main([str(partial), "gallery", "-o", str(scored), "--split", "test",
+                         "--segments", str(found), "--run", str(located)]) == 0  # fmt: skip
+    taller = [cv2.imread(str(t)).shape[0] - cv2.imread(str(shown / "thumbs" / t.name)).shape[0]
+              for t in sorted((scored / "thumbs").iterdir())]  # fmt: skip
+    assert set(taller) == {BAND_H[True] + 2}  # and the frames' scores under them
+    assert inspect_main([str(partial), "gallery", "-o", str(tmp_path / "no"), "--run",
+                         str(tmp_path / "nothing")]) == 2  # fmt: skip
+    assert "--run" in capsys.readouterr().err
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"test/000012.mp4": [[0.9, 2.0, 1.0]]}))
     assert inspect_main([str(partial), "gallery", "-o", str(tmp_path / "no"), "--segments",
                          str(broken)]) == 2  # fmt: skip
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_a_score_band_colours_each_column_by_the_frame_that_holds_it():
+    """Frames of 0.08 s at 0.04, 0.12, ..., 0.36 s (the clip ends at 0.4 s) on a band from
+    0 to 0.8 s, 80 columns: each column of the first 40 takes its frame's colour, the rest
+    (no frame there) stay white."""
+    times = np.arange(5) * 0.08 + 0.04
+    scores = np.array([0.0, 0.0, 1.0, 0.5, 0.0])
+    band = score_band(times, scores, 0.08, (0.0, 0.8), 80)
+    row = band[0].astype(int)
+    assert (row[:16] == 255).all() and (row[40:] == 255).all()
+    np.testing.assert_array_equal(row[16:24], [list(SCORE_RGB)] * 8)
+    assert (row[24:32] < 255).any() and (row[24:32] > row[16:24]).all()

@@ -236,12 +236,18 @@ class Model(nn.Module):
     # clip only through its windows scores each window alone (step_logits).
     localises: bool = False
 
+    @property
+    def scores_frames(self) -> bool:
+        """Whether step_logits can score its track frames: it localises, or it reads a clip
+        through its windows alone."""
+        return self.localises or set(self.fields) <= set(WINDOW_INPUTS)
+
     def step_logits(self, inputs: dict[str, torch.Tensor], frames: int) -> torch.Tensor:
         """Each track frame's P(fake) logit [B, W * T] (T = `frames`): here each window
         scored alone, as a clip of one window, its score given to each of its frames (the
         window classifier's localisation). A model that reads more of a video than its
         windows (a mel, faces) has none."""
-        if not set(self.fields) <= set(WINDOW_INPUTS):
+        if not self.scores_frames:
             raise ValueError(f"a model reading {', '.join(self.fields)} scores whole videos, "
                              "not frames: train model.kind=locate, or one that reads the "
                              "tracks alone (sync, lips, speech)")  # fmt: skip
