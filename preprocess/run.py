@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--config",
         type=Path,
-        help="YAML config, or the name of one shipped with the package (preprocess) "
+        help="YAML config, or the name of one shipped with the package: preprocess, or "
+        "localise (LAV-DF's layout, tracks tiling each clip: where it is fake) "
         "(default: the built-in defaults, the same as the shipped preprocess.yaml)",
     )
     parser.add_argument(

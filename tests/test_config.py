@@ -141,7 +141,7 @@ def test_a_shipped_config_is_named_without_a_path(tmp_path, monkeypatch):
     shipped = load_config(TrainConfig, "train_baseline")
     assert to_dict(shipped) == to_dict(load_config(TrainConfig, CONFIG.parent / BASELINE))
     assert to_dict(load_config(TrainConfig, Path("train"))) == to_dict(TrainConfig())
-    assert shipped_configs() == ["preprocess", "train", "train_baseline"]
+    assert shipped_configs() == ["localise", "preprocess", "train", "train_baseline"]
 
 
 def test_a_file_of_that_name_comes_before_the_shipped_one(tmp_path, monkeypatch):
@@ -153,7 +153,7 @@ def test_a_file_of_that_name_comes_before_the_shipped_one(tmp_path, monkeypatch)
 def test_a_missing_config_names_the_shipped_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"^configs/train.yaml: no such config file; .*"
-                       r"\(preprocess, train, train_baseline\)"):  # fmt: skip
+                       r"\(localise, preprocess, train, train_baseline\)"):  # fmt: skip
         load_config(TrainConfig, "configs/train.yaml")
 
 

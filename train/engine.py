@@ -358,9 +358,9 @@ class Trainer:
                          np.array([p[4] for p in parts]), [p[5] for p in parts])  # fmt: skip
 
     def localisation_row(self, split: str, source: Source) -> dict[str, float]:
-        """AUC and the localisation metrics (val_ap@0.5, ..., val_ar@5, val_score: the
-        challenge's) of a cache's split, where the model scores frames and the cache knows
-        its fakes' segments."""
+        """The localisation metrics (val_ap@0.5, ..., val_ar@5, val_score: the challenge's)
+        of a cache's split, where the model scores frames and the cache knows its fakes'
+        segments."""
         localised = self.localise_split(split, source.cache)
         truths = source.cache.fake_segments(split)
         videos = [Video.of(found, truth) for found, truth in
