@@ -603,7 +603,8 @@ def draw_window(
     if scores is not None and box.scores_h:
         strip_ax.tick_params(labelbottom=False)
         bottom = _add_axes(fig, *box.scores)
-        draw_frame_scores(bottom, scores, span[0], layout.fps)
+        # Frames past the clip's end are not scored (repeats, or none): left blank.
+        draw_frame_scores(bottom, scores[: int(tracks.frames_real[window])], span[0], layout.fps)
         bottom.set_xlim(*span)
         bottom.tick_params(labelsize=size, length=4, pad=1)
     bottom.set_xlabel("time (s) from the video's start", fontsize=size + 1, labelpad=1)
@@ -613,7 +614,8 @@ def draw_window(
 
 
 def draw_frame_scores(ax, scores: np.ndarray, start: float, fps: float) -> None:
-    """Each frame's P(fake) as a step over its frame period, 0.5 dashed."""
+    """Each frame's P(fake) as a step over its frame period (the window's first
+    len(scores) frames), 0.5 dashed."""
     edges = start + np.arange(len(scores) + 1) / fps
     ax.stairs(scores, edges, color="black", lw=1.2)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
