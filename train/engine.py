@@ -281,19 +281,13 @@ class Trainer:
         of `cache`), in index order. Under torchrun each rank predicts its share and every
         rank gets the whole."""
         fields = (*self.fields, schema.VIDEO_NAME)
-        stream, loader = self._loader(split, fields, train=False, cache=cache)
-        self.model.eval()
-        parts = []
-        bar = tqdm(loader, total=len(stream), desc=f"predict {split}", leave=False,
-                   disable=not self.ranks.main)  # fmt: skip
-        for batch in bar:
-            if not batch[REAL]:
-                continue
-            labels = batch[schema.LABEL].float().numpy()  # from the host's copy of the batch
-            scores = self.scores(batch)
-            parts.append((batch[BATCH_INDEX], batch[schema.VIDEO_NAME], labels, scores))
-            self.between_batches()
-        parts = scores_read_back(parts)
+
+        def scored(batch: dict) -> tuple:  # the labels from the host's copy of the batch
+            return batch[schema.VIDEO_NAME], batch[schema.LABEL].float().numpy(), \
+                self.scores(batch)  # fmt: skip
+
+        parts = self._each_batch(split, fields, cache, "predict", scored)
+        parts = scores_read_back([(index, *payload) for index, payload in parts])
         parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
                        key=lambda part: part[0])  # fmt: skip
         names = [name for part in parts for name in part[1]]
@@ -337,25 +331,37 @@ class Trainer:
         its name, label, P(fake) and proposals (train/segments.py) from its track frames'
         scores (the model's step_logits). Under torchrun each rank scores its share and
         every rank gets the whole."""
-        cache = cache or self.cache
-        layout = cache.tracks
+        layout = (cache or self.cache).tracks
         fields = (*self.fields, schema.VIDEO_NAME, *LOCATING)
+
+        def localised(batch: dict) -> list[tuple]:
+            named = zip(batch[schema.VIDEO_NAME], batch[schema.LABEL],
+                        self.clips_localised(batch, layout), strict=True)  # fmt: skip
+            return [(name, float(label), score, found) for name, label, (score, found) in named]
+
+        parts = self._each_batch(split, fields, cache, "localise", localised)
+        parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
+                       key=lambda part: part[0])  # fmt: skip
+        clips = [clip for _, batch_clips in parts for clip in batch_clips]
+        return Localised([c[0] for c in clips], np.array([c[1] for c in clips]),
+                         np.array([c[2] for c in clips]), [c[3] for c in clips])  # fmt: skip
+
+    def _each_batch(self, split: str, fields: tuple[str, ...], cache: Cache | None, what: str,
+                    per_batch: Callable[[dict], object]) -> list[tuple[int, object]]:  # fmt: skip
+        """(global batch index, per_batch(batch)) of every batch of this rank's share of a
+        split (of the run's cache, or of `cache`), the model in eval mode, a progress bar
+        named `what` on rank 0."""
         stream, loader = self._loader(split, fields, train=False, cache=cache)
         self.model.eval()
         parts = []
-        bar = tqdm(loader, total=len(stream), desc=f"localise {split}", leave=False,
+        bar = tqdm(loader, total=len(stream), desc=f"{what} {split}", leave=False,
                    disable=not self.ranks.main)  # fmt: skip
         for batch in bar:
             if not batch[REAL]:
                 continue
-            for i, (score, found) in enumerate(self.clips_localised(batch, layout)):
-                parts.append((batch[BATCH_INDEX], i, batch[schema.VIDEO_NAME][i],
-                              float(batch[schema.LABEL][i]), score, found))  # fmt: skip
+            parts.append((batch[BATCH_INDEX], per_batch(batch)))
             self.between_batches()
-        parts = sorted((p for rank_parts in distributed.gather(parts) for p in rank_parts),
-                       key=lambda part: part[:2])  # fmt: skip
-        return Localised([p[2] for p in parts], np.array([p[3] for p in parts]),
-                         np.array([p[4] for p in parts]), [p[5] for p in parts])  # fmt: skip
+        return parts
 
     def localisation_row(self, split: str, source: Source) -> dict[str, float]:
         """The localisation metrics (val_ap@0.5, ..., val_ar@5, val_score: the challenge's)

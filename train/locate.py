@@ -27,10 +27,9 @@ from torch import nn
 from avcache.cache import schema
 from avcache.train.augment import MISMATCHED
 from avcache.train.models import (
-    LipsTrunk,
     Model,
-    SpeechTrunk,
     SyncDetector,
+    add_sync_trunks,
     bce,
     contrastive_loss,
     cross_similarity,
@@ -56,10 +55,7 @@ class Locator(Model):
     def __init__(self, pretrained: str | Path | None, track_frames: int,
                  sync_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        self.lips, self.speech = LipsTrunk(pretrained), SpeechTrunk(track_frames)
-        self.project_lips = nn.Linear(self.lips.num_features, self.EMBEDDING)
-        self.project_speech = nn.Linear(self.speech.num_features, self.EMBEDDING)
-        self.temperature = nn.Parameter(torch.tensor(10.0))
+        add_sync_trunks(self, pretrained, track_frames)
         self.sync_weight = sync_weight
         layers, width = [], 2 * self.OFFSETS + 1 + 3 * self.EMBEDDING
         for dilation in self.DILATIONS:

@@ -420,10 +420,7 @@ class SyncDetector(Model):
     def __init__(self, pretrained: str | Path | None, track_frames: int,
                  sync_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        self.lips, self.speech = LipsTrunk(pretrained), SpeechTrunk(track_frames)
-        self.project_lips = nn.Linear(self.lips.num_features, self.EMBEDDING)
-        self.project_speech = nn.Linear(self.speech.num_features, self.EMBEDDING)
-        self.temperature = nn.Parameter(torch.tensor(10.0))  # SyncNet's margin, learnt
+        add_sync_trunks(self, pretrained, track_frames)
         self.head = nn.Linear(3 * self.offsets, 1)
         self.sync_weight = sync_weight
 
@@ -481,6 +478,16 @@ class SyncDetector(Model):
         if not self.sync_weight:
             return loss
         return loss + contrastive_loss(across, labels, self.sync_weight)
+
+
+def add_sync_trunks(model: nn.Module, pretrained: str | Path | None, track_frames: int) -> None:
+    """The lips and speech trunks, their projections to SyncDetector.EMBEDDING and the
+    similarities' temperature (SyncNet's margin, learnt), as `model`'s modules, built in
+    this order (the sync model of a seed and its relatives start from the same weights)."""
+    model.lips, model.speech = LipsTrunk(pretrained), SpeechTrunk(track_frames)
+    model.project_lips = nn.Linear(model.lips.num_features, SyncDetector.EMBEDDING)
+    model.project_speech = nn.Linear(model.speech.num_features, SyncDetector.EMBEDDING)
+    model.temperature = nn.Parameter(torch.tensor(10.0))
 
 
 def contrastive_loss(across: torch.Tensor, labels: torch.Tensor,
