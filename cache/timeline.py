@@ -38,11 +38,3 @@ def frame_fake(starts: np.ndarray, frames: int, fps: float, label: int,
     times = frame_times(np.asarray(starts, np.float64), frames, fps)
     inside = (times[..., None] >= segments[:, 0]) & (times[..., None] < segments[:, 1])
     return inside.any(axis=-1).astype(np.float32)
-
-
-def window_fake(fake: np.ndarray, frames_real: np.ndarray) -> np.ndarray:
-    """[..., W] of frame targets [..., W, T]: whether each window holds a fake frame among
-    those the clip has (the first `frames_real` [..., W]); -1 where the target is unknown."""
-    steps = np.arange(fake.shape[-1])
-    held = np.where(steps < frames_real[..., None], fake, 0.0)
-    return np.where(fake.min(axis=-1) < 0, -1.0, held.max(axis=-1)).astype(np.float32)

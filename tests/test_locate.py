@@ -24,7 +24,7 @@ from avcache.sample.cli import LAVDF_CONFIG
 from avcache.sample.cli import main as sample_main
 from avcache.train.augment import MISMATCHED
 from avcache.train.config import ModelConfig, TrainConfig
-from avcache.train.engine import LAST, METRICS
+from avcache.train.engine import METRICS
 from avcache.train.loader import ShardStream
 from avcache.train.loading import loader_plan, split_shards
 from avcache.train.locate import Locator, frame_targets
@@ -33,7 +33,7 @@ from avcache.train.predict import main as predict_main
 from avcache.train.run import main as train_main
 from avcache.train.runs import RunFolder
 from avcache.train.segments import Video, localisation_metrics, proposals
-from tests.toy import kill_after_first_epoch, small_config
+from tests.toy import assert_resumes_exactly, small_config
 
 # --------------------------------------------------------------------------- frame targets
 
@@ -280,12 +280,7 @@ def test_locate_trains_with_localisation_metrics_and_resumes_exactly(partial, tm
         for key in ("val_ap@0.5", "val_ap@0.95", "val_ar@50", "val_ar@5", "val_score"):
             assert 0 <= row[key] <= 1, key
         assert 0 <= row["val_auc"] <= 1
-    kill_after_first_epoch([*args, "--out", str(killed)], killed)
-    assert train_main(["--resume", str(killed)]) == 0
-    a = torch.load(straight / LAST, weights_only=True)["model"]
-    b = torch.load(killed / LAST, weights_only=True)["model"]
-    for key, value in a.items():
-        assert torch.equal(value, b[key]), key
+    assert_resumes_exactly(args, straight, killed)
 
 
 @pytest.fixture(scope="module")

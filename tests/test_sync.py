@@ -29,7 +29,7 @@ from avcache.train.run import main as train_main
 from tests.test_mistakes import one_line_error
 from tests.toy import (
     TRACK_FRAMES,
-    kill_after_first_epoch,
+    assert_resumes_exactly,
     small_config,
     write_toy_cache,
     write_track_cache,
@@ -62,12 +62,7 @@ def test_a_killed_track_run_resumes_to_where_an_uninterrupted_run_ends(cache, tm
     options = {**TRACKS, "model.kind": kind, "augment.av_mismatch": 0.25, "model.aux_weight": 0.5}
     args = [*small_config(**options), "--cache", str(cache)]
     assert train_main([*args, "--out", str(straight)]) == 0
-    kill_after_first_epoch([*args, "--out", str(killed)], killed)
-    assert train_main(["--resume", str(killed)]) == 0
-    a = torch.load(straight / LAST, weights_only=True)["model"]
-    b = torch.load(killed / LAST, weights_only=True)["model"]
-    for key, value in a.items():
-        assert torch.equal(value, b[key]), key
+    assert_resumes_exactly(args, straight, killed)
 
 
 def test_a_track_model_on_a_cache_without_tracks_is_refused_in_one_line(tmp_path, capsys):

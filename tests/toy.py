@@ -69,6 +69,22 @@ def small_config(**overrides) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def assert_resumes_exactly(args: list[str], straight: Path, killed: Path) -> None:
+    """avcache-train ARGS into `killed`, SIGKILLed after its first epoch and resumed, ends
+    with the very weights of `straight` (the same ARGS, never stopped)."""
+    import torch
+
+    from avcache.train.engine import LAST
+    from avcache.train.run import main as train_main
+
+    kill_after_first_epoch([*args, "--out", str(killed)], killed)
+    assert train_main(["--resume", str(killed)]) == 0
+    a = torch.load(straight / LAST, weights_only=True)["model"]
+    b = torch.load(killed / LAST, weights_only=True)["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
 def kill_after_first_epoch(args: list[str], run: Path) -> None:
     """avcache-train ARGS in a process of its own, SIGKILLed once its first epoch is in
     RUN/metrics.jsonl (during the second)."""

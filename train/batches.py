@@ -82,17 +82,6 @@ def cached_faces(sample: schema.Sample, config: PreprocessConfig) -> np.ndarray:
     return sample.faces
 
 
-# Dataset -> a raw sample's values of it as its cache gives them back to the loader.
-AS_CACHED = {
-    schema.MEL: lambda sample, config: sample.mel,
-    schema.FACES: cached_faces,
-    schema.LIPS: lambda sample, config: round_trip_grey(sample.tracks.lips, config.tracks.quality),
-    schema.TRACK_AUDIO: lambda sample, config: sample.tracks.audio,
-    schema.TRACK_FRAMES_REAL: lambda sample, config: sample.tracks.frames_real,
-    schema.TRACK_START: lambda sample, config: sample.tracks.start,
-}
-
-
 # Dataset -> a sample's values of it as a reader gives them: a sample read from a cache is
 # already decoded as the loader decodes it.
 SAMPLE_VALUES = {
@@ -102,6 +91,16 @@ SAMPLE_VALUES = {
     schema.TRACK_AUDIO: lambda sample: sample.tracks.audio,
     schema.TRACK_FRAMES_REAL: lambda sample: sample.tracks.frames_real,
     schema.TRACK_START: lambda sample: sample.tracks.start,
+}
+# Dataset -> a raw sample's values of it as its cache gives them back to the loader: what
+# the cache codes as JPEG through the codec and back, the rest as they are.
+AS_CACHED = {
+    **{
+        field: lambda sample, config, value=value: value(sample)
+        for field, value in SAMPLE_VALUES.items()
+    },
+    schema.FACES: cached_faces,
+    schema.LIPS: lambda sample, config: round_trip_grey(sample.tracks.lips, config.tracks.quality),
 }
 
 

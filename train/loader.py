@@ -40,10 +40,10 @@ from avcache.train.batches import JpegFaces, batch_of
 from avcache.train.config import REMOTE_OPEN_GROUPS
 
 MAX_OPEN_SHARDS = 64  # per worker; HDF5 handles are cheap but not free
-# Per-sample scalars are read once per shard and sliced in memory: a 16-byte h5py read
-# costs as much as a 1 MiB one.
+# Per-sample scalars, and what a reader derives from them, are read once per shard and
+# sliced in memory: a 16-byte h5py read costs as much as a 1 MiB one.
 SMALL_FIELDS = (schema.LABEL, schema.HAS_AUDIO, schema.DURATION)
-# What a reader derives from the columns a shard stores, by field: samples [start, stop).
+# What a reader derives from the columns a shard stores, by field (all of a shard's samples).
 DERIVED_FIELDS = {schema.FRAME_FAKE: ShardReader.read_frame_fake}
 # Keys a batch carries besides its datasets: its global index in the epoch (which seeds
 # its augmentation) and whether it is real or a rank's padding.
@@ -252,12 +252,9 @@ class ShardStream(IterableDataset):
     def _read_field(self, field: str, blocks: list[Block]) -> np.ndarray | list[str]:
         if field == schema.VIDEO_NAME:
             return [n for b in blocks for n in self._column(b.shard, field)[b.start : b.stop]]
-        if field in SMALL_FIELDS:
+        if field in SMALL_FIELDS or field in DERIVED_FIELDS:
             parts = [self._column(b.shard, field)[b.start : b.stop] for b in blocks]
             return np.concatenate(parts)
-        if field in DERIVED_FIELDS:
-            derive = DERIVED_FIELDS[field]
-            return np.concatenate([derive(self._reader(b.shard), b.start, b.stop) for b in blocks])
         first = self._reader(blocks[0].shard)
         size = sum(len(block) for block in blocks)
         out = np.empty((size, *first.sample_shape(field)), dtype=first.dtype(field))
@@ -274,7 +271,10 @@ class ShardStream(IterableDataset):
     def _column(self, shard: int, field: str) -> np.ndarray:
         column = self._columns.get((shard, field))
         if column is None:
-            column = self._columns[(shard, field)] = self._reader(shard).read(field)
+            reader = self._reader(shard)
+            derive = DERIVED_FIELDS.get(field)
+            column = derive(reader) if derive else reader.read(field)
+            self._columns[(shard, field)] = column
         return column
 
     def _reader(self, shard: int) -> ShardReader:
