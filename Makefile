@@ -144,10 +144,10 @@ eval: setup
 	$(BIN)/python -m evaluation.generalisation --out eval-views --lip-sync 0.2 --tracks \
 		--epochs 8 --recipes "audio,faces,av,sync,all,default"
 
-# The README's localisation table: the localisation model against the window classifier (the
-# sync model, each window scored alone) on held-out partial fakes (300 train clips, 100 test
-# clips, 8 epochs, seeds 0 and 1; about an hour on 2 CPU cores). Runs already scored under
-# eval-locate/ are kept.
+# The localisation table (docs/localisation.md): the localisation model against the window
+# classifier (the sync model, each window scored alone) on held-out partial fakes (300 train
+# clips, 100 test clips, 8 epochs, seeds 0 and 1; about an hour on 2 CPU cores). Runs
+# already scored under eval-locate/ are kept.
 eval-locate: setup
 	$(BIN)/python -m evaluation.localisation --out eval-locate --epochs 8
 
