@@ -8,6 +8,12 @@ code's writer must still reproduce (tests/test_fixture_caches.py). Rebuild the c
 after a deliberate change to what a cache holds:
 
     python -m tests.fixture_caches             # rewrites the v3 tarballs and weights.json
+    python -m tests.fixture_caches --weights   # records this machine's weights only
+
+Trained weights are bit for bit only on one kind of CPU: torch, oneDNN and MKL choose their
+kernels by the instructions a CPU has (AVX2, AVX-512), and the sums of a different kernel
+round differently. weights.json keeps one set of digests a CPU capability (torch's name for
+it); a machine of a capability not recorded there records its own with --weights.
 """
 
 from __future__ import annotations
@@ -94,21 +100,49 @@ def weights_digest(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_capability() -> str:
+    """torch's name for the instructions its CPU kernels use here (AVX2, AVX512, ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def reference_weights() -> dict[str, str] | None:
+    """The digests recorded for this machine's CPU capability (None: none recorded)."""
+    return json.loads(WEIGHTS.read_text()).get(cpu_capability())
+
+
+def record_weights(scratch: Path) -> None:
+    """Train each kind on the v3-lavdf tarball; its digests become this capability's."""
+    (lavdf,) = (cache for cache in CURRENT if cache.name == "v3-lavdf")
+    cache = lavdf.extract(scratch)
+    digests = {}
+    for kind in KINDS:
+        train(cache, kind, scratch / f"run-{kind}")
+        digests[kind] = weights_digest(scratch / f"run-{kind}" / "last.pt")
+    recorded = json.loads(WEIGHTS.read_text()) if WEIGHTS.exists() else {}
+    recorded[cpu_capability()] = digests
+    WEIGHTS.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     import tempfile
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", action="store_true",
+                        help="only record this CPU capability's weight digests")  # fmt: skip
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        for cache in CURRENT:
-            cache.make(scratch / cache.name)
-            (scratch / cache.name / ".lock").unlink(missing_ok=True)
-            with tarfile.open(cache.tarball, "w:gz") as archive:
-                archive.add(scratch / cache.name, arcname=cache.name)
-        digests = {}
-        for kind in KINDS:
-            train(scratch / "v3-lavdf", kind, scratch / f"run-{kind}")
-            digests[kind] = weights_digest(scratch / f"run-{kind}" / "last.pt")
-        WEIGHTS.write_text(json.dumps(digests, indent=1) + "\n")
+        if not args.weights:
+            WEIGHTS.unlink(missing_ok=True)  # new caches: every recorded digest is stale
+            for cache in CURRENT:
+                cache.make(scratch / cache.name)
+                (scratch / cache.name / ".lock").unlink(missing_ok=True)
+                with tarfile.open(cache.tarball, "w:gz") as archive:
+                    archive.add(scratch / cache.name, arcname=cache.name)
+        record_weights(scratch / "weights")
     return 0
 
 
