@@ -1,34 +1,40 @@
 """One video decode for a video's face frames and its track windows.
 
-Where tracks are cached, the faces' K frames and the windows' T frames come from one ffmpeg
-pass over the track's timeline (preprocess/tracks.py: frame n is the source frame shown at
+Where tracks are cached, the faces' K frames and the windows' T frames come from one pass
+over the track's timeline (preprocess/tracks.py: frame n is the source frame shown at
 n / tracks.fps, time 0 being the file's first timestamp), so a video is decoded once, not
-once by OpenCV for the faces and again by ffmpeg for the windows. The face frames are
-those at faces.py's times (the centres of K equal slices of the clip), taken on that
-timeline. ffmpeg's select filter keeps only the wanted frames, which leave it in YUV 4:2:0
-(half the bytes of RGB, and OpenCV converts them several times faster than ffmpeg's
-swscale); each is read as it comes, so memory holds the K face frames at full size and the
-windows' frames at tracks.frame_size, never the whole output.
+once by OpenCV for the faces and again for the windows. The face frames are those at
+faces.py's times (the centres of K equal slices of the clip), taken on that timeline.
+ffmpeg's fps and select filters keep only the wanted frames, which leave them in YUV 4:2:0
+(half the bytes of RGB, and OpenCV converts them several times faster than swscale); each
+is taken as it comes, so memory holds the K face frames at full size and the windows'
+frames at tracks.frame_size, never the whole clip. The pass runs in this process through
+PyAV (libav's decoders and these filters), or in an ffmpeg process where PyAV cannot
+(numbered_frames): the same frames, bit for bit, on every file the tests compare.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from avcache.preprocess.config import TracksConfig
 from avcache.preprocess.faces import frame_times
 from avcache.preprocess.media import (
+    FORMAT_WHITELIST,
     NO_DEADLINE,
     Deadline,
     FfmpegStream,
     MediaError,
     MediaInfo,
     allowed_input,
+    as_ffmpeg_url,
     ffmpeg_reason,
 )
 from avcache.preprocess.tracks import Windows
@@ -141,8 +147,122 @@ def numbered_frames(path: Path, binary: str, info: MediaInfo, numbers: list[int]
                     deadline: Deadline = NO_DEADLINE,
                     ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
     """(number, I420 frame [h * 3/2, w]) of the frames `numbers` (sorted, distinct) of the
-    timeline at `fps`, at their shown size (even sides), as ffmpeg gives them; fewer where
-    the clip ends first (at least one, else MediaError)."""
+    timeline at `fps`, at their shown size (even sides); fewer where the clip ends first (at
+    least one, else MediaError).
+
+    Decoded in this process by PyAV through the filters ffmpeg's command line applies (its
+    turn to the shown orientation, fps, select, the scale to even sides), so the frames are
+    ffmpeg's own, without an ffmpeg process's start and pipe: about half the decode's CPU on
+    a short small clip. A file PyAV cannot open or read to the end, whose frames carry no
+    timestamps (a raw H.264 stream), or turned by other than quarter turns, goes, from the
+    first frame not yet given, to an ffmpeg process (decode_by_ffmpeg), which reports what
+    it could not read.
+    """
+    given = 0
+    try:
+        for item in decode_in_process(path, info, numbers, fps, deadline):
+            given += 1
+            yield item
+        if given:
+            return
+    except (av.FFmpegError, NotInProcess):
+        deadline.check("faces")  # a read PyAV's timeout interrupted: the video's time is up
+    yield from decode_by_ffmpeg(path, binary, info, numbers[given:], fps, deadline, given > 0)
+
+
+class NotInProcess(Exception):
+    """A file whose frames ffmpeg's command line gives in a way not reproduced in process."""
+
+
+# ffmpeg's autorotation for a display matrix turning the picture by these degrees
+# (media.MediaInfo.rotation, counter-clockwise, as its log says): the filters it inserts.
+UPRIGHT = {0: (), 90: (("transpose", "cclock"),), 180: (("hflip", None), ("vflip", None)),
+           270: (("transpose", "clock"),)}  # fmt: skip
+
+
+def decode_in_process(path: Path, info: MediaInfo, numbers: list[int], fps: float,
+                      deadline: Deadline) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """numbered_frames' frames, decoded by PyAV in this process (none where no frame has a
+    timestamp). A stream whose size changes keeps its timeline, each frame scaled to the
+    size shown (ffmpeg's command line restarts its filters at the change instead, and its
+    fps filter then repeats one frame for the rest of the clip)."""
+    turn = round(info.rotation / 90) * 90
+    if abs(info.rotation - turn) > 1:  # ffmpeg would rotate by an arbitrary angle
+        raise NotInProcess(f"rotation {info.rotation}")
+    options = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"}
+    with av.open(as_ffmpeg_url(path), options=options, timeout=deadline.remaining()) as container:
+        stream = container.streams.best("video")
+        if stream is None:
+            raise NotInProcess("no video stream")
+        stream.codec_context.thread_count = 1  # one core a worker, as in decode_by_ffmpeg
+        start = timeline_start(container, stream)
+        filters = [*UPRIGHT[turn % 360], ("fps", f"fps={fps}:start_time={start:.6f}"),
+                   ("select", _select(numbers)), ("scale", "{}:{}".format(*even_size(info))),
+                   ("format", "yuv420p")]  # fmt: skip
+        selected = _filtered(_decoded(container, stream, deadline), stream.time_base, filters)
+        # numbers first: once they are given, no frame past them is decoded
+        for number, frame in zip(numbers, selected, strict=False):
+            yield number, frame.to_ndarray()
+
+
+TS_DISCONT = 0x0200  # libavformat's AVFMT_TS_DISCONT: a format whose timestamps may jump
+
+
+def timeline_start(container, stream) -> float:
+    """Seconds where ffmpeg's command line puts time 0 when it decodes `stream` alone: the
+    file's first timestamp; in a format whose timestamps may jump (MPEG-TS), the first of
+    the streams it decodes, if later (its start-time correction over the enabled streams)."""
+    start = container.start_time or 0  # in av.time_base units (microseconds)
+    if container.format.flags & TS_DISCONT and stream.start_time is not None:
+        start = max(start, round(stream.start_time * stream.time_base * av.time_base))
+    return start / av.time_base
+
+
+def _decoded(container, stream, deadline: Deadline) -> Iterator:
+    """The stream's frames, then None (its end: the fps filter gives what it still holds)."""
+    for frame in container.decode(stream):
+        deadline.check("faces")
+        yield frame
+    yield None
+
+
+def _filtered(frames: Iterator, time_base, filters: list[tuple[str, str | None]]) -> Iterator:
+    """What `filters` make of `frames` (None: their end), the graph built for the first
+    frame's size and pixel format (a codec may say them only once it has decoded one)."""
+    graph = None
+    for frame in frames:
+        if graph is None:
+            if frame is None:
+                return
+            graph = _filter_graph(frame, time_base, filters)
+        graph.push(frame)
+        while True:
+            try:
+                yield graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                break
+
+
+def _filter_graph(first, time_base, filters: list[tuple[str, str | None]]):
+    """A buffer source taking frames like `first`, `filters` in order, a sink."""
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=first.width, height=first.height, format=first.format,
+                              time_base=time_base)]  # fmt: skip
+    chain += [graph.add(name, arguments) for name, arguments in filters]
+    chain.append(graph.add("buffersink"))
+    for before, after in itertools.pairwise(chain):
+        before.link_to(after)
+    graph.configure()
+    return graph
+
+
+def decode_by_ffmpeg(path: Path, binary: str, info: MediaInfo, numbers: list[int], fps: float,
+                     deadline: Deadline, some_given: bool = False,
+                     ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+    """numbered_frames' frames from an ffmpeg process, its stdout read as it comes (none is
+    an error unless `some_given`: the frames before these were decoded)."""
+    if not numbers:
+        return
     size, shown = even_size(info), info.display_size()
     width, height = size
     frame_bytes = width * height * 3 // 2
@@ -173,7 +293,7 @@ def numbered_frames(path: Path, binary: str, info: MediaInfo, numbers: list[int]
         while output.read(1 << 16):  # nothing else is selected; never leave ffmpeg blocked
             pass
         returncode, messages = output.finish()
-    if not count:
+    if not count and not some_given:
         reason = ffmpeg_reason(messages) if returncode else "the stream holds no frame"
         raise MediaError(f"no video frame could be decoded: {reason}")
 

@@ -4,15 +4,24 @@ checked against the separate decodes they replace."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
+from avcache.preprocess import frames as frames_module
 from avcache.preprocess.config import TracksConfig
 from avcache.preprocess.faces import read_frames
-from avcache.preprocess.frames import decode_frames, face_numbers
+from avcache.preprocess.frames import (
+    decode_by_ffmpeg,
+    decode_frames,
+    decode_in_process,
+    face_numbers,
+    numbered_frames,
+)
 from avcache.preprocess.media import (
     Deadline,
     TimeLimitExceeded,
@@ -21,7 +30,7 @@ from avcache.preprocess.media import (
     read_audio_aligned,
 )
 from avcache.preprocess.tracks import choose_windows
-from tests.hostile import mov_rotated, processes_naming
+from tests.hostile import ffmpeg_at, mov_rotated, processes_naming, variable_frame_rate
 from tests.media import ffmpeg, talking_face
 
 TRACKS = TracksConfig(windows=2, frames=25, frame_size=96)
@@ -155,3 +164,142 @@ def test_a_limit_reached_during_the_decode_stops_it_and_leaves_no_ffmpeg(tmp_pat
     assert not processes_naming(long)
     frames = decode_frames(long, ffmpeg_binary(), info, FACES, windows, TRACKS, Deadline(60))
     assert len(frames.faces) == FACES, "a limit set, the frames read"
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def rotated(path: Path, degrees: int) -> Path:
+    """The talking clip with a display matrix turning it by `degrees` (as phones write)."""
+    upright = talking_face(path.with_name(f"upright{degrees}.mp4"), seconds=1.0, size=96)
+    ffmpeg_at(ffmpeg_binary(), "-display_rotation", str(degrees), "-i", str(upright), "-c",
+              "copy", str(path))  # fmt: skip
+    return path
+
+
+def late_video(path: Path, clip: Path) -> Path:
+    """The clip's picture starting 0.7 s after its sound: the file's timeline starts before
+    the video stream's first frame."""
+    ffmpeg("-i", str(clip), "-itsoffset", "0.7", "-i", str(clip), "-map", "1:v", "-map", "0:a",
+           "-c", "copy", str(path))  # fmt: skip
+    return path
+
+
+def frames_both_ways(path: Path, windows: int = 3):
+    """(in process, by an ffmpeg process): the numbered frames of the faces and windows a
+    video of this name would cache."""
+    info, _ = read_audio(path, ffmpeg_binary(), 16000, 1, 600.0)
+    tracks = TracksConfig(windows=windows, frames=25)
+    chosen = choose_windows(path.name, info.duration, tracks)
+    numbers = set(face_numbers(info.duration, FACES, chosen.available, tracks.fps))
+    numbers = sorted(numbers.union(*(range(s, s + 25) for s in chosen.starts.tolist())))
+    deadline = Deadline(0)
+    ours = list(decode_in_process(path, info, numbers, tracks.fps, deadline))
+    theirs = list(decode_by_ffmpeg(path, ffmpeg_binary(), info, numbers, tracks.fps, deadline))
+    return ours, theirs
+
+
+def at_30_fps(folder: Path, clip: Path) -> Path:
+    ffmpeg("-i", str(clip), "-r", "30", "-c:v", "libx264", "-preset", "ultrafast", "-c:a",
+           "copy", str(folder / "30.mp4"))  # fmt: skip
+    return folder / "30.mp4"
+
+
+def vfr(folder: Path, clip: Path) -> Path:
+    variable_frame_rate(folder / "vfr.mp4")
+    return folder / "vfr.mp4"
+
+
+def odd_yuv444(folder: Path, clip: Path) -> Path:
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=161x121:r=25:d=2", "-c:v", "libx264", "-pix_fmt",
+           "yuv444p", "-preset", "ultrafast", str(folder / "odd.mp4"))  # fmt: skip
+    return folder / "odd.mp4"
+
+
+def mpeg_ts(folder: Path, clip: Path) -> Path:
+    """Its timestamps start at 1.4 s (the muxer's default delay): the timeline's 0 is there."""
+    ffmpeg("-i", str(clip), "-c", "copy", "-f", "mpegts", str(folder / "clip.ts"))
+    return folder / "clip.ts"
+
+
+FILES = {
+    "talking face": lambda folder, clip: clip,
+    "30 fps": at_30_fps,
+    "variable frame rate": vfr,
+    "mpeg-ts": mpeg_ts,
+    "video starts late": lambda folder, clip: late_video(folder / "late.mp4", clip),
+    "rotated 90": lambda folder, clip: rotated(folder / "r90.mov", 90),
+    "rotated 180": lambda folder, clip: rotated(folder / "r180.mov", 180),
+    "rotated 270": lambda folder, clip: rotated(folder / "r270.mov", 270),
+    "yuv444, odd sides": odd_yuv444,
+}
+
+
+@pytest.mark.parametrize("kind", FILES)
+def test_frames_decoded_in_process_are_those_of_an_ffmpeg_process(kind, clip, tmp_path):
+    """Bit for bit: the same numbers, the same I420 bytes, at the same size."""
+    path = FILES[kind](tmp_path, clip)
+    ours, theirs = frames_both_ways(path)
+    assert len(theirs) > FACES
+    assert [number for number, _ in ours] == [number for number, _ in theirs]
+    for (number, mine), (_, reference) in zip(ours, theirs, strict=True):
+        assert mine.shape == reference.shape and np.array_equal(mine, reference), (kind, number)
+
+
+def test_the_comparison_sees_a_frame_off_by_one(clip):
+    """The check above can fail: neighbouring frames of the talking clip differ."""
+    ours, theirs = frames_both_ways(clip)
+    assert not np.array_equal(ours[5][1], theirs[6][1])
+
+
+def test_frames_without_timestamps_come_from_an_ffmpeg_process(clip, tmp_path):
+    """A raw H.264 stream: PyAV's frames carry no timestamps (the fps filter would drop
+    them), ffmpeg's own process times them; the frames are its."""
+    raw = tmp_path / "raw.h264"
+    ffmpeg("-i", str(clip), "-an", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264",
+           str(raw))  # fmt: skip
+    info, _ = read_audio(raw, ffmpeg_binary(), 16000, 1, 600.0)
+    numbers = list(range(0, 40, 3))
+    assert not list(decode_in_process(raw, info, numbers, 25.0, Deadline(0)))
+    got = list(numbered_frames(raw, ffmpeg_binary(), info, numbers, 25.0))
+    reference = list(decode_by_ffmpeg(raw, ffmpeg_binary(), info, numbers, 25.0, Deadline(0)))
+    assert len(got) == len(numbers)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(got, reference, strict=True))
+
+
+def test_a_file_pyav_cannot_read_goes_to_an_ffmpeg_process_from_the_first_frame_not_given(
+    clip, monkeypatch
+):
+    """PyAV failing after some frames: the rest come from ffmpeg, none twice, none lost."""
+    info, _ = read_audio(clip, ffmpeg_binary(), 16000, 1, 600.0)
+    numbers = list(range(10, 60, 2))
+    whole = list(decode_in_process(clip, info, numbers, 25.0, Deadline(0)))
+
+    def fails_after_five(*args):
+        yield from whole[:5]
+        raise av.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(frames_module, "decode_in_process", fails_after_five)
+    got = list(numbered_frames(clip, ffmpeg_binary(), info, numbers, 25.0))
+    assert [n for n, _ in got] == numbers
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(got, whole, strict=True))
+
+
+def test_a_stream_whose_size_changes_keeps_its_timeline(tmp_path):
+    """Two MPEG-TS segments, 160x120 then 200x100, one after the other: every frame at the
+    first's size, and the second second's frames move on (ffmpeg's command line, which
+    restarts its filters at the change, repeats one frame there)."""
+    parts = []
+    for k, size in enumerate(("160x120", "200x100")):
+        part = tmp_path / f"{k}.ts"
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=s={size}:r=25:d=1", "-c:v", "mpeg2video",
+               "-output_ts_offset", str(k), "-f", "mpegts", str(part))  # fmt: skip
+        parts.append(part.read_bytes())
+    joined = tmp_path / "sizes.ts"
+    joined.write_bytes(b"".join(parts))
+    info, _ = read_audio(joined, ffmpeg_binary(), 16000, 1, 600.0)
+    got = list(decode_in_process(joined, info, list(range(50)), 25.0, Deadline(0)))
+    assert len(got) >= 48
+    assert {frame.shape for _, frame in got} == {(180, 160)}
+    second = [frame for number, frame in got if number >= 27]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(second))
