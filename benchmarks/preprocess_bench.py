@@ -722,7 +722,54 @@ def views_cost(clips: list[Clip], scratch: Path, heights: list[int], repeats: in
         process_video_file(clips[0].path, configs["default"])  # warm: imports, numba, models
         for size, paths in sizes.items():
             results["sizes"][size] = paired_views(paths, configs, repeats, cpu_by_step)
+            results["sizes"][size]["decoders"] = paired_decoders(paths, configs["default"],
+                                                                 repeats)  # fmt: skip
     return results
+
+
+def paired_decoders(paths: list[Path], config, repeats: int) -> dict:
+    """CPU ms a video of the default's frame pass (its face frames and window), decoded in
+    process by PyAV and by an ffmpeg process, paired clip by clip, turns alternating; and
+    whether the two gave the same frames, bit for bit."""
+    from avcache.preprocess.frames import (
+        decode_by_ffmpeg,
+        decode_in_process,
+        face_numbers,
+        opened,
+    )
+    from avcache.preprocess.media import NO_DEADLINE, ffmpeg_binary, read_audio
+    from avcache.preprocess.tracks import choose_windows
+
+    binary, tracks = ffmpeg_binary(), config.tracks
+
+    def in_process(path: Path, info, numbers: list[int]) -> list:
+        with opened(path) as container:
+            return list(decode_in_process(container, info, numbers, tracks.fps, NO_DEADLINE))
+
+    def by_ffmpeg(path: Path, info, numbers: list[int]) -> list:
+        return list(decode_by_ffmpeg(path, binary, info, numbers, tracks.fps, NO_DEADLINE))
+
+    ways = {"in process": in_process, "ffmpeg process": by_ffmpeg}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
+    same = True
+    for repeat in range(repeats):
+        for path in paths:
+            info, _ = read_audio(path, binary, 16000, 1, 600.0)
+            windows = choose_windows(path.name, info.duration, tracks)
+            numbers = set(face_numbers(info.duration, config.faces.frames, windows.available,
+                                       tracks.fps))  # fmt: skip
+            numbers = sorted(numbers.union(*(range(s, s + tracks.frames)
+                                             for s in windows.starts.tolist())))  # fmt: skip
+            frames = {}
+            for name in ways if repeat % 2 == 0 else reversed(list(ways)):
+                frames[name], _, used = timed(ways[name], path, info, numbers)
+                cpu[name].append(used)
+            same &= all(a[0] == b[0] and np.array_equal(a[1], b[1])
+                        for a, b in zip(*frames.values(), strict=True))  # fmt: skip
+    means = {name: 1000 * statistics.fmean(v) for name, v in cpu.items()}
+    ratios = [b / a for a, b in zip(cpu["in process"], cpu["ffmpeg process"], strict=True)]
+    return {"ms_per_video": means, "ffmpeg_over_in_process_median": statistics.median(ratios),
+            "bit_identical": same}  # fmt: skip
 
 
 def paired_views(paths: list[Path], configs: dict, repeats: int, cpu_by_step) -> dict:
@@ -982,6 +1029,15 @@ def print_views(views: dict | None) -> None:
         print(f"{size:26} {cpu['dense']:17.4f} CPU s/vid, {row['dense_ratio_of_means']:.2f}x "
               f"before, {1000 * row['dense_cpu_s_per_second']:.0f} ms added a second of video "
               f"({row['dense_seconds_per_video']:.1f} s covered a video)")  # fmt: skip
+    print("the frame pass alone, CPU ms a video (paired; the same frames bit for bit?):")
+    for size, row in views["sizes"].items():
+        decoders = row.get("decoders")
+        if decoders:
+            ms = decoders["ms_per_video"]
+            print(f"{size:26} in process {ms['in process']:.1f}, ffmpeg process "
+                  f"{ms['ffmpeg process']:.1f} (per clip median "
+                  f"{decoders['ffmpeg_over_in_process_median']:.2f}x), identical: "
+                  f"{decoders['bit_identical']}")  # fmt: skip
     for size, row in views["sizes"].items():
         for name, by_step in row["steps_s"].items():
             steps = ", ".join(f"{step} {1000 * s:.0f}" for step, s in by_step.items())

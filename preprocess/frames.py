@@ -15,6 +15,7 @@ PyAV (libav's decoders and these filters), or in an ffmpeg process where PyAV ca
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class DecodedFrames:
     faces: list[np.ndarray]  # RGB as shown (even sides), one per face time (past the end: the last)
     windows: np.ndarray  # uint8 [W, T, h, w, 3]: RGB at tracks.frame_size
     windows_real: np.ndarray  # int16 [W]: frames of each window the clip has (others repeat)
+    audio_lead: float = 0.0  # seconds the audio starts after the timeline's 0 (audio_lead)
 
 
 def face_numbers(duration: float, count: int, available: int, fps: float) -> list[int]:
@@ -71,19 +73,22 @@ def decode_frames(path: Path, binary: str, info: MediaInfo, face_count: int, win
     windows_rgb: dict[int, np.ndarray] = {}
     last = None
     wanted = sorted(in_windows.union(faces_at))
-    for number, yuv in numbered_frames(path, binary, info, wanted, config.fps, deadline):
-        if number in faces_at:
-            faces_rgb[number] = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
-        if number in in_windows:
-            windows_rgb[number] = shrunk_rgb(yuv, size, small)
-        last = yuv
+    with opened(path, deadline) as container:
+        lead = 0.0 if container is None else audio_lead(container)
+        for number, yuv in numbered_frames(container, path, binary, info, wanted, config.fps,
+                                           deadline):  # fmt: skip
+            if number in faces_at:
+                faces_rgb[number] = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
+            if number in in_windows:
+                windows_rgb[number] = shrunk_rgb(yuv, size, small)
+            last = yuv
     # Frames past the clip's end (its duration promised more than it holds) repeat its last.
     if any(number not in faces_rgb for number in faces_at):
         last_rgb = cv2.cvtColor(last, cv2.COLOR_YUV2RGB_I420)
         faces_rgb = {number: faces_rgb.get(number, last_rgb) for number in faces_at}
     missing = shrunk_rgb(last, size, small) if len(windows_rgb) < len(in_windows) else None
     frames, real = into_windows(windows_rgb, windows_at, missing)
-    return DecodedFrames([faces_rgb[n] for n in faces_at], frames, real)
+    return DecodedFrames([faces_rgb[n] for n in faces_at], frames, real, lead)
 
 
 def into_windows(decoded: dict[int, np.ndarray], windows_at: list[range],
@@ -143,14 +148,15 @@ def _shrink(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(plane, size, interpolation=cv2.INTER_LINEAR)
 
 
-def numbered_frames(path: Path, binary: str, info: MediaInfo, numbers: list[int], fps: float,
-                    deadline: Deadline = NO_DEADLINE,
+def numbered_frames(container, path: Path, binary: str, info: MediaInfo, numbers: list[int],
+                    fps: float, deadline: Deadline = NO_DEADLINE,
                     ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
     """(number, I420 frame [h * 3/2, w]) of the frames `numbers` (sorted, distinct) of the
     timeline at `fps`, at their shown size (even sides); fewer where the clip ends first (at
     least one, else MediaError).
 
-    Decoded in this process by PyAV through the filters ffmpeg's command line applies (its
+    Decoded in this process by PyAV from `container` (opened; None where PyAV could not)
+    through the filters ffmpeg's command line applies (its
     turn to the shown orientation, fps, select, the scale to even sides), so the frames are
     ffmpeg's own, without an ffmpeg process's start and pipe: about half the decode's CPU on
     a short small clip. A file PyAV cannot open or read to the end, whose frames carry no
@@ -160,9 +166,10 @@ def numbered_frames(path: Path, binary: str, info: MediaInfo, numbers: list[int]
     """
     given = 0
     try:
-        for item in decode_in_process(path, info, numbers, fps, deadline):
-            given += 1
-            yield item
+        if container is not None:
+            for item in decode_in_process(container, info, numbers, fps, deadline):
+                given += 1
+                yield item
         if given:
             return
     except (av.FFmpegError, NotInProcess):
@@ -180,7 +187,21 @@ UPRIGHT = {0: (), 90: (("transpose", "cclock"),), 180: (("hflip", None), ("vflip
            270: (("transpose", "clock"),)}  # fmt: skip
 
 
-def decode_in_process(path: Path, info: MediaInfo, numbers: list[int], fps: float,
+@contextlib.contextmanager
+def opened(path: Path, deadline: Deadline = NO_DEADLINE) -> Iterator:
+    """PyAV's container of `path`, opened only as ffmpeg may open it (the allowed formats,
+    a plain file); None where PyAV cannot open it."""
+    options = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"}
+    try:
+        container = av.open(as_ffmpeg_url(path), options=options, timeout=deadline.remaining())
+    except av.FFmpegError:
+        deadline.check("faces")  # an open PyAV's timeout interrupted: the video's time is up
+        container = None
+    with contextlib.nullcontext() if container is None else container:
+        yield container
+
+
+def decode_in_process(container, info: MediaInfo, numbers: list[int], fps: float,
                       deadline: Deadline) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
     """numbered_frames' frames, decoded by PyAV in this process (none where no frame has a
     timestamp). A stream whose size changes keeps its timeline, each frame scaled to the
@@ -189,20 +210,18 @@ def decode_in_process(path: Path, info: MediaInfo, numbers: list[int], fps: floa
     turn = round(info.rotation / 90) * 90
     if abs(info.rotation - turn) > 1:  # ffmpeg would rotate by an arbitrary angle
         raise NotInProcess(f"rotation {info.rotation}")
-    options = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"}
-    with av.open(as_ffmpeg_url(path), options=options, timeout=deadline.remaining()) as container:
-        stream = container.streams.best("video")
-        if stream is None:
-            raise NotInProcess("no video stream")
-        stream.codec_context.thread_count = 1  # one core a worker, as in decode_by_ffmpeg
-        start = timeline_start(container, stream)
-        filters = [*UPRIGHT[turn % 360], ("fps", f"fps={fps}:start_time={start:.6f}"),
-                   ("select", _select(numbers)), ("scale", "{}:{}".format(*even_size(info))),
-                   ("format", "yuv420p")]  # fmt: skip
-        selected = _filtered(_decoded(container, stream, deadline), stream.time_base, filters)
-        # numbers first: once they are given, no frame past them is decoded
-        for number, frame in zip(numbers, selected, strict=False):
-            yield number, frame.to_ndarray()
+    stream = container.streams.best("video")
+    if stream is None:
+        raise NotInProcess("no video stream")
+    stream.codec_context.thread_count = 1  # one core a worker, as in decode_by_ffmpeg
+    start = timeline_start(container, stream)
+    filters = [*UPRIGHT[turn % 360], ("fps", f"fps={fps}:start_time={start:.6f}"),
+               ("select", _select(numbers)), ("scale", "{}:{}".format(*even_size(info))),
+               ("format", "yuv420p")]  # fmt: skip
+    selected = _filtered(_decoded(container, stream, deadline), stream.time_base, filters)
+    # numbers first: once they are given, no frame past them is decoded
+    for number, frame in zip(numbers, selected, strict=False):
+        yield number, frame.to_ndarray()
 
 
 TS_DISCONT = 0x0200  # libavformat's AVFMT_TS_DISCONT: a format whose timestamps may jump
@@ -216,6 +235,21 @@ def timeline_start(container, stream) -> float:
     if container.format.flags & TS_DISCONT and stream.start_time is not None:
         start = max(start, round(stream.start_time * stream.time_base * av.time_base))
     return start / av.time_base
+
+
+def audio_lead(container) -> float:
+    """Seconds the audio stream ffmpeg's command line picks (the most channels, the first
+    of those) starts after time 0 of its timeline when it decodes that stream alone (as
+    for the mel: the file's first timestamp, or in MPEG-TS its own start); 0 without one.
+    The windows' audio is the mel's PCM shifted by this (tracks.on_timeline), as ffmpeg's
+    aresample=first_pts=0 would place it."""
+    streams = list(container.streams.audio)
+    if not streams:
+        return 0.0
+    audio = max(streams, key=lambda stream: stream.codec_context.channels)
+    if audio.start_time is None:
+        return 0.0
+    return float(audio.start_time * audio.time_base) - timeline_start(container, audio)
 
 
 def _decoded(container, stream, deadline: Deadline) -> Iterator:

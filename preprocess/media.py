@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ffmpeg
-import numpy as np
 
 
 class MediaError(RuntimeError):
@@ -282,34 +281,11 @@ def allowed_input(path: Path, seconds: float, **options):
 def read_audio(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
                deadline: Deadline = NO_DEADLINE) -> tuple[MediaInfo, bytes]:  # fmt: skip
     """(what the file holds, s16le PCM of its default audio stream; b'' without one)."""
-    info, pcm, _ = read_audio_aligned(path, binary, rate, channels, max_seconds, 0, deadline)
-    return info, pcm
-
-
-def read_audio_aligned(path: Path, binary: str, rate: int, channels: int, max_seconds: float,
-                       aligned_rate: int, deadline: Deadline = NO_DEADLINE,
-                       ) -> tuple[MediaInfo, bytes, np.ndarray]:  # fmt: skip
-    """read_audio's (info, PCM) and, from the same decode where `aligned_rate` is set, the
-    first audio stream mono int16 at that rate on the file's timeline (time 0 = the file's
-    first timestamp; a stream that starts later is padded with silence, as the tracks need:
-    preprocess/tracks.py); an empty array without audio or `aligned_rate`.
-
-    One process decodes the audio once for both (a second output, to a file: ffmpeg writes
-    its outputs in turn, so two pipes read one after the other could block it). The first
-    output's bytes are those of read_audio alone: the mel stays bit-exact."""
     source = allowed_input(path, max_seconds)
-    mel = source.output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate, ac=channels)
-    with tempfile.TemporaryDirectory(prefix="avcache-audio-") as folder:
-        aligned_path = Path(folder) / "aligned.pcm"
-        outputs = [mel]
-        if aligned_rate:
-            aligned = source.audio.filter("aresample", aligned_rate, first_pts=0)
-            outputs.append(aligned.output(str(aligned_path), format="s16le", acodec="pcm_s16le",
-                                          ac=1))  # fmt: skip
-        command = (ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-hide_banner")
-                   .compile(cmd=binary))  # fmt: skip
-        result = run_ffmpeg(command, deadline)
-        aligned_pcm = _read_pcm(aligned_path)
+    command = (source.output("pipe:", vn=None, f="s16le", acodec="pcm_s16le", ar=rate,
+                             ac=channels)
+               .global_args("-nostdin", "-hide_banner").compile(cmd=binary))  # fmt: skip
+    result = run_ffmpeg(command, deadline)
     dump = result.stderr.decode("utf-8", errors="replace")
     info = parse_info(dump)
     if info is None:
@@ -318,14 +294,4 @@ def read_audio_aligned(path: Path, binary: str, rate: int, channels: int, max_se
         raise MediaError("no audio or video stream")
     if result.returncode != 0 and info.has_audio:
         raise MediaError(f"audio cannot be decoded: {ffmpeg_reason(dump)}")
-    if not info.has_audio:
-        return info, b"", np.zeros(0, np.int16)
-    return info, result.stdout, aligned_pcm
-
-
-def _read_pcm(path: Path) -> np.ndarray:
-    """s16le samples of a file ffmpeg wrote (none where it wrote nothing)."""
-    if not path.exists():
-        return np.zeros(0, np.int16)
-    data = path.read_bytes()
-    return np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.int16)
+    return info, result.stdout if info.has_audio else b""

@@ -35,9 +35,15 @@ from avcache.preprocess.media import (
     MediaInfo,
     TimeLimitExceeded,
     ffmpeg_binary,
-    read_audio_aligned,
+    read_audio,
 )
-from avcache.preprocess.tracks import choose_windows, track_layout, video_tracks
+from avcache.preprocess.tracks import (
+    choose_windows,
+    on_timeline,
+    track_layout,
+    track_rate_audio,
+    video_tracks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ _SPENT: ContextVar[dict[str, float] | None] = ContextVar("avcache_cpu_by_step", 
 
 @contextlib.contextmanager
 def cpu_by_step() -> Iterator[dict[str, float]]:
-    """CPU seconds each step of process_video takes (by its function's name: read_audio_aligned,
+    """CPU seconds each step of process_video takes (by its function's name: read_audio,
     mel_image, decode_frames, ...), summed while open: this process's and that of the ffmpeg
     processes the step waited for (benchmarks/preprocess_bench.py: where a video's time
     goes). Exact with one thread at work in the process, as in a preprocessing worker."""
@@ -111,18 +117,20 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     deadline = Deadline(config.limits.seconds_per_video)
     mode, audio = MEL_MODES[config.audio.mode], config.audio
     binary = ffmpeg_binary(audio.ffmpeg)
-    aligned_rate = config.tracks.audio_rate if config.tracks.windows else 0
-    info, pcm, aligned = _stage("decode", deadline, read_audio_aligned, video.path, binary,
-                                mode.rate, mode.channels, audio.max_seconds, aligned_rate,
-                                deadline)  # fmt: skip
+    info, pcm = _stage("decode", deadline, read_audio, video.path, binary, mode.rate,
+                       mode.channels, audio.max_seconds, deadline)  # fmt: skip
     mel = _stage("audio", deadline, mel_image, pcm, info, audio)
+    track_audio = None
+    if config.tracks.windows:  # before the PCM goes: placed on the timeline once it is known
+        track_audio = _stage("tracks", deadline, track_rate_audio, pcm, mode.rate,
+                             mode.channels, config.tracks.audio_rate, info.channels)  # fmt: skip
     facts = None
     if config.audit.facts:
         facts = _stage("facts", deadline, video_facts, video.path, pcm, info, mode.rate,
                        mode.channels, config.audit, deadline)  # fmt: skip
     del pcm  # up to audio.max_seconds of PCM: not kept while the frames are decoded
     if config.tracks.windows:
-        faces, tracks = _faces_and_tracks(video, info, aligned, config, detector, deadline)
+        faces, tracks = _faces_and_tracks(video, info, track_audio, config, detector, deadline)
     else:
         faces = _stage("faces", deadline, face_frames, video.path, info, config.faces, detector,
                        deadline)  # fmt: skip
@@ -145,10 +153,11 @@ def process_video(video: Video, config: PreprocessConfig, detector: str) -> sche
     )
 
 
-def _faces_and_tracks(video: Video, info: MediaInfo, aligned_audio: np.ndarray,
+def _faces_and_tracks(video: Video, info: MediaInfo, track_audio: np.ndarray,
                       config: PreprocessConfig, detector: str,
                       deadline: Deadline) -> tuple[FaceFrames, schema.Tracks]:  # fmt: skip
-    """The face crops and the track windows from one decode of the video (frames.py)."""
+    """The face crops and the track windows from one decode of the video (frames.py); the
+    windows' audio is `track_audio` (tracks.track_rate_audio) placed on its timeline."""
     binary, tracks = ffmpeg_binary(config.audio.ffmpeg), config.tracks
     if not info.has_video:
         # Black frames would pass for decoded frames without a face or a mouth: refuse.
@@ -160,8 +169,9 @@ def _faces_and_tracks(video: Video, info: MediaInfo, aligned_audio: np.ndarray,
     decoded = _stage("faces", deadline, decode_frames, video.path, binary, info,
                      config.faces.frames, windows, tracks, deadline)  # fmt: skip
     faces = _stage("faces", deadline, faces_from, decoded.faces, config.faces, detector)
+    aligned = on_timeline(track_audio, decoded.audio_lead, tracks.audio_rate)
     track = _stage("tracks", deadline, video_tracks, windows, decoded.windows,
-                   decoded.windows_real, aligned_audio, tracks, deadline)  # fmt: skip
+                   decoded.windows_real, aligned, tracks, deadline)  # fmt: skip
     return faces, track
 
 

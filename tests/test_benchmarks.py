@@ -122,7 +122,9 @@ def test_preprocess_bench_compares_the_recipes_and_times_every_phase(tmp_path, c
     assert len(printed(rf"{NUMBER} ms added a second of video", out)) == 1
     # the default caches tracks: its steps include the windows', which the other has not
     steps = size["steps_s"]
-    assert {"decode_frames", "video_tracks", "read_audio_aligned"} <= set(steps["default"])
+    assert {"decode_frames", "video_tracks", "read_audio", "track_rate_audio"} <= set(
+        steps["default"]
+    )
     assert "face_frames" in steps["before"] and "video_tracks" not in steps["before"]
     assert len(printed(rf"default's steps, ms a video, .*decode_frames {NUMBER}", out)) == 1
     for key in (
