@@ -93,13 +93,17 @@ def track_rate_audio(pcm: bytes, rate: int, channels: int, audio_rate: int,
     """Mono int16 at `audio_rate` of s16le PCM (`rate`, `channels`) decoded from a stream of
     `source_channels`: as ffmpeg would mix that stream to mono (its channels averaged; a
     mono source, which ffmpeg spread over two channels at -3 dB each, at its own level),
-    resampled by soxr at its high quality (about 2 ms of CPU for 6 s of 44.1 kHz, where
+    resampled by soxr at its high quality (about 3 ms of CPU for 6 s of 44.1 kHz, where
     ffmpeg's own second output for it cost ~7 ms more a video)."""
     frame_bytes = 2 * channels
     samples = np.frombuffer(pcm[: len(pcm) // frame_bytes * frame_bytes], "<i2")
     if not samples.size:
         return np.zeros(0, np.int16)
-    mono = samples.reshape(-1, channels).astype(np.float32).mean(axis=1)
+    frames = samples.reshape(-1, channels)
+    mono = frames[:, 0].astype(np.float32)
+    for channel in range(1, channels):  # a column at a time: numpy's mean over a 2-wide axis
+        mono += frames[:, channel]  # costs ~6 ms on 6 s of 44.1 kHz, this ~0.5 ms
+    mono /= channels
     if source_channels == 1 and channels > 1:
         mono *= np.sqrt(2.0)  # ffmpeg's upmix put the mono source at 1/sqrt(2) on each side
     resampled = soxr.resample(mono, rate, audio_rate)
