@@ -104,8 +104,8 @@ def locate_facemesh(frames: list[np.ndarray]) -> list[Mouth | None]:
 def forget_face(mesh, shape: tuple[int, ...]) -> None:
     """A window starts untracked: a face followed in the previous window is not this one's.
     A black frame loses it (no face there), so the window's first frame is detected afresh:
-    the same landmarks as after mesh.reset(), which restarts the graph and costs about 15 ms
-    more (its first frame then sets everything up again)."""
+    the same landmarks as after mesh.reset(), which restarts the graph and costs 5-10 ms more
+    a window (its first frame then sets everything up again)."""
     if _mesh_mouth(mesh, np.zeros(shape, np.uint8)) is not None:  # never seen: restart then
         mesh.reset()
 
