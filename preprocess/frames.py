@@ -156,13 +156,12 @@ def numbered_frames(container, path: Path, binary: str, info: MediaInfo, numbers
     least one, else MediaError).
 
     Decoded in this process by PyAV from `container` (opened; None where PyAV could not)
-    through the filters ffmpeg's command line applies (its
-    turn to the shown orientation, fps, select, the scale to even sides), so the frames are
-    ffmpeg's own, without an ffmpeg process's start and pipe: about half the decode's CPU on
-    a short small clip. A file PyAV cannot open or read to the end, whose frames carry no
-    timestamps (a raw H.264 stream), or turned by other than quarter turns, goes, from the
-    first frame not yet given, to an ffmpeg process (decode_by_ffmpeg), which reports what
-    it could not read.
+    through the filters ffmpeg's command line applies (its turn to the shown orientation,
+    fps, select, the scale to even sides), so the frames are ffmpeg's own, without an ffmpeg
+    process's start and pipe: about half the pass's CPU on a short small clip. A file PyAV
+    cannot open or read to the end, whose frames carry no timestamps (a raw H.264 stream),
+    or turned by other than quarter turns, goes, from the first frame not yet given, to an
+    ffmpeg process (decode_by_ffmpeg), which reports what it could not read.
     """
     given = 0
     try:
