@@ -731,12 +731,7 @@ def paired_decoders(paths: list[Path], config, repeats: int) -> dict:
     """CPU ms a video of the default's frame pass (its face frames and window), decoded in
     process by PyAV and by an ffmpeg process, paired clip by clip, turns alternating; and
     whether the two gave the same frames, bit for bit."""
-    from avcache.preprocess.frames import (
-        decode_by_ffmpeg,
-        decode_in_process,
-        face_numbers,
-        opened,
-    )
+    from avcache.preprocess.frames import decode_by_ffmpeg, decode_in_process, frame_numbers, opened
     from avcache.preprocess.media import NO_DEADLINE, ffmpeg_binary, read_audio
     from avcache.preprocess.tracks import choose_windows
 
@@ -749,17 +744,18 @@ def paired_decoders(paths: list[Path], config, repeats: int) -> dict:
     def by_ffmpeg(path: Path, info, numbers: list[int]) -> list:
         return list(decode_by_ffmpeg(path, binary, info, numbers, tracks.fps, NO_DEADLINE))
 
+    def what_to_decode(path: Path) -> tuple:
+        info, _ = read_audio(path, binary, 16000, 1, 600.0)
+        windows = choose_windows(path.name, info.duration, tracks)
+        faces_at, windows_at = frame_numbers(info.duration, config.faces.frames, windows, tracks)
+        return info, sorted(set(faces_at).union(*windows_at))
+
     ways = {"in process": in_process, "ffmpeg process": by_ffmpeg}
     cpu: dict[str, list[float]] = {name: [] for name in ways}
+    plans = {path: what_to_decode(path) for path in paths}  # probed once, not per repeat
     same = True
     for repeat in range(repeats):
-        for path in paths:
-            info, _ = read_audio(path, binary, 16000, 1, 600.0)
-            windows = choose_windows(path.name, info.duration, tracks)
-            numbers = set(face_numbers(info.duration, config.faces.frames, windows.available,
-                                       tracks.fps))  # fmt: skip
-            numbers = sorted(numbers.union(*(range(s, s + tracks.frames)
-                                             for s in windows.starts.tolist())))  # fmt: skip
+        for path, (info, numbers) in plans.items():
             frames = {}
             for name in ways if repeat % 2 == 0 else reversed(list(ways)):
                 frames[name], _, used = timed(ways[name], path, info, numbers)

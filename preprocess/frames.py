@@ -56,6 +56,13 @@ def face_numbers(duration: float, count: int, available: int, fps: float) -> lis
     return [min(int(seconds * fps), available - 1) for seconds in frame_times(duration, count)]
 
 
+def frame_numbers(duration: float, face_count: int, windows: Windows,
+                  config: TracksConfig) -> tuple[list[int], list[range]]:  # fmt: skip
+    """The track-timeline numbers of the face frames and of each window's frames."""
+    faces_at = face_numbers(duration, face_count, windows.available, config.fps)
+    return faces_at, [range(int(s), int(s) + config.frames) for s in windows.starts]
+
+
 def decode_frames(path: Path, binary: str, info: MediaInfo, face_count: int, windows: Windows,
                   config: TracksConfig, deadline: Deadline = NO_DEADLINE,
                   ) -> DecodedFrames:  # fmt: skip
@@ -66,8 +73,7 @@ def decode_frames(path: Path, binary: str, info: MediaInfo, face_count: int, win
                          "faces.frames=0 and tracks.windows=0 cache such files")  # fmt: skip
     size = even_size(info)
     small = _track_size(*size, config.frame_size)
-    faces_at = face_numbers(info.duration, face_count, windows.available, config.fps)
-    windows_at = [range(int(s), int(s) + config.frames) for s in windows.starts]
+    faces_at, windows_at = frame_numbers(info.duration, face_count, windows, config)
     in_windows = set().union(*windows_at)
     faces_rgb: dict[int, np.ndarray] = {}
     windows_rgb: dict[int, np.ndarray] = {}

@@ -21,6 +21,7 @@ from avcache.preprocess.frames import (
     decode_frames,
     decode_in_process,
     face_numbers,
+    frame_numbers,
     numbered_frames,
     opened,
 )
@@ -224,8 +225,8 @@ def frames_both_ways(path: Path, windows: int = 3):
     info, _ = read_audio(path, ffmpeg_binary(), 16000, 1, 600.0)
     tracks = TracksConfig(windows=windows, frames=25)
     chosen = choose_windows(path.name, info.duration, tracks)
-    numbers = set(face_numbers(info.duration, FACES, chosen.available, tracks.fps))
-    numbers = sorted(numbers.union(*(range(s, s + 25) for s in chosen.starts.tolist())))
+    faces_at, windows_at = frame_numbers(info.duration, FACES, chosen, tracks)
+    numbers = sorted(set(faces_at).union(*windows_at))
     deadline = Deadline(0)
     with opened(path) as container:
         ours = list(decode_in_process(container, info, numbers, tracks.fps, deadline))
