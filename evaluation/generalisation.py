@@ -2,7 +2,7 @@
 
     python -m evaluation.generalisation --out DIR [--train 300 --val 800] [--seeds 0,1]
         [--epochs 4] [--mel-size 64] [--frames 2] [--jobs 2] [--recipes audio,faces,av,...]
-        [--kinds face_paste,...] [--lip-sync SHARE] [--tracks]
+        [--kinds face_paste,...] [--lip-sync SHARE] [--tracks] [--preprocess KEY=VALUE ...]
 
 DeepfakeBench's cross-manipulation protocol on the sample generator, which records each
 fake clip's manipulations (sample_manifest.json):
@@ -17,7 +17,9 @@ fake clip's manipulations (sample_manifest.json):
 With `--tracks`, the recipes that read the aligned tracks (lips, speech, sync, all) run too:
 the sample is cached with one window a video of mouth frames and the same instants' audio
 beside its mel and faces (DIR/cache-tracks, TRACKS_CACHE), and every recipe trains on folds
-of that cache (DIR/folds-tracks); without it, on DIR/cache (no tracks).
+of that cache (DIR/folds-tracks); without it, on DIR/cache (no tracks). `--preprocess`
+adds preprocessing overrides to the cache (to compare, say, tracks.locate_every=4 with the
+default: each value in a DIR of its own).
 Runs go `--jobs` at a time, each a training process of one thread (small batches use one
 core better than two threads do). The table (recipe x held-out kind, mean and spread over
 seeds) goes to DIR/table.md and DIR/generalisation.json, rewritten as runs finish.
@@ -88,6 +90,8 @@ CACHE = [*FACES, "tracks.windows=0"]
 TRACKS_CACHE = [*FACES, "tracks.windows=1", "tracks.frames=25", "tracks.size=48"]
 # Folds folder -> the cache (in DIR) its folds are written from, and that cache's overrides.
 CACHES = {"folds": ("cache", CACHE), "folds-tracks": ("cache-tracks", TRACKS_CACHE)}
+# The --preprocess overrides DIR's caches were made with (a list, as given).
+PREPROCESS_RECORD = "preprocess-overrides.json"
 
 
 @functools.cache
@@ -122,6 +126,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tracks", action="store_true", help="also cache the sample with "
                         "aligned tracks (DIR/cache-tracks) and allow the recipes that read "
                         "them: " + ", ".join(r for r in RECIPES if needs_tracks(r)))  # fmt: skip
+    parser.add_argument("--preprocess", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preprocessing override for the cache(s), after the protocol's "
+                        "own (repeatable; other overrides are another cache: give them an "
+                        "--out of their own)")  # fmt: skip
     parser.add_argument("--seeds", default="0,1", help="training seeds")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
@@ -170,14 +178,30 @@ def preprocess_commands(args) -> dict[str, tuple[Path, list[str]]]:
             cache = args.out / name
             commands[folds] = (cache, [sys.executable, "-m", "avcache.preprocess.run", "--data",
                                        str(args.out / "data"), "--out", str(cache), "--quiet",
-                                       *overrides])  # fmt: skip
+                                       *overrides, *args.preprocess])  # fmt: skip
     return commands
+
+
+def check_preprocess_overrides(args) -> None:
+    """Refuse a DIR whose caches and runs were made with other --preprocess overrides: its
+    finished runs would be taken for runs on this cache. A DIR from before the option holds
+    caches made without overrides."""
+    record = args.out / PREPROCESS_RECORD
+    made = record.exists() or any((args.out / name).exists() for name, _ in CACHES.values())
+    before = json.loads(record.read_text()) if record.exists() else []
+    if made and before != args.preprocess:
+        raise SystemExit(
+            f"error: {args.out} was made with --preprocess {before or 'none'}, "
+            f"not {args.preprocess or 'none'}: give these another --out"
+        )
+    write_json_atomic(record, args.preprocess)
 
 
 def build_sample(args) -> tuple[dict[str, Path], dict[str, tuple[str, ...]]]:
     """The cached sample (folds folder -> the cache its folds come from) and each clip's
     manipulations (empty for a real clip)."""
     data = args.out / "data"
+    check_preprocess_overrides(args)
     if subprocess.run(sample_command(args), cwd=REPO).returncode != 0:
         raise SystemExit(
             f"error: avcache-sample failed on {data} (see above); a sample made with other "

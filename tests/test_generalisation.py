@@ -13,7 +13,9 @@ import yaml
 
 from avcache.cache import open_cache
 from evaluation.generalisation import (
+    PREPROCESS_RECORD,
     RECIPES,
+    check_preprocess_overrides,
     folds_of,
     needs_tracks,
     parse_args,
@@ -164,6 +166,28 @@ def test_with_tracks_every_recipe_trains_on_one_cache_of_every_view(tmp_path):
     assert {"model.kind=sync", "augment.av_mismatch=0.25"} <= set(command)
     only_tracks = parse_args(["--out", str(tmp_path), "--tracks", "--recipes", "speech"])
     assert set(preprocess_commands(only_tracks)) == {"folds-tracks"}
+
+
+def test_preprocess_overrides_reach_the_cache_and_bind_its_folder(tmp_path):
+    """--preprocess goes after the protocol's own overrides (so it wins), and a folder made
+    with other overrides, or with none, is refused before anything is reused from it."""
+    every_4th = ["--out", str(tmp_path), "--tracks", "--recipes", "sync",
+                 "--preprocess", "tracks.locate_every=4"]  # fmt: skip
+    args = parse_args(every_4th)
+    tracked = preprocess_commands(args)["folds-tracks"][1]
+    assert tracked[-1] == "tracks.locate_every=4" and "tracks.windows=1" in tracked
+    check_preprocess_overrides(args)
+    assert json.loads((tmp_path / PREPROCESS_RECORD).read_text()) == ["tracks.locate_every=4"]
+    check_preprocess_overrides(args)  # the same overrides again: the folder is reused
+    with pytest.raises(SystemExit, match=r"made with --preprocess \['tracks.locate_every=4'\]"):
+        check_preprocess_overrides(parse_args(every_4th[:-2]))
+
+    before_the_option = tmp_path / "old"
+    (before_the_option / "cache-tracks").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="made with --preprocess none, not"):
+        check_preprocess_overrides(parse_args(["--out", str(before_the_option),
+                                               *every_4th[2:]]))  # fmt: skip
+    check_preprocess_overrides(parse_args(["--out", str(before_the_option), "--tracks"]))
 
 
 def test_a_track_recipe_holds_lip_sync_out_and_scores_it(tmp_path):
