@@ -85,13 +85,14 @@ class TracksConfig:
     size: int = 88  # mouth crops are size x size grey (LipForensics' 88 px)
     locator: str = "auto"  # how the mouth is found: auto, or one of preprocess/lips.py LOCATORS
     # The mouth locator looks at every k-th frame of a window (and its last); the frames
-    # between get the mouth interpolated. 3 cuts mouth_track's CPU per 25-frame window by
-    # 2.0-2.3x (78-98 ms to 36-45) and moves the stabilised mouth centre from the every-frame
-    # track by a median 1.0 px, 95th percentile 3.1 px, on a filmed talking head at 480 px
-    # (as much as the stabilisation moves it from the raw landmarks; 4: 1.4 and 4.4 px):
-    # python -m benchmarks.mouth_bench, docs/performance.md. 1: every frame. Left out of
-    # the hash at 1 (what caches made before it did) and without tracks.
-    locate_every: int = field(default=3, metadata=omitted_where(_every_frame_or_no_tracks))
+    # between get the mouth interpolated. 4 cuts mouth_track's CPU per 25-frame window by
+    # 2.3-2.6x (78-98 ms to 31-40) and moves the stabilised mouth centre from the
+    # every-frame track by a median 1.4 px, 95th percentile 4.4 px, on a filmed talking head
+    # at 480 px (3: 1.0 and 3.1 px; python -m benchmarks.mouth_bench, docs/performance.md);
+    # the sync model on held-out lip-sync and desync fakes at 4 against 3: `make eval-sync`'s
+    # protocol, docs/generalisation.md. 1: every frame. Left out of the hash at 1 (what
+    # caches made before it did) and without tracks.
+    locate_every: int = field(default=4, metadata=omitted_where(_every_frame_or_no_tracks))
     frame_size: int = 480  # frames are decoded at this longest side to find and crop the mouth
     audio_rate: int = 16000  # the windows' audio: mono int16 at this rate, the frames' instants
     quality: int = 90  # JPEG quality of the mouth crops

@@ -75,6 +75,23 @@ def test_the_published_tables_are_the_measured_runs(document, measured):
     assert shown == expected
 
 
+# The table of docs/generalisation.md that chose tracks.locate_every: `sync` on make
+# eval-sync's protocol, one row a k, each from a run of its own kept in docs/.
+LOCATE_EVERY_HEADER = "| tracks.locate_every | lip_sync | av_desync | mean | worst |"
+
+
+@pytest.mark.parametrize("every", [3, 4])
+def test_the_locate_every_table_is_the_measured_runs(every):
+    record = json.loads((REPO / "docs" / f"generalisation-sync-k{every}.json").read_text())
+    assert record["args"]["preprocess"] == str([f"tracks.locate_every={every}"])
+    kinds = record["args"]["kinds"].split(",")
+    expected = table_rows(table(record["results"], kinds).splitlines())
+    lines = (REPO / "docs" / "generalisation.md").read_text().splitlines()
+    shown = table_rows(lines[lines.index(LOCATE_EVERY_HEADER) :])
+    assert kinds == ["lip_sync", "av_desync"] and list(expected) == ["sync"]
+    assert shown[str(every)] == expected["sync"]
+
+
 def test_the_protocol_holds_each_kind_out_of_training_and_tables_it(tmp_path):
     out = tmp_path / "protocol"
     args = ["--out", str(out), "--train", "12", "--val", "10", "--epochs", "1", "--seeds", "0"]

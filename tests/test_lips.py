@@ -57,8 +57,9 @@ HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None
 FINDERS = [name for name in LOCATORS if name != "centre" and (HAS_MTCNN or name != "mtcnn")]
 DARK = 85  # grey level below which a crop pixel counts as the open mouth's gap
 # How far (px of a 480 px frame) the default tracks.locate_every may move a stabilised mouth
-# centre from the every-frame track on the carphone's first second: at most 2.1 px there,
-# and a 95th percentile of 3.1 px over all of its windows (python -m benchmarks.mouth_bench).
+# centre from the every-frame track on the carphone's first second: at most 2.8 px there at
+# k = 4 (2.1 at 3), and a 95th percentile of 4.4 px over all of its windows (3.1 at 3;
+# python -m benchmarks.mouth_bench).
 LOCATED_EVERY_KTH_PX = 4.0
 
 
@@ -305,8 +306,9 @@ def test_the_default_locate_every_stays_close_to_the_full_rate_track(carphone_48
     assert track.found.all()
     apart = np.hypot(*(centres(track.boxes) - centres(full.boxes)).T)
     assert apart.max() < LOCATED_EVERY_KTH_PX
-    sides = track.boxes[:, 2] - track.boxes[:, 0]
-    assert np.abs(sides - (full.boxes[0, 2] - full.boxes[0, 0])).max() <= 2  # whole pixels
+    # Whole pixels, each side a difference of float32 corners near 300 px (so rounded).
+    sides = np.round(track.boxes[:, 2] - track.boxes[:, 0])
+    assert np.abs(sides - np.round(full.boxes[0, 2] - full.boxes[0, 0])).max() <= 2
 
 
 def test_the_locator_looks_at_every_kth_frame_and_the_last():
