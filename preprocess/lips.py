@@ -16,9 +16,9 @@ runs, each the median of 5 rounds; 25-frame windows of a filmed talking face; 88
 face mesh 6-9 ms at 480 x 480 and 8-12 ms at 1280 x 720 (downscaled to 480 x 270 first),
 of which its landmarks take 6-7 ms; the face-box fallback (BlazeFace) 3.5-6 ms; the MTCNN
 fallback 165-280 ms at 480 px; the frame centre alone (crop, resize, grey) 0.4-2 ms. A
-25-frame window at 480 px costs 78-98 ms of CPU with the face mesh on every frame and 36-45 ms
-on every third (python -m benchmarks.mouth_bench, which also measures how far that moves the
-mouth).
+25-frame window at 480 px costs 78-98 ms of CPU with the face mesh on every frame, 36-45 ms
+on every third and 31-40 on every fourth, the default (python -m benchmarks.mouth_bench,
+which also measures how far that moves the mouth).
 """
 
 from __future__ import annotations
