@@ -8,12 +8,15 @@ code's writer must still reproduce (tests/test_fixture_caches.py). Rebuild the c
 after a deliberate change to what a cache holds:
 
     python -m tests.fixture_caches             # rewrites the v3 tarballs and weights.json
-    python -m tests.fixture_caches --weights   # records this machine's weights only
+    python -m tests.fixture_caches --weights   # adds this machine's weights only
 
 Trained weights are bit for bit only on one kind of CPU: torch, oneDNN and MKL choose their
-kernels by the instructions a CPU has (AVX2, AVX-512), and the sums of a different kernel
-round differently. weights.json keeps one set of digests a CPU capability (torch's name for
-it); a machine of a capability not recorded there records its own with --weights.
+kernels by the instructions a CPU has (AVX2, AVX-512) and, within one such capability, by
+the CPU model (two AVX2-only AMD EPYCs trained the convolutions on raw audio to different
+weights), and the sums of a different kernel round differently. weights.json keeps, by CPU
+capability (torch's name for it), the digest sets of the machines that recorded them; a
+machine whose weights match none of its capability's sets records its own with --weights,
+beside the others.
 """
 
 from __future__ import annotations
@@ -107,13 +110,15 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def reference_weights() -> dict[str, str] | None:
-    """The digests recorded for this machine's CPU capability (None: none recorded)."""
-    return json.loads(WEIGHTS.read_text()).get(cpu_capability())
+def reference_weights() -> list[dict[str, str]]:
+    """The digest sets (kind -> digest) recorded for this machine's CPU capability, one a
+    machine that recorded them ([]: none recorded)."""
+    return json.loads(WEIGHTS.read_text()).get(cpu_capability(), [])
 
 
 def record_weights(scratch: Path) -> None:
-    """Train each kind on the v3-lavdf tarball; its digests become this capability's."""
+    """Train each kind on the v3-lavdf tarball; its digests join this capability's sets
+    (unless a set already holds them all)."""
     (lavdf,) = (cache for cache in CURRENT if cache.name == "v3-lavdf")
     cache = lavdf.extract(scratch)
     digests = {}
@@ -121,7 +126,9 @@ def record_weights(scratch: Path) -> None:
         train(cache, kind, scratch / f"run-{kind}")
         digests[kind] = weights_digest(scratch / f"run-{kind}" / "last.pt")
     recorded = json.loads(WEIGHTS.read_text()) if WEIGHTS.exists() else {}
-    recorded[cpu_capability()] = digests
+    sets = recorded.setdefault(cpu_capability(), [])
+    if digests not in sets:
+        sets.append(digests)
     WEIGHTS.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
 
 

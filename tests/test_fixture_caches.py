@@ -114,13 +114,19 @@ def full_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_model_kind_trains_to_the_reference_weights(kind, full_cache, tmp_path):
     """One epoch, seed 0, one thread, on the CPU: bit for bit what this kind trained to
-    when the fixtures were made (the same torch, a CPU of the same capability; python -m
-    tests.fixture_caches to renew)."""
-    reference = reference_weights()
-    if reference is None:
+    when the fixtures were made, on a machine whose kernels round as this one's do (the same
+    torch, a CPU of the same capability and kernels; python -m tests.fixture_caches to
+    renew, --weights to add this machine's)."""
+    references = reference_weights()
+    if not references:
         pytest.skip(
             f"no weights recorded for CPU capability {cpu_capability()} (bit-exact "
             "only on one): python -m tests.fixture_caches --weights records them"
         )
     train(full_cache, kind, tmp_path / "run")
-    assert weights_digest(tmp_path / "run" / "last.pt") == reference[kind]
+    digest = weights_digest(tmp_path / "run" / "last.pt")
+    assert digest in {reference[kind] for reference in references}, (
+        f"{kind} trained to {digest}, none of the {len(references)} set(s) recorded for "
+        f"{cpu_capability()}: a change to training, or a CPU whose kernels round otherwise "
+        "(python -m tests.fixture_caches --weights adds its set)"
+    )
